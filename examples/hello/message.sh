@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "$(cat /msg/greeting.txt), $(cat /msg/subject.txt)!"

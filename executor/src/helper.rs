@@ -1,0 +1,564 @@
+//! Helper side: the re-executed, single-threaded process that creates the namespaces and
+//! becomes the container.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::{open, FcntlArg, FdFlag, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Uid};
+
+use crate::mounts::{mount_at, remount_bind};
+use crate::paths::resolve_in_root;
+use crate::run::{HelperRequest, SPEC_FD, STATUS_FD};
+use crate::user::resolve_user;
+use crate::{ExecSpec, Network, DEFAULT_HOSTNAME, DEFAULT_PATH};
+
+/// Exit code of the helper when it could not even read its protocol descriptors.
+const PROTOCOL_ERROR_EXIT: i32 = 125;
+
+/// Device nodes bind-mounted from the host into the container's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Paths hidden from the container, as in containerd's default spec (which BuildKit uses).
+const MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Paths made read-only in the container, as in containerd's default spec.
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Entry point of the helper process; the binary calls this when its first argument is
+/// [`crate::HELPER_ARG`], before starting any thread. Never returns.
+///
+/// Expects the spec on fd 3 and the status pipe on fd 4 (set up by [`crate::Executor::run`]).
+pub fn helper_main() -> ! {
+    // SAFETY: F_GETFD on a raw number only queries the descriptor table.
+    if unsafe { libc::fcntl(SPEC_FD, libc::F_GETFD) } < 0
+        || unsafe { libc::fcntl(STATUS_FD, libc::F_GETFD) } < 0
+    {
+        eprintln!("executor helper: must be started by the executor (fds 3 and 4 missing)");
+        std::process::exit(PROTOCOL_ERROR_EXIT);
+    }
+    // SAFETY: by protocol the caller handed us exactly these two descriptors, owned by nobody else.
+    let (spec_fd, status_fd) = unsafe {
+        (
+            OwnedFd::from_raw_fd(SPEC_FD),
+            OwnedFd::from_raw_fd(STATUS_FD),
+        )
+    };
+    let code = match run_helper(spec_fd, &status_fd) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&status_fd, &e);
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Writes a setup error to the status pipe, where the caller picks it up.
+fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
+    let message = format!("{error:#}");
+    let mut remaining = message.as_bytes();
+    while !remaining.is_empty() {
+        match nix::unistd::write(status_fd, remaining) {
+            Ok(0) => break,
+            Ok(n) => remaining = &remaining[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                // The caller is gone or the pipe is broken; stderr is all that is left.
+                eprintln!("{message}");
+                break;
+            }
+        }
+    }
+}
+
+/// Paths in the helper's private state directory on the host.
+struct StatePaths {
+    rootfs: PathBuf,
+    hosts: PathBuf,
+    resolv_conf: PathBuf,
+}
+
+fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
+    nix::fcntl::fcntl(status_fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .context("marking the status pipe close-on-exec")?;
+    let mut request_json = Vec::new();
+    File::from(spec_fd)
+        .read_to_end(&mut request_json)
+        .context("reading the exec spec")?;
+    let request: HelperRequest =
+        serde_json::from_slice(&request_json).context("parsing the exec spec")?;
+    let spec = request.spec;
+    let paths = StatePaths {
+        rootfs: request.state_dir.join("rootfs"),
+        hosts: request.state_dir.join("hosts"),
+        resolv_conf: request.state_dir.join("resolv.conf"),
+    };
+    std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
+    let hostname = hostname_of(&spec);
+    std::fs::write(
+        &paths.hosts,
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    )
+    .context("writing hosts file")?;
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
+
+    unshare(CloneFlags::CLONE_NEWPID).context("creating a pid namespace")?;
+    // SAFETY: the helper is single-threaded (the binary calls helper_main before any thread).
+    match unsafe { fork() }.context("forking the container process")? {
+        ForkResult::Child => {
+            let error = match container_init(&spec, &paths) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            report(status_fd, &error);
+            // SAFETY: _exit skips destructors and buffered output, which belong to the parent.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(anyhow!(e).context("waiting for the container process")),
+                }
+            };
+            Ok(code)
+        }
+    }
+}
+
+fn hostname_of(spec: &ExecSpec) -> &str {
+    if spec.hostname.is_empty() {
+        DEFAULT_HOSTNAME
+    } else {
+        &spec.hostname
+    }
+}
+
+/// Runs in the container's PID 1: sets everything up and execs the program.
+fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    let mut namespaces =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(namespaces).context("creating namespaces")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private")?;
+
+    let root = paths.rootfs.as_path();
+    if spec.rootfs.is_empty() {
+        bail!("no rootfs mounts given");
+    }
+    for m in &spec.rootfs {
+        mount_at(m, root).context("mounting the rootfs")?;
+    }
+    setup_proc(root)?;
+    setup_dev(root)?;
+    setup_sys(root)?;
+    mask_paths(root)?;
+    bind_etc_file(root, &paths.hosts, "/etc/hosts")?;
+    bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf")?;
+    for m in &spec.mounts {
+        let target = resolve_in_root(root, &m.target)
+            .with_context(|| format!("resolving mount target {}", m.target))?;
+        create_mount_target(m, &target)
+            .with_context(|| format!("creating mount target {}", m.target))?;
+        mount_at(m, &target).with_context(|| format!("mounting {}", m.target))?;
+    }
+    nix::unistd::sethostname(hostname_of(spec)).context("setting the hostname")?;
+    if spec.readonly_rootfs {
+        remount_bind(root, MsFlags::MS_RDONLY).context("making the rootfs read-only")?;
+    }
+    pivot_into(root)?;
+
+    // Names resolve against the container's own files, read after the pivot.
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let user =
+        resolve_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| anyhow!(e))?;
+
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    std::fs::create_dir_all(cwd).with_context(|| format!("creating working directory {cwd}"))?;
+    nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
+
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).context("setting supplementary groups")?;
+    nix::unistd::setgid(Gid::from_raw(user.gid))
+        .with_context(|| format!("setting gid {}", user.gid))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid))
+        .with_context(|| format!("setting uid {}", user.uid))?;
+    // Changing credentials clears the parent-death signal.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+
+    let env = build_env(&spec.env, user.home.as_deref());
+    let program = find_program(&spec.args[0], &env)?;
+    let args = to_cstrings(&spec.args).context("invalid argument")?;
+    let env = to_cstrings(&env).context("invalid environment variable")?;
+    reset_signals();
+    let program_c = CString::new(program.as_os_str().as_bytes())
+        .with_context(|| format!("invalid program path {}", program.display()))?;
+    let Err(err) = nix::unistd::execve(&program_c, &args, &env);
+    Err(anyhow!("exec {}: {err}", spec.args[0]))
+}
+
+fn setup_proc(root: &Path) -> Result<()> {
+    let target = ensure_dir_in_root(root, "/proc")?;
+    mount(
+        Some("proc"),
+        &target,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting /proc")
+}
+
+fn setup_dev(root: &Path) -> Result<()> {
+    let dev = ensure_dir_in_root(root, "/dev")?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )
+    .context("mounting /dev")?;
+    for device in DEVICES {
+        let target = dev.join(device);
+        File::create(&target).with_context(|| format!("creating /dev/{device}"))?;
+        let host = format!("/dev/{device}");
+        mount(
+            Some(host.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {host}"))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).context("creating /dev/pts")?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .context("mounting /dev/pts")?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).context("creating /dev/shm")?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .context("mounting /dev/shm")?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        symlink(target, dev.join(link)).with_context(|| format!("creating /dev/{link}"))?;
+    }
+    Ok(())
+}
+
+fn setup_sys(root: &Path) -> Result<()> {
+    let target = ensure_dir_in_root(root, "/sys")?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if mount(Some("sysfs"), &target, Some("sysfs"), flags, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    // A fresh sysfs can be refused (e.g. sharing a network namespace we do not own);
+    // a read-only bind of the host's /sys is the fallback runc uses too.
+    mount(
+        Some("/sys"),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("bind-mounting /sys")?;
+    remount_bind(&target, MsFlags::MS_RDONLY).context("making /sys read-only")
+}
+
+fn mask_paths(root: &Path) -> Result<()> {
+    for path in MASKED_PATHS {
+        let target = root.join(path.trim_start_matches('/'));
+        let Ok(meta) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        let result = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else {
+            mount(
+                Some("/dev/null"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        result.with_context(|| format!("masking {path}"))?;
+    }
+    for path in READONLY_PATHS {
+        let target = root.join(path.trim_start_matches('/'));
+        if !target.exists() {
+            continue;
+        }
+        mount(
+            Some(&target),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {path}"))?;
+        remount_bind(&target, MsFlags::MS_RDONLY)
+            .with_context(|| format!("making {path} read-only"))?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts a helper-owned file read-only over `container_path`, creating an empty target if
+/// the image has none. A read-only rootfs without the file just goes without it.
+fn bind_etc_file(root: &Path, source: &Path, container_path: &str) -> Result<()> {
+    let target = resolve_in_root(root, container_path)
+        .with_context(|| format!("resolving {container_path}"))?;
+    if let Some(parent) = target.parent() {
+        if let Err(e) = std::fs::create_dir_all(parent) {
+            if e.raw_os_error() == Some(libc::EROFS) {
+                return Ok(());
+            }
+            return Err(e).with_context(|| format!("creating the parent of {container_path}"));
+        }
+    }
+    if !target.exists() {
+        match File::create(&target) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("creating {container_path}")),
+        }
+    }
+    mount(
+        Some(source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {container_path}"))?;
+    remount_bind(&target, MsFlags::MS_RDONLY)
+        .with_context(|| format!("making {container_path} read-only"))
+}
+
+/// Creates `target` as a directory, or as an empty file when binding a non-directory.
+fn create_mount_target(m: &crate::Mount, target: &Path) -> Result<()> {
+    let is_bind = m.fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+    let source_is_file = is_bind
+        && std::fs::metadata(&m.source)
+            .with_context(|| format!("bind source {}", m.source))?
+            .is_file();
+    if !source_is_file {
+        return Ok(std::fs::create_dir_all(target)?);
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if !target.exists() {
+        File::create(target)?;
+    }
+    Ok(())
+}
+
+fn ensure_dir_in_root(root: &Path, container_path: &str) -> Result<PathBuf> {
+    let target = resolve_in_root(root, container_path)
+        .with_context(|| format!("resolving {container_path}"))?;
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {container_path}"))?;
+    Ok(target)
+}
+
+/// Makes `root` the root directory and detaches the old root (runc's `pivot_root(".", ".")`).
+fn pivot_into(root: &Path) -> Result<()> {
+    let old_root = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening the old root")?;
+    let new_root = open(
+        root,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening the new root")?;
+    nix::unistd::fchdir(&new_root).context("entering the new root")?;
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    // The old root is now stacked on "."; detach it so the host's tree is unreachable.
+    nix::unistd::fchdir(&old_root).context("entering the old root")?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("making the old root a slave")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    nix::unistd::chdir("/").context("entering /")?;
+    Ok(())
+}
+
+/// The spec's environment plus `PATH` and `HOME` defaults when absent.
+fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
+    let mut env = env.to_vec();
+    let has = |env: &[String], key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", home.unwrap_or("/")));
+    }
+    env
+}
+
+/// Finds `name` like `exec.LookPath` with the container's `PATH` (the last `PATH=` wins).
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    if !name.is_empty() {
+        for dir in path.split(':') {
+            let dir = if dir.is_empty() { "." } else { dir };
+            let candidate = Path::new(dir).join(name);
+            let Ok(meta) = std::fs::metadata(&candidate) else {
+                continue;
+            };
+            if meta.is_file()
+                && meta.permissions().mode() & 0o111 != 0
+                && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!("exec: {name:?}: executable file not found in $PATH")
+}
+
+fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
+        .collect()
+}
+
+/// Restores default dispositions and an empty mask: ignored signals survive exec, and Rust
+/// ignores SIGPIPE, which would break pipelines like `yes | head`.
+fn reset_signals() {
+    // SAFETY: plain signal-disposition and mask syscalls in a single-threaded process.
+    unsafe {
+        for signal in 1..libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_gets_path_and_home_defaults_only_when_absent() {
+        let env = build_env(&["A=1".into()], Some("/home/app"));
+        assert_eq!(
+            env,
+            vec![
+                "A=1".to_string(),
+                format!("PATH={DEFAULT_PATH}"),
+                "HOME=/home/app".to_string()
+            ]
+        );
+        let env = build_env(&["PATH=/x".into(), "HOME=/h".into()], None);
+        assert_eq!(env, vec!["PATH=/x".to_string(), "HOME=/h".to_string()]);
+        assert_eq!(build_env(&[], None)[1], "HOME=/");
+    }
+
+    #[test]
+    fn missing_program_error_names_it() {
+        let err = find_program("definitely-not-here", &["PATH=/nonexistent".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "exec: \"definitely-not-here\": executable file not found in $PATH"
+        );
+        assert_eq!(
+            find_program("sh", &["PATH=/nonexistent:/bin".into()]).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+    }
+}

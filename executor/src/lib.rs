@@ -1,0 +1,118 @@
+//! Runs one process in a rootfs, in its own namespaces.
+//!
+//! The builder is a multi-threaded tokio program, so it never forks and does namespace work
+//! itself. [`Executor::run`] re-executes the builder binary with [`HELPER_ARG`] as its first
+//! argument; that single-threaded helper ([`helper_main`]) unshares a pid namespace, forks the
+//! container's PID 1, which sets up mounts, hostname, user and environment, pivots into the
+//! rootfs and execs the requested program.
+//!
+//! Protocol between caller and helper: fd 3 of the helper carries the JSON [`ExecSpec`]; fd 4 is
+//! a close-on-exec status pipe that stays empty when the program was exec'd, and otherwise holds
+//! a setup error message. The helper exits with the program's exit status (128+signal when it was
+//! killed by a signal).
+
+mod helper;
+mod mounts;
+mod paths;
+mod run;
+mod user;
+
+use serde::{Deserialize, Serialize};
+
+pub use helper::helper_main;
+pub use run::{CancelToken, Executor};
+
+/// First argument that makes the builder binary act as the executor helper.
+pub const HELPER_ARG: &str = "__executor-helper";
+
+/// Default hostname inside the container, as in BuildKit.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// `PATH` set when the spec's environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One mount, in the style of the OCI runtime spec.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Mount {
+    /// `"bind"`, `"overlay"`, `"tmpfs"`, `"proc"`, or any filesystem type the kernel knows.
+    pub fstype: String,
+    /// Host path for binds; a free-form name (e.g. `"overlay"`) otherwise.
+    pub source: String,
+    /// Absolute path inside the container; `"/"` for rootfs mounts.
+    pub target: String,
+    /// Mount flags (`"ro"`, `"rbind"`, `"nosuid"`, ...) and filesystem data
+    /// (`"lowerdir=..."`, `"size=..."`, `"mode=..."`).
+    pub options: Vec<String>,
+}
+
+/// Network mode of the container.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub enum Network {
+    /// Share the host's network namespace.
+    #[default]
+    Host,
+    /// A fresh network namespace with only a loopback interface (down).
+    None,
+}
+
+/// Where the container's standard streams go.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub enum Stdio {
+    /// stdin is `/dev/null`; stdout and stderr are delivered to the `on_output` callback.
+    #[default]
+    Piped,
+    /// All three streams are inherited from the caller.
+    Inherit,
+    /// All three streams are `/dev/null`.
+    Null,
+}
+
+/// Everything needed to run one process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Mounted in order at the new root (target `"/"`), e.g. one overlay or one bind mount.
+    pub rootfs: Vec<Mount>,
+    /// Extra mounts with targets inside the container, mounted in order after `/proc`, `/dev`,
+    /// `/sys`, `/etc/hosts` and `/etc/resolv.conf`. Missing targets are created.
+    pub mounts: Vec<Mount>,
+    /// The program and its arguments; `args[0]` is looked up in the container's `PATH`.
+    pub args: Vec<String>,
+    /// The environment, exactly as given (`"K=V"`), plus `PATH` and `HOME` defaults if absent.
+    pub env: Vec<String>,
+    /// Working directory inside the container (empty means `"/"`); created if missing.
+    pub cwd: String,
+    /// `""`, `"user"`, `"uid"`, `"user:group"`, `"uid:gid"`; names are resolved in the rootfs.
+    pub user: String,
+    /// Empty means [`DEFAULT_HOSTNAME`].
+    pub hostname: String,
+    /// Network namespace mode.
+    pub network: Network,
+    /// Standard stream handling.
+    pub stdio: Stdio,
+    /// Remount the rootfs read-only (the mounts on top of it keep their own modes).
+    pub readonly_rootfs: bool,
+}
+
+/// Why a run did not produce an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The container could not be set up or the program could not be started
+    /// (e.g. `exec: "foo": executable file not found in $PATH`, a failed mount, unknown user).
+    #[error("{0}")]
+    Setup(String),
+    /// Talking to the helper process failed.
+    #[error("executor I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The run was cancelled through its [`CancelToken`]; the container was killed.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputStream {
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error.
+    Stderr,
+}

@@ -1,0 +1,386 @@
+//! Caller side: starting the helper process, streaming its output, cancellation.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ExecError, ExecSpec, OutputStream, Stdio, HELPER_ARG};
+
+/// File descriptor on which the helper reads the JSON spec.
+pub(crate) const SPEC_FD: i32 = 3;
+/// File descriptor on which the helper and the container report setup errors.
+pub(crate) const STATUS_FD: i32 = 4;
+
+/// How long output pipes may stay open after the helper exited before we stop reading.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Starts containers by re-executing a helper program (normally the builder binary itself).
+#[derive(Clone, Debug)]
+pub struct Executor {
+    helper_program: PathBuf,
+    helper_args: Vec<String>,
+    state_parent: Option<PathBuf>,
+}
+
+/// What the caller sends the helper on [`SPEC_FD`].
+#[derive(Serialize, Deserialize)]
+pub(crate) struct HelperRequest {
+    pub spec: ExecSpec,
+    /// An empty, caller-owned directory for the rootfs mount point and the generated
+    /// `/etc/hosts` and `/etc/resolv.conf`; the caller removes it even if the helper is killed.
+    pub state_dir: PathBuf,
+}
+
+impl Executor {
+    /// An executor that starts `helper_program helper_args...`, which must call
+    /// [`crate::helper_main`] (e.g. a binary whose first argument is [`HELPER_ARG`]).
+    pub fn new(helper_program: PathBuf, helper_args: Vec<String>) -> Self {
+        Executor {
+            helper_program,
+            helper_args,
+            state_parent: None,
+        }
+    }
+
+    /// Puts each run's small state directory (rootfs mount point, generated `/etc/hosts` and
+    /// `/etc/resolv.conf`) under `dir` instead of the system temp directory.
+    pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_parent = Some(dir);
+        self
+    }
+
+    /// An executor that re-executes the current binary with [`HELPER_ARG`].
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(Executor::new(
+            std::env::current_exe()?,
+            vec![HELPER_ARG.to_string()],
+        ))
+    }
+
+    /// Runs `spec` and returns the process's exit code (128+signal if it was killed).
+    ///
+    /// Blocks until the container is gone; async callers use `spawn_blocking`. Output chunks are
+    /// passed to `on_output` as they arrive, only for [`Stdio::Piped`]. Cancelling `cancel`
+    /// kills the container and makes this return [`ExecError::Cancelled`].
+    pub fn run(
+        &self,
+        spec: &ExecSpec,
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<i32, ExecError> {
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
+        if spec.args.is_empty() {
+            return Err(ExecError::Setup("no command given to execute".into()));
+        }
+        let mut state_builder = tempfile::Builder::new();
+        state_builder.prefix("builder-exec-");
+        let state_dir = match &self.state_parent {
+            Some(parent) => state_builder.tempdir_in(parent),
+            None => state_builder.tempdir(),
+        }?;
+        let request = HelperRequest {
+            spec: spec.clone(),
+            state_dir: state_dir.path().to_path_buf(),
+        };
+        let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
+
+        let (spec_read, spec_write) = cloexec_pipe()?;
+        let mut spec_write = std::fs::File::from(spec_write);
+        let (status_read, status_write) = cloexec_pipe()?;
+        // Move the helper's ends above the standard range so the dup2 calls in the child cannot
+        // clobber each other.
+        // The originals are dropped here: any extra write end would keep the status pipe open.
+        let spec_read = dup_above(spec_read, 10)?;
+        let status_write = dup_above(status_write, 10)?;
+
+        let mut command = Command::new(&self.helper_program);
+        command.args(&self.helper_args);
+        match spec.stdio {
+            Stdio::Piped => {
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+            }
+            Stdio::Inherit => {
+                command
+                    .stdin(std::process::Stdio::inherit())
+                    .stdout(std::process::Stdio::inherit())
+                    .stderr(std::process::Stdio::inherit());
+            }
+            Stdio::Null => {
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let spec_raw = spec_read.as_raw_fd();
+        let status_raw = status_write.as_raw_fd();
+        let parent_pid = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only makes async-signal-safe system calls (dup2, prctl, getppid).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(spec_raw, SPEC_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The container must not outlive us; PDEATHSIG survives the exec.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent_pid {
+                    return Err(std::io::Error::other("executor caller exited"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "starting executor helper {}: {e}",
+                    self.helper_program.display()
+                ),
+            )
+        })?;
+        drop(spec_read);
+        drop(status_write);
+
+        // From here on the helper must be reaped whatever happens.
+        let registration = match cancel.register(&child) {
+            Ok(registration) => registration,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.into());
+            }
+        };
+        // The helper reads the whole spec before anything else; a write error means it died,
+        // which its exit status and status pipe explain better.
+        let _ = spec_write.write_all(&spec_json);
+        drop(spec_write);
+
+        let pump_result = pump_output(&mut child, &registration.pidfd, on_output);
+        if pump_result.is_err() {
+            // We can no longer deliver output; do not leave the container running unobserved.
+            let _ = rustix::process::pidfd_send_signal(
+                registration.pidfd.as_fd(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        drop(registration);
+        let status = child.wait()?;
+        pump_result?;
+
+        let mut message = String::new();
+        std::fs::File::from(status_read).read_to_string(&mut message)?;
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
+        let message = message.trim();
+        if !message.is_empty() {
+            return Err(ExecError::Setup(message.to_string()));
+        }
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ok(code),
+            (None, Some(signal)) => Ok(128 + signal),
+            (None, None) => Err(ExecError::Setup(format!(
+                "executor helper ended with unknown status {status}"
+            ))),
+        }
+    }
+}
+
+/// Reads stdout/stderr of the helper (if piped) until they close and the helper has exited.
+fn pump_output(
+    child: &mut Child,
+    pidfd: &OwnedFd,
+    on_output: &mut dyn FnMut(OutputStream, &[u8]),
+) -> std::io::Result<()> {
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut exited_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(at) = exited_at {
+            if (stdout.is_none() && stderr.is_none()) || at.elapsed() > DRAIN_GRACE {
+                return Ok(());
+            }
+        }
+        let mut fds = Vec::with_capacity(3);
+        if let Some(out) = &stdout {
+            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(err) = &stderr {
+            fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
+        }
+        let watch_pid = exited_at.is_none();
+        if watch_pid {
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(250u16)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut index = 0;
+        if stdout.is_some() {
+            if ready[index] {
+                read_chunk(&mut stdout, OutputStream::Stdout, &mut buf, on_output)?;
+            }
+            index += 1;
+        }
+        if stderr.is_some() {
+            if ready[index] {
+                read_chunk(&mut stderr, OutputStream::Stderr, &mut buf, on_output)?;
+            }
+            index += 1;
+        }
+        if watch_pid && ready[index] {
+            exited_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Reads once from a ready pipe; closes it (sets `None`) at end of file.
+fn read_chunk<R: Read>(
+    pipe: &mut Option<R>,
+    stream: OutputStream,
+    buf: &mut [u8],
+    on_output: &mut dyn FnMut(OutputStream, &[u8]),
+) -> std::io::Result<()> {
+    let Some(reader) = pipe.as_mut() else {
+        return Ok(());
+    };
+    match reader.read(buf) {
+        Ok(0) => *pipe = None,
+        Ok(n) => on_output(stream, &buf[..n]),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+fn dup_above(fd: OwnedFd, min: i32) -> std::io::Result<OwnedFd> {
+    Ok(
+        nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min)).map(|raw| {
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a fresh descriptor that nobody else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })?,
+    )
+}
+
+/// Cancels runs: cloneable, thread-safe; [`CancelToken::cancel`] kills every container currently
+/// running with this token, and makes later runs with it fail at once.
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    next_id: AtomicU64,
+    /// pidfds of running helpers; signalling a pidfd cannot hit a recycled pid.
+    running: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Kills the running containers started with this token (their helpers get SIGKILL, which
+    /// takes down each container's whole pid namespace) and marks the token cancelled.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for pidfd in running.values() {
+            let _ =
+                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
+        }
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, child: &Child) -> std::io::Result<Registration> {
+        let pid = rustix::process::Pid::from_raw(child.id() as i32)
+            .ok_or_else(|| std::io::Error::other("helper has an invalid pid"))?;
+        let pidfd = Arc::new(rustix::process::pidfd_open(
+            pid,
+            rustix::process::PidfdFlags::empty(),
+        )?);
+        let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, pidfd.clone());
+        // A cancel that ran before the insert did not see this helper.
+        if self.is_cancelled() {
+            let _ =
+                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
+        }
+        Ok(Registration {
+            token: self.clone(),
+            id,
+            pidfd,
+        })
+    }
+}
+
+/// Removes a helper from its token when the run ends.
+struct Registration {
+    token: CancelToken,
+    id: u64,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.token
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+    }
+}

@@ -1,0 +1,630 @@
+//! Integration tests: real namespaces and mounts (needs root and `/bin/busybox` from Debian's
+//! `busybox-static`). The binary doubles as the executor helper, so it has its own `main`.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use executor::{
+    helper_main, CancelToken, ExecError, ExecSpec, Executor, Mount, Network, OutputStream,
+    HELPER_ARG,
+};
+
+const APPLETS: [&str; 18] = [
+    "sh", "echo", "cat", "id", "ls", "hostname", "ps", "sleep", "mount", "pwd", "touch", "env",
+    "grep", "wc", "test", "true", "yes", "head",
+];
+
+/// Hidden argument: run a `sleep` container in the given rootfs, used to kill its caller.
+const RUN_CONTAINER_ARG: &str = "__run-container";
+
+/// A busybox rootfs in a temp dir, with passwd/group entries for `root` and `app`.
+struct Rootfs {
+    dir: tempfile::TempDir,
+}
+
+impl Rootfs {
+    fn new() -> Rootfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for sub in ["bin", "etc", "tmp", "proc", "dev", "sys"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+        for applet in APPLETS {
+            symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\napp:x:1000:\nextra:x:2000:app\nother:x:3000:root\n",
+        )
+        .expect("group");
+        Rootfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn bind_spec(&self, args: &[&str]) -> ExecSpec {
+        ExecSpec {
+            rootfs: vec![Mount {
+                fstype: "bind".into(),
+                source: self.path().to_string_lossy().into_owned(),
+                target: "/".into(),
+                options: vec!["rbind".into()],
+            }],
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+struct Outcome {
+    result: Result<i32, ExecError>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(spec: &ExecSpec) -> Outcome {
+    run_with(spec, &CancelToken::new())
+}
+
+fn run_with(spec: &ExecSpec, cancel: &CancelToken) -> Outcome {
+    let executor = Executor::current_exe().expect("current_exe");
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let result = executor.run(spec, cancel, &mut |stream, chunk| match stream {
+        OutputStream::Stdout => stdout.extend_from_slice(chunk),
+        OutputStream::Stderr => stderr.extend_from_slice(chunk),
+    });
+    Outcome {
+        result,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs `sh -c script` and returns its stdout, asserting exit code 0.
+fn sh_ok(spec_of: impl FnOnce(&[&str]) -> ExecSpec, script: &str) -> String {
+    let spec = spec_of(&["sh", "-c", script]);
+    let out = run(&spec);
+    match out.result {
+        Ok(0) => out.stdout,
+        other => panic!(
+            "script {script:?} gave {other:?}, stdout {:?}, stderr {:?}",
+            out.stdout, out.stderr
+        ),
+    }
+}
+
+fn echo_output_is_captured() {
+    let rootfs = Rootfs::new();
+    let out = run(&rootfs.bind_spec(&["echo", "hello", "world"]));
+    assert_eq!(out.result.expect("run"), 0);
+    assert_eq!(out.stdout, "hello world\n");
+    let out = run(&rootfs.bind_spec(&["sh", "-c", "echo oops >&2"]));
+    assert_eq!(out.result.expect("run"), 0);
+    assert_eq!(out.stderr, "oops\n");
+}
+
+fn exit_code_is_passed_through() {
+    let rootfs = Rootfs::new();
+    let out = run(&rootfs.bind_spec(&["sh", "-c", "exit 3"]));
+    assert_eq!(out.result.expect("run"), 3);
+    let out = run(&rootfs.bind_spec(&["sh", "-c", "sh -c 'kill -KILL $$'; echo $?"]));
+    assert_eq!(out.stdout, "137\n");
+}
+
+fn env_is_exact_with_path_default_and_cwd_created() {
+    let rootfs = Rootfs::new();
+    let mut spec = rootfs.bind_spec(&["sh", "-c", "echo \"$FOO|$PATH|$HOME\"; pwd"]);
+    spec.env = vec!["FOO=bar baz".into()];
+    spec.cwd = "/work/dir".into();
+    let out = run(&spec);
+    assert_eq!(out.result.expect("run"), 0, "stderr: {}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "bar baz|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/root\n/work/dir\n"
+    );
+    assert!(rootfs.path().join("work/dir").is_dir());
+
+    spec.env = vec!["PATH=/bin".into(), "HOME=/h".into()];
+    spec.args = vec!["env".into()];
+    let out = run(&spec);
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["HOME=/h", "PATH=/bin"]);
+}
+
+fn user_by_name_and_by_ids() {
+    let rootfs = Rootfs::new();
+    let script = "echo $(id -u):$(id -g):$(id -G):$HOME";
+    let as_user = |user: &str| {
+        sh_ok(
+            |args| {
+                let mut spec = rootfs.bind_spec(args);
+                spec.user = user.into();
+                spec
+            },
+            script,
+        )
+    };
+    assert_eq!(as_user(""), "0:0:0 3000:/root\n");
+    assert_eq!(as_user("app"), "1000:1000:1000 2000:/home/app\n");
+    assert_eq!(as_user("1000"), "1000:1000:1000 2000:/home/app\n");
+    assert_eq!(as_user("1234:5678"), "1234:5678:5678:/\n");
+    assert_eq!(as_user("app:extra"), "1000:2000:2000:/home/app\n");
+}
+
+fn unknown_user_is_a_setup_error() {
+    let rootfs = Rootfs::new();
+    let mut spec = rootfs.bind_spec(&["true"]);
+    spec.user = "foo".into();
+    match run(&spec).result {
+        Err(ExecError::Setup(msg)) => assert_eq!(
+            msg,
+            "unable to find user foo: no matching entries in passwd file"
+        ),
+        other => panic!("expected setup error, got {other:?}"),
+    }
+}
+
+fn missing_executable_is_a_setup_error() {
+    let rootfs = Rootfs::new();
+    match run(&rootfs.bind_spec(&["no-such-program", "x"])).result {
+        Err(ExecError::Setup(msg)) => {
+            assert!(msg.contains("no-such-program"), "{msg}");
+            assert!(msg.contains("executable file not found in $PATH"), "{msg}");
+        }
+        other => panic!("expected setup error, got {other:?}"),
+    }
+    match run(&rootfs.bind_spec(&["/bin/nope"])).result {
+        Err(ExecError::Setup(msg)) => assert!(msg.contains("/bin/nope"), "{msg}"),
+        other => panic!("expected setup error, got {other:?}"),
+    }
+}
+
+fn hostname_defaults_and_can_be_set() {
+    let rootfs = Rootfs::new();
+    assert_eq!(
+        sh_ok(|a| rootfs.bind_spec(a), "hostname"),
+        "buildkitsandbox\n"
+    );
+    let out = sh_ok(
+        |a| {
+            let mut spec = rootfs.bind_spec(a);
+            spec.hostname = "box1".into();
+            spec
+        },
+        "hostname; cat /etc/hosts",
+    );
+    assert!(out.starts_with("box1\n"), "{out}");
+    assert!(out.contains("127.0.0.1\tlocalhost box1"), "{out}");
+}
+
+fn pid_namespace_and_proc() {
+    let rootfs = Rootfs::new();
+    // The trailing echo keeps the shell from exec'ing ps, so pid 1 stays the shell.
+    let out = sh_ok(|a| rootfs.bind_spec(a), "echo $$; ps; echo end");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1"));
+    let processes: Vec<&str> = lines.skip(1).filter(|l| *l != "end").collect();
+    // The shell (pid 1) and ps itself, nothing from the host.
+    assert_eq!(processes.len(), 2, "{out}");
+    assert!(processes[0].trim().starts_with("1 "), "{out}");
+    let mounts = sh_ok(|a| rootfs.bind_spec(a), "cat /proc/mounts");
+    for needle in [
+        " /proc proc ",
+        " /dev tmpfs ",
+        " /dev/pts devpts ",
+        " /sys sysfs ro",
+    ] {
+        assert!(mounts.contains(needle), "{needle} missing in {mounts}");
+    }
+    let devs = sh_ok(
+        |a| rootfs.bind_spec(a),
+        "echo x > /dev/null && ls /dev; echo x 2>/dev/null > /proc/sys/kernel/hostname || echo procsys-ro",
+    );
+    assert!(devs.lines().any(|l| l == "procsys-ro"), "{devs}");
+    for node in [
+        "null", "zero", "urandom", "tty", "ptmx", "shm", "fd", "stdout",
+    ] {
+        assert!(devs.lines().any(|l| l == node), "{node} missing in {devs}");
+    }
+}
+
+fn etc_files_are_provided() {
+    let rootfs = Rootfs::new();
+    let out = sh_ok(
+        |a| rootfs.bind_spec(a),
+        "cat /etc/hosts; test -f /etc/resolv.conf",
+    );
+    assert!(out.contains("localhost"), "{out}");
+    // The files exist in the rootfs as empty mount points only.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.path().join("etc/hosts")).expect("hosts"),
+        ""
+    );
+}
+
+fn network_none_has_only_loopback() {
+    let rootfs = Rootfs::new();
+    let out = sh_ok(
+        |a| {
+            let mut spec = rootfs.bind_spec(a);
+            spec.network = Network::None;
+            spec
+        },
+        "cat /proc/net/dev",
+    );
+    let interfaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, vec!["lo"], "{out}");
+}
+
+fn readonly_bind_and_tmpfs_mounts() {
+    let rootfs = Rootfs::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(data.path().join("f"), "data\n").expect("write");
+    let out = sh_ok(
+        |a| {
+            let mut spec = rootfs.bind_spec(a);
+            spec.mounts = vec![
+                Mount {
+                    fstype: "bind".into(),
+                    source: data.path().to_string_lossy().into_owned(),
+                    target: "/mnt/data".into(),
+                    options: vec!["rbind".into(), "ro".into()],
+                },
+                Mount {
+                    fstype: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    target: "/scratch".into(),
+                    options: vec!["size=1m".into(), "mode=1777".into()],
+                },
+            ];
+            spec
+        },
+        "cat /mnt/data/f; touch /mnt/data/g 2>/dev/null && echo wrote || echo rejected; \
+         touch /scratch/x && echo tmpfs-ok; grep ' /scratch ' /proc/mounts",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], &["data", "rejected", "tmpfs-ok"], "{out}");
+    assert!(lines[3].contains("tmpfs"), "{out}");
+    assert!(!data.path().join("g").exists());
+}
+
+fn readonly_rootfs_rejects_writes() {
+    let rootfs = Rootfs::new();
+    let out = sh_ok(
+        |a| {
+            let mut spec = rootfs.bind_spec(a);
+            spec.readonly_rootfs = true;
+            spec
+        },
+        "touch /x 2>/dev/null && echo wrote || echo rejected; touch /dev/shm/y && echo shm-ok",
+    );
+    assert_eq!(out, "rejected\nshm-ok\n");
+}
+
+fn overlay_rootfs_writes_land_in_upper() {
+    let lower = Rootfs::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let upper = scratch.path().join("upper");
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&upper).expect("mkdir");
+    std::fs::create_dir(&work).expect("mkdir");
+    let spec_of = |args: &[&str]| ExecSpec {
+        rootfs: vec![Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            target: "/".into(),
+            options: vec![
+                format!("lowerdir={}", lower.path().display()),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ],
+        }],
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    sh_ok(spec_of, "echo written > /tmp/new");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("tmp/new")).expect("upper file"),
+        "written\n"
+    );
+    assert!(!lower.path().join("tmp/new").exists());
+}
+
+fn cancel_kills_the_container_promptly() {
+    let rootfs = Rootfs::new();
+    let marker = format!("cancel-marker-{}", std::process::id());
+    // A distinctive argv lets us look for leftovers in the host's /proc.
+    let spec = rootfs.bind_spec(&["sh", "-c", &format!("sleep 100 & sleep 101; echo {marker}")]);
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let out = run_with(&spec, &cancel);
+    canceller.join().expect("join");
+    assert!(
+        matches!(out.result, Err(ExecError::Cancelled)),
+        "{:?}",
+        out.result
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !any_process_with_cmdline(&marker),
+        "container process survived cancel"
+    );
+    // A cancelled token refuses new runs.
+    assert!(matches!(
+        run_with(&spec, &cancel).result,
+        Err(ExecError::Cancelled)
+    ));
+}
+
+fn sigpipe_has_default_disposition() {
+    let rootfs = Rootfs::new();
+    // With SIGPIPE ignored, `yes` would spin on EPIPE errors instead of dying.
+    let out = sh_ok(|a| rootfs.bind_spec(a), "yes | head -n 2");
+    assert_eq!(out, "y\ny\n");
+}
+
+fn null_stdio_delivers_no_output() {
+    let rootfs = Rootfs::new();
+    let mut spec = rootfs.bind_spec(&["sh", "-c", "echo hidden; echo hidden >&2; exit 4"]);
+    spec.stdio = executor::Stdio::Null;
+    let out = run(&spec);
+    assert_eq!(out.result.expect("run"), 4);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+}
+
+fn overlay_with_many_long_lowerdirs() {
+    let base = Rootfs::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut lowers = Vec::new();
+    for i in 0..90 {
+        let dir = scratch
+            .path()
+            .join(format!("layer-with-a-long-name-{i:08}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        lowers.push(dir.to_string_lossy().into_owned());
+    }
+    std::fs::write(
+        scratch.path().join("layer-with-a-long-name-00000007/seven"),
+        "7\n",
+    )
+    .expect("write");
+    lowers.push(base.path().to_string_lossy().into_owned());
+    let lowerdir = format!("lowerdir={}", lowers.join(":"));
+    assert!(
+        lowerdir.len() > 4096,
+        "the test needs mount data over a page"
+    );
+    let spec_of = |args: &[&str]| ExecSpec {
+        rootfs: vec![Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            target: "/".into(),
+            options: vec![lowerdir.clone(), "ro".into()],
+        }],
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    assert_eq!(sh_ok(spec_of, "cat /seven"), "7\n");
+}
+
+fn caller_death_kills_the_container() {
+    let rootfs = Rootfs::new();
+    let marker = format!("orphan-marker-{}", std::process::id());
+    let exe = std::env::current_exe().expect("current_exe");
+    // A killed caller cannot remove its state dir, so keep it out of the shared temp dir.
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut caller = std::process::Command::new(exe)
+        .args([
+            RUN_CONTAINER_ARG,
+            &rootfs.path().to_string_lossy(),
+            &marker,
+            &state.path().to_string_lossy(),
+        ])
+        .spawn()
+        .expect("spawn caller");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !any_process_with_cmdline(&marker) {
+        assert!(Instant::now() < deadline, "container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    caller.kill().expect("kill caller");
+    caller.wait().expect("reap caller");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while any_process_with_cmdline(&marker) {
+        assert!(Instant::now() < deadline, "container outlived its caller");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Body of the [`RUN_CONTAINER_ARG`] child process.
+fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
+    let spec = ExecSpec {
+        rootfs: vec![Mount {
+            fstype: "bind".into(),
+            source: rootfs.into(),
+            target: "/".into(),
+            options: vec!["rbind".into()],
+        }],
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("sleep 100; echo {marker}"),
+        ],
+        stdio: executor::Stdio::Null,
+        ..Default::default()
+    };
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_state_dir(state_dir.into());
+    let result = executor.run(&spec, &CancelToken::new(), &mut |_, _| {});
+    eprintln!("container ended unexpectedly: {result:?}");
+    std::process::exit(2)
+}
+
+fn any_process_with_cmdline(needle: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+fn nothing_stays_mounted_on_the_host(before: &str, state_dirs_before: &[PathBuf]) {
+    let after = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert_eq!(before, after, "host mount table changed");
+    assert_eq!(
+        state_dirs(),
+        state_dirs_before,
+        "state dirs were left behind"
+    );
+}
+
+fn state_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("builder-exec-"))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A named test body.
+type TestFn = Box<dyn Fn()>;
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some(HELPER_ARG) {
+        helper_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(RUN_CONTAINER_ARG) {
+        let args: Vec<String> = std::env::args().collect();
+        match (args.get(2), args.get(3), args.get(4)) {
+            (Some(rootfs), Some(marker), Some(state)) => {
+                run_container_and_hang(rootfs, marker, state)
+            }
+            _ => std::process::exit(2),
+        }
+    }
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mountinfo_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let state_dirs_before = state_dirs();
+    let tests: Vec<(&str, TestFn)> = vec![
+        ("echo_output_is_captured", Box::new(echo_output_is_captured)),
+        (
+            "exit_code_is_passed_through",
+            Box::new(exit_code_is_passed_through),
+        ),
+        (
+            "env_is_exact_with_path_default_and_cwd_created",
+            Box::new(env_is_exact_with_path_default_and_cwd_created),
+        ),
+        ("user_by_name_and_by_ids", Box::new(user_by_name_and_by_ids)),
+        (
+            "unknown_user_is_a_setup_error",
+            Box::new(unknown_user_is_a_setup_error),
+        ),
+        (
+            "missing_executable_is_a_setup_error",
+            Box::new(missing_executable_is_a_setup_error),
+        ),
+        (
+            "hostname_defaults_and_can_be_set",
+            Box::new(hostname_defaults_and_can_be_set),
+        ),
+        ("pid_namespace_and_proc", Box::new(pid_namespace_and_proc)),
+        ("etc_files_are_provided", Box::new(etc_files_are_provided)),
+        (
+            "network_none_has_only_loopback",
+            Box::new(network_none_has_only_loopback),
+        ),
+        (
+            "readonly_bind_and_tmpfs_mounts",
+            Box::new(readonly_bind_and_tmpfs_mounts),
+        ),
+        (
+            "readonly_rootfs_rejects_writes",
+            Box::new(readonly_rootfs_rejects_writes),
+        ),
+        (
+            "overlay_rootfs_writes_land_in_upper",
+            Box::new(overlay_rootfs_writes_land_in_upper),
+        ),
+        (
+            "cancel_kills_the_container_promptly",
+            Box::new(cancel_kills_the_container_promptly),
+        ),
+        (
+            "sigpipe_has_default_disposition",
+            Box::new(sigpipe_has_default_disposition),
+        ),
+        (
+            "null_stdio_delivers_no_output",
+            Box::new(null_stdio_delivers_no_output),
+        ),
+        (
+            "overlay_with_many_long_lowerdirs",
+            Box::new(overlay_with_many_long_lowerdirs),
+        ),
+        (
+            "caller_death_kills_the_container",
+            Box::new(caller_death_kills_the_container),
+        ),
+        (
+            "nothing_stays_mounted_on_the_host",
+            Box::new(move || {
+                nothing_stays_mounted_on_the_host(&mountinfo_before, &state_dirs_before)
+            }),
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

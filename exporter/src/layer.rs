@@ -1,0 +1,243 @@
+//! Layer blobs (compression, diff ids) and writing image config/manifest/index blobs.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+use snapshotter::ContentStore;
+
+use crate::image::{
+    Descriptor, History, ImageConfig, Index, Manifest, Platform, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST,
+};
+use crate::{Error, IoContext, Result};
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+const COPY_BUFFER_SIZE: usize = 256 * 1024;
+
+/// A layer written to the content store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// The compressed blob.
+    pub descriptor: Descriptor,
+    /// `sha256:` of the uncompressed tar (goes into the config's `rootfs.diff_ids`).
+    pub diff_id: String,
+}
+
+/// Size of the pieces fed to the compressor.
+const COMPRESS_CHUNK_SIZE: usize = 64 * 1024;
+
+/// Hashes the uncompressed stream and feeds the encoder in fixed-size pieces: the deflate
+/// output depends on how its input is split, and layer digests must not depend on how the
+/// producer happens to chunk its writes.
+struct LayerStream<W: Write> {
+    encoder: W,
+    hasher: Sha256,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> LayerStream<W> {
+    fn new(encoder: W) -> Self {
+        LayerStream {
+            encoder,
+            hasher: Sha256::new(),
+            pending: Vec::with_capacity(COMPRESS_CHUNK_SIZE),
+        }
+    }
+
+    /// Flushes the last partial piece and returns the encoder and the diff id.
+    fn finish(mut self) -> io::Result<(W, String)> {
+        self.encoder.write_all(&self.pending)?;
+        let diff_id = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        Ok((self.encoder, diff_id))
+    }
+}
+
+impl<W: Write> Write for LayerStream<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = COMPRESS_CHUNK_SIZE - self.pending.len();
+        let taken = room.min(buf.len());
+        self.pending.extend_from_slice(&buf[..taken]);
+        self.hasher.update(&buf[..taken]);
+        if self.pending.len() == COMPRESS_CHUNK_SIZE {
+            self.encoder.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Flushing the encoder would end a deflate block early and change the output, so a
+        // producer's flush only matters once the layer is finished.
+        Ok(())
+    }
+}
+
+/// Streams an uncompressed tar (written by `produce`) through gzip into the content store,
+/// hashing compressed and uncompressed bytes at once; never holds the layer in memory.
+pub fn write_layer(
+    content: &ContentStore,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<LayerBlob> {
+    let blob = io::BufWriter::with_capacity(COPY_BUFFER_SIZE, content.writer()?);
+    let mut tar_stream = LayerStream::new(GzEncoder::new(blob, Compression::default()));
+    produce(&mut tar_stream).context(|| "writing layer tar".to_string())?;
+    let (encoder, diff_id) = tar_stream
+        .finish()
+        .context(|| "compressing layer".to_string())?;
+    let blob = encoder
+        .finish()
+        .context(|| "compressing layer".to_string())?;
+    let blob = blob
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context(|| "flushing layer blob".to_string())?;
+    let (digest, size) = blob.commit(None)?;
+    Ok(LayerBlob {
+        descriptor: Descriptor::new(MEDIA_TYPE_OCI_LAYER_GZIP, &digest, size),
+        diff_id,
+    })
+}
+
+/// Decompressed reader for a layer blob (gzip, zstd or uncompressed by media type).
+///
+/// The compression is recognised by the blob's magic bytes, so mislabelled layers still work.
+pub fn open_layer(content: &ContentStore, layer: &Descriptor) -> Result<Box<dyn Read + Send>> {
+    if !content.has(&layer.digest) {
+        return Err(Error::NotFound(format!("layer blob {}", layer.digest)));
+    }
+    let file = content.open_blob(&layer.digest)?;
+    decompressed(BufReader::with_capacity(COPY_BUFFER_SIZE, file))
+        .context(|| format!("reading layer {}", layer.digest))
+}
+
+/// Wraps `reader` in the decoder its magic bytes call for (gzip, zstd or none).
+pub(crate) fn decompressed<R: BufRead + Send + 'static>(
+    mut reader: R,
+) -> io::Result<Box<dyn Read + Send>> {
+    let head = reader.fill_buf()?;
+    if head.starts_with(GZIP_MAGIC) {
+        Ok(Box::new(MultiGzDecoder::new(reader)))
+    } else if head.starts_with(ZSTD_MAGIC) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(reader)?))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Writes config + manifest blobs (OCI media types) and returns the manifest descriptor
+/// (with platform set from the config).
+pub fn write_image(
+    content: &ContentStore,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+) -> Result<Descriptor> {
+    if config.rootfs.diff_ids.len() != layers.len() {
+        return Err(Error::InvalidImage(format!(
+            "config lists {} diff_ids but the manifest has {} layers",
+            config.rootfs.diff_ids.len(),
+            layers.len()
+        )));
+    }
+    let config_bytes = serde_json::to_vec(config)?;
+    let config_digest = content.put_bytes(&config_bytes)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        config: Descriptor::new(
+            MEDIA_TYPE_OCI_CONFIG,
+            &config_digest,
+            config_bytes.len() as u64,
+        ),
+        layers: layers
+            .iter()
+            .map(|layer| Descriptor {
+                platform: None,
+                ..layer.clone()
+            })
+            .collect(),
+        annotations: Default::default(),
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = content.put_bytes(&manifest_bytes)?;
+    let mut descriptor = Descriptor::new(
+        MEDIA_TYPE_OCI_MANIFEST,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+    );
+    descriptor.platform = Some(config.platform());
+    Ok(descriptor)
+}
+
+/// Writes an OCI index over `manifests` (each should carry its platform) and returns its descriptor.
+pub fn write_index(content: &ContentStore, manifests: &[Descriptor]) -> Result<Descriptor> {
+    let index = Index {
+        manifests: manifests.to_vec(),
+        ..Index::new()
+    };
+    let bytes = serde_json::to_vec(&index)?;
+    let digest = content.put_bytes(&bytes)?;
+    Ok(Descriptor::new(
+        MEDIA_TYPE_OCI_INDEX,
+        &digest,
+        bytes.len() as u64,
+    ))
+}
+
+/// `PATH` docker and BuildKit use when an image defines none.
+const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Makes a one-layer image from a rootfs tarball (plain, gzip or zstd), e.g.
+/// `builder import busybox.tar busybox:latest`. `created` defaults to now.
+///
+/// The config gets the default `PATH` so the image is usable as a base straight away.
+pub fn import_rootfs_tar(
+    content: &ContentStore,
+    input: impl Read,
+    platform: &Platform,
+    created: Option<&str>,
+) -> Result<Descriptor> {
+    // `input` need not be Send, so `decompressed` (used for stored blobs) does not fit here.
+    let mut input = BufReader::with_capacity(COPY_BUFFER_SIZE, input);
+    let head = input
+        .fill_buf()
+        .context(|| "reading rootfs tar".to_string())?;
+    let is_gzip = head.starts_with(GZIP_MAGIC);
+    let is_zstd = head.starts_with(ZSTD_MAGIC);
+    let mut tar: Box<dyn Read + '_> = if is_gzip {
+        Box::new(MultiGzDecoder::new(input))
+    } else if is_zstd {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(input)
+                .context(|| "reading zstd rootfs tar".to_string())?,
+        )
+    } else {
+        Box::new(input)
+    };
+    let layer = write_layer(content, &mut |out| {
+        io::copy(&mut tar, out)?;
+        Ok(())
+    })?;
+    let created = created.map_or_else(crate::now_rfc3339, str::to_string);
+    let platform = platform.normalized();
+    let mut config = ImageConfig {
+        created: Some(created.clone()),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        os_version: platform.os_version.clone(),
+        ..Default::default()
+    };
+    config.config.env.push(DEFAULT_PATH_ENV.to_string());
+    config.rootfs.diff_ids.push(layer.diff_id.clone());
+    config.history.push(History {
+        created: Some(created),
+        created_by: Some("builder import".to_string()),
+        comment: Some("imported from rootfs tarball".to_string()),
+        ..Default::default()
+    });
+    write_image(content, &config, &[layer.descriptor])
+}

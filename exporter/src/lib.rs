@@ -1,0 +1,99 @@
+//! Images: OCI config/manifest/index types, layer compression, the local image store (tags),
+//! OCI layout and docker archives, and registry push/pull.
+
+mod archive;
+pub mod image;
+mod layer;
+pub mod reference;
+pub mod registry;
+mod store;
+mod time;
+
+pub use archive::{export_docker_archive, export_oci_archive};
+pub use image::{
+    ContainerConfig, Descriptor, HealthConfig, History, ImageConfig, Index, Manifest, Platform,
+    RootFs,
+};
+pub use layer::{import_rootfs_tar, open_layer, write_image, write_index, write_layer, LayerBlob};
+pub use reference::Reference;
+pub use registry::RegistryClient;
+pub use snapshotter::ContentStore;
+pub use store::ImageStore;
+pub use time::{format_rfc3339, now_rfc3339};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors of image handling.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    /// No image or blob by that name or digest.
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("invalid platform {0:?} (expected os/arch[/variant], e.g. linux/arm64)")]
+    InvalidPlatform(String),
+    /// An index has no manifest for the requested platform.
+    #[error("no image for platform {platform} in {digest} (available: {available})")]
+    PlatformNotFound {
+        platform: String,
+        digest: String,
+        available: String,
+    },
+    #[error("unsupported media type {0:?}")]
+    UnsupportedMediaType(String),
+    /// Malformed image content (bad JSON shape, layer count mismatch, wrong size, …).
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// The registry answered with an error or something unexpected.
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("content store: {0}")]
+    Store(#[from] snapshotter::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io {
+            context: "i/o error".to_string(),
+            source,
+        }
+    }
+}
+
+/// Adds what was being done to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}

@@ -1,0 +1,9 @@
+//! Dockerfile front end: parsing and shell-word expansion.
+
+pub mod parser;
+pub mod shell;
+
+pub use parser::{parse, Ast, Directives, Heredoc, Instruction, ParseError, Warning};
+pub use shell::{Env, ExpandError, Expander};
+pub mod ignore;
+pub mod lower;

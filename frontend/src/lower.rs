@@ -1,0 +1,1220 @@
+//! Lowers a parsed Dockerfile to the solver's build graph plus the final image config.
+
+use crate::parser::{Ast, Instruction};
+use crate::shell::Expander;
+use exporter::image::{EmptyObject, HealthConfig, History, ImageConfig};
+use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The PATH BuildKit puts in an image that has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Name of the build context in the graph's `Local` ops.
+pub const CONTEXT_NAME: &str = "context";
+
+/// Looks up base images; the CLI backs this with the local store and registries.
+pub trait ImageResolver {
+    /// Returns the reference pinned to a manifest digest, and the image config.
+    fn resolve(&self, reference: &str, platform: &str) -> anyhow::Result<(String, ImageConfig)>;
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Shown in messages, e.g. "Dockerfile".
+    pub dockerfile_name: String,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// Target platform, e.g. "linux/amd64".
+    pub platform: String,
+    /// Platform of the machine running the build.
+    pub build_platform: String,
+    /// Stages whose steps must not come from the cache.
+    pub no_cache_stages: BTreeSet<String>,
+}
+
+/// An error in the Dockerfile, with its position.
+#[derive(Debug, Clone)]
+pub struct DockerfileError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// The offending source line, for a caret display.
+    pub source_line: Option<String>,
+}
+
+impl std::fmt::Display for DockerfileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if let Some(src) = &self.source_line {
+            let width = self.line.to_string().len();
+            write!(
+                f,
+                "\n {:>width$} | {}\n {:>width$} | {}^",
+                self.line,
+                src,
+                "",
+                " ".repeat(self.column.saturating_sub(1))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DockerfileError {}
+
+/// Where a vertex came from in the Dockerfile.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub line: usize,
+    pub end_line: usize,
+    pub text: String,
+}
+
+/// A lowered build.
+pub struct Lowered {
+    pub definition: Definition,
+    /// Config of the final image (without rootfs; the exporter fills diff ids).
+    pub image: ImageConfig,
+    /// Source position of each vertex made from an instruction.
+    pub locations: BTreeMap<usize, Location>,
+    /// Names of the stages that are part of the build, in order.
+    pub stages: Vec<String>,
+}
+
+#[derive(Clone)]
+struct StageState {
+    vertex: Option<usize>,
+    config: ImageConfig,
+    /// Declared ARGs in scope with their values.
+    args: Vec<(String, String)>,
+    shell: Vec<String>,
+    platform: String,
+}
+
+struct StageSource<'a> {
+    from: &'a Instruction,
+    name: Option<String>,
+    body: &'a [Instruction],
+}
+
+struct Lowerer<'a> {
+    opts: &'a BuildOptions,
+    source: Vec<String>,
+    def: Definition,
+    locations: BTreeMap<usize, Location>,
+    global_args: Vec<(String, String)>,
+    /// Stage names by index (None for unnamed stages).
+    stage_names: Vec<Option<String>>,
+}
+
+fn lines_of(source: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(source)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+impl Lowerer<'_> {
+    fn err(&self, ins: &Instruction, message: impl Into<String>) -> DockerfileError {
+        self.err_at(ins.start_line, ins.column, message)
+    }
+
+    fn err_at(&self, line: usize, column: usize, message: impl Into<String>) -> DockerfileError {
+        DockerfileError {
+            file: self.opts.dockerfile_name.clone(),
+            line,
+            column: column.max(1),
+            message: message.into(),
+            source_line: self.source.get(line.wrapping_sub(1)).cloned(),
+        }
+    }
+
+    fn expand(
+        &self,
+        ins: &Instruction,
+        env: &[(String, String)],
+        word: &str,
+        escape: char,
+    ) -> Result<String, DockerfileError> {
+        Expander::new(&env.to_vec(), escape)
+            .process_word(word)
+            .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))
+    }
+
+    fn add(&mut self, vertex: Vertex, ins: Option<&Instruction>) -> usize {
+        let id = self.def.add(vertex);
+        if let Some(ins) = ins {
+            self.locations.entry(id).or_insert(Location {
+                line: ins.start_line,
+                end_line: ins.end_line,
+                text: ins.original.clone(),
+            });
+        }
+        id
+    }
+}
+
+/// Splits `--name=value` flags, rejecting unknown ones.
+fn parse_flags(ins: &Instruction, allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for f in &ins.flags {
+        let body = f.trim_start_matches('-');
+        let (name, value) = body
+            .split_once('=')
+            .map(|(n, v)| (n, v.to_string()))
+            .unwrap_or((body, "true".into()));
+        if !allowed.contains(&name) {
+            let known = allowed
+                .iter()
+                .map(|a| format!("--{a}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(format!(
+                "unknown flag: --{name} for {} (known flags: {})",
+                ins.keyword.to_uppercase(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known
+                }
+            ));
+        }
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
+}
+
+const INSTRUCTIONS: &[&str] = &[
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
+];
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within a small edit distance, for "did you mean" hints.
+pub fn suggest<'b>(word: &str, candidates: impl IntoIterator<Item = &'b str>) -> Option<&'b str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d > 0)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn env_get<'e>(env: &'e [String], key: &str) -> Option<&'e str> {
+    env.iter().rev().find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+fn env_set(env: &mut Vec<String>, key: &str, value: &str) {
+    let entry = format!("{key}={value}");
+    match env
+        .iter_mut()
+        .find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key))
+    {
+        Some(slot) => *slot = entry,
+        None => env.push(entry),
+    }
+}
+
+/// Expansion environment: ARGs in scope overridden by ENV (ENV always wins).
+fn scope(state: &StageState) -> Vec<(String, String)> {
+    let mut v = state.args.clone();
+    v.extend(
+        state
+            .config
+            .config
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    v
+}
+
+/// Lowers a Dockerfile (already parsed) to a build graph.
+pub fn lower(
+    ast: &Ast,
+    source: &[u8],
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Lowered, DockerfileError> {
+    let mut l = Lowerer {
+        opts,
+        source: lines_of(source),
+        def: Definition::default(),
+        locations: BTreeMap::new(),
+        global_args: Vec::new(),
+        stage_names: Vec::new(),
+    };
+    let escape = ast.directives.escape;
+
+    // Automatic platform args, then global ARGs before the first FROM.
+    let (os, arch, variant) = split_platform(&opts.platform);
+    let (bos, barch, bvariant) = split_platform(&opts.build_platform);
+    let auto_args: Vec<(String, String)> = vec![
+        ("TARGETPLATFORM".into(), opts.platform.clone()),
+        ("TARGETOS".into(), os),
+        ("TARGETARCH".into(), arch),
+        ("TARGETVARIANT".into(), variant),
+        ("BUILDPLATFORM".into(), opts.build_platform.clone()),
+        ("BUILDOS".into(), bos),
+        ("BUILDARCH".into(), barch),
+        ("BUILDVARIANT".into(), bvariant),
+    ];
+    let mut stages: Vec<StageSource> = Vec::new();
+    let mut i = 0;
+    let ins = &ast.instructions;
+    while i < ins.len() && ins[i].keyword != "from" {
+        let x = &ins[i];
+        if x.keyword != "arg" {
+            return Err(l.err(
+                x,
+                format!(
+                    "{} comes before the first FROM; only ARG may appear there",
+                    x.keyword.to_uppercase()
+                ),
+            ));
+        }
+        let mut env = auto_args.clone();
+        env.extend(l.global_args.clone());
+        for a in &x.args {
+            let (k, v) = declare_arg(&l, x, a, &env, escape)?;
+            let v = opts.build_args.get(&k).cloned().or(v).unwrap_or_default();
+            l.global_args.push((k, v));
+        }
+        i += 1;
+    }
+    if i == ins.len() {
+        let line = ins.last().map(|x| x.end_line).unwrap_or(1);
+        return Err(l.err_at(
+            line,
+            1,
+            "the Dockerfile has no FROM instruction; a build stage must start with FROM",
+        ));
+    }
+    while i < ins.len() {
+        let from = &ins[i];
+        let mut j = i + 1;
+        while j < ins.len() && ins[j].keyword != "from" {
+            j += 1;
+        }
+        let name = match from.args.as_slice() {
+            [_] => None,
+            [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_lowercase()),
+            [] => {
+                return Err(l.err(
+                    from,
+                    "FROM requires the name of a base image, e.g. FROM debian:bookworm",
+                ))
+            }
+            _ => return Err(l.err(
+                from,
+                "FROM takes one image and an optional `AS name`, e.g. FROM golang:1.22 AS build",
+            )),
+        };
+        if let Some(n) = &name {
+            if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
+                return Err(l.err(from, format!("duplicate stage name {n:?}")));
+            }
+        }
+        stages.push(StageSource {
+            from,
+            name,
+            body: &ins[i + 1..j],
+        });
+        i = j;
+    }
+
+    l.stage_names = stages.iter().map(|s| s.name.clone()).collect();
+    let target = match &opts.target {
+        None => stages.len() - 1,
+        Some(t) => {
+            let t = t.to_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(&t))
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let hint = suggest(&t, names.iter().copied())
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    l.err_at(1, 1, format!("target stage {t:?} could not be found{hint}"))
+                })?
+        }
+    };
+
+    let stage_index = |reference: &str, before: usize| -> Option<usize> {
+        let r = reference.to_lowercase();
+        stages[..before]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&r))
+            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < before))
+    };
+
+    // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
+    let mut needed = vec![false; stages.len()];
+    let mut stack = vec![target];
+    while let Some(s) = stack.pop() {
+        if std::mem::replace(&mut needed[s], true) {
+            continue;
+        }
+        let mut global_env = auto_args.clone();
+        global_env.extend(l.global_args.clone());
+        let base = l.expand(stages[s].from, &global_env, &stages[s].from.args[0], escape)?;
+        if let Some(d) = stage_index(&base, s) {
+            stack.push(d);
+        }
+        for x in stages[s].body {
+            if x.keyword == "copy" || x.keyword == "add" {
+                for f in &x.flags {
+                    if let Some(v) = f.strip_prefix("--from=") {
+                        let v = l
+                            .expand(x, &global_env, v, escape)
+                            .unwrap_or_else(|_| v.to_string());
+                        match stage_index(&v, s) {
+                            Some(d) => stack.push(d),
+                            None if stages.iter().any(|st| {
+                                st.name.as_deref() == Some(v.to_lowercase().as_str())
+                            }) =>
+                            {
+                                return Err(l.err(x, format!("COPY --from={v} refers to a stage defined later; a stage can only copy from earlier stages")));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let multi = stages.len() > 1;
+    let mut states: Vec<Option<StageState>> = vec![None; stages.len()];
+    let mut built_names = Vec::new();
+    for s in 0..stages.len() {
+        if !needed[s] {
+            continue;
+        }
+        let st = &stages[s];
+        let label = match (&st.name, multi) {
+            (Some(n), _) => n.clone(),
+            (None, true) => format!("stage-{s}"),
+            (None, false) => String::new(),
+        };
+        built_names.push(if label.is_empty() {
+            format!("stage-{s}")
+        } else {
+            label.clone()
+        });
+        let no_cache = opts.no_cache_stages.contains(&label)
+            || st
+                .name
+                .as_ref()
+                .is_some_and(|n| opts.no_cache_stages.contains(n));
+        let state = lower_stage(
+            &mut l,
+            st,
+            s,
+            &label,
+            &states,
+            &stage_index,
+            &auto_args,
+            escape,
+            resolver,
+            no_cache,
+        )?;
+        states[s] = Some(state);
+    }
+    let final_state = states[target]
+        .clone()
+        .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
+    let output = match final_state.vertex {
+        Some(v) => v,
+        None => l.add(
+            Vertex {
+                op: Op::Scratch,
+                inputs: vec![],
+                name: "scratch".into(),
+                ignore_cache: false,
+            },
+            None,
+        ),
+    };
+    l.def.output = Some(output);
+    let mut image = final_state.config;
+    image.rootfs.diff_ids.clear();
+    Ok(Lowered {
+        definition: l.def,
+        image,
+        locations: l.locations,
+        stages: built_names,
+    })
+}
+
+fn split_platform(p: &str) -> (String, String, String) {
+    let mut it = p.split('/');
+    (
+        it.next().unwrap_or("").into(),
+        it.next().unwrap_or("").into(),
+        it.next().unwrap_or("").into(),
+    )
+}
+
+/// Parses one ARG word (`name` or `name=default`), expanding the default.
+fn declare_arg(
+    l: &Lowerer,
+    ins: &Instruction,
+    word: &str,
+    env: &[(String, String)],
+    escape: char,
+) -> Result<(String, Option<String>), DockerfileError> {
+    match word.split_once('=') {
+        Some((k, v)) => Ok((k.to_string(), Some(l.expand(ins, env, v, escape)?))),
+        None => Ok((word.to_string(), None)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lower_stage(
+    l: &mut Lowerer,
+    st: &StageSource,
+    index: usize,
+    label: &str,
+    states: &[Option<StageState>],
+    stage_index: &dyn Fn(&str, usize) -> Option<usize>,
+    auto_args: &[(String, String)],
+    escape: char,
+    resolver: &dyn ImageResolver,
+    no_cache: bool,
+) -> Result<StageState, DockerfileError> {
+    let from = st.from;
+    let flags = parse_flags(from, &["platform"]).map_err(|e| l.err(from, e))?;
+    let mut global_env = auto_args.to_vec();
+    global_env.extend(l.global_args.clone());
+    let platform = match flags.get("platform") {
+        Some(p) => l.expand(from, &global_env, p, escape)?,
+        None => l.opts.platform.clone(),
+    };
+    let base = l.expand(from, &global_env, &from.args[0], escape)?;
+    if base.is_empty() {
+        return Err(l.err(
+            from,
+            format!("base name ({}) should not be blank", from.args[0]),
+        ));
+    }
+    let total = 1 + st
+        .body
+        .iter()
+        .filter(|x| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir"))
+        .count();
+    let step_name = |step: usize, text: &str| {
+        if label.is_empty() {
+            format!("[{step}/{total}] {text}")
+        } else {
+            format!("[{label} {step}/{total}] {text}")
+        }
+    };
+    let mut state = if let Some(d) = stage_index(&base, index) {
+        let mut s = states[d]
+            .clone()
+            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?;
+        s.args.clear();
+        s
+    } else if base.eq_ignore_ascii_case("scratch") {
+        let (os, arch, variant) = split_platform(&platform);
+        let config = ImageConfig {
+            os,
+            architecture: arch,
+            variant: (!variant.is_empty()).then_some(variant),
+            ..Default::default()
+        };
+        StageState {
+            vertex: None,
+            config,
+            args: vec![],
+            shell: vec![],
+            platform: platform.clone(),
+        }
+    } else {
+        let (pinned, mut config) = resolver
+            .resolve(&base, &platform)
+            .map_err(|e| l.err(from, format!("{e:#}")))?;
+        let v = l.add(
+            Vertex {
+                op: Op::Image {
+                    reference: pinned,
+                    platform: platform.clone(),
+                },
+                inputs: vec![],
+                name: step_name(1, &format!("FROM {base}")),
+                ignore_cache: false,
+            },
+            Some(from),
+        );
+        config.config.on_build.clear();
+        StageState {
+            vertex: Some(v),
+            config,
+            args: vec![],
+            shell: vec![],
+            platform: platform.clone(),
+        }
+    };
+    if env_get(&state.config.config.env, "PATH").is_none() {
+        env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
+    }
+    let mut step = 1;
+    for ins in st.body {
+        let kw = ins.keyword.as_str();
+        let created_by;
+        let mut empty_layer = true;
+        let env = scope(&state);
+        match kw {
+            "run" => {
+                parse_flags(ins, &["network"]).map_err(|e| l.err(ins, e))?;
+                let network = match ins.flags.iter().find_map(|f| f.strip_prefix("--network=")) {
+                    None | Some("default") | Some("host") => NetworkMode::Host,
+                    Some("none") => NetworkMode::None,
+                    Some(other) => {
+                        return Err(l.err(
+                            ins,
+                            format!(
+                                "unsupported network mode {other:?}; use default, none or host"
+                            ),
+                        ))
+                    }
+                };
+                let args = command_args(&state, ins);
+                step += 1;
+                let mut run_env = state.config.config.env.clone();
+                for (k, v) in &state.args {
+                    if env_get(&run_env, k).is_none() {
+                        run_env.push(format!("{k}={v}"));
+                    }
+                }
+                let exec = ExecOp {
+                    args: args.clone(),
+                    env: run_env,
+                    cwd: state
+                        .config
+                        .config
+                        .working_dir
+                        .clone()
+                        .unwrap_or_else(|| "/".into()),
+                    user: state.config.config.user.clone().unwrap_or_default(),
+                    network,
+                    mounts: vec![],
+                };
+                let inputs = state.vertex.into_iter().collect();
+                let root = match state.vertex {
+                    Some(_) => inputs,
+                    None => vec![l.add(
+                        Vertex {
+                            op: Op::Scratch,
+                            inputs: vec![],
+                            name: "scratch".into(),
+                            ignore_cache: false,
+                        },
+                        None,
+                    )],
+                };
+                let v = l.add(
+                    Vertex {
+                        op: Op::Exec(exec),
+                        inputs: root,
+                        name: step_name(step, &format!("RUN {}", display_cmd(ins))),
+                        ignore_cache: no_cache,
+                    },
+                    Some(ins),
+                );
+                state.vertex = Some(v);
+                created_by = format!("RUN {}", display_cmd(ins));
+                empty_layer = false;
+            }
+            "copy" | "add" => {
+                let flags = parse_flags(ins, &["from", "chown", "chmod", "link"])
+                    .map_err(|e| l.err(ins, e))?;
+                if ins.args.len() < 2 {
+                    return Err(l.err(ins, format!("{} requires at least two arguments: one or more sources and a destination", kw.to_uppercase())));
+                }
+                let mut words = Vec::new();
+                for a in &ins.args {
+                    words.push(if ins.json {
+                        a.clone()
+                    } else {
+                        l.expand(ins, &env, a, escape)?
+                    });
+                }
+                let dest_word = words.pop().unwrap_or_default();
+                if words.len() > 1 && !dest_word.ends_with('/') {
+                    return Err(l.err(ins, format!("when using {} with more than one source file, the destination must be a directory and end with a /", kw.to_uppercase())));
+                }
+                if kw == "add" {
+                    if let Some(url) = words.iter().find(|w| {
+                        w.starts_with("http://")
+                            || w.starts_with("https://")
+                            || w.starts_with("git@")
+                    }) {
+                        return Err(l.err(
+                            ins,
+                            format!("ADD of a remote source ({url}) is not supported yet"),
+                        ));
+                    }
+                }
+                let workdir = state
+                    .config
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
+                let dest = if dest_word.starts_with('/') {
+                    dest_word.clone()
+                } else {
+                    join_path(&workdir, &dest_word, true)
+                };
+                let chown = match flags.get("chown") {
+                    Some(c) => Some(parse_chown(&l.expand(ins, &env, c, escape)?)),
+                    None => None,
+                };
+                let chmod = match flags.get("chmod") {
+                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                        l.err(
+                            ins,
+                            format!(
+                                "invalid --chmod={m}: only octal modes such as 0755 are supported"
+                            ),
+                        )
+                    })?),
+                    None => None,
+                };
+                let src_vertex = match flags.get("from") {
+                    None => l.add(
+                        Vertex {
+                            op: Op::Local {
+                                name: CONTEXT_NAME.into(),
+                            },
+                            inputs: vec![],
+                            name: "[internal] load build context".into(),
+                            ignore_cache: false,
+                        },
+                        None,
+                    ),
+                    Some(f) => {
+                        let f = l.expand(ins, &env, f, escape)?;
+                        match stage_index(&f, index) {
+                            Some(d) => match states[d].as_ref().and_then(|s| s.vertex) {
+                                Some(v) => v,
+                                None => l.add(
+                                    Vertex {
+                                        op: Op::Scratch,
+                                        inputs: vec![],
+                                        name: "scratch".into(),
+                                        ignore_cache: false,
+                                    },
+                                    None,
+                                ),
+                            },
+                            None => {
+                                let earlier: Vec<String> = (0..index)
+                                    .filter_map(|d| l.stage_names.get(d).cloned().flatten())
+                                    .collect();
+                                let hint =
+                                    suggest(&f.to_lowercase(), earlier.iter().map(String::as_str));
+                                let (pinned, _) = resolver.resolve(&f, &state.platform).map_err(|e| match hint {
+                                    Some(h) => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one; did you mean {h:?}?")),
+                                    None => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one, and as an image: {e:#}")),
+                                })?;
+                                l.add(
+                                    Vertex {
+                                        op: Op::Image {
+                                            reference: pinned,
+                                            platform: state.platform.clone(),
+                                        },
+                                        inputs: vec![],
+                                        name: format!("FROM {f}"),
+                                        ignore_cache: false,
+                                    },
+                                    Some(ins),
+                                )
+                            }
+                        }
+                    }
+                };
+                let base = match state.vertex {
+                    Some(v) => v,
+                    None => l.add(
+                        Vertex {
+                            op: Op::Scratch,
+                            inputs: vec![],
+                            name: "scratch".into(),
+                            ignore_cache: false,
+                        },
+                        None,
+                    ),
+                };
+                let file = FileOp {
+                    actions: vec![FileAction::Copy {
+                        src_input: 1,
+                        sources: words.clone(),
+                        dest: if dest_word.ends_with('/') && !dest.ends_with('/') {
+                            format!("{dest}/")
+                        } else {
+                            dest
+                        },
+                        chown,
+                        chmod,
+                    }],
+                };
+                step += 1;
+                let text = format!(
+                    "{} {}",
+                    kw.to_uppercase(),
+                    ins.original
+                        .split_once(char::is_whitespace)
+                        .map(|x| x.1.trim())
+                        .unwrap_or("")
+                );
+                let v = l.add(
+                    Vertex {
+                        op: Op::File(file),
+                        inputs: vec![base, src_vertex],
+                        name: step_name(step, &text),
+                        ignore_cache: no_cache,
+                    },
+                    Some(ins),
+                );
+                state.vertex = Some(v);
+                created_by = format!("{} {} in {}", kw.to_uppercase(), words.join(" "), dest_word);
+                empty_layer = false;
+            }
+            "workdir" => {
+                let arg = ins
+                    .args
+                    .first()
+                    .ok_or_else(|| l.err(ins, "WORKDIR requires exactly one argument"))?;
+                let dir = l.expand(ins, &env, arg, escape)?;
+                let cur = state
+                    .config
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
+                let dir = join_path(&cur, &dir, false);
+                state.config.config.working_dir = Some(dir.clone());
+                step += 1;
+                let base = match state.vertex {
+                    Some(v) => v,
+                    None => l.add(
+                        Vertex {
+                            op: Op::Scratch,
+                            inputs: vec![],
+                            name: "scratch".into(),
+                            ignore_cache: false,
+                        },
+                        None,
+                    ),
+                };
+                let chown = state
+                    .config
+                    .config
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| parse_chown(&u));
+                let v = l.add(
+                    Vertex {
+                        op: Op::File(FileOp {
+                            actions: vec![FileAction::Mkdir {
+                                path: dir.clone(),
+                                mode: 0o755,
+                                chown,
+                            }],
+                        }),
+                        inputs: vec![base],
+                        name: step_name(step, &format!("WORKDIR {dir}")),
+                        ignore_cache: no_cache,
+                    },
+                    Some(ins),
+                );
+                state.vertex = Some(v);
+                created_by = format!("WORKDIR {dir}");
+                empty_layer = false;
+            }
+            "env" | "label" => {
+                if ins.args.len() % 3 != 0 || ins.args.is_empty() {
+                    return Err(l.err(
+                        ins,
+                        format!("{} requires at least one key=value pair", kw.to_uppercase()),
+                    ));
+                }
+                let mut env = env;
+                let mut pairs = Vec::new();
+                for triple in ins.args.chunks(3) {
+                    let k = l.expand(ins, &env, &triple[0], escape)?;
+                    let v = l.expand(ins, &env, &triple[1], escape)?;
+                    if kw == "env" {
+                        if k.is_empty() {
+                            return Err(l.err(ins, "ENV names can not be blank"));
+                        }
+                        env.push((k.clone(), v.clone()));
+                        env_set(&mut state.config.config.env, &k, &v);
+                    } else {
+                        state.config.config.labels.insert(k.clone(), v.clone());
+                    }
+                    pairs.push(format!("{k}={v}"));
+                }
+                created_by = format!("{} {}", kw.to_uppercase(), pairs.join(" "));
+            }
+            "arg" => {
+                for a in &ins.args {
+                    let (k, default) = declare_arg(l, ins, a, &env, escape)?;
+                    let v = l
+                        .opts
+                        .build_args
+                        .get(&k)
+                        .cloned()
+                        .or(default)
+                        .or_else(|| {
+                            l.global_args
+                                .iter()
+                                .rev()
+                                .find(|(g, _)| *g == k)
+                                .map(|(_, v)| v.clone())
+                        })
+                        .or_else(|| {
+                            auto_args
+                                .iter()
+                                .find(|(g, _)| *g == k)
+                                .map(|(_, v)| v.clone())
+                        })
+                        .unwrap_or_default();
+                    state.args.retain(|(n, _)| *n != k);
+                    state.args.push((k, v));
+                }
+                created_by = format!("ARG {}", ins.args.join(" "));
+            }
+            "cmd" | "entrypoint" => {
+                parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
+                let args = command_args(&state, ins);
+                if kw == "cmd" {
+                    state.config.config.cmd = Some(args);
+                } else {
+                    state.config.config.entrypoint = Some(args);
+                    // An ENTRYPOINT resets a CMD inherited from the base image.
+                    if !st
+                        .body
+                        .iter()
+                        .take_while(|x| !std::ptr::eq(*x, ins))
+                        .any(|x| x.keyword == "cmd")
+                    {
+                        state.config.config.cmd = None;
+                    }
+                }
+                state.config.config.args_escaped = false;
+                created_by = format!("{} {}", kw.to_uppercase(), display_cmd(ins));
+            }
+            "user" => {
+                let u = ins
+                    .args
+                    .first()
+                    .ok_or_else(|| l.err(ins, "USER requires exactly one argument"))?;
+                let u = l.expand(ins, &env, u, escape)?;
+                state.config.config.user = Some(u.clone());
+                created_by = format!("USER {u}");
+            }
+            "expose" => {
+                for p in &ins.args {
+                    let p = l.expand(ins, &env, p, escape)?;
+                    let key = if p.contains('/') {
+                        p.to_lowercase()
+                    } else {
+                        format!("{p}/tcp")
+                    };
+                    state
+                        .config
+                        .config
+                        .exposed_ports
+                        .insert(key, EmptyObject {});
+                }
+                created_by = format!("EXPOSE {}", ins.args.join(" "));
+            }
+            "volume" => {
+                for v in &ins.args {
+                    let v = l.expand(ins, &env, v, escape)?;
+                    if v.is_empty() {
+                        return Err(l.err(ins, "VOLUME specified can not be an empty string"));
+                    }
+                    state.config.config.volumes.insert(v, EmptyObject {});
+                }
+                created_by = format!("VOLUME {:?}", ins.args);
+            }
+            "stopsignal" => {
+                let s = ins
+                    .args
+                    .first()
+                    .ok_or_else(|| l.err(ins, "STOPSIGNAL requires exactly one argument"))?;
+                state.config.config.stop_signal = Some(l.expand(ins, &env, s, escape)?);
+                created_by = format!("STOPSIGNAL {s}");
+            }
+            "shell" => {
+                if !ins.json {
+                    return Err(l.err(ins, "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]"));
+                }
+                state.shell = ins.args.clone();
+                state.config.config.shell = ins.args.clone();
+                created_by = format!("SHELL {:?}", ins.args);
+            }
+            "maintainer" => {
+                state.config.author = ins.args.first().cloned();
+                created_by = format!("MAINTAINER {}", ins.args.join(" "));
+            }
+            "onbuild" => {
+                let inner = ins
+                    .original
+                    .split_once(char::is_whitespace)
+                    .map(|x| x.1.trim().to_string())
+                    .unwrap_or_default();
+                state.config.config.on_build.push(inner.clone());
+                created_by = format!("ONBUILD {inner}");
+            }
+            "healthcheck" => {
+                let flags = parse_flags(
+                    ins,
+                    &[
+                        "interval",
+                        "timeout",
+                        "start-period",
+                        "start-interval",
+                        "retries",
+                    ],
+                )
+                .map_err(|e| l.err(ins, e))?;
+                let kind = ins
+                    .args
+                    .first()
+                    .map(|s| s.to_uppercase())
+                    .unwrap_or_default();
+                let mut hc = HealthConfig::default();
+                match kind.as_str() {
+                    "NONE" => hc.test = vec!["NONE".into()],
+                    "CMD" => {
+                        let rest: Vec<String> = ins.args[1..].to_vec();
+                        hc.test = if ins.json {
+                            std::iter::once("CMD".to_string()).chain(rest).collect()
+                        } else {
+                            vec!["CMD-SHELL".into(), rest.join(" ")]
+                        };
+                    }
+                    _ => return Err(l.err(ins, "HEALTHCHECK must be followed by CMD or NONE")),
+                }
+                for (name, slot) in [
+                    ("interval", &mut hc.interval),
+                    ("timeout", &mut hc.timeout),
+                    ("start-period", &mut hc.start_period),
+                    ("start-interval", &mut hc.start_interval),
+                ] {
+                    if let Some(v) = flags.get(name) {
+                        *slot = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
+                    }
+                }
+                if let Some(r) = flags.get("retries") {
+                    hc.retries = r
+                        .parse()
+                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?;
+                }
+                state.config.config.healthcheck = Some(hc);
+                created_by = format!("HEALTHCHECK {}", ins.args.join(" "));
+            }
+            "from" => unreachable!("stages are split at FROM"),
+            other => {
+                let hint = suggest(other, INSTRUCTIONS.iter().copied())
+                    .map(|s| format!("; did you mean {}?", s.to_uppercase()))
+                    .unwrap_or_default();
+                return Err(l.err(
+                    ins,
+                    format!("unknown instruction: {}{hint}", other.to_uppercase()),
+                ));
+            }
+        }
+        state.config.history.push(History {
+            created_by: Some(format!("{created_by} # buildkit")),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer,
+            ..Default::default()
+        });
+    }
+    Ok(state)
+}
+
+/// Arguments of RUN/CMD/ENTRYPOINT: JSON form as is, shell form through the stage's shell.
+fn command_args(state: &StageState, ins: &Instruction) -> Vec<String> {
+    if ins.json {
+        return ins.args.clone();
+    }
+    let mut args = if state.shell.is_empty() {
+        vec!["/bin/sh".to_string(), "-c".to_string()]
+    } else {
+        state.shell.clone()
+    };
+    let mut script = ins.args.join(" ");
+    if !ins.heredocs.is_empty()
+        && ins
+            .args
+            .first()
+            .is_some_and(|a| a.trim_start().starts_with("<<"))
+        && ins.args.len() == 1
+    {
+        // `RUN <<EOF` runs the heredoc body as the script.
+        script = ins.heredocs[0].content.clone();
+    }
+    args.push(script);
+    args
+}
+
+fn display_cmd(ins: &Instruction) -> String {
+    if ins.json {
+        format!(
+            "[{}]",
+            ins.args
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    } else {
+        ins.args.join(" ")
+    }
+}
+
+fn parse_chown(s: &str) -> Chown {
+    match s.split_once(':') {
+        Some((u, g)) => Chown {
+            user: u.into(),
+            group: Some(g.into()),
+        },
+        None => Chown {
+            user: s.into(),
+            group: None,
+        },
+    }
+}
+
+/// Joins a possibly relative path onto a directory, cleaning it.
+fn join_path(base: &str, p: &str, keep_trailing_slash: bool) -> String {
+    let full = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{base}/{p}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in full.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = format!("/{}", parts.join("/"));
+    if keep_trailing_slash && (p.ends_with('/') || p == "." || p.ends_with("/.")) && out != "/" {
+        out.push('/');
+    }
+    out
+}
+
+/// Parses Go-style durations (`30s`, `1m30s`, `500ms`) into nanoseconds.
+fn parse_duration_ns(s: &str) -> Option<i64> {
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Some(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_like_buildkit() {
+        assert_eq!(join_path("/app", "bin/", true), "/app/bin/");
+        assert_eq!(join_path("/app", ".", true), "/app/");
+        assert_eq!(join_path("/app", "../x", false), "/x");
+        assert_eq!(join_path("/", "/abs", false), "/abs");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
+        assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_duration_ns("10x"), None);
+    }
+
+    #[test]
+    fn suggestions_find_near_words() {
+        assert_eq!(suggest("rnu", INSTRUCTIONS.iter().copied()), Some("run"));
+        assert_eq!(suggest("bulder", ["builder", "final"]), Some("builder"));
+        assert_eq!(suggest("zzzzzzzz", ["builder"]), None);
+    }
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (needs root: tests use namespaces and overlay mounts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo test --workspace --no-fail-fast

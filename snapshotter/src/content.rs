@@ -1,0 +1,265 @@
+//! Content-addressed blob store: `ROOT/content/blobs/sha256/<hex>`, uploads staged in `ROOT/content/ingest`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::FlockOperation;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::util::{create_dir_all, fsync_dir, unique_name};
+
+/// Ingest files older than this whose writer is gone (lock free) are removed on open.
+const STALE_INGEST_AGE: Duration = Duration::from_secs(3600);
+
+/// Blobs by sha256 digest ("sha256:<64 hex>") under ROOT/content/blobs/sha256/<hex>.
+#[derive(Clone, Debug)]
+pub struct ContentStore {
+    inner: Arc<Dirs>,
+}
+
+#[derive(Debug)]
+struct Dirs {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+/// Returns the hex part of a well-formed "sha256:<64 lowercase hex>" digest.
+fn digest_hex(digest: &str) -> Result<&str> {
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+        Error::Invalid(format!("unsupported digest {digest:?}: want sha256:<hex>"))
+    })?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(Error::Invalid(format!(
+            "malformed digest {digest:?}: want sha256 and 64 lowercase hex digits"
+        )));
+    }
+    Ok(hex)
+}
+
+impl ContentStore {
+    /// Opens (creating if needed) the content store under `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let content = root.join("content");
+        let blobs = create_dir_all(&content.join("blobs").join("sha256"))?;
+        let ingest = create_dir_all(&content.join("ingest"))?;
+        remove_stale_ingests(&ingest);
+        Ok(ContentStore {
+            inner: Arc::new(Dirs { blobs, ingest }),
+        })
+    }
+
+    /// Path where the blob with `digest` lives (a never-existing path for malformed digests).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        match digest_hex(digest) {
+            Ok(hex) => self.inner.blobs.join(hex),
+            // Keep malformed input (e.g. "sha256:../x") from ever naming a real file.
+            Err(_) => self.inner.blobs.join(".invalid-digest"),
+        }
+    }
+
+    /// Whether the blob is present.
+    pub fn has(&self, digest: &str) -> bool {
+        digest_hex(digest).is_ok() && self.blob_path(digest).is_file()
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, digest: &str) -> Result<File> {
+        digest_hex(digest)?;
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(format!("blob {digest}"))
+            } else {
+                Error::io(format!("opening blob {}", path.display()), e)
+            }
+        })
+    }
+
+    /// Reads a whole blob into memory.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.open_blob(digest)?
+            .read_to_end(&mut data)
+            .ctx(|| format!("reading blob {digest}"))?;
+        Ok(data)
+    }
+
+    /// Stores `data` and returns its digest.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<String> {
+        let mut writer = self.writer()?;
+        writer
+            .write_all(data)
+            .ctx(|| "writing blob to ingest".to_string())?;
+        Ok(writer.commit(None)?.0)
+    }
+
+    /// Starts a new blob upload staged in the ingest dir; hashes while writing.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let path = self.inner.ingest.join(unique_name(""));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating ingest file {}", path.display()))?;
+        // The lock tells `remove_stale_ingests` in other processes that this file is live.
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            .ctx(|| format!("locking ingest file {}", path.display()))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            temp_path: path,
+            hasher: Sha256::new(),
+            size: 0,
+            blobs_dir: self.inner.blobs.clone(),
+        })
+    }
+
+    /// Lists all blobs as (digest, size).
+    pub fn list(&self) -> Result<Vec<(String, u64)>> {
+        let dir = &self.inner.blobs;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let digest = format!("sha256:{name}");
+            if digest_hex(&digest).is_err() {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Deleted concurrently.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("stat of blob {digest}"), e)),
+            };
+            out.push((digest, meta.len()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes a blob; NotFound if absent.
+    pub fn delete(&self, digest: &str) -> Result<()> {
+        digest_hex(digest)?;
+        let path = self.blob_path(digest);
+        std::fs::remove_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(format!("blob {digest}"))
+            } else {
+                Error::io(format!("deleting blob {}", path.display()), e)
+            }
+        })
+    }
+}
+
+/// Best effort: removes ingest files left by killed writers.
+fn remove_stale_ingests(ingest: &Path) {
+    let Ok(entries) = std::fs::read_dir(ingest) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > STALE_INGEST_AGE);
+        if !old {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// An in-progress blob upload; dropping it without `commit` discards the data.
+pub struct BlobWriter {
+    file: Option<File>,
+    temp_path: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    blobs_dir: PathBuf,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("blob writer already finished"))?;
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Verifies `expected` (if given), fsyncs and atomically moves the blob into place; returns (digest, size).
+    pub fn commit(mut self, expected: Option<&str>) -> Result<(String, u64)> {
+        let hasher = std::mem::take(&mut self.hasher);
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if let Some(expected) = expected {
+            digest_hex(expected)?;
+            if expected != digest {
+                return Err(Error::Invalid(format!(
+                    "digest mismatch: expected {expected}, got {digest} ({} bytes)",
+                    self.size
+                )));
+            }
+        }
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Invalid("blob writer already finished".into()))?;
+        let target = self.blobs_dir.join(&digest["sha256:".len()..]);
+        if target.exists() {
+            // Same digest, same bytes: the existing blob wins and Drop removes our temp file.
+            self.file = Some(file);
+            return Ok((digest, self.size));
+        }
+        file.sync_all()
+            .ctx(|| format!("fsyncing {}", self.temp_path.display()))?;
+        self.file = Some(file);
+        // Renaming over a concurrently committed identical blob is harmless.
+        std::fs::rename(&self.temp_path, &target)
+            .ctx(|| format!("moving blob into place at {}", target.display()))?;
+        self.file = None;
+        fsync_dir(&self.blobs_dir)?;
+        Ok((digest, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp_path);
+        }
+    }
+}

@@ -1,0 +1,794 @@
+//! Layer diff <-> tar: OCI layer tars from overlay upper dirs and back into overlay lower dirs.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+
+use crate::error::{Error, IoContext, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+/// Longest name or link name a ustar header holds; longer ones go into PAX records.
+const USTAR_NAME_LEN: usize = 100;
+/// Largest id the 8-byte octal ustar field holds; larger ones go into PAX records.
+const USTAR_MAX_ID: u64 = 0o7777777;
+
+/// Options for [`write_diff_tar`].
+#[derive(Clone, Debug, Default)]
+pub struct DiffOptions {
+    /// Clamp mtimes above this (SOURCE_DATE_EPOCH).
+    pub mtime_clamp: Option<u64>,
+}
+
+/// Writes an uncompressed OCI layer tar from an overlay upper dir.
+pub fn write_diff_tar(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<()> {
+    let mut writer = DiffWriter {
+        builder: tar::Builder::new(out),
+        opts,
+        hardlinks: HashMap::new(),
+    };
+    writer.walk_dir(upper, &[])?;
+    writer
+        .builder
+        .into_inner()
+        .ctx(|| "finishing layer tar".to_string())?
+        .flush()
+        .ctx(|| "flushing layer tar".to_string())
+}
+
+struct DiffWriter<'a, W: Write> {
+    builder: tar::Builder<W>,
+    opts: &'a DiffOptions,
+    /// (dev, ino) of multiply linked files -> the archive path first written for them.
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl<W: Write> DiffWriter<'_, W> {
+    fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
+        let mut names: Vec<OsString> = std::fs::read_dir(dir)
+            .ctx(|| format!("listing {}", dir.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .ctx(|| format!("listing {}", dir.display()))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let mut child_rel = rel.to_vec();
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(name.as_bytes());
+            self.write_entry(&path, rel, &name, child_rel)?;
+        }
+        Ok(())
+    }
+
+    fn write_entry(
+        &mut self,
+        path: &Path,
+        parent_rel: &[u8],
+        name: &OsStr,
+        rel: Vec<u8>,
+    ) -> Result<()> {
+        let meta = std::fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
+        let ft = meta.file_type();
+        let mtime = self.clamp(meta.mtime());
+        if ft.is_char_device() && meta.rdev() == 0 {
+            let mut wh = join_rel(parent_rel, WHITEOUT_PREFIX.as_bytes());
+            wh.extend_from_slice(name.as_bytes());
+            return self.append_marker(wh, mtime);
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(meta.uid() as u64);
+        header.set_gid(meta.gid() as u64);
+        header.set_mtime(mtime);
+        header.set_size(0);
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        if (meta.uid() as u64) > USTAR_MAX_ID {
+            pax.push(("uid".into(), meta.uid().to_string().into_bytes()));
+        }
+        if (meta.gid() as u64) > USTAR_MAX_ID {
+            pax.push(("gid".into(), meta.gid().to_string().into_bytes()));
+        }
+        for (xname, value) in list_xattrs(path)? {
+            if xname.starts_with(OVERLAY_XATTR_PREFIX) {
+                continue;
+            }
+            let xname = String::from_utf8(xname).map_err(|e| {
+                Error::Invalid(format!(
+                    "xattr name {:?} on {} is not UTF-8",
+                    String::from_utf8_lossy(e.as_bytes()),
+                    path.display()
+                ))
+            })?;
+            pax.push((format!("{PAX_XATTR_PREFIX}{xname}"), value));
+        }
+
+        if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            let mut dir_name = rel.clone();
+            dir_name.push(b'/');
+            self.append(header, dir_name, None, pax, std::io::empty())?;
+            if get_xattr(path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice()) {
+                self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), mtime)?;
+            }
+            return self.walk_dir(path, &rel);
+        }
+
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.hardlinks.get(&key) {
+                let target = first.clone();
+                header.set_entry_type(tar::EntryType::Link);
+                return self.append(header, rel, Some(target), pax, std::io::empty());
+            }
+            self.hardlinks.insert(key, rel.clone());
+        }
+
+        if ft.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            let file = open_nofollow(path)?;
+            let reader = ExactReader {
+                inner: file,
+                remaining: meta.len(),
+                path,
+            };
+            self.append(header, rel, None, pax, reader)
+        } else if ft.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            let target = std::fs::read_link(path).ctx(|| format!("readlink {}", path.display()))?;
+            let target = target.into_os_string().into_vec();
+            self.append(header, rel, Some(target), pax, std::io::empty())
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            let kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else {
+                tar::EntryType::Fifo
+            };
+            header.set_entry_type(kind);
+            if !ft.is_fifo() {
+                header
+                    .set_device_major(rustix::fs::major(meta.rdev()))
+                    .ctx(|| format!("device number of {}", path.display()))?;
+                header
+                    .set_device_minor(rustix::fs::minor(meta.rdev()))
+                    .ctx(|| format!("device number of {}", path.display()))?;
+            }
+            self.append(header, rel, None, pax, std::io::empty())
+        } else {
+            // Sockets cannot be represented in a tar; Docker and BuildKit skip them too.
+            Ok(())
+        }
+    }
+
+    fn clamp(&self, mtime: i64) -> u64 {
+        let mtime = mtime.max(0) as u64;
+        match self.opts.mtime_clamp {
+            Some(clamp) if mtime > clamp => clamp,
+            _ => mtime,
+        }
+    }
+
+    /// An empty regular file entry used for whiteouts and opaque markers.
+    fn append_marker(&mut self, name: Vec<u8>, mtime: u64) -> Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(mtime);
+        header.set_size(0);
+        self.append(header, name, None, Vec::new(), std::io::empty())
+    }
+
+    fn append(
+        &mut self,
+        mut header: tar::Header,
+        name: Vec<u8>,
+        link: Option<Vec<u8>>,
+        mut pax: Vec<(String, Vec<u8>)>,
+        data: impl Read,
+    ) -> Result<()> {
+        let display = String::from_utf8_lossy(&name).into_owned();
+        if name.len() > USTAR_NAME_LEN {
+            pax.push(("path".into(), name.clone()));
+        }
+        copy_truncated(&mut header.as_old_mut().name, &name);
+        if let Some(link) = link {
+            if link.len() > USTAR_NAME_LEN {
+                pax.push(("linkpath".into(), link.clone()));
+            }
+            copy_truncated(&mut header.as_old_mut().linkname, &link);
+        }
+        if !pax.is_empty() {
+            pax.sort();
+            self.builder
+                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .ctx(|| format!("writing PAX header for {display}"))?;
+        }
+        header.set_cksum();
+        self.builder
+            .append(&header, data)
+            .ctx(|| format!("writing tar entry {display}"))
+    }
+}
+
+fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = parent.to_vec();
+    if !out.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
+fn copy_truncated(slot: &mut [u8], value: &[u8]) {
+    let n = value.len().min(slot.len());
+    slot.fill(0);
+    slot[..n].copy_from_slice(&value[..n]);
+}
+
+fn open_nofollow(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .ctx(|| format!("opening {}", path.display()))
+}
+
+/// Yields exactly `remaining` bytes, failing if the file shrank (a short entry would corrupt the tar).
+struct ExactReader<'a> {
+    inner: File,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while being archived", self.path.display()),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// All xattrs of `path` (not following symlinks); empty where the filesystem has none.
+fn list_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(s) => s,
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("listing xattrs of {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                break buf;
+            }
+            // Grew between the two calls.
+            Err(Errno::RANGE) => continue,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("listing xattrs of {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name_os = OsStr::from_bytes(name);
+        if let Some(value) = get_xattr(path, name_os)? {
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One xattr of `path` (not following symlinks), None if absent.
+fn get_xattr(path: &Path, name: impl AsRef<OsStr>) -> Result<Option<Vec<u8>>> {
+    let name = name.as_ref();
+    loop {
+        let size = match rustix::fs::lgetxattr_query(path, name) {
+            Ok(s) => s,
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading xattr {name:?} of {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        let mut buf = vec![0u8; size];
+        if size == 0 {
+            return Ok(Some(buf));
+        }
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::RANGE) => continue,
+            Err(Errno::NODATA) => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading xattr {name:?} of {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// Metadata of one tar entry, with PAX overrides applied.
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    times: Timestamps,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Extracts an uncompressed OCI layer tar into an (empty) snapshot dir meant as an overlay lowerdir. Returns bytes written.
+pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
+    let root: OwnedFd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening layer dir {}", dir.display()))?;
+    let mut archive = tar::Archive::new(input);
+    let mut written = 0u64;
+    // Dir mtimes are set last: creating entries inside a dir changes its mtime.
+    let mut dir_times: Vec<(Vec<OsString>, Timestamps)> = Vec::new();
+    let entries = archive.entries().ctx(|| "reading layer tar".to_string())?;
+    for entry in entries {
+        let mut entry = entry.ctx(|| "reading layer tar entry".to_string())?;
+        let raw_path = entry
+            .path()
+            .ctx(|| "reading tar entry path".to_string())?
+            .into_owned();
+        let display = raw_path.display().to_string();
+        let comps = safe_components(&raw_path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            // The layer root itself ("./"); the snapshot dir keeps its own attributes.
+            continue;
+        };
+        let meta = entry_meta(&mut entry, &display)?;
+        let parent = open_dir_nofollow(&root, parents, true, &display)?;
+
+        if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+            rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .ctx(|| format!("marking parent of {display} opaque"))?;
+            continue;
+        }
+        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                // Other `.wh..wh.` names are aufs bookkeeping with no overlay meaning.
+                continue;
+            }
+            let hidden = OsStr::from_bytes(hidden);
+            remove_existing(&parent, hidden, false, &display)?;
+            rustix::fs::mknodat(
+                &parent,
+                hidden,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .ctx(|| format!("creating whiteout for {display}"))?;
+            rustix::fs::utimensat(&parent, hidden, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+                .ctx(|| format!("setting mtime of whiteout {display}"))?;
+            continue;
+        }
+
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_existing(&parent, name, false, &display)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name.as_os_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .ctx(|| format!("creating {display}"))?;
+                let mut file = File::from(fd);
+                written +=
+                    std::io::copy(&mut entry, &mut file).ctx(|| format!("writing {display}"))?;
+                apply_fd_meta(file.as_fd(), &meta, &display)?;
+                rustix::fs::futimens(&file, &meta.times)
+                    .ctx(|| format!("setting mtime of {display}"))?;
+            }
+            tar::EntryType::Directory => {
+                if !remove_existing(&parent, name, true, &display)? {
+                    rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
+                        .ctx(|| format!("creating dir {display}"))?;
+                }
+                let fd = open_child_dir(&parent, name, &display)?;
+                apply_fd_meta(fd.as_fd(), &meta, &display)?;
+                dir_times.push((comps.clone(), meta.times));
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .ctx(|| format!("reading symlink target of {display}"))?
+                    .ok_or_else(|| Error::Invalid(format!("symlink {display} has no target")))?
+                    .into_owned();
+                remove_existing(&parent, name, false, &display)?;
+                rustix::fs::symlinkat(&target, &parent, name.as_os_str())
+                    .ctx(|| format!("creating symlink {display}"))?;
+                apply_at_meta(&parent, name, &meta, false, &display)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .ctx(|| format!("reading hardlink target of {display}"))?
+                    .ok_or_else(|| Error::Invalid(format!("hardlink {display} has no target")))?
+                    .into_owned();
+                let target_comps = safe_components(&target)?;
+                let Some((target_name, target_parents)) = target_comps.split_last() else {
+                    return Err(Error::Invalid(format!(
+                        "hardlink {display} points at the layer root"
+                    )));
+                };
+                let target_dir = open_dir_nofollow(&root, target_parents, false, &display)?;
+                remove_existing(&parent, name, false, &display)?;
+                // Flags empty: linkat does not follow a symlink target, so links stay inside the layer.
+                rustix::fs::linkat(
+                    &target_dir,
+                    target_name.as_os_str(),
+                    &parent,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .ctx(|| format!("hardlinking {display} to {}", target.display()))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let header = entry.header();
+                let (file_type, dev) = if kind == tar::EntryType::Fifo {
+                    (FileType::Fifo, 0)
+                } else {
+                    let major = header
+                        .device_major()
+                        .ctx(|| format!("device major of {display}"))?
+                        .unwrap_or(0);
+                    let minor = header
+                        .device_minor()
+                        .ctx(|| format!("device minor of {display}"))?
+                        .unwrap_or(0);
+                    let ft = if kind == tar::EntryType::Char {
+                        FileType::CharacterDevice
+                    } else {
+                        FileType::BlockDevice
+                    };
+                    (ft, rustix::fs::makedev(major, minor))
+                };
+                remove_existing(&parent, name, false, &display)?;
+                rustix::fs::mknodat(
+                    &parent,
+                    name.as_os_str(),
+                    file_type,
+                    Mode::from_raw_mode(0o600),
+                    dev,
+                )
+                .ctx(|| format!("creating device node {display}"))?;
+                apply_at_meta(&parent, name, &meta, true, &display)?;
+            }
+            tar::EntryType::XGlobalHeader => {}
+            other => {
+                return Err(Error::Invalid(format!(
+                    "tar entry {display} has unsupported type {other:?}"
+                )))
+            }
+        }
+    }
+    for (comps, times) in dir_times.iter().rev() {
+        let display = comps.join(OsStr::new("/")).to_string_lossy().into_owned();
+        match open_dir_nofollow(&root, comps, false, &display) {
+            Ok(fd) => rustix::fs::futimens(&fd, times)
+                .ctx(|| format!("setting mtime of dir {display}"))?,
+            // Replaced by a later entry of the same layer.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Normal components of an archive path; rejects absolute paths and `..`.
+fn safe_components(path: &Path) -> Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(Error::Invalid(format!(
+                    "tar entry {} has an absolute path",
+                    path.display()
+                )))
+            }
+            Component::ParentDir => {
+                return Err(Error::Invalid(format!(
+                    "tar entry {} contains a `..` component",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<EntryMeta> {
+    let header = entry.header();
+    let mode = header.mode().ctx(|| format!("mode of {display}"))? & 0o7777;
+    let old = header.as_old();
+    let mut uid = numeric_field(&old.uid, header.uid(), "uid", display)?;
+    let mut gid = numeric_field(&old.gid, header.gid(), "gid", display)?;
+    let mut mtime = (
+        numeric_field(&old.mtime, header.mtime(), "mtime", display)? as i64,
+        0i64,
+    );
+    let mut atime = None;
+    let mut xattrs = Vec::new();
+    if let Some(exts) = entry
+        .pax_extensions()
+        .ctx(|| format!("reading PAX header of {display}"))?
+    {
+        for ext in exts {
+            let ext = ext.ctx(|| format!("reading PAX header of {display}"))?;
+            let Ok(key) = ext.key() else { continue };
+            let value = ext.value_bytes();
+            if let Some(xname) = key.strip_prefix(PAX_XATTR_PREFIX) {
+                // A layer must not plant overlay metadata such as redirects; opaque dirs use the marker.
+                if !xname.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+                    xattrs.push((xname.to_string(), value.to_vec()));
+                }
+                continue;
+            }
+            let text = std::str::from_utf8(value).unwrap_or("");
+            match key {
+                "uid" => uid = parse_pax_number(text, display)?,
+                "gid" => gid = parse_pax_number(text, display)?,
+                "mtime" => mtime = parse_pax_time(text, display)?,
+                "atime" => atime = Some(parse_pax_time(text, display)?),
+                _ => {}
+            }
+        }
+    }
+    let to_id = |v: u64, what: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|v| *v != u32::MAX)
+            .ok_or_else(|| Error::Invalid(format!("{what} {v} of {display} is out of range")))
+    };
+    let ts = |(sec, nsec): (i64, i64)| Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    Ok(EntryMeta {
+        mode,
+        uid: to_id(uid, "uid")?,
+        gid: to_id(gid, "gid")?,
+        times: Timestamps {
+            last_access: ts(atime.unwrap_or(mtime)),
+            last_modification: ts(mtime),
+        },
+        xattrs,
+    })
+}
+
+/// A header number; an all-blank field counts as 0, as Go's archive/tar reads it.
+fn numeric_field(
+    raw: &[u8],
+    parsed: std::io::Result<u64>,
+    what: &str,
+    display: &str,
+) -> Result<u64> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    parsed.ctx(|| format!("{what} of {display}"))
+}
+
+fn parse_pax_number(text: &str, display: &str) -> Result<u64> {
+    text.trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("bad PAX number {text:?} for {display}")))
+}
+
+/// Parses a PAX time like "1700000000.123456789" into (secs, nanos).
+fn parse_pax_time(text: &str, display: &str) -> Result<(i64, i64)> {
+    let bad = || Error::Invalid(format!("bad PAX time {text:?} for {display}"));
+    let (secs, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nanos: i64 = digits.parse().map_err(|_| bad())?;
+    // "-1.5" means 1.5s before the epoch.
+    Ok(if secs < 0 || text.trim().starts_with('-') && nanos > 0 {
+        (secs - 1, 1_000_000_000 - nanos)
+    } else {
+        (secs, nanos)
+    })
+}
+
+/// Opens `comps` below `root` as directories without following any symlink, creating missing ones if asked.
+fn open_dir_nofollow(
+    root: &OwnedFd,
+    comps: &[OsString],
+    create: bool,
+    display: &str,
+) -> Result<OwnedFd> {
+    let mut current = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening layer root for {display}"))?;
+    for comp in comps {
+        current = match try_open_child_dir(&current, comp) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&current, comp.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => {
+                        return Err(Error::io(format!("creating parent {comp:?} of {display}"), e))
+                    }
+                }
+                open_child_dir(&current, comp, display)?
+            }
+            Err(Errno::NOENT) => {
+                return Err(Error::NotFound(format!("{comp:?} on the way to {display}")))
+            }
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                return Err(Error::Invalid(format!(
+                    "{display}: path component {comp:?} is a symlink or not a directory; refusing to follow it"
+                )))
+            }
+            Err(e) => return Err(Error::io(format!("opening {comp:?} on the way to {display}"), e)),
+        };
+    }
+    Ok(current)
+}
+
+fn try_open_child_dir(parent: &OwnedFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn open_child_dir(parent: &OwnedFd, name: &OsStr, display: &str) -> Result<OwnedFd> {
+    try_open_child_dir(parent, name).map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => Error::Invalid(format!(
+            "{display}: {name:?} is a symlink or not a directory; refusing to follow it"
+        )),
+        e => Error::io(format!("opening dir {display}"), e),
+    })
+}
+
+/// Clears the way for a new entry `name`; with `keep_dir`, an existing dir stays (returns true).
+fn remove_existing(parent: &OwnedFd, name: &OsStr, keep_dir: bool, display: &str) -> Result<bool> {
+    let stat = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => s,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(Error::io(format!("stat {display}"), e)),
+    };
+    let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+    if is_dir && keep_dir {
+        return Ok(true);
+    }
+    if is_dir {
+        // remove_dir_all never follows symlinks; the /proc path pins the already-resolved parent.
+        std::fs::remove_dir_all(proc_path(parent, name))
+            .ctx(|| format!("replacing dir {display}"))?;
+    } else {
+        rustix::fs::unlinkat(parent, name, AtFlags::empty())
+            .ctx(|| format!("replacing {display}"))?;
+    }
+    Ok(false)
+}
+
+/// A path naming `name` inside the directory open as `parent`, for calls that have no *at form.
+fn proc_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name)
+}
+
+/// Owner, then mode (chown clears setuid bits), then xattrs, on an open file or dir.
+fn apply_fd_meta(fd: std::os::fd::BorrowedFd<'_>, meta: &EntryMeta, display: &str) -> Result<()> {
+    rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .ctx(|| format!("chown {display}"))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).ctx(|| format!("chmod {display}"))?;
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty())
+            .ctx(|| format!("setting xattr {name} on {display}"))?;
+    }
+    Ok(())
+}
+
+/// Owner, mode, xattrs and times for entries that cannot be opened (symlinks, devices, fifos).
+fn apply_at_meta(
+    parent: &OwnedFd,
+    name: &OsStr,
+    meta: &EntryMeta,
+    chmod: bool,
+    display: &str,
+) -> Result<()> {
+    rustix::fs::chownat(
+        parent,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .ctx(|| format!("chown {display}"))?;
+    if chmod {
+        rustix::fs::chmodat(
+            parent,
+            name,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )
+        .ctx(|| format!("chmod {display}"))?;
+    }
+    let path = proc_path(parent, name);
+    for (xname, value) in &meta.xattrs {
+        rustix::fs::lsetxattr(&path, xname.as_str(), value, XattrFlags::empty())
+            .ctx(|| format!("setting xattr {xname} on {display}"))?;
+    }
+    rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+        .ctx(|| format!("setting mtime of {display}"))
+}

@@ -1,0 +1,13 @@
+//! Content store, overlayfs snapshots (containerd-like) and layer diff <-> tar conversion.
+
+mod content;
+mod error;
+pub mod layer;
+mod mount;
+mod snapshots;
+mod util;
+
+pub use content::{BlobWriter, ContentStore};
+pub use error::{Error, Result};
+pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
+pub use snapshots::{Info, Kind, Snapshotter};

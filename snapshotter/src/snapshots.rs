@@ -1,0 +1,469 @@
+//! Overlayfs snapshots with containerd's verbs; metadata in one JSON file guarded by an flock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, IoContext, Result};
+use crate::mount::Mount;
+use crate::util::{atomic_write, create_dir_all, now_secs, FileLock};
+
+/// Kind of a snapshot, as in containerd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    /// Writable, made by `prepare`.
+    Active,
+    /// Read-only view of a committed snapshot, made by `view`.
+    View,
+    /// Immutable, made by `commit`; can be a parent.
+    Committed,
+}
+
+/// Public description of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Info {
+    /// The snapshot's key (or committed name).
+    pub key: String,
+    /// The committed parent, if any.
+    pub parent: Option<String>,
+    /// Active, View or Committed.
+    pub kind: Kind,
+    /// Creation time, unix seconds.
+    pub created: u64,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Record {
+    id: u64,
+    parent: Option<String>,
+    kind: Kind,
+    created: u64,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Metadata {
+    next_id: u64,
+    snapshots: BTreeMap<String, Record>,
+}
+
+/// Overlayfs snapshots, keys are arbitrary strings (e.g. "sha256:..." chain ids or "build-123-4").
+#[derive(Clone, Debug)]
+pub struct Snapshotter {
+    inner: Arc<Paths>,
+}
+
+#[derive(Debug)]
+struct Paths {
+    dir: PathBuf,
+    metadata: PathBuf,
+    lock: PathBuf,
+}
+
+impl Snapshotter {
+    /// Opens (creating if needed) the snapshot store under ROOT/snapshots and removes dirs left by crashes.
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = create_dir_all(&root.join("snapshots"))?;
+        let text = dir.to_string_lossy();
+        if text.contains(',') || text.contains(':') {
+            return Err(Error::Invalid(format!(
+                "storage root {text} contains ',' or ':', which overlay mount options cannot express"
+            )));
+        }
+        let snap = Snapshotter {
+            inner: Arc::new(Paths {
+                metadata: dir.join("metadata.json"),
+                lock: dir.join("lock"),
+                dir,
+            }),
+        };
+        snap.remove_orphans()?;
+        Ok(snap)
+    }
+
+    /// Creates a writable snapshot on top of a committed `parent`; returns its mounts.
+    pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
+        self.create(key, parent, Kind::Active)
+    }
+
+    /// Creates a read-only view of the committed snapshot `parent`; returns its mounts.
+    pub fn view(&self, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        self.create(key, Some(parent), Kind::View)
+    }
+
+    /// The mounts for an existing snapshot (committed ones mount read-only).
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let _lock = self.lock(false)?;
+        let meta = self.load()?;
+        self.mounts_for(&meta, key)
+    }
+
+    /// Turns the active snapshot `key` into the committed snapshot `name`.
+    pub fn commit(&self, name: &str, key: &str) -> Result<()> {
+        check_key(name)?;
+        let _lock = self.lock(true)?;
+        let mut meta = self.load()?;
+        let record = get(&meta, key)?;
+        if record.kind != Kind::Active {
+            return Err(Error::Invalid(format!(
+                "cannot commit snapshot {key:?}: it is {:?}, not Active",
+                record.kind
+            )));
+        }
+        if meta.snapshots.contains_key(name) {
+            return Err(Error::AlreadyExists(format!("snapshot {name}")));
+        }
+        let mut record = meta
+            .snapshots
+            .remove(key)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {key}")))?;
+        record.kind = Kind::Committed;
+        meta.snapshots.insert(name.to_string(), record);
+        self.save(&meta)
+    }
+
+    /// Removes a snapshot and its files; Invalid if other snapshots are based on it.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let id = {
+            let _lock = self.lock(true)?;
+            let mut meta = self.load()?;
+            let id = get(&meta, key)?.id;
+            let children: Vec<&String> = meta
+                .snapshots
+                .iter()
+                .filter(|(_, r)| r.parent.as_deref() == Some(key))
+                .map(|(k, _)| k)
+                .collect();
+            if !children.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "cannot remove snapshot {key:?}: snapshots {children:?} are based on it"
+                )));
+            }
+            meta.snapshots.remove(key);
+            self.save(&meta)?;
+            id
+        };
+        // Outside the lock: ids are never reused, and a crash here leaves an orphan that `open` removes.
+        remove_dir_if_exists(&self.id_dir(id))
+    }
+
+    /// Describes a snapshot.
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        let _lock = self.lock(false)?;
+        let meta = self.load()?;
+        Ok(info(key, get(&meta, key)?))
+    }
+
+    /// Whether a snapshot with this key exists.
+    pub fn exists(&self, key: &str) -> bool {
+        self.stat(key).is_ok()
+    }
+
+    /// Lists all snapshots.
+    pub fn walk(&self) -> Result<Vec<Info>> {
+        let _lock = self.lock(false)?;
+        let meta = self.load()?;
+        Ok(meta.snapshots.iter().map(|(k, r)| info(k, r)).collect())
+    }
+
+    /// Disk usage in bytes (allocated blocks, hardlinks counted once) of this snapshot's own dir.
+    pub fn usage(&self, key: &str) -> Result<u64> {
+        let dir = {
+            let _lock = self.lock(false)?;
+            let meta = self.load()?;
+            self.id_dir(get(&meta, key)?.id)
+        };
+        disk_usage(&dir)
+    }
+
+    /// The dir holding this snapshot's own changes (overlay upperdir; for a parentless snapshot, the whole fs).
+    pub fn upper_dir(&self, key: &str) -> Result<PathBuf> {
+        let _lock = self.lock(false)?;
+        let meta = self.load()?;
+        let record = get(&meta, key)?;
+        if record.kind == Kind::View {
+            return Err(Error::Invalid(format!(
+                "snapshot {key:?} is a view and has no dir of its own"
+            )));
+        }
+        Ok(self.fs_dir(record.id))
+    }
+
+    /// Sets (or replaces) a label on a snapshot.
+    pub fn set_label(&self, key: &str, name: &str, value: &str) -> Result<()> {
+        let _lock = self.lock(true)?;
+        let mut meta = self.load()?;
+        let record = meta
+            .snapshots
+            .get_mut(key)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {key}")))?;
+        record.labels.insert(name.to_string(), value.to_string());
+        self.save(&meta)
+    }
+
+    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<Mount>> {
+        check_key(key)?;
+        let _lock = self.lock(true)?;
+        let mut meta = self.load()?;
+        if meta.snapshots.contains_key(key) {
+            return Err(Error::AlreadyExists(format!("snapshot {key}")));
+        }
+        let parent_id = match parent {
+            Some(p) => {
+                let record = get(&meta, p)?;
+                if record.kind != Kind::Committed {
+                    return Err(Error::Invalid(format!(
+                        "parent snapshot {p:?} is {:?}; only Committed snapshots can be parents",
+                        record.kind
+                    )));
+                }
+                Some(record.id)
+            }
+            None => None,
+        };
+        let id = meta.next_id;
+        meta.next_id += 1;
+        let dir = self.id_dir(id);
+        // A crash between mkdir and saving metadata can leave this id's dir behind.
+        remove_dir_if_exists(&dir)?;
+        let result = (|| {
+            create_dir_all(&dir)?;
+            if kind == Kind::Active {
+                let fs = create_dir_all(&dir.join("fs"))?;
+                if let Some(pid) = parent_id {
+                    create_dir_all(&dir.join("work"))?;
+                    copy_root_attrs(&self.fs_dir(pid), &fs)?;
+                }
+            }
+            meta.snapshots.insert(
+                key.to_string(),
+                Record {
+                    id,
+                    parent: parent.map(str::to_string),
+                    kind,
+                    created: now_secs(),
+                    labels: BTreeMap::new(),
+                },
+            );
+            let mounts = self.mounts_for(&meta, key)?;
+            self.save(&meta)?;
+            Ok(mounts)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn mounts_for(&self, meta: &Metadata, key: &str) -> Result<Vec<Mount>> {
+        let record = get(meta, key)?;
+        let lowers = match record.kind {
+            Kind::Active => match &record.parent {
+                None => {
+                    return Ok(vec![Mount {
+                        fstype: "bind".into(),
+                        source: path_str(&self.fs_dir(record.id))?,
+                        options: vec!["rbind".into(), "rw".into()],
+                    }])
+                }
+                Some(parent) => self.chain(meta, parent)?,
+            },
+            Kind::View => {
+                let parent = record.parent.as_deref().ok_or_else(|| {
+                    Error::Invalid(format!("view {key:?} has no parent in metadata"))
+                })?;
+                self.chain(meta, parent)?
+            }
+            Kind::Committed => self.chain(meta, key)?,
+        };
+        let lowerdir = format!("lowerdir={}", lowers.join(":"));
+        if record.kind != Kind::Active {
+            if lowers.len() == 1 {
+                // Overlay needs two lowers when it has no upper; one lower is just a read-only bind.
+                return Ok(vec![Mount {
+                    fstype: "bind".into(),
+                    source: lowers[0].clone(),
+                    options: vec!["rbind".into(), "ro".into()],
+                }]);
+            }
+            let options = vec!["ro".to_string(), lowerdir];
+            check_option_length(&options)?;
+            return Ok(vec![overlay(options)]);
+        }
+        let dir = self.id_dir(record.id);
+        let options = vec![
+            // Our diff code reads plain upper dirs; these features would store changes elsewhere.
+            "index=off".to_string(),
+            "metacopy=off".to_string(),
+            "redirect_dir=off".to_string(),
+            lowerdir,
+            format!("upperdir={}", path_str(&dir.join("fs"))?),
+            format!("workdir={}", path_str(&dir.join("work"))?),
+        ];
+        check_option_length(&options)?;
+        Ok(vec![overlay(options)])
+    }
+
+    /// The fs dirs of `key` and its ancestors, nearest first.
+    fn chain(&self, meta: &Metadata, key: &str) -> Result<Vec<String>> {
+        let mut dirs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = Some(key.to_string());
+        while let Some(k) = next {
+            if !seen.insert(k.clone()) {
+                return Err(Error::Invalid(format!(
+                    "snapshot metadata has a parent cycle at {k:?}"
+                )));
+            }
+            let record = get(meta, &k)?;
+            dirs.push(path_str(&self.fs_dir(record.id))?);
+            next = record.parent.clone();
+        }
+        Ok(dirs)
+    }
+
+    fn id_dir(&self, id: u64) -> PathBuf {
+        self.inner.dir.join(id.to_string())
+    }
+
+    fn fs_dir(&self, id: u64) -> PathBuf {
+        self.id_dir(id).join("fs")
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<FileLock> {
+        FileLock::acquire(&self.inner.lock, exclusive)
+    }
+
+    fn load(&self) -> Result<Metadata> {
+        let path = &self.inner.metadata;
+        match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+                Error::Invalid(format!("corrupt snapshot metadata {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Metadata::default()),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn save(&self, meta: &Metadata) -> Result<()> {
+        let data = serde_json::to_vec_pretty(meta)
+            .map_err(|e| Error::Invalid(format!("serializing snapshot metadata: {e}")))?;
+        atomic_write(&self.inner.metadata, &data)
+    }
+
+    /// Removes numeric dirs that no metadata record owns (left by a crash mid-prepare or mid-remove).
+    fn remove_orphans(&self) -> Result<()> {
+        let _lock = self.lock(true)?;
+        let meta = self.load()?;
+        let live: HashSet<u64> = meta.snapshots.values().map(|r| r.id).collect();
+        let dir = &self.inner.dir;
+        for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !live.contains(&id) {
+                // Best effort: a concurrent `remove` may be deleting the same dir.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn overlay(options: Vec<String>) -> Mount {
+    Mount {
+        fstype: "overlay".into(),
+        source: "overlay".into(),
+        options,
+    }
+}
+
+fn check_option_length(options: &[String]) -> Result<()> {
+    let len: usize = options.iter().map(|o| o.len() + 1).sum();
+    if len > crate::mount::MAX_MOUNT_DATA {
+        return Err(Error::Invalid(format!(
+            "overlay mount options would be {len} bytes, above the {}-byte limit of mount(2): \
+             too many layers for this storage root path",
+            crate::mount::MAX_MOUNT_DATA
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::Invalid("snapshot key must not be empty".into()));
+    }
+    Ok(())
+}
+
+fn get<'a>(meta: &'a Metadata, key: &str) -> Result<&'a Record> {
+    meta.snapshots
+        .get(key)
+        .ok_or_else(|| Error::NotFound(format!("snapshot {key}")))
+}
+
+fn info(key: &str, r: &Record) -> Info {
+    Info {
+        key: key.to_string(),
+        parent: r.parent.clone(),
+        kind: r.kind,
+        created: r.created,
+        labels: r.labels.clone(),
+    }
+}
+
+fn path_str(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Invalid(format!("path {} is not UTF-8", path.display())))
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Gives a new upper dir the owner and mode of the parent's root, since overlay takes the root's attributes from the upper.
+fn copy_root_attrs(parent_fs: &Path, fs: &Path) -> Result<()> {
+    let meta = std::fs::metadata(parent_fs).ctx(|| format!("stat {}", parent_fs.display()))?;
+    std::os::unix::fs::chown(fs, Some(meta.uid()), Some(meta.gid()))
+        .ctx(|| format!("chown {}", fs.display()))?;
+    std::fs::set_permissions(fs, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .ctx(|| format!("chmod {}", fs.display()))
+}
+
+/// Allocated bytes under `dir`, counting each inode once; does not follow symlinks.
+fn disk_usage(dir: &Path) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            total += meta.blocks() * 512;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).ctx(|| format!("listing {}", path.display()))? {
+                stack.push(entry.ctx(|| format!("listing {}", path.display()))?.path());
+            }
+        }
+    }
+    Ok(total)
+}

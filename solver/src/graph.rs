@@ -1,0 +1,206 @@
+//! The build graph: the contract between a frontend and the solver.
+//!
+//! A [`Definition`] is a list of [`Vertex`]es in topological order; each vertex
+//! is one typed [`Op`] plus the indexes of the vertices it reads. Nothing here
+//! knows about Dockerfiles.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// Network mode of an exec op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Host,
+    None,
+}
+
+/// An extra mount of an exec op, besides its root filesystem (input 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMount {
+    /// Path inside the container.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountKind {
+    /// Bind of a path of another input (index into the vertex inputs).
+    Bind {
+        input: usize,
+        source: String,
+        readonly: bool,
+    },
+    Tmpfs {
+        size: Option<u64>,
+    },
+}
+
+/// Runs a command with input 0 as its root filesystem; its result is the changed rootfs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOp {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub network: NetworkMode,
+    pub mounts: Vec<ExecMount>,
+}
+
+/// Ownership for files created by a file op: numeric ids or names resolved in the destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chown {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum FileAction {
+    /// Copies `sources` (paths or wildcards, relative to input `src_input`) to `dest`
+    /// (absolute, in input 0) with Docker's COPY rules.
+    Copy {
+        src_input: usize,
+        sources: Vec<String>,
+        dest: String,
+        chown: Option<Chown>,
+        chmod: Option<u32>,
+    },
+    /// Creates a directory (and its parents).
+    Mkdir {
+        path: String,
+        mode: u32,
+        chown: Option<Chown>,
+    },
+    /// Writes a file with the given content.
+    Mkfile {
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+        chown: Option<Chown>,
+    },
+}
+
+/// File operations applied on top of input 0 (or on an empty tree if the op has no inputs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOp {
+    pub actions: Vec<FileAction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    /// An empty filesystem.
+    Scratch,
+    /// A container image's root filesystem.
+    Image {
+        reference: String,
+        platform: String,
+    },
+    /// A directory provided by the client (the build context or a named context).
+    Local {
+        name: String,
+    },
+    Exec(ExecOp),
+    File(FileOp),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vertex {
+    pub op: Op,
+    /// Indexes of earlier vertices this one reads.
+    pub inputs: Vec<usize>,
+    /// What progress output calls this step, e.g. `[build 2/3] RUN make`.
+    pub name: String,
+    /// When true the solver must run the op even if a cached result exists.
+    #[serde(default)]
+    pub ignore_cache: bool,
+}
+
+/// A whole build graph with one output vertex.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Definition {
+    pub vertices: Vec<Vertex>,
+    pub output: Option<usize>,
+}
+
+impl Definition {
+    /// Adds a vertex, reusing an identical existing one (same op and inputs).
+    pub fn add(&mut self, vertex: Vertex) -> usize {
+        if let Some(i) = self
+            .vertices
+            .iter()
+            .position(|v| v.op == vertex.op && v.inputs == vertex.inputs)
+        {
+            if vertex.ignore_cache {
+                self.vertices[i].ignore_cache = true;
+            }
+            return i;
+        }
+        self.vertices.push(vertex);
+        self.vertices.len() - 1
+    }
+
+    /// Content digest of each vertex: its op plus its inputs' digests (names excluded).
+    pub fn digests(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.vertices.len());
+        for v in &self.vertices {
+            let mut h = Sha256::new();
+            h.update(serde_json::to_vec(&v.op).unwrap_or_default());
+            for &i in &v.inputs {
+                h.update(out.get(i).map(String::as_str).unwrap_or("?").as_bytes());
+            }
+            out.push(format!("sha256:{}", hex::encode(h.finalize())));
+        }
+        out
+    }
+
+    /// Checks that inputs only point backwards and the output exists.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, v) in self.vertices.iter().enumerate() {
+            if let Some(&bad) = v.inputs.iter().find(|&&j| j >= i) {
+                return Err(format!(
+                    "vertex {i} reads vertex {bad}, which does not come before it"
+                ));
+            }
+        }
+        match self.output {
+            Some(o) if o < self.vertices.len() => Ok(()),
+            Some(o) => Err(format!("output vertex {o} does not exist")),
+            None => Err("definition has no output".into()),
+        }
+    }
+
+    /// The vertices the output depends on (including itself), in topological order.
+    pub fn reachable(&self) -> Vec<usize> {
+        let mut seen = vec![false; self.vertices.len()];
+        let mut stack: Vec<usize> = self.output.into_iter().collect();
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            stack.extend(self.vertices[i].inputs.iter().copied());
+        }
+        (0..self.vertices.len()).filter(|&i| seen[i]).collect()
+    }
+
+    /// Human-readable dump of the graph, one vertex per paragraph.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let digests = self.digests();
+        let mut s = String::new();
+        for i in self.reachable() {
+            let v = &self.vertices[i];
+            let _ = writeln!(s, "#{i} {}  {}", v.name, &digests[i][7..19]);
+            let _ = writeln!(s, "    inputs: {:?}", v.inputs);
+            let op = serde_json::to_string(&v.op).unwrap_or_default();
+            let _ = writeln!(s, "    op: {op}");
+        }
+        if let Some(o) = self.output {
+            let _ = writeln!(s, "output: #{o}");
+        }
+        s
+    }
+}

@@ -1,0 +1,10 @@
+//! The solver: build-graph types, scheduling, cache keys and the cache index.
+
+pub mod context;
+pub mod fileop;
+pub mod graph;
+pub mod progress;
+pub mod solve;
+
+pub use graph::{Definition, Op, Vertex};
+pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

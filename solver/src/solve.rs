@@ -1,0 +1,898 @@
+//! Walks a build graph: computes cache keys, reuses cached results, and runs
+//! independent vertices concurrently.
+
+use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
+use crate::fileop::{self, CopyOptions, SourceTree};
+use crate::graph::{Definition, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Op};
+use crate::progress::{now, Event, Progress};
+use anyhow::{anyhow, bail, Context as _, Result};
+use executor::{CancelToken, ExecSpec, Executor};
+use exporter::image::{Descriptor, ImageConfig, Manifest, Platform};
+use exporter::reference::Reference;
+use exporter::{ImageStore, LayerBlob};
+use sha2::{Digest as _, Sha256};
+use snapshotter::{ContentStore, Snapshotter};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const LABEL_LAYER_DIGEST: &str = "builder.layer.digest";
+const LABEL_LAYER_DIFF_ID: &str = "builder.layer.diffid";
+const LABEL_LAYER_MEDIA_TYPE: &str = "builder.layer.mediatype";
+const LABEL_LAYER_SIZE: &str = "builder.layer.size";
+
+/// The result of one vertex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ref {
+    /// An empty filesystem.
+    Scratch,
+    /// A committed snapshot.
+    Snapshot(String),
+    /// A client directory, by name.
+    Local(String),
+}
+
+/// Why a solve failed, and at which vertex.
+#[derive(Debug)]
+pub struct SolveError {
+    pub vertex: Option<usize>,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for SolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for SolveError {}
+
+/// What a solve produced.
+#[derive(Debug)]
+pub struct SolveOutput {
+    pub output: Ref,
+    /// Vertices that really ran.
+    pub executed: usize,
+    /// Vertices answered from the cache.
+    pub cached: usize,
+}
+
+/// Everything a solver needs from its surroundings.
+pub struct SolverConfig {
+    pub root: PathBuf,
+    pub executor: Executor,
+    pub locals: HashMap<String, Arc<dyn LocalSource>>,
+    pub no_cache: bool,
+    pub progress: Progress,
+}
+
+pub struct Solver {
+    root: PathBuf,
+    pub content: ContentStore,
+    pub snapshots: Snapshotter,
+    pub images: ImageStore,
+    executor: Executor,
+    locals: HashMap<String, Arc<dyn LocalSource>>,
+    no_cache: bool,
+    progress: Progress,
+    indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique to this process and moment, for temporary snapshots and mount points.
+fn unique(prefix: &str) -> String {
+    let n = NONCE.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), t & 0xffff_ffff)
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Removes a mount point and its mount when dropped, so errors never leak mounts.
+struct MountGuard(PathBuf);
+
+impl MountGuard {
+    fn mount(root: &Path, mounts: &[snapshotter::Mount]) -> Result<Self> {
+        let dir = root.join("tmp").join(unique("mnt"));
+        std::fs::create_dir_all(&dir)?;
+        snapshotter::mount_all(mounts, &dir)
+            .with_context(|| format!("mounting {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = snapshotter::unmount(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl Solver {
+    /// Opens the stores under `cfg.root`. Must be called inside a tokio runtime.
+    pub fn new(cfg: SolverConfig) -> Result<Self> {
+        let content = ContentStore::open(&cfg.root)?;
+        let snapshots = Snapshotter::open(&cfg.root)?;
+        let images = ImageStore::open(&cfg.root, content.clone())?;
+        let solver = Self {
+            root: cfg.root,
+            content,
+            snapshots,
+            images,
+            executor: cfg.executor,
+            locals: cfg.locals,
+            no_cache: cfg.no_cache,
+            progress: cfg.progress,
+            indexes: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        solver.remove_stale_snapshots();
+        Ok(solver)
+    }
+
+    /// Removes temporary snapshots left by processes that died (kill -9).
+    fn remove_stale_snapshots(&self) {
+        let Ok(all) = self.snapshots.walk() else {
+            return;
+        };
+        for info in all {
+            if info.kind == snapshotter::Kind::Committed {
+                continue;
+            }
+            let pid = info
+                .key
+                .split('-')
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                if pid != std::process::id() as i32 && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = self.snapshots.remove(&info.key);
+                }
+            }
+        }
+    }
+
+    /// Looks an image up in the local store, pulling it if absent; returns the
+    /// reference pinned to the platform manifest digest, and its config.
+    pub async fn resolve_image(
+        &self,
+        reference: &str,
+        platform: &str,
+    ) -> Result<(String, ImageConfig)> {
+        let r = Reference::parse(reference)
+            .map_err(|e| anyhow!("invalid image reference {reference:?}: {e}"))?;
+        let platform: Platform = platform
+            .parse()
+            .map_err(|e| anyhow!("invalid platform {platform:?}: {e:?}"))?;
+        let target = match self.images.resolve(&r.full_name())? {
+            Some(d) => d,
+            None => {
+                let client = exporter::registry::RegistryClient::new();
+                let d = client
+                    .pull(&r, &platform, &self.content)
+                    .await
+                    .map_err(|e| {
+                        anyhow!(
+                            "{} not found locally, and pulling it failed: {e}",
+                            r.familiar_name()
+                        )
+                    })?;
+                if r.digest.is_none() {
+                    self.images.tag(&r.full_name(), &d)?;
+                }
+                d
+            }
+        };
+        let (manifest, _, config) = self.images.load_image(&target, &platform)?;
+        let pinned = format!(
+            "{}@{}",
+            Reference { digest: None, ..r }.full_name(),
+            manifest.digest
+        );
+        Ok((pinned, config))
+    }
+
+    fn local(&self, name: &str) -> Result<Arc<dyn LocalSource>> {
+        self.locals
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no local directory named {name:?} was provided"))
+    }
+
+    fn context_index(&self, name: &str) -> Result<Arc<ContextIndex>> {
+        let mut map = self
+            .indexes
+            .lock()
+            .map_err(|_| anyhow!("context index lock poisoned"))?;
+        if let Some(idx) = map.get(name) {
+            return Ok(idx.clone());
+        }
+        let src = self.local(name)?;
+        let key = sha256_hex(&[name.as_bytes(), src.root().as_os_str().as_encoded_bytes()]);
+        let cache = self
+            .root
+            .join("cache")
+            .join("stat")
+            .join(format!("{}.json", &key[7..]));
+        let idx = Arc::new(index_context(src.as_ref(), Some(&cache))?);
+        map.insert(name.to_string(), idx.clone());
+        Ok(idx)
+    }
+
+    fn cache_index_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join("cache")
+            .join("keys")
+            .join(key.trim_start_matches("sha256:"))
+    }
+
+    fn cache_lookup(&self, key: &str) -> Option<String> {
+        let name = std::fs::read_to_string(self.cache_index_path(key)).ok()?;
+        let info = self.snapshots.stat(&name).ok()?;
+        (info.kind == snapshotter::Kind::Committed).then_some(name)
+    }
+
+    fn cache_record(&self, key: &str, snapshot: &str) -> Result<()> {
+        write_atomic(&self.cache_index_path(key), snapshot.as_bytes())?;
+        Ok(())
+    }
+
+    /// Solves the output of `def` (and only what it needs).
+    pub async fn solve(
+        self: &Arc<Self>,
+        def: &Definition,
+        cancel: &CancelToken,
+    ) -> Result<SolveOutput, SolveError> {
+        def.validate().map_err(|e| SolveError {
+            vertex: None,
+            error: anyhow!(e),
+        })?;
+        let def = Arc::new(def.clone());
+        let needed = def.reachable();
+        let n = def.vertices.len();
+        let mut pending: Vec<usize> = vec![0; n];
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for &i in &needed {
+            let mut inputs = def.vertices[i].inputs.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
+            pending[i] = inputs.len();
+            for j in inputs {
+                dependents[j].push(i);
+            }
+        }
+        let mut results: Vec<Option<(Ref, String)>> = vec![None; n];
+        let (mut executed, mut cached) = (0, 0);
+        let mut set = tokio::task::JoinSet::new();
+        let mut first_error: Option<SolveError> = None;
+
+        let spawn =
+            |set: &mut tokio::task::JoinSet<_>, i: usize, results: &[Option<(Ref, String)>]| {
+                let inputs: Vec<(Ref, String)> = def.vertices[i]
+                    .inputs
+                    .iter()
+                    .map(|&j| results[j].clone().expect("inputs solved first"))
+                    .collect();
+                let this = self.clone();
+                let def = def.clone();
+                let cancel = cancel.clone();
+                set.spawn_blocking(move || (i, this.run_vertex(&def, i, &inputs, &cancel)));
+            };
+        for &i in &needed {
+            if pending[i] == 0 {
+                spawn(&mut set, i, &results);
+            }
+        }
+        while let Some(joined) = set.join_next().await {
+            let (i, res) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    cancel.cancel();
+                    first_error.get_or_insert(SolveError {
+                        vertex: None,
+                        error: anyhow!("build step panicked: {e}"),
+                    });
+                    continue;
+                }
+            };
+            match res {
+                Ok((r, key, was_cached)) => {
+                    if was_cached {
+                        cached += 1
+                    } else {
+                        executed += 1
+                    }
+                    results[i] = Some((r, key));
+                    if first_error.is_some() {
+                        continue;
+                    }
+                    for &d in &dependents[i] {
+                        pending[d] -= 1;
+                        if pending[d] == 0 {
+                            spawn(&mut set, d, &results);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Stop siblings promptly (their containers are killed) but wait for
+                    // them, so their temporary snapshots are cleaned up.
+                    cancel.cancel();
+                    if first_error.is_none() {
+                        first_error = Some(SolveError {
+                            vertex: Some(i),
+                            error: e,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let out = def
+            .output
+            .and_then(|o| results[o].clone())
+            .ok_or_else(|| SolveError {
+                vertex: None,
+                error: anyhow!("output was not solved"),
+            })?;
+        Ok(SolveOutput {
+            output: out.0,
+            executed,
+            cached,
+        })
+    }
+
+    /// Computes the cache key of a vertex and produces its result, from the cache if possible.
+    fn run_vertex(
+        &self,
+        def: &Definition,
+        i: usize,
+        inputs: &[(Ref, String)],
+        cancel: &CancelToken,
+    ) -> Result<(Ref, String, bool)> {
+        if cancel.is_cancelled() {
+            bail!("cancelled");
+        }
+        let v = &def.vertices[i];
+        let name = v.name.clone();
+        let progress = &self.progress;
+        match &v.op {
+            Op::Scratch => Ok((Ref::Scratch, "scratch".into(), true)),
+            Op::Local { name: local } => {
+                let started = now();
+                let idx = self.context_index(local)?;
+                let key = idx.checksum(&[String::new()]);
+                progress.send(Event::Started {
+                    vertex: i,
+                    name: name.clone(),
+                    time: started,
+                });
+                progress.send(Event::Completed {
+                    vertex: i,
+                    name,
+                    time: now(),
+                    error: None,
+                });
+                Ok((Ref::Local(local.clone()), key, false))
+            }
+            Op::Image {
+                reference,
+                platform,
+            } => {
+                let started = now();
+                let (r, key, was_cached) = self.unpack_image(reference, platform)?;
+                if was_cached {
+                    progress.send(Event::Cached {
+                        vertex: i,
+                        name,
+                        time: started,
+                    });
+                } else {
+                    progress.send(Event::Started {
+                        vertex: i,
+                        name: name.clone(),
+                        time: started,
+                    });
+                    progress.send(Event::Completed {
+                        vertex: i,
+                        name,
+                        time: now(),
+                        error: None,
+                    });
+                }
+                Ok((r, key, was_cached))
+            }
+            Op::Exec(exec) => {
+                let op_json = serde_json::to_vec(&v.op)?;
+                let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
+                parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
+                let key = sha256_hex(&parts);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    self.run_exec(i, exec, inputs, cancel)
+                })
+            }
+            Op::File(file) => {
+                let op_json = serde_json::to_vec(&v.op)?;
+                let mut input_keys = Vec::new();
+                for (n, (r, k)) in inputs.iter().enumerate() {
+                    input_keys.push(match r {
+                        Ref::Local(local) => self.local_sources_checksum(local, file, n)?,
+                        _ => k.clone(),
+                    });
+                }
+                let mut parts: Vec<&[u8]> = vec![b"file", &op_json];
+                parts.extend(input_keys.iter().map(|k| k.as_bytes()));
+                let key = sha256_hex(&parts);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    self.run_file(file, inputs)
+                })
+            }
+        }
+    }
+
+    fn cached_or_run(
+        &self,
+        i: usize,
+        name: &str,
+        key: &str,
+        ignore_cache: bool,
+        run: impl FnOnce() -> Result<String>,
+    ) -> Result<(Ref, String, bool)> {
+        if !self.no_cache && !ignore_cache {
+            if let Some(snap) = self.cache_lookup(key) {
+                self.progress.send(Event::Cached {
+                    vertex: i,
+                    name: name.to_string(),
+                    time: now(),
+                });
+                return Ok((Ref::Snapshot(snap), key.to_string(), true));
+            }
+        }
+        self.progress.send(Event::Started {
+            vertex: i,
+            name: name.to_string(),
+            time: now(),
+        });
+        let res = run();
+        self.progress.send(Event::Completed {
+            vertex: i,
+            name: name.to_string(),
+            time: now(),
+            error: res.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        let snap = res?;
+        self.cache_record(key, &snap)?;
+        Ok((Ref::Snapshot(snap), key.to_string(), false))
+    }
+
+    /// Checksum of the files a file op reads from the local input at position `input`.
+    fn local_sources_checksum(&self, local: &str, file: &FileOp, input: usize) -> Result<String> {
+        let idx = self.context_index(local)?;
+        let src = SourceTree {
+            root: &idx.root,
+            index: Some(&idx),
+        };
+        let mut paths = Vec::new();
+        for a in &file.actions {
+            if let FileAction::Copy {
+                src_input, sources, ..
+            } = a
+            {
+                if *src_input == input {
+                    for s in sources {
+                        let m = src
+                            .matches(s)
+                            .map_err(|e| anyhow!("failed to compute cache key: {e}"))?;
+                        if m.is_empty() {
+                            bail!("failed to compute cache key: no source files were specified matching \"{s}\"");
+                        }
+                        paths.extend(m);
+                    }
+                }
+            }
+        }
+        Ok(idx.checksum(&paths))
+    }
+
+    /// Makes sure an image's layers are unpacked as a snapshot chain; returns the top.
+    fn unpack_image(&self, reference: &str, platform: &str) -> Result<(Ref, String, bool)> {
+        let r = Reference::parse(reference)
+            .map_err(|e| anyhow!("invalid image reference {reference:?}: {e}"))?;
+        let manifest_digest = match &r.digest {
+            Some(d) => d.clone(),
+            None => {
+                let (pinned, _) = self
+                    .runtime
+                    .block_on(self.resolve_image(reference, platform))?;
+                pinned
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_string())
+                    .ok_or_else(|| anyhow!("unpinned image {pinned}"))?
+            }
+        };
+        if !self.content.has(&manifest_digest) {
+            let platform_parsed: Platform = platform
+                .parse()
+                .map_err(|e| anyhow!("invalid platform {platform:?}: {e:?}"))?;
+            self.runtime
+                .block_on(exporter::registry::RegistryClient::new().pull(
+                    &r,
+                    &platform_parsed,
+                    &self.content,
+                ))
+                .map_err(|e| anyhow!("pulling {reference}: {e}"))?;
+        }
+        let manifest: Manifest = serde_json::from_slice(&self.content.read_blob(&manifest_digest)?)
+            .with_context(|| format!("reading manifest {manifest_digest}"))?;
+        let config: ImageConfig =
+            serde_json::from_slice(&self.content.read_blob(&manifest.config.digest)?)
+                .with_context(|| format!("reading image config {}", manifest.config.digest))?;
+        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+            bail!(
+                "image {reference} has {} layers but {} diff ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            );
+        }
+        let mut parent: Option<String> = None;
+        let mut all_cached = true;
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let chain = match &parent {
+                None => diff_id.clone(),
+                Some(p) => sha256_hex_plain(&format!("{p} {diff_id}")),
+            };
+            if !self.snapshots.exists(&chain) {
+                all_cached = false;
+                let active = unique("unpack");
+                self.snapshots.prepare(&active, parent.as_deref())?;
+                let res = (|| -> Result<()> {
+                    let dir = self.snapshots.upper_dir(&active)?;
+                    let reader = exporter::open_layer(&self.content, layer)?;
+                    snapshotter::layer::apply_layer_tar(reader, &dir)
+                        .with_context(|| format!("unpacking layer {}", layer.digest))?;
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    let _ = self.snapshots.remove(&active);
+                    return Err(e);
+                }
+                match self.snapshots.commit(&chain, &active) {
+                    Ok(()) => {}
+                    Err(snapshotter::Error::AlreadyExists(_)) => {
+                        let _ = self.snapshots.remove(&active);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.label_layer(&chain, layer, diff_id)?;
+            }
+            parent = Some(chain);
+        }
+        match parent {
+            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
+            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
+        }
+    }
+
+    fn label_layer(&self, snapshot: &str, layer: &Descriptor, diff_id: &str) -> Result<()> {
+        self.snapshots
+            .set_label(snapshot, LABEL_LAYER_DIGEST, &layer.digest)?;
+        self.snapshots
+            .set_label(snapshot, LABEL_LAYER_MEDIA_TYPE, &layer.media_type)?;
+        self.snapshots
+            .set_label(snapshot, LABEL_LAYER_SIZE, &layer.size.to_string())?;
+        self.snapshots
+            .set_label(snapshot, LABEL_LAYER_DIFF_ID, diff_id)?;
+        Ok(())
+    }
+
+    fn parent_of(inputs: &[(Ref, String)]) -> Result<Option<String>> {
+        match inputs.first() {
+            None | Some((Ref::Scratch, _)) => Ok(None),
+            Some((Ref::Snapshot(s), _)) => Ok(Some(s.clone())),
+            Some((Ref::Local(n), _)) => {
+                bail!("local directory {n:?} cannot be used as a root filesystem")
+            }
+        }
+    }
+
+    /// Commits an active snapshot under a fresh name.
+    fn commit_new(&self, active: &str) -> Result<String> {
+        let name = unique("layer");
+        self.snapshots.commit(&name, active)?;
+        Ok(name)
+    }
+
+    fn run_exec(
+        &self,
+        i: usize,
+        exec: &ExecOp,
+        inputs: &[(Ref, String)],
+        cancel: &CancelToken,
+    ) -> Result<String> {
+        let parent = Self::parent_of(inputs)?;
+        let active = unique("active");
+        let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
+        let res = (|| -> Result<()> {
+            let mut spec = ExecSpec {
+                rootfs: mounts
+                    .iter()
+                    .map(|m| executor::Mount {
+                        fstype: m.fstype.clone(),
+                        source: m.source.clone(),
+                        target: "/".into(),
+                        options: m.options.clone(),
+                    })
+                    .collect(),
+                args: exec.args.clone(),
+                env: exec.env.clone(),
+                cwd: exec.cwd.clone(),
+                user: exec.user.clone(),
+                network: match exec.network {
+                    NetworkMode::Host => executor::Network::Host,
+                    NetworkMode::None => executor::Network::None,
+                },
+                ..Default::default()
+            };
+            for m in &exec.mounts {
+                match &m.kind {
+                    MountKind::Tmpfs { size } => spec.mounts.push(executor::Mount {
+                        fstype: "tmpfs".into(),
+                        source: "tmpfs".into(),
+                        target: m.target.clone(),
+                        options: size.map(|s| vec![format!("size={s}")]).unwrap_or_default(),
+                    }),
+                    MountKind::Bind { .. } => {
+                        bail!("bind mounts from other inputs are not supported yet")
+                    }
+                }
+            }
+            let progress = self.progress.clone();
+            let mut on_output = |stream: executor::OutputStream, data: &[u8]| {
+                let stream = match stream {
+                    executor::OutputStream::Stdout => 1,
+                    executor::OutputStream::Stderr => 2,
+                };
+                progress.send(Event::Log {
+                    vertex: i,
+                    stream,
+                    data: String::from_utf8_lossy(data).into_owned(),
+                });
+            };
+            let code = self
+                .executor
+                .run(&spec, cancel, &mut on_output)
+                .map_err(|e| anyhow!("{e}"))?;
+            if code != 0 {
+                bail!(
+                    "process {:?} did not complete successfully: exit code: {code}",
+                    exec.args.join(" ")
+                );
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => self.commit_new(&active),
+            Err(e) => {
+                let _ = self.snapshots.remove(&active);
+                Err(e)
+            }
+        }
+    }
+
+    fn run_file(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
+        let parent = Self::parent_of(inputs)?;
+        let active = unique("active");
+        let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
+        let res = (|| -> Result<()> {
+            let dest = MountGuard::mount(&self.root, &mounts)?;
+            let mut views: HashMap<usize, (MountGuard, String)> = HashMap::new();
+            for action in &file.actions {
+                match action {
+                    FileAction::Copy {
+                        src_input,
+                        sources,
+                        dest: to,
+                        chown,
+                        chmod,
+                    } => {
+                        let owner = chown
+                            .as_ref()
+                            .map(|c| fileop::resolve_owner(&dest.0, c))
+                            .transpose()?;
+                        let opts = CopyOptions {
+                            owner,
+                            chmod: *chmod,
+                        };
+                        match inputs.get(*src_input) {
+                            Some((Ref::Local(local), _)) => {
+                                let idx = self.context_index(local)?;
+                                let src = SourceTree {
+                                    root: &idx.root,
+                                    index: Some(&idx),
+                                };
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                            }
+                            Some((Ref::Snapshot(snap), _)) => {
+                                if !views.contains_key(src_input) {
+                                    let key = unique("view");
+                                    let m = self.snapshots.view(&key, snap)?;
+                                    let guard = MountGuard::mount(&self.root, &m);
+                                    let guard = match guard {
+                                        Ok(g) => g,
+                                        Err(e) => {
+                                            let _ = self.snapshots.remove(&key);
+                                            return Err(e);
+                                        }
+                                    };
+                                    views.insert(*src_input, (guard, key));
+                                }
+                                let (guard, _) = &views[src_input];
+                                let src = SourceTree {
+                                    root: &guard.0,
+                                    index: None,
+                                };
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                            }
+                            Some((Ref::Scratch, _)) => {
+                                let empty = tempfile::tempdir()?;
+                                let src = SourceTree {
+                                    root: empty.path(),
+                                    index: None,
+                                };
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                            }
+                            None => bail!("copy source input {src_input} does not exist"),
+                        }
+                    }
+                    FileAction::Mkdir { path, mode, chown } => {
+                        let owner = chown
+                            .as_ref()
+                            .map(|c| fileop::resolve_owner(&dest.0, c))
+                            .transpose()?;
+                        fileop::make_dir(&dest.0, path, *mode, owner)?;
+                    }
+                    FileAction::Mkfile {
+                        path,
+                        data,
+                        mode,
+                        chown,
+                    } => {
+                        let owner = chown
+                            .as_ref()
+                            .map(|c| fileop::resolve_owner(&dest.0, c))
+                            .transpose()?;
+                        fileop::make_file(&dest.0, path, data, *mode, owner)?;
+                    }
+                }
+            }
+            for (_, (guard, key)) in views {
+                drop(guard);
+                let _ = self.snapshots.remove(&key);
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => self.commit_new(&active),
+            Err(e) => {
+                let _ = self.snapshots.remove(&active);
+                Err(e)
+            }
+        }
+    }
+
+    /// The layers of a result, base first, creating (and remembering) blobs for built snapshots.
+    pub fn export_layers(&self, r: &Ref) -> Result<Vec<LayerBlob>> {
+        let Ref::Snapshot(top) = r else {
+            return match r {
+                Ref::Scratch => Ok(Vec::new()),
+                _ => bail!("a local directory cannot be exported as an image"),
+            };
+        };
+        let mut chain = Vec::new();
+        let mut cur = Some(top.clone());
+        while let Some(key) = cur {
+            let info = self.snapshots.stat(&key)?;
+            cur = info.parent.clone();
+            chain.push(info);
+        }
+        chain.reverse();
+        let mut out = Vec::new();
+        for info in chain {
+            let l = &info.labels;
+            if let (Some(d), Some(diff), Some(mt), Some(size)) = (
+                l.get(LABEL_LAYER_DIGEST),
+                l.get(LABEL_LAYER_DIFF_ID),
+                l.get(LABEL_LAYER_MEDIA_TYPE),
+                l.get(LABEL_LAYER_SIZE),
+            ) {
+                if self.content.has(d) {
+                    out.push(LayerBlob {
+                        descriptor: Descriptor {
+                            media_type: mt.clone(),
+                            digest: d.clone(),
+                            size: size.parse().unwrap_or(0),
+                            ..Default::default()
+                        },
+                        diff_id: diff.clone(),
+                    });
+                    continue;
+                }
+            }
+            let upper = self.snapshots.upper_dir(&info.key)?;
+            let blob = exporter::write_layer(&self.content, &mut |w| {
+                snapshotter::layer::write_diff_tar(&upper, w, &Default::default())
+                    .map_err(std::io::Error::other)
+            })?;
+            self.label_layer(&info.key, &blob.descriptor, &blob.diff_id)?;
+            out.push(blob);
+        }
+        Ok(out)
+    }
+
+    /// Copies the whole filesystem of a result into `dest` (for `--output type=local`).
+    pub fn export_local(&self, r: &Ref, dest: &Path) -> Result<()> {
+        std::fs::create_dir_all(dest)?;
+        match r {
+            Ref::Scratch => Ok(()),
+            Ref::Local(name) => {
+                let idx = self.context_index(name)?;
+                let src = SourceTree {
+                    root: &idx.root,
+                    index: Some(&idx),
+                };
+                fileop::copy(
+                    &src,
+                    &[".".into()],
+                    dest,
+                    "/",
+                    &CopyOptions {
+                        owner: None,
+                        chmod: None,
+                    },
+                )
+            }
+            Ref::Snapshot(snap) => {
+                let key = unique("view");
+                let m = self.snapshots.view(&key, snap)?;
+                let res = (|| {
+                    let guard = MountGuard::mount(&self.root, &m)?;
+                    let src = SourceTree {
+                        root: &guard.0,
+                        index: None,
+                    };
+                    fileop::copy(
+                        &src,
+                        &[".".into()],
+                        dest,
+                        "/",
+                        &CopyOptions {
+                            owner: None,
+                            chmod: None,
+                        },
+                    )
+                })();
+                let _ = self.snapshots.remove(&key);
+                res
+            }
+        }
+    }
+}
+
+fn sha256_hex_plain(s: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(s.as_bytes())))
+}

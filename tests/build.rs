@@ -1,0 +1,292 @@
+//! End-to-end builds through the real binary: namespaces, overlay mounts, a
+//! real registry, and archives checked by skopeo, umoci and tar.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn names_started(ev: &[serde_json::Value]) -> Vec<String> {
+    ev.iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn span(ev: &[serde_json::Value], needle: &str) -> (f64, f64) {
+    let find = |kind: &str| {
+        ev.iter()
+            .find(|e| e["event"] == kind && e["name"].as_str().is_some_and(|n| n.contains(needle)))
+            .and_then(|e| e["time"].as_f64())
+            .unwrap_or_else(|| panic!("no {kind} event for {needle}"))
+    };
+    (find("started"), find("completed"))
+}
+
+#[test]
+fn example_from_registry_builds_stages_concurrently_and_runs() {
+    let reg = Registry::start();
+    let pusher = Store::with_busybox();
+    let remote = format!("{}/busybox:latest", reg.addr);
+    assert!(pusher
+        .run(&["tag", "busybox:latest", &remote])
+        .status
+        .success());
+    let pushed = pusher.run(&["push", &remote]);
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+
+    let store = Store::new();
+    let out_dir = tempfile::tempdir().unwrap();
+    let oci = out_dir.path().join("hello-oci.tar");
+    let docker = out_dir.path().join("hello-docker.tar");
+    let base_arg = format!("BASE={}/busybox", reg.addr);
+    let oci_out = format!("type=oci,dest={}", oci.display());
+    let docker_out = format!("type=docker,dest={}", docker.display());
+    let out = store.build(
+        &repo().join("examples/hello"),
+        &[
+            "--build-arg",
+            &base_arg,
+            "-t",
+            "hello",
+            "-o",
+            &oci_out,
+            "-o",
+            &docker_out,
+        ],
+    );
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+
+    // The two independent RUN steps overlapped in time.
+    let ev = events(&out);
+    let (a0, a1) = span(&ev, "echo \"Hello\"");
+    let (b0, b1) = span(&ev, "echo \"builder\"");
+    assert!(
+        a0 < b1 && b0 < a1,
+        "RUN steps did not overlap: {a0}-{a1} vs {b0}-{b1}"
+    );
+
+    let run = store.run(&["run", "--rm", "hello"]);
+    assert_eq!(
+        stdout(&run),
+        "Hello, builder!\n",
+        "stderr: {}",
+        stderr(&run)
+    );
+    assert!(run.status.success());
+
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", oci.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "skopeo inspect: {}",
+        stderr(&inspect)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 5, "{info}");
+
+    let layout = out_dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(&oci)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    let bundle = out_dir.path().join("bundle");
+    let unpack = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(unpack.status.success(), "umoci unpack: {}", stderr(&unpack));
+    let msg = std::fs::read_to_string(bundle.join("rootfs/msg/greeting.txt")).unwrap();
+    assert_eq!(msg, "Hello\n");
+    assert!(bundle.join("rootfs/usr/local/bin/message").exists());
+
+    let copied = out_dir.path().join("copied");
+    let copy = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("docker-archive:{}", docker.display()))
+        .arg(format!("oci:{}:t", copied.display()))
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "skopeo copy: {}", stderr(&copy));
+}
+
+const CACHE_DOCKERFILE: &str = "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copy.txt\nCOPY b.txt /b.txt\nRUN echo done > /done\n";
+
+#[test]
+fn rebuilds_reuse_cache_by_content_not_mtime() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", CACHE_DOCKERFILE),
+        ("a.txt", "alpha\n"),
+        ("b.txt", "beta\n"),
+    ]);
+    let first = store.build(ctx.path(), &["-t", "cached"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(
+        names_started(&events(&first))
+            .iter()
+            .filter(|n| n.contains("RUN") || n.contains("COPY"))
+            .count(),
+        4
+    );
+
+    let second = store.build(ctx.path(), &["-t", "cached"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let started: Vec<String> = names_started(&events(&second))
+        .into_iter()
+        .filter(|n| n.contains("RUN") || n.contains("COPY"))
+        .collect();
+    assert!(started.is_empty(), "second build ran {started:?}");
+    assert!(
+        stderr(&second).contains("(0 steps run"),
+        "{}",
+        stderr(&second)
+    );
+
+    // A new mtime with the same content keeps everything cached.
+    assert!(Command::new("touch")
+        .arg("-d")
+        .arg("2001-01-01")
+        .arg(ctx.path().join("a.txt"))
+        .status()
+        .unwrap()
+        .success());
+    let third = store.build(ctx.path(), &[]);
+    assert!(third.status.success());
+    assert!(
+        stderr(&third).contains("(0 steps run"),
+        "{}",
+        stderr(&third)
+    );
+
+    // Changing b.txt re-runs exactly the steps after COPY b.txt.
+    std::fs::write(ctx.path().join("b.txt"), "gamma\n").unwrap();
+    let fourth = store.build(ctx.path(), &["-t", "cached"]);
+    assert!(fourth.status.success(), "{}", stderr(&fourth));
+    let mut started: Vec<String> = names_started(&events(&fourth))
+        .into_iter()
+        .filter(|n| n.contains("RUN") || n.contains("COPY"))
+        .collect();
+    started.sort();
+    assert_eq!(
+        started,
+        vec![
+            "[4/5] COPY b.txt /b.txt".to_string(),
+            "[5/5] RUN echo done > /done".to_string()
+        ]
+    );
+    let run = store.run(&["run", "--rm", "cached", "cat", "/b.txt", "/copy.txt"]);
+    assert_eq!(stdout(&run), "gamma\nalpha\n");
+}
+
+/// Builds a Dockerfile that must fail, checks the message, then checks that the
+/// store still builds and that no image was tagged.
+fn assert_fails(store: &Store, dockerfile: &str, files: &[(&str, &str)], expected: &[&str]) {
+    let mut all = vec![("Dockerfile", dockerfile)];
+    all.extend_from_slice(files);
+    let ctx = context(&all);
+    let out = store.build(ctx.path(), &["-t", "broken"]);
+    assert!(!out.status.success(), "build of {dockerfile:?} should fail");
+    let err = stderr(&out);
+    for e in expected {
+        assert!(err.contains(e), "expected {e:?} in error output:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    let images = stdout(&store.run(&["images"]));
+    assert!(
+        !images.contains("broken"),
+        "a failed build tagged an image:\n{images}"
+    );
+    let good = context(&[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\n")]);
+    let again = store.build(good.path(), &[]);
+    assert!(
+        again.status.success(),
+        "store unusable after failure: {}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_store_usable() {
+    let store = Store::with_busybox();
+    assert_fails(
+        &store,
+        "FROM busybox\nRUNN echo hi\n",
+        &[],
+        &[
+            "Dockerfile:2:1",
+            "unknown instruction: RUNN",
+            "did you mean RUN",
+        ],
+    );
+    assert_fails(&store, "RUN echo hi\n", &[], &["Dockerfile:1:1", "FROM"]);
+    assert_fails(&store, "ARG X=1\n", &[], &["no FROM"]);
+    assert_fails(
+        &store,
+        "FROM busybox AS builder\nRUN true\nFROM busybox\nCOPY --from=bulder /x /x\n",
+        &[],
+        &["Dockerfile:4", "bulder", "did you mean \"builder\""],
+    );
+    assert_fails(
+        &store,
+        "FROM busybox\nCOPY nothere.txt /\n",
+        &[],
+        &["Dockerfile:2", "nothere.txt", "not found"],
+    );
+    assert_fails(
+        &store,
+        "FROM 127.0.0.1:9/nothing:1\n",
+        &[],
+        &["Dockerfile:1", "127.0.0.1:9/nothing"],
+    );
+    assert_fails(
+        &store,
+        "FROM busybox\nRUN echo start\nRUN exit 3\n",
+        &[],
+        &["Dockerfile:3", "RUN exit 3", "exit code: 3"],
+    );
+    assert_fails(
+        &store,
+        "FROM busybox\nCMD [\"a\", [\"b\"]]\n",
+        &[],
+        &["Dockerfile:2"],
+    );
+}
+
+#[test]
+fn local_output_and_print_graph() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox AS unused\nRUN exit 1\nFROM busybox\nWORKDIR /app\nCOPY . .\nRUN echo built > out.txt\n"), ("src/main.c", "int main(){}\n")]);
+    let graph = store.run(&["build", "--print=graph", ctx.path().to_str().unwrap()]);
+    assert!(graph.status.success(), "{}", stderr(&graph));
+    let g = stdout(&graph);
+    assert!(
+        g.contains("RUN echo built > out.txt") && !g.contains("exit 1"),
+        "{g}"
+    );
+
+    let dest = tempfile::tempdir().unwrap();
+    let out_arg = format!("type=local,dest={}", dest.path().display());
+    let out = store.build(ctx.path(), &["-o", &out_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("app/out.txt")).unwrap(),
+        "built\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("app/src/main.c")).unwrap(),
+        "int main(){}\n"
+    );
+    assert!(dest.path().join("bin/busybox").exists());
+}

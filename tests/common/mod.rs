@@ -1,0 +1,179 @@
+//! Helpers for end-to-end tests: a fresh storage root, a busybox base image
+//! made from Debian's busybox-static, and a real docker-registry process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_builder");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A busybox root filesystem tarball, made once per test process.
+pub fn busybox_tar() -> PathBuf {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("builder-test-busybox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tar = dir.join("busybox.tar");
+        let st = Command::new("bash")
+            .arg(repo().join("scripts/make-busybox-rootfs.sh"))
+            .arg(&tar)
+            .status()
+            .unwrap();
+        assert!(st.success(), "make-busybox-rootfs.sh failed");
+        tar
+    })
+    .clone()
+}
+
+/// A fresh storage root, removed (after unmounting leftovers) at drop.
+pub struct Store {
+    pub dir: tempfile::TempDir,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("builder-e2e-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A store with busybox:latest imported.
+    pub fn with_busybox() -> Self {
+        let s = Self::new();
+        let out = s.run(&["import", busybox_tar().to_str().unwrap(), "busybox:latest"]);
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--root").arg(self.root());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs `builder build` with `--progress=rawjson` and returns the output.
+    pub fn build(&self, context: &Path, extra: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.arg("build")
+            .arg("--progress=rawjson")
+            .args(extra)
+            .arg(context);
+        c.output().unwrap()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Unmount anything a failed test left under the root before deleting it.
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let root = self.root().to_string_lossy().to_string();
+            for line in m.lines() {
+                if let Some(mp) = line.split(' ').nth(4) {
+                    if mp.starts_with(&root) {
+                        let _ = Command::new("umount").arg("-l").arg(mp).status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Parsed rawjson progress events.
+pub fn events(o: &Output) -> Vec<serde_json::Value> {
+    stderr(o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A real docker-registry (distribution 2.8) on a free loopback port.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes files into a new temp dir: (relative path, content).
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (p, c) in files {
+        let path = d.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, c).unwrap();
+    }
+    d
+}
