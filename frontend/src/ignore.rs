@@ -33,8 +33,6 @@ fn to_regex(pattern: &str) -> Result<Regex, String> {
                 if chars.get(i + 1) == Some(&'/') {
                     i += 1;
                     re.push_str("(.*/)?");
-                } else if i + 1 == chars.len() {
-                    re.push_str(".*");
                 } else {
                     re.push_str(".*");
                 }

@@ -238,9 +238,7 @@ pub fn copy(
             .with_context(|| format!("reading source {rel}"))?;
         if md.is_dir() {
             ensure_dir(dest_root, &dest_path, opts.owner)?;
-            copy_dir_contents(
-                src, &rel, &src_path, dest_root, &dest_path, owner, opts.chmod,
-            )?;
+            copy_dir_contents(src, &rel, &src_path, &dest_path, owner, opts.chmod)?;
         } else {
             let existing_dir = std::fs::metadata(&dest_path)
                 .map(|m| m.is_dir())
@@ -295,7 +293,6 @@ fn copy_dir_contents(
     src: &SourceTree,
     rel: &str,
     src_dir: &Path,
-    dest_root: &Path,
     dest_dir: &Path,
     owner: Option<Owner>,
     chmod: Option<u32>,
@@ -329,7 +326,7 @@ fn copy_dir_contents(
                     std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?
                 }
             }
-            copy_dir_contents(src, &child_rel, &s, dest_root, &d, owner, chmod)?;
+            copy_dir_contents(src, &child_rel, &s, &d, owner, chmod)?;
             apply_meta(&d, &md, owner, chmod)?;
         } else {
             copy_entry(&s, &md, &d, owner, chmod)?;

@@ -388,7 +388,8 @@ impl Solver {
                     time: now(),
                     error: None,
                 });
-                Ok((Ref::Local(local.clone()), key, false))
+                // Reading the context runs no step; it does not count as work done.
+                Ok((Ref::Local(local.clone()), key, true))
             }
             Op::Image {
                 reference,
