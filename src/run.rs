@@ -111,15 +111,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
     );
     let mounts = solver.snapshots.prepare(&key, parent.as_deref())?;
     let spec = executor::ExecSpec {
-        rootfs: mounts
-            .iter()
-            .map(|m| executor::Mount {
-                fstype: m.fstype.clone(),
-                source: m.source.clone(),
-                target: "/".into(),
-                options: m.options.clone(),
-            })
-            .collect(),
+        rootfs: solver::solve::rootfs_mounts(&mounts),
         args: argv,
         env,
         cwd: args

@@ -146,6 +146,19 @@ impl Lowerer<'_> {
             .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))
     }
 
+    /// The empty filesystem vertex.
+    fn scratch(&mut self) -> usize {
+        self.add(
+            Vertex {
+                op: Op::Scratch,
+                inputs: vec![],
+                name: "scratch".into(),
+                ignore_cache: false,
+            },
+            None,
+        )
+    }
+
     fn add(&mut self, vertex: Vertex, ins: Option<&Instruction>) -> usize {
         let id = self.def.add(vertex);
         if let Some(ins) = ins {
@@ -478,15 +491,7 @@ pub fn lower(
         .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
     let output = match final_state.vertex {
         Some(v) => v,
-        None => l.add(
-            Vertex {
-                op: Op::Scratch,
-                inputs: vec![],
-                name: "scratch".into(),
-                ignore_cache: false,
-            },
-            None,
-        ),
+        None => l.scratch(),
     };
     l.def.output = Some(output);
     let mut image = final_state.config;
@@ -656,15 +661,7 @@ fn lower_stage(
                 let inputs = state.vertex.into_iter().collect();
                 let root = match state.vertex {
                     Some(_) => inputs,
-                    None => vec![l.add(
-                        Vertex {
-                            op: Op::Scratch,
-                            inputs: vec![],
-                            name: "scratch".into(),
-                            ignore_cache: false,
-                        },
-                        None,
-                    )],
+                    None => vec![l.scratch()],
                 };
                 let v = l.add(
                     Vertex {
@@ -752,15 +749,7 @@ fn lower_stage(
                         match stage_index(&f, index) {
                             Some(d) => match states[d].as_ref().and_then(|s| s.vertex) {
                                 Some(v) => v,
-                                None => l.add(
-                                    Vertex {
-                                        op: Op::Scratch,
-                                        inputs: vec![],
-                                        name: "scratch".into(),
-                                        ignore_cache: false,
-                                    },
-                                    None,
-                                ),
+                                None => l.scratch(),
                             },
                             None => {
                                 let earlier: Vec<String> = (0..index)
@@ -790,15 +779,7 @@ fn lower_stage(
                 };
                 let base = match state.vertex {
                     Some(v) => v,
-                    None => l.add(
-                        Vertex {
-                            op: Op::Scratch,
-                            inputs: vec![],
-                            name: "scratch".into(),
-                            ignore_cache: false,
-                        },
-                        None,
-                    ),
+                    None => l.scratch(),
                 };
                 let file = FileOp {
                     actions: vec![FileAction::Copy {
@@ -852,15 +833,7 @@ fn lower_stage(
                 step += 1;
                 let base = match state.vertex {
                     Some(v) => v,
-                    None => l.add(
-                        Vertex {
-                            op: Op::Scratch,
-                            inputs: vec![],
-                            name: "scratch".into(),
-                            ignore_cache: false,
-                        },
-                        None,
-                    ),
+                    None => l.scratch(),
                 };
                 let chown = state
                     .config

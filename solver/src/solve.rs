@@ -630,15 +630,7 @@ impl Solver {
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
         let res = (|| -> Result<()> {
             let mut spec = ExecSpec {
-                rootfs: mounts
-                    .iter()
-                    .map(|m| executor::Mount {
-                        fstype: m.fstype.clone(),
-                        source: m.source.clone(),
-                        target: "/".into(),
-                        options: m.options.clone(),
-                    })
-                    .collect(),
+                rootfs: rootfs_mounts(&mounts),
                 args: exec.args.clone(),
                 env: exec.env.clone(),
                 cwd: exec.cwd.clone(),
@@ -892,6 +884,19 @@ impl Solver {
             }
         }
     }
+}
+
+/// A snapshot's mounts as the executor's root filesystem mounts.
+pub fn rootfs_mounts(mounts: &[snapshotter::Mount]) -> Vec<executor::Mount> {
+    mounts
+        .iter()
+        .map(|m| executor::Mount {
+            fstype: m.fstype.clone(),
+            source: m.source.clone(),
+            target: "/".into(),
+            options: m.options.clone(),
+        })
+        .collect()
 }
 
 fn sha256_hex_plain(s: &str) -> String {
