@@ -290,3 +290,40 @@ fn local_output_and_print_graph() {
     );
     assert!(dest.path().join("bin/busybox").exists());
 }
+
+#[test]
+fn killed_build_leaves_store_usable() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN sleep 30\n")]);
+    let mut child = store
+        .cmd()
+        .arg("build")
+        .arg("--progress=quiet")
+        .arg(ctx.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(Command::new("kill")
+        .arg("-9")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+
+    let good = context(&[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\n")]);
+    let out = store.build(good.path(), &["-t", "after-kill"]);
+    assert!(
+        out.status.success(),
+        "store unusable after kill -9: {}",
+        stderr(&out)
+    );
+    let run = store.run(&["run", "--rm", "after-kill", "cat", "/ok"]);
+    assert_eq!(stdout(&run), "ok\n");
+    // The killed build's temporary snapshot was swept: only committed ones remain.
+    let meta = std::fs::read_to_string(store.root().join("snapshots/metadata.json")).unwrap();
+    assert!(
+        !meta.contains("\"Active\""),
+        "leftover active snapshot: {meta}"
+    );
+}
