@@ -327,3 +327,39 @@ fn killed_build_leaves_store_usable() {
         "leftover active snapshot: {meta}"
     );
 }
+
+#[test]
+fn dockerfile_outside_context_and_its_own_dockerignore() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("keep.md", "k\n"),
+        ("docs/nested.md", "n\n"),
+        ("secret.key", "s\n"),
+        ("node_modules/a.js", "a\n"),
+        ("node_modules/keep.js", "kj\n"),
+    ]);
+    let elsewhere = context(&[
+        ("build.Dockerfile", "FROM busybox\nCOPY . /ctx/\n"),
+        (
+            "build.Dockerfile.dockerignore",
+            "*.md\n!keep.md\nsecret.key\nnode_modules\n!node_modules/keep.js\n",
+        ),
+    ]);
+    let dest = tempfile::tempdir().unwrap();
+    let out_arg = format!("type=local,dest={}", dest.path().display());
+    let df = elsewhere.path().join("build.Dockerfile");
+    let out = store.build(ctx.path(), &["-f", df.to_str().unwrap(), "-o", &out_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = dest.path().join("ctx");
+    assert!(c.join("keep.md").exists());
+    assert!(
+        c.join("docs/nested.md").exists(),
+        "*.md must only match at the root"
+    );
+    assert!(!c.join("secret.key").exists());
+    assert!(!c.join("node_modules/a.js").exists());
+    assert!(
+        c.join("node_modules/keep.js").exists(),
+        "a re-included child of an excluded dir must be copied"
+    );
+}
