@@ -6,11 +6,17 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn names_started(ev: &[serde_json::Value]) -> Vec<String> {
-    ev.iter()
+/// Names of the RUN and COPY steps a build really ran (not cached), sorted.
+fn steps_started(out: &std::process::Output) -> Vec<String> {
+    let mut names: Vec<String> = events(out)
+        .iter()
         .filter(|e| e["event"] == "started")
-        .map(|e| e["name"].as_str().unwrap_or("").to_string())
-        .collect()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| n.contains("RUN") || n.contains("COPY"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
 }
 
 fn span(ev: &[serde_json::Value], needle: &str) -> (f64, f64) {
@@ -133,20 +139,11 @@ fn rebuilds_reuse_cache_by_content_not_mtime() {
     ]);
     let first = store.build(ctx.path(), &["-t", "cached"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(
-        names_started(&events(&first))
-            .iter()
-            .filter(|n| n.contains("RUN") || n.contains("COPY"))
-            .count(),
-        4
-    );
+    assert_eq!(steps_started(&first).len(), 4);
 
     let second = store.build(ctx.path(), &["-t", "cached"]);
     assert!(second.status.success(), "{}", stderr(&second));
-    let started: Vec<String> = names_started(&events(&second))
-        .into_iter()
-        .filter(|n| n.contains("RUN") || n.contains("COPY"))
-        .collect();
+    let started = steps_started(&second);
     assert!(started.is_empty(), "second build ran {started:?}");
     assert!(
         stderr(&second).contains("(0 steps run"),
@@ -174,11 +171,7 @@ fn rebuilds_reuse_cache_by_content_not_mtime() {
     std::fs::write(ctx.path().join("b.txt"), "gamma\n").unwrap();
     let fourth = store.build(ctx.path(), &["-t", "cached"]);
     assert!(fourth.status.success(), "{}", stderr(&fourth));
-    let mut started: Vec<String> = names_started(&events(&fourth))
-        .into_iter()
-        .filter(|n| n.contains("RUN") || n.contains("COPY"))
-        .collect();
-    started.sort();
+    let started = steps_started(&fourth);
     assert_eq!(
         started,
         vec![

@@ -146,8 +146,11 @@ impl Lowerer<'_> {
             .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))
     }
 
-    /// The empty filesystem vertex.
-    fn scratch(&mut self) -> usize {
+    /// `vertex`, or the empty filesystem vertex for a stage that has none yet (FROM scratch).
+    fn or_scratch(&mut self, vertex: Option<usize>) -> usize {
+        if let Some(v) = vertex {
+            return v;
+        }
         self.add(
             Vertex {
                 op: Op::Scratch,
@@ -489,10 +492,7 @@ pub fn lower(
     let final_state = states[target]
         .clone()
         .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
-    let output = match final_state.vertex {
-        Some(v) => v,
-        None => l.scratch(),
-    };
+    let output = l.or_scratch(final_state.vertex);
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
@@ -658,11 +658,7 @@ fn lower_stage(
                     network,
                     mounts: vec![],
                 };
-                let inputs = state.vertex.into_iter().collect();
-                let root = match state.vertex {
-                    Some(_) => inputs,
-                    None => vec![l.scratch()],
-                };
+                let root = vec![l.or_scratch(state.vertex)];
                 let v = l.add(
                     Vertex {
                         op: Op::Exec(exec),
@@ -747,10 +743,7 @@ fn lower_stage(
                     Some(f) => {
                         let f = l.expand(ins, &env, f, escape)?;
                         match stage_index(&f, index) {
-                            Some(d) => match states[d].as_ref().and_then(|s| s.vertex) {
-                                Some(v) => v,
-                                None => l.scratch(),
-                            },
+                            Some(d) => l.or_scratch(states[d].as_ref().and_then(|s| s.vertex)),
                             None => {
                                 let earlier: Vec<String> = (0..index)
                                     .filter_map(|d| l.stage_names.get(d).cloned().flatten())
@@ -777,10 +770,7 @@ fn lower_stage(
                         }
                     }
                 };
-                let base = match state.vertex {
-                    Some(v) => v,
-                    None => l.scratch(),
-                };
+                let base = l.or_scratch(state.vertex);
                 let file = FileOp {
                     actions: vec![FileAction::Copy {
                         src_input: 1,
@@ -831,10 +821,7 @@ fn lower_stage(
                 let dir = join_path(&cur, &dir, false);
                 state.config.config.working_dir = Some(dir.clone());
                 step += 1;
-                let base = match state.vertex {
-                    Some(v) => v,
-                    None => l.scratch(),
-                };
+                let base = l.or_scratch(state.vertex);
                 let chown = state
                     .config
                     .config
