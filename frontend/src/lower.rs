@@ -718,14 +718,17 @@ fn lower_stage(
                     None => None,
                 };
                 let chmod = match flags.get("chmod") {
-                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
-                        l.err(
-                            ins,
-                            format!(
-                                "invalid --chmod={m}: only octal modes such as 0755 are supported"
-                            ),
-                        )
-                    })?),
+                    Some(m) => {
+                        u32::from_str_radix(m, 8).map_err(|_| {
+                            l.err(
+                                ins,
+                                format!(
+                                    "invalid --chmod={m}: only octal modes such as 0755 are supported"
+                                ),
+                            )
+                        })?;
+                        Some(m.clone())
+                    }
                     None => None,
                 };
                 let src_vertex = match flags.get("from") {
@@ -782,6 +785,9 @@ fn lower_stage(
                         },
                         chown,
                         chmod,
+                        exclude: vec![],
+                        parents: false,
+                        unpack: false,
                     }],
                 };
                 step += 1;

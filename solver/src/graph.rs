@@ -24,10 +24,32 @@ pub struct ExecMount {
     pub kind: MountKind,
 }
 
+/// How concurrent builds share one cache mount (`RUN --mount=type=cache,sharing=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheSharing {
+    /// Any number of writers at once.
+    #[default]
+    Shared,
+    /// A writer that finds the cache busy gets a fresh private copy.
+    Private,
+    /// Writers wait for each other.
+    Locked,
+}
+
+/// Owner and permission bits of a file or directory the solver creates for a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum MountKind {
-    /// Bind of a path of another input (index into the vertex inputs).
+    /// Bind of a path of another input (index into the vertex inputs). A writable bind
+    /// gets a throwaway overlay: writes never reach the input.
     Bind {
         input: usize,
         source: String,
@@ -36,9 +58,35 @@ pub enum MountKind {
     Tmpfs {
         size: Option<u64>,
     },
+    /// A directory persisted in the store across builds, keyed by `id`. It is not part
+    /// of the op's result and does not affect its cache key beyond this description.
+    Cache {
+        id: String,
+        sharing: CacheSharing,
+        readonly: bool,
+        /// Seeds an empty cache from a path of another input (`from=`, `source=`).
+        base: Option<(usize, String)>,
+        owner: MountOwner,
+    },
+    /// A secret from the client (`--secret id=...`), mounted as a file at `target`
+    /// and/or exported as the environment variable `env`. Never in a layer or a key.
+    Secret {
+        id: String,
+        required: bool,
+        env: Option<String>,
+        owner: MountOwner,
+    },
+    /// The client's SSH agent socket (`--ssh id=...`), mounted as a socket at `target`
+    /// (default `/run/buildkit/ssh_agent.N`); `SSH_AUTH_SOCK` points at it.
+    Ssh {
+        id: String,
+        required: bool,
+        owner: MountOwner,
+    },
 }
 
 /// Runs a command with input 0 as its root filesystem; its result is the changed rootfs.
+/// A `target` of `""` on a secret mount means "env only".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOp {
     pub args: Vec<String>,
@@ -66,7 +114,18 @@ pub enum FileAction {
         sources: Vec<String>,
         dest: String,
         chown: Option<Chown>,
-        chmod: Option<u32>,
+        /// Octal (`"0755"`) or symbolic (`"u+x,go-w"`) mode, as `chmod(1)` takes it.
+        chmod: Option<String>,
+        /// `--exclude` patterns (`.dockerignore` syntax), relative to the source root.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+        /// `--parents`: keep each match's path below the source root (or below a `/./` pivot).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
+        /// `ADD`: extract a local tar archive (plain, gzip, bzip2, xz, zstd) into `dest`
+        /// instead of copying it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unpack: bool,
     },
     /// Creates a directory (and its parents).
     Mkdir {
@@ -105,6 +164,25 @@ pub enum Op {
     },
     Exec(ExecOp),
     File(FileOp),
+    /// A file downloaded over HTTP(S) (`ADD URL`): a tree holding just `/<filename>`, with
+    /// the mtime from `Last-Modified`. `checksum` (`sha256:...`) is verified when set.
+    Http {
+        url: String,
+        filename: String,
+        checksum: Option<String>,
+    },
+    /// A git checkout (`ADD git@...`/`https://...git#ref:subdir`): the tree of `reference`
+    /// (branch, tag or commit; default branch when `None`), below `subdir` when set.
+    Git {
+        remote: String,
+        reference: Option<String>,
+        subdir: Option<String>,
+        keep_git_dir: bool,
+    },
+    /// Layers input 1.. on top of input 0 as they are (`COPY --link`): the result's
+    /// layers are input 0's followed by each other input's own layers, so a changed
+    /// base does not invalidate them.
+    Merge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -443,6 +443,9 @@ impl Solver {
                     self.run_file(file, inputs)
                 })
             }
+            Op::Http { .. } | Op::Git { .. } | Op::Merge => {
+                bail!("{name}: this kind of step is not supported yet")
+            }
         }
     }
 
@@ -649,9 +652,7 @@ impl Solver {
                         target: m.target.clone(),
                         options: size.map(|s| vec![format!("size={s}")]).unwrap_or_default(),
                     }),
-                    MountKind::Bind { .. } => {
-                        bail!("bind mounts from other inputs are not supported yet")
-                    }
+                    other => bail!("{other:?} mounts are not supported yet"),
                 }
             }
             let progress = self.progress.clone();
@@ -702,15 +703,20 @@ impl Solver {
                         dest: to,
                         chown,
                         chmod,
+                        ..
                     } => {
                         let owner = chown
                             .as_ref()
                             .map(|c| fileop::resolve_owner(&dest.0, c))
                             .transpose()?;
-                        let opts = CopyOptions {
-                            owner,
-                            chmod: *chmod,
-                        };
+                        let chmod = chmod
+                            .as_deref()
+                            .map(|m| {
+                                u32::from_str_radix(m, 8)
+                                    .map_err(|_| anyhow!("invalid --chmod={m}: not an octal mode"))
+                            })
+                            .transpose()?;
+                        let opts = CopyOptions { owner, chmod };
                         match inputs.get(*src_input) {
                             Some((Ref::Local(local), _)) => {
                                 let idx = self.context_index(local)?;
