@@ -62,26 +62,83 @@ pub struct ContextIndex {
     pub entries: BTreeMap<String, Entry>,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct StatCache {
-    files: HashMap<String, StatEntry>,
-}
-
-#[derive(Serialize, Deserialize, Clone, PartialEq)]
+/// What a file's content digest was last time, keyed by stat data that changes whenever the
+/// content can have changed (size, mtime, ctime, inode).
+#[derive(Clone, Copy, PartialEq)]
 struct StatEntry {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
-    digest: String,
+    digest: [u8; 32],
 }
 
 impl StatEntry {
+    fn of(md: &std::fs::Metadata, digest: [u8; 32]) -> Self {
+        StatEntry {
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+            digest,
+        }
+    }
+
     fn matches(&self, md: &std::fs::Metadata) -> bool {
-        self.size == md.size()
-            && self.mtime_ns == md.mtime() * 1_000_000_000 + md.mtime_nsec()
-            && self.ctime_ns == md.ctime() * 1_000_000_000 + md.ctime_nsec()
-            && self.ino == md.ino()
+        *self == StatEntry::of(md, self.digest)
+    }
+}
+
+/// The stat cache file: a compact binary format, because a JSON map of 20k paths costs
+/// more to parse than a no-op rebuild should take. Layout: magic, then per entry a
+/// little-endian u32 path length, the path, size, mtime, ctime, inode and digest.
+struct StatCache;
+
+const STAT_CACHE_MAGIC: &[u8; 8] = b"bldstat1";
+const STAT_RECORD_LEN: usize = 8 * 4 + 32;
+
+impl StatCache {
+    fn decode(buf: &[u8]) -> HashMap<&str, StatEntry> {
+        let mut out = HashMap::new();
+        let Some(mut rest) = buf.strip_prefix(STAT_CACHE_MAGIC.as_slice()) else {
+            return out;
+        };
+        let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            if rest.len() < 4 + len + STAT_RECORD_LEN {
+                break; // truncated: keep what was read
+            }
+            let Ok(path) = std::str::from_utf8(&rest[4..4 + len]) else {
+                break;
+            };
+            let r = &rest[4 + len..4 + len + STAT_RECORD_LEN];
+            out.insert(
+                path,
+                StatEntry {
+                    size: u64_at(r, 0),
+                    mtime_ns: u64_at(r, 8) as i64,
+                    ctime_ns: u64_at(r, 16) as i64,
+                    ino: u64_at(r, 24),
+                    digest: r[32..64].try_into().unwrap(),
+                },
+            );
+            rest = &rest[4 + len + STAT_RECORD_LEN..];
+        }
+        out
+    }
+
+    fn encode<'a>(entries: impl Iterator<Item = (&'a str, &'a StatEntry)>) -> Vec<u8> {
+        let mut out = STAT_CACHE_MAGIC.to_vec();
+        for (path, e) in entries {
+            out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            out.extend_from_slice(path.as_bytes());
+            for v in [e.size, e.mtime_ns as u64, e.ctime_ns as u64, e.ino] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&e.digest);
+        }
+        out
     }
 }
 
@@ -91,13 +148,12 @@ pub fn index_context(
     stat_cache: Option<&Path>,
 ) -> anyhow::Result<ContextIndex> {
     let root = src.root().to_path_buf();
-    let mut listed: Vec<(String, std::fs::Metadata)> = Vec::new();
-    walk(src, &root, "", &mut listed)?;
+    let listed = walk(src, &root, "")?;
 
-    let old: StatCache = stat_cache
+    let old_bytes = stat_cache
         .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    let old = StatCache::decode(&old_bytes);
 
     let hashed: Vec<anyhow::Result<(String, Entry, Option<StatEntry>)>> = listed
         .into_par_iter()
@@ -105,107 +161,69 @@ pub fn index_context(
             let ft = md.file_type();
             let mode = md.permissions().mode() & 0o7777;
             let path = root.join(&rel);
+            let entry = |kind, digest| Entry { kind, mode, digest };
             if ft.is_dir() {
-                return Ok((
-                    rel,
-                    Entry {
-                        kind: EntryKind::Dir,
-                        mode,
-                        digest: [0; 32],
-                    },
-                    None,
-                ));
+                return Ok((rel, entry(EntryKind::Dir, [0; 32]), None));
             }
             if ft.is_symlink() {
                 let target = std::fs::read_link(&path)?;
                 let digest = Sha256::digest(target.as_os_str().as_encoded_bytes()).into();
-                return Ok((
-                    rel,
-                    Entry {
-                        kind: EntryKind::Symlink,
-                        mode,
-                        digest,
-                    },
-                    None,
-                ));
+                return Ok((rel, entry(EntryKind::Symlink, digest), None));
             }
             if !ft.is_file() {
-                return Ok((
-                    rel,
-                    Entry {
-                        kind: EntryKind::Other,
-                        mode,
-                        digest: [0; 32],
-                    },
-                    None,
-                ));
+                return Ok((rel, entry(EntryKind::Other, [0; 32]), None));
             }
-            if let Some(cached) = old.files.get(&rel).filter(|c| c.matches(&md)) {
-                let mut digest = [0u8; 32];
-                if hex::decode_to_slice(&cached.digest, &mut digest).is_ok() {
-                    return Ok((
-                        rel,
-                        Entry {
-                            kind: EntryKind::File,
-                            mode,
-                            digest,
-                        },
-                        Some(cached.clone()),
-                    ));
-                }
+            if let Some(cached) = old.get(rel.as_str()).filter(|c| c.matches(&md)) {
+                let cached = *cached;
+                return Ok((rel, entry(EntryKind::File, cached.digest), Some(cached)));
             }
             let digest =
                 hash_file(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            let stat = StatEntry {
-                size: md.size(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-                ino: md.ino(),
-                digest: hex::encode(digest),
-            };
             Ok((
                 rel,
-                Entry {
-                    kind: EntryKind::File,
-                    mode,
-                    digest,
-                },
-                Some(stat),
+                entry(EntryKind::File, digest),
+                Some(StatEntry::of(&md, digest)),
             ))
         })
         .collect();
 
-    let mut entries = BTreeMap::new();
-    let mut new_cache = StatCache::default();
+    let mut entries = Vec::with_capacity(hashed.len());
+    let mut stats = Vec::with_capacity(hashed.len());
     for item in hashed {
         let (rel, entry, stat) = item?;
         if let Some(stat) = stat {
-            new_cache.files.insert(rel.clone(), stat);
+            stats.push((rel.clone(), stat));
         }
-        entries.insert(rel, entry);
+        entries.push((rel, entry));
     }
     if let Some(p) = stat_cache {
-        if new_cache.files.len() != old.files.len()
-            || new_cache
-                .files
-                .iter()
-                .any(|(k, v)| old.files.get(k) != Some(v))
-        {
+        let unchanged =
+            stats.len() == old.len() && stats.iter().all(|(k, v)| old.get(k.as_str()) == Some(v));
+        if !unchanged {
             // Best effort: a lost stat cache only costs re-hashing next time.
-            let _ = write_atomic(p, &serde_json::to_vec(&new_cache)?);
+            let bytes = StatCache::encode(stats.iter().map(|(k, v)| (k.as_str(), v)));
+            let _ = write_atomic(p, &bytes);
         }
     }
-    Ok(ContextIndex { root, entries })
+    // Bulk-building from a sorted list is much cheaper than 20k single inserts.
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(ContextIndex {
+        root,
+        entries: entries.into_iter().collect(),
+    })
 }
 
+/// Lists the included entries below `dir` (directories before their contents), reading
+/// subdirectories in parallel.
 fn walk(
     src: &dyn LocalSource,
     dir: &Path,
     prefix: &str,
-    out: &mut Vec<(String, std::fs::Metadata)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, std::fs::Metadata)>> {
     let rd =
         std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
     for ent in rd {
         let ent = ent?;
         let name = ent.file_name();
@@ -215,22 +233,30 @@ fn walk(
         } else {
             format!("{prefix}/{name}")
         };
-        let md = std::fs::symlink_metadata(ent.path())?;
+        // DirEntry::metadata stats relative to the open directory: no full path walk.
+        let md = ent.metadata()?;
         let excluded = src.is_excluded(&rel);
         if md.is_dir() {
-            if excluded && !src.may_reinclude_under(&rel) {
-                continue;
-            }
-            let before = out.len();
-            walk(src, &ent.path(), &rel, out)?;
-            if !excluded || out.len() > before {
-                out.insert(before, (rel, md));
+            if !excluded || src.may_reinclude_under(&rel) {
+                dirs.push((ent.path(), rel, md, excluded));
             }
         } else if !excluded {
-            out.push((rel, md));
+            files.push((rel, md));
         }
     }
-    Ok(())
+    let below: Vec<anyhow::Result<Vec<_>>> = dirs
+        .par_iter()
+        .map(|(path, rel, _, _)| walk(src, path, rel))
+        .collect();
+    for ((_, rel, md, excluded), sub) in dirs.into_iter().zip(below) {
+        let sub = sub?;
+        // An excluded directory appears only when something below it was re-included.
+        if !excluded || !sub.is_empty() {
+            files.push((rel, md));
+        }
+        files.extend(sub);
+    }
+    Ok(files)
 }
 
 fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {

@@ -227,7 +227,7 @@ impl Solver {
             .root
             .join("cache")
             .join("stat")
-            .join(format!("{}.json", &key[7..]));
+            .join(format!("{}.bin", &key[7..]));
         let idx = Arc::new(index_context(src.as_ref(), Some(&cache))?);
         map.insert(name.to_string(), idx.clone());
         Ok(idx)
