@@ -1,8 +1,10 @@
-//! Renders solver progress events for people (plain) or tools (rawjson).
+//! Renders solver progress events for people (tty, plain) or tools (rawjson).
 
 use solver::progress::Event;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
+
+mod tty;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
@@ -13,60 +15,104 @@ pub enum ProgressMode {
     Quiet,
 }
 
+impl ProgressMode {
+    /// `auto` becomes `tty` on a terminal (unless TERM=dumb) and `plain` elsewhere, like buildx.
+    fn resolve(self) -> ProgressMode {
+        if self != ProgressMode::Auto {
+            return self;
+        }
+        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+        if std::io::stderr().is_terminal() && !dumb {
+            ProgressMode::Tty
+        } else {
+            ProgressMode::Plain
+        }
+    }
+}
+
 /// Prints events to stderr until the channel closes.
 pub async fn render(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode: ProgressMode) {
-    let start = solver::progress::now();
-    let mut numbers: HashMap<usize, usize> = HashMap::new();
-    let mut started: HashMap<usize, f64> = HashMap::new();
-    let stderr = std::io::stderr();
-    while let Some(ev) = rx.recv().await {
-        let mut out = stderr.lock();
-        match mode {
-            ProgressMode::Quiet => {}
-            ProgressMode::Rawjson => {
-                let _ = serde_json::to_writer(&mut out, &ev);
-                let _ = writeln!(out);
+    match mode.resolve() {
+        ProgressMode::Tty => {
+            let mut view = tty::TtyView::new();
+            while let Some(ev) = rx.recv().await {
+                view.handle(ev);
             }
-            ProgressMode::Auto | ProgressMode::Tty | ProgressMode::Plain => {
-                let next = numbers.len() + 1;
-                match ev {
-                    Event::Started { vertex, name, time } => {
-                        let n = *numbers.entry(vertex).or_insert(next);
-                        started.insert(vertex, time);
-                        let _ = writeln!(out, "#{n} {name}");
+            view.finish();
+        }
+        mode => {
+            let mut plain = Plain::default();
+            while let Some(ev) = rx.recv().await {
+                let mut out = std::io::stderr().lock();
+                match mode {
+                    ProgressMode::Quiet => {}
+                    ProgressMode::Rawjson => {
+                        let _ = serde_json::to_writer(&mut out, &ev);
+                        let _ = writeln!(out);
                     }
-                    Event::Cached { vertex, name, .. } => {
-                        let n = *numbers.entry(vertex).or_insert(next);
-                        let _ = writeln!(out, "#{n} {name}\n#{n} CACHED");
-                    }
-                    Event::Completed {
-                        vertex,
-                        time,
-                        error,
-                        ..
-                    } => {
-                        let n = *numbers.entry(vertex).or_insert(next);
-                        let took = time - started.get(&vertex).copied().unwrap_or(time);
-                        match error {
-                            None => {
-                                let _ = writeln!(out, "#{n} DONE {took:.1}s");
-                            }
-                            Some(e) => {
-                                let _ = writeln!(out, "#{n} ERROR: {e}");
-                            }
-                        }
-                    }
-                    Event::Log { vertex, data, .. } => {
-                        let n = *numbers.entry(vertex).or_insert(next);
-                        let at = solver::progress::now() - start;
-                        for line in data.lines() {
-                            let _ = writeln!(out, "#{n} {at:.3} {line}");
-                        }
-                    }
-                    Event::Warning { message } => {
-                        let _ = writeln!(out, "WARNING: {message}");
-                    }
+                    _ => plain.handle(&mut out, ev),
                 }
+            }
+        }
+    }
+}
+
+/// Step numbers in order of first appearance, as BuildKit numbers them.
+#[derive(Default)]
+struct Numbering(HashMap<usize, usize>);
+
+impl Numbering {
+    fn of(&mut self, vertex: usize) -> usize {
+        let next = self.0.len() + 1;
+        *self.0.entry(vertex).or_insert(next)
+    }
+}
+
+/// BuildKit-style plain output: numbered step lines and every log line, never clipped.
+#[derive(Default)]
+struct Plain {
+    numbers: Numbering,
+    started: HashMap<usize, f64>,
+    start: f64,
+}
+
+impl Plain {
+    fn handle(&mut self, out: &mut impl Write, ev: Event) {
+        if self.start == 0.0 {
+            self.start = solver::progress::now();
+        }
+        match ev {
+            Event::Started { vertex, name, time } => {
+                let n = self.numbers.of(vertex);
+                self.started.insert(vertex, time);
+                let _ = writeln!(out, "#{n} {name}");
+            }
+            Event::Cached { vertex, name, .. } => {
+                let n = self.numbers.of(vertex);
+                let _ = writeln!(out, "#{n} {name}\n#{n} CACHED");
+            }
+            Event::Completed {
+                vertex,
+                time,
+                error,
+                ..
+            } => {
+                let n = self.numbers.of(vertex);
+                let took = time - self.started.get(&vertex).copied().unwrap_or(time);
+                let _ = match error {
+                    None => writeln!(out, "#{n} DONE {took:.1}s"),
+                    Some(e) => writeln!(out, "#{n} ERROR: {e}"),
+                };
+            }
+            Event::Log { vertex, data, .. } => {
+                let n = self.numbers.of(vertex);
+                let at = solver::progress::now() - self.start;
+                for line in data.lines() {
+                    let _ = writeln!(out, "#{n} {at:.3} {line}");
+                }
+            }
+            Event::Warning { message } => {
+                let _ = writeln!(out, "WARNING: {message}");
             }
         }
     }

@@ -1,0 +1,88 @@
+//! Progress output modes, each checked on a real build.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+/// Runs a build inside a pseudo-terminal (util-linux `script`), as a person at a terminal would.
+fn build_on_tty(store: &Store, context: &std::path::Path, mode: &str) -> (bool, String) {
+    let cmd = format!(
+        "{} --root {} build --progress={mode} {}",
+        env!("CARGO_BIN_EXE_builder"),
+        store.root().display(),
+        context.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn tty_mode_shows_running_steps_cached_steps_and_the_failed_steps_log() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo first-line && echo the-last-line\n",
+    )]);
+    let (ok, screen) = build_on_tty(&store, ctx.path(), "tty");
+    assert!(ok, "{screen}");
+    assert!(screen.contains("[+] Building"), "{screen}");
+    assert!(screen.contains("RUN echo first-line"), "{screen}");
+    assert!(screen.contains("DONE"), "{screen}");
+    assert!(screen.contains("FINISHED"), "{screen}");
+    // The newest log line is shown next to the running step.
+    assert!(screen.contains("the-last-line"), "{screen}");
+
+    let (ok, screen) = build_on_tty(&store, ctx.path(), "auto");
+    assert!(ok, "{screen}");
+    assert!(
+        screen.contains("CACHED"),
+        "auto picks the tty view: {screen}"
+    );
+    assert!(
+        screen.contains("\u{1b}["),
+        "cursor movement expected: {screen}"
+    );
+
+    let bad = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo why-it-failed && exit 3\n",
+    )]);
+    let (ok, screen) = build_on_tty(&store, bad.path(), "tty");
+    assert!(!ok);
+    assert!(screen.contains("FAILED"), "{screen}");
+    let tail = screen.rsplit("------").nth(1).unwrap_or_default();
+    assert!(
+        tail.contains("why-it-failed"),
+        "log tail of the failed step: {screen}"
+    );
+    assert!(tail.contains("exit code: 3"), "{screen}");
+}
+
+#[test]
+fn auto_mode_without_a_terminal_is_plain_and_never_clips_logs() {
+    let store = Store::with_busybox();
+    // 2 MiB of output: BuildKit clips step logs at 1 MiB; we print every line.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN i=0; while [ $i -lt 32768 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done\n",
+    )]);
+    let out = store
+        .cmd()
+        .args(["build", "--progress=auto"])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("\u{1b}["), "no escape codes off a terminal");
+    assert!(err.contains("line-0-x"));
+    assert!(err.contains("line-32767-x"), "last line present");
+    assert_eq!(err.matches("xxxxxxxxxx\n").count(), 32768);
+}
