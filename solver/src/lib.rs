@@ -4,6 +4,7 @@ pub mod context;
 pub mod fileop;
 pub mod graph;
 pub mod progress;
+pub mod rebase;
 pub mod solve;
 
 pub use graph::{Definition, Op, Vertex};
