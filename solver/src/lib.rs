@@ -3,6 +3,7 @@
 pub mod context;
 pub mod fileop;
 pub mod graph;
+pub mod patterns;
 pub mod progress;
 pub mod solve;
 
