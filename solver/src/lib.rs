@@ -1,5 +1,7 @@
 //! The solver: build-graph types, scheduling, cache keys and the cache index.
 
+pub mod archive;
+pub mod chmod;
 pub mod context;
 pub mod fileop;
 pub mod graph;
