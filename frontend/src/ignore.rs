@@ -4,148 +4,39 @@
 //! last matching pattern wins, and a pattern that matches a parent directory
 //! excludes everything below it.
 
-use regex::Regex;
+use solver::patterns::PatternMatcher;
 use std::path::{Path, PathBuf};
-
-struct Pattern {
-    text: String,
-    exclusion: bool,
-    regex: Regex,
-    depth: usize,
-}
 
 /// A parsed ignore file.
 #[derive(Default)]
 pub struct IgnoreMatcher {
-    patterns: Vec<Pattern>,
-}
-
-/// Converts one cleaned pattern to an anchored regex, as patternmatcher does.
-fn to_regex(pattern: &str) -> Result<Regex, String> {
-    let mut re = String::from("^");
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '*' if chars.get(i + 1) == Some(&'*') => {
-                i += 1;
-                if chars.get(i + 1) == Some(&'/') {
-                    i += 1;
-                    re.push_str("(.*/)?");
-                } else {
-                    re.push_str(".*");
-                }
-            }
-            '*' => re.push_str("[^/]*"),
-            '?' => re.push_str("[^/]"),
-            '\\' => {
-                i += 1;
-                match chars.get(i) {
-                    Some(n) => re.push_str(&regex::escape(&n.to_string())),
-                    None => return Err(format!("bad escape at end of pattern {pattern:?}")),
-                }
-            }
-            '[' => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|&x| x == ']')
-                    .ok_or_else(|| format!("unterminated [ in pattern {pattern:?}"))?;
-                let class: String = chars[i + 1..i + end].iter().collect();
-                let class = class
-                    .strip_prefix('^')
-                    .or_else(|| class.strip_prefix('!'))
-                    .map(|c| format!("^{c}"))
-                    .unwrap_or(class);
-                re.push('[');
-                re.push_str(&class.replace('\\', "\\\\"));
-                re.push(']');
-                i += end;
-            }
-            _ => re.push_str(&regex::escape(&c.to_string())),
-        }
-        i += 1;
-    }
-    re.push('$');
-    Regex::new(&re).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
-}
-
-/// Cleans a path like Go's filepath.Clean, relative to the root.
-fn clean(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    if parts.is_empty() {
-        ".".into()
-    } else {
-        parts.join("/")
-    }
+    patterns: PatternMatcher,
 }
 
 impl IgnoreMatcher {
     /// Parses the text of an ignore file.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut patterns = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+        // Comment lines become blank ones so that error positions stay line numbers.
+        let lines = text.lines().map(|l| {
+            if l.trim_start().starts_with('#') {
+                ""
+            } else {
+                l
             }
-            let (exclusion, body) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let body = clean(body);
-            if body == "." && !exclusion {
-                // Ignoring "." would drop the whole context; Docker ignores such a line.
-                continue;
-            }
-            let regex =
-                to_regex(&body).map_err(|e| format!(".dockerignore line {}: {e}", n + 1))?;
-            let depth = body.split('/').count();
-            patterns.push(Pattern {
-                text: body,
-                exclusion,
-                regex,
-                depth,
-            });
-        }
+        });
+        let patterns = PatternMatcher::new(lines)
+            .map_err(|(line, e)| format!(".dockerignore line {line}: {e}"))?;
         Ok(Self { patterns })
     }
 
     /// Whether a slash-separated relative path is excluded.
     pub fn matches(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = rel.split('/').collect();
-        let mut matched = false;
-        for p in &self.patterns {
-            let mut hit = p.regex.is_match(rel);
-            if !hit && parts.len() > 1 && p.depth < parts.len() {
-                hit = p.regex.is_match(&parts[..p.depth].join("/"));
-            }
-            if hit {
-                matched = !p.exclusion;
-            }
-        }
-        matched
+        self.patterns.matches(rel)
     }
 
     /// Whether a `!` pattern might re-include something below an excluded directory.
     pub fn may_reinclude_under(&self, dir: &str) -> bool {
-        let prefix = format!("{dir}/");
-        self.patterns.iter().any(|p| {
-            p.exclusion
-                && (format!("{}/", p.text).starts_with(&prefix)
-                    || p.text.contains('*')
-                    || p.text.contains('?')
-                    || p.text.contains('['))
-        })
+        self.patterns.may_reinclude_under(dir)
     }
 }
 

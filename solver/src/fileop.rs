@@ -2,9 +2,14 @@
 //! Docker's COPY rules. Destination paths are resolved inside the target root,
 //! so a symlink in the image can never send a write outside it.
 
+use crate::archive;
+use crate::chmod::ModeSpec;
 use crate::context::ContextIndex;
 use crate::graph::Chown;
+use crate::patterns::PatternMatcher;
 use anyhow::{anyhow, bail, Context as _, Result};
+use rayon::prelude::*;
+use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -203,9 +208,67 @@ impl SourceTree<'_> {
 }
 
 /// Options of one COPY.
+#[derive(Default)]
 pub struct CopyOptions {
     pub owner: Option<Owner>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<ModeSpec>,
+    /// `--exclude` patterns, matched against paths relative to the source root and to
+    /// each copied directory.
+    pub exclude: PatternMatcher,
+    /// `--parents`: keep each match's path below the source root or a `/./` pivot.
+    pub parents: bool,
+    /// `ADD`: extract local tar archives into the destination.
+    pub unpack: bool,
+}
+
+/// One entry to create in the destination.
+struct Item {
+    src: PathBuf,
+    dest: PathBuf,
+    md: std::fs::Metadata,
+    /// For the second and later names of a hardlinked file: the first name's destination.
+    link_to: Option<PathBuf>,
+}
+
+/// Everything one COPY creates, in walk order (a directory before its contents).
+#[derive(Default)]
+struct Plan {
+    items: Vec<Item>,
+    /// (dev, inode) of multiply-linked files → destination of the first copy.
+    inodes: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Plan {
+    fn push(&mut self, src: PathBuf, dest: PathBuf, md: std::fs::Metadata) {
+        let mut link_to = None;
+        if md.is_file() && md.nlink() > 1 {
+            match self.inodes.entry((md.dev(), md.ino())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    link_to = Some(first.get().clone())
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(dest.clone());
+                }
+            }
+        }
+        self.items.push(Item {
+            src,
+            dest,
+            md,
+            link_to,
+        });
+    }
+}
+
+/// Splits a `--parents` source at its `/./` pivot: (part dropped from the destination, rest).
+fn split_pivot(source: &str) -> Option<(String, String)> {
+    let s = if let Some(rest) = source.strip_prefix("./") {
+        rest
+    } else {
+        source
+    };
+    s.find("/./")
+        .map(|i| (clean_rel(&s[..i]), clean_rel(&s[i + 3..])))
 }
 
 /// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's rules.
@@ -216,15 +279,30 @@ pub fn copy(
     dest: &str,
     opts: &CopyOptions,
 ) -> Result<()> {
-    let mut matched = Vec::new();
+    // (matched path relative to the source root, path kept below the destination)
+    let mut matched: Vec<(String, String)> = Vec::new();
     for s in sources {
+        let pivot = if opts.parents { split_pivot(s) } else { None };
         let m = src.matches(s)?;
         if m.is_empty() {
             bail!("no source files were specified matching \"{s}\"");
         }
-        matched.extend(m);
+        for rel in m {
+            if has_glob(s) && !opts.exclude.is_empty() && opts.exclude.matches(&rel) {
+                continue;
+            }
+            let kept = match &pivot {
+                Some((prefix, _)) if !prefix.is_empty() => rel
+                    .strip_prefix(prefix.as_str())
+                    .map(|r| r.trim_start_matches('/').to_string())
+                    .unwrap_or_else(|| rel.clone()),
+                _ => rel.clone(),
+            };
+            matched.push((rel, kept));
+        }
     }
-    let dest_is_dir = dest.ends_with('/') || dest.ends_with("/.") || matched.len() > 1;
+    let dest_is_dir =
+        dest.ends_with('/') || dest.ends_with("/.") || matched.len() > 1 || opts.parents;
     let dest_path = resolve_in_root(dest_root, dest, true)?;
     let default_owner = if src.index.is_some() {
         Some(Owner { uid: 0, gid: 0 })
@@ -232,32 +310,328 @@ pub fn copy(
         None
     };
     let owner = opts.owner.or(default_owner);
-    for rel in matched {
+    let mut plan = Plan::default();
+    for (rel, kept) in matched {
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
             .with_context(|| format!("reading source {rel}"))?;
-        if md.is_dir() {
-            ensure_dir(dest_root, &dest_path, opts.owner)?;
-            copy_dir_contents(src, &rel, &src_path, &dest_path, owner, opts.chmod)?;
-        } else {
-            let existing_dir = std::fs::metadata(&dest_path)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            let target = if dest_is_dir || existing_dir {
-                ensure_dir(dest_root, &dest_path, opts.owner)?;
-                let base = Path::new(&rel)
-                    .file_name()
-                    .ok_or_else(|| anyhow!("bad source {rel}"))?;
-                dest_path.join(base)
+        let base_dir = if opts.parents && !kept.is_empty() {
+            let below = Path::new(&kept);
+            if md.is_dir() {
+                dest_path.join(below)
             } else {
-                if let Some(parent) = dest_path.parent() {
-                    ensure_dir(dest_root, parent, opts.owner)?;
-                }
-                dest_path.clone()
-            };
-            copy_entry(&src_path, &md, &target, owner, opts.chmod)?;
+                dest_path.join(below.parent().unwrap_or(Path::new("")))
+            }
+        } else {
+            dest_path.clone()
+        };
+        if md.is_dir() {
+            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            walk(src, opts, &rel, "", &src_path, &base_dir, &mut plan)?;
+            continue;
+        }
+        if opts.unpack && md.is_file() {
+            if let Some(format) = archive::detect(&src_path)? {
+                ensure_dir(dest_root, &base_dir, opts.owner)?;
+                archive::extract(
+                    &src_path,
+                    format,
+                    dest_root,
+                    &base_dir,
+                    opts.owner,
+                    opts.chmod.as_ref(),
+                )
+                .with_context(|| format!("extracting {rel}"))?;
+                continue;
+            }
+        }
+        let existing_dir = std::fs::metadata(&base_dir)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        let target = if dest_is_dir || existing_dir {
+            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            let name = Path::new(&rel)
+                .file_name()
+                .ok_or_else(|| anyhow!("bad source {rel}"))?;
+            base_dir.join(name)
+        } else {
+            if let Some(parent) = base_dir.parent() {
+                ensure_dir(dest_root, parent, opts.owner)?;
+            }
+            base_dir.clone()
+        };
+        plan.push(src_path, target, md);
+    }
+    execute(&plan, owner, opts.chmod.as_ref())
+}
+
+/// Adds the contents of directory `src_dir` (at `rel` in the source, `below` under the
+/// copied directory) to the plan, honouring the context index and `--exclude`.
+fn walk(
+    src: &SourceTree,
+    opts: &CopyOptions,
+    rel: &str,
+    below: &str,
+    src_dir: &Path,
+    dest_dir: &Path,
+    plan: &mut Plan,
+) -> Result<()> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src_dir)
+        .with_context(|| format!("reading {}", src_dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", src_dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let join = |base: &str| {
+            if base.is_empty() {
+                name_str.to_string()
+            } else {
+                format!("{base}/{name_str}")
+            }
+        };
+        let child_rel = join(rel);
+        let child_below = join(below);
+        if !src.included(&child_rel) {
+            continue;
+        }
+        let excluded = !opts.exclude.is_empty()
+            && (opts.exclude.matches(&child_rel) || opts.exclude.matches(&child_below));
+        let md = entry
+            .metadata()
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        let s = entry.path();
+        let d = dest_dir.join(&name);
+        if md.is_dir() {
+            if excluded
+                && !opts.exclude.may_reinclude_under(&child_rel)
+                && !opts.exclude.may_reinclude_under(&child_below)
+            {
+                continue;
+            }
+            let before = plan.items.len();
+            plan.push(s.clone(), d.clone(), md);
+            walk(src, opts, &child_rel, &child_below, &s, &d, plan)?;
+            if excluded && plan.items.len() == before + 1 {
+                plan.items.pop();
+            }
+        } else if !excluded {
+            plan.push(s, d, md);
         }
     }
+    Ok(())
+}
+
+/// Creates the planned entries: directories first, then files in parallel, then
+/// hardlinks, then directory metadata (children would change a directory's mtime).
+fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Result<()> {
+    for item in plan.items.iter().filter(|i| i.md.is_dir()) {
+        match std::fs::symlink_metadata(&item.dest) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                std::fs::remove_file(&item.dest)
+                    .with_context(|| format!("replacing {}", item.dest.display()))?;
+                create_dir(&item.dest)?;
+            }
+            Err(_) => create_dir(&item.dest)?,
+        }
+    }
+    plan.items
+        .par_iter()
+        .filter(|i| !i.md.is_dir() && i.link_to.is_none())
+        .try_for_each(|item| copy_entry(&item.src, &item.md, &item.dest, owner, chmod))?;
+    for item in plan.items.iter() {
+        if let Some(first) = &item.link_to {
+            remove_existing(&item.dest)?;
+            std::fs::hard_link(first, &item.dest)
+                .with_context(|| format!("linking {}", item.dest.display()))?;
+        }
+    }
+    for item in plan.items.iter().rev().filter(|i| i.md.is_dir()) {
+        apply_meta(&item.src, &item.dest, &item.md, None, owner, chmod)?;
+    }
+    Ok(())
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Removes whatever is at `path` (never following a symlink), so it can be recreated.
+fn remove_existing(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return Ok(()),
+    }
+    .with_context(|| format!("replacing {}", path.display()))
+}
+
+fn copy_entry(
+    src: &Path,
+    md: &std::fs::Metadata,
+    dest: &Path,
+    owner: Option<Owner>,
+    chmod: Option<&ModeSpec>,
+) -> Result<()> {
+    remove_existing(dest)?;
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(src)?;
+        std::os::unix::fs::symlink(&target, dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        return apply_meta(src, dest, md, None, owner, chmod);
+    }
+    if ft.is_file() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut from = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(src)
+            .with_context(|| format!("reading {}", src.display()))?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        // io::copy between files uses copy_file_range (reflinks where the fs can).
+        std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        return apply_meta(src, dest, md, Some((&from, &to)), owner, chmod);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_fifo() {
+        rustix::fs::FileType::Fifo
+    } else if ft.is_char_device() {
+        rustix::fs::FileType::CharacterDevice
+    } else if ft.is_block_device() {
+        rustix::fs::FileType::BlockDevice
+    } else {
+        return Ok(()); // sockets are not copied, like BuildKit
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dest,
+        kind,
+        rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777),
+        md.rdev(),
+    )
+    .with_context(|| format!("creating {}", dest.display()))?;
+    apply_meta(src, dest, md, None, owner, chmod)
+}
+
+/// Extended attributes a copy keeps: the user namespace and file capabilities
+/// (overlay's trusted.* and security labels belong to the host).
+fn xattr_kept(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name == b"security.capability"
+}
+
+/// Copies kept xattrs from `src` to `dest` (by open files when given).
+fn copy_xattrs(
+    src: &Path,
+    dest: &Path,
+    files: Option<(&std::fs::File, &std::fs::File)>,
+) -> Result<()> {
+    let mut names = vec![0u8; 1024];
+    let len = match files {
+        Some((from, _)) => rustix::fs::flistxattr(from, &mut names),
+        None => rustix::fs::llistxattr(src, &mut names),
+    };
+    let len = match len {
+        Ok(0) | Err(_) => return Ok(()), // none, or a filesystem without xattrs
+        Ok(n) => n,
+    };
+    for name in names[..len].split(|&b| b == 0).filter(|n| xattr_kept(n)) {
+        let cname = std::ffi::CString::new(name)?;
+        let mut value = vec![0u8; 64 * 1024];
+        let n = match files {
+            Some((from, _)) => rustix::fs::fgetxattr(from, &cname, &mut value),
+            None => rustix::fs::lgetxattr(src, &cname, &mut value),
+        }
+        .with_context(|| format!("reading xattrs of {}", src.display()))?;
+        let set = match files {
+            Some((_, to)) => {
+                rustix::fs::fsetxattr(to, &cname, &value[..n], rustix::fs::XattrFlags::empty())
+            }
+            None => {
+                rustix::fs::lsetxattr(dest, &cname, &value[..n], rustix::fs::XattrFlags::empty())
+            }
+        };
+        set.with_context(|| {
+            format!(
+                "setting xattr {} on {}",
+                String::from_utf8_lossy(name),
+                dest.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Sets owner, mode, xattrs and times of a created entry from its source (by open files when given).
+fn apply_meta(
+    src: &Path,
+    dest: &Path,
+    md: &std::fs::Metadata,
+    files: Option<(&std::fs::File, &std::fs::File)>,
+    owner: Option<Owner>,
+    chmod: Option<&ModeSpec>,
+) -> Result<()> {
+    let (uid, gid) = owner
+        .map(|o| (o.uid, o.gid))
+        .unwrap_or((md.uid(), md.gid()));
+    let is_link = md.file_type().is_symlink();
+    let mode = chmod
+        .map(|c| c.apply(md.mode(), md.is_dir()))
+        .unwrap_or(md.mode() & 0o7777);
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec() as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec() as _,
+        },
+    };
+    let ids = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    if let Some((_, to)) = files {
+        // chown clears set-id bits, so the mode comes after it.
+        rustix::fs::fchown(to, ids.0, ids.1)
+            .with_context(|| format!("chown {}", dest.display()))?;
+        rustix::fs::fchmod(to, rustix::fs::Mode::from_raw_mode(mode))
+            .with_context(|| format!("chmod {}", dest.display()))?;
+        copy_xattrs(src, dest, files)?;
+        rustix::fs::futimens(to, &ts)
+            .with_context(|| format!("setting times of {}", dest.display()))?;
+        return Ok(());
+    }
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        dest,
+        ids.0,
+        ids.1,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("chown {}", dest.display()))?;
+    if !is_link {
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", dest.display()))?;
+        copy_xattrs(src, dest, None)?;
+    }
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        dest,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("setting times of {}", dest.display()))?;
     Ok(())
 }
 
@@ -286,134 +660,6 @@ pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-fn copy_dir_contents(
-    src: &SourceTree,
-    rel: &str,
-    src_dir: &Path,
-    dest_dir: &Path,
-    owner: Option<Owner>,
-    chmod: Option<u32>,
-) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(src_dir)
-        .with_context(|| format!("reading {}", src_dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let child_rel = if rel.is_empty() {
-            name.to_string_lossy().to_string()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
-        };
-        if !src.included(&child_rel) {
-            continue;
-        }
-        let s = src_dir.join(&name);
-        let d = dest_dir.join(&name);
-        let md = std::fs::symlink_metadata(&s)?;
-        if md.is_dir() {
-            match std::fs::symlink_metadata(&d) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    std::fs::remove_file(&d)?;
-                    std::fs::create_dir(&d)?;
-                }
-                Err(_) => {
-                    std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?
-                }
-            }
-            copy_dir_contents(src, &child_rel, &s, &d, owner, chmod)?;
-            apply_meta(&d, &md, owner, chmod)?;
-        } else {
-            copy_entry(&s, &md, &d, owner, chmod)?;
-        }
-    }
-    Ok(())
-}
-
-fn copy_entry(
-    src: &Path,
-    md: &std::fs::Metadata,
-    dest: &Path,
-    owner: Option<Owner>,
-    chmod: Option<u32>,
-) -> Result<()> {
-    if let Ok(existing) = std::fs::symlink_metadata(dest) {
-        if existing.is_dir() {
-            if md.is_dir() {
-                return Ok(());
-            }
-            std::fs::remove_dir_all(dest)?;
-        } else {
-            std::fs::remove_file(dest)?;
-        }
-    }
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(src)?;
-        std::os::unix::fs::symlink(&target, dest)?;
-    } else if ft.is_file() {
-        std::fs::copy(src, dest)
-            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
-    } else {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = if ft.is_fifo() {
-            rustix::fs::FileType::Fifo
-        } else if ft.is_char_device() {
-            rustix::fs::FileType::CharacterDevice
-        } else if ft.is_block_device() {
-            rustix::fs::FileType::BlockDevice
-        } else {
-            return Ok(()); // sockets are not copied, like BuildKit
-        };
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            dest,
-            kind,
-            rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777),
-            md.rdev(),
-        )
-        .with_context(|| format!("creating {}", dest.display()))?;
-    }
-    apply_meta(dest, md, owner, chmod)
-}
-
-fn apply_meta(
-    dest: &Path,
-    md: &std::fs::Metadata,
-    owner: Option<Owner>,
-    chmod: Option<u32>,
-) -> Result<()> {
-    let (uid, gid) = owner
-        .map(|o| (o.uid, o.gid))
-        .unwrap_or((md.uid(), md.gid()));
-    std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", dest.display()))?;
-    if !md.file_type().is_symlink() {
-        let mode = chmod.unwrap_or(md.mode() & 0o7777);
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
-    }
-    let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: md.atime(),
-            tv_nsec: md.atime_nsec() as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: md.mtime(),
-            tv_nsec: md.mtime_nsec() as _,
-        },
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        dest,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .with_context(|| format!("setting times of {}", dest.display()))?;
     Ok(())
 }
 

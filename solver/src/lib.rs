@@ -1,8 +1,11 @@
 //! The solver: build-graph types, scheduling, cache keys and the cache index.
 
+pub mod archive;
+pub mod chmod;
 pub mod context;
 pub mod fileop;
 pub mod graph;
+pub mod patterns;
 pub mod progress;
 pub mod rebase;
 pub mod solve;

@@ -1,9 +1,11 @@
 //! Walks a build graph: computes cache keys, reuses cached results, and runs
 //! independent vertices concurrently.
 
+use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{Definition, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Op};
+use crate::patterns::PatternMatcher;
 use crate::progress::{now, Event, Progress};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::{CancelToken, ExecSpec, Executor};
@@ -703,20 +705,22 @@ impl Solver {
                         dest: to,
                         chown,
                         chmod,
-                        ..
+                        exclude,
+                        parents,
+                        unpack,
                     } => {
                         let owner = chown
                             .as_ref()
                             .map(|c| fileop::resolve_owner(&dest.0, c))
                             .transpose()?;
-                        let chmod = chmod
-                            .as_deref()
-                            .map(|m| {
-                                u32::from_str_radix(m, 8)
-                                    .map_err(|_| anyhow!("invalid --chmod={m}: not an octal mode"))
-                            })
-                            .transpose()?;
-                        let opts = CopyOptions { owner, chmod };
+                        let opts = CopyOptions {
+                            owner,
+                            chmod: chmod.as_deref().map(ModeSpec::parse).transpose()?,
+                            exclude: PatternMatcher::new(exclude.iter().map(String::as_str))
+                                .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
+                            parents: *parents,
+                            unpack: *unpack,
+                        };
                         match inputs.get(*src_input) {
                             Some((Ref::Local(local), _)) => {
                                 let idx = self.context_index(local)?;
@@ -854,16 +858,7 @@ impl Solver {
                     root: &idx.root,
                     index: Some(&idx),
                 };
-                fileop::copy(
-                    &src,
-                    &[".".into()],
-                    dest,
-                    "/",
-                    &CopyOptions {
-                        owner: None,
-                        chmod: None,
-                    },
-                )
+                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
             }
             Ref::Snapshot(snap) => {
                 let key = unique("view");
@@ -874,16 +869,7 @@ impl Solver {
                         root: &guard.0,
                         index: None,
                     };
-                    fileop::copy(
-                        &src,
-                        &[".".into()],
-                        dest,
-                        "/",
-                        &CopyOptions {
-                            owner: None,
-                            chmod: None,
-                        },
-                    )
+                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
                 })();
                 let _ = self.snapshots.remove(&key);
                 res
