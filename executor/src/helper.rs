@@ -22,6 +22,7 @@ use nix::unistd::{fork, ForkResult, Gid, Uid};
 use crate::mounts::{mount_at, remount_bind};
 use crate::paths::resolve_in_root;
 use crate::run::{HelperRequest, SPEC_FD, STATUS_FD};
+use crate::stubs::Tracker;
 use crate::user::resolve_user;
 use crate::{ExecSpec, Network, DEFAULT_HOSTNAME, DEFAULT_PATH};
 
@@ -106,6 +107,8 @@ struct StatePaths {
     rootfs: PathBuf,
     hosts: PathBuf,
     resolv_conf: PathBuf,
+    /// Where the paths created in the rootfs are recorded.
+    created: PathBuf,
 }
 
 fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
@@ -122,6 +125,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         rootfs: request.state_dir.join("rootfs"),
         hosts: request.state_dir.join("hosts"),
         resolv_conf: request.state_dir.join("resolv.conf"),
+        created: request.state_dir.join(crate::run::CREATED_FILE),
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
     let hostname = hostname_of(&spec);
@@ -192,16 +196,17 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     for m in &spec.rootfs {
         mount_at(m, root).context("mounting the rootfs")?;
     }
-    setup_proc(root)?;
-    setup_dev(root)?;
-    setup_sys(root)?;
+    let mut tracker = Tracker::new(root, Some(&paths.created));
+    setup_proc(root, &mut tracker)?;
+    setup_dev(root, &mut tracker)?;
+    setup_sys(root, &mut tracker)?;
     mask_paths(root)?;
-    bind_etc_file(root, &paths.hosts, "/etc/hosts")?;
-    bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf")?;
+    bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
+    bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf", &mut tracker)?;
     for m in &spec.mounts {
         let target = resolve_in_root(root, &m.target)
             .with_context(|| format!("resolving mount target {}", m.target))?;
-        create_mount_target(m, &target)
+        create_mount_target(m, &target, &mut tracker)
             .with_context(|| format!("creating mount target {}", m.target))?;
         mount_at(m, &target).with_context(|| format!("mounting {}", m.target))?;
     }
@@ -210,6 +215,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
         remount_bind(root, MsFlags::MS_RDONLY).context("making the rootfs read-only")?;
     }
     pivot_into(root)?;
+    tracker.set_root(Path::new("/"));
 
     // Names resolve against the container's own files, read after the pivot.
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
@@ -222,7 +228,10 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     } else {
         spec.cwd.as_str()
     };
-    std::fs::create_dir_all(cwd).with_context(|| format!("creating working directory {cwd}"))?;
+    tracker
+        .create_dir_all(Path::new(cwd))
+        .with_context(|| format!("creating working directory {cwd}"))?;
+    drop(tracker);
     nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
 
     let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
@@ -237,7 +246,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     let env = build_env(&spec.env, user.home.as_deref());
     let program = find_program(&spec.args[0], &env)?;
     let args = to_cstrings(&spec.args).context("invalid argument")?;
-    let env = to_cstrings(&env).context("invalid environment variable")?;
+    let env = env_cstrings(&env)?;
     reset_signals();
     let program_c = CString::new(program.as_os_str().as_bytes())
         .with_context(|| format!("invalid program path {}", program.display()))?;
@@ -245,8 +254,8 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     Err(anyhow!("exec {}: {err}", spec.args[0]))
 }
 
-fn setup_proc(root: &Path) -> Result<()> {
-    let target = ensure_dir_in_root(root, "/proc")?;
+fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
+    let target = ensure_dir_in_root(root, "/proc", tracker)?;
     mount(
         Some("proc"),
         &target,
@@ -257,8 +266,8 @@ fn setup_proc(root: &Path) -> Result<()> {
     .context("mounting /proc")
 }
 
-fn setup_dev(root: &Path) -> Result<()> {
-    let dev = ensure_dir_in_root(root, "/dev")?;
+fn setup_dev(root: &Path, tracker: &mut Tracker) -> Result<()> {
+    let dev = ensure_dir_in_root(root, "/dev", tracker)?;
     mount(
         Some("tmpfs"),
         &dev,
@@ -313,8 +322,8 @@ fn setup_dev(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn setup_sys(root: &Path) -> Result<()> {
-    let target = ensure_dir_in_root(root, "/sys")?;
+fn setup_sys(root: &Path, tracker: &mut Tracker) -> Result<()> {
+    let target = ensure_dir_in_root(root, "/sys", tracker)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if mount(Some("sysfs"), &target, Some("sysfs"), flags, None::<&str>).is_ok() {
         return Ok(());
@@ -378,11 +387,16 @@ fn mask_paths(root: &Path) -> Result<()> {
 
 /// Bind-mounts a helper-owned file read-only over `container_path`, creating an empty target if
 /// the image has none. A read-only rootfs without the file just goes without it.
-fn bind_etc_file(root: &Path, source: &Path, container_path: &str) -> Result<()> {
+fn bind_etc_file(
+    root: &Path,
+    source: &Path,
+    container_path: &str,
+    tracker: &mut Tracker,
+) -> Result<()> {
     let target = resolve_in_root(root, container_path)
         .with_context(|| format!("resolving {container_path}"))?;
     if let Some(parent) = target.parent() {
-        if let Err(e) = std::fs::create_dir_all(parent) {
+        if let Err(e) = tracker.create_dir_all(parent) {
             if e.raw_os_error() == Some(libc::EROFS) {
                 return Ok(());
             }
@@ -390,7 +404,7 @@ fn bind_etc_file(root: &Path, source: &Path, container_path: &str) -> Result<()>
         }
     }
     if !target.exists() {
-        match File::create(&target) {
+        match tracker.create_file(&target) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("creating {container_path}")),
@@ -408,29 +422,26 @@ fn bind_etc_file(root: &Path, source: &Path, container_path: &str) -> Result<()>
         .with_context(|| format!("making {container_path} read-only"))
 }
 
-/// Creates `target` as a directory, or as an empty file when binding a non-directory.
-fn create_mount_target(m: &crate::Mount, target: &Path) -> Result<()> {
+/// Creates `target` as a directory, or as an empty file when binding a non-directory
+/// (a file or a socket).
+fn create_mount_target(m: &crate::Mount, target: &Path, tracker: &mut Tracker) -> Result<()> {
     let is_bind = m.fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
-    let source_is_file = is_bind
-        && std::fs::metadata(&m.source)
+    let source_is_dir = !is_bind
+        || std::fs::metadata(&m.source)
             .with_context(|| format!("bind source {}", m.source))?
-            .is_file();
-    if !source_is_file {
-        return Ok(std::fs::create_dir_all(target)?);
+            .is_dir();
+    if source_is_dir {
+        return Ok(tracker.create_dir_all(target)?);
     }
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if !target.exists() {
-        File::create(target)?;
-    }
-    Ok(())
+    Ok(tracker.create_file(target)?)
 }
 
-fn ensure_dir_in_root(root: &Path, container_path: &str) -> Result<PathBuf> {
+fn ensure_dir_in_root(root: &Path, container_path: &str, tracker: &mut Tracker) -> Result<PathBuf> {
     let target = resolve_in_root(root, container_path)
         .with_context(|| format!("resolving {container_path}"))?;
-    std::fs::create_dir_all(&target).with_context(|| format!("creating {container_path}"))?;
+    tracker
+        .create_dir_all(&target)
+        .with_context(|| format!("creating {container_path}"))?;
     Ok(target)
 }
 
@@ -504,6 +515,18 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
         }
     }
     bail!("exec: {name:?}: executable file not found in $PATH")
+}
+
+/// Like [`to_cstrings`], but an error names only the variable: values may be secrets.
+fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
+    env.iter()
+        .map(|kv| {
+            CString::new(kv.as_bytes()).map_err(|_| {
+                let name = kv.split('=').next().unwrap_or("");
+                anyhow!("invalid environment variable {name:?}: its value contains a NUL byte")
+            })
+        })
+        .collect()
 }
 
 fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {

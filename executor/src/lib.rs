@@ -15,12 +15,15 @@ mod helper;
 mod mounts;
 mod paths;
 mod run;
+mod stubs;
 mod user;
 
 use serde::{Deserialize, Serialize};
 
 pub use helper::helper_main;
-pub use run::{CancelToken, Executor};
+pub use paths::resolve_in_root;
+pub use run::{sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
+pub use stubs::{remove_stubs, CreatedPath};
 
 /// First argument that makes the builder binary act as the executor helper.
 pub const HELPER_ARG: &str = "__executor-helper";

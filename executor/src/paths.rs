@@ -11,7 +11,7 @@ const MAX_SYMLINKS: usize = 255;
 
 /// Returns the host path of `path` (an absolute or relative container path) inside `root`,
 /// following symlinks as if `root` were `/`. Components that do not exist are appended as-is.
-pub(crate) fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
+pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
     let mut pending: VecDeque<OsString> = components_of(Path::new(path));
     let mut resolved: Vec<OsString> = Vec::new();
     let mut links_followed = 0;

@@ -15,12 +15,30 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use serde::{Deserialize, Serialize};
 
+use crate::stubs::{read_created, CreatedPath};
 use crate::{ExecError, ExecSpec, OutputStream, Stdio, HELPER_ARG};
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The process's exit code (128+signal if it was killed).
+    pub exit_code: i32,
+    /// Paths the executor created in the rootfs (mount targets, `/etc/hosts`, the working
+    /// directory, ...), parents first; see [`crate::remove_stubs`].
+    pub created: Vec<CreatedPath>,
+}
 
 /// File descriptor on which the helper reads the JSON spec.
 pub(crate) const SPEC_FD: i32 = 3;
 /// File descriptor on which the helper and the container report setup errors.
 pub(crate) const STATUS_FD: i32 = 4;
+
+/// Name of the file in the state directory where the helper records the paths it created.
+pub(crate) const CREATED_FILE: &str = "created";
+
+/// Prefix of state directory names; the creating process's pid follows, so directories left
+/// by a killed process can be told apart from live ones.
+const STATE_PREFIX: &str = "builder-exec-";
 
 /// How long output pipes may stay open after the helper exited before we stop reading.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -79,18 +97,29 @@ impl Executor {
         cancel: &CancelToken,
         on_output: &mut dyn FnMut(OutputStream, &[u8]),
     ) -> Result<i32, ExecError> {
+        self.run_tracked(spec, cancel, on_output)
+            .map(|outcome| outcome.exit_code)
+    }
+
+    /// Like [`Executor::run`], and also reports the paths the executor created in the rootfs.
+    pub fn run_tracked(
+        &self,
+        spec: &ExecSpec,
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<RunOutcome, ExecError> {
         if cancel.is_cancelled() {
             return Err(ExecError::Cancelled);
         }
         if spec.args.is_empty() {
             return Err(ExecError::Setup("no command given to execute".into()));
         }
-        let mut state_builder = tempfile::Builder::new();
-        state_builder.prefix("builder-exec-");
-        let state_dir = match &self.state_parent {
-            Some(parent) => state_builder.tempdir_in(parent),
-            None => state_builder.tempdir(),
-        }?;
+        let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
+        sweep_stale_state_dirs_once(&state_parent);
+        let prefix = format!("{STATE_PREFIX}{}-", std::process::id());
+        let state_dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(&state_parent)?;
         let request = HelperRequest {
             spec: spec.clone(),
             state_dir: state_dir.path().to_path_buf(),
@@ -194,14 +223,69 @@ impl Executor {
         if !message.is_empty() {
             return Err(ExecError::Setup(message.to_string()));
         }
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Ok(code),
-            (None, Some(signal)) => Ok(128 + signal),
-            (None, None) => Err(ExecError::Setup(format!(
-                "executor helper ended with unknown status {status}"
-            ))),
-        }
+        let exit_code = match (status.code(), status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => {
+                return Err(ExecError::Setup(format!(
+                    "executor helper ended with unknown status {status}"
+                )))
+            }
+        };
+        Ok(RunOutcome {
+            exit_code,
+            created: read_created(&state_dir.path().join(CREATED_FILE)),
+        })
     }
+}
+
+/// Runs [`sweep_stale_state_dirs`] once per parent directory and process.
+fn sweep_stale_state_dirs_once(parent: &std::path::Path) {
+    static SWEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if !swept.iter().any(|p| p == parent) {
+        swept.push(parent.to_path_buf());
+        sweep_stale_state_dirs(parent);
+    }
+}
+
+/// Removes state directories whose creating process is gone (it was killed before it could
+/// clean up). The rootfs was only mounted in the dead container's mount namespace; a
+/// directory that still has something mounted on it is left alone rather than emptied.
+pub fn sweep_stale_state_dirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STATE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        if has_mount_below(&dir) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Whether a mount point lies inside `dir` (per the host's mount table).
+fn has_mount_below(dir: &std::path::Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    let dir = dir.to_string_lossy();
+    table.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mount_point| mount_point.starts_with(dir.as_ref()))
+    })
 }
 
 /// Reads stdout/stderr of the helper (if piped) until they close and the helper has exited.

@@ -458,6 +458,72 @@ fn caller_death_kills_the_container() {
         assert!(Instant::now() < deadline, "container outlived its caller");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The killed caller's state dir stays behind until the next sweep.
+    let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1, "expected the killed caller's state dir");
+    executor::sweep_stale_state_dirs(state.path());
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+}
+
+fn created_stubs_are_reported_and_removable() {
+    let rootfs = Rootfs::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut spec = rootfs.bind_spec(&["sh", "-c", "test -S /run/agent.sock && pwd"]);
+    spec.cwd = "/work/dir".into();
+    spec.mounts = vec![
+        Mount {
+            fstype: "tmpfs".into(),
+            source: "tmpfs".into(),
+            target: "/mnt/cache/deep".into(),
+            options: vec![],
+        },
+        Mount {
+            fstype: "bind".into(),
+            source: socket.to_string_lossy().into_owned(),
+            target: "/run/agent.sock".into(),
+            options: vec!["rbind".into()],
+        },
+    ];
+    let etc_mtime = std::fs::metadata(rootfs.path().join("etc"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let executor = Executor::current_exe().expect("current_exe");
+    let mut stdout = Vec::new();
+    let outcome = executor
+        .run_tracked(&spec, &CancelToken::new(), &mut |stream, data| {
+            if stream == OutputStream::Stdout {
+                stdout.extend_from_slice(data);
+            }
+        })
+        .expect("run");
+    assert_eq!(outcome.exit_code, 0, "socket was not bound as a socket");
+    assert_eq!(String::from_utf8_lossy(&stdout), "/work/dir\n");
+    let created: Vec<&str> = outcome.created.iter().map(|c| c.path.as_str()).collect();
+    for expected in [
+        "etc/hosts",
+        "etc/resolv.conf",
+        "mnt",
+        "mnt/cache/deep",
+        "run/agent.sock",
+        "work",
+        "work/dir",
+    ] {
+        assert!(created.contains(&expected), "{expected} not in {created:?}");
+    }
+    assert!(!created.contains(&"bin"), "existing paths are not stubs");
+    executor::remove_stubs(rootfs.path(), &outcome.created);
+    for gone in ["etc/hosts", "etc/resolv.conf", "mnt", "run", "work"] {
+        assert!(!rootfs.path().join(gone).exists(), "{gone} was left");
+    }
+    assert!(rootfs.path().join("etc/passwd").exists());
+    let etc_mtime_after = std::fs::metadata(rootfs.path().join("etc"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(etc_mtime, etc_mtime_after, "parent mtime was not restored");
 }
 
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
@@ -595,6 +661,10 @@ fn main() {
         (
             "overlay_with_many_long_lowerdirs",
             Box::new(overlay_with_many_long_lowerdirs),
+        ),
+        (
+            "created_stubs_are_reported_and_removable",
+            Box::new(created_stubs_are_reported_and_removable),
         ),
         (
             "caller_death_kills_the_container",
