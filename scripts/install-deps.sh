@@ -1,15 +1,53 @@
 #!/usr/bin/env bash
 # Installs the Debian packages builder's tests and quick start need.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd)
+# busybox-static:arm64 (the arm64 base image fixture) needs the foreign architecture.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  rm -f /var/lib/apt/lists/lock.updated-for-arm64
+fi
+# qemu-user-static registers its binfmt handlers at install time, so binfmt_misc
+# must be mounted before it is installed.
+if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+fi
+pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd qemu-user-static binfmt-support)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+# An index fetched before arm64 was added has no arm64 package lists.
+if ((${#missing[@]})) || ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+fi
+if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The packaged registry starts a system service; tests run their own on free ports.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Foreign-architecture RUN steps execute in a chroot where /usr/bin/qemu-aarch64-static
+# does not exist: the handler needs the F (fix-binary) flag so the kernel opens the
+# interpreter at registration time. Re-register it with F if it lacks it.
+ensure_qemu_handler() {
+  local arch=$1 entry=/proc/sys/fs/binfmt_misc/qemu-$1
+  if [ -e "$entry" ] && grep -q '^flags:.*F' "$entry"; then
+    return
+  fi
+  [ -e "$entry" ] && echo -1 >"$entry"
+  if command -v update-binfmts >/dev/null && [ -e "/usr/share/binfmts/qemu-$arch" ]; then
+    update-binfmts --enable "qemu-$arch" >/dev/null 2>&1 || update-binfmts --import "qemu-$arch" >/dev/null 2>&1 || true
+  fi
+  if [ ! -e "$entry" ] && [ -e "/usr/lib/binfmt.d/qemu-$arch.conf" ]; then
+    cat "/usr/lib/binfmt.d/qemu-$arch.conf" >/proc/sys/fs/binfmt_misc/register
+  fi
+  if [ -e "$entry" ] && ! grep -q '^flags:.*F' "$entry"; then
+    echo "error: binfmt handler qemu-$arch has no F flag; foreign RUN steps would fail" >&2
+    exit 1
+  fi
+}
+if [ -e /proc/sys/fs/binfmt_misc/register ]; then
+  for arch in aarch64 arm; do
+    ensure_qemu_handler "$arch"
+  done
+fi

@@ -35,7 +35,7 @@ pub struct BuildArgs {
     /// Print something instead of building: `graph` prints the lowered build graph.
     #[arg(long)]
     pub print: Option<String>,
-    /// Target platform (default: this machine's).
+    /// Target platform(s), comma-separated for a multi-platform image index (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
     /// Write the image (config) digest to this file.
@@ -46,9 +46,9 @@ pub struct BuildArgs {
 }
 
 /// Resolves base images through the solver (local store first, then registries).
-struct SolverResolver {
-    solver: Arc<Solver>,
-    runtime: tokio::runtime::Handle,
+pub(crate) struct SolverResolver {
+    pub(crate) solver: Arc<Solver>,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl ImageResolver for SolverResolver {
@@ -59,13 +59,13 @@ impl ImageResolver for SolverResolver {
 }
 
 #[derive(Debug, PartialEq)]
-enum Output {
+pub(crate) enum Output {
     Oci(PathBuf),
     Docker(PathBuf),
     Local(PathBuf),
 }
 
-fn parse_output(spec: &str) -> Result<Output> {
+pub(crate) fn parse_output(spec: &str) -> Result<Output> {
     let mut kv: HashMap<&str, &str> = HashMap::new();
     for part in spec.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
@@ -87,7 +87,7 @@ fn parse_output(spec: &str) -> Result<Output> {
     }
 }
 
-fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
         match a.split_once('=') {
@@ -106,6 +106,11 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+    if let Some(platforms) = crate::platforms::requested(args.platform.as_deref())? {
+        if platforms.len() > 1 {
+            return crate::platforms::build(root, args, platforms).await;
+        }
+    }
     let outputs = args
         .outputs
         .iter()

@@ -4,6 +4,7 @@
 
 mod build;
 mod cli;
+mod platforms;
 mod progress;
 mod run;
 

@@ -1,7 +1,6 @@
 //! `builder run`: a container from a stored image, through the build executor.
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use exporter::image::Platform;
 use solver::graph::{Definition, Op, Vertex};
 use solver::{Ref, Solver, SolverConfig};
 use std::collections::HashMap;
@@ -28,6 +27,9 @@ pub struct RunArgs {
     /// Network: host (default) or none.
     #[arg(long, default_value = "host")]
     pub network: String,
+    /// Platform of the image to run, from a multi-platform image (default: this machine's).
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Image name or digest.
     pub image: String,
     /// Command (replaces the image's CMD).
@@ -52,7 +54,14 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         .images
         .resolve(&args.image)?
         .ok_or_else(|| anyhow!("no such image: {} (see `builder images`)", args.image))?;
-    let (manifest, _, config) = solver.images.load_image(&target, &Platform::host())?;
+    let platform = crate::platforms::run_platform(args.platform.as_deref())?;
+    let (manifest, _, config) = solver.images.load_image(&target, &platform)?;
+    crate::platforms::check_image_platform(
+        &args.image,
+        &config,
+        &platform,
+        args.platform.is_some(),
+    )?;
     let reference = exporter::reference::Reference::parse(&args.image)
         .map(|r| exporter::reference::Reference { digest: None, ..r }.full_name())
         .unwrap_or(args.image.clone());

@@ -232,17 +232,10 @@ impl Index {
         }
     }
 
-    /// The entry best matching `platform`, skipping attestation manifests.
+    /// The entry best matching `platform` (exact, else an older compatible variant),
+    /// skipping attestation manifests.
     pub fn find_platform(&self, platform: &Platform) -> Option<&Descriptor> {
-        self.manifests
-            .iter()
-            .filter(|candidate| is_manifest_media_type(&candidate.media_type))
-            .find(|candidate| {
-                candidate
-                    .platform
-                    .as_ref()
-                    .is_some_and(|p| p.matches(platform))
-            })
+        crate::platform::best_match(&self.manifests, platform)
     }
 }
 

@@ -4,6 +4,7 @@
 mod archive;
 pub mod image;
 mod layer;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 mod store;

@@ -343,7 +343,20 @@ pub fn lower(
         env.extend(l.global_args.clone());
         for a in &x.args {
             let (k, v) = declare_arg(&l, x, a, &env, escape)?;
-            let v = opts.build_args.get(&k).cloned().or(v).unwrap_or_default();
+            // `ARG TARGETARCH` before FROM brings the automatic value into scope.
+            let automatic = || {
+                auto_args
+                    .iter()
+                    .find(|(a, _)| *a == k)
+                    .map(|(_, v)| v.clone())
+            };
+            let v = opts
+                .build_args
+                .get(&k)
+                .cloned()
+                .or(v)
+                .or_else(automatic)
+                .unwrap_or_default();
             l.global_args.push((k, v));
         }
         i += 1;

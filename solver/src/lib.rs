@@ -6,9 +6,11 @@ pub mod context;
 pub mod fileop;
 pub mod graph;
 pub mod patterns;
+pub mod multi;
 pub mod progress;
 pub mod rebase;
 pub mod solve;
 
 pub use graph::{Definition, Op, Vertex};
+pub use multi::MultiSolveOutput;
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

@@ -6,6 +6,7 @@ use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{Definition, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Op};
 use crate::patterns::PatternMatcher;
+use crate::multi::MultiSolveOutput;
 use crate::progress::{now, Event, Progress};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::{CancelToken, ExecSpec, Executor};
@@ -263,8 +264,33 @@ impl Solver {
             vertex: None,
             error: anyhow!(e),
         })?;
+        let outputs: Vec<usize> = def.output.into_iter().collect();
+        let mut solved = self.solve_outputs(def, &outputs, cancel).await?;
+        Ok(SolveOutput {
+            output: solved.outputs.remove(0),
+            executed: solved.executed,
+            cached: solved.cached,
+        })
+    }
+
+    /// Solves several vertices of `def` in one walk (a multi-platform build's per-platform
+    /// outputs), so vertices they share run once; `def.output` is ignored.
+    pub async fn solve_outputs(
+        self: &Arc<Self>,
+        def: &Definition,
+        outputs: &[usize],
+        cancel: &CancelToken,
+    ) -> Result<MultiSolveOutput, SolveError> {
+        let mut checked = def.clone();
+        for &o in outputs {
+            checked.output = Some(o);
+            checked.validate().map_err(|e| SolveError {
+                vertex: None,
+                error: anyhow!(e),
+            })?;
+        }
         let def = Arc::new(def.clone());
-        let needed = def.reachable();
+        let needed = crate::multi::reachable_from(&def, outputs);
         let n = def.vertices.len();
         let mut pending: Vec<usize> = vec![0; n];
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -345,15 +371,17 @@ impl Solver {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let out = def
-            .output
-            .and_then(|o| results[o].clone())
-            .ok_or_else(|| SolveError {
-                vertex: None,
-                error: anyhow!("output was not solved"),
-            })?;
-        Ok(SolveOutput {
-            output: out.0,
+        let outputs = outputs
+            .iter()
+            .map(|&o| {
+                results[o].clone().map(|r| r.0).ok_or_else(|| SolveError {
+                    vertex: None,
+                    error: anyhow!("output was not solved"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MultiSolveOutput {
+            outputs,
             executed,
             cached,
         })
