@@ -1,5 +1,6 @@
 //! The solver: build-graph types, scheduling, cache keys and the cache index.
 
+pub mod cache;
 pub mod context;
 pub mod fileop;
 pub mod graph;

@@ -56,6 +56,8 @@ pub struct SolveOutput {
     pub executed: usize,
     /// Vertices answered from the cache.
     pub cached: usize,
+    /// Each vertex's result and cache key (None for vertices the output does not need).
+    pub results: Vec<Option<(Ref, String)>>,
 }
 
 /// Everything a solver needs from its surroundings.
@@ -78,6 +80,7 @@ pub struct Solver {
     progress: Progress,
     indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
     runtime: tokio::runtime::Handle,
+    cache: crate::cache::CacheState,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -138,9 +141,23 @@ impl Solver {
             progress: cfg.progress,
             indexes: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            cache: Default::default(),
         };
         solver.remove_stale_snapshots();
         Ok(solver)
+    }
+
+    pub(crate) fn cache_state(&self) -> &crate::cache::CacheState {
+        &self.cache
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Removes temporary snapshots left by processes that died (kill -9).
@@ -354,6 +371,7 @@ impl Solver {
             output: out.0,
             executed,
             cached,
+            results,
         })
     }
 
@@ -423,7 +441,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
                 parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
                 let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_exec(i, exec, inputs, cancel)
                 })
             }
@@ -439,7 +457,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"file", &op_json];
                 parts.extend(input_keys.iter().map(|k| k.as_bytes()));
                 let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_file(file, inputs)
                 })
             }
@@ -455,10 +473,14 @@ impl Solver {
         name: &str,
         key: &str,
         ignore_cache: bool,
+        inputs: &[(Ref, String)],
         run: impl FnOnce() -> Result<String>,
     ) -> Result<(Ref, String, bool)> {
         if !self.no_cache && !ignore_cache {
-            if let Some(snap) = self.cache_lookup(key) {
+            let hit = self
+                .cache_lookup(key)
+                .or_else(|| self.cache_lookup_imported(key));
+            if let Some(snap) = hit {
                 self.progress.send(Event::Cached {
                     vertex: i,
                     name: name.to_string(),
@@ -472,7 +494,11 @@ impl Solver {
             name: name.to_string(),
             time: now(),
         });
-        let res = run();
+        // Inputs known only from imported cache records are unpacked now that a step needs them.
+        let res = inputs
+            .iter()
+            .try_for_each(|(r, _)| self.materialize(r))
+            .and_then(|()| run());
         self.progress.send(Event::Completed {
             vertex: i,
             name: name.to_string(),
@@ -553,9 +579,27 @@ impl Solver {
                 config.rootfs.diff_ids.len()
             );
         }
+        let layers: Vec<(Descriptor, String)> = manifest
+            .layers
+            .into_iter()
+            .zip(config.rootfs.diff_ids)
+            .collect();
+        let (top, all_cached) = self.unpack_chain(&layers)?;
+        match top {
+            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
+            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
+        }
+    }
+
+    /// Makes sure a layer stack (base first, blobs in the content store) is unpacked as a
+    /// snapshot chain named by chain ids; returns the top and whether all of it existed.
+    pub(crate) fn unpack_chain(
+        &self,
+        layers: &[(Descriptor, String)],
+    ) -> Result<(Option<String>, bool)> {
         let mut parent: Option<String> = None;
         let mut all_cached = true;
-        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        for (layer, diff_id) in layers {
             let chain = match &parent {
                 None => diff_id.clone(),
                 Some(p) => sha256_hex_plain(&format!("{p} {diff_id}")),
@@ -586,10 +630,7 @@ impl Solver {
             }
             parent = Some(chain);
         }
-        match parent {
-            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
-            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
-        }
+        Ok((parent, all_cached))
     }
 
     fn label_layer(&self, snapshot: &str, layer: &Descriptor, diff_id: &str) -> Result<()> {
@@ -802,6 +843,9 @@ impl Solver {
                 _ => bail!("a local directory cannot be exported as an image"),
             };
         };
+        if let Some(layers) = self.lazy_layers(top)? {
+            return Ok(layers);
+        }
         let mut chain = Vec::new();
         let mut cur = Some(top.clone());
         while let Some(key) = cur {
@@ -846,6 +890,7 @@ impl Solver {
     /// Copies the whole filesystem of a result into `dest` (for `--output type=local`).
     pub fn export_local(&self, r: &Ref, dest: &Path) -> Result<()> {
         std::fs::create_dir_all(dest)?;
+        self.materialize(r)?;
         match r {
             Ref::Scratch => Ok(()),
             Ref::Local(name) => {
