@@ -109,7 +109,17 @@ fn local_cache_round_trip_caches_every_step_and_reproduces_the_image() {
     assert!(cache.path().join("index.json").is_file());
     assert!(cache.path().join("oci-layout").is_file());
 
+    // Another "machine": a fresh store, and the same files checked out elsewhere, later, by
+    // another user. Cache keys depend on content and mode only.
     let fresh = store_with_busybox();
+    let ctx = project();
+    let touch = Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(ctx.path().join("a.txt"))
+        .status()
+        .unwrap();
+    assert!(touch.success());
+    std::os::unix::fs::chown(ctx.path().join("a.txt"), Some(1234), Some(1234)).unwrap();
     let src = format!("type=local,src={}", cache.path().display());
     let (out, rebuilt) = build(&fresh, ctx.path(), &["--cache-from", &src, "-t", "app"]);
     assert_all_cached(&out);
@@ -379,4 +389,60 @@ fn bad_cache_flags_are_clear_errors() {
     let out = store.build(ctx.path(), &["--cache-from", "type=local,src=/nonexistent"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("warning: importing cache"));
+}
+
+/// The JSON of a blob in an OCI layout directory.
+fn layout_json(dir: &Path, digest: &str) -> serde_json::Value {
+    let path = dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_cache_directory_missing_a_blob_misses_instead_of_failing() {
+    let ctx = project();
+    let cache = tempfile::tempdir().unwrap();
+    let first = store_with_busybox();
+    let to = format!("type=local,dest={}", cache.path().display());
+    build(&first, ctx.path(), &["--cache-to", &to]);
+
+    // Delete the blob only the last step's record has: its own layer.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.path().join("index.json")).unwrap()).unwrap();
+    let manifest = layout_json(
+        cache.path(),
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    );
+    let config = layout_json(cache.path(), manifest["config"]["digest"].as_str().unwrap());
+    let records = config["records"].as_array().unwrap();
+    let last_layer = records.last().unwrap()["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_u64()
+        .unwrap() as usize;
+    let digest = config["layers"][last_layer]["descriptor"]["digest"]
+        .as_str()
+        .unwrap();
+    std::fs::remove_file(
+        cache
+            .path()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+
+    let fresh = store_with_busybox();
+    let from = format!("type=local,src={}", cache.path().display());
+    let (out, _) = build(&fresh, ctx.path(), &["--cache-from", &from, "-t", "app"]);
+    let ran = steps(&out, "started");
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(ran.iter().any(|s| s.contains("echo done")), "{ran:?}");
+    assert!(ran.iter().any(|s| s.contains("echo built")), "{ran:?}");
+    assert_eq!(
+        run_in(&fresh, "app", &["cat", "/copy.txt", "/done"]),
+        "hello\ndone\n"
+    );
 }

@@ -335,6 +335,16 @@ impl Solver {
                 (layers, source)
             }
         };
+        // A directory cache missing blobs (a partial copy) is a miss, not a failed build later.
+        if let BlobSource::Dir(dir) = &source.blobs {
+            let present = |l: &CacheLayer| {
+                self.content.has(&l.descriptor.digest)
+                    || layout_blob_path(dir, &l.descriptor.digest).is_ok_and(|p| p.is_file())
+            };
+            if !layers.iter().all(present) {
+                return None;
+            }
+        }
         let name = chain_id(layers.iter().map(|l| &l.diff_id))?;
         source.hits.fetch_add(1, Ordering::Relaxed);
         // Remember the record so this store answers it next time without the import.
