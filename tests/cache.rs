@@ -78,12 +78,14 @@ fn assert_all_cached(out: &Output) {
     assert_eq!(steps(out, "cached").len(), 5, "{}", stderr(out));
 }
 
-/// Committed and other snapshots in a store.
+/// Snapshots in a store (the snapshotter writes its metadata file on the first one).
 fn snapshot_count(store: &Store) -> usize {
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(store.root().join("snapshots/metadata.json")).unwrap(),
-    )
-    .unwrap();
+    let path = store.root().join("snapshots/metadata.json");
+    if !path.exists() {
+        assert!(store.root().join("snapshots").is_dir());
+        return 0;
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     meta["snapshots"].as_object().unwrap().len()
 }
 
@@ -124,8 +126,8 @@ fn local_cache_round_trip_caches_every_step_and_reproduces_the_image() {
     let (out, rebuilt) = build(&fresh, ctx.path(), &["--cache-from", &src, "-t", "app"]);
     assert_all_cached(&out);
     assert_eq!(rebuilt, original);
-    // Cache hits are not unpacked when nothing runs on them: only the base image's snapshot.
-    assert_eq!(snapshot_count(&fresh), 1);
+    // Nothing ran, so nothing was unpacked: not the cache hits, not even the base image.
+    assert_eq!(snapshot_count(&fresh), 0);
     // The image is whole: its layers were fetched from the cache.
     assert_eq!(
         run_in(&fresh, "app", &["cat", "/copy.txt", "/artifact", "/done"]),

@@ -362,6 +362,38 @@ impl Solver {
         Some(name)
     }
 
+    /// With `--cache-from`, a base image is unpacked only if a step runs on it: when every
+    /// step is a cache hit, nothing needs its files. Returns the snapshot name if deferred.
+    pub(crate) fn defer_unpack(&self, layers: &[(Descriptor, String)]) -> Option<String> {
+        if self.cache_state().sources.read().ok()?.is_empty() {
+            return None;
+        }
+        let name = chain_id(layers.iter().map(|(_, d)| d))?;
+        if self.snapshots.exists(&name) {
+            return None;
+        }
+        let chain = LazyChain {
+            layers: layers
+                .iter()
+                .map(|(descriptor, diff_id)| CacheLayer {
+                    descriptor: descriptor.clone(),
+                    diff_id: diff_id.clone(),
+                })
+                .collect(),
+            source: Arc::new(ImportSource {
+                description: "image".into(),
+                blobs: BlobSource::Content,
+                hits: AtomicUsize::new(0),
+            }),
+        };
+        self.cache_state()
+            .lazy
+            .lock()
+            .ok()?
+            .insert(name.clone(), chain);
+        Some(name)
+    }
+
     /// The layers of a result not unpacked yet (fetching its blobs), if it is one.
     pub(crate) fn lazy_layers(&self, snapshot: &str) -> Result<Option<Vec<LayerBlob>>> {
         let chain = self

@@ -584,6 +584,9 @@ impl Solver {
             .into_iter()
             .zip(config.rootfs.diff_ids)
             .collect();
+        if let Some(top) = self.defer_unpack(&layers) {
+            return Ok((Ref::Snapshot(top.clone()), top, false));
+        }
         let (top, all_cached) = self.unpack_chain(&layers)?;
         match top {
             None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
