@@ -813,6 +813,11 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.write_all(data)?;
+    // Temporary files are private; the metadata is an ordinary output file.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))?;

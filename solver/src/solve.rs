@@ -540,6 +540,10 @@ impl Solver {
     }
 
     /// Makes sure an image's layers are unpacked as a snapshot chain; returns the top.
+    ///
+    /// The top's chain id (from the config's diff ids) is also the vertex's cache key, as in
+    /// BuildKit: it names the filesystem, so it is the same on every machine and for every
+    /// manifest (compression, tag, registry) carrying those layers.
     fn unpack_image(&self, reference: &str, platform: &str) -> Result<(Ref, String, bool)> {
         let r = Reference::parse(reference)
             .map_err(|e| anyhow!("invalid image reference {reference:?}: {e}"))?;
