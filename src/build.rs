@@ -41,6 +41,20 @@ pub struct BuildArgs {
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline
+    /// [,mode=min|max][,mounts=true]; may be repeated.
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: type=local,src=DIR | type=registry,ref=REF (or just REF);
+    /// may be repeated.
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Do not use the cache for these stages (comma-separated; may be repeated).
+    #[arg(long = "no-cache-filter")]
+    pub no_cache_filter: Vec<String>,
+    /// Write build result metadata (image digest, descriptor, names, cache) as JSON here.
+    #[arg(long = "metadata-file")]
+    pub metadata_file: Option<PathBuf>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -117,6 +131,17 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
     let build_args = parse_build_args(&args.build_args)?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| crate::cache_flags::parse_cache_to(s))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| crate::cache_flags::parse_cache_from(s))
+        .collect::<Result<Vec<_>>>()?;
+    let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
     let context = args
         .context
         .canonicalize()
@@ -163,7 +188,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         target: args.target.clone(),
         platform: platform.clone(),
         build_platform: host_str,
-        no_cache_stages: Default::default(),
+        no_cache_stages,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -179,6 +204,10 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
     })?);
+
+    if !args.no_cache {
+        crate::cache_flags::import_caches(&solver, &cache_from).await;
+    }
 
     let resolver = SolverResolver {
         solver: solver.clone(),
@@ -256,7 +285,19 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         h.created = Some(created.clone());
     }
     let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
-    let manifest = exporter::write_image(&solver.content, &config, &descriptors)?;
+    let manifest = if cache_to.contains(&solver::cache::CacheTo::Inline) {
+        let (s2, d, r) = (
+            solver.clone(),
+            lowered.definition.clone(),
+            solved.results.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            solver::cache::write_image_with_inline_cache(&s2, &config, &descriptors, &d, &r)
+        })
+        .await??
+    } else {
+        exporter::write_image(&solver.content, &config, &descriptors)?
+    };
     for t in &args.tags {
         solver.images.tag(t, &manifest)?;
     }
@@ -289,8 +330,24 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
             }
         }
     }
+    let mut cache_exports = Vec::new();
+    for to in &cache_to {
+        if let Some(done) =
+            solver::cache::export_cache(&solver, &lowered.definition, &solved.results, to).await?
+        {
+            cache_exports.push(done);
+        }
+    }
     if let Some(p) = &args.iidfile {
         std::fs::write(p, &manifest.digest)?;
+    }
+    if let Some(p) = &args.metadata_file {
+        let meta = crate::cache_flags::Metadata {
+            manifest: &manifest,
+            tags: &args.tags,
+            cache_exports: &cache_exports,
+        };
+        crate::cache_flags::write_metadata(p, &solver, &meta)?;
     }
     drop(solver);
     let _ = renderer.await;

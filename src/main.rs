@@ -3,6 +3,7 @@
 //! `exporter` crates.
 
 mod build;
+mod cache_flags;
 mod cli;
 mod platforms;
 mod progress;

@@ -27,6 +27,8 @@ use crate::reference::{Reference, DEFAULT_REGISTRY};
 use crate::store::{read_json, select_manifest};
 use crate::{Error, Result};
 
+mod lazy;
+
 /// Manifests bigger than this are refused (the spec suggests registries accept 4 MiB).
 const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// Blobs downloaded or uploaded at the same time.

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod chmod;
+pub mod cache;
 pub mod context;
 pub mod fileop;
 pub mod graph;

@@ -15,6 +15,8 @@ pub struct MultiSolveOutput {
     pub executed: usize,
     /// Vertices answered from the cache.
     pub cached: usize,
+    /// Each vertex's result and cache key (None for vertices no output needs).
+    pub results: Vec<Option<(Ref, String)>>,
 }
 
 /// The vertices any of `outputs` depends on (including themselves), in topological order.

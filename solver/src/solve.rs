@@ -59,6 +59,8 @@ pub struct SolveOutput {
     pub executed: usize,
     /// Vertices answered from the cache.
     pub cached: usize,
+    /// Each vertex's result and cache key (None for vertices the output does not need).
+    pub results: Vec<Option<(Ref, String)>>,
 }
 
 /// Everything a solver needs from its surroundings.
@@ -81,6 +83,7 @@ pub struct Solver {
     progress: Progress,
     indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
     runtime: tokio::runtime::Handle,
+    cache: crate::cache::CacheState,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -141,9 +144,23 @@ impl Solver {
             progress: cfg.progress,
             indexes: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            cache: Default::default(),
         };
         solver.remove_stale_snapshots();
         Ok(solver)
+    }
+
+    pub(crate) fn cache_state(&self) -> &crate::cache::CacheState {
+        &self.cache
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Removes temporary snapshots left by processes that died (kill -9).
@@ -270,6 +287,7 @@ impl Solver {
             output: solved.outputs.remove(0),
             executed: solved.executed,
             cached: solved.cached,
+            results: solved.results,
         })
     }
 
@@ -384,6 +402,7 @@ impl Solver {
             outputs,
             executed,
             cached,
+            results,
         })
     }
 
@@ -453,7 +472,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
                 parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
                 let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_exec(i, exec, inputs, cancel)
                 })
             }
@@ -469,7 +488,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"file", &op_json];
                 parts.extend(input_keys.iter().map(|k| k.as_bytes()));
                 let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_file(file, inputs)
                 })
             }
@@ -485,10 +504,14 @@ impl Solver {
         name: &str,
         key: &str,
         ignore_cache: bool,
+        inputs: &[(Ref, String)],
         run: impl FnOnce() -> Result<String>,
     ) -> Result<(Ref, String, bool)> {
         if !self.no_cache && !ignore_cache {
-            if let Some(snap) = self.cache_lookup(key) {
+            let hit = self
+                .cache_lookup(key)
+                .or_else(|| self.cache_lookup_imported(key));
+            if let Some(snap) = hit {
                 self.progress.send(Event::Cached {
                     vertex: i,
                     name: name.to_string(),
@@ -502,7 +525,11 @@ impl Solver {
             name: name.to_string(),
             time: now(),
         });
-        let res = run();
+        // Inputs known only from imported cache records are unpacked now that a step needs them.
+        let res = inputs
+            .iter()
+            .try_for_each(|(r, _)| self.materialize(r))
+            .and_then(|()| run());
         self.progress.send(Event::Completed {
             vertex: i,
             name: name.to_string(),
@@ -544,6 +571,10 @@ impl Solver {
     }
 
     /// Makes sure an image's layers are unpacked as a snapshot chain; returns the top.
+    ///
+    /// The top's chain id (from the config's diff ids) is also the vertex's cache key, as in
+    /// BuildKit: it names the filesystem, so it is the same on every machine and for every
+    /// manifest (compression, tag, registry) carrying those layers.
     fn unpack_image(&self, reference: &str, platform: &str) -> Result<(Ref, String, bool)> {
         let r = Reference::parse(reference)
             .map_err(|e| anyhow!("invalid image reference {reference:?}: {e}"))?;
@@ -583,9 +614,30 @@ impl Solver {
                 config.rootfs.diff_ids.len()
             );
         }
+        let layers: Vec<(Descriptor, String)> = manifest
+            .layers
+            .into_iter()
+            .zip(config.rootfs.diff_ids)
+            .collect();
+        if let Some(top) = self.defer_unpack(&layers) {
+            return Ok((Ref::Snapshot(top.clone()), top, false));
+        }
+        let (top, all_cached) = self.unpack_chain(&layers)?;
+        match top {
+            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
+            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
+        }
+    }
+
+    /// Makes sure a layer stack (base first, blobs in the content store) is unpacked as a
+    /// snapshot chain named by chain ids; returns the top and whether all of it existed.
+    pub(crate) fn unpack_chain(
+        &self,
+        layers: &[(Descriptor, String)],
+    ) -> Result<(Option<String>, bool)> {
         let mut parent: Option<String> = None;
         let mut all_cached = true;
-        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        for (layer, diff_id) in layers {
             let chain = match &parent {
                 None => diff_id.clone(),
                 Some(p) => sha256_hex_plain(&format!("{p} {diff_id}")),
@@ -616,10 +668,7 @@ impl Solver {
             }
             parent = Some(chain);
         }
-        match parent {
-            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
-            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
-        }
+        Ok((parent, all_cached))
     }
 
     fn label_layer(&self, snapshot: &str, layer: &Descriptor, diff_id: &str) -> Result<()> {
@@ -834,6 +883,9 @@ impl Solver {
                 _ => bail!("a local directory cannot be exported as an image"),
             };
         };
+        if let Some(layers) = self.lazy_layers(top)? {
+            return Ok(layers);
+        }
         let mut chain = Vec::new();
         let mut cur = Some(top.clone());
         while let Some(key) = cur {
@@ -878,6 +930,7 @@ impl Solver {
     /// Copies the whole filesystem of a result into `dest` (for `--output type=local`).
     pub fn export_local(&self, r: &Ref, dest: &Path) -> Result<()> {
         std::fs::create_dir_all(dest)?;
+        self.materialize(r)?;
         match r {
             Ref::Scratch => Ok(()),
             Ref::Local(name) => {

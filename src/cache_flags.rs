@@ -1,0 +1,253 @@
+//! `--cache-to`, `--cache-from`, `--no-cache-filter` and `--metadata-file` of `builder build`.
+
+use anyhow::{anyhow, bail, Result};
+use solver::cache::{CacheExport, CacheFrom, CacheMode, CacheTo};
+use solver::Solver;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+fn key_values<'a>(flag: &str, spec: &'a str) -> Result<HashMap<&'a str, &'a str>> {
+    let mut kv = HashMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow!("{flag} {spec:?}: expected key=value pairs such as type=local,dest=DIR")
+        })?;
+        kv.insert(k.trim(), v.trim());
+    }
+    Ok(kv)
+}
+
+fn check_keys(flag: &str, spec: &str, kv: &HashMap<&str, &str>, allowed: &[&str]) -> Result<()> {
+    for k in kv.keys() {
+        if !allowed.contains(k) {
+            bail!(
+                "{flag} {spec:?}: unknown option {k:?}; allowed: {}",
+                allowed.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn required<'a>(flag: &str, spec: &str, kv: &HashMap<&str, &'a str>, key: &str) -> Result<&'a str> {
+    kv.get(key)
+        .copied()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("{flag} {spec:?}: {key}= is required"))
+}
+
+/// Parses one `--cache-to`.
+pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
+    const FLAG: &str = "--cache-to";
+    let kv = key_values(FLAG, spec)?;
+    let mode = match kv.get("mode").copied() {
+        None | Some("min") => CacheMode::Min,
+        Some("max") => CacheMode::Max,
+        Some(m) => bail!("{FLAG} {spec:?}: mode={m:?} is not min or max"),
+    };
+    let mounts = match kv.get("mounts").copied() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(m) => bail!("{FLAG} {spec:?}: mounts={m:?} is not true or false"),
+    };
+    match kv.get("type").copied() {
+        Some("local") => {
+            check_keys(FLAG, spec, &kv, &["type", "dest", "mode", "mounts"])?;
+            Ok(CacheTo::Local {
+                dest: PathBuf::from(required(FLAG, spec, &kv, "dest")?),
+                mode,
+                mounts,
+            })
+        }
+        Some("registry") => {
+            check_keys(FLAG, spec, &kv, &["type", "ref", "mode", "mounts"])?;
+            let reference = required(FLAG, spec, &kv, "ref")?;
+            exporter::Reference::parse(reference).map_err(|e| anyhow!("{FLAG} {spec:?}: {e}"))?;
+            Ok(CacheTo::Registry {
+                reference: reference.to_string(),
+                mode,
+                mounts,
+            })
+        }
+        Some("inline") => {
+            check_keys(FLAG, spec, &kv, &["type", "mode"])?;
+            if mode == CacheMode::Max {
+                bail!("{FLAG} {spec:?}: inline cache only supports mode=min");
+            }
+            Ok(CacheTo::Inline)
+        }
+        Some(t) => bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry, inline"),
+        None => bail!("{FLAG} {spec:?}: type= is required (local, registry or inline)"),
+    }
+}
+
+/// Parses one `--cache-from`; a bare reference means `type=registry,ref=REF`.
+pub fn parse_cache_from(spec: &str) -> Result<CacheFrom> {
+    const FLAG: &str = "--cache-from";
+    if !spec.contains('=') {
+        exporter::Reference::parse(spec).map_err(|e| anyhow!("{FLAG} {spec:?}: {e}"))?;
+        return Ok(CacheFrom::Registry {
+            reference: spec.to_string(),
+        });
+    }
+    let kv = key_values(FLAG, spec)?;
+    match kv.get("type").copied() {
+        Some("local") => {
+            check_keys(FLAG, spec, &kv, &["type", "src"])?;
+            Ok(CacheFrom::Local {
+                src: PathBuf::from(required(FLAG, spec, &kv, "src")?),
+            })
+        }
+        Some("registry") => {
+            check_keys(FLAG, spec, &kv, &["type", "ref"])?;
+            let reference = required(FLAG, spec, &kv, "ref")?;
+            exporter::Reference::parse(reference).map_err(|e| anyhow!("{FLAG} {spec:?}: {e}"))?;
+            Ok(CacheFrom::Registry {
+                reference: reference.to_string(),
+            })
+        }
+        Some(t) => bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry"),
+        None => bail!("{FLAG} {spec:?}: type= is required (local or registry)"),
+    }
+}
+
+/// `--no-cache-filter a,b --no-cache-filter c` → {a, b, c}.
+pub fn parse_no_cache_filter(values: &[String]) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for v in values {
+        for stage in v.split(',').map(str::trim) {
+            if stage.is_empty() {
+                bail!("--no-cache-filter {v:?}: empty stage name");
+            }
+            out.insert(stage.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Loads every `--cache-from` into the solver and restores the cache mounts they carry.
+/// A cache that cannot be read is a warning, as in BuildKit: the build just runs uncached.
+pub async fn import_caches(solver: &Solver, from: &[CacheFrom]) {
+    for f in from {
+        match solver::cache::load_cache(&solver.content, f).await {
+            Ok((config, blobs)) => {
+                if !config.mounts.is_empty() {
+                    if let Err(e) = solver::cache::restore_mounts(solver, &config, &blobs) {
+                        eprintln!(
+                            "warning: restoring cache mounts from {}: {e:#}",
+                            f.describe()
+                        );
+                    }
+                }
+                solver.add_cache_import(f.describe(), config, blobs);
+            }
+            Err(e) => eprintln!("warning: importing cache {}: {e:#}", f.describe()),
+        }
+    }
+}
+
+/// What `--metadata-file` records about a build.
+pub struct Metadata<'a> {
+    pub manifest: &'a exporter::image::Descriptor,
+    pub tags: &'a [String],
+    pub cache_exports: &'a [CacheExport],
+}
+
+/// Writes buildx-style build metadata (JSON) to `path`.
+pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<()> {
+    let manifest: exporter::image::Manifest =
+        serde_json::from_slice(&solver.content.read_blob(&meta.manifest.digest)?)?;
+    let imported: Vec<_> = solver
+        .cache_import_hits()
+        .into_iter()
+        .map(|(source, hits)| serde_json::json!({ "source": source, "hits": hits }))
+        .collect();
+    let mut descriptor = serde_json::to_value(meta.manifest)?;
+    if let Some(o) = descriptor.as_object_mut() {
+        o.remove("annotations");
+    }
+    let mut doc = serde_json::json!({
+        "containerimage.digest": meta.manifest.digest,
+        "containerimage.config.digest": manifest.config.digest,
+        "containerimage.descriptor": descriptor,
+        "buildx.build.ref": format!("builder/local/{}", build_ref()),
+        "builder.cache.imported": imported,
+        "builder.cache.exported": meta.cache_exports,
+    });
+    if !meta.tags.is_empty() {
+        doc["image.name"] = serde_json::Value::String(meta.tags.join(","));
+    }
+    solver::cache::write_file_atomic(path, &serde_json::to_vec_pretty(&doc)?)
+}
+
+/// A build id unique enough to tell builds apart (time + pid).
+fn build_ref() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", t, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_to_parses() {
+        assert_eq!(
+            parse_cache_to("type=local,dest=d,mode=max,mounts=true").unwrap(),
+            CacheTo::Local {
+                dest: "d".into(),
+                mode: CacheMode::Max,
+                mounts: true
+            }
+        );
+        assert_eq!(
+            parse_cache_to("type=registry,ref=localhost:5000/c:x").unwrap(),
+            CacheTo::Registry {
+                reference: "localhost:5000/c:x".into(),
+                mode: CacheMode::Min,
+                mounts: false
+            }
+        );
+        assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
+        for bad in [
+            "type=local",
+            "type=local,dest=d,mode=all",
+            "type=local,dest=d,color=red",
+            "type=s3,dest=d",
+            "dest=d",
+            "local",
+            "type=inline,mode=max",
+            "type=registry,ref=UPPER/Case",
+        ] {
+            assert!(parse_cache_to(bad).is_err(), "{bad} parsed");
+        }
+        let e = parse_cache_to("type=local,dest=d,mode=all").unwrap_err();
+        assert!(e.to_string().contains("--cache-to"), "{e}");
+    }
+
+    #[test]
+    fn cache_from_parses() {
+        assert_eq!(
+            parse_cache_from("type=local,src=d").unwrap(),
+            CacheFrom::Local { src: "d".into() }
+        );
+        assert_eq!(
+            parse_cache_from("localhost:5000/app:cache").unwrap(),
+            CacheFrom::Registry {
+                reference: "localhost:5000/app:cache".into()
+            }
+        );
+        assert!(parse_cache_from("type=local").is_err());
+        assert!(parse_cache_from("type=gha").is_err());
+    }
+
+    #[test]
+    fn no_cache_filter_splits_commas() {
+        let s = parse_no_cache_filter(&["a,b".into(), "c".into()]).unwrap();
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(parse_no_cache_filter(&["a,,b".into()]).is_err());
+    }
+}
