@@ -41,6 +41,15 @@ pub struct BuildArgs {
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR][,type=file|env].
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or ID=SOCKET.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// What to do when a RUN fails: `fail` (default) or `shell` (open /bin/sh in its container).
+    #[arg(long = "on-error", value_name = "fail|shell")]
+    pub on_error: Option<String>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -112,6 +121,15 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
     let build_args = parse_build_args(&args.build_args)?;
+    let exec_config = solver::ExecConfig {
+        secrets: crate::secrets::parse_secrets(&args.secrets)?,
+        ssh: crate::secrets::parse_ssh_flags(&args.ssh)?,
+        on_error_shell: match args.on_error.as_deref() {
+            None | Some("fail") => false,
+            Some("shell") => true,
+            Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
+        },
+    };
     let context = args
         .context
         .canonicalize()
@@ -173,6 +191,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         locals,
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
+        exec: exec_config,
     })?);
 
     let resolver = SolverResolver {

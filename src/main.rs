@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod progress;
 mod run;
+mod secrets;
 
 use clap::Parser as _;
 

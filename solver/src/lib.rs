@@ -3,8 +3,10 @@
 pub mod context;
 pub mod fileop;
 pub mod graph;
+pub mod mounts;
 pub mod progress;
 pub mod solve;
 
 pub use graph::{Definition, Op, Vertex};
+pub use mounts::{ExecConfig, SecretSource};
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};
