@@ -572,15 +572,16 @@ fn ssh_agent_socket_is_mounted_with_ssh_auth_sock() {
         id: id.into(),
         required,
         owner: MountOwner {
-            uid: 0,
-            gid: 0,
+            uid: 1000,
+            gid: 1000,
             mode: 0o600,
         },
     };
     let solved = solve(
         &store,
         &graph(vec![run(
-            "test -S /run/buildkit/ssh_agent.0 && echo \"$SSH_AUTH_SOCK\" > /sock",
+            "test -S /run/buildkit/ssh_agent.0 && echo \"$SSH_AUTH_SOCK\" > /sock; \
+             stat -c %u:%a /run/buildkit/ssh_agent.0 > /owner",
             vec![0],
             vec![
                 mount("/run/buildkit/ssh_agent.0", ssh_mount("default", true)),
@@ -596,6 +597,7 @@ fn ssh_agent_socket_is_mounted_with_ssh_auth_sock() {
     let _ = agent.kill();
     let _ = agent.wait();
     assert_eq!(solved.file("sock"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(solved.file("owner"), "1000:600\n");
     assert!(!solved
         .top_layer_names()
         .iter()

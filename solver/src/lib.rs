@@ -6,6 +6,7 @@ pub mod graph;
 pub mod mounts;
 pub mod progress;
 pub mod solve;
+mod ssh_proxy;
 
 pub use graph::{Definition, Op, Vertex};
 pub use mounts::{ExecConfig, SecretSource};

@@ -5,6 +5,7 @@ use crate::context::ContextIndex;
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{CacheSharing, ExecOp, MountKind, MountOwner};
 use crate::solve::{unique, MountGuard, Ref, Solver};
+use crate::ssh_proxy::{SshProxy, SSH_DIR_PREFIX};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::CancelToken;
 use sha2::{Digest as _, Sha256};
@@ -77,6 +78,7 @@ enum Resource {
     /// A held `flock` on a cache mount's lock file.
     Lock(File),
     Dir(tempfile::TempDir),
+    Ssh(SshProxy),
 }
 
 /// The executor mounts and environment of one exec op, and what backs them.
@@ -183,23 +185,31 @@ pub(crate) fn sweep_stale(root: &Path) {
     if let Ok(entries) = std::fs::read_dir(secret_parent()) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if let Some(rest) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(SECRET_DIR_PREFIX))
-            {
+            let rest = name.to_str().and_then(|n| {
+                n.strip_prefix(SECRET_DIR_PREFIX)
+                    .or_else(|| n.strip_prefix(SSH_DIR_PREFIX))
+            });
+            if let Some(rest) = rest {
                 if creator_is_dead(rest) {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+    // Temporary mount points and bind/cache copies, and half-built cache directories.
+    for dir in [root.join("tmp"), root.join("cache").join("mounts-staging")] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some((_, rest)) = name.to_str().and_then(|n| n.split_once('-')) else {
+            let Some((prefix, rest)) = name.to_str().and_then(|n| n.split_once('-')) else {
                 continue;
             };
-            if creator_is_dead(rest) && !is_mount_point_or_has_mounts(&entry.path()) {
+            if matches!(prefix, "mnt" | "bind" | "cache")
+                && creator_is_dead(rest)
+                && !is_mount_point_or_has_mounts(&entry.path())
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -325,7 +335,7 @@ impl Solver {
                 MountKind::Ssh {
                     id,
                     required,
-                    owner: _,
+                    owner,
                 } => {
                     let Some(socket) = self.exec_config.ssh.get(id) else {
                         if *required {
@@ -342,7 +352,9 @@ impl Solver {
                             socket.display()
                         );
                     }
-                    out.mounts.push(bind(socket, target, false));
+                    let proxy = SshProxy::start(&secret_parent(), socket, owner)?;
+                    out.mounts.push(bind(&proxy.socket(), target, false));
+                    out.resources.push(Resource::Ssh(proxy));
                     if !ssh_sock_set {
                         ssh_sock_set = true;
                         out.env.push(format!("SSH_AUTH_SOCK={target}"));
