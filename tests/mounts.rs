@@ -702,3 +702,199 @@ fn on_error_shell_opens_a_shell_in_the_failed_step() {
     assert!(shell_output.contains("hello in /w"), "{shell_output}");
     assert!(stderr(&out).contains("exit code: 3"), "{}", stderr(&out));
 }
+
+#[test]
+fn cache_mount_base_readonly_and_private_sharing() {
+    let store = Store::with_busybox();
+    let seeded = |readonly| MountKind::Cache {
+        id: "seeded".into(),
+        sharing: CacheSharing::Shared,
+        readonly,
+        base: Some((1, "/data".into())),
+        owner: ROOT_OWNER,
+    };
+    let private = |name: &str| {
+        run(
+            &format!("ls /p > /list; touch /p/{name}; sleep 2; echo {name} > /who"),
+            vec![0],
+            vec![mount("/p", cache("private", CacheSharing::Private))],
+        )
+    };
+    let def = graph(vec![
+        // 1: the stage the cache is seeded from.
+        run("mkdir /data && echo seed > /data/s", vec![0], vec![]),
+        // 2: a new cache starts as a copy of the base.
+        run(
+            "cat /c/s > /seeded",
+            vec![0, 1],
+            vec![mount("/c", seeded(false))],
+        ),
+        // 3: read-only.
+        run(
+            "if touch /c/x 2>/dev/null; then echo writable; else echo refused; fi > /ro",
+            vec![2, 1],
+            vec![mount("/c", seeded(true))],
+        ),
+        // 4 and 5 run concurrently; one of them finds the private cache busy.
+        private("a"),
+        private("b"),
+        run(
+            "cat /x/who /y/who > /both",
+            vec![3, 4, 5],
+            vec![
+                mount(
+                    "/x",
+                    MountKind::Bind {
+                        input: 1,
+                        source: "/".into(),
+                        readonly: true,
+                    },
+                ),
+                mount(
+                    "/y",
+                    MountKind::Bind {
+                        input: 2,
+                        source: "/".into(),
+                        readonly: true,
+                    },
+                ),
+            ],
+        ),
+    ]);
+    let solved = solve(&store, &def, ExecConfig::default(), None);
+    assert_eq!(solved.file("both"), "a\nb\n");
+    let n = solved.layers.len();
+    let read = |layer: &PathBuf, path: &str| {
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(layer)
+            .arg(path)
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    assert_eq!(read(&solved.layers[n - 3], "seeded"), "seed\n");
+    assert_eq!(read(&solved.layers[n - 2], "ro"), "refused\n");
+    let dir = store
+        .root()
+        .join("cache/mounts")
+        .join(sha256_hex("private"));
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert!(
+        kept == ["a"] || kept == ["b"],
+        "both private runs shared one cache: {kept:?}"
+    );
+    let seeded_dir = store.root().join("cache/mounts").join(sha256_hex("seeded"));
+    assert!(!seeded_dir.join("x").exists());
+    // Nothing temporary is left in the store.
+    let tmp_left: Vec<_> = std::fs::read_dir(store.root().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp_left.is_empty(), "left behind: {tmp_left:?}");
+}
+
+/// A build context that hides one file, as `.dockerignore` would.
+struct IgnoringDir(PathBuf);
+
+impl LocalSource for IgnoringDir {
+    fn root(&self) -> &Path {
+        &self.0
+    }
+    fn is_excluded(&self, rel: &str) -> bool {
+        rel == "src/ignored.txt"
+    }
+    fn may_reinclude_under(&self, _rel_dir: &str) -> bool {
+        false
+    }
+}
+
+#[test]
+fn context_binds_respect_dockerignore_and_discard_writes() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("src/a.txt", "kept\n"),
+        ("src/ignored.txt", "hidden\n"),
+        ("other/o.txt", "o\n"),
+    ]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut def = graph(vec![Vertex {
+        op: Op::Local {
+            name: "context".into(),
+        },
+        inputs: vec![],
+        name: "[internal] context".into(),
+        ignore_cache: false,
+    }]);
+    let ctx_bind = |readonly| MountKind::Bind {
+        input: 1,
+        source: "/src".into(),
+        readonly,
+    };
+    def.vertices.push(run(
+        "ls /ro > /ro-list; echo new > /rw/a.txt; touch /rw/made; ls /rw > /rw-list; cat /rw/a.txt > /rw-read; \
+         echo changed > /ov/o.txt && cat /ov/o.txt > /ov-read",
+        vec![0, 1],
+        vec![
+            mount("/ro", ctx_bind(true)),
+            mount("/rw", ctx_bind(false)),
+            // Nothing ignored below other/: an overlay on the context directory itself.
+            mount(
+                "/ov",
+                MountKind::Bind {
+                    input: 1,
+                    source: "other".into(),
+                    readonly: false,
+                },
+            ),
+        ],
+    ));
+    def.output = Some(2);
+    let result = rt.block_on(async {
+        let mut locals: HashMap<String, Arc<dyn LocalSource>> = HashMap::new();
+        locals.insert(
+            "context".into(),
+            Arc::new(IgnoringDir(ctx.path().to_path_buf())),
+        );
+        let solver = Solver::new(SolverConfig {
+            root: store.root().to_path_buf(),
+            executor: executor::Executor::new(BIN.into(), vec![executor::HELPER_ARG.to_string()]),
+            locals,
+            no_cache: false,
+            progress: Progress::discard(),
+            exec: ExecConfig::default(),
+        })
+        .unwrap();
+        let solver = Arc::new(solver);
+        let out = solver
+            .solve(&def, &executor::CancelToken::new())
+            .await
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        solver.export_local(&out.output, dest.path()).unwrap();
+        dest
+    });
+    let read = |p: &str| std::fs::read_to_string(result.path().join(p)).unwrap();
+    assert_eq!(read("ro-list"), "a.txt\n");
+    assert_eq!(read("rw-list"), "a.txt\nmade\n");
+    assert_eq!(read("rw-read"), "new\n");
+    // The writable mount changed nothing in the context.
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("src/a.txt")).unwrap(),
+        "kept\n"
+    );
+    assert!(!ctx.path().join("src/made").exists());
+    assert_eq!(read("ov-read"), "changed\n");
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("other/o.txt")).unwrap(),
+        "o\n"
+    );
+}
