@@ -898,3 +898,37 @@ fn context_binds_respect_dockerignore_and_discard_writes() {
         "o\n"
     );
 }
+
+#[test]
+fn bad_secret_ssh_and_on_error_flags_are_named() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    for (flag, expected) in [
+        (
+            "--secret=id=a,color=red",
+            "--secret \"id=a,color=red\": unexpected key \"color\"",
+        ),
+        (
+            "--secret=type=env",
+            "--secret \"type=env\": id= is required",
+        ),
+        ("--ssh=gh=", "--ssh \"gh=\": the socket path is empty"),
+        (
+            "--on-error=retry",
+            "--on-error \"retry\": expected fail or shell",
+        ),
+    ] {
+        let out = store.build(ctx.path(), &[flag]);
+        assert!(!out.status.success(), "{flag} was accepted");
+        assert!(stderr(&out).contains(expected), "{flag}: {}", stderr(&out));
+    }
+    // Valid flags for secrets and agents no step uses are fine.
+    let out = store.build(
+        ctx.path(),
+        &[
+            "--secret=id=unused,src=/nonexistent",
+            "--ssh=gh=/nonexistent.sock",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
