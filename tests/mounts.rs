@@ -932,3 +932,41 @@ fn bad_secret_ssh_and_on_error_flags_are_named() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn locked_cache_makes_a_second_build_wait() {
+    let store = Arc::new(Store::with_busybox());
+    let builds: Vec<_> = ["first", "second"]
+        .into_iter()
+        .map(|name| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let def = graph(vec![run(
+                    &format!("echo start {name} >> /c/log; sleep 1; echo end {name} >> /c/log"),
+                    vec![0],
+                    vec![mount("/c", cache("cross-build", CacheSharing::Locked))],
+                )]);
+                solve(&store, &def, ExecConfig::default(), None)
+                    .ok()
+                    .clone()
+            })
+        })
+        .collect();
+    for b in builds {
+        b.join().expect("build thread");
+    }
+    let log = std::fs::read_to_string(
+        store
+            .root()
+            .join("cache/mounts")
+            .join(sha256_hex("cross-build"))
+            .join("log"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    for pair in lines.chunks(2) {
+        let who = pair[0].strip_prefix("start ").expect("a start line");
+        assert_eq!(pair[1], format!("end {who}"), "builds overlapped:\n{log}");
+    }
+}
