@@ -970,3 +970,22 @@ fn locked_cache_makes_a_second_build_wait() {
         assert_eq!(pair[1], format!("end {who}"), "builds overlapped:\n{log}");
     }
 }
+
+#[test]
+fn one_locked_cache_mounted_twice_in_a_step_does_not_wait_for_itself() {
+    let store = Store::with_busybox();
+    let mut step = run(
+        "echo same > /a/f; cat /work/b/f > /twice",
+        vec![0],
+        vec![
+            mount("/a", cache("twice", CacheSharing::Locked)),
+            // Relative targets are below the working directory.
+            mount("b", cache("twice", CacheSharing::Locked)),
+        ],
+    );
+    if let Op::Exec(e) = &mut step.op {
+        e.cwd = "/work".into();
+    }
+    let solved = solve(&store, &graph(vec![step]), ExecConfig::default(), None);
+    assert_eq!(solved.file("twice"), "same\n");
+}

@@ -121,6 +121,15 @@ fn relative(source: &str) -> String {
         .join("/")
 }
 
+/// A mount target as an absolute path: relative ones are below the working directory, as in
+/// BuildKit. An empty target (an env-only secret) stays empty.
+fn absolute_target(cwd: &str, target: &str) -> String {
+    if target.is_empty() || target.starts_with('/') {
+        return target.to_string();
+    }
+    format!("{}/{target}", cwd.trim_end_matches('/'))
+}
+
 fn hex_sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -264,8 +273,11 @@ impl Solver {
     ) -> Result<PreparedMounts> {
         let mut out = PreparedMounts::default();
         let mut ssh_sock_set = false;
+        // A cache used twice in one step is locked once: a second flock would wait for the first.
+        let mut caches: HashMap<&str, PathBuf> = HashMap::new();
         for m in &exec.mounts {
-            let target = m.target.as_str();
+            let target = absolute_target(&exec.cwd, &m.target);
+            let target = target.as_str();
             match &m.kind {
                 MountKind::Tmpfs { size } => out.mounts.push(executor::Mount {
                     fstype: "tmpfs".into(),
@@ -290,10 +302,14 @@ impl Solver {
                     base,
                     owner,
                 } => {
-                    let dir = self
-                        .cache_dir(id, *sharing, base.as_ref(), owner, inputs, cancel, &mut out)
-                        .with_context(|| format!("cache mount {target} (id {id:?})"))?;
+                    let dir = match caches.get(id.as_str()) {
+                        Some(dir) => dir.clone(),
+                        None => self
+                            .cache_dir(id, *sharing, base.as_ref(), owner, inputs, cancel, &mut out)
+                            .with_context(|| format!("cache mount {target} (id {id:?})"))?,
+                    };
                     out.mounts.push(bind(&dir, target, *readonly));
+                    caches.insert(id, dir);
                 }
                 MountKind::Secret {
                     id,
@@ -735,6 +751,15 @@ pub(crate) fn lower_dirs(mounts: &[snapshotter::Mount]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_targets_are_below_the_working_directory() {
+        assert_eq!(absolute_target("/app", "node_modules"), "/app/node_modules");
+        assert_eq!(absolute_target("/", "cache"), "/cache");
+        assert_eq!(absolute_target("", "cache"), "/cache");
+        assert_eq!(absolute_target("/app", "/abs"), "/abs");
+        assert_eq!(absolute_target("/app", ""), "");
+    }
 
     #[test]
     fn sources_are_normalised_relative_paths() {
