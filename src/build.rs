@@ -55,6 +55,15 @@ pub struct BuildArgs {
     /// Write build result metadata (image digest, descriptor, names, cache) as JSON here.
     #[arg(long = "metadata-file")]
     pub metadata_file: Option<PathBuf>,
+    /// Secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR][,type=file|env].
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or ID=SOCKET.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// What to do when a RUN fails: `fail` (default) or `shell` (open /bin/sh in its container).
+    #[arg(long = "on-error", value_name = "fail|shell")]
+    pub on_error: Option<String>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -142,6 +151,15 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         .map(|s| crate::cache_flags::parse_cache_from(s))
         .collect::<Result<Vec<_>>>()?;
     let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
+    let exec_config = solver::ExecConfig {
+        secrets: crate::secrets::parse_secrets(&args.secrets)?,
+        ssh: crate::secrets::parse_ssh_flags(&args.ssh)?,
+        on_error_shell: match args.on_error.as_deref() {
+            None | Some("fail") => false,
+            Some("shell") => true,
+            Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
+        },
+    };
     let context = args
         .context
         .canonicalize()
@@ -203,6 +221,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         locals,
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
+        exec: exec_config,
     })?);
 
     if !args.no_cache {

@@ -8,6 +8,7 @@ mod cli;
 mod platforms;
 mod progress;
 mod run;
+mod secrets;
 
 use clap::Parser as _;
 

@@ -109,6 +109,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
         locals,
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
+        exec: Default::default(),
     })?);
 
     // Lower once per platform; base images resolve per platform, BUILDPLATFORM ones once.

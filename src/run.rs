@@ -49,6 +49,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         locals: HashMap::new(),
         no_cache: false,
         progress: solver::progress::Progress::discard(),
+        exec: Default::default(),
     })?);
     let target = solver
         .images

@@ -18,6 +18,9 @@ const APPLETS: [&str; 18] = [
 /// Hidden argument: run a `sleep` container in the given rootfs, used to kill its caller.
 const RUN_CONTAINER_ARG: &str = "__run-container";
 
+/// Every rootfs dir the tests made, to tell their mounts from other processes'.
+static ROOTFS_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// A busybox rootfs in a temp dir, with passwd/group entries for `root` and `app`.
 struct Rootfs {
     dir: tempfile::TempDir,
@@ -27,6 +30,7 @@ impl Rootfs {
     fn new() -> Rootfs {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
+        ROOTFS_DIRS.lock().unwrap().push(root.to_path_buf());
         for sub in ["bin", "etc", "tmp", "proc", "dev", "sys"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
@@ -564,7 +568,22 @@ fn any_process_with_cmdline(needle: &str) -> bool {
 
 fn nothing_stays_mounted_on_the_host(before: &str, state_dirs_before: &[PathBuf]) {
     let after = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert_eq!(before, after, "host mount table changed");
+    // Other processes on the machine may mount things meanwhile; only mounts on paths this
+    // process's containers used (rootfs dirs, state dirs) count.
+    let ours = |mount_point: &str| {
+        mount_point.contains(&format!("builder-exec-{}-", std::process::id()))
+            || ROOTFS_DIRS
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|d| Path::new(mount_point).starts_with(d))
+    };
+    let new_mounts: Vec<&str> = after
+        .lines()
+        .filter(|line| !before.lines().any(|b| b == *line))
+        .filter(|line| line.split(' ').nth(4).is_some_and(ours))
+        .collect();
+    assert!(new_mounts.is_empty(), "host mounts left: {new_mounts:?}");
     assert_eq!(
         state_dirs(),
         state_dirs_before,
@@ -572,14 +591,16 @@ fn nothing_stays_mounted_on_the_host(before: &str, state_dirs_before: &[PathBuf]
     );
 }
 
+/// This process's state dirs (other processes' may come and go, or be swept meanwhile).
 fn state_dirs() -> Vec<PathBuf> {
+    let prefix = format!("builder-exec-{}-", std::process::id());
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
         .expect("tmp")
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("builder-exec-"))
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         })
         .collect();
     dirs.sort();

@@ -8,10 +8,13 @@ pub mod fileop;
 pub mod graph;
 pub mod patterns;
 pub mod multi;
+pub mod mounts;
 pub mod progress;
 pub mod rebase;
 pub mod solve;
+mod ssh_proxy;
 
 pub use graph::{Definition, Op, Vertex};
 pub use multi::MultiSolveOutput;
+pub use mounts::{ExecConfig, SecretSource};
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

@@ -4,9 +4,10 @@
 use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
 use crate::fileop::{self, CopyOptions, SourceTree};
-use crate::graph::{Definition, ExecOp, FileAction, FileOp, MountKind, NetworkMode, Op};
+use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op};
 use crate::patterns::PatternMatcher;
 use crate::multi::MultiSolveOutput;
+use crate::mounts::ExecConfig;
 use crate::progress::{now, Event, Progress};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::{CancelToken, ExecSpec, Executor};
@@ -70,26 +71,29 @@ pub struct SolverConfig {
     pub locals: HashMap<String, Arc<dyn LocalSource>>,
     pub no_cache: bool,
     pub progress: Progress,
+    /// Secrets, SSH agents and failure handling for exec ops.
+    pub exec: ExecConfig,
 }
 
 pub struct Solver {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     pub content: ContentStore,
     pub snapshots: Snapshotter,
     pub images: ImageStore,
-    executor: Executor,
+    pub(crate) executor: Executor,
     locals: HashMap<String, Arc<dyn LocalSource>>,
     no_cache: bool,
     progress: Progress,
     indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
     runtime: tokio::runtime::Handle,
     cache: crate::cache::CacheState,
+    pub(crate) exec_config: ExecConfig,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
 /// A name unique to this process and moment, for temporary snapshots and mount points.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let n = NONCE.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -108,10 +112,10 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
 }
 
 /// Removes a mount point and its mount when dropped, so errors never leak mounts.
-struct MountGuard(PathBuf);
+pub(crate) struct MountGuard(pub(crate) PathBuf);
 
 impl MountGuard {
-    fn mount(root: &Path, mounts: &[snapshotter::Mount]) -> Result<Self> {
+    pub(crate) fn mount(root: &Path, mounts: &[snapshotter::Mount]) -> Result<Self> {
         let dir = root.join("tmp").join(unique("mnt"));
         std::fs::create_dir_all(&dir)?;
         snapshotter::mount_all(mounts, &dir)
@@ -145,8 +149,10 @@ impl Solver {
             indexes: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             cache: Default::default(),
+            exec_config: cfg.exec,
         };
         solver.remove_stale_snapshots();
+        crate::mounts::sweep_stale(&solver.root);
         Ok(solver)
     }
 
@@ -233,7 +239,7 @@ impl Solver {
             .ok_or_else(|| anyhow!("no local directory named {name:?} was provided"))
     }
 
-    fn context_index(&self, name: &str) -> Result<Arc<ContextIndex>> {
+    pub(crate) fn context_index(&self, name: &str) -> Result<Arc<ContextIndex>> {
         let mut map = self
             .indexes
             .lock()
@@ -469,8 +475,9 @@ impl Solver {
             }
             Op::Exec(exec) => {
                 let op_json = serde_json::to_vec(&v.op)?;
+                let input_keys = self.exec_input_keys(exec, inputs)?;
                 let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
-                parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
+                parts.extend(input_keys.iter().map(|k| k.as_bytes()));
                 let key = sha256_hex(&parts);
                 self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_exec(i, exec, inputs, cancel)
@@ -711,10 +718,12 @@ impl Solver {
         let active = unique("active");
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
         let res = (|| -> Result<()> {
-            let mut spec = ExecSpec {
+            let prepared = self.prepare_mounts(exec, inputs, cancel)?;
+            let spec = ExecSpec {
                 rootfs: rootfs_mounts(&mounts),
+                mounts: prepared.mounts.clone(),
                 args: exec.args.clone(),
-                env: exec.env.clone(),
+                env: prepared.environment(&exec.env),
                 cwd: exec.cwd.clone(),
                 user: exec.user.clone(),
                 network: match exec.network {
@@ -723,17 +732,6 @@ impl Solver {
                 },
                 ..Default::default()
             };
-            for m in &exec.mounts {
-                match &m.kind {
-                    MountKind::Tmpfs { size } => spec.mounts.push(executor::Mount {
-                        fstype: "tmpfs".into(),
-                        source: "tmpfs".into(),
-                        target: m.target.clone(),
-                        options: size.map(|s| vec![format!("size={s}")]).unwrap_or_default(),
-                    }),
-                    other => bail!("{other:?} mounts are not supported yet"),
-                }
-            }
             let progress = self.progress.clone();
             let mut on_output = |stream: executor::OutputStream, data: &[u8]| {
                 let stream = match stream {
@@ -746,16 +744,27 @@ impl Solver {
                     data: String::from_utf8_lossy(data).into_owned(),
                 });
             };
-            let code = self
+            let outcome = self
                 .executor
-                .run(&spec, cancel, &mut on_output)
+                .run_tracked(&spec, cancel, &mut on_output)
                 .map_err(|e| anyhow!("{e}"))?;
+            let code = outcome.exit_code;
             if code != 0 {
+                if self.exec_config.on_error_shell && !cancel.is_cancelled() {
+                    self.debug_shell(&spec, cancel);
+                }
                 bail!(
                     "process {:?} did not complete successfully: exit code: {code}",
                     exec.args.join(" ")
                 );
             }
+            let upper = self.snapshots.upper_dir(&active)?;
+            executor::remove_stubs(&upper, &outcome.created);
+            crate::mounts::prune_copied_up_dirs(
+                &upper,
+                &crate::mounts::lower_dirs(&mounts),
+                &outcome.created,
+            );
             Ok(())
         })();
         match res {

@@ -39,6 +39,7 @@ impl Env {
                 locals,
                 no_cache: false,
                 progress: Progress::discard(),
+                exec: Default::default(),
             })
             .unwrap(),
         )
