@@ -105,11 +105,13 @@ pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, Strin
     Ok(out)
 }
 
-pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     if let Some(platforms) = crate::platforms::requested(args.platform.as_deref())? {
         if platforms.len() > 1 {
             return crate::platforms::build(root, args, platforms).await;
         }
+        // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
+        args.platform = platforms.first().map(ToString::to_string);
     }
     let outputs = args
         .outputs
