@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod platforms;
 mod progress;
+mod push;
 mod run;
 
 use clap::Parser as _;

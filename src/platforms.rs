@@ -117,25 +117,30 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let source = Arc::new(source);
     let mut combined = Definition::default();
     let mut plans: Vec<PlatformPlan> = Vec::new();
-    for platform in &platforms {
-        let opts = BuildOptions {
-            dockerfile_name: display_name.clone(),
-            build_args: build_args.clone(),
-            target: args.target.clone(),
-            platform: platform.to_string(),
-            build_platform: build_platform.clone(),
-            no_cache_stages: Default::default(),
-        };
-        let resolver = SolverResolver {
-            solver: solver.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        };
-        let (ast, source) = (ast.clone(), source.clone());
-        let lowered = tokio::task::spawn_blocking(move || {
-            frontend::lower::lower(&ast, &source, &opts, &resolver)
+    // Lowerings run concurrently: each may pull its platform's base images.
+    let lowerings: Vec<_> = platforms
+        .iter()
+        .map(|platform| {
+            let opts = BuildOptions {
+                dockerfile_name: display_name.clone(),
+                build_args: build_args.clone(),
+                target: args.target.clone(),
+                platform: platform.to_string(),
+                build_platform: build_platform.clone(),
+                no_cache_stages: Default::default(),
+            };
+            let resolver = SolverResolver {
+                solver: solver.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let (ast, source) = (ast.clone(), source.clone());
+            tokio::task::spawn_blocking(move || {
+                frontend::lower::lower(&ast, &source, &opts, &resolver)
+            })
         })
-        .await?;
-        let lowered = match lowered {
+        .collect();
+    for (platform, lowering) in platforms.iter().zip(lowerings) {
+        let lowered = match lowering.await? {
             Ok(l) => l,
             Err(e) => {
                 drop(solver);
@@ -261,6 +266,9 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let index = exporter::write_index(&solver.content, &manifests)?;
     for t in &args.tags {
         solver.images.tag(t, &index)?;
+    }
+    if args.push {
+        crate::push::push_tags(&solver.content, &args.tags, &index).await?;
     }
     for o in &outputs {
         match o {

@@ -297,11 +297,17 @@ fn pushed_index_is_pulled_per_platform_by_a_fresh_store() {
     let registry = Registry::start();
     let ctx = context(&[("Dockerfile", "FROM busybox\nRUN uname -m > /arch\n")]);
     let name = format!("{}/multi:v1", registry.addr);
+    // `build --push` pushes the index with both platforms' manifests and blobs.
     ok(&store.build(
         ctx.path(),
-        &["--platform", "linux/arm64,linux/amd64", "-t", &name],
+        &[
+            "--platform",
+            "linux/arm64,linux/amd64",
+            "-t",
+            &name,
+            "--push",
+        ],
     ));
-    ok(&store.run(&["push", &name]));
     let raw = skopeo(&[
         "inspect",
         "--raw",
@@ -320,6 +326,17 @@ fn pushed_index_is_pulled_per_platform_by_a_fresh_store() {
         &format!("docker://{name}"),
     ]);
     assert_eq!(arm_config["architecture"], "arm64");
+    // `builder push` of a stored index sends the same index.
+    let second = format!("{}/multi:v2", registry.addr);
+    ok(&store.run(&["tag", &name, &second]));
+    ok(&store.run(&["push", &second]));
+    let raw_second = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{second}"),
+    ]);
+    assert_eq!(raw_second, raw);
 
     // A fresh store building on the pushed index for arm64/v8 gets the arm64 manifest.
     let fresh = Store::new();
@@ -355,4 +372,10 @@ fn bad_platform_lists_and_single_image_outputs_are_refused() {
     );
     assert!(!docker.status.success());
     assert!(stderr(&docker).contains("type=oci"), "{}", stderr(&docker));
+    let nameless = store.build(
+        ctx.path(),
+        &["--platform", "linux/amd64,linux/arm64", "--push"],
+    );
+    assert!(!nameless.status.success());
+    assert!(stderr(&nameless).contains("-t"), "{}", stderr(&nameless));
 }
