@@ -379,3 +379,78 @@ fn bad_platform_lists_and_single_image_outputs_are_refused() {
     assert!(!nameless.status.success());
     assert!(stderr(&nameless).contains("-t"), "{}", stderr(&nameless));
 }
+
+#[test]
+fn arm_variants_are_kept_apart_and_older_ones_serve_newer_cpus() {
+    let store = Store::with_busybox();
+    // Nothing here executes an arm program: the "arm" images hold the host's busybox
+    // under an arm platform, so selection is observable by running them natively.
+    let tar = busybox_tar();
+    for variant in ["v6", "v7"] {
+        ok(&store.run(&[
+            "import",
+            "--platform",
+            &format!("linux/arm/{variant}"),
+            tar.to_str().unwrap(),
+            &format!("bb-{variant}"),
+        ]));
+    }
+    ok(&store.run(&["tag", "busybox", "bb-amd64"]));
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "ARG TARGETVARIANT\nFROM bb-${TARGETVARIANT:-amd64}\nARG TARGETVARIANT\nCOPY ${TARGETVARIANT:-v6} /variant\n",
+        ),
+        ("v6", "six\n"),
+        ("v7", "seven\n"),
+    ]);
+    let archive = store.root().join("arm.tar");
+    ok(&store.build(
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/arm/v6,linux/arm/v7",
+            "-t",
+            "armbb",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
+    ));
+    let (_layout, index) = read_oci_archive(&archive);
+    let variants: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["v6", "v7"]);
+    let variant_of = |platform: &str| {
+        run_in(
+            &store,
+            &["--platform", platform, "armbb", "cat", "/variant"],
+        )
+    };
+    assert_eq!(variant_of("linux/arm/v7"), "seven\n");
+    assert_eq!(variant_of("linux/arm"), "seven\n");
+    assert_eq!(variant_of("linux/arm/v6"), "six\n");
+
+    // An index with only v6 still serves a v7 request (a v7 CPU runs v6 code), not v5.
+    ok(&store.build(
+        ctx.path(),
+        &["--platform", "linux/arm/v6,linux/amd64", "-t", "v6only"],
+    ));
+    assert_eq!(
+        run_in(
+            &store,
+            &["--platform", "linux/arm/v7", "v6only", "cat", "/variant"]
+        ),
+        "six\n"
+    );
+    let too_old = store.run(&["run", "--platform", "linux/arm/v5", "v6only", "true"]);
+    assert!(!too_old.status.success());
+    assert!(
+        stderr(&too_old).contains("linux/arm/v5"),
+        "{}",
+        stderr(&too_old)
+    );
+}
