@@ -45,6 +45,24 @@ fn platform_step_name(platform: &str, name: &str) -> String {
     }
 }
 
+/// `--print graph` for a merged graph: every vertex any platform needs, then the outputs.
+fn render_graph(def: &Definition, outputs: &[usize], platforms: &[Platform]) -> String {
+    use std::fmt::Write as _;
+    let digests = def.digests();
+    let mut text = String::new();
+    for i in solver::multi::reachable_from(def, outputs) {
+        let vertex = &def.vertices[i];
+        let _ = writeln!(text, "#{i} {}  {}", vertex.name, &digests[i][7..19]);
+        let _ = writeln!(text, "    inputs: {:?}", vertex.inputs);
+        let op = serde_json::to_string(&vertex.op).unwrap_or_default();
+        let _ = writeln!(text, "    op: {op}");
+    }
+    for (platform, output) in platforms.iter().zip(outputs) {
+        let _ = writeln!(text, "output {platform}: #{output}");
+    }
+    text
+}
+
 /// One platform's lowered build and where its vertices landed in the merged graph.
 struct PlatformPlan {
     platform: Platform,
@@ -181,8 +199,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
         })
         .collect();
     if args.print.as_deref() == Some("graph") {
-        combined.output = outputs_in_graph.first().copied();
-        print!("{}", combined.render());
+        print!("{}", render_graph(&combined, &outputs_in_graph, &platforms));
         return Ok(0);
     } else if let Some(p) = &args.print {
         bail!("--print {p:?}: unknown; supported: graph");
@@ -204,13 +221,24 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let solved = match solved {
         Ok(s) => s,
         Err(e) => {
-            // Map the failing merged vertex back to a Dockerfile line through any platform.
-            let location = e.vertex.and_then(|v| {
-                plans.iter().find_map(|p| {
-                    let local = p.placed.iter().position(|&g| g == v)?;
-                    p.lowered.locations.get(&local)
+            // Map the failing merged vertex back to a Dockerfile line and its platforms.
+            let owners: Vec<(&PlatformPlan, usize)> = e
+                .vertex
+                .map(|v| {
+                    plans
+                        .iter()
+                        .filter_map(|p| Some((p, p.placed.iter().position(|&g| g == v)?)))
+                        .collect()
                 })
-            });
+                .unwrap_or_default();
+            let location = owners
+                .iter()
+                .find_map(|(p, local)| p.lowered.locations.get(local));
+            let failed_for = owners
+                .iter()
+                .map(|(p, _)| p.platform.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             drop(solver);
             let _ = renderer.await;
             if cancel.is_cancelled() && e.vertex.is_none() {
@@ -221,7 +249,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                 Some(loc) => {
                     let src = String::from_utf8_lossy(&source);
                     eprintln!(
-                        "error: {display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
+                        "error: [{failed_for}] {display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
                         loc.line,
                         loc.text,
                         loc.line,

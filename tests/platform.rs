@@ -236,6 +236,24 @@ fn two_platform_build_exports_one_index_with_a_manifest_per_platform() {
         "{}",
         stderr(&missing)
     );
+
+    // A step failing on one platform names that platform and the line; nothing is tagged.
+    let failing = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN test \"$(uname -m)\" = x86_64\n",
+    )]);
+    let out = store.build(
+        failing.path(),
+        &["--platform", "linux/amd64,linux/arm64", "-t", "broken"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("[linux/arm64] Dockerfile:2"),
+        "{}",
+        stderr(&out)
+    );
+    let images = stdout(ok(&store.run(&["images"])));
+    assert!(!images.contains("broken"), "{images}");
 }
 
 fn index_digest(layout: &tempfile::TempDir) -> String {
