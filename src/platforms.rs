@@ -63,6 +63,26 @@ fn render_graph(def: &Definition, outputs: &[usize], platforms: &[Platform]) -> 
     text
 }
 
+/// The platform each vertex of a target's graph runs for: its stage's base image's (so a
+/// `FROM --platform=$BUILDPLATFORM` stage is labelled with the build platform), or the target's.
+fn vertex_platforms(def: &Definition, target: &Platform) -> Vec<String> {
+    let mut platforms: Vec<String> = Vec::with_capacity(def.vertices.len());
+    for vertex in &def.vertices {
+        let platform = match &vertex.op {
+            solver::Op::Image { platform, .. } => platform
+                .parse::<Platform>()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| platform.clone()),
+            _ => match vertex.inputs.first() {
+                Some(&first) => platforms[first].clone(),
+                None => target.to_string(),
+            },
+        };
+        platforms.push(platform);
+    }
+    platforms
+}
+
 /// One platform's lowered build and where its vertices landed in the merged graph.
 struct PlatformPlan {
     platform: Platform,
@@ -177,9 +197,9 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                  the base image has no {platform} variant"
             );
         }
-        let name = platform.to_string();
-        let placed = solver::multi::merge_into(&mut combined, &lowered.definition, |n| {
-            platform_step_name(&name, n)
+        let stage_platforms = vertex_platforms(&lowered.definition, platform);
+        let placed = solver::multi::merge_into(&mut combined, &lowered.definition, |i, n| {
+            platform_step_name(&stage_platforms[i], n)
         });
         plans.push(PlatformPlan {
             platform: platform.clone(),

@@ -276,7 +276,7 @@ fn build_platform_stage_runs_once_natively_for_two_targets() {
     )]);
     let out = store.build(
         ctx.path(),
-        &["--platform", "linux/amd64,linux/arm64", "-t", "cross"],
+        &["--platform", "linux/arm64,linux/amd64", "-t", "cross"],
     );
     ok(&out);
     let build_stage = started_steps(&out, "RUN uname -m > /built-on");
@@ -284,6 +284,11 @@ fn build_platform_stage_runs_once_natively_for_two_targets() {
         build_stage.len(),
         1,
         "the build stage is shared: {build_stage:?}"
+    );
+    // Labelled with the platform it runs for, though arm64 was listed first.
+    assert!(
+        build_stage[0].starts_with("[linux/amd64 build "),
+        "{build_stage:?}"
     );
     assert_eq!(started_steps(&out, "RUN uname -m > /runs-on").len(), 2);
     assert_eq!(
