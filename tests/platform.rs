@@ -274,11 +274,25 @@ fn build_platform_stage_runs_once_natively_for_two_targets() {
          COPY --from=build /built-on /build-args /\n\
          RUN uname -m > /runs-on\n",
     )]);
+    let local = tempfile::tempdir().unwrap();
     let out = store.build(
         ctx.path(),
-        &["--platform", "linux/arm64,linux/amd64", "-t", "cross"],
+        &[
+            "--platform",
+            "linux/arm64,linux/amd64",
+            "-t",
+            "cross",
+            "-o",
+            &format!("type=local,dest={}", local.path().display()),
+        ],
     );
     ok(&out);
+    // type=local writes one directory per platform, named as BuildKit names them.
+    let file =
+        |dir: &str, name: &str| std::fs::read_to_string(local.path().join(dir).join(name)).unwrap();
+    assert_eq!(file("linux_arm64", "runs-on"), "aarch64\n");
+    assert_eq!(file("linux_amd64", "runs-on"), "x86_64\n");
+    assert_eq!(file("linux_arm64", "built-on"), "x86_64\n");
     let build_stage = started_steps(&out, "RUN uname -m > /built-on");
     assert_eq!(
         build_stage.len(),
