@@ -4,7 +4,6 @@ set -euo pipefail
 # busybox-static:arm64 (the arm64 base image fixture) needs the foreign architecture.
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   dpkg --add-architecture arm64
-  rm -f /var/lib/apt/lists/lock.updated-for-arm64
 fi
 # qemu-user-static registers its binfmt handlers at install time, so binfmt_misc
 # must be mounted before it is installed.

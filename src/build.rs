@@ -38,6 +38,9 @@ pub struct BuildArgs {
     /// Target platform(s), comma-separated for a multi-platform image index (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Push the image (or multi-platform index) to the registry of each -t name.
+    #[arg(long)]
+    pub push: bool,
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
@@ -128,11 +131,14 @@ pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, Strin
     Ok(out)
 }
 
-pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
+    crate::push::check(args.push, &args.tags)?;
     if let Some(platforms) = crate::platforms::requested(args.platform.as_deref())? {
         if platforms.len() > 1 {
             return crate::platforms::build(root, args, platforms).await;
         }
+        // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
+        args.platform = platforms.first().map(ToString::to_string);
     }
     let outputs = args
         .outputs
@@ -319,6 +325,9 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     };
     for t in &args.tags {
         solver.images.tag(t, &manifest)?;
+    }
+    if args.push {
+        crate::push::push_tags(&solver.content, &args.tags, &manifest).await?;
     }
     for o in &outputs {
         match o {

@@ -7,6 +7,7 @@ mod cache_flags;
 mod cli;
 mod platforms;
 mod progress;
+mod push;
 mod run;
 mod secrets;
 

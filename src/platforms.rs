@@ -45,6 +45,44 @@ fn platform_step_name(platform: &str, name: &str) -> String {
     }
 }
 
+/// `--print graph` for a merged graph: every vertex any platform needs, then the outputs.
+fn render_graph(def: &Definition, outputs: &[usize], platforms: &[Platform]) -> String {
+    use std::fmt::Write as _;
+    let digests = def.digests();
+    let mut text = String::new();
+    for i in solver::multi::reachable_from(def, outputs) {
+        let vertex = &def.vertices[i];
+        let _ = writeln!(text, "#{i} {}  {}", vertex.name, &digests[i][7..19]);
+        let _ = writeln!(text, "    inputs: {:?}", vertex.inputs);
+        let op = serde_json::to_string(&vertex.op).unwrap_or_default();
+        let _ = writeln!(text, "    op: {op}");
+    }
+    for (platform, output) in platforms.iter().zip(outputs) {
+        let _ = writeln!(text, "output {platform}: #{output}");
+    }
+    text
+}
+
+/// The platform each vertex of a target's graph runs for: its stage's base image's (so a
+/// `FROM --platform=$BUILDPLATFORM` stage is labelled with the build platform), or the target's.
+fn vertex_platforms(def: &Definition, target: &Platform) -> Vec<String> {
+    let mut platforms: Vec<String> = Vec::with_capacity(def.vertices.len());
+    for vertex in &def.vertices {
+        let platform = match &vertex.op {
+            solver::Op::Image { platform, .. } => platform
+                .parse::<Platform>()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| platform.clone()),
+            _ => match vertex.inputs.first() {
+                Some(&first) => platforms[first].clone(),
+                None => target.to_string(),
+            },
+        };
+        platforms.push(platform);
+    }
+    platforms
+}
+
 /// One platform's lowered build and where its vertices landed in the merged graph.
 struct PlatformPlan {
     platform: Platform,
@@ -118,25 +156,30 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let source = Arc::new(source);
     let mut combined = Definition::default();
     let mut plans: Vec<PlatformPlan> = Vec::new();
-    for platform in &platforms {
-        let opts = BuildOptions {
-            dockerfile_name: display_name.clone(),
-            build_args: build_args.clone(),
-            target: args.target.clone(),
-            platform: platform.to_string(),
-            build_platform: build_platform.clone(),
-            no_cache_stages: Default::default(),
-        };
-        let resolver = SolverResolver {
-            solver: solver.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        };
-        let (ast, source) = (ast.clone(), source.clone());
-        let lowered = tokio::task::spawn_blocking(move || {
-            frontend::lower::lower(&ast, &source, &opts, &resolver)
+    // Lowerings run concurrently: each may pull its platform's base images.
+    let lowerings: Vec<_> = platforms
+        .iter()
+        .map(|platform| {
+            let opts = BuildOptions {
+                dockerfile_name: display_name.clone(),
+                build_args: build_args.clone(),
+                target: args.target.clone(),
+                platform: platform.to_string(),
+                build_platform: build_platform.clone(),
+                no_cache_stages: Default::default(),
+            };
+            let resolver = SolverResolver {
+                solver: solver.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let (ast, source) = (ast.clone(), source.clone());
+            tokio::task::spawn_blocking(move || {
+                frontend::lower::lower(&ast, &source, &opts, &resolver)
+            })
         })
-        .await?;
-        let lowered = match lowered {
+        .collect();
+    for (platform, lowering) in platforms.iter().zip(lowerings) {
+        let lowered = match lowering.await? {
             Ok(l) => l,
             Err(e) => {
                 drop(solver);
@@ -155,9 +198,9 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                  the base image has no {platform} variant"
             );
         }
-        let name = platform.to_string();
-        let placed = solver::multi::merge_into(&mut combined, &lowered.definition, |n| {
-            platform_step_name(&name, n)
+        let stage_platforms = vertex_platforms(&lowered.definition, platform);
+        let placed = solver::multi::merge_into(&mut combined, &lowered.definition, |i, n| {
+            platform_step_name(&stage_platforms[i], n)
         });
         plans.push(PlatformPlan {
             platform: platform.clone(),
@@ -177,8 +220,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
         })
         .collect();
     if args.print.as_deref() == Some("graph") {
-        combined.output = outputs_in_graph.first().copied();
-        print!("{}", combined.render());
+        print!("{}", render_graph(&combined, &outputs_in_graph, &platforms));
         return Ok(0);
     } else if let Some(p) = &args.print {
         bail!("--print {p:?}: unknown; supported: graph");
@@ -200,13 +242,24 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let solved = match solved {
         Ok(s) => s,
         Err(e) => {
-            // Map the failing merged vertex back to a Dockerfile line through any platform.
-            let location = e.vertex.and_then(|v| {
-                plans.iter().find_map(|p| {
-                    let local = p.placed.iter().position(|&g| g == v)?;
-                    p.lowered.locations.get(&local)
+            // Map the failing merged vertex back to a Dockerfile line and its platforms.
+            let owners: Vec<(&PlatformPlan, usize)> = e
+                .vertex
+                .map(|v| {
+                    plans
+                        .iter()
+                        .filter_map(|p| Some((p, p.placed.iter().position(|&g| g == v)?)))
+                        .collect()
                 })
-            });
+                .unwrap_or_default();
+            let location = owners
+                .iter()
+                .find_map(|(p, local)| p.lowered.locations.get(local));
+            let failed_for = owners
+                .iter()
+                .map(|(p, _)| p.platform.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             drop(solver);
             let _ = renderer.await;
             if cancel.is_cancelled() && e.vertex.is_none() {
@@ -217,7 +270,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                 Some(loc) => {
                     let src = String::from_utf8_lossy(&source);
                     eprintln!(
-                        "error: {display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
+                        "error: [{failed_for}] {display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
                         loc.line,
                         loc.text,
                         loc.line,
@@ -262,6 +315,9 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
     let index = exporter::write_index(&solver.content, &manifests)?;
     for t in &args.tags {
         solver.images.tag(t, &index)?;
+    }
+    if args.push {
+        crate::push::push_tags(&solver.content, &args.tags, &index).await?;
     }
     for o in &outputs {
         match o {

@@ -251,7 +251,11 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     let program_c = CString::new(program.as_os_str().as_bytes())
         .with_context(|| format!("invalid program path {}", program.display()))?;
     let Err(err) = nix::unistd::execve(&program_c, &args, &env);
-    Err(anyhow!("exec {}: {err}", spec.args[0]))
+    let hint = match err {
+        nix::errno::Errno::ENOEXEC => crate::emulation::enoexec_hint(&program),
+        _ => String::new(),
+    };
+    Err(anyhow!("exec {}: {err}{hint}", spec.args[0]))
 }
 
 fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {

@@ -33,20 +33,20 @@ pub fn reachable_from(def: &Definition, outputs: &[usize]) -> Vec<usize> {
 }
 
 /// Adds every vertex of `part` to `combined` (reusing identical ones) and returns where
-/// each of `part`'s vertices ended up. `rename` may relabel vertices (e.g. with their
-/// platform); a reused vertex keeps the name it was first added with.
+/// each of `part`'s vertices ended up. `rename(index, name)` may relabel vertices (e.g.
+/// with their platform); a reused vertex keeps the name it was first added with.
 pub fn merge_into(
     combined: &mut Definition,
     part: &Definition,
-    rename: impl Fn(&str) -> String,
+    rename: impl Fn(usize, &str) -> String,
 ) -> Vec<usize> {
     let mut placed: Vec<usize> = Vec::with_capacity(part.vertices.len());
-    for vertex in &part.vertices {
+    for (index, vertex) in part.vertices.iter().enumerate() {
         let inputs = vertex.inputs.iter().map(|&i| placed[i]).collect();
         placed.push(combined.add(Vertex {
             op: vertex.op.clone(),
             inputs,
-            name: rename(&vertex.name),
+            name: rename(index, &vertex.name),
             ignore_cache: vertex.ignore_cache,
         }));
     }
@@ -81,8 +81,8 @@ mod tests {
         arm64.output = Some(shared_again);
 
         let mut combined = Definition::default();
-        let a = merge_into(&mut combined, &amd64, |n| format!("[amd64] {n}"));
-        let b = merge_into(&mut combined, &arm64, |n| format!("[arm64] {n}"));
+        let a = merge_into(&mut combined, &amd64, |_, n| format!("[amd64] {n}"));
+        let b = merge_into(&mut combined, &arm64, |_, n| format!("[arm64] {n}"));
         assert_eq!(combined.vertices.len(), 2);
         assert_eq!(a[shared], b[shared_again]);
         assert_eq!(
