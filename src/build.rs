@@ -159,6 +159,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         platform: platform.clone(),
         build_platform: host_str,
         no_cache_stages: Default::default(),
+        named_contexts: Default::default(),
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

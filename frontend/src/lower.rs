@@ -6,6 +6,13 @@ use exporter::image::{EmptyObject, HealthConfig, History, ImageConfig};
 use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod contexts;
+mod mounts;
+mod sources;
+mod steps;
+
+pub use contexts::NamedContext;
+
 /// The PATH BuildKit puts in an image that has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Name of the build context in the graph's `Local` ops.
@@ -30,6 +37,9 @@ pub struct BuildOptions {
     pub build_platform: String,
     /// Stages whose steps must not come from the cache.
     pub no_cache_stages: BTreeSet<String>,
+    /// `--build-context name=...`: used for `FROM name`, `COPY --from=name` and
+    /// `RUN --mount=from=name` before stages and images.
+    pub named_contexts: BTreeMap<String, NamedContext>,
 }
 
 /// An error in the Dockerfile, with its position.
@@ -430,9 +440,18 @@ pub fn lower(
             stack.push(d);
         }
         for x in stages[s].body {
-            if x.keyword == "copy" || x.keyword == "add" {
+            if x.keyword == "copy" || x.keyword == "run" {
                 for f in &x.flags {
-                    if let Some(v) = f.strip_prefix("--from=") {
+                    let from = match x.keyword.as_str() {
+                        "copy" => f.strip_prefix("--from="),
+                        _ => f.strip_prefix("--mount=").and_then(|m| {
+                            m.split(',').find_map(|kv| kv.trim().strip_prefix("from="))
+                        }),
+                    };
+                    if let Some(v) = from {
+                        if opts.named_contexts.contains_key(v) {
+                            continue;
+                        }
                         let v = l
                             .expand(x, &global_env, v, escape)
                             .unwrap_or_else(|_| v.to_string());
@@ -567,7 +586,23 @@ fn lower_stage(
             format!("[{label} {step}/{total}] {text}")
         }
     };
-    let mut state = if let Some(d) = stage_index(&base, index) {
+    let named = l.named_context_base(from, &base, &platform, resolver)?;
+    let mut state = if let Some((v, config)) = named {
+        let (os, arch, variant) = split_platform(&platform);
+        let config = config.unwrap_or_else(|| ImageConfig {
+            os,
+            architecture: arch,
+            variant: (!variant.is_empty()).then_some(variant),
+            ..Default::default()
+        });
+        StageState {
+            vertex: Some(v),
+            config,
+            args: vec![],
+            shell: vec![],
+            platform: platform.clone(),
+        }
+    } else if let Some(d) = stage_index(&base, index) {
         let mut s = states[d]
             .clone()
             .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?;
@@ -616,6 +651,14 @@ fn lower_stage(
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
+    let cx = steps::StageCtx {
+        index,
+        states,
+        stage_index,
+        resolver,
+        escape,
+        no_cache,
+    };
     let mut step = 1;
     for ins in st.body {
         let kw = ins.keyword.as_str();
@@ -624,172 +667,14 @@ fn lower_stage(
         let env = scope(&state);
         match kw {
             "run" => {
-                parse_flags(ins, &["network"]).map_err(|e| l.err(ins, e))?;
-                let network = match ins.flags.iter().find_map(|f| f.strip_prefix("--network=")) {
-                    None | Some("default") | Some("host") => NetworkMode::Host,
-                    Some("none") => NetworkMode::None,
-                    Some(other) => {
-                        return Err(l.err(
-                            ins,
-                            format!(
-                                "unsupported network mode {other:?}; use default, none or host"
-                            ),
-                        ))
-                    }
-                };
-                let args = command_args(&state, ins);
                 step += 1;
-                let mut run_env = state.config.config.env.clone();
-                for (k, v) in &state.args {
-                    if env_get(&run_env, k).is_none() {
-                        run_env.push(format!("{k}={v}"));
-                    }
-                }
-                let exec = ExecOp {
-                    args: args.clone(),
-                    env: run_env,
-                    cwd: state
-                        .config
-                        .config
-                        .working_dir
-                        .clone()
-                        .unwrap_or_else(|| "/".into()),
-                    user: state.config.config.user.clone().unwrap_or_default(),
-                    network,
-                    mounts: vec![],
-                };
-                let root = vec![l.or_scratch(state.vertex)];
-                let v = l.add(
-                    Vertex {
-                        op: Op::Exec(exec),
-                        inputs: root,
-                        name: step_name(step, &format!("RUN {}", display_cmd(ins))),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
+                let name = step_name(step, &format!("RUN {}", display_cmd(ins)));
+                let v = steps::lower_run(l, &cx, &state, ins, &env, name)?;
                 state.vertex = Some(v);
                 created_by = format!("RUN {}", display_cmd(ins));
                 empty_layer = false;
             }
             "copy" | "add" => {
-                let flags = parse_flags(ins, &["from", "chown", "chmod", "link"])
-                    .map_err(|e| l.err(ins, e))?;
-                if ins.args.len() < 2 {
-                    return Err(l.err(ins, format!("{} requires at least two arguments: one or more sources and a destination", kw.to_uppercase())));
-                }
-                let mut words = Vec::new();
-                for a in &ins.args {
-                    words.push(if ins.json {
-                        a.clone()
-                    } else {
-                        l.expand(ins, &env, a, escape)?
-                    });
-                }
-                let dest_word = words.pop().unwrap_or_default();
-                if words.len() > 1 && !dest_word.ends_with('/') {
-                    return Err(l.err(ins, format!("when using {} with more than one source file, the destination must be a directory and end with a /", kw.to_uppercase())));
-                }
-                if kw == "add" {
-                    if let Some(url) = words.iter().find(|w| {
-                        w.starts_with("http://")
-                            || w.starts_with("https://")
-                            || w.starts_with("git@")
-                    }) {
-                        return Err(l.err(
-                            ins,
-                            format!("ADD of a remote source ({url}) is not supported yet"),
-                        ));
-                    }
-                }
-                let workdir = state
-                    .config
-                    .config
-                    .working_dir
-                    .clone()
-                    .unwrap_or_else(|| "/".into());
-                let dest = if dest_word.starts_with('/') {
-                    dest_word.clone()
-                } else {
-                    join_path(&workdir, &dest_word, true)
-                };
-                let chown = match flags.get("chown") {
-                    Some(c) => Some(parse_chown(&l.expand(ins, &env, c, escape)?)),
-                    None => None,
-                };
-                let chmod = match flags.get("chmod") {
-                    Some(m) => {
-                        u32::from_str_radix(m, 8).map_err(|_| {
-                            l.err(
-                                ins,
-                                format!(
-                                    "invalid --chmod={m}: only octal modes such as 0755 are supported"
-                                ),
-                            )
-                        })?;
-                        Some(m.clone())
-                    }
-                    None => None,
-                };
-                let src_vertex = match flags.get("from") {
-                    None => l.add(
-                        Vertex {
-                            op: Op::Local {
-                                name: CONTEXT_NAME.into(),
-                            },
-                            inputs: vec![],
-                            name: "[internal] load build context".into(),
-                            ignore_cache: false,
-                        },
-                        None,
-                    ),
-                    Some(f) => {
-                        let f = l.expand(ins, &env, f, escape)?;
-                        match stage_index(&f, index) {
-                            Some(d) => l.or_scratch(states[d].as_ref().and_then(|s| s.vertex)),
-                            None => {
-                                let earlier: Vec<String> = (0..index)
-                                    .filter_map(|d| l.stage_names.get(d).cloned().flatten())
-                                    .collect();
-                                let hint =
-                                    suggest(&f.to_lowercase(), earlier.iter().map(String::as_str));
-                                let (pinned, _) = resolver.resolve(&f, &state.platform).map_err(|e| match hint {
-                                    Some(h) => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one; did you mean {h:?}?")),
-                                    None => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one, and as an image: {e:#}")),
-                                })?;
-                                l.add(
-                                    Vertex {
-                                        op: Op::Image {
-                                            reference: pinned,
-                                            platform: state.platform.clone(),
-                                        },
-                                        inputs: vec![],
-                                        name: format!("FROM {f}"),
-                                        ignore_cache: false,
-                                    },
-                                    Some(ins),
-                                )
-                            }
-                        }
-                    }
-                };
-                let base = l.or_scratch(state.vertex);
-                let file = FileOp {
-                    actions: vec![FileAction::Copy {
-                        src_input: 1,
-                        sources: words.clone(),
-                        dest: if dest_word.ends_with('/') && !dest.ends_with('/') {
-                            format!("{dest}/")
-                        } else {
-                            dest
-                        },
-                        chown,
-                        chmod,
-                        exclude: vec![],
-                        parents: false,
-                        unpack: false,
-                    }],
-                };
                 step += 1;
                 let text = format!(
                     "{} {}",
@@ -799,15 +684,8 @@ fn lower_stage(
                         .map(|x| x.1.trim())
                         .unwrap_or("")
                 );
-                let v = l.add(
-                    Vertex {
-                        op: Op::File(file),
-                        inputs: vec![base, src_vertex],
-                        name: step_name(step, &text),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
+                let (v, words, dest_word) =
+                    steps::lower_copy(l, &cx, &state, ins, &env, step_name(step, &text))?;
                 state.vertex = Some(v);
                 created_by = format!("{} {} in {}", kw.to_uppercase(), words.join(" "), dest_word);
                 empty_layer = false;
@@ -1070,18 +948,7 @@ fn command_args(state: &StageState, ins: &Instruction) -> Vec<String> {
     } else {
         state.shell.clone()
     };
-    let mut script = ins.args.join(" ");
-    if !ins.heredocs.is_empty()
-        && ins
-            .args
-            .first()
-            .is_some_and(|a| a.trim_start().starts_with("<<"))
-        && ins.args.len() == 1
-    {
-        // `RUN <<EOF` runs the heredoc body as the script.
-        script = ins.heredocs[0].content.clone();
-    }
-    args.push(script);
+    args.push(ins.args.join(" "));
     args
 }
 
