@@ -41,6 +41,9 @@ pub struct BuildArgs {
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Named context, name=DIR|docker-image://REF|oci-layout://PATH; may be repeated.
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -152,7 +155,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let host = Platform::host();
     let host_str = format!("{}/{}", host.os, host.architecture);
     let platform = args.platform.clone().unwrap_or_else(|| host_str.clone());
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         dockerfile_name: display_name.clone(),
         build_args,
         target: args.target.clone(),
@@ -168,6 +171,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         .map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
+    opts.named_contexts =
+        crate::build_context::parse_build_contexts(&args.build_contexts, &mut locals)?;
     let solver = Arc::new(Solver::new(SolverConfig {
         root: root.to_path_buf(),
         executor: executor::Executor::current_exe()?,

@@ -3,6 +3,7 @@
 //! `exporter` crates.
 
 mod build;
+mod build_context;
 mod cli;
 mod progress;
 mod run;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;
 mod mounts;
+mod onbuild;
 mod sources;
 mod steps;
 
@@ -120,6 +121,8 @@ struct Lowerer<'a> {
     global_args: Vec<(String, String)>,
     /// Stage names by index (None for unnamed stages).
     stage_names: Vec<Option<String>>,
+    /// Text of the ONBUILD trigger being lowered, if any (errors mention it).
+    in_trigger: Option<String>,
 }
 
 fn lines_of(source: &[u8]) -> Vec<String> {
@@ -139,7 +142,13 @@ impl Lowerer<'_> {
             file: self.opts.dockerfile_name.clone(),
             line,
             column: column.max(1),
-            message: message.into(),
+            message: match &self.in_trigger {
+                Some(t) => format!(
+                    "ONBUILD trigger {t:?} of the base image: {}",
+                    message.into()
+                ),
+                None => message.into(),
+            },
             source_line: self.source.get(line.wrapping_sub(1)).cloned(),
         }
     }
@@ -319,6 +328,7 @@ pub fn lower(
         locations: BTreeMap::new(),
         global_args: Vec::new(),
         stage_names: Vec::new(),
+        in_trigger: None,
     };
     let escape = ast.directives.escape;
 
@@ -574,12 +584,12 @@ fn lower_stage(
             format!("base name ({}) should not be blank", from.args[0]),
         ));
     }
-    let total = 1 + st
-        .body
-        .iter()
-        .filter(|x| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir"))
-        .count();
+    let counts_as_step =
+        |x: &Instruction| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir");
+    // Grows by the base image's ONBUILD triggers once they are known.
+    let total = std::cell::Cell::new(1 + st.body.iter().filter(|x| counts_as_step(x)).count());
     let step_name = |step: usize, text: &str| {
+        let total = total.get();
         if label.is_empty() {
             format!("[{step}/{total}] {text}")
         } else {
@@ -624,7 +634,7 @@ fn lower_stage(
             platform: platform.clone(),
         }
     } else {
-        let (pinned, mut config) = resolver
+        let (pinned, config) = resolver
             .resolve(&base, &platform)
             .map_err(|e| l.err(from, format!("{e:#}")))?;
         let v = l.add(
@@ -639,7 +649,6 @@ fn lower_stage(
             },
             Some(from),
         );
-        config.config.on_build.clear();
         StageState {
             vertex: Some(v),
             config,
@@ -659,8 +668,13 @@ fn lower_stage(
         escape,
         no_cache,
     };
+    // The base's ONBUILD triggers run first; the new image does not inherit them.
+    let triggers =
+        onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
+    total.set(total.get() + triggers.iter().filter(|x| counts_as_step(x)).count());
     let mut step = 1;
-    for ins in st.body {
+    for (position, ins) in triggers.iter().chain(st.body).enumerate() {
+        l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         let kw = ins.keyword.as_str();
         let created_by;
         let mut empty_layer = true;
@@ -861,11 +875,7 @@ fn lower_stage(
                 created_by = format!("MAINTAINER {}", ins.args.join(" "));
             }
             "onbuild" => {
-                let inner = ins
-                    .original
-                    .split_once(char::is_whitespace)
-                    .map(|x| x.1.trim().to_string())
-                    .unwrap_or_default();
+                let inner = onbuild::trigger_text(l, ins)?;
                 state.config.config.on_build.push(inner.clone());
                 created_by = format!("ONBUILD {inner}");
             }
@@ -935,6 +945,7 @@ fn lower_stage(
             ..Default::default()
         });
     }
+    l.in_trigger = None;
     Ok(state)
 }
 

@@ -474,3 +474,54 @@ fn named_contexts_come_before_stages_and_images() {
     let e = lower_with("FROM layout\n", &o, &[]).err().unwrap();
     assert!(e.contains("not supported yet"), "{e}");
 }
+
+#[test]
+fn onbuild_triggers_run_after_from_and_are_not_inherited() {
+    let triggers: &[(&str, &[&str])] = &[
+        (
+            "parent",
+            &["RUN echo from-trigger", "COPY <<EOF /t\nhi\nEOF"],
+        ),
+        ("broken", &["RUN --mount=type=nope true"]),
+        ("sneaky", &["FROM busybox"]),
+    ];
+    let l = lower_with(
+        "FROM parent\nONBUILD RUN echo next\nRUN echo mine",
+        &opts(),
+        triggers,
+    )
+    .unwrap();
+    let run = &l.definition.vertices[l.definition.output.unwrap()];
+    let copy = &l.definition.vertices[run.inputs[0]];
+    let trigger_run = &l.definition.vertices[copy.inputs[0]];
+    assert!(matches!(&trigger_run.op, Op::Exec(e) if e.args[2] == "echo from-trigger"));
+    assert!(matches!(&copy.op, Op::File(_)));
+    assert_eq!(
+        mkfiles(&l, copy.inputs[1]),
+        vec![("/EOF".into(), "hi\n".into(), 0o644)]
+    );
+    assert_eq!(l.image.config.on_build, ["RUN echo next"]);
+
+    let e = lower_with("ARG X\nFROM broken\n", &opts(), triggers)
+        .err()
+        .unwrap();
+    assert!(e.starts_with("Dockerfile:2:1: ONBUILD trigger"), "{e}");
+    assert!(e.contains("unsupported mount type"), "{e}");
+    let e = lower_with("FROM sneaky\n", &opts(), triggers)
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("FROM isn't allowed as an ONBUILD trigger"),
+        "{e}"
+    );
+    let e = error("FROM busybox\nONBUILD MAINTAINER me");
+    assert!(e.contains("MAINTAINER isn't allowed"), "{e}");
+}
+
+#[test]
+fn onbuild_of_a_stage_runs_in_stages_built_on_it() {
+    let l = lowered("FROM busybox AS base\nONBUILD RUN echo trig\nFROM base\n");
+    let out = &l.definition.vertices[l.definition.output.unwrap()];
+    assert!(matches!(&out.op, Op::Exec(e) if e.args[2] == "echo trig"));
+    assert!(l.image.config.on_build.is_empty());
+}
