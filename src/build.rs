@@ -44,6 +44,9 @@ pub struct BuildArgs {
     /// Named context, name=DIR|docker-image://REF|oci-layout://PATH; may be repeated.
     #[arg(long = "build-context")]
     pub build_contexts: Vec<String>,
+    /// Run the build checks only, without building; exits non-zero on any warning.
+    #[arg(long)]
+    pub check: bool,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -166,6 +169,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let warning_tx = tx.clone();
     let renderer = tokio::spawn(render(rx, args.progress));
     let context_dir = frontend::ignore::ContextDir::open(&context, args.file.as_deref())
         .map_err(|e| anyhow!(e))?;
@@ -193,12 +197,36 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let lowered = match lowered {
         Ok(l) => l,
         Err(e) => {
-            drop(solver);
+            drop((solver, warning_tx));
             let _ = renderer.await;
+            if args.check {
+                crate::checks_output::print_check(
+                    &crate::checks_output::ast_warnings(&source),
+                    &display_name,
+                    &source,
+                );
+            }
             eprintln!("error: {e}");
             return Ok(1);
         }
     };
+    if args.check {
+        drop((solver, warning_tx));
+        let _ = renderer.await;
+        let code = crate::checks_output::print_check(&lowered.warnings, &display_name, &source);
+        return Ok(code);
+    }
+    crate::checks_output::report(&lowered.warnings, &display_name, args.progress, &warning_tx);
+    drop(warning_tx);
+    if lowered.check_config.error && !lowered.warnings.is_empty() {
+        drop(solver);
+        let _ = renderer.await;
+        eprintln!(
+            "error: {}",
+            crate::checks_output::error_message(&lowered.warnings)
+        );
+        return Ok(1);
+    }
     if args.print.as_deref() == Some("graph") {
         print!("{}", lowered.definition.render());
         return Ok(0);

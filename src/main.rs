@@ -4,6 +4,7 @@
 
 mod build;
 mod build_context;
+mod checks_output;
 mod cli;
 mod progress;
 mod run;

@@ -170,3 +170,67 @@ fn config_instructions_reach_the_image_config() {
     assert!(c["ExposedPorts"]["53/udp"].is_object(), "{c}");
     assert_eq!(c["Labels"]["org.example.name"], "demo");
 }
+
+#[test]
+fn build_checks_warn_in_output_and_check_mode_fails() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nCMD echo hi\n")]);
+    // --check reports without building and exits non-zero.
+    let check = store.run(&["build", "--check", ctx.path().to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
+    let report = stdout(&check);
+    assert!(
+        report.contains("Dockerfile:2:1: WARN: MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Dockerfile:3:1: WARN: JSONArgsRecommended:"),
+        "{report}"
+    );
+    assert!(report.contains("2 warnings have been found"), "{report}");
+
+    // A build shows them and still succeeds; rawjson carries them as warning events.
+    let plain = store.run(&["build", "--progress=plain", ctx.path().to_str().unwrap()]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("WARN: JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 3)"),
+        "{}",
+        stderr(&plain)
+    );
+    let raw = store.build(ctx.path(), &[]);
+    let warnings: Vec<String> = events(&raw)
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("Dockerfile:2:1: MaintainerDeprecated:"),
+        "{warnings:?}"
+    );
+
+    // Skipped rules are not reported; a clean check exits 0.
+    let skipped = context(&[(
+        "Dockerfile",
+        "# check=skip=MaintainerDeprecated,JSONArgsRecommended\nFROM busybox\nMAINTAINER me\nCMD echo hi\n",
+    )]);
+    let check = store.run(&["build", "--check", skipped.path().to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    assert!(stdout(&check).contains("no warnings found"));
+
+    // check=error=true fails the build before anything runs.
+    let strict = context(&[(
+        "Dockerfile",
+        "# check=error=true\nFROM busybox\nRUN touch /ran\nWORKDIR rel\n",
+    )]);
+    let out = store.build(strict.path(), &["-t", "strict"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("WorkdirRelativePath"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!events(&out).iter().any(|e| e["event"] == "started"));
+    let images = stdout(&store.run(&["images"]));
+    assert!(!images.contains("strict"), "{images}");
+}

@@ -1,5 +1,6 @@
 //! Lowers a parsed Dockerfile to the solver's build graph plus the final image config.
 
+use crate::checks::{CheckConfig, CheckWarning};
 use crate::parser::{Ast, Instruction};
 use crate::shell::Expander;
 use exporter::image::{EmptyObject, HealthConfig, History, ImageConfig};
@@ -95,6 +96,10 @@ pub struct Lowered {
     pub locations: BTreeMap<usize, Location>,
     /// Names of the stages that are part of the build, in order.
     pub stages: Vec<String>,
+    /// Build-check warnings not skipped by the `# check=` directive, in source order.
+    pub warnings: Vec<CheckWarning>,
+    /// The `# check=` directive (`error=true` makes warnings fail the build).
+    pub check_config: CheckConfig,
 }
 
 #[derive(Clone)]
@@ -123,6 +128,8 @@ struct Lowerer<'a> {
     stage_names: Vec<Option<String>>,
     /// Text of the ONBUILD trigger being lowered, if any (errors mention it).
     in_trigger: Option<String>,
+    /// Warnings found while expanding variables (UndefinedVar, UndefinedArgInFrom).
+    warnings: std::cell::RefCell<Vec<CheckWarning>>,
 }
 
 fn lines_of(source: &[u8]) -> Vec<String> {
@@ -160,9 +167,41 @@ impl Lowerer<'_> {
         word: &str,
         escape: char,
     ) -> Result<String, DockerfileError> {
-        Expander::new(&env.to_vec(), escape)
-            .process_word(word)
-            .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))
+        let (out, _, unset) = Expander::new(&env.to_vec(), escape)
+            .process_word_with_matches(word)
+            .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))?;
+        for name in unset {
+            self.warn_undefined(ins, env, &name);
+        }
+        Ok(out)
+    }
+
+    /// Records an UndefinedVar (UndefinedArgInFrom in FROM) warning for `$name`.
+    fn warn_undefined(&self, ins: &Instruction, env: &[(String, String)], name: &str) {
+        let hint = suggest(name, env.iter().map(|(k, _)| k.as_str()));
+        let (rule, message) = if ins.keyword == "from" {
+            let hint = hint
+                .map(|h| format!(" (did you mean {h}?)"))
+                .unwrap_or_default();
+            (
+                "UndefinedArgInFrom",
+                format!("FROM argument '{name}' is not declared{hint}"),
+            )
+        } else {
+            let hint = hint
+                .map(|h| format!(" (did you mean ${h}?)"))
+                .unwrap_or_default();
+            (
+                "UndefinedVar",
+                format!("Usage of undefined variable '${name}'{hint}"),
+            )
+        };
+        self.warnings.borrow_mut().push(CheckWarning {
+            rule,
+            message,
+            line: ins.start_line,
+            column: ins.column.max(1),
+        });
     }
 
     /// `vertex`, or the empty filesystem vertex for a stage that has none yet (FROM scratch).
@@ -329,6 +368,7 @@ pub fn lower(
         global_args: Vec::new(),
         stage_names: Vec::new(),
         in_trigger: None,
+        warnings: Default::default(),
     };
     let escape = ast.directives.escape;
 
@@ -462,8 +502,9 @@ pub fn lower(
                         if opts.named_contexts.contains_key(v) {
                             continue;
                         }
-                        let v = l
-                            .expand(x, &global_env, v, escape)
+                        // Only a first guess (stage ARGs are not known yet): no warnings here.
+                        let v = Expander::new(&global_env, escape)
+                            .process_word(v)
                             .unwrap_or_else(|_| v.to_string());
                         match stage_index(&v, s) {
                             Some(d) => stack.push(d),
@@ -525,11 +566,16 @@ pub fn lower(
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
+    let check_config = CheckConfig::parse(ast.directives.check.as_deref());
+    let mut warnings = crate::checks::check_ast(ast);
+    warnings.extend(l.warnings.take());
     Ok(Lowered {
         definition: l.def,
         image,
         locations: l.locations,
         stages: built_names,
+        warnings: crate::checks::filter(warnings, &check_config),
+        check_config,
     })
 }
 

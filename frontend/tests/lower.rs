@@ -525,3 +525,105 @@ fn onbuild_of_a_stage_runs_in_stages_built_on_it() {
     assert!(matches!(&out.op, Op::Exec(e) if e.args[2] == "echo trig"));
     assert!(l.image.config.on_build.is_empty());
 }
+
+fn rules(src: &str) -> Vec<(String, usize)> {
+    lowered(src)
+        .warnings
+        .iter()
+        .map(|w| (w.rule.to_string(), w.line))
+        .collect()
+}
+
+#[test]
+fn build_checks_find_each_rule() {
+    let src = "\
+ARG VERSION=latest
+ARG EMPTY
+FROM busybox:${VERSION} as Base
+from busybox AS scratch
+FROM --platform=linux/amd64 busybox AS other
+FROM ${EMPTY} AS empty
+FROM busybox:$VERSON
+MAINTAINER me
+ENV API_KEY=x
+ENV legacy value
+ARG DB_PASSWORD
+WORKDIR app
+COPY $UNDEFINED /x
+COPY $API_KY /y
+CMD echo one
+CMD [\"echo\", \"two\"]
+ENTRYPOINT run
+";
+    let got = rules(src);
+    let expect = [
+        ("FromAsCasing", 3),
+        ("StageNameCasing", 3),
+        ("ConsistentInstructionCasing", 4),
+        ("ReservedStageName", 4),
+        ("FromPlatformFlagConstDisallowed", 5),
+        ("InvalidDefaultArgInFrom", 6),
+        ("UndefinedArgInFrom", 7),
+        ("MaintainerDeprecated", 8),
+        ("SecretsUsedInArgOrEnv", 9),
+        ("LegacyKeyValueFormat", 10),
+        ("SecretsUsedInArgOrEnv", 11),
+        ("WorkdirRelativePath", 12),
+        ("UndefinedVar", 13),
+        ("UndefinedVar", 14),
+        ("JSONArgsRecommended", 15),
+        ("MultipleInstructionsDisallowed", 15),
+        ("JSONArgsRecommended", 17),
+    ];
+    for (rule, line) in expect {
+        assert!(
+            got.contains(&(rule.to_string(), line)),
+            "missing {rule} at line {line}; got {got:?}"
+        );
+    }
+    let l = lowered(src);
+    let undefined = l.warnings.iter().find(|w| w.line == 14).unwrap();
+    assert_eq!(
+        undefined.message,
+        "Usage of undefined variable '$API_KY' (did you mean $API_KEY?)"
+    );
+    let from = l
+        .warnings
+        .iter()
+        .find(|w| w.rule == "UndefinedArgInFrom")
+        .unwrap();
+    assert_eq!(
+        from.message,
+        "FROM argument 'VERSON' is not declared (did you mean VERSION?)"
+    );
+    // InvalidDefaultArgInFrom needs a base that is empty with the defaults.
+    let got = rules("ARG TAG\nFROM busybox:${TAG}\n");
+    assert!(
+        got.contains(&("InvalidDefaultArgInFrom".into(), 2)),
+        "{got:?}"
+    );
+    // DuplicateStageName is also an error when building, so check it on the AST.
+    let ast = frontend::parse(b"FROM busybox AS a\nFROM busybox AS a\n").unwrap();
+    let w = frontend::checks::check_ast(&ast);
+    assert!(
+        w.iter()
+            .any(|w| w.rule == "DuplicateStageName" && w.line == 2),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn clean_dockerfiles_have_no_warnings() {
+    let got = rules(
+        "ARG BASE=busybox\nFROM ${BASE} AS build\nARG TARGETARCH\nENV A=1\nWORKDIR /app\nCOPY --chmod=755 x $TARGETARCH/\nCMD [\"x\"]\n",
+    );
+    assert!(got.is_empty(), "{got:?}");
+}
+
+#[test]
+fn check_directive_skips_rules() {
+    let got = rules("# check=skip=MaintainerDeprecated,JSONArgsRecommended\nFROM busybox\nMAINTAINER x\nCMD x\nWORKDIR rel\n");
+    assert_eq!(got, [("WorkdirRelativePath".to_string(), 5)]);
+    let l = lowered("# check=skip=all;error=true\nFROM busybox\nMAINTAINER x\n");
+    assert!(l.warnings.is_empty() && l.check_config.error);
+}
