@@ -627,3 +627,12 @@ fn check_directive_skips_rules() {
     let l = lowered("# check=skip=all;error=true\nFROM busybox\nMAINTAINER x\n");
     assert!(l.warnings.is_empty() && l.check_config.error);
 }
+
+#[test]
+fn from_a_stage_chosen_by_a_stage_arg_is_an_error_not_scratch() {
+    let e = error("FROM busybox AS a\nFROM busybox\nARG S=a\nCOPY --from=$S x /x\n");
+    assert!(
+        e.starts_with("Dockerfile:4:1:") && e.contains("not part of this build"),
+        "{e}"
+    );
+}

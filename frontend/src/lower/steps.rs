@@ -99,7 +99,11 @@ impl Lowerer<'_> {
             return Ok(v);
         }
         if let Some(d) = (cx.stage_index)(reference, cx.index) {
-            let v = cx.states[d].as_ref().and_then(|s| s.vertex);
+            let Some(stage) = cx.states[d].as_ref() else {
+                // Stages are picked before stage-level ARGs are known.
+                return Err(self.err(ins, format!("{what}={reference}: that stage is not part of this build; its name may depend on an ARG declared inside a stage, which FROM-time stage selection cannot see")));
+            };
+            let v = stage.vertex;
             return Ok(self.or_scratch(v));
         }
         let lower = reference.to_lowercase();
