@@ -486,7 +486,11 @@ pub fn lower(
         let mut global_env = auto_args.clone();
         global_env.extend(l.global_args.clone());
         let base = l.expand(stages[s].from, &global_env, &stages[s].from.args[0], escape)?;
-        if let Some(d) = stage_index(&base, s) {
+        // A named context of the same name replaces the stage.
+        if let Some(d) = stage_index(&base, s).filter(|_| {
+            !opts.named_contexts.contains_key(&base)
+                && !opts.named_contexts.contains_key(&base.to_lowercase())
+        }) {
             stack.push(d);
         }
         for x in stages[s].body {
@@ -499,7 +503,9 @@ pub fn lower(
                         }),
                     };
                     if let Some(v) = from {
-                        if opts.named_contexts.contains_key(v) {
+                        if opts.named_contexts.contains_key(v)
+                            || opts.named_contexts.contains_key(&v.to_lowercase())
+                        {
                             continue;
                         }
                         // Only a first guess (stage ARGs are not known yet): no warnings here.

@@ -471,6 +471,13 @@ fn named_contexts_come_before_stages_and_images() {
     assert!(
         matches!(op_of(&l, copy.inputs[0]), Op::Image { reference, .. } if reference.starts_with("alpine:3@"))
     );
+    // The stage "base" is replaced, so its RUN is not part of the build.
+    let l = lower_with("FROM busybox AS base\nRUN exit 1\nFROM base\n", &o, &[]).unwrap();
+    assert!(
+        !l.definition.render().contains("exit 1"),
+        "{}",
+        l.definition.render()
+    );
     let e = lower_with("FROM layout\n", &o, &[]).err().unwrap();
     assert!(e.contains("not supported yet"), "{e}");
 }
