@@ -233,34 +233,9 @@ impl Lowerer<'_> {
     }
 }
 
-/// Splits `--name=value` flags, rejecting unknown ones.
+/// Splits `--name=value` flags, rejecting unknown ones (a repeated flag keeps its last value).
 fn parse_flags(ins: &Instruction, allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for f in &ins.flags {
-        let body = f.trim_start_matches('-');
-        let (name, value) = body
-            .split_once('=')
-            .map(|(n, v)| (n, v.to_string()))
-            .unwrap_or((body, "true".into()));
-        if !allowed.contains(&name) {
-            let known = allowed
-                .iter()
-                .map(|a| format!("--{a}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(format!(
-                "unknown flag: --{name} for {} (known flags: {})",
-                ins.keyword.to_uppercase(),
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known
-                }
-            ));
-        }
-        out.insert(name.to_string(), value);
-    }
-    Ok(out)
+    Ok(steps::collect_flags(ins, allowed)?.into_iter().collect())
 }
 
 const INSTRUCTIONS: &[&str] = &[

@@ -37,8 +37,9 @@ pub(super) fn collect_flags(
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(format!(
-                "unknown flag: --{name} for {} (known flags: {known}){hint}",
+                "unknown flag: --{name} for {} (known flags: {}){hint}",
                 ins.keyword.to_uppercase(),
+                if known.is_empty() { "none" } else { &known },
             ));
         }
         out.push((name.to_string(), value));
