@@ -700,6 +700,7 @@ fn lower_stage(
         onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
     total.set(total.get() + triggers.iter().filter(|x| counts_as_step(x)).count());
     let mut step = 1;
+    let mut cmd_set_in_stage = false;
     for (position, ins) in triggers.iter().chain(st.body).enumerate() {
         l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         let kw = ins.keyword.as_str();
@@ -830,16 +831,12 @@ fn lower_stage(
                 parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
                 let args = command_args(&state, ins);
                 if kw == "cmd" {
+                    cmd_set_in_stage = true;
                     state.config.config.cmd = Some(args);
                 } else {
                     state.config.config.entrypoint = Some(args);
                     // An ENTRYPOINT resets a CMD inherited from the base image.
-                    if !st
-                        .body
-                        .iter()
-                        .take_while(|x| !std::ptr::eq(*x, ins))
-                        .any(|x| x.keyword == "cmd")
-                    {
+                    if !cmd_set_in_stage {
                         state.config.config.cmd = None;
                     }
                 }

@@ -643,3 +643,19 @@ fn from_a_stage_chosen_by_a_stage_arg_is_an_error_not_scratch() {
         "{e}"
     );
 }
+
+#[test]
+fn relative_mount_targets_are_below_the_workdir() {
+    let l = lowered("FROM busybox\nWORKDIR /app\nRUN --mount=type=cache,target=node_modules true");
+    let m = &output_exec(&l).0.mounts[0];
+    assert_eq!(m.target, "/app/node_modules");
+    assert!(matches!(&m.kind, MountKind::Cache { id, .. } if id == "node_modules"));
+}
+
+#[test]
+fn entrypoint_resets_inherited_cmd_only() {
+    let l = lowered("FROM busybox\nCMD [\"a\"]\nENTRYPOINT [\"e\"]\n");
+    assert_eq!(l.image.config.cmd, Some(vec!["a".to_string()]));
+    let l = lowered("FROM busybox AS base\nCMD [\"a\"]\nFROM base\nENTRYPOINT [\"e\"]\n");
+    assert_eq!(l.image.config.cmd, None);
+}

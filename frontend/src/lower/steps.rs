@@ -266,6 +266,12 @@ pub(super) fn lower_run(
                     inputs.push(v);
                     parsed.set_input(inputs.len() - 1);
                 }
+                // A relative target is below the working directory (a cache id keeps the raw text).
+                let target = &mut parsed.mount.target;
+                if !target.is_empty() && !target.starts_with('/') {
+                    let workdir = state.config.config.working_dir.as_deref().unwrap_or("/");
+                    *target = join_path(workdir, target, false);
+                }
                 if mounts.iter().any(|m| {
                     m.target == parsed.mount.target && !parsed.mount.target.is_empty()
                 }) {
