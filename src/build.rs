@@ -166,6 +166,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         build_platform: host_str,
         no_cache_stages: Default::default(),
         named_contexts: Default::default(),
+        lint_all_stages: args.check && args.target.is_none(),
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

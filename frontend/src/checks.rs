@@ -119,8 +119,19 @@ fn plausible_base(name: &str) -> bool {
         && !name.contains(char::is_whitespace)
 }
 
-/// The rules that need only the syntax tree.
+/// The rules that need only the syntax tree, for every stage.
 pub fn check_ast(ast: &Ast) -> Vec<CheckWarning> {
+    check_ast_by_stage(ast)
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect()
+}
+
+/// Like [`check_ast`], with the index of the stage whose body a warning is about
+/// (`None` for file-wide rules such as casing and stage names). BuildKit reports the
+/// body rules only for stages that are part of the build.
+pub fn check_ast_by_stage(ast: &Ast) -> Vec<(Option<usize>, CheckWarning)> {
+    let mut scoped = Vec::new();
     let mut out = Vec::new();
     let ins = &ast.instructions;
 
@@ -175,6 +186,7 @@ pub fn check_ast(ast: &Ast) -> Vec<CheckWarning> {
 
     let mut stage_names: Vec<String> = Vec::new();
     let mut stage_start = 0;
+    let mut stage: Option<usize> = None;
     while stage_start < ins.len() {
         let from = &ins[stage_start];
         let end = ins[stage_start + 1..]
@@ -182,6 +194,7 @@ pub fn check_ast(ast: &Ast) -> Vec<CheckWarning> {
             .position(|i| i.keyword == "from")
             .map_or(ins.len(), |p| stage_start + 1 + p);
         if from.keyword == "from" {
+            stage = Some(stage.map_or(0, |s| s + 1));
             check_from(
                 &mut out,
                 from,
@@ -191,10 +204,12 @@ pub fn check_ast(ast: &Ast) -> Vec<CheckWarning> {
             );
         }
         let body = &ins[stage_start..end];
-        check_stage_body(&mut out, body);
+        let mut found = Vec::new();
+        check_stage_body(&mut found, body);
+        scoped.extend(found.into_iter().map(|w| (stage, w)));
         stage_start = end;
     }
-    out
+    out.into_iter().map(|w| (None, w)).chain(scoped).collect()
 }
 
 fn check_from(

@@ -42,6 +42,9 @@ pub struct BuildOptions {
     /// `--build-context name=...`: used for `FROM name`, `COPY --from=name` and
     /// `RUN --mount=from=name` before stages and images.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Lower every stage, not only those the target needs, so that checks see them all
+    /// (`build --check` without `--target`).
+    pub lint_all_stages: bool,
 }
 
 /// An error in the Dockerfile, with its position.
@@ -453,7 +456,11 @@ pub fn lower(
 
     // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
     let mut needed = vec![false; stages.len()];
-    let mut stack = vec![target];
+    let mut stack = if opts.lint_all_stages {
+        (0..stages.len()).collect()
+    } else {
+        vec![target]
+    };
     while let Some(s) = stack.pop() {
         if std::mem::replace(&mut needed[s], true) {
             continue;
@@ -548,7 +555,11 @@ pub fn lower(
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
-    let mut warnings = crate::checks::check_ast(ast);
+    let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
+        .into_iter()
+        .filter(|(stage, _)| stage.is_none_or(|s| needed.get(s).copied().unwrap_or(false)))
+        .map(|(_, w)| w)
+        .collect();
     warnings.extend(l.warnings.take());
     Ok(Lowered {
         definition: l.def,

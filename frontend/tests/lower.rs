@@ -659,3 +659,26 @@ fn entrypoint_resets_inherited_cmd_only() {
     let l = lowered("FROM busybox AS base\nCMD [\"a\"]\nFROM base\nENTRYPOINT [\"e\"]\n");
     assert_eq!(l.image.config.cmd, None);
 }
+
+#[test]
+fn stage_rules_cover_unbuilt_stages_only_when_checking_everything() {
+    let src = "FROM busybox AS unused\nMAINTAINER x\nCOPY $NOPE /\nFROM busybox AS Final\n";
+    let got = rules(src);
+    assert_eq!(got, [("StageNameCasing".to_string(), 4)]);
+    let mut o = opts();
+    o.lint_all_stages = true;
+    let all: Vec<(&str, usize)> = lower_with(src, &o, &[])
+        .unwrap()
+        .warnings
+        .iter()
+        .map(|w| (w.rule, w.line))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("MaintainerDeprecated", 2),
+            ("UndefinedVar", 3),
+            ("StageNameCasing", 4)
+        ]
+    );
+}
