@@ -67,6 +67,12 @@ pub struct BuildArgs {
     /// What to do when a RUN fails: `fail` (default) or `shell` (open /bin/sh in its container).
     #[arg(long = "on-error", value_name = "fail|shell")]
     pub on_error: Option<String>,
+    /// Named context, name=DIR|docker-image://REF|oci-layout://PATH; may be repeated.
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
+    /// Run the build checks only, without building; exits non-zero on any warning.
+    #[arg(long)]
+    pub check: bool,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -206,21 +212,26 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     let host = Platform::host();
     let host_str = format!("{}/{}", host.os, host.architecture);
     let platform = args.platform.clone().unwrap_or_else(|| host_str.clone());
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         dockerfile_name: display_name.clone(),
         build_args,
         target: args.target.clone(),
         platform: platform.clone(),
         build_platform: host_str,
         no_cache_stages,
+        named_contexts: Default::default(),
+        lint_all_stages: args.check && args.target.is_none(),
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let warning_tx = tx.clone();
     let renderer = tokio::spawn(render(rx, args.progress));
     let context_dir = frontend::ignore::ContextDir::open(&context, args.file.as_deref())
         .map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
+    opts.named_contexts =
+        crate::build_context::parse_build_contexts(&args.build_contexts, &mut locals)?;
     let solver = Arc::new(Solver::new(SolverConfig {
         root: root.to_path_buf(),
         executor: executor::Executor::current_exe()?,
@@ -246,12 +257,36 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     let lowered = match lowered {
         Ok(l) => l,
         Err(e) => {
-            drop(solver);
+            drop((solver, warning_tx));
             let _ = renderer.await;
+            if args.check {
+                crate::checks_output::print_check(
+                    &crate::checks_output::ast_warnings(&source),
+                    &display_name,
+                    &source,
+                );
+            }
             eprintln!("error: {e}");
             return Ok(1);
         }
     };
+    if args.check {
+        drop((solver, warning_tx));
+        let _ = renderer.await;
+        let code = crate::checks_output::print_check(&lowered.warnings, &display_name, &source);
+        return Ok(code);
+    }
+    crate::checks_output::report(&lowered.warnings, &display_name, args.progress, &warning_tx);
+    drop(warning_tx);
+    if lowered.check_config.error && !lowered.warnings.is_empty() {
+        drop(solver);
+        let _ = renderer.await;
+        eprintln!(
+            "error: {}",
+            crate::checks_output::error_message(&lowered.warnings)
+        );
+        return Ok(1);
+    }
     if args.print.as_deref() == Some("graph") {
         print!("{}", lowered.definition.render());
         return Ok(0);

@@ -4,6 +4,8 @@
 
 mod build;
 mod cache_flags;
+mod build_context;
+mod checks_output;
 mod cli;
 mod platforms;
 mod progress;

@@ -166,7 +166,7 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                 target: args.target.clone(),
                 platform: platform.to_string(),
                 build_platform: build_platform.clone(),
-                no_cache_stages: Default::default(),
+                ..Default::default()
             };
             let resolver = SolverResolver {
                 solver: solver.clone(),

@@ -1,5 +1,6 @@
 //! Dockerfile front end: parsing and shell-word expansion.
 
+pub mod checks;
 pub mod parser;
 pub mod shell;
 

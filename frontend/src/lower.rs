@@ -1,10 +1,19 @@
 //! Lowers a parsed Dockerfile to the solver's build graph plus the final image config.
 
+use crate::checks::{CheckConfig, CheckWarning};
 use crate::parser::{Ast, Instruction};
 use crate::shell::Expander;
 use exporter::image::{EmptyObject, HealthConfig, History, ImageConfig};
 use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
 use std::collections::{BTreeMap, BTreeSet};
+
+mod contexts;
+mod mounts;
+mod onbuild;
+mod sources;
+mod steps;
+
+pub use contexts::NamedContext;
 
 /// The PATH BuildKit puts in an image that has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -30,6 +39,12 @@ pub struct BuildOptions {
     pub build_platform: String,
     /// Stages whose steps must not come from the cache.
     pub no_cache_stages: BTreeSet<String>,
+    /// `--build-context name=...`: used for `FROM name`, `COPY --from=name` and
+    /// `RUN --mount=from=name` before stages and images.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Lower every stage, not only those the target needs, so that checks see them all
+    /// (`build --check` without `--target`).
+    pub lint_all_stages: bool,
 }
 
 /// An error in the Dockerfile, with its position.
@@ -84,6 +99,10 @@ pub struct Lowered {
     pub locations: BTreeMap<usize, Location>,
     /// Names of the stages that are part of the build, in order.
     pub stages: Vec<String>,
+    /// Build-check warnings not skipped by the `# check=` directive, in source order.
+    pub warnings: Vec<CheckWarning>,
+    /// The `# check=` directive (`error=true` makes warnings fail the build).
+    pub check_config: CheckConfig,
 }
 
 #[derive(Clone)]
@@ -110,6 +129,10 @@ struct Lowerer<'a> {
     global_args: Vec<(String, String)>,
     /// Stage names by index (None for unnamed stages).
     stage_names: Vec<Option<String>>,
+    /// Text of the ONBUILD trigger being lowered, if any (errors mention it).
+    in_trigger: Option<String>,
+    /// Warnings found while expanding variables (UndefinedVar, UndefinedArgInFrom).
+    warnings: std::cell::RefCell<Vec<CheckWarning>>,
 }
 
 fn lines_of(source: &[u8]) -> Vec<String> {
@@ -129,7 +152,13 @@ impl Lowerer<'_> {
             file: self.opts.dockerfile_name.clone(),
             line,
             column: column.max(1),
-            message: message.into(),
+            message: match &self.in_trigger {
+                Some(t) => format!(
+                    "ONBUILD trigger {t:?} of the base image: {}",
+                    message.into()
+                ),
+                None => message.into(),
+            },
             source_line: self.source.get(line.wrapping_sub(1)).cloned(),
         }
     }
@@ -141,9 +170,41 @@ impl Lowerer<'_> {
         word: &str,
         escape: char,
     ) -> Result<String, DockerfileError> {
-        Expander::new(&env.to_vec(), escape)
-            .process_word(word)
-            .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))
+        let (out, _, unset) = Expander::new(&env.to_vec(), escape)
+            .process_word_with_matches(word)
+            .map_err(|e| self.err(ins, format!("{} {word:?}: {e}", ins.keyword.to_uppercase())))?;
+        for name in unset {
+            self.warn_undefined(ins, env, &name);
+        }
+        Ok(out)
+    }
+
+    /// Records an UndefinedVar (UndefinedArgInFrom in FROM) warning for `$name`.
+    fn warn_undefined(&self, ins: &Instruction, env: &[(String, String)], name: &str) {
+        let hint = suggest(name, env.iter().map(|(k, _)| k.as_str()));
+        let (rule, message) = if ins.keyword == "from" {
+            let hint = hint
+                .map(|h| format!(" (did you mean {h}?)"))
+                .unwrap_or_default();
+            (
+                "UndefinedArgInFrom",
+                format!("FROM argument '{name}' is not declared{hint}"),
+            )
+        } else {
+            let hint = hint
+                .map(|h| format!(" (did you mean ${h}?)"))
+                .unwrap_or_default();
+            (
+                "UndefinedVar",
+                format!("Usage of undefined variable '${name}'{hint}"),
+            )
+        };
+        self.warnings.borrow_mut().push(CheckWarning {
+            rule,
+            message,
+            line: ins.start_line,
+            column: ins.column.max(1),
+        });
     }
 
     /// `vertex`, or the empty filesystem vertex for a stage that has none yet (FROM scratch).
@@ -175,34 +236,9 @@ impl Lowerer<'_> {
     }
 }
 
-/// Splits `--name=value` flags, rejecting unknown ones.
+/// Splits `--name=value` flags, rejecting unknown ones (a repeated flag keeps its last value).
 fn parse_flags(ins: &Instruction, allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for f in &ins.flags {
-        let body = f.trim_start_matches('-');
-        let (name, value) = body
-            .split_once('=')
-            .map(|(n, v)| (n, v.to_string()))
-            .unwrap_or((body, "true".into()));
-        if !allowed.contains(&name) {
-            let known = allowed
-                .iter()
-                .map(|a| format!("--{a}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(format!(
-                "unknown flag: --{name} for {} (known flags: {})",
-                ins.keyword.to_uppercase(),
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known
-                }
-            ));
-        }
-        out.insert(name.to_string(), value);
-    }
-    Ok(out)
+    Ok(steps::collect_flags(ins, allowed)?.into_iter().collect())
 }
 
 const INSTRUCTIONS: &[&str] = &[
@@ -309,6 +345,8 @@ pub fn lower(
         locations: BTreeMap::new(),
         global_args: Vec::new(),
         stage_names: Vec::new(),
+        in_trigger: None,
+        warnings: Default::default(),
     };
     let escape = ast.directives.escape;
 
@@ -431,7 +469,11 @@ pub fn lower(
 
     // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
     let mut needed = vec![false; stages.len()];
-    let mut stack = vec![target];
+    let mut stack = if opts.lint_all_stages {
+        (0..stages.len()).collect()
+    } else {
+        vec![target]
+    };
     while let Some(s) = stack.pop() {
         if std::mem::replace(&mut needed[s], true) {
             continue;
@@ -439,15 +481,31 @@ pub fn lower(
         let mut global_env = auto_args.clone();
         global_env.extend(l.global_args.clone());
         let base = l.expand(stages[s].from, &global_env, &stages[s].from.args[0], escape)?;
-        if let Some(d) = stage_index(&base, s) {
+        // A named context of the same name replaces the stage.
+        if let Some(d) = stage_index(&base, s).filter(|_| {
+            !opts.named_contexts.contains_key(&base)
+                && !opts.named_contexts.contains_key(&base.to_lowercase())
+        }) {
             stack.push(d);
         }
         for x in stages[s].body {
-            if x.keyword == "copy" || x.keyword == "add" {
+            if x.keyword == "copy" || x.keyword == "run" {
                 for f in &x.flags {
-                    if let Some(v) = f.strip_prefix("--from=") {
-                        let v = l
-                            .expand(x, &global_env, v, escape)
+                    let from = match x.keyword.as_str() {
+                        "copy" => f.strip_prefix("--from="),
+                        _ => f.strip_prefix("--mount=").and_then(|m| {
+                            m.split(',').find_map(|kv| kv.trim().strip_prefix("from="))
+                        }),
+                    };
+                    if let Some(v) = from {
+                        if opts.named_contexts.contains_key(v)
+                            || opts.named_contexts.contains_key(&v.to_lowercase())
+                        {
+                            continue;
+                        }
+                        // Only a first guess (stage ARGs are not known yet): no warnings here.
+                        let v = Expander::new(&global_env, escape)
+                            .process_word(v)
                             .unwrap_or_else(|_| v.to_string());
                         match stage_index(&v, s) {
                             Some(d) => stack.push(d),
@@ -509,11 +567,20 @@ pub fn lower(
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
+    let check_config = CheckConfig::parse(ast.directives.check.as_deref());
+    let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
+        .into_iter()
+        .filter(|(stage, _)| stage.is_none_or(|s| needed.get(s).copied().unwrap_or(false)))
+        .map(|(_, w)| w)
+        .collect();
+    warnings.extend(l.warnings.take());
     Ok(Lowered {
         definition: l.def,
         image,
         locations: l.locations,
         stages: built_names,
+        warnings: crate::checks::filter(warnings, &check_config),
+        check_config,
     })
 }
 
@@ -568,19 +635,35 @@ fn lower_stage(
             format!("base name ({}) should not be blank", from.args[0]),
         ));
     }
-    let total = 1 + st
-        .body
-        .iter()
-        .filter(|x| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir"))
-        .count();
+    let counts_as_step =
+        |x: &Instruction| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir");
+    // Grows by the base image's ONBUILD triggers once they are known.
+    let total = std::cell::Cell::new(1 + st.body.iter().filter(|x| counts_as_step(x)).count());
     let step_name = |step: usize, text: &str| {
+        let total = total.get();
         if label.is_empty() {
             format!("[{step}/{total}] {text}")
         } else {
             format!("[{label} {step}/{total}] {text}")
         }
     };
-    let mut state = if let Some(d) = stage_index(&base, index) {
+    let named = l.named_context_base(from, &base, &platform, resolver)?;
+    let mut state = if let Some((v, config)) = named {
+        let (os, arch, variant) = split_platform(&platform);
+        let config = config.unwrap_or_else(|| ImageConfig {
+            os,
+            architecture: arch,
+            variant: (!variant.is_empty()).then_some(variant),
+            ..Default::default()
+        });
+        StageState {
+            vertex: Some(v),
+            config,
+            args: vec![],
+            shell: vec![],
+            platform: platform.clone(),
+        }
+    } else if let Some(d) = stage_index(&base, index) {
         let mut s = states[d]
             .clone()
             .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?;
@@ -602,7 +685,7 @@ fn lower_stage(
             platform: platform.clone(),
         }
     } else {
-        let (pinned, mut config) = resolver
+        let (pinned, config) = resolver
             .resolve(&base, &platform)
             .map_err(|e| l.err(from, format!("{e:#}")))?;
         let v = l.add(
@@ -617,7 +700,6 @@ fn lower_stage(
             },
             Some(from),
         );
-        config.config.on_build.clear();
         StageState {
             vertex: Some(v),
             config,
@@ -629,180 +711,36 @@ fn lower_stage(
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
+    let cx = steps::StageCtx {
+        index,
+        states,
+        stage_index,
+        resolver,
+        escape,
+        no_cache,
+    };
+    // The base's ONBUILD triggers run first; the new image does not inherit them.
+    let triggers =
+        onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
+    total.set(total.get() + triggers.iter().filter(|x| counts_as_step(x)).count());
     let mut step = 1;
-    for ins in st.body {
+    let mut cmd_set_in_stage = false;
+    for (position, ins) in triggers.iter().chain(st.body).enumerate() {
+        l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         let kw = ins.keyword.as_str();
         let created_by;
         let mut empty_layer = true;
         let env = scope(&state);
         match kw {
             "run" => {
-                parse_flags(ins, &["network"]).map_err(|e| l.err(ins, e))?;
-                let network = match ins.flags.iter().find_map(|f| f.strip_prefix("--network=")) {
-                    None | Some("default") | Some("host") => NetworkMode::Host,
-                    Some("none") => NetworkMode::None,
-                    Some(other) => {
-                        return Err(l.err(
-                            ins,
-                            format!(
-                                "unsupported network mode {other:?}; use default, none or host"
-                            ),
-                        ))
-                    }
-                };
-                let args = command_args(&state, ins);
                 step += 1;
-                let mut run_env = state.config.config.env.clone();
-                for (k, v) in &state.args {
-                    if env_get(&run_env, k).is_none() {
-                        run_env.push(format!("{k}={v}"));
-                    }
-                }
-                let exec = ExecOp {
-                    args: args.clone(),
-                    env: run_env,
-                    cwd: state
-                        .config
-                        .config
-                        .working_dir
-                        .clone()
-                        .unwrap_or_else(|| "/".into()),
-                    user: state.config.config.user.clone().unwrap_or_default(),
-                    network,
-                    mounts: vec![],
-                };
-                let root = vec![l.or_scratch(state.vertex)];
-                let v = l.add(
-                    Vertex {
-                        op: Op::Exec(exec),
-                        inputs: root,
-                        name: step_name(step, &format!("RUN {}", display_cmd(ins))),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
+                let name = step_name(step, &format!("RUN {}", display_cmd(ins)));
+                let v = steps::lower_run(l, &cx, &state, ins, &env, name)?;
                 state.vertex = Some(v);
                 created_by = format!("RUN {}", display_cmd(ins));
                 empty_layer = false;
             }
             "copy" | "add" => {
-                let flags = parse_flags(ins, &["from", "chown", "chmod", "link"])
-                    .map_err(|e| l.err(ins, e))?;
-                if ins.args.len() < 2 {
-                    return Err(l.err(ins, format!("{} requires at least two arguments: one or more sources and a destination", kw.to_uppercase())));
-                }
-                let mut words = Vec::new();
-                for a in &ins.args {
-                    words.push(if ins.json {
-                        a.clone()
-                    } else {
-                        l.expand(ins, &env, a, escape)?
-                    });
-                }
-                let dest_word = words.pop().unwrap_or_default();
-                if words.len() > 1 && !dest_word.ends_with('/') {
-                    return Err(l.err(ins, format!("when using {} with more than one source file, the destination must be a directory and end with a /", kw.to_uppercase())));
-                }
-                if kw == "add" {
-                    if let Some(url) = words.iter().find(|w| {
-                        w.starts_with("http://")
-                            || w.starts_with("https://")
-                            || w.starts_with("git@")
-                    }) {
-                        return Err(l.err(
-                            ins,
-                            format!("ADD of a remote source ({url}) is not supported yet"),
-                        ));
-                    }
-                }
-                let workdir = state
-                    .config
-                    .config
-                    .working_dir
-                    .clone()
-                    .unwrap_or_else(|| "/".into());
-                let dest = if dest_word.starts_with('/') {
-                    dest_word.clone()
-                } else {
-                    join_path(&workdir, &dest_word, true)
-                };
-                let chown = match flags.get("chown") {
-                    Some(c) => Some(parse_chown(&l.expand(ins, &env, c, escape)?)),
-                    None => None,
-                };
-                let chmod = match flags.get("chmod") {
-                    Some(m) => {
-                        u32::from_str_radix(m, 8).map_err(|_| {
-                            l.err(
-                                ins,
-                                format!(
-                                    "invalid --chmod={m}: only octal modes such as 0755 are supported"
-                                ),
-                            )
-                        })?;
-                        Some(m.clone())
-                    }
-                    None => None,
-                };
-                let src_vertex = match flags.get("from") {
-                    None => l.add(
-                        Vertex {
-                            op: Op::Local {
-                                name: CONTEXT_NAME.into(),
-                            },
-                            inputs: vec![],
-                            name: "[internal] load build context".into(),
-                            ignore_cache: false,
-                        },
-                        None,
-                    ),
-                    Some(f) => {
-                        let f = l.expand(ins, &env, f, escape)?;
-                        match stage_index(&f, index) {
-                            Some(d) => l.or_scratch(states[d].as_ref().and_then(|s| s.vertex)),
-                            None => {
-                                let earlier: Vec<String> = (0..index)
-                                    .filter_map(|d| l.stage_names.get(d).cloned().flatten())
-                                    .collect();
-                                let hint =
-                                    suggest(&f.to_lowercase(), earlier.iter().map(String::as_str));
-                                let (pinned, _) = resolver.resolve(&f, &state.platform).map_err(|e| match hint {
-                                    Some(h) => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one; did you mean {h:?}?")),
-                                    None => l.err(ins, format!("COPY --from={f}: no stage named {f:?} comes before this one, and as an image: {e:#}")),
-                                })?;
-                                l.add(
-                                    Vertex {
-                                        op: Op::Image {
-                                            reference: pinned,
-                                            platform: state.platform.clone(),
-                                        },
-                                        inputs: vec![],
-                                        name: format!("FROM {f}"),
-                                        ignore_cache: false,
-                                    },
-                                    Some(ins),
-                                )
-                            }
-                        }
-                    }
-                };
-                let base = l.or_scratch(state.vertex);
-                let file = FileOp {
-                    actions: vec![FileAction::Copy {
-                        src_input: 1,
-                        sources: words.clone(),
-                        dest: if dest_word.ends_with('/') && !dest.ends_with('/') {
-                            format!("{dest}/")
-                        } else {
-                            dest
-                        },
-                        chown,
-                        chmod,
-                        exclude: vec![],
-                        parents: false,
-                        unpack: false,
-                    }],
-                };
                 step += 1;
                 let text = format!(
                     "{} {}",
@@ -812,15 +750,8 @@ fn lower_stage(
                         .map(|x| x.1.trim())
                         .unwrap_or("")
                 );
-                let v = l.add(
-                    Vertex {
-                        op: Op::File(file),
-                        inputs: vec![base, src_vertex],
-                        name: step_name(step, &text),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
+                let (v, words, dest_word) =
+                    steps::lower_copy(l, &cx, &state, ins, &env, step_name(step, &text))?;
                 state.vertex = Some(v);
                 created_by = format!("{} {} in {}", kw.to_uppercase(), words.join(" "), dest_word);
                 empty_layer = false;
@@ -924,16 +855,12 @@ fn lower_stage(
                 parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
                 let args = command_args(&state, ins);
                 if kw == "cmd" {
+                    cmd_set_in_stage = true;
                     state.config.config.cmd = Some(args);
                 } else {
                     state.config.config.entrypoint = Some(args);
                     // An ENTRYPOINT resets a CMD inherited from the base image.
-                    if !st
-                        .body
-                        .iter()
-                        .take_while(|x| !std::ptr::eq(*x, ins))
-                        .any(|x| x.keyword == "cmd")
-                    {
+                    if !cmd_set_in_stage {
                         state.config.config.cmd = None;
                     }
                 }
@@ -996,11 +923,7 @@ fn lower_stage(
                 created_by = format!("MAINTAINER {}", ins.args.join(" "));
             }
             "onbuild" => {
-                let inner = ins
-                    .original
-                    .split_once(char::is_whitespace)
-                    .map(|x| x.1.trim().to_string())
-                    .unwrap_or_default();
+                let inner = onbuild::trigger_text(l, ins)?;
                 state.config.config.on_build.push(inner.clone());
                 created_by = format!("ONBUILD {inner}");
             }
@@ -1070,6 +993,7 @@ fn lower_stage(
             ..Default::default()
         });
     }
+    l.in_trigger = None;
     Ok(state)
 }
 
@@ -1083,18 +1007,7 @@ fn command_args(state: &StageState, ins: &Instruction) -> Vec<String> {
     } else {
         state.shell.clone()
     };
-    let mut script = ins.args.join(" ");
-    if !ins.heredocs.is_empty()
-        && ins
-            .args
-            .first()
-            .is_some_and(|a| a.trim_start().starts_with("<<"))
-        && ins.args.len() == 1
-    {
-        // `RUN <<EOF` runs the heredoc body as the script.
-        script = ins.heredocs[0].content.clone();
-    }
-    args.push(script);
+    args.push(ins.args.join(" "));
     args
 }
 

@@ -1,0 +1,71 @@
+//! Build-check warnings in build output (`WARN: Rule: message (line N)`, rawjson
+//! warning events) and the `builder build --check` report.
+
+use crate::progress::ProgressMode;
+use frontend::checks::{check_ast, filter, CheckConfig, CheckWarning};
+use solver::progress::Event;
+
+/// Shows warnings during a build: a line each, or a warning event in rawjson mode.
+pub fn report(
+    warnings: &[CheckWarning],
+    file: &str,
+    mode: ProgressMode,
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+) {
+    for w in warnings {
+        match mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Rawjson => {
+                let _ = tx.send(Event::Warning {
+                    message: format!("{file}:{}:{}: {}: {}", w.line, w.column, w.rule, w.message),
+                });
+            }
+            _ => eprintln!("{}", w.display()),
+        }
+    }
+}
+
+/// The `--check` report on stdout; returns the exit code (1 when anything was found).
+pub fn print_check(warnings: &[CheckWarning], file: &str, source: &[u8]) -> i32 {
+    let text = String::from_utf8_lossy(source);
+    for w in warnings {
+        println!("{file}:{}:{}: {}", w.line, w.column, w.display());
+        if let Some(line) = text.lines().nth(w.line.saturating_sub(1)) {
+            println!(" {:>4} | {line}", w.line);
+        }
+    }
+    match warnings.len() {
+        0 => {
+            println!("Check complete, no warnings found.");
+            0
+        }
+        n => {
+            println!(
+                "Check complete, {n} warning{} found!",
+                if n == 1 { " has been" } else { "s have been" }
+            );
+            1
+        }
+    }
+}
+
+/// The syntax-only warnings, for `--check` when lowering itself failed.
+pub fn ast_warnings(source: &[u8]) -> Vec<CheckWarning> {
+    match frontend::parse(source) {
+        Ok(ast) => {
+            let cfg = CheckConfig::parse(ast.directives.check.as_deref());
+            filter(check_ast(&ast), &cfg)
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The message for a build stopped by `# check=error=true`.
+pub fn error_message(warnings: &[CheckWarning]) -> String {
+    let mut rules: Vec<&str> = warnings.iter().map(|w| w.rule).collect();
+    rules.dedup();
+    format!(
+        "lint violation found for rules: {} (the Dockerfile sets check=error=true)",
+        rules.join(", ")
+    )
+}
