@@ -236,6 +236,8 @@ struct Plan {
     items: Vec<Item>,
     /// (dev, inode) of multiply-linked files → destination of the first copy.
     inodes: HashMap<(u64, u64), PathBuf>,
+    /// Copy every xattr (overlay markers too), for replaying layer dirs verbatim.
+    all_xattrs: bool,
 }
 
 impl Plan {
@@ -365,6 +367,29 @@ pub fn copy(
     execute(&plan, owner, opts.chmod.as_ref())
 }
 
+/// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,
+/// every xattr and device node (overlay whiteouts and opaque markers included).
+pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
+    let src = SourceTree {
+        root: src_dir,
+        index: None,
+    };
+    let mut plan = Plan {
+        all_xattrs: true,
+        ..Default::default()
+    };
+    walk(
+        &src,
+        &CopyOptions::default(),
+        "",
+        "",
+        src_dir,
+        dest_dir,
+        &mut plan,
+    )?;
+    execute(&plan, None, None)
+}
+
 /// Adds the contents of directory `src_dir` (at `rel` in the source, `below` under the
 /// copied directory) to the plan, honouring the context index and `--exclude`.
 fn walk(
@@ -440,7 +465,7 @@ fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Resul
     plan.items
         .par_iter()
         .filter(|i| !i.md.is_dir() && i.link_to.is_none())
-        .try_for_each(|item| copy_entry(&item.src, &item.md, &item.dest, owner, chmod))?;
+        .try_for_each(|item| copy_entry(plan, item, owner, chmod))?;
     for item in plan.items.iter() {
         if let Some(first) = &item.link_to {
             remove_existing(&item.dest)?;
@@ -449,7 +474,12 @@ fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Resul
         }
     }
     for item in plan.items.iter().rev().filter(|i| i.md.is_dir()) {
-        apply_meta(&item.src, &item.dest, &item.md, None, owner, chmod)?;
+        let meta = Meta {
+            owner,
+            chmod,
+            all_xattrs: plan.all_xattrs,
+        };
+        apply_meta(&item.src, &item.dest, &item.md, None, &meta)?;
     }
     Ok(())
 }
@@ -468,20 +498,32 @@ fn remove_existing(path: &Path) -> Result<()> {
     .with_context(|| format!("replacing {}", path.display()))
 }
 
+/// How created entries get their metadata.
+struct Meta<'a> {
+    owner: Option<Owner>,
+    chmod: Option<&'a ModeSpec>,
+    all_xattrs: bool,
+}
+
 fn copy_entry(
-    src: &Path,
-    md: &std::fs::Metadata,
-    dest: &Path,
+    plan: &Plan,
+    item: &Item,
     owner: Option<Owner>,
     chmod: Option<&ModeSpec>,
 ) -> Result<()> {
+    let (src, md, dest) = (item.src.as_path(), &item.md, item.dest.as_path());
+    let meta = Meta {
+        owner,
+        chmod,
+        all_xattrs: plan.all_xattrs,
+    };
     remove_existing(dest)?;
     let ft = md.file_type();
     if ft.is_symlink() {
         let target = std::fs::read_link(src)?;
         std::os::unix::fs::symlink(&target, dest)
             .with_context(|| format!("creating {}", dest.display()))?;
-        return apply_meta(src, dest, md, None, owner, chmod);
+        return apply_meta(src, dest, md, None, &meta);
     }
     if ft.is_file() {
         use std::os::unix::fs::OpenOptionsExt;
@@ -500,7 +542,7 @@ fn copy_entry(
         // io::copy between files uses copy_file_range (reflinks where the fs can).
         std::io::copy(&mut from, &mut to)
             .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
-        return apply_meta(src, dest, md, Some((&from, &to)), owner, chmod);
+        return apply_meta(src, dest, md, Some((&from, &to)), &meta);
     }
     use std::os::unix::fs::FileTypeExt;
     let kind = if ft.is_fifo() {
@@ -520,13 +562,13 @@ fn copy_entry(
         md.rdev(),
     )
     .with_context(|| format!("creating {}", dest.display()))?;
-    apply_meta(src, dest, md, None, owner, chmod)
+    apply_meta(src, dest, md, None, &meta)
 }
 
 /// Extended attributes a copy keeps: the user namespace and file capabilities
 /// (overlay's trusted.* and security labels belong to the host).
-fn xattr_kept(name: &[u8]) -> bool {
-    name.starts_with(b"user.") || name == b"security.capability"
+fn xattr_kept(name: &[u8], all: bool) -> bool {
+    all || name.starts_with(b"user.") || name == b"security.capability"
 }
 
 /// Copies kept xattrs from `src` to `dest` (by open files when given).
@@ -534,17 +576,28 @@ fn copy_xattrs(
     src: &Path,
     dest: &Path,
     files: Option<(&std::fs::File, &std::fs::File)>,
+    all: bool,
 ) -> Result<()> {
+    let list = |buf: &mut [u8]| match files {
+        Some((from, _)) => rustix::fs::flistxattr(from, buf),
+        None => rustix::fs::llistxattr(src, buf),
+    };
     let mut names = vec![0u8; 1024];
-    let len = match files {
-        Some((from, _)) => rustix::fs::flistxattr(from, &mut names),
-        None => rustix::fs::llistxattr(src, &mut names),
+    let len = match list(&mut names) {
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 1 << 16];
+            list(&mut names)
+        }
+        other => other,
     };
     let len = match len {
         Ok(0) | Err(_) => return Ok(()), // none, or a filesystem without xattrs
         Ok(n) => n,
     };
-    for name in names[..len].split(|&b| b == 0).filter(|n| xattr_kept(n)) {
+    for name in names[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty() && xattr_kept(n, all))
+    {
         let cname = std::ffi::CString::new(name)?;
         let mut value = vec![0u8; 64 * 1024];
         let n = match files {
@@ -577,9 +630,9 @@ fn apply_meta(
     dest: &Path,
     md: &std::fs::Metadata,
     files: Option<(&std::fs::File, &std::fs::File)>,
-    owner: Option<Owner>,
-    chmod: Option<&ModeSpec>,
+    meta: &Meta,
 ) -> Result<()> {
+    let (owner, chmod) = (meta.owner, meta.chmod);
     let (uid, gid) = owner
         .map(|o| (o.uid, o.gid))
         .unwrap_or((md.uid(), md.gid()));
@@ -607,7 +660,7 @@ fn apply_meta(
             .with_context(|| format!("chown {}", dest.display()))?;
         rustix::fs::fchmod(to, rustix::fs::Mode::from_raw_mode(mode))
             .with_context(|| format!("chmod {}", dest.display()))?;
-        copy_xattrs(src, dest, files)?;
+        copy_xattrs(src, dest, files, meta.all_xattrs)?;
         rustix::fs::futimens(to, &ts)
             .with_context(|| format!("setting times of {}", dest.display()))?;
         return Ok(());
@@ -623,7 +676,7 @@ fn apply_meta(
     if !is_link {
         std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {}", dest.display()))?;
-        copy_xattrs(src, dest, None)?;
+        copy_xattrs(src, dest, None, meta.all_xattrs)?;
     }
     rustix::fs::utimensat(
         rustix::fs::CWD,

@@ -85,7 +85,7 @@ pub struct Solver {
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
 /// A name unique to this process and moment, for temporary snapshots and mount points.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let n = NONCE.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -445,7 +445,15 @@ impl Solver {
                     self.run_file(file, inputs)
                 })
             }
-            Op::Http { .. } | Op::Git { .. } | Op::Merge => {
+            Op::Merge => {
+                let mut parts: Vec<&[u8]> = vec![b"merge"];
+                parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
+                let key = sha256_hex(&parts);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    crate::merge::run_merge(self, inputs)
+                })
+            }
+            Op::Http { .. } | Op::Git { .. } => {
                 bail!("{name}: this kind of step is not supported yet")
             }
         }
