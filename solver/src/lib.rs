@@ -5,6 +5,7 @@ pub mod chmod;
 pub mod context;
 pub mod fileop;
 pub mod graph;
+mod http;
 mod merge;
 pub mod patterns;
 pub mod progress;

@@ -453,7 +453,48 @@ impl Solver {
                     crate::merge::run_merge(self, inputs)
                 })
             }
-            Op::Http { .. } | Op::Git { .. } => {
+            Op::Http {
+                url,
+                filename,
+                checksum,
+            } => {
+                // A pinned checksum is the key; otherwise the content is, so download first.
+                let (key, fetched) = match checksum {
+                    Some(c) => {
+                        crate::http::validate_checksum(c)?;
+                        (
+                            sha256_hex(&[b"http", filename.as_bytes(), c.as_bytes()]),
+                            None,
+                        )
+                    }
+                    None => {
+                        let f = crate::http::fetch(self, url, filename)?;
+                        let mtime = f.mtime.unwrap_or(-1).to_string();
+                        let key = sha256_hex(&[
+                            b"http",
+                            filename.as_bytes(),
+                            f.digest.as_bytes(),
+                            mtime.as_bytes(),
+                        ]);
+                        (key, Some(f))
+                    }
+                };
+                let unused = fetched.as_ref().map(|f| f.active.clone());
+                let mut fetched = fetched;
+                let res = self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    let f = match fetched.take() {
+                        Some(f) => f,
+                        None => crate::http::fetch(self, url, filename)?,
+                    };
+                    crate::http::commit(self, f, url, checksum.as_deref())
+                });
+                if let (Some(active), Some(_)) = (unused, fetched) {
+                    // Answered from the cache: the download was not needed.
+                    let _ = self.snapshots.remove(&active);
+                }
+                res
+            }
+            Op::Git { .. } => {
                 bail!("{name}: this kind of step is not supported yet")
             }
         }
