@@ -4,6 +4,7 @@ pub mod archive;
 pub mod chmod;
 pub mod context;
 pub mod fileop;
+mod git;
 pub mod graph;
 mod http;
 mod merge;

@@ -494,8 +494,23 @@ impl Solver {
                 }
                 res
             }
-            Op::Git { .. } => {
-                bail!("{name}: this kind of step is not supported yet")
+            Op::Git {
+                remote,
+                reference,
+                subdir,
+                keep_git_dir,
+            } => {
+                let resolved = crate::git::resolve(remote, reference.as_deref())?;
+                let keep = if *keep_git_dir { remote.as_str() } else { "" };
+                let key = sha256_hex(&[
+                    b"git",
+                    resolved.commit.as_bytes(),
+                    subdir.as_deref().unwrap_or("").as_bytes(),
+                    keep.as_bytes(),
+                ]);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    crate::git::checkout(self, remote, &resolved, subdir.as_deref(), *keep_git_dir)
+                })
             }
         }
     }
