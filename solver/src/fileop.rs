@@ -688,6 +688,37 @@ fn apply_meta(
     Ok(())
 }
 
+/// Checksum of the context entries a COPY of `rel` with `exclude` reads: `rel` and
+/// everything below it that the patterns do not exclude (same rules as the copy).
+pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatcher) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(rel.as_bytes());
+    let under = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}/")
+    };
+    let exact = idx.entries.get_key_value(rel);
+    let below = idx
+        .entries
+        .range(under.clone()..)
+        .take_while(|(k, _)| k.starts_with(&under));
+    for (path, e) in exact.into_iter().chain(below) {
+        let inner = &path[under.len().min(path.len())..];
+        // The matched source itself is always read (over-invalidating is safe).
+        if path != rel && (exclude.matches(path) || exclude.matches(inner)) {
+            continue;
+        }
+        h.update(b"\0");
+        h.update(path.as_bytes());
+        h.update([0, e.kind as u8]);
+        h.update(e.mode.to_le_bytes());
+        h.update(e.digest);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
 /// Creates `dir` and missing parents (mode 0755, owned by `owner` or root).
 pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
     if dir.is_dir() {

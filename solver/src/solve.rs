@@ -558,12 +558,20 @@ impl Solver {
             index: Some(&idx),
         };
         let mut paths = Vec::new();
+        // Sources copied with --exclude: checksums of only what they copy, so editing an
+        // excluded file keeps the cache.
+        let mut filtered = Vec::new();
         for a in &file.actions {
             if let FileAction::Copy {
-                src_input, sources, ..
+                src_input,
+                sources,
+                exclude,
+                ..
             } = a
             {
                 if *src_input == input {
+                    let matcher = PatternMatcher::new(exclude.iter().map(String::as_str))
+                        .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?;
                     for s in sources {
                         let m = src
                             .matches(s)
@@ -571,12 +579,24 @@ impl Solver {
                         if m.is_empty() {
                             bail!("failed to compute cache key: no source files were specified matching \"{s}\"");
                         }
-                        paths.extend(m);
+                        if matcher.is_empty() {
+                            paths.extend(m);
+                        } else {
+                            for rel in m {
+                                filtered.push(fileop::checksum_excluding(&idx, &rel, &matcher));
+                            }
+                        }
                     }
                 }
             }
         }
-        Ok(idx.checksum(&paths))
+        let all = idx.checksum(&paths);
+        if filtered.is_empty() {
+            return Ok(all);
+        }
+        let mut parts: Vec<&[u8]> = vec![all.as_bytes()];
+        parts.extend(filtered.iter().map(|k| k.as_bytes()));
+        Ok(sha256_hex(&parts))
     }
 
     /// Makes sure an image's layers are unpacked as a snapshot chain; returns the top.

@@ -507,3 +507,20 @@ async fn mkfile_and_mkdir_still_work_next_to_copies() {
     assert_eq!(listing(t.path()), ["m/", "m/n/", "m/n/a", "m/n/f"]);
     assert_eq!(mode(&t.path().join("m/n")), 0o700);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_an_excluded_file_keeps_the_cache() {
+    let mut env = Env::new(&[("app/main.rs", "fn main() {}"), ("app/notes.md", "v1")]);
+    let o = Copy {
+        exclude: strings(&["**/*.md"]),
+        ..Default::default()
+    };
+    let def = copy_from_context(&["app"], "/app/", &o);
+    assert_eq!(env.solve(&def).await.unwrap().executed, 1);
+    write(&env.ctx("app/notes.md"), "v2");
+    env.reopen();
+    assert_eq!(env.solve(&def).await.unwrap().executed, 0, "excluded edit");
+    write(&env.ctx("app/main.rs"), "fn main() { changed() }");
+    env.reopen();
+    assert_eq!(env.solve(&def).await.unwrap().executed, 1, "included edit");
+}
