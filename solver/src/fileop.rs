@@ -219,6 +219,10 @@ pub struct CopyOptions {
     pub parents: bool,
     /// `ADD`: extract local tar archives into the destination.
     pub unpack: bool,
+    /// The writable upper dir behind `dest_root` when that is an overlay mount. The
+    /// contents of directories this copy creates are written there directly, which
+    /// skips overlay's per-file cost; the caller must remount before looking at them.
+    pub direct_upper: Option<PathBuf>,
 }
 
 /// One entry to create in the destination.
@@ -273,14 +277,15 @@ fn split_pivot(source: &str) -> Option<(String, String)> {
         .map(|i| (clean_rel(&s[..i]), clean_rel(&s[i + 3..])))
 }
 
-/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's rules.
+/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
+/// rules. Returns whether anything was written through `opts.direct_upper`.
 pub fn copy(
     src: &SourceTree,
     sources: &[String],
     dest_root: &Path,
     dest: &str,
     opts: &CopyOptions,
-) -> Result<()> {
+) -> Result<bool> {
     // (matched path relative to the source root, path kept below the destination)
     let mut matched: Vec<(String, String)> = Vec::new();
     for s in sources {
@@ -313,6 +318,7 @@ pub fn copy(
     };
     let owner = opts.owner.or(default_owner);
     let mut plan = Plan::default();
+    let mut wrote_direct = false;
     for (rel, kept) in matched {
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
@@ -328,8 +334,21 @@ pub fn copy(
             dest_path.clone()
         };
         if md.is_dir() {
+            let fresh = std::fs::symlink_metadata(&base_dir).is_err();
             ensure_dir(dest_root, &base_dir, opts.owner)?;
-            walk(src, opts, &rel, "", &src_path, &base_dir, &mut plan)?;
+            // A directory that did not exist has nothing below it in lower layers, so
+            // writing its contents straight into the upper dir gives the same tree.
+            let fill = match (&opts.direct_upper, fresh) {
+                (Some(upper), true) => base_dir
+                    .strip_prefix(dest_root)
+                    .map(|r| upper.join(r))
+                    .ok()
+                    .filter(|d| d.is_dir())
+                    .unwrap_or_else(|| base_dir.clone()),
+                _ => base_dir.clone(),
+            };
+            wrote_direct |= fill != base_dir;
+            walk(src, opts, &rel, "", &src_path, &fill, &mut plan)?;
             continue;
         }
         if opts.unpack && md.is_file() {
@@ -364,7 +383,8 @@ pub fn copy(
         };
         plan.push(src_path, target, md);
     }
-    execute(&plan, owner, opts.chmod.as_ref())
+    execute(&plan, owner, opts.chmod.as_ref())?;
+    Ok(wrote_direct)
 }
 
 /// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,

@@ -778,8 +778,9 @@ impl Solver {
         let parent = Self::parent_of(inputs)?;
         let active = unique("active");
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
+        let upper = self.snapshots.upper_dir(&active)?;
         let res = (|| -> Result<()> {
-            let dest = MountGuard::mount(&self.root, &mounts)?;
+            let mut dest = MountGuard::mount(&self.root, &mounts)?;
             let mut views: HashMap<usize, (MountGuard, String)> = HashMap::new();
             for action in &file.actions {
                 match action {
@@ -804,15 +805,16 @@ impl Solver {
                                 .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
                             parents: *parents,
                             unpack: *unpack,
+                            direct_upper: Some(upper.clone()),
                         };
-                        match inputs.get(*src_input) {
+                        let wrote_direct = match inputs.get(*src_input) {
                             Some((Ref::Local(local), _)) => {
                                 let idx = self.context_index(local)?;
                                 let src = SourceTree {
                                     root: &idx.root,
                                     index: Some(&idx),
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             Some((Ref::Snapshot(snap), _)) => {
                                 if !views.contains_key(src_input) {
@@ -833,7 +835,7 @@ impl Solver {
                                     root: &guard.0,
                                     index: None,
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             Some((Ref::Scratch, _)) => {
                                 let empty = tempfile::tempdir()?;
@@ -841,9 +843,14 @@ impl Solver {
                                     root: empty.path(),
                                     index: None,
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             None => bail!("copy source input {src_input} does not exist"),
+                        };
+                        if wrote_direct {
+                            // The upper dir changed under the overlay: remount before reading on.
+                            drop(dest);
+                            dest = MountGuard::mount(&self.root, &mounts)?;
                         }
                     }
                     FileAction::Mkdir { path, mode, chown } => {
@@ -942,7 +949,7 @@ impl Solver {
                     root: &idx.root,
                     index: Some(&idx),
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
+                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
             }
             Ref::Snapshot(snap) => {
                 let key = unique("view");
@@ -953,7 +960,7 @@ impl Solver {
                         root: &guard.0,
                         index: None,
                     };
-                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
+                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
                 })();
                 let _ = self.snapshots.remove(&key);
                 res

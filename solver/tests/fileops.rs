@@ -524,3 +524,41 @@ async fn editing_an_excluded_file_keeps_the_cache() {
     env.reopen();
     assert_eq!(env.solve(&def).await.unwrap().executed, 1, "included edit");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_into_new_and_existing_dirs_on_a_base_combine() {
+    let env = Env::new(&[("a", "a"), ("d/x", "x"), ("d/sub/y", "y")]);
+    let mut def = copy_from_context(&["a"], "/base/", &Copy::default());
+    let base = def.output.unwrap();
+    let f = def.add(vertex(
+        Op::File(FileOp {
+            actions: vec![
+                // A new directory (filled through the snapshot's upper dir)...
+                copy_action(&["d"], "/fresh/", &Copy::default(), 1),
+                // ...then read back and extended by later actions of the same op.
+                copy_action(&["a"], "/fresh/sub/", &Copy::default(), 1),
+                copy_action(&["d"], "/base/", &Copy::default(), 1),
+                copy_action(&["d"], "/fresh/", &Copy::default(), 1),
+            ],
+        }),
+        vec![base, 1],
+    ));
+    def.output = Some(f);
+    let t = env.tree(&def).await;
+    assert_eq!(
+        listing(t.path()),
+        [
+            "base/",
+            "base/a",
+            "base/sub/",
+            "base/sub/y",
+            "base/x",
+            "fresh/",
+            "fresh/sub/",
+            "fresh/sub/a",
+            "fresh/sub/y",
+            "fresh/x"
+        ]
+    );
+    assert_eq!(owner(&t.path().join("fresh/sub/y")), (0, 0));
+}
