@@ -219,6 +219,10 @@ pub struct CopyOptions {
     pub parents: bool,
     /// `ADD`: extract local tar archives into the destination.
     pub unpack: bool,
+    /// The writable upper dir behind `dest_root` when that is an overlay mount. The
+    /// contents of directories this copy creates are written there directly, which
+    /// skips overlay's per-file cost; the caller must remount before looking at them.
+    pub direct_upper: Option<PathBuf>,
 }
 
 /// One entry to create in the destination.
@@ -236,6 +240,8 @@ struct Plan {
     items: Vec<Item>,
     /// (dev, inode) of multiply-linked files → destination of the first copy.
     inodes: HashMap<(u64, u64), PathBuf>,
+    /// Copy every xattr (overlay markers too), for replaying layer dirs verbatim.
+    all_xattrs: bool,
 }
 
 impl Plan {
@@ -271,14 +277,15 @@ fn split_pivot(source: &str) -> Option<(String, String)> {
         .map(|i| (clean_rel(&s[..i]), clean_rel(&s[i + 3..])))
 }
 
-/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's rules.
+/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
+/// rules. Returns whether anything was written through `opts.direct_upper`.
 pub fn copy(
     src: &SourceTree,
     sources: &[String],
     dest_root: &Path,
     dest: &str,
     opts: &CopyOptions,
-) -> Result<()> {
+) -> Result<bool> {
     // (matched path relative to the source root, path kept below the destination)
     let mut matched: Vec<(String, String)> = Vec::new();
     for s in sources {
@@ -311,6 +318,7 @@ pub fn copy(
     };
     let owner = opts.owner.or(default_owner);
     let mut plan = Plan::default();
+    let mut wrote_direct = false;
     for (rel, kept) in matched {
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
@@ -326,8 +334,21 @@ pub fn copy(
             dest_path.clone()
         };
         if md.is_dir() {
+            let fresh = std::fs::symlink_metadata(&base_dir).is_err();
             ensure_dir(dest_root, &base_dir, opts.owner)?;
-            walk(src, opts, &rel, "", &src_path, &base_dir, &mut plan)?;
+            // A directory that did not exist has nothing below it in lower layers, so
+            // writing its contents straight into the upper dir gives the same tree.
+            let fill = match (&opts.direct_upper, fresh) {
+                (Some(upper), true) => base_dir
+                    .strip_prefix(dest_root)
+                    .map(|r| upper.join(r))
+                    .ok()
+                    .filter(|d| d.is_dir())
+                    .unwrap_or_else(|| base_dir.clone()),
+                _ => base_dir.clone(),
+            };
+            wrote_direct |= fill != base_dir;
+            walk(src, opts, &rel, "", &src_path, &fill, &mut plan)?;
             continue;
         }
         if opts.unpack && md.is_file() {
@@ -362,7 +383,31 @@ pub fn copy(
         };
         plan.push(src_path, target, md);
     }
-    execute(&plan, owner, opts.chmod.as_ref())
+    execute(&plan, owner, opts.chmod.as_ref())?;
+    Ok(wrote_direct)
+}
+
+/// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,
+/// every xattr and device node (overlay whiteouts and opaque markers included).
+pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
+    let src = SourceTree {
+        root: src_dir,
+        index: None,
+    };
+    let mut plan = Plan {
+        all_xattrs: true,
+        ..Default::default()
+    };
+    walk(
+        &src,
+        &CopyOptions::default(),
+        "",
+        "",
+        src_dir,
+        dest_dir,
+        &mut plan,
+    )?;
+    execute(&plan, None, None)
 }
 
 /// Adds the contents of directory `src_dir` (at `rel` in the source, `below` under the
@@ -440,7 +485,7 @@ fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Resul
     plan.items
         .par_iter()
         .filter(|i| !i.md.is_dir() && i.link_to.is_none())
-        .try_for_each(|item| copy_entry(&item.src, &item.md, &item.dest, owner, chmod))?;
+        .try_for_each(|item| copy_entry(plan, item, owner, chmod))?;
     for item in plan.items.iter() {
         if let Some(first) = &item.link_to {
             remove_existing(&item.dest)?;
@@ -449,7 +494,12 @@ fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Resul
         }
     }
     for item in plan.items.iter().rev().filter(|i| i.md.is_dir()) {
-        apply_meta(&item.src, &item.dest, &item.md, None, owner, chmod)?;
+        let meta = Meta {
+            owner,
+            chmod,
+            all_xattrs: plan.all_xattrs,
+        };
+        apply_meta(&item.src, &item.dest, &item.md, None, &meta)?;
     }
     Ok(())
 }
@@ -468,20 +518,32 @@ fn remove_existing(path: &Path) -> Result<()> {
     .with_context(|| format!("replacing {}", path.display()))
 }
 
+/// How created entries get their metadata.
+struct Meta<'a> {
+    owner: Option<Owner>,
+    chmod: Option<&'a ModeSpec>,
+    all_xattrs: bool,
+}
+
 fn copy_entry(
-    src: &Path,
-    md: &std::fs::Metadata,
-    dest: &Path,
+    plan: &Plan,
+    item: &Item,
     owner: Option<Owner>,
     chmod: Option<&ModeSpec>,
 ) -> Result<()> {
+    let (src, md, dest) = (item.src.as_path(), &item.md, item.dest.as_path());
+    let meta = Meta {
+        owner,
+        chmod,
+        all_xattrs: plan.all_xattrs,
+    };
     remove_existing(dest)?;
     let ft = md.file_type();
     if ft.is_symlink() {
         let target = std::fs::read_link(src)?;
         std::os::unix::fs::symlink(&target, dest)
             .with_context(|| format!("creating {}", dest.display()))?;
-        return apply_meta(src, dest, md, None, owner, chmod);
+        return apply_meta(src, dest, md, None, &meta);
     }
     if ft.is_file() {
         use std::os::unix::fs::OpenOptionsExt;
@@ -500,7 +562,7 @@ fn copy_entry(
         // io::copy between files uses copy_file_range (reflinks where the fs can).
         std::io::copy(&mut from, &mut to)
             .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
-        return apply_meta(src, dest, md, Some((&from, &to)), owner, chmod);
+        return apply_meta(src, dest, md, Some((&from, &to)), &meta);
     }
     use std::os::unix::fs::FileTypeExt;
     let kind = if ft.is_fifo() {
@@ -520,13 +582,13 @@ fn copy_entry(
         md.rdev(),
     )
     .with_context(|| format!("creating {}", dest.display()))?;
-    apply_meta(src, dest, md, None, owner, chmod)
+    apply_meta(src, dest, md, None, &meta)
 }
 
 /// Extended attributes a copy keeps: the user namespace and file capabilities
 /// (overlay's trusted.* and security labels belong to the host).
-fn xattr_kept(name: &[u8]) -> bool {
-    name.starts_with(b"user.") || name == b"security.capability"
+fn xattr_kept(name: &[u8], all: bool) -> bool {
+    all || name.starts_with(b"user.") || name == b"security.capability"
 }
 
 /// Copies kept xattrs from `src` to `dest` (by open files when given).
@@ -534,17 +596,28 @@ fn copy_xattrs(
     src: &Path,
     dest: &Path,
     files: Option<(&std::fs::File, &std::fs::File)>,
+    all: bool,
 ) -> Result<()> {
+    let list = |buf: &mut [u8]| match files {
+        Some((from, _)) => rustix::fs::flistxattr(from, buf),
+        None => rustix::fs::llistxattr(src, buf),
+    };
     let mut names = vec![0u8; 1024];
-    let len = match files {
-        Some((from, _)) => rustix::fs::flistxattr(from, &mut names),
-        None => rustix::fs::llistxattr(src, &mut names),
+    let len = match list(&mut names) {
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 1 << 16];
+            list(&mut names)
+        }
+        other => other,
     };
     let len = match len {
         Ok(0) | Err(_) => return Ok(()), // none, or a filesystem without xattrs
         Ok(n) => n,
     };
-    for name in names[..len].split(|&b| b == 0).filter(|n| xattr_kept(n)) {
+    for name in names[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty() && xattr_kept(n, all))
+    {
         let cname = std::ffi::CString::new(name)?;
         let mut value = vec![0u8; 64 * 1024];
         let n = match files {
@@ -577,9 +650,9 @@ fn apply_meta(
     dest: &Path,
     md: &std::fs::Metadata,
     files: Option<(&std::fs::File, &std::fs::File)>,
-    owner: Option<Owner>,
-    chmod: Option<&ModeSpec>,
+    meta: &Meta,
 ) -> Result<()> {
+    let (owner, chmod) = (meta.owner, meta.chmod);
     let (uid, gid) = owner
         .map(|o| (o.uid, o.gid))
         .unwrap_or((md.uid(), md.gid()));
@@ -607,7 +680,7 @@ fn apply_meta(
             .with_context(|| format!("chown {}", dest.display()))?;
         rustix::fs::fchmod(to, rustix::fs::Mode::from_raw_mode(mode))
             .with_context(|| format!("chmod {}", dest.display()))?;
-        copy_xattrs(src, dest, files)?;
+        copy_xattrs(src, dest, files, meta.all_xattrs)?;
         rustix::fs::futimens(to, &ts)
             .with_context(|| format!("setting times of {}", dest.display()))?;
         return Ok(());
@@ -623,7 +696,7 @@ fn apply_meta(
     if !is_link {
         std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {}", dest.display()))?;
-        copy_xattrs(src, dest, None)?;
+        copy_xattrs(src, dest, None, meta.all_xattrs)?;
     }
     rustix::fs::utimensat(
         rustix::fs::CWD,
@@ -633,6 +706,37 @@ fn apply_meta(
     )
     .with_context(|| format!("setting times of {}", dest.display()))?;
     Ok(())
+}
+
+/// Checksum of the context entries a COPY of `rel` with `exclude` reads: `rel` and
+/// everything below it that the patterns do not exclude (same rules as the copy).
+pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatcher) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(rel.as_bytes());
+    let under = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}/")
+    };
+    let exact = idx.entries.get_key_value(rel);
+    let below = idx
+        .entries
+        .range(under.clone()..)
+        .take_while(|(k, _)| k.starts_with(&under));
+    for (path, e) in exact.into_iter().chain(below) {
+        let inner = &path[under.len().min(path.len())..];
+        // The matched source itself is always read (over-invalidating is safe).
+        if path != rel && (exclude.matches(path) || exclude.matches(inner)) {
+            continue;
+        }
+        h.update(b"\0");
+        h.update(path.as_bytes());
+        h.update([0, e.kind as u8]);
+        h.update(e.mode.to_le_bytes());
+        h.update(e.digest);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 /// Creates `dir` and missing parents (mode 0755, owned by `owner` or root).

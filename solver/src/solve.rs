@@ -499,8 +499,72 @@ impl Solver {
                     self.run_file(file, inputs)
                 })
             }
-            Op::Http { .. } | Op::Git { .. } | Op::Merge => {
-                bail!("{name}: this kind of step is not supported yet")
+            Op::Merge => {
+                let mut parts: Vec<&[u8]> = vec![b"merge"];
+                parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
+                let key = sha256_hex(&parts);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    crate::merge::run_merge(self, inputs)
+                })
+            }
+            Op::Http {
+                url,
+                filename,
+                checksum,
+            } => {
+                // A pinned checksum is the key; otherwise the content is, so download first.
+                let (key, fetched) = match checksum {
+                    Some(c) => {
+                        crate::http::validate_checksum(c)?;
+                        (
+                            sha256_hex(&[b"http", filename.as_bytes(), c.as_bytes()]),
+                            None,
+                        )
+                    }
+                    None => {
+                        let f = crate::http::fetch(self, url, filename)?;
+                        let mtime = f.mtime.unwrap_or(-1).to_string();
+                        let key = sha256_hex(&[
+                            b"http",
+                            filename.as_bytes(),
+                            f.digest.as_bytes(),
+                            mtime.as_bytes(),
+                        ]);
+                        (key, Some(f))
+                    }
+                };
+                let unused = fetched.as_ref().map(|f| f.active.clone());
+                let mut fetched = fetched;
+                let res = self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    let f = match fetched.take() {
+                        Some(f) => f,
+                        None => crate::http::fetch(self, url, filename)?,
+                    };
+                    crate::http::commit(self, f, url, checksum.as_deref())
+                });
+                if let (Some(active), Some(_)) = (unused, fetched) {
+                    // Answered from the cache: the download was not needed.
+                    let _ = self.snapshots.remove(&active);
+                }
+                res
+            }
+            Op::Git {
+                remote,
+                reference,
+                subdir,
+                keep_git_dir,
+            } => {
+                let resolved = crate::git::resolve(remote, reference.as_deref())?;
+                let keep = if *keep_git_dir { remote.as_str() } else { "" };
+                let key = sha256_hex(&[
+                    b"git",
+                    resolved.commit.as_bytes(),
+                    subdir.as_deref().unwrap_or("").as_bytes(),
+                    keep.as_bytes(),
+                ]);
+                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                    crate::git::checkout(self, remote, &resolved, subdir.as_deref(), *keep_git_dir)
+                })
             }
         }
     }
@@ -556,12 +620,20 @@ impl Solver {
             index: Some(&idx),
         };
         let mut paths = Vec::new();
+        // Sources copied with --exclude: checksums of only what they copy, so editing an
+        // excluded file keeps the cache.
+        let mut filtered = Vec::new();
         for a in &file.actions {
             if let FileAction::Copy {
-                src_input, sources, ..
+                src_input,
+                sources,
+                exclude,
+                ..
             } = a
             {
                 if *src_input == input {
+                    let matcher = PatternMatcher::new(exclude.iter().map(String::as_str))
+                        .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?;
                     for s in sources {
                         let m = src
                             .matches(s)
@@ -569,12 +641,24 @@ impl Solver {
                         if m.is_empty() {
                             bail!("failed to compute cache key: no source files were specified matching \"{s}\"");
                         }
-                        paths.extend(m);
+                        if matcher.is_empty() {
+                            paths.extend(m);
+                        } else {
+                            for rel in m {
+                                filtered.push(fileop::checksum_excluding(&idx, &rel, &matcher));
+                            }
+                        }
                     }
                 }
             }
         }
-        Ok(idx.checksum(&paths))
+        let all = idx.checksum(&paths);
+        if filtered.is_empty() {
+            return Ok(all);
+        }
+        let mut parts: Vec<&[u8]> = vec![all.as_bytes()];
+        parts.extend(filtered.iter().map(|k| k.as_bytes()));
+        Ok(sha256_hex(&parts))
     }
 
     /// Makes sure an image's layers are unpacked as a snapshot chain; returns the top.
@@ -780,8 +864,9 @@ impl Solver {
         let parent = Self::parent_of(inputs)?;
         let active = unique("active");
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
+        let upper = self.snapshots.upper_dir(&active)?;
         let res = (|| -> Result<()> {
-            let dest = MountGuard::mount(&self.root, &mounts)?;
+            let mut dest = MountGuard::mount(&self.root, &mounts)?;
             let mut views: HashMap<usize, (MountGuard, String)> = HashMap::new();
             for action in &file.actions {
                 match action {
@@ -806,15 +891,16 @@ impl Solver {
                                 .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
                             parents: *parents,
                             unpack: *unpack,
+                            direct_upper: Some(upper.clone()),
                         };
-                        match inputs.get(*src_input) {
+                        let wrote_direct = match inputs.get(*src_input) {
                             Some((Ref::Local(local), _)) => {
                                 let idx = self.context_index(local)?;
                                 let src = SourceTree {
                                     root: &idx.root,
                                     index: Some(&idx),
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             Some((Ref::Snapshot(snap), _)) => {
                                 if !views.contains_key(src_input) {
@@ -835,7 +921,7 @@ impl Solver {
                                     root: &guard.0,
                                     index: None,
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             Some((Ref::Scratch, _)) => {
                                 let empty = tempfile::tempdir()?;
@@ -843,9 +929,14 @@ impl Solver {
                                     root: empty.path(),
                                     index: None,
                                 };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?;
+                                fileop::copy(&src, sources, &dest.0, to, &opts)?
                             }
                             None => bail!("copy source input {src_input} does not exist"),
+                        };
+                        if wrote_direct {
+                            // The upper dir changed under the overlay: remount before reading on.
+                            drop(dest);
+                            dest = MountGuard::mount(&self.root, &mounts)?;
                         }
                     }
                     FileAction::Mkdir { path, mode, chown } => {
@@ -948,7 +1039,7 @@ impl Solver {
                     root: &idx.root,
                     index: Some(&idx),
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
+                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
             }
             Ref::Snapshot(snap) => {
                 let key = unique("view");
@@ -959,7 +1050,7 @@ impl Solver {
                         root: &guard.0,
                         index: None,
                     };
-                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default())
+                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
                 })();
                 let _ = self.snapshots.remove(&key);
                 res

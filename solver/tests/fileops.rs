@@ -507,3 +507,58 @@ async fn mkfile_and_mkdir_still_work_next_to_copies() {
     assert_eq!(listing(t.path()), ["m/", "m/n/", "m/n/a", "m/n/f"]);
     assert_eq!(mode(&t.path().join("m/n")), 0o700);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_an_excluded_file_keeps_the_cache() {
+    let mut env = Env::new(&[("app/main.rs", "fn main() {}"), ("app/notes.md", "v1")]);
+    let o = Copy {
+        exclude: strings(&["**/*.md"]),
+        ..Default::default()
+    };
+    let def = copy_from_context(&["app"], "/app/", &o);
+    assert_eq!(env.solve(&def).await.unwrap().executed, 1);
+    write(&env.ctx("app/notes.md"), "v2");
+    env.reopen();
+    assert_eq!(env.solve(&def).await.unwrap().executed, 0, "excluded edit");
+    write(&env.ctx("app/main.rs"), "fn main() { changed() }");
+    env.reopen();
+    assert_eq!(env.solve(&def).await.unwrap().executed, 1, "included edit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_into_new_and_existing_dirs_on_a_base_combine() {
+    let env = Env::new(&[("a", "a"), ("d/x", "x"), ("d/sub/y", "y")]);
+    let mut def = copy_from_context(&["a"], "/base/", &Copy::default());
+    let base = def.output.unwrap();
+    let f = def.add(vertex(
+        Op::File(FileOp {
+            actions: vec![
+                // A new directory (filled through the snapshot's upper dir)...
+                copy_action(&["d"], "/fresh/", &Copy::default(), 1),
+                // ...then read back and extended by later actions of the same op.
+                copy_action(&["a"], "/fresh/sub/", &Copy::default(), 1),
+                copy_action(&["d"], "/base/", &Copy::default(), 1),
+                copy_action(&["d"], "/fresh/", &Copy::default(), 1),
+            ],
+        }),
+        vec![base, 1],
+    ));
+    def.output = Some(f);
+    let t = env.tree(&def).await;
+    assert_eq!(
+        listing(t.path()),
+        [
+            "base/",
+            "base/a",
+            "base/sub/",
+            "base/sub/y",
+            "base/x",
+            "fresh/",
+            "fresh/sub/",
+            "fresh/sub/a",
+            "fresh/sub/y",
+            "fresh/x"
+        ]
+    );
+    assert_eq!(owner(&t.path().join("fresh/sub/y")), (0, 0));
+}

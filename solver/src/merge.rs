@@ -1,0 +1,78 @@
+//! Merge ops (`COPY --link`): the result is input 0 with every other input's
+//! layers replayed on top, each keeping its own layer blob. A changed base thus
+//! leaves the linked layers' cache entries and blob digests untouched.
+
+use crate::fileop::copy_tree_verbatim;
+use crate::solve::{unique, Ref, Solver};
+use anyhow::{bail, Result};
+
+/// Labels that carry a snapshot's layer blob; a replayed layer keeps them.
+const LAYER_LABEL_PREFIX: &str = "builder.layer.";
+
+/// The committed snapshots of a chain, base first.
+fn chain(solver: &Solver, top: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = Some(top.to_string());
+    while let Some(key) = cur {
+        cur = solver.snapshots.stat(&key)?.parent;
+        out.push(key);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Produces the merged snapshot of `inputs` (input 0 first); returns its name.
+pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<String> {
+    let mut top: Option<String> = match inputs.first() {
+        None | Some((Ref::Scratch, _)) => None,
+        Some((Ref::Snapshot(s), _)) => Some(s.clone()),
+        Some((Ref::Local(n), _)) => bail!("local directory {n:?} cannot be merged"),
+    };
+    for (r, _) in inputs.iter().skip(1) {
+        let layer_top = match r {
+            Ref::Scratch => continue,
+            Ref::Snapshot(s) => s,
+            Ref::Local(n) => bail!("local directory {n:?} cannot be merged"),
+        };
+        // Make sure every layer has its blob (and labels) before replaying it.
+        solver.export_layers(r)?;
+        for layer in chain(solver, layer_top)? {
+            top = Some(replay(solver, top.as_deref(), &layer)?);
+        }
+    }
+    match top {
+        Some(t) => Ok(t),
+        None => {
+            // Nothing to merge at all: an empty committed snapshot.
+            let active = unique("merge");
+            solver.snapshots.prepare(&active, None)?;
+            let name = unique("layer");
+            solver.snapshots.commit(&name, &active)?;
+            Ok(name)
+        }
+    }
+}
+
+/// Commits a copy of `layer`'s own dir on top of `parent`, with `layer`'s blob labels.
+fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> {
+    let snapshots = &solver.snapshots;
+    let active = unique("merge");
+    snapshots.prepare(&active, parent)?;
+    let res = (|| -> Result<String> {
+        let from = snapshots.upper_dir(layer)?;
+        let to = snapshots.upper_dir(&active)?;
+        copy_tree_verbatim(&from, &to)?;
+        let name = unique("layer");
+        snapshots.commit(&name, &active)?;
+        for (k, v) in snapshots.stat(layer)?.labels {
+            if k.starts_with(LAYER_LABEL_PREFIX) {
+                snapshots.set_label(&name, &k, &v)?;
+            }
+        }
+        Ok(name)
+    })();
+    if res.is_err() {
+        let _ = snapshots.remove(&active);
+    }
+    res
+}
