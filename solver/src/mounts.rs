@@ -615,13 +615,8 @@ impl Solver {
             root: &from,
             index: None,
         };
-        fileop::copy(
-            &src,
-            &[".".into()],
-            dir,
-            "/",
-            &CopyOptions::default(),
-        )
+        fileop::copy(&src, &[".".into()], dir, "/", &CopyOptions::default())?;
+        Ok(())
     }
 }
 

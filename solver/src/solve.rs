@@ -503,7 +503,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"merge"];
                 parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
                 let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     crate::merge::run_merge(self, inputs)
                 })
             }
@@ -535,7 +535,7 @@ impl Solver {
                 };
                 let unused = fetched.as_ref().map(|f| f.active.clone());
                 let mut fetched = fetched;
-                let res = self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                let res = self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     let f = match fetched.take() {
                         Some(f) => f,
                         None => crate::http::fetch(self, url, filename)?,
@@ -562,7 +562,7 @@ impl Solver {
                     subdir.as_deref().unwrap_or("").as_bytes(),
                     keep.as_bytes(),
                 ]);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, || {
+                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     crate::git::checkout(self, remote, &resolved, subdir.as_deref(), *keep_git_dir)
                 })
             }
