@@ -26,9 +26,12 @@ pub struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Output: type=oci|docker|local|image,dest=PATH
+    /// Output, buildx style: type=image|registry|oci|docker|local|tar[,dest=PATH][,compression=gzip|zstd|uncompressed]...; `-` = rootfs tar on stdout.
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
+    /// Push the image to its registry (shorthand for --output type=registry).
+    #[arg(long)]
+    pub push: bool,
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
@@ -58,35 +61,6 @@ impl ImageResolver for SolverResolver {
     }
 }
 
-#[derive(Debug, PartialEq)]
-enum Output {
-    Oci(PathBuf),
-    Docker(PathBuf),
-    Local(PathBuf),
-}
-
-fn parse_output(spec: &str) -> Result<Output> {
-    let mut kv: HashMap<&str, &str> = HashMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=out.tar")
-        })?;
-        kv.insert(k.trim(), v.trim());
-    }
-    let dest = || {
-        kv.get("dest")
-            .map(PathBuf::from)
-            .ok_or_else(|| anyhow!("--output {spec:?}: dest= is required"))
-    };
-    match kv.get("type").copied() {
-        Some("oci") => Ok(Output::Oci(dest()?)),
-        Some("docker") => Ok(Output::Docker(dest()?)),
-        Some("local") => Ok(Output::Local(dest()?)),
-        Some(t) => bail!("--output {spec:?}: unknown type {t:?}; supported: oci, docker, local"),
-        None => bail!("--output {spec:?}: type= is required (oci, docker or local)"),
-    }
-}
-
 fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
@@ -106,12 +80,16 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
-    let outputs = args
+    let mut outputs = args
         .outputs
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| crate::output::parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    if args.push {
+        outputs.push(crate::output::parse_output("type=registry")?);
+    }
     let build_args = parse_build_args(&args.build_args)?;
+    let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
     let context = args
         .context
         .canonicalize()
@@ -238,52 +216,16 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         }
     };
 
-    // Export.
-    let s2 = solver.clone();
-    let out_ref = solved.output.clone();
-    let layers = tokio::task::spawn_blocking(move || s2.export_layers(&out_ref)).await??;
-    let mut config = lowered.image.clone();
-    config.rootfs.kind = "layers".into();
-    config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let created = exporter::now_rfc3339();
-    config.created = Some(created.clone());
-    for h in config.history.iter_mut().filter(|h| h.created.is_none()) {
-        h.created = Some(created.clone());
-    }
-    let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
-    let manifest = exporter::write_image(&solver.content, &config, &descriptors)?;
-    for t in &args.tags {
-        solver.images.tag(t, &manifest)?;
-    }
-    for o in &outputs {
-        match o {
-            Output::Oci(dest) => {
-                let f = std::fs::File::create(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                exporter::export_oci_archive(
-                    &solver.content,
-                    &manifest,
-                    args.tags.first().map(String::as_str),
-                    std::io::BufWriter::new(f),
-                )?;
-            }
-            Output::Docker(dest) => {
-                let f = std::fs::File::create(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                exporter::export_docker_archive(
-                    &solver.content,
-                    &manifest,
-                    &args.tags,
-                    std::io::BufWriter::new(f),
-                )?;
-            }
-            Output::Local(dest) => {
-                let s2 = solver.clone();
-                let (r, d) = (solved.output.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || s2.export_local(&r, &d)).await??;
-            }
-        }
-    }
+    let manifest = crate::output::export(crate::output::ExportRequest {
+        root,
+        solver: solver.clone(),
+        result: solved.output.clone(),
+        image: lowered.image.clone(),
+        tags: &args.tags,
+        outputs,
+        source_date_epoch,
+    })
+    .await?;
     if let Some(p) = &args.iidfile {
         std::fs::write(p, &manifest.digest)?;
     }
@@ -297,20 +239,4 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         eprintln!("naming to {t}");
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outputs_parse() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar").unwrap(),
-            Output::Oci("a.tar".into())
-        );
-        assert!(parse_output("type=zip,dest=a").is_err());
-        assert!(parse_output("type=oci").is_err());
-        assert!(parse_output("oci").is_err());
-    }
 }

@@ -4,7 +4,10 @@
 
 mod build;
 mod cli;
+mod image_cmds;
+mod output;
 mod progress;
+mod rootfs_tar;
 mod run;
 
 use clap::Parser as _;
