@@ -136,7 +136,8 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
     };
     let image_type = !matches!(kind_name, "local" | "tar");
     for key in kv.keys() {
-        if !allowed.contains(key) && !(image_type && IMAGE_KEYS.contains(key)) {
+        let known = allowed.contains(key) || (image_type && IMAGE_KEYS.contains(key));
+        if !known {
             bail!("{}: unknown key {key:?} for type={kind_name}", flag());
         }
     }

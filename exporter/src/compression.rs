@@ -309,7 +309,7 @@ mod tests {
     fn sample(len: usize) -> Vec<u8> {
         // Compressible but not trivial: a counter mixed with a little noise.
         (0..len)
-            .map(|i| ((i / 3) as u8) ^ ((i * 2654435761usize >> 13) as u8 & 7))
+            .map(|i| ((i / 3) as u8) ^ (((i * 2654435761usize) >> 13) as u8 & 7))
             .collect()
     }
 
