@@ -43,9 +43,13 @@ pub enum OutputKind {
     /// The local image store (and a registry with `push=true` / `type=registry`).
     Image { names: Vec<String>, push: bool },
     /// OCI image layout: a tar, or a directory with `tar=false`.
-    Oci { dest: Dest, tar: bool },
+    Oci {
+        dest: Dest,
+        tar: bool,
+        names: Vec<String>,
+    },
     /// A `docker load` archive.
-    Docker { dest: Dest },
+    Docker { dest: Dest, names: Vec<String> },
     /// The result's filesystem copied into a directory.
     Local { dest: PathBuf },
     /// The result's filesystem as a tar.
@@ -172,8 +176,12 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
         "oci" => OutputKind::Oci {
             dest: dest()?,
             tar: boolean("tar")?.unwrap_or(true),
+            names: names(),
         },
-        "docker" => OutputKind::Docker { dest: dest()? },
+        "docker" => OutputKind::Docker {
+            dest: dest()?,
+            names: names(),
+        },
         "local" => match dest()? {
             Dest::Stdout => OutputKind::Tar { dest: Dest::Stdout },
             Dest::Path(dest) => OutputKind::Local { dest },
@@ -183,6 +191,7 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
     if let OutputKind::Oci {
         dest: Dest::Stdout,
         tar: false,
+        ..
     } = kind
     {
         bail!(
@@ -348,10 +357,10 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                 }
                 main.get_or_insert(descriptor);
             }
-            (OutputKind::Oci { dest, tar }, Some(descriptor)) => {
+            (OutputKind::Oci { dest, tar, names }, Some(descriptor)) => {
                 let content = solver.content.clone();
                 let (dest, tar) = (dest.clone(), *tar);
-                let name = tags.first().cloned();
+                let name = names.first().or(tags.first()).cloned();
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     match (&dest, tar) {
                         (Dest::Path(dir), false) => exporter::export_oci_layout_dir(
@@ -371,9 +380,10 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                 })
                 .await??;
             }
-            (OutputKind::Docker { dest }, Some(descriptor)) => {
+            (OutputKind::Docker { dest, names }, Some(descriptor)) => {
                 let content = solver.content.clone();
-                let (dest, tags) = (dest.clone(), tags.to_vec());
+                let dest = dest.clone();
+                let tags = if names.is_empty() { tags } else { names }.to_vec();
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     exporter::export_docker_archive(&content, &descriptor, &tags, dest.create()?)?;
                     Ok(())
@@ -453,7 +463,7 @@ mod tests {
     fn parses_buildx_style_outputs() {
         let oci = parse_output("type=oci,dest=a.tar,compression=zstd,compression-level=5").unwrap();
         assert!(
-            matches!(&oci.kind, OutputKind::Oci { dest, tar: true } if is_path(dest, Path::new("a.tar")))
+            matches!(&oci.kind, OutputKind::Oci { dest, tar: true, .. } if is_path(dest, Path::new("a.tar")))
         );
         assert_eq!(oci.compression.kind, CompressionKind::Zstd);
         assert_eq!(oci.compression.level, Some(5));

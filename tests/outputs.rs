@@ -258,9 +258,20 @@ fn docker_archive_has_the_docker_load_layout() {
             "app:2",
             "-o",
             &format!("type=docker,dest={}", archive.display()),
+            "-o",
+            &format!(
+                "type=docker,dest={},name=other:9",
+                out.path().join("named.tar").display()
+            ),
         ],
     );
     ok(&build, "build");
+    let named = out.path().join("named");
+    untar(&out.path().join("named.tar"), &named);
+    assert_eq!(
+        read_json(&named.join("manifest.json"))[0]["RepoTags"],
+        serde_json::json!(["other:9"])
+    );
     let unpacked = out.path().join("unpacked");
     untar(&archive, &unpacked);
     let manifest = read_json(&unpacked.join("manifest.json"));

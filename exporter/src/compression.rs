@@ -187,6 +187,8 @@ pub(crate) struct ParallelGzip<W: Write> {
     pending: Vec<u8>,
     /// Full pieces waiting for a parallel batch.
     batch: Vec<Vec<u8>>,
+    /// The previous batch, compressing on a helper thread.
+    in_flight: Option<std::thread::JoinHandle<io::Result<Vec<Vec<u8>>>>>,
     header_written: bool,
 }
 
@@ -198,6 +200,7 @@ impl<W: Write> ParallelGzip<W> {
             crc: flate2::Crc::new(),
             pending: Vec::with_capacity(GZIP_PIECE_SIZE),
             batch: Vec::new(),
+            in_flight: None,
             header_written: false,
         }
     }
@@ -207,6 +210,10 @@ impl<W: Write> ParallelGzip<W> {
         (rayon::current_num_threads() * 2).clamp(2, 32)
     }
 
+    /// Compresses the full pieces (and `last`, the final piece) in parallel. Outside a rayon
+    /// pool the batch runs on a helper thread while the caller goes on producing the next one
+    /// (at most one batch in flight); inside a pool it runs in place, since blocking a pool
+    /// thread on other pool work could deadlock a one-thread pool.
     fn compress_batch(&mut self, last: Option<Vec<u8>>) -> io::Result<()> {
         if !self.header_written {
             self.out.write_all(&GZIP_HEADER)?;
@@ -218,12 +225,39 @@ impl<W: Write> ParallelGzip<W> {
         if let Some(last) = last {
             pieces.push((last, true));
         }
-        let compressed: Vec<io::Result<Vec<u8>>> = pieces
-            .par_iter()
-            .map(|(piece, is_last)| deflate_piece(piece, level, *is_last))
-            .collect();
-        for piece in compressed {
-            self.out.write_all(&piece?)?;
+        let compress = move || -> io::Result<Vec<Vec<u8>>> {
+            pieces
+                .par_iter()
+                .map(|(piece, is_last)| deflate_piece(piece, level, *is_last))
+                .collect()
+        };
+        if rayon::current_thread_index().is_some() {
+            self.write_in_flight()?;
+            let compressed = compress()?;
+            return self.write_pieces(compressed);
+        }
+        let helper = std::thread::Builder::new()
+            .name("gzip-batch".to_string())
+            .spawn(compress)?;
+        self.write_in_flight()?;
+        self.in_flight = Some(helper);
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and writes it out.
+    fn write_in_flight(&mut self) -> io::Result<()> {
+        if let Some(helper) = self.in_flight.take() {
+            let compressed = helper
+                .join()
+                .map_err(|_| io::Error::other("gzip compression thread panicked"))??;
+            self.write_pieces(compressed)?;
+        }
+        Ok(())
+    }
+
+    fn write_pieces(&mut self, pieces: Vec<Vec<u8>>) -> io::Result<()> {
+        for piece in pieces {
+            self.out.write_all(&piece)?;
         }
         Ok(())
     }
@@ -231,6 +265,7 @@ impl<W: Write> ParallelGzip<W> {
     fn finish(mut self) -> io::Result<W> {
         let last = std::mem::take(&mut self.pending);
         self.compress_batch(Some(last))?;
+        self.write_in_flight()?;
         self.out.write_all(&self.crc.sum().to_le_bytes())?;
         self.out.write_all(&self.crc.amount().to_le_bytes())?;
         Ok(self.out)
@@ -292,18 +327,24 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn gzip(data: &[u8], threads: usize) -> Vec<u8> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+    /// Gzip of `data` from inside a pool of `threads` threads, or from outside any pool
+    /// (the pipelined path) with `None`.
+    fn gzip(data: &[u8], threads: Option<usize>) -> Vec<u8> {
+        let compress = || {
             let mut gz = ParallelGzip::new(Vec::new(), 6);
             for chunk in data.chunks(7777) {
                 gz.write_all(chunk).unwrap();
             }
             gz.finish().unwrap()
-        })
+        };
+        match threads {
+            None => compress(),
+            Some(threads) => rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(compress),
+        }
     }
 
     fn sample(len: usize) -> Vec<u8> {
@@ -315,11 +356,16 @@ mod tests {
 
     #[test]
     fn parallel_gzip_round_trips_and_ignores_thread_count() {
-        for len in [0, 1, GZIP_PIECE_SIZE, 3 * GZIP_PIECE_SIZE + 12345] {
+        for len in [0, 1, GZIP_PIECE_SIZE, 10 * GZIP_PIECE_SIZE + 12345] {
             let data = sample(len);
-            let one = gzip(&data, 1);
-            let four = gzip(&data, 4);
+            let one = gzip(&data, Some(1));
+            let four = gzip(&data, Some(4));
             assert_eq!(one, four, "len {len}: output depends on threads");
+            assert_eq!(
+                one,
+                gzip(&data, None),
+                "len {len}: pipelined output differs"
+            );
             let mut back = Vec::new();
             flate2::read::GzDecoder::new(&one[..])
                 .read_to_end(&mut back)
