@@ -90,6 +90,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     }
     let build_args = parse_build_args(&args.build_args)?;
     let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
+    crate::output::check_outputs(&outputs, source_date_epoch)?;
     let context = args
         .context
         .canonicalize()

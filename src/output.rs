@@ -26,15 +26,44 @@ impl Dest {
         }
     }
 
-    /// A buffered writer for the destination (stdout or a new file).
-    fn create(&self) -> Result<Box<dyn Write + Send>> {
-        Ok(match self {
-            Dest::Stdout => Box::new(std::io::BufWriter::new(std::io::stdout())),
-            Dest::Path(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            )),
-        })
+    /// Runs `write` on a buffered writer for the destination. A file is written under a
+    /// temporary name next to it and renamed into place only when complete, so a failed export
+    /// never leaves a truncated archive behind.
+    fn write_with(&self, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+        match self {
+            Dest::Stdout => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                write(&mut out)?;
+                out.flush().context("writing to stdout")
+            }
+            Dest::Path(path) => {
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| anyhow!("--output dest={}: not a file name", path.display()))?;
+                let mut temp_name = std::ffi::OsString::from(".");
+                temp_name.push(name);
+                temp_name.push(format!(".partial-{}", std::process::id()));
+                let temp = path.with_file_name(temp_name);
+                let result = (|| -> Result<()> {
+                    let file = std::fs::File::create(&temp)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    write(&mut out)?;
+                    let file = out
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    file.sync_all()
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::rename(&temp, path)
+                        .with_context(|| format!("renaming into {}", path.display()))
+                })();
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&temp);
+                }
+                result
+            }
+        }
     }
 }
 
@@ -235,6 +264,14 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
     })
 }
 
+/// Checks what can be checked before building: `rewrite-timestamp` needs SOURCE_DATE_EPOCH.
+pub fn check_outputs(outputs: &[OutputSpec], source_date_epoch: Option<u64>) -> Result<()> {
+    for output in outputs {
+        format_of(output, source_date_epoch)?;
+    }
+    Ok(())
+}
+
 /// SOURCE_DATE_EPOCH from `--build-arg` (first) or the environment.
 pub fn source_date_epoch(
     build_args: &std::collections::BTreeMap<String, String>,
@@ -369,12 +406,15 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                             name.as_deref(),
                             dir,
                         )?,
-                        _ => exporter::export_oci_archive(
-                            &content,
-                            &descriptor,
-                            name.as_deref(),
-                            dest.create()?,
-                        )?,
+                        _ => dest.write_with(|out| {
+                            exporter::export_oci_archive(
+                                &content,
+                                &descriptor,
+                                name.as_deref(),
+                                out,
+                            )?;
+                            Ok(())
+                        })?,
                     }
                     Ok(())
                 })
@@ -385,8 +425,10 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                 let dest = dest.clone();
                 let tags = if names.is_empty() { tags } else { names }.to_vec();
                 tokio::task::spawn_blocking(move || -> Result<()> {
-                    exporter::export_docker_archive(&content, &descriptor, &tags, dest.create()?)?;
-                    Ok(())
+                    dest.write_with(|out| {
+                        exporter::export_docker_archive(&content, &descriptor, &tags, out)?;
+                        Ok(())
+                    })
                 })
                 .await??;
             }
@@ -398,7 +440,9 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                 let (solver, result, dest) = (solver.clone(), result.clone(), dest.clone());
                 let scratch = root.join("tmp");
                 tokio::task::spawn_blocking(move || {
-                    crate::rootfs_tar::write_rootfs_tar(&solver, &result, &scratch, dest.create()?)
+                    dest.write_with(|out| {
+                        crate::rootfs_tar::write_rootfs_tar(&solver, &result, &scratch, out)
+                    })
                 })
                 .await??;
             }

@@ -353,6 +353,7 @@ fn bad_output_flags_are_refused_before_building() {
         ("type=oci,dest=x,level=3", "unknown key \"level\""),
         ("type=oci,dest=x,compression=brotli", "unknown compression"),
         ("type=oci", "dest= is required"),
+        ("type=image,rewrite-timestamp=true", "SOURCE_DATE_EPOCH"),
     ] {
         let build = store.build(ctx.path(), &["-o", spec]);
         assert!(!build.status.success(), "{spec} was accepted");
