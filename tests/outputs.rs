@@ -448,6 +448,27 @@ fn save_and_load_round_trip_several_images_in_both_formats() {
         "{}",
         stderr(&bad)
     );
+    let not_an_image = out.path().join("plain.tar");
+    tool(
+        "tar",
+        &[
+            "-cf",
+            not_an_image.to_str().unwrap(),
+            "-C",
+            ctx.path().to_str().unwrap(),
+            "a.txt",
+        ],
+    );
+    let refused = store.run(&["load", "-i", not_an_image.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("neither manifest.json nor index.json"),
+        "{}",
+        stderr(&refused)
+    );
+    let missing = store.run(&["save", "nope:1", "-o", "x.tar"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("no such image: nope:1"));
 }
 
 #[test]
