@@ -26,9 +26,13 @@ pub struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Output: type=oci|docker|local|image,dest=PATH
+    /// Output, buildx style: type=image|registry|oci|docker|local|tar[,dest=PATH][,compression=gzip|zstd|uncompressed]...; `-` = rootfs tar on stdout.
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
+    /// Push the image (or multi-platform index) to the registry of each -t name
+    /// (shorthand for --output type=registry).
+    #[arg(long)]
+    pub push: bool,
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
@@ -38,9 +42,6 @@ pub struct BuildArgs {
     /// Target platform(s), comma-separated for a multi-platform image index (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
-    /// Push the image (or multi-platform index) to the registry of each -t name.
-    #[arg(long)]
-    pub push: bool,
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
@@ -90,35 +91,6 @@ impl ImageResolver for SolverResolver {
     }
 }
 
-#[derive(Debug, PartialEq)]
-pub(crate) enum Output {
-    Oci(PathBuf),
-    Docker(PathBuf),
-    Local(PathBuf),
-}
-
-pub(crate) fn parse_output(spec: &str) -> Result<Output> {
-    let mut kv: HashMap<&str, &str> = HashMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=out.tar")
-        })?;
-        kv.insert(k.trim(), v.trim());
-    }
-    let dest = || {
-        kv.get("dest")
-            .map(PathBuf::from)
-            .ok_or_else(|| anyhow!("--output {spec:?}: dest= is required"))
-    };
-    match kv.get("type").copied() {
-        Some("oci") => Ok(Output::Oci(dest()?)),
-        Some("docker") => Ok(Output::Docker(dest()?)),
-        Some("local") => Ok(Output::Local(dest()?)),
-        Some(t) => bail!("--output {spec:?}: unknown type {t:?}; supported: oci, docker, local"),
-        None => bail!("--output {spec:?}: type= is required (oci, docker or local)"),
-    }
-}
-
 pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
@@ -137,20 +109,20 @@ pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, Strin
     Ok(out)
 }
 
-pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
-    crate::push::check(args.push, &args.tags)?;
-    if let Some(platforms) = crate::platforms::requested(args.platform.as_deref())? {
-        if platforms.len() > 1 {
-            return crate::platforms::build(root, args, platforms).await;
-        }
-        // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
-        args.platform = platforms.first().map(ToString::to_string);
-    }
-    let outputs = args
+pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+    crate::output::check_push(args.push, &args.tags)?;
+    // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
+    let platforms = crate::platforms::requested(args.platform.as_deref())?
+        .unwrap_or_else(|| vec![Platform::host()]);
+    let multi = platforms.len() > 1;
+    let mut outputs = args
         .outputs
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| crate::output::parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    if args.push {
+        outputs.push(crate::output::parse_output("type=registry")?);
+    }
     let build_args = parse_build_args(&args.build_args)?;
     let cache_to = args
         .cache_to
@@ -172,6 +144,8 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
             Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
         },
     };
+    let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
+    crate::output::check_outputs(&outputs, source_date_epoch, platforms.len())?;
     let context = args
         .context
         .canonicalize()
@@ -210,14 +184,12 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     };
 
     let host = Platform::host();
-    let host_str = format!("{}/{}", host.os, host.architecture);
-    let platform = args.platform.clone().unwrap_or_else(|| host_str.clone());
     let mut opts = BuildOptions {
         dockerfile_name: display_name.clone(),
         build_args,
         target: args.target.clone(),
-        platform: platform.clone(),
-        build_platform: host_str,
+        platform: platforms[0].to_string(),
+        build_platform: format!("{}/{}", host.os, host.architecture),
         no_cache_stages,
         named_contexts: Default::default(),
         lint_all_stages: args.check && args.target.is_none(),
@@ -245,50 +217,69 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         crate::cache_flags::import_caches(&solver, &cache_from).await;
     }
 
-    let resolver = SolverResolver {
-        solver: solver.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    };
-    let (ast2, src2, opts2) = (ast, source.clone(), opts);
-    let lowered = tokio::task::spawn_blocking(move || {
-        frontend::lower::lower(&ast2, &src2, &opts2, &resolver)
-    })
-    .await?;
-    let lowered = match lowered {
-        Ok(l) => l,
-        Err(e) => {
-            drop((solver, warning_tx));
-            let _ = renderer.await;
-            if args.check {
-                crate::checks_output::print_check(
-                    &crate::checks_output::ast_warnings(&source),
-                    &display_name,
-                    &source,
-                );
+    // Lower once per target platform, concurrently: each may pull its own base images.
+    let (ast, source) = (Arc::new(ast), Arc::new(source));
+    let lowerings: Vec<_> = platforms
+        .iter()
+        .map(|platform| {
+            let mut opts = opts.clone();
+            opts.platform = platform.to_string();
+            let resolver = SolverResolver {
+                solver: solver.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let (ast, source) = (ast.clone(), source.clone());
+            tokio::task::spawn_blocking(move || {
+                frontend::lower::lower(&ast, &source, &opts, &resolver)
+            })
+        })
+        .collect();
+    let mut lowered_all = Vec::new();
+    for (platform, lowering) in platforms.iter().zip(lowerings) {
+        match lowering.await? {
+            Ok(l) => lowered_all.push(l),
+            Err(e) => {
+                drop((solver, warning_tx));
+                let _ = renderer.await;
+                if args.check {
+                    crate::checks_output::print_check(
+                        &crate::checks_output::ast_warnings(&source),
+                        &display_name,
+                        &source,
+                    );
+                }
+                let on = if multi {
+                    format!(" (platform {platform})")
+                } else {
+                    String::new()
+                };
+                eprintln!("error: {e}{on}");
+                return Ok(1);
             }
-            eprintln!("error: {e}");
-            return Ok(1);
         }
-    };
+    }
+    // Checks look at the Dockerfile, not at a platform: report them once.
+    let first = &lowered_all[0];
     if args.check {
         drop((solver, warning_tx));
         let _ = renderer.await;
-        let code = crate::checks_output::print_check(&lowered.warnings, &display_name, &source);
+        let code = crate::checks_output::print_check(&first.warnings, &display_name, &source);
         return Ok(code);
     }
-    crate::checks_output::report(&lowered.warnings, &display_name, args.progress, &warning_tx);
+    crate::checks_output::report(&first.warnings, &display_name, args.progress, &warning_tx);
     drop(warning_tx);
-    if lowered.check_config.error && !lowered.warnings.is_empty() {
+    if first.check_config.error && !first.warnings.is_empty() {
         drop(solver);
         let _ = renderer.await;
         eprintln!(
             "error: {}",
-            crate::checks_output::error_message(&lowered.warnings)
+            crate::checks_output::error_message(&first.warnings)
         );
         return Ok(1);
     }
+    let plan = crate::platforms::Plan::new(&platforms, lowered_all);
     if args.print.as_deref() == Some("graph") {
-        print!("{}", lowered.definition.render());
+        print!("{}", plan.render_graph());
         return Ok(0);
     } else if let Some(p) = &args.print {
         bail!("--print {p:?}: unknown; supported: graph");
@@ -303,100 +294,69 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
             }
         })
     };
-    let solved = solver.solve(&lowered.definition, &cancel).await;
+    let solved = solver
+        .solve_outputs(&plan.graph, &plan.outputs, &cancel)
+        .await;
     ctrl_c.abort();
     let solved = match solved {
         Ok(s) => s,
         Err(e) => {
-            let location = e.vertex.and_then(|v| lowered.locations.get(&v));
+            let (location, failed_for) = plan.locate(e.vertex);
             drop(solver);
             let _ = renderer.await;
             if cancel.is_cancelled() && e.vertex.is_none() {
                 eprintln!("error: build cancelled");
                 return Ok(130);
             }
+            let on = if multi {
+                format!("[{failed_for}] ")
+            } else {
+                String::new()
+            };
             match location {
                 Some(loc) => {
                     let src = String::from_utf8_lossy(&source);
                     eprintln!(
-                        "error: {display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
+                        "error: {on}{display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
                         loc.line,
                         loc.text,
                         loc.line,
                         src.lines().nth(loc.line - 1).unwrap_or("")
                     );
                 }
-                None => eprintln!("error: failed to solve: {e}"),
+                None => eprintln!("error: {on}failed to solve: {e}"),
             }
             return Ok(1);
         }
     };
 
-    // Export.
-    let s2 = solver.clone();
-    let out_ref = solved.output.clone();
-    let layers = tokio::task::spawn_blocking(move || s2.export_layers(&out_ref)).await??;
-    let mut config = lowered.image.clone();
-    config.rootfs.kind = "layers".into();
-    config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let created = exporter::now_rfc3339();
-    config.created = Some(created.clone());
-    for h in config.history.iter_mut().filter(|h| h.created.is_none()) {
-        h.created = Some(created.clone());
-    }
-    let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
-    let manifest = if cache_to.contains(&solver::cache::CacheTo::Inline) {
-        let (s2, d, r) = (
-            solver.clone(),
-            lowered.definition.clone(),
-            solved.results.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            solver::cache::write_image_with_inline_cache(&s2, &config, &descriptors, &d, &r)
+    let inline_cache = cache_to
+        .contains(&solver::cache::CacheTo::Inline)
+        .then(|| (plan.graph.clone(), solved.results.clone()));
+    let targets = plan
+        .targets
+        .iter()
+        .zip(&solved.outputs)
+        .map(|(t, result)| crate::output::ExportTarget {
+            platform: multi.then(|| t.platform.clone()),
+            result: result.clone(),
+            image: t.lowered.image.clone(),
         })
-        .await??
-    } else {
-        exporter::write_image(&solver.content, &config, &descriptors)?
-    };
-    for t in &args.tags {
-        solver.images.tag(t, &manifest)?;
-    }
-    if args.push {
-        crate::push::push_tags(&solver.content, &args.tags, &manifest).await?;
-    }
-    for o in &outputs {
-        match o {
-            Output::Oci(dest) => {
-                let f = std::fs::File::create(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                exporter::export_oci_archive(
-                    &solver.content,
-                    &manifest,
-                    args.tags.first().map(String::as_str),
-                    std::io::BufWriter::new(f),
-                )?;
-            }
-            Output::Docker(dest) => {
-                let f = std::fs::File::create(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                exporter::export_docker_archive(
-                    &solver.content,
-                    &manifest,
-                    &args.tags,
-                    std::io::BufWriter::new(f),
-                )?;
-            }
-            Output::Local(dest) => {
-                let s2 = solver.clone();
-                let (r, d) = (solved.output.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || s2.export_local(&r, &d)).await??;
-            }
-        }
-    }
+        .collect();
+    let manifest = crate::output::export(crate::output::ExportRequest {
+        root,
+        solver: solver.clone(),
+        targets,
+        tags: &args.tags,
+        outputs,
+        source_date_epoch,
+        inline_cache,
+    })
+    .await?;
     let mut cache_exports = Vec::new();
     for to in &cache_to {
         if let Some(done) =
-            solver::cache::export_cache(&solver, &lowered.definition, &solved.results, to).await?
+            solver::cache::export_cache(&solver, &plan.graph, &solved.results, to).await?
         {
             cache_exports.push(done);
         }
@@ -414,28 +374,18 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     }
     drop(solver);
     let _ = renderer.await;
+    let for_platforms = if multi {
+        let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        format!(" for {}", names.join(", "))
+    } else {
+        String::new()
+    };
     eprintln!(
-        "built {} ({} steps run, {} cached)",
+        "built {}{for_platforms} ({} steps run, {} cached)",
         manifest.digest, solved.executed, solved.cached
     );
     for t in &args.tags {
         eprintln!("naming to {t}");
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outputs_parse() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar").unwrap(),
-            Output::Oci("a.tar".into())
-        );
-        assert!(parse_output("type=zip,dest=a").is_err());
-        assert!(parse_output("type=oci").is_err());
-        assert!(parse_output("oci").is_err());
-    }
 }

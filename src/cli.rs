@@ -42,6 +42,8 @@ pub enum Command {
     Push { name: String },
     /// Run a command in a new container from an image.
     Run(crate::run::RunArgs),
+    #[command(flatten)]
+    Image(crate::image_cmds::ImageCommand),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -68,6 +70,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, args)),
         Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
+        Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
@@ -102,11 +105,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             };
             let file = std::fs::File::open(&tarball)
                 .with_context(|| format!("opening {}", tarball.display()))?;
+            // SOURCE_DATE_EPOCH makes imports reproducible too.
+            let created = crate::output::source_date_epoch(&Default::default())?
+                .map(|epoch| exporter::format_rfc3339(epoch as i64));
             let desc = exporter::import_rootfs_tar(
                 store.content(),
                 std::io::BufReader::new(file),
                 &platform,
-                None,
+                created.as_deref(),
             )?;
             store.tag(&name, &desc)?;
             println!("{}", desc.digest);

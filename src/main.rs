@@ -3,13 +3,15 @@
 //! `exporter` crates.
 
 mod build;
-mod cache_flags;
 mod build_context;
+mod cache_flags;
 mod checks_output;
 mod cli;
+mod image_cmds;
+mod output;
 mod platforms;
 mod progress;
-mod push;
+mod rootfs_tar;
 mod run;
 mod secrets;
 

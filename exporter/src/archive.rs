@@ -32,22 +32,7 @@ pub fn export_oci_archive(
     ref_name: Option<&str>,
     out: impl Write,
 ) -> Result<()> {
-    let mut entry = Descriptor {
-        platform: None,
-        ..target.clone()
-    };
-    entry.annotations.clear();
-    if let Some(name) = ref_name {
-        let reference = Reference::parse(name)?;
-        entry.annotations.insert(
-            ANNOTATION_REF_NAME.to_string(),
-            reference.tag_or_latest().to_string(),
-        );
-        entry.annotations.insert(
-            ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
-            reference.full_name(),
-        );
-    }
+    let entry = oci_index_entry(target, ref_name)?;
     let mut blobs = Vec::new();
     collect_blobs(content, target, &mut blobs, &mut BTreeSet::new())?;
 
@@ -64,6 +49,66 @@ pub fn export_oci_archive(
     };
     archive.append_bytes("index.json", &serde_json::to_vec(&index)?)?;
     archive.finish()
+}
+
+/// Like [`export_oci_archive`] but as an OCI image layout directory (`tar=false`). Blobs
+/// already in `dir` are kept, so several images can share one layout; `index.json` is written
+/// last, atomically, and lists only this image.
+pub fn export_oci_layout_dir(
+    content: &ContentStore,
+    target: &Descriptor,
+    ref_name: Option<&str>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let entry = oci_index_entry(target, ref_name)?;
+    let mut blobs = Vec::new();
+    collect_blobs(content, target, &mut blobs, &mut BTreeSet::new())?;
+    let blob_dir = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blob_dir).context(|| format!("creating {}", blob_dir.display()))?;
+    for blob in &blobs {
+        let path = dir.join(blob_path(&blob.digest)?);
+        if path.exists() {
+            continue;
+        }
+        let temp = path.with_extension("tmp");
+        std::fs::copy(content.blob_path(&blob.digest), &temp)
+            .and_then(|_| std::fs::rename(&temp, &path))
+            .context(|| format!("writing {}", path.display()))?;
+    }
+    let write = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        let temp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&temp, bytes)
+            .and_then(|_| std::fs::rename(&temp, &path))
+            .context(|| format!("writing {}", path.display()))
+    };
+    write("oci-layout", OCI_LAYOUT)?;
+    let index = Index {
+        manifests: vec![entry],
+        ..Index::new()
+    };
+    write("index.json", &serde_json::to_vec(&index)?)
+}
+
+/// The `index.json` entry for `target`, annotated with `ref_name`'s tag and full name.
+fn oci_index_entry(target: &Descriptor, ref_name: Option<&str>) -> Result<Descriptor> {
+    let mut entry = Descriptor {
+        platform: None,
+        ..target.clone()
+    };
+    entry.annotations.clear();
+    if let Some(name) = ref_name {
+        let reference = Reference::parse(name)?;
+        entry.annotations.insert(
+            ANNOTATION_REF_NAME.to_string(),
+            reference.tag_or_latest().to_string(),
+        );
+        entry.annotations.insert(
+            ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
+            reference.full_name(),
+        );
+    }
+    Ok(entry)
 }
 
 /// Depth-first list of every blob `descriptor` reaches, each once, children before parents.
@@ -125,109 +170,149 @@ pub fn export_docker_archive(
     repo_tags: &[String],
     out: impl Write,
 ) -> Result<()> {
-    let manifest_descriptor = if is_index_media_type(&manifest.media_type) {
-        let index: Index = read_json(content, manifest)?;
-        select_manifest(&index, &manifest.digest, &Platform::host())?
-    } else {
-        manifest.clone()
-    };
-    let image_manifest: Manifest = read_json(content, &manifest_descriptor)?;
-    let config: ImageConfig = read_json(content, &image_manifest.config)?;
-    let diff_ids = &config.rootfs.diff_ids;
-    if diff_ids.len() != image_manifest.layers.len() {
-        return Err(Error::InvalidImage(format!(
-            "{}: config lists {} diff_ids but the manifest has {} layers",
-            manifest_descriptor.digest,
-            diff_ids.len(),
-            image_manifest.layers.len()
-        )));
-    }
-    let references = repo_tags
-        .iter()
-        .map(|tag| Reference::parse(tag))
-        .collect::<Result<Vec<_>>>()?;
+    export_docker_archive_multi(content, &[(manifest.clone(), repo_tags.to_vec())], out)
+}
 
+/// [`export_docker_archive`] for several images (each with its names) in one archive, as
+/// `docker save a b` writes; shared layers and configs are written once.
+pub fn export_docker_archive_multi(
+    content: &ContentStore,
+    images: &[(Descriptor, Vec<String>)],
+    out: impl Write,
+) -> Result<()> {
     let mut archive = TarWriter::new(out);
     archive.append_directory("blobs/")?;
     archive.append_directory("blobs/sha256/")?;
-    archive.append_blob(content, &image_manifest.config)?;
-
-    let mut layer_paths = Vec::new();
-    let mut archive_layers = Vec::new();
     let mut written = BTreeSet::new();
-    for (layer, diff_id) in image_manifest.layers.iter().zip(diff_ids) {
-        let path = blob_path(diff_id)?;
-        let size = uncompressed_layer_size(content, layer, diff_id)?;
-        if written.insert(diff_id.clone()) {
-            let mut reader = open_layer(content, layer)?;
-            archive.append_reader(&path, size, &mut reader)?;
-        }
-        layer_paths.push(path);
-        archive_layers.push(Descriptor::new(MEDIA_TYPE_OCI_LAYER, diff_id, size));
-    }
-
-    // The OCI view of the same image: its layers are the uncompressed tars written above.
-    let archive_manifest = Manifest {
-        schema_version: 2,
-        media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
-        config: Descriptor::new(
-            MEDIA_TYPE_OCI_CONFIG,
-            &image_manifest.config.digest,
-            image_manifest.config.size,
-        ),
-        layers: archive_layers,
-        annotations: BTreeMap::new(),
-    };
-    let archive_manifest_bytes = serde_json::to_vec(&archive_manifest)?;
-    let archive_manifest_digest = crate::sha256_digest(&archive_manifest_bytes);
-    archive.append_bytes(
-        &blob_path(&archive_manifest_digest)?,
-        &archive_manifest_bytes,
-    )?;
-    let manifest_entry = Descriptor::new(
-        MEDIA_TYPE_OCI_MANIFEST,
-        &archive_manifest_digest,
-        archive_manifest_bytes.len() as u64,
-    );
+    let mut docker_manifest = Vec::new();
     let mut index = Index::new();
-    for reference in &references {
-        let mut entry = manifest_entry.clone();
-        entry.annotations.insert(
-            ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
-            reference.full_name(),
+    let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (manifest, repo_tags) in images {
+        let manifest_descriptor = if is_index_media_type(&manifest.media_type) {
+            let index: Index = read_json(content, manifest)?;
+            select_manifest(&index, &manifest.digest, &Platform::host())?
+        } else {
+            manifest.clone()
+        };
+        let image_manifest: Manifest = read_json(content, &manifest_descriptor)?;
+        let config: ImageConfig = read_json(content, &image_manifest.config)?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != image_manifest.layers.len() {
+            return Err(Error::InvalidImage(format!(
+                "{}: config lists {} diff_ids but the manifest has {} layers",
+                manifest_descriptor.digest,
+                diff_ids.len(),
+                image_manifest.layers.len()
+            )));
+        }
+        let references = repo_tags
+            .iter()
+            .map(|tag| Reference::parse(tag))
+            .collect::<Result<Vec<_>>>()?;
+
+        if written.insert(image_manifest.config.digest.clone()) {
+            archive.append_blob(content, &image_manifest.config)?;
+        }
+        let mut layer_paths = Vec::new();
+        let mut archive_layers = Vec::new();
+        for (layer, diff_id) in image_manifest.layers.iter().zip(diff_ids) {
+            let path = blob_path(diff_id)?;
+            let size = uncompressed_layer_size(content, layer, diff_id)?;
+            if written.insert(diff_id.clone()) {
+                let mut reader = open_layer(content, layer)?;
+                archive.append_reader(&path, size, &mut reader)?;
+            }
+            layer_paths.push(path);
+            archive_layers.push(Descriptor::new(MEDIA_TYPE_OCI_LAYER, diff_id, size));
+        }
+
+        // The OCI view of the same image: its layers are the uncompressed tars written above.
+        let archive_manifest = Manifest {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+            config: Descriptor::new(
+                MEDIA_TYPE_OCI_CONFIG,
+                &image_manifest.config.digest,
+                image_manifest.config.size,
+            ),
+            layers: archive_layers,
+            annotations: BTreeMap::new(),
+        };
+        let archive_manifest_bytes = serde_json::to_vec(&archive_manifest)?;
+        let archive_manifest_digest = crate::sha256_digest(&archive_manifest_bytes);
+        if written.insert(archive_manifest_digest.clone()) {
+            archive.append_bytes(
+                &blob_path(&archive_manifest_digest)?,
+                &archive_manifest_bytes,
+            )?;
+        }
+        let manifest_entry = Descriptor::new(
+            MEDIA_TYPE_OCI_MANIFEST,
+            &archive_manifest_digest,
+            archive_manifest_bytes.len() as u64,
         );
-        entry.annotations.insert(
-            ANNOTATION_REF_NAME.to_string(),
-            reference.tag_or_latest().to_string(),
-        );
-        index.manifests.push(entry);
-    }
-    if index.manifests.is_empty() {
-        index.manifests.push(manifest_entry);
+        for reference in &references {
+            let mut entry = manifest_entry.clone();
+            entry.annotations.insert(
+                ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
+                reference.full_name(),
+            );
+            entry.annotations.insert(
+                ANNOTATION_REF_NAME.to_string(),
+                reference.tag_or_latest().to_string(),
+            );
+            index.manifests.push(entry);
+        }
+        if references.is_empty() {
+            index.manifests.push(manifest_entry);
+        }
+        docker_manifest.push(DockerArchiveEntry {
+            config: blob_path(&image_manifest.config.digest)?,
+            repo_tags: references.iter().map(familiar_tagged_name).collect(),
+            layers: layer_paths,
+        });
+        if let Some(top_layer) = diff_ids.last() {
+            let top_hex = digest_hex(top_layer)?;
+            for reference in &references {
+                repositories
+                    .entry(reference.familiar_repository())
+                    .or_default()
+                    .insert(reference.tag_or_latest().to_string(), top_hex.to_string());
+            }
+        }
     }
     archive.append_bytes("index.json", &serde_json::to_vec(&index)?)?;
-
-    let docker_manifest = [DockerArchiveEntry {
-        config: blob_path(&image_manifest.config.digest)?,
-        repo_tags: references.iter().map(familiar_tagged_name).collect(),
-        layers: layer_paths,
-    }];
     archive.append_bytes("manifest.json", &serde_json::to_vec(&docker_manifest)?)?;
     archive.append_bytes("oci-layout", OCI_LAYOUT)?;
-
-    if let Some(top_layer) = diff_ids.last() {
-        let top_hex = digest_hex(top_layer)?;
-        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for reference in &references {
-            repositories
-                .entry(reference.familiar_repository())
-                .or_default()
-                .insert(reference.tag_or_latest().to_string(), top_hex.to_string());
-        }
-        if !repositories.is_empty() {
-            archive.append_bytes("repositories", &serde_json::to_vec(&repositories)?)?;
-        }
+    if !repositories.is_empty() {
+        archive.append_bytes("repositories", &serde_json::to_vec(&repositories)?)?;
     }
+    archive.finish()
+}
+
+/// [`export_oci_archive`] for several images in one layout, each entry named by its reference.
+pub fn export_oci_archive_multi(
+    content: &ContentStore,
+    images: &[(Descriptor, Option<String>)],
+    out: impl Write,
+) -> Result<()> {
+    let mut blobs = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut index = Index::new();
+    for (target, name) in images {
+        collect_blobs(content, target, &mut blobs, &mut seen)?;
+        index
+            .manifests
+            .push(oci_index_entry(target, name.as_deref())?);
+    }
+    let mut archive = TarWriter::new(out);
+    archive.append_bytes("oci-layout", OCI_LAYOUT)?;
+    archive.append_directory("blobs/")?;
+    archive.append_directory("blobs/sha256/")?;
+    for blob in &blobs {
+        archive.append_blob(content, blob)?;
+    }
+    archive.append_bytes("index.json", &serde_json::to_vec(&index)?)?;
     archive.finish()
 }
 

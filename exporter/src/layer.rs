@@ -3,14 +3,14 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use sha2::{Digest, Sha256};
 use snapshotter::ContentStore;
 
+use crate::compression::{Compression, CompressionKind};
 use crate::image::{
-    Descriptor, History, ImageConfig, Index, Manifest, Platform, MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST,
+    Descriptor, History, ImageConfig, Index, Manifest, Platform, MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::{Error, IoContext, Result};
 
@@ -82,8 +82,20 @@ pub fn write_layer(
     content: &ContentStore,
     produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 ) -> Result<LayerBlob> {
+    write_layer_with(content, &Compression::default(), produce)
+}
+
+/// Like [`write_layer`] with the given compression; the descriptor gets the OCI media type.
+pub fn write_layer_with(
+    content: &ContentStore,
+    compression: &Compression,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<LayerBlob> {
     let blob = io::BufWriter::with_capacity(COPY_BUFFER_SIZE, content.writer()?);
-    let mut tar_stream = LayerStream::new(GzEncoder::new(blob, Compression::default()));
+    let encoder = compression
+        .encoder(blob)
+        .context(|| format!("starting {} compressor", compression.kind))?;
+    let mut tar_stream = LayerStream::new(encoder);
     produce(&mut tar_stream).context(|| "writing layer tar".to_string())?;
     let (encoder, diff_id) = tar_stream
         .finish()
@@ -96,9 +108,26 @@ pub fn write_layer(
         .map_err(|e| e.into_error())
         .context(|| "flushing layer blob".to_string())?;
     let (digest, size) = blob.commit(None)?;
+    let media_type = compression
+        .kind
+        .media_type(true)
+        .expect("every compression has an OCI media type");
     Ok(LayerBlob {
-        descriptor: Descriptor::new(MEDIA_TYPE_OCI_LAYER_GZIP, &digest, size),
+        descriptor: Descriptor::new(media_type, &digest, size),
         diff_id,
+    })
+}
+
+/// Rewrites a stored layer blob with another compression (same diff id, new blob).
+pub fn recompress_layer(
+    content: &ContentStore,
+    layer: &Descriptor,
+    compression: &Compression,
+) -> Result<LayerBlob> {
+    let mut tar = open_layer(content, layer)?;
+    write_layer_with(content, compression, &mut |out| {
+        io::copy(&mut tar, out)?;
+        Ok(())
     })
 }
 
@@ -135,6 +164,17 @@ pub fn write_image(
     config: &ImageConfig,
     layers: &[Descriptor],
 ) -> Result<Descriptor> {
+    write_image_with(content, config, layers, true)
+}
+
+/// Like [`write_image`], with OCI (`oci_media_types`) or Docker schema 2 media types for the
+/// manifest, config and layers. zstd layers have no Docker media type and are refused.
+pub fn write_image_with(
+    content: &ContentStore,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+    oci_media_types: bool,
+) -> Result<Descriptor> {
     if config.rootfs.diff_ids.len() != layers.len() {
         return Err(Error::InvalidImage(format!(
             "config lists {} diff_ids but the manifest has {} layers",
@@ -144,30 +184,41 @@ pub fn write_image(
     }
     let config_bytes = serde_json::to_vec(config)?;
     let config_digest = content.put_bytes(&config_bytes)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
-        config: Descriptor::new(
-            MEDIA_TYPE_OCI_CONFIG,
-            &config_digest,
-            config_bytes.len() as u64,
-        ),
-        layers: layers
-            .iter()
-            .map(|layer| Descriptor {
+    let (manifest_type, config_type) = if oci_media_types {
+        (MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_CONFIG)
+    } else {
+        (MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_CONFIG)
+    };
+    let layers = layers
+        .iter()
+        .map(|layer| {
+            let media_type = match CompressionKind::of_media_type(&layer.media_type) {
+                Some(kind) => kind.media_type(oci_media_types).ok_or_else(|| {
+                    Error::InvalidImage(format!(
+                        "layer {} is {kind}, which needs OCI media types (oci-mediatypes=true)",
+                        layer.digest
+                    ))
+                })?,
+                None => layer.media_type.as_str(),
+            };
+            Ok(Descriptor {
                 platform: None,
+                media_type: media_type.to_string(),
                 ..layer.clone()
             })
-            .collect(),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: manifest_type.to_string(),
+        config: Descriptor::new(config_type, &config_digest, config_bytes.len() as u64),
+        layers,
         annotations: Default::default(),
     };
     let manifest_bytes = serde_json::to_vec(&manifest)?;
     let manifest_digest = content.put_bytes(&manifest_bytes)?;
-    let mut descriptor = Descriptor::new(
-        MEDIA_TYPE_OCI_MANIFEST,
-        &manifest_digest,
-        manifest_bytes.len() as u64,
-    );
+    let mut descriptor =
+        Descriptor::new(manifest_type, &manifest_digest, manifest_bytes.len() as u64);
     descriptor.platform = Some(config.platform());
     Ok(descriptor)
 }

@@ -2,20 +2,30 @@
 //! OCI layout and docker archives, and registry push/pull.
 
 mod archive;
+pub mod compression;
 pub mod image;
 mod layer;
+mod load;
 pub mod platform;
 pub mod reference;
 pub mod registry;
 mod store;
 mod time;
 
-pub use archive::{export_docker_archive, export_oci_archive};
+pub use archive::{
+    export_docker_archive, export_docker_archive_multi, export_oci_archive,
+    export_oci_archive_multi, export_oci_layout_dir,
+};
+pub use compression::{Compression, CompressionKind, LayerExportOptions};
 pub use image::{
     ContainerConfig, Descriptor, HealthConfig, History, ImageConfig, Index, Manifest, Platform,
     RootFs,
 };
-pub use layer::{import_rootfs_tar, open_layer, write_image, write_index, write_layer, LayerBlob};
+pub use layer::{
+    import_rootfs_tar, open_layer, recompress_layer, write_image, write_image_with, write_index,
+    write_layer, write_layer_with, LayerBlob,
+};
+pub use load::{load_archive, LoadedImage};
 pub use reference::Reference;
 pub use registry::RegistryClient;
 pub use snapshotter::ContentStore;

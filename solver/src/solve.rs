@@ -5,9 +5,9 @@ use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op};
-use crate::patterns::PatternMatcher;
-use crate::multi::MultiSolveOutput;
 use crate::mounts::ExecConfig;
+use crate::multi::MultiSolveOutput;
+use crate::patterns::PatternMatcher;
 use crate::progress::{now, Event, Progress};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::{CancelToken, ExecSpec, Executor};
@@ -25,6 +25,8 @@ const LABEL_LAYER_DIGEST: &str = "builder.layer.digest";
 const LABEL_LAYER_DIFF_ID: &str = "builder.layer.diffid";
 const LABEL_LAYER_MEDIA_TYPE: &str = "builder.layer.mediatype";
 const LABEL_LAYER_SIZE: &str = "builder.layer.size";
+/// Set on snapshots whose layer blob this builder made (not unpacked from a base image).
+const LABEL_LAYER_BUILT: &str = "builder.layer.built";
 
 /// The result of one vertex.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -975,14 +977,29 @@ impl Solver {
         }
     }
 
-    /// The layers of a result, base first, creating (and remembering) blobs for built snapshots.
+    /// The layers of a result, base first, creating (and remembering) gzip blobs for built
+    /// snapshots.
     pub fn export_layers(&self, r: &Ref) -> Result<Vec<LayerBlob>> {
+        self.export_layers_with(r, &Default::default())
+    }
+
+    /// The layers of a result for an export with `options` (compression, timestamps).
+    ///
+    /// Layers built here are (re)written in the requested compression; layers from base images
+    /// keep theirs unless `force-compression` is set, as in BuildKit. With a timestamp clamp,
+    /// built layers are rewritten and not remembered (their blob depends on the clamp).
+    pub fn export_layers_with(
+        &self,
+        r: &Ref,
+        options: &exporter::LayerExportOptions,
+    ) -> Result<Vec<LayerBlob>> {
         let Ref::Snapshot(top) = r else {
             return match r {
                 Ref::Scratch => Ok(Vec::new()),
                 _ => bail!("a local directory cannot be exported as an image"),
             };
         };
+        // Results known only from an imported cache keep the blobs the cache has.
         if let Some(layers) = self.lazy_layers(top)? {
             return Ok(layers);
         }
@@ -994,17 +1011,19 @@ impl Solver {
             chain.push(info);
         }
         chain.reverse();
+        let wanted = options.compression.kind;
         let mut out = Vec::new();
         for info in chain {
             let l = &info.labels;
-            if let (Some(d), Some(diff), Some(mt), Some(size)) = (
+            let built = l.get(LABEL_LAYER_BUILT).is_some();
+            let stored = match (
                 l.get(LABEL_LAYER_DIGEST),
                 l.get(LABEL_LAYER_DIFF_ID),
                 l.get(LABEL_LAYER_MEDIA_TYPE),
                 l.get(LABEL_LAYER_SIZE),
             ) {
-                if self.content.has(d) {
-                    out.push(LayerBlob {
+                (Some(d), Some(diff), Some(mt), Some(size)) if self.content.has(d) => {
+                    Some(LayerBlob {
                         descriptor: Descriptor {
                             media_type: mt.clone(),
                             digest: d.clone(),
@@ -1012,16 +1031,46 @@ impl Solver {
                             ..Default::default()
                         },
                         diff_id: diff.clone(),
+                    })
+                }
+                _ => None,
+            };
+            let stored_kind = stored
+                .as_ref()
+                .and_then(|b| exporter::CompressionKind::of_media_type(&b.descriptor.media_type));
+            if let Some(blob) = stored {
+                let from_base_image = !built;
+                if stored_kind == Some(wanted) && (options.mtime_clamp.is_none() || from_base_image)
+                {
+                    out.push(blob);
+                    continue;
+                }
+                if from_base_image {
+                    out.push(if options.compression.force {
+                        exporter::recompress_layer(
+                            &self.content,
+                            &blob.descriptor,
+                            &options.compression,
+                        )?
+                    } else {
+                        blob
                     });
                     continue;
                 }
             }
             let upper = self.snapshots.upper_dir(&info.key)?;
-            let blob = exporter::write_layer(&self.content, &mut |w| {
-                snapshotter::layer::write_diff_tar(&upper, w, &Default::default())
+            let diff_options = snapshotter::layer::DiffOptions {
+                mtime_clamp: options.mtime_clamp,
+            };
+            let blob = exporter::write_layer_with(&self.content, &options.compression, &mut |w| {
+                snapshotter::layer::write_diff_tar(&upper, w, &diff_options)
                     .map_err(std::io::Error::other)
             })?;
-            self.label_layer(&info.key, &blob.descriptor, &blob.diff_id)?;
+            if options.mtime_clamp.is_none() {
+                self.label_layer(&info.key, &blob.descriptor, &blob.diff_id)?;
+                self.snapshots
+                    .set_label(&info.key, LABEL_LAYER_BUILT, "1")?;
+            }
             out.push(blob);
         }
         Ok(out)
