@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages builder's tests and quick start need.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates)
+pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates openssl apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,6 +42,10 @@ pub enum Command {
     Push { name: String },
     /// Run a command in a new container from an image.
     Run(crate::run::RunArgs),
+    /// Log in to a registry (checks the credentials, stores them in docker's config.json).
+    Login(crate::login::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(crate::login::LogoutArgs),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -68,6 +72,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, args)),
         Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
+        Command::Login(args) => rt.block_on(crate::login::login(args)),
+        Command::Logout(args) => crate::login::logout(args),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
@@ -118,8 +124,16 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 .resolve(&name)?
                 .with_context(|| format!("no such image: {name}"))?;
             let reference = exporter::Reference::parse(&name)?;
-            rt.block_on(exporter::RegistryClient::new().push(&reference, &desc, store.content()))?;
-            println!("pushed {} {}", reference.full_name(), desc.digest);
+            let report = rt.block_on(exporter::RegistryClient::new().push_reporting(
+                &reference,
+                &desc,
+                store.content(),
+            ))?;
+            println!(
+                "pushed {} {} ({report})",
+                reference.full_name(),
+                desc.digest
+            );
             Ok(0)
         }
         Command::Tag { source, target } => {

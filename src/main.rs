@@ -4,6 +4,7 @@
 
 mod build;
 mod cli;
+mod login;
 mod progress;
 mod run;
 

@@ -2,10 +2,13 @@
 //! OCI layout and docker archives, and registry push/pull.
 
 mod archive;
+pub mod auth;
+pub mod config;
 pub mod image;
 mod layer;
 pub mod reference;
 pub mod registry;
+mod sources;
 mod store;
 mod time;
 
@@ -16,7 +19,7 @@ pub use image::{
 };
 pub use layer::{import_rootfs_tar, open_layer, write_image, write_index, write_layer, LayerBlob};
 pub use reference::Reference;
-pub use registry::RegistryClient;
+pub use registry::{PushReport, RegistryClient};
 pub use snapshotter::ContentStore;
 pub use store::ImageStore;
 pub use time::{format_rfc3339, now_rfc3339};
@@ -55,6 +58,9 @@ pub enum Error {
     /// The registry answered with an error or something unexpected.
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
+    /// A bad builder config file, docker config.json, credential helper or CA file.
+    #[error("config: {0}")]
+    Config(String),
     #[error("http: {0}")]
     Http(#[from] reqwest::Error),
     #[error("{context}: {source}")]
