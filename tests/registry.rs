@@ -17,9 +17,11 @@ struct TestRegistry {
     dir: tempfile::TempDir,
 }
 
+#[derive(Default)]
 struct RegistryOptions<'a> {
     tls: Option<&'a TestCa>,
     htpasswd: Option<&'a Path>,
+    token: Option<&'a TokenServer>,
 }
 
 fn free_port() -> u16 {
@@ -29,13 +31,7 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     fn plain() -> Self {
-        Self::start_on(
-            free_port(),
-            RegistryOptions {
-                tls: None,
-                htpasswd: None,
-            },
-        )
+        Self::start_on(free_port(), RegistryOptions::default())
     }
 
     fn start_on(port: u16, options: RegistryOptions) -> Self {
@@ -57,6 +53,14 @@ impl TestRegistry {
             config += &format!(
                 "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
                 htpasswd.display()
+            );
+        }
+        if let Some(tokens) = options.token {
+            config += &format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                tokens.addr,
+                tokens.cert.display()
             );
         }
         let config_path = dir.path().join("config.yml");
@@ -274,6 +278,7 @@ fn tls_registry_with_htpasswd_login_push_pull_logout() {
         RegistryOptions {
             tls: Some(&ca),
             htpasswd: Some(&htpasswd),
+            ..Default::default()
         },
     );
     let addr = registry.addr.clone();
@@ -384,7 +389,7 @@ fn tls_registry_without_its_ca_is_refused_clearly() {
         free_port(),
         RegistryOptions {
             tls: Some(&ca),
-            htpasswd: None,
+            ..Default::default()
         },
     );
     let pusher = Store::with_busybox();
@@ -545,13 +550,7 @@ fn push_retries_until_the_registry_is_up() {
     let env = Env::new("");
     let starter = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        TestRegistry::start_on(
-            port,
-            RegistryOptions {
-                tls: None,
-                htpasswd: None,
-            },
-        )
+        TestRegistry::start_on(port, RegistryOptions::default())
     });
     let pushed = env.run(&store, &["push", &remote]);
     let registry = starter.join().unwrap();
@@ -570,5 +569,305 @@ fn bad_builder_config_is_reported_with_file_and_line() {
     assert!(
         err.contains("builder.toml") && err.contains("line 2") && err.contains("mirors"),
         "{err}"
+    );
+}
+
+/// Standard or URL-safe unpadded base64 (test-only, to build JWTs).
+fn base64(data: &[u8], url_safe: bool) -> String {
+    let alphabet: &[u8; 64] = if url_safe {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        if !url_safe {
+            out.push_str(&"=".repeat(3 - chunk.len()));
+        }
+    }
+    out
+}
+
+/// A token issuer for the registry's `auth: token` mode: RS256 JWTs signed by openssl with a
+/// self-signed certificate the registry trusts (`rootcertbundle`), carried in `x5c`.
+/// Grants the requested actions to alice:pw (basic) or refresh token "refresh-abc"; nothing
+/// to anonymous callers. Records each request line.
+struct TokenServer {
+    addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const TOKEN_SERVICE: &str = "test-registry";
+const TOKEN_ISSUER: &str = "test-issuer";
+
+impl TokenServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=token-signer",
+            ],
+        );
+        openssl(
+            dir.path(),
+            &[
+                "x509",
+                "-in",
+                "token.crt",
+                "-outform",
+                "DER",
+                "-out",
+                "token.der",
+            ],
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, key_dir) = (requests.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (log, key_dir) = (log.clone(), key_dir.clone());
+                std::thread::spawn(move || serve_token(stream, &log, &key_dir));
+            }
+        });
+        TokenServer {
+            addr,
+            requests,
+            cert: dir.path().join("token.crt"),
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_token(
+    mut stream: std::net::TcpStream,
+    log: &std::sync::Mutex<Vec<String>>,
+    key_dir: &Path,
+) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let (mut authorization, mut length) = (String::new(), 0usize);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "authorization" => authorization = value.trim().to_string(),
+            "content-length" => length = value.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let target = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let params_text = if request_line.starts_with("POST") {
+        String::from_utf8_lossy(&body).to_string()
+    } else {
+        target
+            .split_once('?')
+            .map(|(_, q)| q.to_string())
+            .unwrap_or_default()
+    };
+    let params: Vec<(String, String)> = params_text
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    log.lock().unwrap().push(format!(
+        "{} {}",
+        request_line.split_whitespace().next().unwrap_or(""),
+        params_text
+    ));
+    let param = |key: &'static str| {
+        params
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let trusted = authorization == format!("Basic {}", base64(b"alice:pw", false))
+        || param("refresh_token").any(|token| token == "refresh-abc");
+    let access: Vec<serde_json::Value> = if trusted {
+        param("scope")
+            .filter_map(|scope| {
+                let mut parts = scope.splitn(3, ':');
+                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({
+        "alg": "RS256", "typ": "JWT",
+        "x5c": [base64(&std::fs::read(key_dir.join("token.der")).unwrap(), false)],
+    });
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "alice", "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("t{now}{}", log.lock().unwrap().len()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        base64(header.to_string().as_bytes(), true),
+        base64(claims.to_string().as_bytes(), true)
+    );
+    let mut signer = Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary", "-sign"])
+        .arg(key_dir.join("token.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    signer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())
+        .unwrap();
+    let signature = signer.wait_with_output().unwrap().stdout;
+    let token = format!("{signing_input}.{}", base64(&signature, true));
+    let answer =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn token_registry(tokens: &TokenServer) -> TestRegistry {
+    TestRegistry::start_on(
+        free_port(),
+        RegistryOptions {
+            token: Some(tokens),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn bearer_token_flow_with_password_and_identity_token() {
+    let tokens = TokenServer::start();
+    let registry = token_registry(&tokens);
+    let addr = registry.addr.clone();
+    let store = Store::with_busybox();
+    let remote = format!("{addr}/team/app:v1");
+    tag(&store, &remote);
+
+    // Anonymous: the token grants nothing, so the push is refused clearly.
+    let env = Env::new("");
+    let denied = env.run(&store, &["push", &remote]);
+    assert!(!denied.status.success());
+    assert!(
+        stderr(&denied).contains("unauthorized"),
+        "{}",
+        stderr(&denied)
+    );
+
+    // Password: login checks it at the token endpoint, then push works.
+    let login = env.run(&store, &["login", &addr, "-u", "alice", "-p", "pw"]);
+    assert_ok(&login, "login with bearer");
+    let pushed = env.run(&store, &["push", &remote]);
+    assert_ok(&pushed, "push with bearer token");
+    let token_fetches = tokens
+        .requests()
+        .iter()
+        .filter(|r| r.contains("pull%2Cpush") || r.contains("pull,push"))
+        .count();
+    // Tokens are cached per scope: far fewer fetches than registry requests.
+    assert!((1..=4).contains(&token_fetches), "{:?}", tokens.requests());
+    assert!(
+        registry.log().matches("\"HEAD ").count() + registry.log().matches("\"PUT ").count()
+            > token_fetches
+    );
+
+    // Identity token (OAuth2 refresh token) from config.json: POST grant, then pull works.
+    let identity = Env::new("");
+    std::fs::write(
+        identity.docker_config(),
+        format!(r#"{{"auths":{{"{addr}":{{"identitytoken":"refresh-abc"}}}}}}"#),
+    )
+    .unwrap();
+    let fresh = Store::new();
+    let ctx = context(&[("Dockerfile", &format!("FROM {remote}\nRUN true\n"))]);
+    let built = identity
+        .command(&fresh, &["build", "--progress=plain"])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert_ok(&built, "pull with identity token");
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("POST") && r.contains("grant_type=refresh_token")),
+        "{:?}",
+        tokens.requests()
     );
 }
