@@ -523,6 +523,11 @@ impl RegistryClient {
                 }
                 Ok(())
             });
+            // The first (small config) blob settles authentication, so the parallel
+            // uploads share one cached token instead of each fetching their own.
+            if queued.len() == 1 {
+                join_next(&mut tasks).await?;
+            }
         }
         while !tasks.is_empty() {
             join_next(&mut tasks).await?;
@@ -1038,7 +1043,16 @@ async fn status_error(repository: &Repository, action: &str, response: Response)
     };
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(500).collect();
-    repository.error(format!("{action}: {status}{method_hint}: {}", body.trim()))
+    let tls_hint = if body.contains("HTTP request to an HTTPS server") {
+        " (the registry speaks HTTPS: give its CA in certs.d/HOST/ca.crt or `ca = [...]`, \
+         or set `insecure = true`, in the builder config)"
+    } else {
+        ""
+    };
+    repository.error(format!(
+        "{action}: {status}{method_hint}: {}{tls_hint}",
+        body.trim()
+    ))
 }
 
 #[cfg(test)]
