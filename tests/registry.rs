@@ -22,6 +22,8 @@ struct RegistryOptions<'a> {
     tls: Option<&'a TestCa>,
     htpasswd: Option<&'a Path>,
     token: Option<&'a TokenServer>,
+    /// Storage root instead of a fresh directory (e.g. an unusable path).
+    storage: Option<&'a str>,
 }
 
 fn free_port() -> u16 {
@@ -40,7 +42,11 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n\
              http:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
+            options
+                .storage
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.path().join("data"))
+                .display()
         );
         if let Some(ca) = options.tls {
             config += &format!(
@@ -564,6 +570,39 @@ fn push_retries_until_the_registry_is_up() {
     let registry = starter.join().unwrap();
     assert_ok(&pushed, "push to a registry that comes up late");
     assert!(registry.requests("PUT", "/manifests/v1") == 1);
+}
+
+#[test]
+fn server_errors_are_retried_then_reported() {
+    // Storage under /dev/null: every blob request fails with 500.
+    let registry = TestRegistry::start_on(
+        free_port(),
+        RegistryOptions {
+            storage: Some("/dev/null/registry"),
+            ..Default::default()
+        },
+    );
+    let store = Store::with_busybox();
+    let remote = format!("{}/broken/app:v1", registry.addr);
+    tag(&store, &remote);
+    let started = std::time::Instant::now();
+    let out = Env::new("").run(&store, &["push", &remote]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("500"), "{}", stderr(&out));
+    // 4 tries each for the existence check and the upload start, with backoff between.
+    assert_eq!(
+        registry.requests("HEAD", "/blobs/sha256:"),
+        4,
+        "{}",
+        registry.log()
+    );
+    assert_eq!(
+        registry.requests("POST", "/blobs/uploads/"),
+        4,
+        "{}",
+        registry.log()
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2 * 1400));
 }
 
 #[test]
