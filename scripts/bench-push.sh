@@ -82,7 +82,14 @@ timed_push() {
     "$label" "$secs" "$rss" "$layers" "${out#*(}" | sed 's/)$//'
 }
 
-"$bin" build --progress=quiet -t "127.0.0.1:$port/bench/debian:gzip" "$ctx" >/dev/null
+if ! "$bin" build --progress=quiet -t "127.0.0.1:$port/bench/debian:gzip" "$ctx" >/dev/null 2>"$work/build.err"; then
+  cat "$work/build.err" >&2
+  exit 1
+fi
+read -r base_mb usr_mb < <(tar -tvf "$tarball" |
+  awk '{s += $3} $6 ~ /^\.\/usr\// {u += $3} END {printf "%.0f %.0f\n", s / 1e6, u / 1e6}')
+echo "image: ${base_mb} MB base + ${usr_mb} MB x 2 copied = $((base_mb + 2 * usr_mb)) MB uncompressed," \
+  "$(du -sm "$work/root/content/blobs" | cut -f1) MB of gzip blobs in the store"
 timed_push "gzip push" "127.0.0.1:$port/bench/debian:gzip"
 timed_push "gzip re-push (nothing sent)" "127.0.0.1:$port/bench/debian:gzip"
 "$bin" tag "127.0.0.1:$port/bench/debian:gzip" "127.0.0.1:$port/bench/mounted:gzip"
