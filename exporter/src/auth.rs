@@ -309,13 +309,27 @@ impl From<HelperError> for Error {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    static HELPER_SEARCH_PATH: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn run_helper(
     helper: &str,
     action: &str,
     input: &[u8],
 ) -> std::result::Result<Vec<u8>, HelperError> {
     let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
+    let mut command = Command::new(&program);
+    // Tests point the helper lookup at their own directory without touching the process PATH.
+    #[cfg(test)]
+    HELPER_SEARCH_PATH.with(|path| {
+        if let Some(path) = &*path.borrow() {
+            command.env("PATH", path);
+        }
+    });
+    let mut child = command
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -428,8 +442,8 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, r#"{"credHelpers":{"reg.example":"testhelper"}}"#).unwrap();
         let old_path = std::env::var("PATH").unwrap_or_default();
-        // Only this test reads PATH for docker-credential-testhelper.
-        std::env::set_var("PATH", format!("{}:{old_path}", bin.display()));
+        super::HELPER_SEARCH_PATH
+            .with(|path| *path.borrow_mut() = Some(format!("{}:{old_path}", bin.display())));
         let mut config = DockerConfig::load_from(&path).unwrap();
         assert_eq!(config.credentials("reg.example").unwrap(), None);
         config.store("reg.example", "bob", "hunter2").unwrap();
