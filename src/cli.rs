@@ -44,6 +44,10 @@ pub enum Command {
     Run(crate::run::RunArgs),
     #[command(flatten)]
     Image(crate::image_cmds::ImageCommand),
+    /// Log in to a registry (checks the credentials, stores them in docker's config.json).
+    Login(crate::login::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(crate::login::LogoutArgs),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -71,6 +75,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
         Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
         Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
+        Command::Login(args) => rt.block_on(crate::login::login(args)),
+        Command::Logout(args) => crate::login::logout(args),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
@@ -124,8 +130,16 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 .resolve(&name)?
                 .with_context(|| format!("no such image: {name}"))?;
             let reference = exporter::Reference::parse(&name)?;
-            rt.block_on(exporter::RegistryClient::new().push(&reference, &desc, store.content()))?;
-            println!("pushed {} {}", reference.full_name(), desc.digest);
+            let report = rt.block_on(exporter::RegistryClient::new().push_reporting(
+                &reference,
+                &desc,
+                store.content(),
+            ))?;
+            println!(
+                "pushed {} {} ({report})",
+                reference.full_name(),
+                desc.digest
+            );
             Ok(0)
         }
         Command::Tag { source, target } => {

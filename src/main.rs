@@ -8,6 +8,7 @@ mod cache_flags;
 mod checks_output;
 mod cli;
 mod image_cmds;
+mod login;
 mod output;
 mod platforms;
 mod progress;

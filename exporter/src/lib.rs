@@ -2,13 +2,16 @@
 //! OCI layout and docker archives, and registry push/pull.
 
 mod archive;
+pub mod auth;
 pub mod compression;
+pub mod config;
 pub mod image;
 mod layer;
 mod load;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+mod sources;
 mod store;
 mod time;
 
@@ -27,7 +30,7 @@ pub use layer::{
 };
 pub use load::{load_archive, LoadedImage};
 pub use reference::Reference;
-pub use registry::RegistryClient;
+pub use registry::{PushReport, RegistryClient};
 pub use snapshotter::ContentStore;
 pub use store::ImageStore;
 pub use time::{format_rfc3339, now_rfc3339};
@@ -66,6 +69,9 @@ pub enum Error {
     /// The registry answered with an error or something unexpected.
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
+    /// A bad builder config file, docker config.json, credential helper or CA file.
+    #[error("config: {0}")]
+    Config(String),
     #[error("http: {0}")]
     Http(#[from] reqwest::Error),
     #[error("{context}: {source}")]

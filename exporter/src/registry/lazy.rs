@@ -1,7 +1,7 @@
 //! Piecemeal registry access for build-cache import: a manifest without its blobs, and single
 //! blobs on demand.
 
-use super::{RegistryClient, Repository};
+use super::RegistryClient;
 use crate::image::Descriptor;
 use crate::reference::Reference;
 use crate::Result;
@@ -15,7 +15,7 @@ impl RegistryClient {
         reference: &Reference,
         content: &ContentStore,
     ) -> Result<Descriptor> {
-        let repository = Repository::new(reference)?;
+        let repository = self.repository(&reference.registry, &reference.repository)?;
         let scope = format!("repository:{}:pull", repository.name);
         self.fetch_manifest(
             &repository,
@@ -38,7 +38,7 @@ impl RegistryClient {
         if content.has(&blob.digest) {
             return Ok(());
         }
-        let repository = Repository::new(reference)?;
+        let repository = self.repository(&reference.registry, &reference.repository)?;
         let scope = format!("repository:{}:pull", repository.name);
         self.fetch_blob(&repository, &scope, blob, content).await
     }

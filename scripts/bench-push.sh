@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Times `builder push` of a ~360 MB image (Debian minbase + two copies of /usr) to a loopback
+# docker-registry, with gzip layers and (when the zstd output option exists) zstd layers;
+# peak RSS from /usr/bin/time -v. The debootstrap tarball is cached under /var/cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+need=()
+for p in debootstrap time; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/builder
+
+cache=/var/cache/builder-bench
+tarball=$cache/debian-bookworm-minbase.tar
+if [[ ! -s $tarball ]]; then
+  # The apt mirror this machine already uses.
+  mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    awk '{print $2}' | grep -v security | head -1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  mkdir -p "$cache"
+  rootfs=$(mktemp -d "$cache/rootfs.XXXXXX")
+  echo "debootstrap bookworm from $mirror (once; cached in $tarball)" >&2
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
+  tar -C "$rootfs" --numeric-owner -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+  rm -rf "$rootfs"
+fi
+
+work=$(mktemp -d)
+registry_pid=
+cleanup() {
+  [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export BUILDER_ROOT=$work/root
+# Keep the machine's registry settings and credentials out of the measurement.
+export BUILDER_CONFIG=$work/builder.toml DOCKER_CONFIG=$work/docker
+: >"$BUILDER_CONFIG"
+
+"$bin" import "$tarball" debian:bookworm >/dev/null
+ctx=$work/ctx
+mkdir -p "$ctx"
+printf 'FROM debian:bookworm\nRUN cp -a /usr /usr2 && cp -a /usr /usr3\n' >"$ctx/Dockerfile"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+EOF
+/usr/bin/docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.05
+done
+
+# Prints "<label>: <seconds> s, peak RSS <MB> MB, <layer MB> MB of layers, <summary>".
+timed_push() {
+  local label=$1 name=$2 out
+  out=$(/usr/bin/time -v "$bin" push "$name" 2>"$work/time.txt") || {
+    cat "$work/time.txt" >&2
+    return 1
+  }
+  local secs rss
+  secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s}' "$work/time.txt")
+  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$work/time.txt")
+  local layers
+  layers=$(du -sm "$work/registry/docker/registry/v2/blobs" | cut -f1)
+  printf '%s: %s s, peak RSS %s MB, registry blobs now %s MB (%s)\n' \
+    "$label" "$secs" "$rss" "$layers" "${out#*(}" | sed 's/)$//'
+}
+
+if ! "$bin" build --progress=quiet -t "127.0.0.1:$port/bench/debian:gzip" "$ctx" >/dev/null 2>"$work/build.err"; then
+  cat "$work/build.err" >&2
+  exit 1
+fi
+read -r base_mb usr_mb < <(tar -tvf "$tarball" |
+  awk '{s += $3} $6 ~ /^\.\/usr\// {u += $3} END {printf "%.0f %.0f\n", s / 1e6, u / 1e6}')
+echo "image: ${base_mb} MB base + ${usr_mb} MB x 2 copied = $((base_mb + 2 * usr_mb)) MB uncompressed," \
+  "$(du -sm "$work/root/content/blobs" | cut -f1) MB of gzip blobs in the store"
+timed_push "gzip push" "127.0.0.1:$port/bench/debian:gzip"
+timed_push "gzip re-push (nothing sent)" "127.0.0.1:$port/bench/debian:gzip"
+"$bin" tag "127.0.0.1:$port/bench/debian:gzip" "127.0.0.1:$port/bench/mounted:gzip"
+timed_push "gzip push to another repo (mounts)" "127.0.0.1:$port/bench/mounted:gzip"
+
+# zstd layers need the image output's compression option (compress helper's work).
+if "$bin" build --progress=quiet --no-cache \
+  -o "type=image,name=127.0.0.1:$port/bench/debian:zstd,compression=zstd,force-compression=true" \
+  "$ctx" >/dev/null 2>"$work/zstd.err"; then
+  timed_push "zstd push" "127.0.0.1:$port/bench/debian:zstd"
+else
+  echo "zstd push: skipped ($(head -1 "$work/zstd.err"))"
+fi
