@@ -1,0 +1,599 @@
+//! Dockerfile-level end-to-end tests of the features built in parallel (RUN mounts,
+//! secrets, ssh, network modes, heredocs, named contexts, COPY flags, --on-error):
+//! each drives `builder build` exactly like a user and checks the exported files,
+//! the layers (with `tar`) and which steps ran (rawjson events).
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn build_ok(store: &Store, ctx: &Path, extra: &[&str]) -> Output {
+    let out = store.build(ctx, extra);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    out
+}
+
+/// Builds with `-o type=local` and returns the exported root filesystem.
+fn build_local(store: &Store, ctx: &Path, extra: &[&str]) -> (tempfile::TempDir, Output) {
+    let dest = tempfile::tempdir().unwrap();
+    let out_arg = format!("type=local,dest={}", dest.path().display());
+    let mut args = extra.to_vec();
+    args.extend(["-o", &out_arg]);
+    let out = build_ok(store, ctx, &args);
+    (dest, out)
+}
+
+fn read(dir: &Path, path: &str) -> String {
+    std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Names of the steps a build ran (not cached) whose name contains `needle`.
+fn started(out: &Output, needle: &str) -> usize {
+    events(out)
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.contains(needle)))
+        .count()
+}
+
+/// Steps whose result came from the cache and whose name contains `needle`.
+fn cached(out: &Output, needle: &str) -> usize {
+    events(out)
+        .iter()
+        .filter(|e| e["event"] == "cached")
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.contains(needle)))
+        .count()
+}
+
+/// Builds to an OCI archive and returns the names in each layer (base first), as
+/// `tar -t` lists them (tar detects the compression itself).
+fn oci_layer_names(store: &Store, ctx: &Path, extra: &[&str]) -> Vec<Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let out_arg = format!("type=oci,dest={}", archive.display());
+    let mut args = extra.to_vec();
+    args.extend(["-o", &out_arg]);
+    build_ok(store, ctx, &args);
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let out = Command::new("tar")
+                .arg("-tf")
+                .arg(blob(l["digest"].as_str().unwrap()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "tar: {}", stderr(&out));
+            stdout(&out)
+                .lines()
+                .map(|n| n.trim_start_matches("./").trim_end_matches('/').to_string())
+                .filter(|n| !n.is_empty() && n != ".")
+                .collect()
+        })
+        .collect()
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    stdout(&out)[..64].to_string()
+}
+
+#[test]
+fn cache_mount_persists_across_builds_and_stays_out_of_the_image() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG N=1\n\
+         RUN --mount=type=cache,target=/var/cache/app,uid=1000,gid=1000,mode=0700,sharing=locked \\\n\
+         \x20   cat /var/cache/app/log > /seen 2>/dev/null; echo run$N >> /var/cache/app/log; \\\n\
+         \x20   stat -c %u:%g:%a /var/cache/app > /owner\n",
+    )]);
+    let (first, out) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(started(&out, "cat /var/cache/app/log"), 1);
+    assert_eq!(read(first.path(), "seen"), "");
+    assert_eq!(read(first.path(), "owner"), "1000:1000:700\n");
+
+    // A new build arg value re-runs the step, which sees the first run's file.
+    let (second, out) = build_local(&store, ctx.path(), &["--build-arg", "N=2"]);
+    assert_eq!(started(&out, "cat /var/cache/app/log"), 1);
+    assert_eq!(read(second.path(), "seen"), "run1\n");
+    assert!(!second.path().join("var/cache/app/log").exists());
+
+    // The cache lives under ROOT/cache/mounts/<sha256 of the id>; the id defaults to the target.
+    let dir = store
+        .root()
+        .join("cache/mounts")
+        .join(hex_sha256(b"/var/cache/app"));
+    assert_eq!(read(&dir, "log"), "run1\nrun2\n");
+
+    // Same arg again: cached, and the cache is not touched.
+    let layers = oci_layer_names(&store, ctx.path(), &["--build-arg", "N=2"]);
+    assert_eq!(read(&dir, "log"), "run1\nrun2\n");
+    let top = layers.last().unwrap();
+    assert_eq!(top, &vec!["owner".to_string(), "seen".to_string()]);
+    assert!(layers.iter().flatten().all(|n| !n.starts_with("var/cache")));
+}
+
+#[test]
+fn cache_mount_id_is_shared_between_targets_and_steps() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS writer\n\
+         RUN --mount=type=cache,id=shared,target=/a echo from-writer > /a/f\n\
+         FROM busybox\nCOPY --from=writer /etc/passwd /dep\n\
+         RUN --mount=type=cache,id=shared,target=/b,sharing=shared cat /b/f > /got\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(read(dest.path(), "got"), "from-writer\n");
+}
+
+/// Every regular file under `dir`, recursively (not following symlinks).
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    files
+}
+
+/// The file's bytes, decompressed when it is a gzip or zstd stream.
+fn plain_bytes(path: &Path) -> Vec<u8> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let tool = if data.starts_with(&[0x1f, 0x8b]) {
+        "gzip"
+    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "zstd"
+    } else {
+        return data;
+    };
+    let out = Command::new(tool).args(["-dc"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "{tool} -dc {}", path.display());
+    out.stdout
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn secrets_reach_the_step_and_nowhere_else() {
+    let store = Store::with_busybox();
+    let file_secret = "file-secret-7f3a9c2e";
+    let env_secret = "env-secret-b41d08aa";
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("token");
+    std::fs::write(&secret_file, file_secret).unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=secret,id=x sha256sum /run/secrets/x | cut -c1-64 > /x.sum\n\
+         RUN --mount=type=secret,id=y,env=TOKEN printf %s \"$TOKEN\" | sha256sum | cut -c1-64 > /y.sum\n\
+         RUN --mount=type=secret,id=x,target=/etc/x,uid=1000,mode=0400 stat -c %u:%a /etc/x > /x.owner\n\
+         RUN --mount=type=secret,id=absent ls /run/secrets > /optional 2>&1 || echo none > /optional\n",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let local = tempfile::tempdir().unwrap();
+    let out = store
+        .cmd()
+        .env("SECRET_Y", env_secret)
+        .args(["build", "--progress=rawjson", "-t", "secretive"])
+        .arg(format!("--secret=id=x,src={}", secret_file.display()))
+        .arg("--secret=id=y,env=SECRET_Y")
+        .arg(format!("--output=type=oci,dest={}", archive.display()))
+        .arg(format!(
+            "--output=type=local,dest={}",
+            local.path().display()
+        ))
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        read(local.path(), "x.sum"),
+        format!("{}\n", hex_sha256(file_secret.as_bytes()))
+    );
+    assert_eq!(
+        read(local.path(), "y.sum"),
+        format!("{}\n", hex_sha256(env_secret.as_bytes()))
+    );
+    assert_eq!(read(local.path(), "x.owner"), "1000:400\n");
+    assert!(!local.path().join("run/secrets/x").exists());
+    assert!(!local.path().join("etc/x").exists());
+
+    for secret in [file_secret, env_secret] {
+        assert!(!stderr(&out).contains(secret), "secret in progress output");
+        assert!(!stdout(&out).contains(secret), "secret in stdout");
+        for f in all_files(store.root())
+            .into_iter()
+            .chain(all_files(local.path()))
+            .chain([archive.clone()])
+        {
+            assert!(
+                !contains(&plain_bytes(&f), secret.as_bytes()),
+                "secret found in {}",
+                f.display()
+            );
+        }
+    }
+    // The OCI archive's blobs, decompressed, hold no secret either.
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    for f in all_files(&layout) {
+        let bytes = plain_bytes(&f);
+        assert!(!contains(&bytes, file_secret.as_bytes()));
+        assert!(!contains(&bytes, env_secret.as_bytes()));
+    }
+
+    // A required secret that was not given stops the build with its id and the flag to use.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=secret,id=npmrc,required=true cat /run/secrets/npmrc\n",
+    )]);
+    let out = store.build(ctx.path(), &["-t", "never"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("npmrc"), "{err}");
+    assert!(err.contains("--secret"), "{err}");
+    let images = store.run(&["images"]);
+    assert!(!stdout(&images).contains("never"), "{}", stdout(&images));
+}
+
+#[test]
+fn bind_mounts_from_stage_context_and_image() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox AS data\nRUN mkdir /d && echo stage-data > /d/f\n\
+             FROM busybox\n\
+             RUN --mount=type=bind,from=data,source=/d,target=/m \\\n\
+             \x20   cat /m/f > /from-stage; (touch /m/x 2>/dev/null && echo rw || echo ro) > /stage-ro\n\
+             RUN --mount=type=bind,source=sub,target=/c,rw \\\n\
+             \x20   echo scribble > /c/new; echo more >> /c/a.txt; cat /c/a.txt > /from-ctx\n\
+             RUN --mount=target=/ctx ls /ctx/sub > /ctx-list; (touch /ctx/x 2>/dev/null && echo rw || echo ro) > /ctx-ro\n\
+             RUN --mount=type=bind,from=busybox,source=/etc,target=/img cat /img/passwd | head -n1 > /from-image\n",
+        ),
+        ("sub/a.txt", "context-a\n"),
+    ]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    let d = dest.path();
+    assert_eq!(read(d, "from-stage"), "stage-data\n");
+    assert_eq!(read(d, "stage-ro"), "ro\n");
+    assert_eq!(read(d, "from-ctx"), "context-a\nmore\n");
+    // Writes to an rw bind are thrown away: neither the context nor the next step sees them.
+    assert_eq!(read(d, "ctx-list"), "a.txt\n");
+    assert_eq!(read(&ctx.path().join("sub"), "a.txt"), "context-a\n");
+    assert!(!ctx.path().join("sub/new").exists());
+    assert_eq!(read(d, "ctx-ro"), "ro\n");
+    assert_eq!(read(d, "from-image"), "root:x:0:0:root:/root:/bin/sh\n");
+    for gone in ["m", "c", "ctx", "img"] {
+        assert!(
+            !d.join(gone).exists(),
+            "mount point /{gone} left in the image"
+        );
+    }
+}
+
+#[test]
+fn tmpfs_mount_leaves_nothing_and_has_its_size() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=tmpfs,target=/scratch,size=2m \\\n\
+         \x20   echo x > /scratch/file && grep ' /scratch ' /proc/mounts | cut -d' ' -f3 > /fstype && \\\n\
+         \x20   df -k /scratch | tail -n1 | awk '{print $2}' > /size\n",
+    )]);
+    let layers = oci_layer_names(&store, ctx.path(), &[]);
+    assert_eq!(
+        layers.last().unwrap(),
+        &vec!["fstype".to_string(), "size".to_string()]
+    );
+    let (dest, out) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(cached(&out, "echo x > /scratch/file"), 1);
+    assert_eq!(read(dest.path(), "fstype"), "tmpfs\n");
+    assert_eq!(read(dest.path(), "size"), "2048\n");
+}
+
+/// A real ssh-agent listening on a socket in `dir`, killed at drop.
+struct Agent(std::process::Child, PathBuf);
+
+impl Agent {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client) is installed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child, socket)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ssh_mount_forwards_the_default_agent() {
+    let store = Store::with_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /sock\n\
+         RUN --mount=type=ssh,id=deploy,target=/agent,uid=1000,mode=0600 \\\n\
+         \x20   test -S /agent && stat -c %u:%a /agent > /owner; echo \"$SSH_AUTH_SOCK\" > /sock2\n",
+    )]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = store
+        .cmd()
+        .env("SSH_AUTH_SOCK", &agent.1)
+        .args(["build", "--progress=rawjson", "--ssh", "default"])
+        .arg(format!("--ssh=deploy={}", agent.1.display()))
+        .arg(format!(
+            "--output=type=local,dest={}",
+            dest.path().display()
+        ))
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read(dest.path(), "sock"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(read(dest.path(), "owner"), "1000:600\n");
+    assert_eq!(read(dest.path(), "sock2"), "/agent\n");
+    assert!(!dest.path().join("run/buildkit").exists());
+    assert!(!dest.path().join("agent").exists());
+
+    // Without --ssh an optional agent is simply absent; a required one stops the build
+    // naming the flag.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=ssh test ! -e /run/buildkit/ssh_agent.0\n",
+    )]);
+    build_ok(&store, ctx.path(), &[]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=ssh,required=true true\n",
+    )]);
+    let out = store.build(ctx.path(), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ssh"), "{}", stderr(&out));
+}
+
+#[test]
+fn network_none_sees_only_loopback() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /ifaces\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(read(dest.path(), "ifaces"), "lo\n");
+}
+
+#[test]
+fn heredoc_run_with_interpreter_and_copy_heredocs_with_expansion() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG NAME=world\nENV PLACE=here\n\
+         RUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"awk says hi\" > \"/awk.txt\" }\nEOF\n\
+         RUN <<EOF\n#!/bin/sh -e\necho \"sh $NAME $PLACE\" > /sh.txt\nEOF\n\
+         RUN <<A cat > /one && <<B cat > /two\nfirst\nA\nsecond $NAME\nB\n\
+         COPY <<EOF /dest/expanded\nhello $NAME from ${PLACE:-nowhere} \\$NAME\nEOF\n\
+         COPY <<'EOF' /dest/raw\nhello $NAME\nEOF\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &["--build-arg", "NAME=you"]);
+    let d = dest.path();
+    assert_eq!(read(d, "awk.txt"), "awk says hi\n");
+    assert_eq!(read(d, "sh.txt"), "sh you here\n");
+    assert_eq!(read(d, "one"), "first\n");
+    assert_eq!(read(d, "two"), "second you\n");
+    // As in BuildKit, escapes in a heredoc stay as written (raw escapes) but still stop expansion.
+    assert_eq!(read(d, "dest/expanded"), "hello you from here \\$NAME\n");
+    assert_eq!(read(d, "dest/raw"), "hello $NAME\n");
+}
+
+#[test]
+fn on_error_shell_sees_the_failed_steps_mounts() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=cache,target=/cache echo cached-before > /cache/c\n\
+             RUN --mount=type=cache,target=/cache --mount=target=/ctx echo partial > /partial && false\n",
+        ),
+        ("input.txt", "from-context\n"),
+    ]);
+    let mut child = store
+        .cmd()
+        .args([
+            "build",
+            "--progress=plain",
+            "--on-error=shell",
+            "-t",
+            "broken",
+        ])
+        .arg(ctx.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"cat /cache/c /ctx/input.txt /partial; exit\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the build must still fail");
+    assert_eq!(
+        stdout(&out),
+        "cached-before\nfrom-context\npartial\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+    let images = store.run(&["images"]);
+    assert!(!stdout(&images).contains("broken"), "{}", stdout(&images));
+}
+
+#[test]
+fn named_context_feeds_copy_from_and_run_mounts() {
+    let store = Store::with_busybox();
+    let named = context(&[
+        ("lib/one.txt", "one\n"),
+        ("lib/two.txt", "two\n"),
+        (".dockerignore", "lib/two.txt\n"),
+    ]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         COPY --from=vendor lib/ /copied/\n\
+         RUN --mount=from=vendor,target=/v ls /v/lib > /mounted && cat /v/lib/one.txt >> /mounted\n",
+    )]);
+    let named_arg = format!("vendor={}", named.path().display());
+    let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
+    assert_eq!(started(&out, "RUN ls /v/lib"), 1);
+    let d = dest.path();
+    assert_eq!(read(d, "copied/one.txt"), "one\n");
+    assert!(!d.join("copied/two.txt").exists());
+    assert_eq!(read(d, "mounted"), "one.txt\none\n");
+    assert!(!d.join("v").exists());
+
+    // Unchanged named context: everything cached; a changed file re-runs both steps.
+    let (_, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
+    assert_eq!(started(&out, "RUN"), 0);
+    assert_eq!(started(&out, "COPY"), 0);
+    std::fs::write(named.path().join("lib/one.txt"), "uno\n").unwrap();
+    let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
+    assert_eq!(started(&out, "RUN ls /v/lib"), 1);
+    assert_eq!(read(dest.path(), "mounted"), "one.txt\nuno\n");
+    // The ignored file changing does not invalidate anything.
+    std::fs::write(named.path().join("lib/two.txt"), "dos\n").unwrap();
+    let (_, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
+    assert_eq!(started(&out, "RUN"), 0, "{}", stderr(&out));
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn copy_chmod_symbolic_exclude_and_parents() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             COPY --chmod=u=rwx,g=rx,o= tool.sh /bin/tool\n\
+             COPY --chmod=a+x,go-w src/ /src/\n\
+             COPY --exclude=*.log --exclude=tmp src/ /filtered/\n\
+             COPY --parents app/*/conf.json /parents/\n\
+             COPY --parents ./app/./one/conf.json /pivot/\n\
+             COPY --chown=1000:2000 --chmod=640 tool.sh /owned\n",
+        ),
+        ("tool.sh", "#!/bin/sh\n"),
+        ("src/main.c", "int main;\n"),
+        ("src/debug.log", "log\n"),
+        ("src/tmp/x", "x\n"),
+        ("src/keep/y.log", "y\n"),
+        ("app/one/conf.json", "{1}\n"),
+        ("app/two/conf.json", "{2}\n"),
+        ("app/two/other.json", "{}\n"),
+    ]);
+    std::fs::set_permissions(
+        ctx.path().join("tool.sh"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        ctx.path().join("src/main.c"),
+        std::fs::Permissions::from_mode(0o664),
+    )
+    .unwrap();
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    let d = dest.path();
+    assert_eq!(mode_of(&d.join("bin/tool")), 0o750);
+    assert_eq!(mode_of(&d.join("src/main.c")), 0o755);
+    assert_eq!(read(d, "filtered/main.c"), "int main;\n");
+    assert!(!d.join("filtered/debug.log").exists());
+    assert!(!d.join("filtered/tmp").exists());
+    // Like .dockerignore patterns, `*.log` matches at the source root only.
+    assert_eq!(read(d, "filtered/keep/y.log"), "y\n");
+    assert_eq!(read(d, "parents/app/one/conf.json"), "{1}\n");
+    assert_eq!(read(d, "parents/app/two/conf.json"), "{2}\n");
+    assert!(!d.join("parents/app/two/other.json").exists());
+    assert_eq!(read(d, "pivot/one/conf.json"), "{1}\n");
+    let owned = std::fs::metadata(d.join("owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1000, 2000));
+    assert_eq!(mode_of(&d.join("owned")), 0o640);
+}
