@@ -3,8 +3,8 @@
 //! `exporter` crates.
 
 mod build;
-mod build_context;
 mod cache_flags;
+mod build_context;
 mod checks_output;
 mod cli;
 mod platforms;

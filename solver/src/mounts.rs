@@ -441,7 +441,13 @@ impl Solver {
                     let from = if rel.is_empty() { ".".into() } else { rel };
                     let is_dir = std::fs::metadata(&path).map(|m| m.is_dir())?;
                     let dest = if is_dir { "/" } else { "/file" };
-                    fileop::copy(&src, &[from], dir.path(), dest, &CopyOptions::default())?;
+                    fileop::copy(
+                        &src,
+                        &[from],
+                        dir.path(),
+                        dest,
+                        &CopyOptions::default(),
+                    )?;
                     let copied = if is_dir {
                         dir.path().to_path_buf()
                     } else {
@@ -609,7 +615,13 @@ impl Solver {
             root: &from,
             index: None,
         };
-        fileop::copy(&src, &[".".into()], dir, "/", &CopyOptions::default())
+        fileop::copy(
+            &src,
+            &[".".into()],
+            dir,
+            "/",
+            &CopyOptions::default(),
+        )
     }
 }
 
