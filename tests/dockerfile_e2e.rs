@@ -597,3 +597,127 @@ fn copy_chmod_symbolic_exclude_and_parents() {
     assert_eq!((owned.uid(), owned.gid()), (1000, 2000));
     assert_eq!(mode_of(&d.join("owned")), 0o640);
 }
+
+#[test]
+fn step_cache_keys_follow_mounted_content_not_secrets() {
+    let store = Store::with_busybox();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("s");
+    std::fs::write(&secret_file, "one").unwrap();
+    let secret_arg = format!("--secret=id=s,src={}", secret_file.display());
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=bind,source=conf/app.conf,target=/app.conf cat /app.conf > /conf-copy\n\
+             RUN --mount=type=secret,id=s wc -c < /run/secrets/s > /secret-len\n",
+        ),
+        ("conf/app.conf", "v1\n"),
+        ("unrelated.txt", "a\n"),
+    ]);
+    let (dest, out) = build_local(&store, ctx.path(), &[&secret_arg]);
+    assert_eq!(started(&out, "cat /app.conf"), 1);
+    assert_eq!(started(&out, "wc -c"), 1);
+    assert_eq!(read(dest.path(), "conf-copy"), "v1\n");
+    assert_eq!(read(dest.path(), "secret-len").trim(), "3");
+
+    // Another file of the context and a new secret value keep both steps cached
+    // (as in BuildKit, secrets are not part of the cache key).
+    std::fs::write(ctx.path().join("unrelated.txt"), "b\n").unwrap();
+    std::fs::write(&secret_file, "three").unwrap();
+    let (_, out) = build_local(&store, ctx.path(), &[&secret_arg]);
+    assert_eq!(cached(&out, "cat /app.conf"), 1, "{}", stderr(&out));
+    assert_eq!(cached(&out, "wc -c"), 1);
+
+    // The mounted file changing re-runs its step, and the next one.
+    std::fs::write(ctx.path().join("conf/app.conf"), "v2\n").unwrap();
+    let (dest, out) = build_local(&store, ctx.path(), &[&secret_arg]);
+    assert_eq!(started(&out, "cat /app.conf"), 1);
+    assert_eq!(started(&out, "wc -c"), 1);
+    assert_eq!(read(dest.path(), "conf-copy"), "v2\n");
+    assert_eq!(read(dest.path(), "secret-len").trim(), "5");
+}
+
+#[test]
+fn named_context_replaces_a_stage_used_by_mounts_and_images_bind() {
+    let store = Store::with_busybox();
+    let named = context(&[("tool.txt", "from the named context\n")]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS tools\nRUN echo built > /tool.txt\n\
+         FROM busybox\n\
+         RUN --mount=from=tools,target=/t cat /t/tool.txt > /got\n\
+         RUN --mount=from=base,source=/bin/busybox,target=/bb test -x /bb && echo ok > /bb-ok\n",
+    )]);
+    let named_arg = format!("tools={}", named.path().display());
+    let (dest, out) = build_local(
+        &store,
+        ctx.path(),
+        &[
+            "--build-context",
+            &named_arg,
+            "--build-context",
+            "base=docker-image://busybox:latest",
+        ],
+    );
+    assert_eq!(read(dest.path(), "got"), "from the named context\n");
+    assert_eq!(read(dest.path(), "bb-ok"), "ok\n");
+    assert_eq!(started(&out, "echo built"), 0, "the replaced stage ran");
+}
+
+#[test]
+fn bad_mounts_fail_with_clear_errors() {
+    let store = Store::with_busybox();
+    for (dockerfile, expected) in [
+        (
+            "FROM busybox\nRUN --mount=type=bind,source=missing.txt,target=/m true\n",
+            "missing.txt",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=bind,from=nosuchstage,target=/m true\n",
+            "nosuchstage",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=cache,target=/c,sharing=sometimes true\n",
+            "sharing",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=volume,target=/c true\n",
+            "volume",
+        ),
+    ] {
+        let ctx = context(&[("Dockerfile", dockerfile)]);
+        let out = store.build(ctx.path(), &["-t", "bad"]);
+        assert!(!out.status.success(), "{dockerfile} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{dockerfile}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let images = store.run(&["images"]);
+    assert!(!stdout(&images).contains("bad"), "{}", stdout(&images));
+}
+
+#[test]
+fn relative_mount_targets_and_heredoc_with_mounts() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nWORKDIR /work\n\
+             RUN --mount=type=bind,source=in.txt,target=in.txt --mount=type=cache,target=cache <<EOF\n\
+             cat /work/in.txt > /work/out.txt\n\
+             echo cached > cache/marker\n\
+             ls /work | sort > /work/listing\n\
+             EOF\n",
+        ),
+        ("in.txt", "input\n"),
+    ]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(read(dest.path(), "work/out.txt"), "input\n");
+    assert_eq!(
+        read(dest.path(), "work/listing"),
+        "cache\nin.txt\nout.txt\n"
+    );
+    assert!(!dest.path().join("work/in.txt").exists());
+    assert!(!dest.path().join("work/cache").exists());
+}
