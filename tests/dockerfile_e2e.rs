@@ -721,3 +721,123 @@ fn relative_mount_targets_and_heredoc_with_mounts() {
     assert!(!dest.path().join("work/in.txt").exists());
     assert!(!dest.path().join("work/cache").exists());
 }
+
+/// The image config of an OCI archive, read by skopeo.
+fn skopeo_config(archive: &Path) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn secret_env_lives_only_in_its_step() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=secret,id=tok,env=TOKEN test -n \"$TOKEN\" && echo set > /in-step\n\
+         RUN echo \"[${TOKEN:-unset}]\" > /next-step\n",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let local = tempfile::tempdir().unwrap();
+    let out = store
+        .cmd()
+        .env("TOK", "s3cr3t-value-91")
+        .args(["build", "--progress=rawjson", "--secret", "id=tok,env=TOK"])
+        .arg(format!("--output=type=oci,dest={}", archive.display()))
+        .arg(format!(
+            "--output=type=local,dest={}",
+            local.path().display()
+        ))
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read(local.path(), "in-step"), "set\n");
+    assert_eq!(read(local.path(), "next-step"), "[unset]\n");
+    let config = skopeo_config(&archive);
+    let env = config["config"]["Env"].to_string();
+    assert!(!env.contains("TOKEN"), "{env}");
+    let history = config["history"].to_string();
+    assert!(!history.contains("s3cr3t"), "{history}");
+}
+
+#[test]
+fn cache_mounts_survive_no_cache_builds() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,target=/c echo x >> /c/runs && wc -l < /c/runs > /count\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(read(dest.path(), "count").trim(), "1");
+    let (dest, out) = build_local(&store, ctx.path(), &["--no-cache"]);
+    assert_eq!(started(&out, "wc -l"), 1);
+    assert_eq!(read(dest.path(), "count").trim(), "2");
+}
+
+#[test]
+fn onbuild_run_with_mounts_runs_in_the_child() {
+    let store = Store::with_busybox();
+    let parent = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         ONBUILD RUN --mount=type=bind,source=child.txt,target=/m --mount=type=cache,target=/oc \\\n\
+         \x20   cat /m > /from-child && echo seen >> /oc/log && cat /oc/log > /oc-log\n",
+    )]);
+    build_ok(&store, parent.path(), &["-t", "parent:1"]);
+    let child = context(&[
+        ("Dockerfile", "FROM parent:1\nRUN cat /from-child\n"),
+        ("child.txt", "child context\n"),
+    ]);
+    let (dest, _) = build_local(&store, child.path(), &[]);
+    assert_eq!(read(dest.path(), "from-child"), "child context\n");
+    assert_eq!(read(dest.path(), "oc-log"), "seen\n");
+    assert!(!dest.path().join("m").exists());
+    assert!(!dest.path().join("oc").exists());
+}
+
+#[test]
+fn copy_symbolic_chmod_with_capital_x_and_exclude_with_parents() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             COPY --chmod=u=rwX,go=rX tree/ /tree/\n\
+             COPY --parents --exclude=**/*.tmp pkgs/*/src /out/\n",
+        ),
+        ("tree/plain.txt", "p\n"),
+        ("tree/run.sh", "r\n"),
+        ("tree/sub/deep.txt", "d\n"),
+        ("pkgs/a/src/lib.rs", "a\n"),
+        ("pkgs/a/src/junk.tmp", "j\n"),
+        ("pkgs/b/src/main.rs", "b\n"),
+        ("pkgs/b/README", "readme\n"),
+    ]);
+    std::fs::set_permissions(
+        ctx.path().join("tree/plain.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        ctx.path().join("tree/run.sh"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    let d = dest.path();
+    assert_eq!(mode_of(&d.join("tree/plain.txt")), 0o644);
+    assert_eq!(mode_of(&d.join("tree/run.sh")), 0o755);
+    assert_eq!(mode_of(&d.join("tree/sub")), 0o755);
+    assert_eq!(mode_of(&d.join("tree/sub/deep.txt")), 0o644);
+    assert_eq!(read(d, "out/pkgs/a/src/lib.rs"), "a\n");
+    assert_eq!(read(d, "out/pkgs/b/src/main.rs"), "b\n");
+    assert!(!d.join("out/pkgs/a/src/junk.tmp").exists());
+    assert!(!d.join("out/pkgs/b/README").exists());
+}
