@@ -841,3 +841,58 @@ fn copy_symbolic_chmod_with_capital_x_and_exclude_with_parents() {
     assert!(!d.join("out/pkgs/a/src/junk.tmp").exists());
     assert!(!d.join("out/pkgs/b/README").exists());
 }
+
+#[test]
+fn failed_steps_keep_their_cache_writes_and_defaults_match_buildkit() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,target=/c echo partial > /c/progress && exit 1\n",
+    )]);
+    let out = store.build(ctx.path(), &[]);
+    assert!(!out.status.success());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,target=/c cat /c/progress > /resumed; stat -c %u:%g:%a /c > /cache-owner\n\
+         RUN --mount=type=secret,id=s stat -c %u:%g:%a /run/secrets/s > /secret-owner\n\
+         RUN --mount=type=tmpfs,target=/t stat -c %a /t > /tmpfs-mode\n",
+    )]);
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    let secret_arg = format!("--secret=id=s,src={}", secret.path().display());
+    let (dest, _) = build_local(&store, ctx.path(), &[&secret_arg]);
+    let d = dest.path();
+    assert_eq!(read(d, "resumed"), "partial\n");
+    assert_eq!(read(d, "cache-owner"), "0:0:755\n");
+    assert_eq!(read(d, "secret-owner"), "0:0:400\n");
+    assert_eq!(read(d, "tmpfs-mode"), "1777\n");
+}
+
+#[test]
+fn from_a_named_local_context() {
+    let store = Store::with_busybox();
+    let rootfs = context(&[
+        ("etc/release", "custom\n"),
+        ("private.key", "ignored\n"),
+        (".dockerignore", "private.key\n"),
+    ]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS b\nFROM rootfs\nCOPY --from=b /bin/busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"cp\", \"/etc/release\", \"/copied\"]\n",
+    )]);
+    let named = format!("rootfs={}", rootfs.path().display());
+    let (dest, _) = build_local(&store, ctx.path(), &["--build-context", &named]);
+    assert_eq!(read(dest.path(), "etc/release"), "custom\n");
+    assert_eq!(read(dest.path(), "copied"), "custom\n");
+    assert!(dest.path().join("bin/busybox").is_file());
+    assert!(!dest.path().join("private.key").exists());
+
+    // Unchanged: cached. A changed file in the named context re-runs the steps on it.
+    let (_, out) = build_local(&store, ctx.path(), &["--build-context", &named]);
+    assert_eq!(started(&out, "cp"), 0);
+    std::fs::write(rootfs.path().join("etc/release"), "v2\n").unwrap();
+    let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named]);
+    assert_eq!(started(&out, "cp"), 1);
+    assert_eq!(read(dest.path(), "copied"), "v2\n");
+}

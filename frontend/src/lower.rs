@@ -647,7 +647,7 @@ fn lower_stage(
             format!("[{label} {step}/{total}] {text}")
         }
     };
-    let named = l.named_context_base(from, &base, &platform, resolver)?;
+    let named = l.named_context_stage_base(from, &base, &platform, resolver)?;
     let mut state = if let Some((v, config)) = named {
         let (os, arch, variant) = split_platform(&platform);
         let config = config.unwrap_or_else(|| ImageConfig {
