@@ -896,3 +896,83 @@ fn from_a_named_local_context() {
     assert_eq!(started(&out, "cp"), 1);
     assert_eq!(read(dest.path(), "copied"), "v2\n");
 }
+
+#[test]
+fn mounts_over_existing_paths_leave_them_as_they_were() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN mkdir -p /data && echo original > /data/keep && echo base > /etc/motd\n\
+             RUN --mount=type=tmpfs,target=/data --mount=type=tmpfs,target=/tmp \\\n\
+             \x20   --mount=type=bind,source=motd,target=/etc/motd \\\n\
+             \x20   --mount=type=cache,target=/root \\\n\
+             \x20   touch /data/new /tmp/new /root/new && cat /etc/motd > /seen-motd && ls /data > /seen-data\n",
+        ),
+        ("motd", "from context\n"),
+    ]);
+    let layers = oci_layer_names(&store, ctx.path(), &[]);
+    assert_eq!(
+        layers.last().unwrap(),
+        &vec!["seen-data".to_string(), "seen-motd".to_string()],
+        "the mounts' targets changed in the image"
+    );
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    let d = dest.path();
+    assert_eq!(read(d, "seen-motd"), "from context\n");
+    assert_eq!(read(d, "seen-data"), "new\n");
+    assert_eq!(read(d, "etc/motd"), "base\n");
+    assert_eq!(read(d, "data/keep"), "original\n");
+    assert!(!d.join("data/new").exists());
+    assert!(!d.join("tmp/new").exists());
+    assert!(!d.join("root/new").exists());
+    assert_eq!(mode_of(&d.join("tmp")), 0o1777);
+}
+
+#[test]
+fn on_error_shell_sees_secrets_and_leaves_none_behind() {
+    let store = Store::with_busybox();
+    let secret_value = "shell-secret-5c1e";
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=secret,id=s,env=S false\n",
+    )]);
+    let mut child = store
+        .cmd()
+        .env("S_SRC", secret_value)
+        .args([
+            "build",
+            "--progress=plain",
+            "--on-error=shell",
+            "--secret=id=s,env=S_SRC",
+        ])
+        .arg(ctx.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"printf %s \"$S\" | wc -c; test -e /run/secrets/s || echo no-file; exit\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let lens: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    // As in BuildKit, env= without target= exposes the secret as a variable only.
+    assert_eq!(lens, vec!["17", "no-file"], "stderr: {}", stderr(&out));
+    for f in all_files(store.root()) {
+        assert!(
+            !contains(&plain_bytes(&f), secret_value.as_bytes()),
+            "secret found in {}",
+            f.display()
+        );
+    }
+}
