@@ -976,3 +976,48 @@ fn on_error_shell_sees_secrets_and_leaves_none_behind() {
         );
     }
 }
+
+#[test]
+fn mount_options_expand_args_and_cache_can_be_seeded_from_a_stage() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS seed\nRUN mkdir -p /s && echo seeded > /s/start\n\
+         FROM busybox\nARG CACHE_ID=pkgs\nENV CACHE_DIR=/var/pkgs\n\
+         RUN --mount=type=cache,id=$CACHE_ID,target=$CACHE_DIR,from=seed,source=/s \\\n\
+         \x20   cat $CACHE_DIR/start > /got && echo added > $CACHE_DIR/more\n\
+         RUN --mount=type=cache,id=${CACHE_ID},target=/other ls /other | sort > /listing\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(read(dest.path(), "got"), "seeded\n");
+    assert_eq!(read(dest.path(), "listing"), "more\nstart\n");
+    assert!(!dest.path().join("var/pkgs").exists());
+    // The seed stage is untouched by writes to the cache.
+    let ctx2 = context(&[(
+        "Dockerfile",
+        "FROM busybox AS seed\nRUN mkdir -p /s && echo seeded > /s/start\n\
+         FROM seed\nRUN ls /s > /seed-listing\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx2.path(), &[]);
+    assert_eq!(read(dest.path(), "seed-listing"), "start\n");
+}
+
+#[test]
+fn heredoc_copy_with_owner_mode_and_tab_stripping() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG V=1.2\n\
+         COPY --chown=1000:1000 --chmod=u=rwx,go=r <<-EOF /opt/version.sh\n\
+         \t#!/bin/sh\n\
+         \techo v$V\n\
+         \tEOF\n\
+         RUN /opt/version.sh > /out && stat -c %u:%g:%a /opt/version.sh >> /out\n",
+    )]);
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert_eq!(
+        read(dest.path(), "opt/version.sh"),
+        "#!/bin/sh\necho v1.2\n"
+    );
+    assert_eq!(read(dest.path(), "out"), "v1.2\n1000:1000:744\n");
+}
