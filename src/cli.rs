@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile.
-    Build(crate::build::BuildArgs),
+    Build(Box<crate::build::BuildArgs>),
     /// List images in the local store.
     Images,
     /// Make an image from a root filesystem tarball.
@@ -66,7 +66,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Build(args) => rt.block_on(crate::build::build(&root, args)),
+        Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
         Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
         Command::Images => {
             let store = open_images(&root)?;

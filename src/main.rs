@@ -7,6 +7,7 @@ mod cache_flags;
 mod build_context;
 mod checks_output;
 mod cli;
+mod platform_flags;
 mod platforms;
 mod progress;
 mod push;

@@ -100,6 +100,10 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
         bail!("--output type=docker holds one image and cannot hold a multi-platform build; use type=oci");
     }
     let build_args = parse_build_args(&args.build_args)?;
+    crate::platform_flags::refuse_unsupported(&args)?;
+    let exec_config =
+        crate::secrets::exec_config(&args.secrets, &args.ssh, args.on_error.as_deref())?;
+    let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
     let context = args
         .context
         .canonicalize()
@@ -141,13 +145,15 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
         .map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
+    let named_contexts =
+        crate::build_context::parse_build_contexts(&args.build_contexts, &mut locals)?;
     let solver = Arc::new(Solver::new(SolverConfig {
         root: root.to_path_buf(),
         executor: executor::Executor::current_exe()?,
         locals,
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
-        exec: Default::default(),
+        exec: exec_config,
     })?);
 
     // Lower once per platform; base images resolve per platform, BUILDPLATFORM ones once.
@@ -166,6 +172,8 @@ pub async fn build(root: &Path, args: BuildArgs, platforms: Vec<Platform>) -> Re
                 target: args.target.clone(),
                 platform: platform.to_string(),
                 build_platform: build_platform.clone(),
+                no_cache_stages: no_cache_stages.clone(),
+                named_contexts: named_contexts.clone(),
                 ..Default::default()
             };
             let resolver = SolverResolver {
