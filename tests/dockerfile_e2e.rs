@@ -1106,3 +1106,75 @@ fn two_platform_build_shares_a_locked_cache_and_secrets() {
         stderr(&out)
     );
 }
+
+/// Copies `binary` and the shared libraries `ldd` lists for it into `dir`, so a busybox
+/// container can run it with the copied dynamic loader; returns the loader's file name.
+fn copy_with_libraries(binary: &str, dir: &Path) -> String {
+    std::fs::copy(binary, dir.join(Path::new(binary).file_name().unwrap())).unwrap();
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
+    assert!(ldd.status.success(), "ldd {binary}: {}", stderr(&ldd));
+    let mut loader = None;
+    for line in stdout(&ldd).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(lib) = words.iter().find(|w| w.starts_with('/')).map(Path::new) else {
+            continue;
+        };
+        let name = lib.file_name().unwrap().to_string_lossy().to_string();
+        // The loader's line is the one without `=>`.
+        if !words.contains(&"=>") {
+            loader = Some(name.clone());
+        }
+        std::fs::copy(lib, dir.join(&name)).unwrap();
+    }
+    loader.expect("ldd names the dynamic loader")
+}
+
+#[test]
+fn ssh_mount_reaches_the_agents_keys() {
+    let store = Store::with_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let key = dir.path().join("id_ed25519");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-test-key", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let add = Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &agent.1)
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+
+    let ctx = context(&[]);
+    let loader = copy_with_libraries("/usr/bin/ssh-add", ctx.path());
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\n\
+             RUN --mount=type=ssh --mount=target=/tools \\\n\
+             \x20   /tools/{loader} --library-path /tools /tools/ssh-add -l > /keys\n"
+        ),
+    )
+    .unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = store
+        .cmd()
+        .env("SSH_AUTH_SOCK", &agent.1)
+        .args(["build", "--progress=rawjson", "--ssh=default"])
+        .arg(format!(
+            "--output=type=local,dest={}",
+            dest.path().display()
+        ))
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys = read(dest.path(), "keys");
+    assert!(
+        keys.contains("e2e-test-key") && keys.contains("(ED25519)"),
+        "{keys}"
+    );
+}
