@@ -1178,3 +1178,50 @@ fn ssh_mount_reaches_the_agents_keys() {
         "{keys}"
     );
 }
+
+#[test]
+fn exported_build_cache_holds_no_secret_and_pruned_stages_need_none() {
+    let store = Store::with_busybox();
+    let secret_value = "cache-export-secret-e90b";
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS unused\nRUN --mount=type=secret,id=other,required=true true\n\
+         FROM busybox\n\
+         RUN --mount=type=secret,id=s,env=S --mount=type=cache,target=/c \\\n\
+         \x20   test -n \"$S\" && echo ok > /c/ran && echo ok > /ran\n",
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_to = format!(
+        "type=local,dest={},mode=max,mounts=true",
+        cache.path().display()
+    );
+    let out = store
+        .cmd()
+        .env("S_SRC", secret_value)
+        .args(["build", "--progress=rawjson", "--secret=id=s,env=S_SRC"])
+        .args(["--cache-to", &cache_to])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported = all_files(cache.path());
+    assert!(exported.len() > 2, "nothing exported: {exported:?}");
+    for f in exported.iter().chain(all_files(store.root()).iter()) {
+        assert!(
+            !contains(&plain_bytes(f), secret_value.as_bytes()),
+            "secret found in {}",
+            f.display()
+        );
+    }
+    // The exported cache mount carries the step's write to a fresh store.
+    let fresh = Store::with_busybox();
+    let from = format!("type=local,src={}", cache.path().display());
+    let out = fresh.build(
+        ctx.path(),
+        &["--cache-from", &from, "--secret=id=s,env=S_SRC"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(cached(&out, "test -n"), 1, "{}", stderr(&out));
+    let restored = fresh.root().join("cache/mounts").join(hex_sha256(b"/c"));
+    assert_eq!(read(&restored, "ran"), "ok\n");
+}
