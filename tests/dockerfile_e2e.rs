@@ -422,15 +422,28 @@ fn ssh_mount_forwards_the_default_agent() {
 }
 
 #[test]
-fn network_none_sees_only_loopback() {
+fn network_none_sees_only_loopback_and_host_the_hosts_interfaces() {
     let store = Store::with_busybox();
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\n\
-         RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /ifaces\n",
+         RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /ifaces\n\
+         RUN --network=host tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /host-ifaces\n\
+         RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /default-ifaces\n",
     )]);
     let (dest, _) = build_local(&store, ctx.path(), &[]);
     assert_eq!(read(dest.path(), "ifaces"), "lo\n");
+    // host (and the default, as here) share the host's network namespace.
+    let mut host: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim().to_string())
+        .collect();
+    host.sort();
+    let host = host.iter().map(|l| format!("{l}\n")).collect::<String>();
+    assert_eq!(read(dest.path(), "host-ifaces"), host);
+    assert_eq!(read(dest.path(), "default-ifaces"), host);
 }
 
 #[test]
