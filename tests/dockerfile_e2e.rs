@@ -687,6 +687,10 @@ fn bad_mounts_fail_with_clear_errors() {
             "missing.txt",
         ),
         (
+            "FROM busybox\nRUN --mount=type=bind,source=outside,target=/m cat /m\n",
+            "source \"outside\" is a symbolic link to a path that is not in the build context",
+        ),
+        (
             "FROM busybox\nRUN --mount=type=bind,from=nosuchstage,target=/m true\n",
             "nosuchstage",
         ),
@@ -700,6 +704,7 @@ fn bad_mounts_fail_with_clear_errors() {
         ),
     ] {
         let ctx = context(&[("Dockerfile", dockerfile)]);
+        std::os::unix::fs::symlink("/etc/shadow", ctx.path().join("outside")).unwrap();
         let out = store.build(ctx.path(), &["-t", "bad"]);
         assert!(!out.status.success(), "{dockerfile} was accepted");
         let err = stderr(&out);

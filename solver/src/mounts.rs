@@ -431,6 +431,10 @@ impl Solver {
                 }
                 let path = executor::resolve_in_root(&idx.root, &rel)
                     .with_context(|| format!("resolving source {source:?}"))?;
+                // Symlinks resolve inside the context, so one pointing elsewhere dangles.
+                if std::fs::symlink_metadata(&path).is_err() {
+                    bail!("source {source:?} is a symbolic link to a path that is not in the build context {local:?}");
+                }
                 if !subtree_fully_included(&idx, &path) {
                     // .dockerignore hides part of it: mount a copy of what is included.
                     let dir = self.temp_dir("bind")?;
