@@ -118,6 +118,16 @@ fn cache_mount_persists_across_builds_and_stays_out_of_the_image() {
     )]);
     let (first, out) = build_local(&store, ctx.path(), &[]);
     assert_eq!(started(&out, "cat /var/cache/app/log"), 1);
+    // Progress names the step with its flags, as BuildKit does.
+    assert_eq!(
+        started(
+            &out,
+            "] RUN --mount=type=cache,target=/var/cache/app,uid=1000,gid=1000,mode=0700,sharing=locked cat"
+        ),
+        1,
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(read(first.path(), "seen"), "");
     assert_eq!(read(first.path(), "owner"), "1000:1000:700\n");
 
@@ -531,7 +541,7 @@ fn named_context_feeds_copy_from_and_run_mounts() {
     )]);
     let named_arg = format!("vendor={}", named.path().display());
     let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
-    assert_eq!(started(&out, "RUN ls /v/lib"), 1);
+    assert_eq!(started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"), 1);
     let d = dest.path();
     assert_eq!(read(d, "copied/one.txt"), "one\n");
     assert!(!d.join("copied/two.txt").exists());
@@ -544,7 +554,7 @@ fn named_context_feeds_copy_from_and_run_mounts() {
     assert_eq!(started(&out, "COPY"), 0);
     std::fs::write(named.path().join("lib/one.txt"), "uno\n").unwrap();
     let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
-    assert_eq!(started(&out, "RUN ls /v/lib"), 1);
+    assert_eq!(started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"), 1);
     assert_eq!(read(dest.path(), "mounted"), "one.txt\nuno\n");
     // The ignored file changing does not invalidate anything.
     std::fs::write(named.path().join("lib/two.txt"), "dos\n").unwrap();
