@@ -295,6 +295,22 @@ fn secrets_reach_the_step_and_nowhere_else() {
     assert!(err.contains("--secret"), "{err}");
     let images = store.run(&["images"]);
     assert!(!stdout(&images).contains("never"), "{}", stdout(&images));
+
+    // A mistyped src= path is an error naming the secret and the file, even for an
+    // optional secret.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=secret,id=cfg cat /run/secrets/cfg\n",
+    )]);
+    let out = store.build(ctx.path(), &["--secret=id=cfg,src=/nonexistent/cfg.json"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "secret \"cfg\" (--secret id=cfg): secret file /nonexistent/cfg.json does not exist"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -541,7 +557,10 @@ fn named_context_feeds_copy_from_and_run_mounts() {
     )]);
     let named_arg = format!("vendor={}", named.path().display());
     let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
-    assert_eq!(started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"), 1);
+    assert_eq!(
+        started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"),
+        1
+    );
     let d = dest.path();
     assert_eq!(read(d, "copied/one.txt"), "one\n");
     assert!(!d.join("copied/two.txt").exists());
@@ -554,7 +573,10 @@ fn named_context_feeds_copy_from_and_run_mounts() {
     assert_eq!(started(&out, "COPY"), 0);
     std::fs::write(named.path().join("lib/one.txt"), "uno\n").unwrap();
     let (dest, out) = build_local(&store, ctx.path(), &["--build-context", &named_arg]);
-    assert_eq!(started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"), 1);
+    assert_eq!(
+        started(&out, "RUN --mount=from=vendor,target=/v ls /v/lib"),
+        1
+    );
     assert_eq!(read(dest.path(), "mounted"), "one.txt\nuno\n");
     // The ignored file changing does not invalidate anything.
     std::fs::write(named.path().join("lib/two.txt"), "dos\n").unwrap();
