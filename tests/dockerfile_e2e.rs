@@ -1275,3 +1275,59 @@ fn exported_build_cache_holds_no_secret_and_pruned_stages_need_none() {
     let restored = fresh.root().join("cache/mounts").join(hex_sha256(b"/c"));
     assert_eq!(read(&restored, "ran"), "ok\n");
 }
+
+#[test]
+fn a_killed_build_releases_its_locked_cache_and_leaves_no_process() {
+    use std::io::BufRead as _;
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,target=/lk,sharing=locked echo > /lk/held && sleep 37\n",
+    )]);
+    let mut child = store
+        .cmd()
+        .args(["build", "--progress=rawjson"])
+        .arg(ctx.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains("\"started\"") && line.contains("sleep 37") {
+            break;
+        }
+    }
+    // The step is running and holds the lock once its file is in the cache.
+    let held = store
+        .root()
+        .join("cache/mounts")
+        .join(hex_sha256(b"/lk"))
+        .join("held");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() {
+        assert!(Instant::now() < deadline, "the step never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,target=/lk,sharing=locked cat /lk/held > /got\n",
+    )]);
+    let started_at = Instant::now();
+    let (dest, _) = build_local(&store, ctx.path(), &[]);
+    assert!(
+        started_at.elapsed() < Duration::from_secs(20),
+        "the second build waited for the killed build's lock"
+    );
+    assert_eq!(read(dest.path(), "got"), "\n");
+    let still_running = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmdline| cmdline == b"sleep\x0037\x00");
+    assert!(!still_running, "the killed build's step is still running");
+}
