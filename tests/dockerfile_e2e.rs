@@ -757,7 +757,7 @@ fn relative_mount_targets_and_heredoc_with_mounts() {
              RUN --mount=type=bind,source=in.txt,target=in.txt --mount=type=cache,target=cache <<EOF\n\
              cat /work/in.txt > /work/out.txt\n\
              echo cached > cache/marker\n\
-             ls /work | sort > /work/listing\n\
+             ls /work | sort > /listing\n\
              EOF\n",
         ),
         ("in.txt", "input\n"),
@@ -765,7 +765,7 @@ fn relative_mount_targets_and_heredoc_with_mounts() {
     let (dest, _) = build_local(&store, ctx.path(), &[]);
     assert_eq!(read(dest.path(), "work/out.txt"), "input\n");
     assert_eq!(
-        read(dest.path(), "work/listing"),
+        read(dest.path(), "listing"),
         "cache\nin.txt\nout.txt\n"
     );
     assert!(!dest.path().join("work/in.txt").exists());
