@@ -135,15 +135,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         .map(|s| crate::cache_flags::parse_cache_from(s))
         .collect::<Result<Vec<_>>>()?;
     let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
-    let exec_config = solver::ExecConfig {
-        secrets: crate::secrets::parse_secrets(&args.secrets)?,
-        ssh: crate::secrets::parse_ssh_flags(&args.ssh)?,
-        on_error_shell: match args.on_error.as_deref() {
-            None | Some("fail") => false,
-            Some("shell") => true,
-            Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
-        },
-    };
+    let exec_config =
+        crate::secrets::exec_config(&args.secrets, &args.ssh, args.on_error.as_deref())?;
     let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
     crate::output::check_outputs(&outputs, source_date_epoch, platforms.len())?;
     let context = args

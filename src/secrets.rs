@@ -97,6 +97,24 @@ pub fn parse_ssh_flags(specs: &[String]) -> Result<HashMap<String, PathBuf>> {
         .collect()
 }
 
+/// The solver's client config from `--secret`, `--ssh` and `--on-error`; shared by
+/// single- and multi-platform builds so neither drops a flag.
+pub fn exec_config(
+    secrets: &[String],
+    ssh: &[String],
+    on_error: Option<&str>,
+) -> Result<solver::ExecConfig> {
+    Ok(solver::ExecConfig {
+        secrets: parse_secrets(secrets)?,
+        ssh: parse_ssh_flags(ssh)?,
+        on_error_shell: match on_error {
+            None | Some("fail") => false,
+            Some("shell") => true,
+            Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -647,7 +647,7 @@ fn lower_stage(
             format!("[{label} {step}/{total}] {text}")
         }
     };
-    let named = l.named_context_base(from, &base, &platform, resolver)?;
+    let named = l.named_context_stage_base(from, &base, &platform, resolver)?;
     let mut state = if let Some((v, config)) = named {
         let (os, arch, variant) = split_platform(&platform);
         let config = config.unwrap_or_else(|| ImageConfig {
@@ -734,7 +734,9 @@ fn lower_stage(
         match kw {
             "run" => {
                 step += 1;
-                let name = step_name(step, &format!("RUN {}", display_cmd(ins)));
+                // As BuildKit's progress does, the step name shows the flags (mounts, network).
+                let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
+                let name = step_name(step, &format!("RUN {flags}{}", display_cmd(ins)));
                 let v = steps::lower_run(l, &cx, &state, ins, &env, name)?;
                 state.vertex = Some(v);
                 created_by = format!("RUN {}", display_cmd(ins));

@@ -28,7 +28,9 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    /// The secret's value; `None` when the variable or file does not exist.
+    /// The secret's value; `None` when the variable (or the shorthand's file) does not
+    /// exist. A file named with `src=` must exist: as in BuildKit, a wrong path is an error,
+    /// not a silently absent secret.
     pub fn read(&self) -> Result<Option<Vec<u8>>> {
         let read_file = |path: &Path| match std::fs::read(path) {
             Ok(v) => Ok(Some(v)),
@@ -36,7 +38,10 @@ impl SecretSource {
             Err(e) => Err(anyhow!("reading secret file {}: {e}", path.display())),
         };
         match self {
-            SecretSource::File(path) => read_file(path),
+            SecretSource::File(path) => match read_file(path)? {
+                Some(v) => Ok(Some(v)),
+                None => bail!("secret file {} does not exist", path.display()),
+            },
             SecretSource::Env(var) => Ok(std::env::var_os(var).map(|v| v.into_encoded_bytes())),
             SecretSource::EnvOrFile(name) => match std::env::var_os(name) {
                 Some(v) => Ok(Some(v.into_encoded_bytes())),
@@ -318,7 +323,9 @@ impl Solver {
                     owner,
                 } => {
                     let value = match self.exec_config.secrets.get(id) {
-                        Some(source) => source.read()?,
+                        Some(source) => source
+                            .read()
+                            .with_context(|| format!("secret {id:?} (--secret id={id})"))?,
                         None => None,
                     };
                     let Some(value) = value else {
@@ -431,6 +438,10 @@ impl Solver {
                 }
                 let path = executor::resolve_in_root(&idx.root, &rel)
                     .with_context(|| format!("resolving source {source:?}"))?;
+                // Symlinks resolve inside the context, so one pointing elsewhere dangles.
+                if std::fs::symlink_metadata(&path).is_err() {
+                    bail!("source {source:?} is a symbolic link to a path that is not in the build context {local:?}");
+                }
                 if !subtree_fully_included(&idx, &path) {
                     // .dockerignore hides part of it: mount a copy of what is included.
                     let dir = self.temp_dir("bind")?;
@@ -772,12 +783,10 @@ mod tests {
             SecretSource::EnvOrFile(name.clone()).read().unwrap(),
             Some(b"from-file".to_vec())
         );
-        assert_eq!(
-            SecretSource::File(dir.path().join("missing"))
-                .read()
-                .unwrap(),
-            None
-        );
+        let err = SecretSource::File(dir.path().join("missing"))
+            .read()
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
         assert_eq!(
             SecretSource::Env("BUILDER_TEST_SURELY_UNSET_VAR".into())
                 .read()

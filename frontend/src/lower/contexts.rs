@@ -99,6 +99,48 @@ impl Lowerer<'_> {
 }
 
 impl Lowerer<'_> {
+    /// The base of a stage `FROM name` where `name` is a named context. A local directory
+    /// becomes a root filesystem by copying it onto scratch: the solver serves a `Local`
+    /// only as a source of files, never as a snapshot a step can run on.
+    pub(super) fn named_context_stage_base(
+        &mut self,
+        ins: &Instruction,
+        reference: &str,
+        platform: &str,
+        resolver: &dyn ImageResolver,
+    ) -> Result<Option<(usize, Option<ImageConfig>)>, DockerfileError> {
+        let Some((v, config)) = self.named_context_base(ins, reference, platform, resolver)? else {
+            return Ok(None);
+        };
+        if !matches!(self.def.vertices[v].op, Op::Local { .. }) {
+            return Ok(Some((v, config)));
+        }
+        let scratch = self.or_scratch(None);
+        let rootfs = self.add(
+            Vertex {
+                op: Op::File(FileOp {
+                    actions: vec![FileAction::Copy {
+                        src_input: 1,
+                        sources: vec![".".into()],
+                        dest: "/".into(),
+                        chown: None,
+                        chmod: None,
+                        exclude: vec![],
+                        parents: false,
+                        unpack: false,
+                    }],
+                }),
+                inputs: vec![scratch, v],
+                name: format!("[context {reference}] root filesystem"),
+                ignore_cache: false,
+            },
+            Some(ins),
+        );
+        Ok(Some((rootfs, config)))
+    }
+}
+
+impl Lowerer<'_> {
     /// The vertex of a named context, for `COPY --from` and `RUN --mount=from`.
     pub(super) fn named_context_vertex(
         &mut self,
