@@ -462,9 +462,14 @@ fn caller_death_kills_the_container() {
         assert!(Instant::now() < deadline, "container outlived its caller");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The killed caller's state dir stays behind until the next sweep.
+    // The killed caller's state dir may stay behind (unless the dying helper got to remove
+    // it); a stale one of a dead process is removed by the next sweep.
     let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().flatten().collect();
-    assert_eq!(left.len(), 1, "expected the killed caller's state dir");
+    assert!(left.len() <= 1, "{left:?}");
+    let stale = state
+        .path()
+        .join(format!("builder-exec-{}-stale", caller.id()));
+    std::fs::create_dir(&stale).unwrap();
     executor::sweep_stale_state_dirs(state.path());
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
 }

@@ -233,11 +233,25 @@ fn bad_mounts_point_at_the_flag() {
     assert!(e.contains("did you mean --mount?"), "{e}");
 }
 
-fn output_copy(l: &Lowered) -> (Vec<FileAction>, Vec<usize>) {
-    let v = &l.definition.vertices[l.definition.output.unwrap()];
+/// A vertex's op and inputs, seeing through a rebased COPY: the copy's file op with the
+/// base as its input 0, as it would be without the rebase.
+fn unrebased(l: &Lowered, i: usize) -> (Op, Vec<usize>) {
+    let v = &l.definition.vertices[i];
     match &v.op {
-        Op::File(f) => (f.actions.clone(), v.inputs.clone()),
-        other => panic!("output is not a file op: {other:?}"),
+        Op::Rebase => {
+            let copy = &l.definition.vertices[v.inputs[1]];
+            let mut inputs = vec![v.inputs[0]];
+            inputs.extend(&copy.inputs[1..]);
+            (copy.op.clone(), inputs)
+        }
+        op => (op.clone(), v.inputs.clone()),
+    }
+}
+
+fn output_copy(l: &Lowered) -> (Vec<FileAction>, Vec<usize>) {
+    match unrebased(l, l.definition.output.unwrap()) {
+        (Op::File(f), inputs) => (f.actions.clone(), inputs),
+        (other, _) => panic!("output is not a file op: {other:?}"),
     }
 }
 
@@ -466,10 +480,10 @@ fn named_contexts_come_before_stages_and_images() {
         panic!()
     };
     assert!(matches!(op_of(&l, inputs[input]), Op::Local { name } if name == "context:src"));
-    let copy = &l.definition.vertices[inputs[0]];
-    assert!(matches!(op_of(&l, copy.inputs[1]), Op::Local { name } if name == "context:src"));
+    let (_, copy_inputs) = unrebased(&l, inputs[0]);
+    assert!(matches!(op_of(&l, copy_inputs[1]), Op::Local { name } if name == "context:src"));
     assert!(
-        matches!(op_of(&l, copy.inputs[0]), Op::Image { reference, .. } if reference.starts_with("alpine:3@"))
+        matches!(op_of(&l, copy_inputs[0]), Op::Image { reference, .. } if reference.starts_with("alpine:3@"))
     );
     // The stage "base" is replaced, so its RUN is not part of the build.
     let l = lower_with("FROM busybox AS base\nRUN exit 1\nFROM base\n", &o, &[]).unwrap();
@@ -499,12 +513,12 @@ fn onbuild_triggers_run_after_from_and_are_not_inherited() {
     )
     .unwrap();
     let run = &l.definition.vertices[l.definition.output.unwrap()];
-    let copy = &l.definition.vertices[run.inputs[0]];
-    let trigger_run = &l.definition.vertices[copy.inputs[0]];
+    let (copy_op, copy_inputs) = unrebased(&l, run.inputs[0]);
+    let trigger_run = &l.definition.vertices[copy_inputs[0]];
     assert!(matches!(&trigger_run.op, Op::Exec(e) if e.args[2] == "echo from-trigger"));
-    assert!(matches!(&copy.op, Op::File(_)));
+    assert!(matches!(&copy_op, Op::File(_)));
     assert_eq!(
-        mkfiles(&l, copy.inputs[1]),
+        mkfiles(&l, copy_inputs[1]),
         vec![("/EOF".into(), "hi\n".into(), 0o644)]
     );
     assert_eq!(l.image.config.on_build, ["RUN echo next"]);

@@ -562,9 +562,20 @@ fn exported_vertices(def: &Definition, mode: CacheMode) -> Vec<usize> {
                     break;
                 }
                 out.push(i);
+                // A rebased or linked copy's own layer is part of the image too, and a
+                // fresh store needs its key to find the stacked result.
+                if matches!(def.vertices[i].op, Op::Merge | Op::Rebase) {
+                    out.extend(
+                        def.vertices[i]
+                            .inputs
+                            .get(1)
+                            .copied()
+                            .filter(|&j| is_step(j)),
+                    );
+                }
                 cur = def.vertices[i].inputs.first().copied();
             }
-            out.reverse();
+            out.sort_unstable();
             out
         }
     }

@@ -242,6 +242,8 @@ struct Plan {
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Copy every xattr (overlay markers too), for replaying layer dirs verbatim.
     all_xattrs: bool,
+    /// Hard-link regular files instead of copying them (both trees immutable once committed).
+    link_files: bool,
 }
 
 impl Plan {
@@ -410,6 +412,30 @@ pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
     execute(&plan, None, None)
 }
 
+/// Like [`copy_tree_verbatim`], but regular files are hard links to the source's: for
+/// replaying a committed layer dir, whose files are never written in place again.
+pub fn link_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
+    let src = SourceTree {
+        root: src_dir,
+        index: None,
+    };
+    let mut plan = Plan {
+        all_xattrs: true,
+        link_files: true,
+        ..Default::default()
+    };
+    walk(
+        &src,
+        &CopyOptions::default(),
+        "",
+        "",
+        src_dir,
+        dest_dir,
+        &mut plan,
+    )?;
+    execute(&plan, None, None)
+}
+
 /// Adds the contents of directory `src_dir` (at `rel` in the source, `below` under the
 /// copied directory) to the plan, honouring the context index and `--exclude`.
 fn walk(
@@ -539,6 +565,10 @@ fn copy_entry(
     };
     remove_existing(dest)?;
     let ft = md.file_type();
+    if plan.link_files && ft.is_file() {
+        return std::fs::hard_link(src, dest)
+            .with_context(|| format!("linking {}", dest.display()));
+    }
     if ft.is_symlink() {
         let target = std::fs::read_link(src)?;
         std::os::unix::fs::symlink(&target, dest)

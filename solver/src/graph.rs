@@ -183,6 +183,13 @@ pub enum Op {
     /// layers are input 0's followed by each other input's own layers, so a changed
     /// base does not invalidate them.
     Merge,
+    /// A copy made ahead of its base: input 1 is a file op applied to an empty tree, inputs 2..
+    /// are that op's sources. The result is that file op applied to input 0. When stacking
+    /// input 1's layer on input 0 gives exactly that tree (see `rebase::stacks_exactly`) the
+    /// layer is reused as it is; otherwise the file op is run again on input 0. This lets a
+    /// `COPY` run while the steps before it still run, and keeps its layer blob when only the
+    /// base changed; the cache key depends on inputs 0 and 1 only.
+    Rebase,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

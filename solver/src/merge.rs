@@ -2,7 +2,7 @@
 //! layers replayed on top, each keeping its own layer blob. A changed base thus
 //! leaves the linked layers' cache entries and blob digests untouched.
 
-use crate::fileop::copy_tree_verbatim;
+use crate::fileop::link_tree_verbatim;
 use crate::solve::{unique, Ref, Solver};
 use anyhow::{bail, Result};
 
@@ -53,7 +53,8 @@ pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<Str
     }
 }
 
-/// Commits a copy of `layer`'s own dir on top of `parent`, with `layer`'s blob labels.
+/// Commits a copy of `layer`'s own dir (files hard-linked) on top of `parent`, with
+/// `layer`'s blob labels.
 fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> {
     let snapshots = &solver.snapshots;
     let active = unique("merge");
@@ -61,7 +62,7 @@ fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> 
     let res = (|| -> Result<String> {
         let from = snapshots.upper_dir(layer)?;
         let to = snapshots.upper_dir(&active)?;
-        copy_tree_verbatim(&from, &to)?;
+        link_tree_verbatim(&from, &to)?;
         let name = unique("layer");
         snapshots.commit(&name, &active)?;
         for (k, v) in snapshots.stat(layer)?.labels {

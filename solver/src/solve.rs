@@ -87,6 +87,8 @@ pub struct Solver {
     no_cache: bool,
     progress: Progress,
     indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
+    /// Held while a layer's blob is being made, so it is made once.
+    layer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     runtime: tokio::runtime::Handle,
     cache: crate::cache::CacheState,
     pub(crate) exec_config: ExecConfig,
@@ -149,6 +151,7 @@ impl Solver {
             no_cache: cfg.no_cache,
             progress: cfg.progress,
             indexes: Mutex::new(HashMap::new()),
+            layer_locks: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             cache: Default::default(),
             exec_config: cfg.exec,
@@ -370,6 +373,11 @@ impl Solver {
                     } else {
                         executed += 1
                     }
+                    if !was_cached && self.layer_is_stacked_later(&def, i, &dependents[i]) {
+                        // Compress the layer while the steps its stacking waits for still run.
+                        let (this, r) = (self.clone(), r.clone());
+                        tokio::task::spawn_blocking(move || this.export_layers(&r));
+                    }
                     results[i] = Some((r, key));
                     if first_error.is_some() {
                         continue;
@@ -411,6 +419,15 @@ impl Solver {
             executed,
             cached,
             results,
+        })
+    }
+
+    /// Whether vertex `i`'s layer will be stacked onto another tree by a dependent
+    /// (`COPY --link` or a rebased copy), which needs its blob.
+    fn layer_is_stacked_later(&self, def: &Definition, i: usize, dependents: &[usize]) -> bool {
+        dependents.iter().any(|&d| {
+            let v = &def.vertices[d];
+            matches!(v.op, Op::Merge | Op::Rebase) && v.inputs.iter().skip(1).any(|&j| j == i)
         })
     }
 
@@ -501,6 +518,17 @@ impl Solver {
                     self.run_file(file, inputs)
                 })
             }
+            Op::Rebase => {
+                let (base, layer) = match inputs {
+                    [base, layer, ..] => (base, layer),
+                    _ => bail!("{name}: a rebase needs a base and a layer"),
+                };
+                let key = sha256_hex(&[b"rebase", base.1.as_bytes(), layer.1.as_bytes()]);
+                // The copy itself was reported as the step; stacking it is bookkeeping.
+                self.cached_or_run(i, "", &key, v.ignore_cache, inputs, || {
+                    self.run_rebase(def, i, inputs)
+                })
+            }
             Op::Merge => {
                 let mut parts: Vec<&[u8]> = vec![b"merge"];
                 parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
@@ -571,6 +599,19 @@ impl Solver {
         }
     }
 
+    /// Reports a step's progress; steps without a name are internal and not shown.
+    fn report(&self, event: Event) {
+        let named = match &event {
+            Event::Started { name, .. }
+            | Event::Cached { name, .. }
+            | Event::Completed { name, .. } => !name.is_empty(),
+            _ => true,
+        };
+        if named {
+            self.progress.send(event);
+        }
+    }
+
     fn cached_or_run(
         &self,
         i: usize,
@@ -585,7 +626,7 @@ impl Solver {
                 .cache_lookup(key)
                 .or_else(|| self.cache_lookup_imported(key));
             if let Some(snap) = hit {
-                self.progress.send(Event::Cached {
+                self.report(Event::Cached {
                     vertex: i,
                     name: name.to_string(),
                     time: now(),
@@ -593,7 +634,7 @@ impl Solver {
                 return Ok((Ref::Snapshot(snap), key.to_string(), true));
             }
         }
-        self.progress.send(Event::Started {
+        self.report(Event::Started {
             vertex: i,
             name: name.to_string(),
             time: now(),
@@ -603,7 +644,7 @@ impl Solver {
             .iter()
             .try_for_each(|(r, _)| self.materialize(r))
             .and_then(|()| run());
-        self.progress.send(Event::Completed {
+        self.report(Event::Completed {
             vertex: i,
             name: name.to_string(),
             time: now(),
@@ -862,6 +903,39 @@ impl Solver {
         }
     }
 
+    /// Applies a copy made on an empty tree (input 1) to the base (input 0): by stacking its
+    /// layer when that is exact, else by running the copy again on the base.
+    fn run_rebase(&self, def: &Definition, i: usize, inputs: &[(Ref, String)]) -> Result<String> {
+        let layer_top = match &inputs[1].0 {
+            Ref::Snapshot(s) => s.clone(),
+            other => bail!("a rebase layer must be a snapshot, not {other:?}"),
+        };
+        let exact = match &inputs[0].0 {
+            Ref::Scratch => true,
+            Ref::Snapshot(base) => {
+                let view = unique("view");
+                let mounts = self.snapshots.view(&view, base)?;
+                let checked = MountGuard::mount(&self.root, &mounts).and_then(|guard| {
+                    let upper = self.snapshots.upper_dir(&layer_top)?;
+                    Ok(crate::rebase::stacks_exactly(&guard.0, &upper)?)
+                });
+                let _ = self.snapshots.remove(&view);
+                checked?
+            }
+            Ref::Local(n) => bail!("local directory {n:?} cannot be a base"),
+        };
+        if exact {
+            return crate::merge::run_merge(self, &inputs[..2]);
+        }
+        let copy = &def.vertices[def.vertices[i].inputs[1]];
+        let Op::File(file) = &copy.op else {
+            bail!("a rebase layer must come from a file op");
+        };
+        let mut file_inputs = vec![inputs[0].clone()];
+        file_inputs.extend(inputs[2..].iter().cloned());
+        self.run_file(file, &file_inputs)
+    }
+
     fn run_file(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
         let parent = Self::parent_of(inputs)?;
         let active = unique("active");
@@ -1014,6 +1088,16 @@ impl Solver {
         let wanted = options.compression.kind;
         let mut out = Vec::new();
         for info in chain {
+            // One export per layer at a time: an early export may still be compressing it.
+            let lock = self
+                .layer_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(info.key.clone())
+                .or_default()
+                .clone();
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let info = self.snapshots.stat(&info.key)?;
             let l = &info.labels;
             let built = l.get(LABEL_LAYER_BUILT).is_some();
             let stored = match (

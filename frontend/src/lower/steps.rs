@@ -553,8 +553,20 @@ pub(super) fn lower_copy(
     }
 
     let base = l.or_scratch(state.vertex);
-    // With --link the files land on an empty tree that is then layered onto the base.
-    let target = if link { l.or_scratch(None) } else { base };
+    // A COPY whose result cannot depend on the base beyond where its files land (no owner
+    // names to look up in the base's /etc/passwd) is made on an empty tree ahead of the base
+    // and rebased onto it: it runs in parallel with earlier steps and survives base changes.
+    let numeric = |s: &str| s.parse::<u32>().is_ok();
+    let owner_is_numeric = chown
+        .as_ref()
+        .is_none_or(|c| numeric(&c.user) && c.group.as_deref().is_none_or(numeric));
+    let rebase = !link && kw == "copy" && owner_is_numeric && state.vertex.is_some();
+    // With --link (or a rebase) the files land on an empty tree that is then layered onto the base.
+    let target = if link || rebase {
+        l.or_scratch(None)
+    } else {
+        base
+    };
     let mut inputs = vec![target];
     let mut actions = Vec::new();
     for g in &groups {
@@ -585,6 +597,18 @@ pub(super) fn lower_copy(
                 op: Op::Merge,
                 inputs: vec![base, copied],
                 name: format!("{name} (link)"),
+                ignore_cache: cx.no_cache,
+            },
+            Some(ins),
+        )
+    } else if rebase {
+        let mut inputs = vec![base, copied];
+        inputs.extend(groups.iter().map(|g| g.vertex));
+        l.add(
+            Vertex {
+                op: Op::Rebase,
+                inputs,
+                name,
                 ignore_cache: cx.no_cache,
             },
             Some(ins),
