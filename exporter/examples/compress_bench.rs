@@ -51,20 +51,25 @@ fn main() {
     gz.finish().unwrap();
     report("gzip single-stream (before)", size, start);
 
-    for kind in [
-        CompressionKind::Gzip,
-        CompressionKind::Zstd,
-        CompressionKind::Uncompressed,
+    for (kind, level) in [
+        (CompressionKind::Gzip, None),
+        (CompressionKind::Gzip, Some(1)),
+        (CompressionKind::Zstd, None),
+        (CompressionKind::Uncompressed, None),
     ] {
         let compression = Compression {
             kind,
+            level,
             ..Default::default()
         };
         let start = (Instant::now(), cpu_seconds());
         let blob =
             exporter::write_layer_with(&content, &compression, &mut |out| copy_tar(out)).unwrap();
         report(
-            &format!("{kind} write_layer (after, with both sha256s and the store write)"),
+            &format!(
+                "{kind} (level {}) write_layer (with both sha256s and the store write)",
+                level.map_or("default".to_string(), |l| l.to_string())
+            ),
             size,
             start,
         );

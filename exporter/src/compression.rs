@@ -119,7 +119,7 @@ impl Compression {
     pub(crate) fn encoder<W: Write + Send>(&self, out: W) -> io::Result<LayerEncoder<W>> {
         Ok(match self.kind {
             CompressionKind::Gzip => {
-                LayerEncoder::Gzip(ParallelGzip::new(out, self.level() as u32))
+                LayerEncoder::Gzip(ParallelGzip::new(out, self.level.map(|l| l as u32)))
             }
             CompressionKind::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, self.level())?;
@@ -182,7 +182,8 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0xff];
 /// in order on the calling thread.
 pub(crate) struct ParallelGzip<W: Write> {
     out: W,
-    level: u32,
+    /// None: the default level, storing incompressible pieces (see [`deflate_piece`]).
+    level: Option<u32>,
     crc: flate2::Crc,
     pending: Vec<u8>,
     /// Full pieces waiting for a parallel batch.
@@ -193,7 +194,7 @@ pub(crate) struct ParallelGzip<W: Write> {
 }
 
 impl<W: Write> ParallelGzip<W> {
-    fn new(out: W, level: u32) -> Self {
+    fn new(out: W, level: Option<u32>) -> Self {
         ParallelGzip {
             out,
             level,
@@ -293,9 +294,45 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
+/// Order-0 entropy above which a piece is stored rather than compressed. Random bytes are at
+/// 8.0, gzip/zstd/JPEG data just below; text and executables are far lower (4–6.5).
+const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.5;
+
+/// zlib's default.
+const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+/// Shannon entropy of the byte histogram of `data`, in bits per byte.
+fn bits_per_byte(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u64; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let total = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total;
+            -p * p.log2()
+        })
+        .sum()
+}
+
 /// Raw deflate of one piece: a sync flush ends it on a byte boundary unless it is the last
 /// piece, which gets the final block.
-fn deflate_piece(input: &[u8], level: u32, last: bool) -> io::Result<Vec<u8>> {
+fn deflate_piece(input: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec<u8>> {
+    // Deflate spends most of its time searching for matches that random-looking data
+    // (already compressed files, encrypted or random content) barely has: unless a level was
+    // asked for, such pieces are stored, at copy speed, for a few percent of size. The choice
+    // depends only on the bytes, so digests stay reproducible.
+    let level = match level {
+        Some(level) => level,
+        None if bits_per_byte(input) > INCOMPRESSIBLE_BITS_PER_BYTE => 0,
+        None => DEFAULT_GZIP_LEVEL,
+    };
     let mut compress = Compress::new(flate2::Compression::new(level), false);
     let mut out = Vec::with_capacity(input.len() / 2 + 1024);
     let flush = if last {
@@ -327,11 +364,35 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    #[test]
+    fn random_pieces_are_stored_and_text_is_compressed() {
+        let mut random = vec![0u8; 1 << 20];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut random)
+            .unwrap();
+        assert!(bits_per_byte(&random) > INCOMPRESSIBLE_BITS_PER_BYTE);
+        let stored = deflate_piece(&random, None, true).unwrap();
+        // Stored blocks: the input plus 5 bytes per 64 KiB block.
+        assert!(stored.len() > random.len() && stored.len() < random.len() + 200);
+        let text = "the quick brown fox jumps over the lazy dog\n".repeat(20_000);
+        assert!(bits_per_byte(text.as_bytes()) < 5.0);
+        let packed = deflate_piece(text.as_bytes(), None, true).unwrap();
+        // An explicit level is honoured even for random data.
+        assert!(deflate_piece(&random, Some(1), true).unwrap().len() > stored.len());
+        assert!(packed.len() < text.len() / 50, "{}", packed.len());
+        let mut back = Vec::new();
+        flate2::read::DeflateDecoder::new(&stored[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, random);
+    }
+
     /// Gzip of `data` from inside a pool of `threads` threads, or from outside any pool
     /// (the pipelined path) with `None`.
     fn gzip(data: &[u8], threads: Option<usize>) -> Vec<u8> {
         let compress = || {
-            let mut gz = ParallelGzip::new(Vec::new(), 6);
+            let mut gz = ParallelGzip::new(Vec::new(), None);
             for chunk in data.chunks(7777) {
                 gz.write_all(chunk).unwrap();
             }
