@@ -563,17 +563,11 @@ fn copy_entry(
         chmod,
         all_xattrs: plan.all_xattrs,
     };
-    remove_existing(dest)?;
     let ft = md.file_type();
     if plan.link_files && ft.is_file() {
+        remove_existing(dest)?;
         return std::fs::hard_link(src, dest)
             .with_context(|| format!("linking {}", dest.display()));
-    }
-    if ft.is_symlink() {
-        let target = std::fs::read_link(src)?;
-        std::os::unix::fs::symlink(&target, dest)
-            .with_context(|| format!("creating {}", dest.display()))?;
-        return apply_meta(src, dest, md, None, &meta);
     }
     if ft.is_file() {
         use std::os::unix::fs::OpenOptionsExt;
@@ -582,17 +576,33 @@ fn copy_entry(
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(src)
             .with_context(|| format!("reading {}", src.display()))?;
-        let mut to = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(dest)
-            .with_context(|| format!("creating {}", dest.display()))?;
-        // io::copy between files uses copy_file_range (reflinks where the fs can).
-        std::io::copy(&mut from, &mut to)
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(dest)
+        };
+        // Usually nothing is in the way; only then pay for looking and removing.
+        let mut to = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                remove_existing(dest)?;
+                create()
+            }
+            other => other,
+        }
+        .with_context(|| format!("creating {}", dest.display()))?;
+        copy_data(&mut from, &mut to, md.len())
             .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
         return apply_meta(src, dest, md, Some((&from, &to)), &meta);
+    }
+    remove_existing(dest)?;
+    if ft.is_symlink() {
+        let target = std::fs::read_link(src)?;
+        std::os::unix::fs::symlink(&target, dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        return apply_meta(src, dest, md, None, &meta);
     }
     use std::os::unix::fs::FileTypeExt;
     let kind = if ft.is_fifo() {
@@ -613,6 +623,25 @@ fn copy_entry(
     )
     .with_context(|| format!("creating {}", dest.display()))?;
     apply_meta(src, dest, md, None, &meta)
+}
+
+/// Copies the `len` bytes the source had when listed with copy_file_range (in-kernel,
+/// reflinks where the fs can), falling back to read/write where that is unsupported.
+fn copy_data(from: &mut std::fs::File, to: &mut std::fs::File, len: u64) -> std::io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(&*from, None, &*to, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                std::io::copy(from, to)?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Extended attributes a copy keeps: the user namespace and file capabilities
