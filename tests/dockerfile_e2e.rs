@@ -1318,10 +1318,20 @@ fn a_killed_build_releases_its_locked_cache_and_leaves_no_process() {
         "the second build waited for the killed build's lock"
     );
     assert_eq!(read(dest.path(), "got"), "\n");
-    let still_running = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|cmdline| cmdline == b"sleep\x0037\x00");
-    assert!(!still_running, "the killed build's step is still running");
+    let still_running = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|cmdline| cmdline == b"sleep\x0037\x00")
+    };
+    // The orphaned container is killed as its helper dies; allow for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while still_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed build's step is still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
