@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Times `builder push` of a ~360 MB image (Debian minbase + two copies of /usr) to a loopback
-# docker-registry, with gzip layers and (when the zstd output option exists) zstd layers;
+# docker-registry, with gzip layers and with zstd layers;
 # peak RSS from /usr/bin/time -v. The debootstrap tarball is cached under /var/cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,7 +95,7 @@ timed_push "gzip re-push (nothing sent)" "127.0.0.1:$port/bench/debian:gzip"
 "$bin" tag "127.0.0.1:$port/bench/debian:gzip" "127.0.0.1:$port/bench/mounted:gzip"
 timed_push "gzip push to another repo (mounts)" "127.0.0.1:$port/bench/mounted:gzip"
 
-# zstd layers need the image output's compression option (compress helper's work).
+# The same image with zstd layers (the base layer recompressed too).
 if "$bin" build --progress=quiet --no-cache \
   -o "type=image,name=127.0.0.1:$port/bench/debian:zstd,compression=zstd,force-compression=true" \
   "$ctx" >/dev/null 2>"$work/zstd.err"; then
