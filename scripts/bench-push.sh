@@ -82,10 +82,21 @@ timed_push() {
     "$label" "$secs" "$rss" "$layers" "${out#*(}" | sed 's/)$//'
 }
 
-if ! "$bin" build --progress=quiet -t "127.0.0.1:$port/bench/debian:gzip" "$ctx" >/dev/null 2>"$work/build.err"; then
-  cat "$work/build.err" >&2
-  exit 1
-fi
+# Prints "<label>: <seconds> s, peak RSS <MB> MB" for a `builder build` with these arguments.
+timed_build() {
+  local label=$1
+  shift
+  if ! /usr/bin/time -v "$bin" build --progress=quiet "$@" "$ctx" >/dev/null 2>"$work/build.err"; then
+    cat "$work/build.err" >&2
+    return 1
+  fi
+  awk -F': ' -v label="$label" '
+    /Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]}
+    /Maximum resident set size/ {rss = $2 / 1024}
+    END {printf "%s: %s s, peak RSS %.0f MB\n", label, s, rss}' "$work/build.err"
+}
+
+timed_build "build (RUN copies /usr twice, gzip layer)" -t "127.0.0.1:$port/bench/debian:gzip"
 read -r base_mb usr_mb < <(tar -tvf "$tarball" |
   awk '{s += $3} $6 ~ /^\.\/usr\// {u += $3} END {printf "%.0f %.0f\n", s / 1e6, u / 1e6}')
 echo "image: ${base_mb} MB base + ${usr_mb} MB x 2 copied = $((base_mb + 2 * usr_mb)) MB uncompressed," \
@@ -96,10 +107,6 @@ timed_push "gzip re-push (nothing sent)" "127.0.0.1:$port/bench/debian:gzip"
 timed_push "gzip push to another repo (mounts)" "127.0.0.1:$port/bench/mounted:gzip"
 
 # The same image with zstd layers (the base layer recompressed too).
-if "$bin" build --progress=quiet --no-cache \
-  -o "type=image,name=127.0.0.1:$port/bench/debian:zstd,compression=zstd,force-compression=true" \
-  "$ctx" >/dev/null 2>"$work/zstd.err"; then
-  timed_push "zstd push" "127.0.0.1:$port/bench/debian:zstd"
-else
-  echo "zstd push: skipped ($(head -1 "$work/zstd.err"))"
-fi
+timed_build "build, cached, exported with zstd layers" \
+  -o "type=image,name=127.0.0.1:$port/bench/debian:zstd,compression=zstd,force-compression=true"
+timed_push "zstd push" "127.0.0.1:$port/bench/debian:zstd"
