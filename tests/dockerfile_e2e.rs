@@ -166,26 +166,6 @@ fn cache_mount_id_is_shared_between_targets_and_steps() {
     assert_eq!(read(dest.path(), "got"), "from-writer\n");
 }
 
-/// Every regular file under `dir`, recursively (not following symlinks).
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                files.push(e.path());
-            }
-        }
-    }
-    files
-}
-
 /// The file's bytes, decompressed when it is a gzip or zstd stream.
 fn plain_bytes(path: &Path) -> Vec<u8> {
     let data = std::fs::read(path).unwrap_or_default();
@@ -767,17 +747,6 @@ fn relative_mount_targets_and_heredoc_with_mounts() {
     assert_eq!(read(dest.path(), "listing"), "cache\nin.txt\nout.txt\n");
     assert!(!dest.path().join("work/in.txt").exists());
     assert!(!dest.path().join("work/cache").exists());
-}
-
-/// The image config of an OCI archive, read by skopeo.
-fn skopeo_config(archive: &Path) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config", "--raw"])
-        .arg(format!("oci-archive:{}", archive.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

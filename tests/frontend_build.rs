@@ -6,23 +6,11 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Command;
 
 fn build_ok(store: &Store, ctx: &Path, extra: &[&str]) -> std::process::Output {
     let out = store.build(ctx, extra);
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     out
-}
-
-/// The image config of an OCI archive, read by skopeo.
-fn skopeo_config(archive: &Path) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config", "--raw"])
-        .arg(format!("oci-archive:{}", archive.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

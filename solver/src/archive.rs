@@ -284,7 +284,8 @@ fn set_owner_mode(path: &Path, uid: u32, gid: u32, mode: Option<u32>) -> Result<
     Ok(())
 }
 
-fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
+/// Sets the access and modification times of `path` (not following a symlink).
+pub(crate) fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
     let t = rustix::fs::Timespec {
         tv_sec: mtime,
         tv_nsec: 0,

@@ -392,36 +392,23 @@ pub fn copy(
 /// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,
 /// every xattr and device node (overlay whiteouts and opaque markers included).
 pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
-    let src = SourceTree {
-        root: src_dir,
-        index: None,
-    };
-    let mut plan = Plan {
-        all_xattrs: true,
-        ..Default::default()
-    };
-    walk(
-        &src,
-        &CopyOptions::default(),
-        "",
-        "",
-        src_dir,
-        dest_dir,
-        &mut plan,
-    )?;
-    execute(&plan, None, None)
+    replay_tree(src_dir, dest_dir, false)
 }
 
 /// Like [`copy_tree_verbatim`], but regular files are hard links to the source's: for
 /// replaying a committed layer dir, whose files are never written in place again.
 pub fn link_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
+    replay_tree(src_dir, dest_dir, true)
+}
+
+fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> {
     let src = SourceTree {
         root: src_dir,
         index: None,
     };
     let mut plan = Plan {
         all_xattrs: true,
-        link_files: true,
+        link_files,
         ..Default::default()
     };
     walk(

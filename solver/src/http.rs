@@ -52,7 +52,7 @@ pub(crate) fn fetch(solver: &Solver, url: &str, filename: &str) -> Result<Fetche
                 .map_err(|_| anyhow!("download of {url_owned} panicked"))?
         })?;
         if let Some(t) = mtime {
-            set_mtime(&path, t)?;
+            crate::archive::set_mtime(&path, t)?;
         }
         Ok(Fetched {
             active: active.clone(),
@@ -109,23 +109,6 @@ fn download(url: &str, path: &std::path::Path) -> Result<(String, Option<i64>)> 
     }
     out.sync_all()?;
     Ok((format!("sha256:{}", hex::encode(hasher.finalize())), mtime))
-}
-
-fn set_mtime(path: &std::path::Path, secs: i64) -> Result<()> {
-    let t = rustix::fs::Timespec {
-        tv_sec: secs,
-        tv_nsec: 0,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        rustix::fs::AtFlags::empty(),
-    )?;
-    Ok(())
 }
 
 /// Parses an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's preferred form).

@@ -177,3 +177,34 @@ pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     d
 }
+
+/// Every regular file under `dir`, recursively (not following symlinks).
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    files
+}
+
+/// The image config of an OCI archive, read by skopeo.
+pub fn skopeo_config(archive: &Path) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
