@@ -374,10 +374,8 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
             rewrite_timestamp: false,
         });
     }
-    let created = match source_date_epoch {
-        Some(epoch) => exporter::format_rfc3339(epoch as i64),
-        None => exporter::now_rfc3339(),
-    };
+    // SOURCE_DATE_EPOCH fixes every time; otherwise each step's layer keeps its own.
+    let created = source_date_epoch.map(|epoch| exporter::format_rfc3339(epoch as i64));
     let mut made: HashMap<ImageFormat, Descriptor> = HashMap::new();
     let mut main: Option<Descriptor> = None;
     // The default image always exists: it is what the summary line and --iidfile report.
@@ -522,18 +520,23 @@ fn format_of(output: &OutputSpec, source_date_epoch: Option<u64>) -> Result<Imag
 async fn make_images(
     solver: &Arc<Solver>,
     targets: &Arc<Vec<ExportTarget>>,
-    created: &str,
+    created: &Option<String>,
     format: ImageFormat,
     inline_cache: Option<&InlineCache>,
 ) -> Result<Descriptor> {
     let mut made = tokio::task::JoinSet::new();
     for position in 0..targets.len() {
         let (solver, targets) = (solver.clone(), targets.clone());
-        let (created, inline_cache) = (created.to_string(), inline_cache.cloned());
+        let (created, inline_cache) = (created.clone(), inline_cache.cloned());
         made.spawn_blocking(move || -> Result<(usize, Descriptor)> {
             let target = &targets[position];
-            let mut manifest =
-                make_image(&solver, target, &created, format, inline_cache.as_ref())?;
+            let mut manifest = make_image(
+                &solver,
+                target,
+                created.as_deref(),
+                format,
+                inline_cache.as_ref(),
+            )?;
             if targets.len() > 1 {
                 manifest.platform = target.platform.clone();
             }
@@ -552,11 +555,38 @@ async fn make_images(
     Ok(exporter::write_index(&solver.content, &manifests)?)
 }
 
+/// Dates each new history entry by the layer it made (an entry without a layer by the
+/// layer before it) and the image by its last entry, as BuildKit does: a build answered
+/// from the cache gives the same config, and so the same image digest.
+fn stamp_history(config: &mut ImageConfig, layer_times: &[Option<String>]) {
+    let now = exporter::now_rfc3339();
+    let mut layers = layer_times.iter();
+    let mut last: Option<String> = None;
+    for h in config.history.iter_mut() {
+        if !h.empty_layer {
+            if let Some(Some(t)) = layers.next() {
+                last = Some(t.clone());
+            }
+        }
+        match &h.created {
+            Some(t) => last = Some(t.clone()),
+            None => h.created = Some(last.clone().unwrap_or_else(|| now.clone())),
+        }
+    }
+    config.created = Some(
+        config
+            .history
+            .last()
+            .and_then(|h| h.created.clone())
+            .unwrap_or(now),
+    );
+}
+
 /// Writes one target's layers, config and manifest in `format`.
 fn make_image(
     solver: &Solver,
     target: &ExportTarget,
-    created: &str,
+    created: Option<&str>,
     format: ImageFormat,
     inline_cache: Option<&InlineCache>,
 ) -> Result<Descriptor> {
@@ -564,9 +594,14 @@ fn make_image(
     let mut config = target.image.clone();
     config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-    config.created = Some(created.to_string());
-    for h in config.history.iter_mut().filter(|h| h.created.is_none()) {
-        h.created = Some(created.to_string());
+    match created {
+        Some(created) => {
+            config.created = Some(created.to_string());
+            for h in config.history.iter_mut().filter(|h| h.created.is_none()) {
+                h.created = Some(created.to_string());
+            }
+        }
+        None => stamp_history(&mut config, &solver.layer_times(&target.result)?),
     }
     let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
     if let Some((def, results)) = inline_cache {

@@ -356,3 +356,38 @@ fn dockerfile_outside_context_and_its_own_dockerignore() {
         "a re-included child of an excluded dir must be copied"
     );
 }
+
+#[test]
+fn a_rebuild_from_cache_gives_the_same_image_digest() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt\nENV K=v\nCMD [\"cat\", \"/b.txt\"]\n",
+        ),
+        ("a.txt", "one\n"),
+    ]);
+    let digest = |store: &Store| {
+        let iid = tempfile::NamedTempFile::new().unwrap();
+        let out = store.build(
+            ctx.path(),
+            &["-t", "app", "--iidfile", iid.path().to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read_to_string(iid.path()).unwrap()
+    };
+    let first = digest(&store);
+    // Times in the config come from when each layer was made, so a cached rebuild (a second
+    // later) reproduces the config and the manifest exactly, as with BuildKit.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(digest(&store), first);
+    let inspect = store.run(&["inspect", "app"]);
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let history = config["Config"]["history"].as_array().unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last["empty_layer"], true, "{history:?}");
+    assert_eq!(config["Config"]["created"], last["created"]);
+
+    std::fs::write(ctx.path().join("a.txt"), "two\n").unwrap();
+    assert_ne!(digest(&store), first, "a changed step makes a new image");
+}

@@ -1051,6 +1051,27 @@ impl Solver {
         }
     }
 
+    /// When each layer of a result was made (base first), as RFC 3339; None where unknown
+    /// (results known only from an imported cache). A cached step keeps its time, so a
+    /// rebuild from cache gives the same image config, as with BuildKit.
+    pub fn layer_times(&self, r: &Ref) -> Result<Vec<Option<String>>> {
+        let Ref::Snapshot(top) = r else {
+            return Ok(Vec::new());
+        };
+        if let Some(layers) = self.lazy_layers(top)? {
+            return Ok(vec![None; layers.len()]);
+        }
+        let mut times = Vec::new();
+        let mut cur = Some(top.clone());
+        while let Some(key) = cur {
+            let info = self.snapshots.stat(&key)?;
+            cur = info.parent;
+            times.push(Some(exporter::format_rfc3339(info.created as i64)));
+        }
+        times.reverse();
+        Ok(times)
+    }
+
     /// The layers of a result, base first, creating (and remembering) gzip blobs for built
     /// snapshots.
     pub fn export_layers(&self, r: &Ref) -> Result<Vec<LayerBlob>> {
