@@ -196,7 +196,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
     opts.named_contexts =
-        crate::build_context::parse_build_contexts(&args.build_contexts, &mut locals)?;
+        crate::build_context::parse_build_contexts(root, &args.build_contexts, &mut locals)?;
     let solver = Arc::new(Solver::new(SolverConfig {
         root: root.to_path_buf(),
         executor: executor::Executor::current_exe()?,

@@ -15,6 +15,7 @@ pub fn local_name(name: &str) -> String {
 /// Parses every `--build-context`, adding local directories (each with its own
 /// `.dockerignore`) to `locals`.
 pub fn parse_build_contexts(
+    root: &std::path::Path,
     specs: &[String],
     locals: &mut HashMap<String, Arc<dyn LocalSource>>,
 ) -> Result<BTreeMap<String, NamedContext>> {
@@ -31,8 +32,13 @@ pub fn parse_build_contexts(
             bail!("--build-context {spec:?}: the context {name:?} is given twice");
         }
         let local = local_name(&name);
-        let ctx = NamedContext::parse(value, &local)
+        let mut ctx = NamedContext::parse(value, &local)
             .map_err(|e| anyhow!("--build-context {spec:?}: {e}"))?;
+        if let NamedContext::OciLayout { path } = &ctx {
+            let reference = load_oci_layout(root, &name, path)
+                .map_err(|e| anyhow!("--build-context {spec:?}: {e:#}"))?;
+            ctx = NamedContext::Image { reference };
+        }
         if let NamedContext::Local { .. } = ctx {
             let dir = std::path::Path::new(value)
                 .canonicalize()
@@ -50,6 +56,20 @@ pub fn parse_build_contexts(
         out.insert(name, ctx);
     }
     Ok(out)
+}
+
+/// Loads the image an `oci-layout://PATH[@sha256:...|:TAG]` context names into the content
+/// store and returns a reference pinned to it.
+fn load_oci_layout(root: &std::path::Path, name: &str, spec: &str) -> Result<String> {
+    // A selector follows the last path component: `@digest`, or `:tag`.
+    let last_slash = spec.rfind('/').map_or(0, |i| i + 1);
+    let (path, selector) = match spec.rfind('@').or_else(|| spec.rfind(':')) {
+        Some(i) if i >= last_slash => (&spec[..i], Some(&spec[i + 1..])),
+        _ => (spec, None),
+    };
+    let content = exporter::ContentStore::open(root)?;
+    let descriptor = exporter::load_oci_layout(&content, std::path::Path::new(path), selector)?;
+    Ok(format!("oci-layout/{name}@{}", descriptor.digest))
 }
 
 #[cfg(test)]

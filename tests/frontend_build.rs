@@ -222,3 +222,48 @@ fn build_checks_warn_in_output_and_check_mode_fails() {
     let images = stdout(&store.run(&["images"]));
     assert!(!images.contains("strict"), "{images}");
 }
+
+#[test]
+fn oci_layout_context_is_a_base_image_and_a_copy_source() {
+    let store = Store::with_busybox();
+    // An OCI layout directory, as another tool (or builder itself) writes it.
+    let base = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo from-layout > /marker\n",
+    )]);
+    let layout = tempfile::tempdir().unwrap();
+    let layout_arg = format!(
+        "type=oci,dest={},tar=false,name=example.com/base:v1",
+        layout.path().display()
+    );
+    build_ok(&store, base.path(), &["-o", &layout_arg]);
+
+    // A fresh store knows nothing of that image: everything comes from the layout.
+    let fresh = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nCOPY --from=base /marker /copied\nRUN cat /marker /copied > /both\n",
+    )]);
+    for selector in ["", ":v1"] {
+        let dest = tempfile::tempdir().unwrap();
+        let out_arg = format!("type=local,dest={}", dest.path().display());
+        let named = format!("base=oci-layout://{}{selector}", layout.path().display());
+        build_ok(
+            &fresh,
+            ctx.path(),
+            &["--build-context", &named, "-o", &out_arg],
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("both")).unwrap(),
+            "from-layout\nfrom-layout\n"
+        );
+    }
+    let missing = format!("base=oci-layout://{}:nope", layout.path().display());
+    let out = fresh.build(ctx.path(), &["--build-context", &missing]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("has no image \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}

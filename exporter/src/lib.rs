@@ -28,7 +28,7 @@ pub use layer::{
     import_rootfs_tar, open_layer, recompress_layer, write_image, write_image_with, write_index,
     write_layer, write_layer_with, LayerBlob,
 };
-pub use load::{load_archive, LoadedImage};
+pub use load::{load_archive, load_oci_layout, LoadedImage};
 pub use reference::Reference;
 pub use registry::{PushReport, RegistryClient};
 pub use snapshotter::ContentStore;

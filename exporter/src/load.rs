@@ -208,3 +208,63 @@ fn sniff_compression(content: &ContentStore, digest: &str) -> Result<Compression
         _ => CompressionKind::Uncompressed,
     })
 }
+
+/// Copies the blobs of an OCI image layout directory into the content store and returns the
+/// descriptor `selector` names in its index.json: a digest (`sha256:...`), a tag (the
+/// `org.opencontainers.image.ref.name` annotation), or nothing when the index holds one entry.
+pub fn load_oci_layout(
+    content: &ContentStore,
+    dir: &std::path::Path,
+    selector: Option<&str>,
+) -> Result<Descriptor> {
+    let index_path = dir.join("index.json");
+    let bytes =
+        std::fs::read(&index_path).context(|| format!("reading {}", index_path.display()))?;
+    let index: Index = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidImage(format!("{}: {e}", index_path.display())))?;
+    let chosen = match selector {
+        Some(digest) if digest.starts_with("sha256:") => {
+            index.manifests.iter().find(|m| m.digest == digest)
+        }
+        Some(tag) => index.manifests.iter().find(|m| {
+            m.annotations
+                .get(ANNOTATION_REF_NAME)
+                .is_some_and(|name| name == tag || name.rsplit(':').next() == Some(tag))
+        }),
+        None if index.manifests.len() == 1 => index.manifests.first(),
+        None => {
+            return Err(Error::InvalidImage(format!(
+                "{} holds {} images; name one with @sha256:... or :tag",
+                dir.display(),
+                index.manifests.len()
+            )))
+        }
+    }
+    .ok_or_else(|| {
+        Error::InvalidImage(format!(
+            "{} has no image {:?}",
+            dir.display(),
+            selector.unwrap_or_default()
+        ))
+    })?
+    .clone();
+    let blobs = dir.join("blobs").join("sha256");
+    let entries = std::fs::read_dir(&blobs).context(|| format!("reading {}", blobs.display()))?;
+    for entry in entries {
+        let entry = entry.context(|| format!("reading {}", blobs.display()))?;
+        let hex = entry.file_name().to_string_lossy().into_owned();
+        let digest = format!("sha256:{hex}");
+        if content.has(&digest) {
+            continue;
+        }
+        let mut file = std::fs::File::open(entry.path())
+            .context(|| format!("reading {}", entry.path().display()))?;
+        let mut writer = content.writer()?;
+        io::copy(&mut file, &mut writer)
+            .context(|| format!("reading {}", entry.path().display()))?;
+        writer.commit(Some(&digest))?;
+    }
+    let mut descriptor = chosen;
+    descriptor.annotations.clear();
+    Ok(descriptor)
+}

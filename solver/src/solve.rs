@@ -209,8 +209,11 @@ impl Solver {
         let platform: Platform = platform
             .parse()
             .map_err(|e| anyhow!("invalid platform {platform:?}: {e:?}"))?;
+        let stored = r.digest.as_deref().filter(|d| self.content.has(d));
         let target = match self.images.resolve(&r.full_name())? {
             Some(d) => d,
+            // Pinned to something already in the store (e.g. loaded from an OCI layout).
+            None if stored.is_some() => self.stored_descriptor(stored.unwrap_or_default())?,
             None => {
                 let client = exporter::registry::RegistryClient::new();
                 let d = client
@@ -235,6 +238,18 @@ impl Solver {
             manifest.digest
         );
         Ok((pinned, config))
+    }
+
+    /// The descriptor of a manifest or index in the content store, its media type read
+    /// from the document itself.
+    fn stored_descriptor(&self, digest: &str) -> Result<Descriptor> {
+        let bytes = self.content.read_blob(digest)?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {digest} as a manifest or index"))?;
+        let media_type = doc["mediaType"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{digest} has no mediaType"))?;
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
     }
 
     fn local(&self, name: &str) -> Result<Arc<dyn LocalSource>> {
