@@ -84,7 +84,7 @@ mod tests {
             format!("Src={}", dir.path().display()),
             "base=docker-image://alpine:3".to_string(),
         ];
-        let got = parse_build_contexts(&specs, &mut locals).unwrap();
+        let got = parse_build_contexts(dir.path(), &specs, &mut locals).unwrap();
         assert_eq!(
             got["src"],
             NamedContext::Local {
@@ -95,9 +95,15 @@ mod tests {
         assert!(
             matches!(&got["base"], NamedContext::Image { reference } if reference == "alpine:3")
         );
-        for bad in ["noequals", "x=/does/not/exist", "x=s3://bucket", "=y"] {
+        for bad in [
+            "noequals",
+            "x=/does/not/exist",
+            "x=s3://bucket",
+            "=y",
+            "x=oci-layout:///does/not/exist",
+        ] {
             assert!(
-                parse_build_contexts(&[bad.into()], &mut locals).is_err(),
+                parse_build_contexts(dir.path(), &[bad.into()], &mut locals).is_err(),
                 "{bad}"
             );
         }
