@@ -33,6 +33,8 @@ COPY src /src
 D
 t() {
   local s e
+  # Flush earlier writes (the generated context, the last build) so each run is measured alone.
+  sync
   s=$(date +%s%N)
   "$bin" build --progress=quiet -t bench "$ctx" 2>/dev/null
   e=$(date +%s%N)

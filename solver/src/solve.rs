@@ -383,10 +383,16 @@ impl Solver {
             };
             match res {
                 Ok((r, key, was_cached)) => {
-                    if was_cached {
-                        cached += 1
-                    } else {
-                        executed += 1
+                    // Count what progress shows as steps, not the empty tree, the context
+                    // or the stacking of a rebased copy.
+                    let is_step = !matches!(
+                        def.vertices[i].op,
+                        Op::Scratch | Op::Local { .. } | Op::Rebase
+                    );
+                    match (is_step, was_cached) {
+                        (false, _) => {}
+                        (true, true) => cached += 1,
+                        (true, false) => executed += 1,
                     }
                     if !was_cached && self.layer_is_stacked_later(&def, i, &dependents[i]) {
                         // Compress the layer while the steps its stacking waits for still run.
