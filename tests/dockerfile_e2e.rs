@@ -1304,3 +1304,63 @@ fn a_killed_build_releases_its_locked_cache_and_leaves_no_process() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A COPY made ahead of its base must give exactly what copying onto the base gives, also
+/// where the base has the destination as a private directory or a symlink.
+#[test]
+fn rebased_copies_match_copies_onto_the_base() {
+    use std::os::unix::fs::MetadataExt;
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN mkdir -p /app /real && chmod 700 /app && chown 1000:1000 /app && ln -s /real /link\n\
+             COPY f.txt /app/\n\
+             COPY f.txt /link/\n\
+             COPY f.txt /new/dir/\n\
+             COPY --chown=7:8 f.txt /owned/\n",
+        ),
+        ("f.txt", "payload\n"),
+    ]);
+    let (dest, out) = build_local(&store, ctx.path(), &[]);
+    let meta = |p: &str| std::fs::symlink_metadata(dest.path().join(p)).unwrap();
+    // The base's private directory keeps its mode and owner.
+    assert_eq!(meta("app").mode() & 0o7777, 0o700);
+    assert_eq!((meta("app").uid(), meta("app").gid()), (1000, 1000));
+    assert_eq!(read(dest.path(), "app/f.txt"), "payload\n");
+    // Through the base's symlink, as a copy onto the base does.
+    assert!(meta("link").file_type().is_symlink());
+    assert_eq!(read(dest.path(), "real/f.txt"), "payload\n");
+    // New parents are root-owned 0755.
+    assert_eq!(meta("new").mode() & 0o7777, 0o755);
+    assert_eq!(read(dest.path(), "new/dir/f.txt"), "payload\n");
+    assert_eq!(
+        (meta("owned/f.txt").uid(), meta("owned/f.txt").gid()),
+        (7, 8)
+    );
+    assert_eq!(
+        started(&out, "COPY f.txt"),
+        3,
+        "one step per COPY, nothing shown twice"
+    );
+
+    // A changed base re-stacks the copies without running them again.
+    let ctx2 = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN mkdir -p /app /real && chmod 700 /app && chown 1000:1000 /app && ln -s /real /link && echo changed\n\
+             COPY f.txt /app/\n\
+             COPY f.txt /link/\n\
+             COPY f.txt /new/dir/\n\
+             COPY --chown=7:8 f.txt /owned/\n",
+        ),
+        ("f.txt", "payload\n"),
+    ]);
+    let (dest, out) = build_local(&store, ctx2.path(), &[]);
+    assert_eq!(started(&out, "COPY --chown"), 0, "{}", stderr(&out));
+    assert_eq!(started(&out, "COPY f.txt /new"), 0);
+    assert_eq!(read(dest.path(), "real/f.txt"), "payload\n");
+    assert_eq!(read(dest.path(), "owned/f.txt"), "payload\n");
+}
