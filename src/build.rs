@@ -146,31 +146,9 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    let source = std::fs::read(&dockerfile_path)
-        .with_context(|| format!("reading Dockerfile {}", dockerfile_path.display()))?;
-    let display_name = dockerfile_path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "Dockerfile".into());
-    let ast = match frontend::parse(&source) {
-        Ok(ast) => ast,
-        Err(e) => {
-            let line = String::from_utf8_lossy(&source)
-                .lines()
-                .nth(e.line.saturating_sub(1))
-                .unwrap_or("")
-                .to_string();
-            let err = frontend::lower::DockerfileError {
-                file: display_name,
-                line: e.line,
-                column: e.column,
-                message: e.message.clone(),
-                source_line: Some(line),
-            };
+    let (ast, source, display_name) = match read_dockerfile(&context, args.file.as_deref())? {
+        Ok(parsed) => parsed,
+        Err(err) => {
             eprintln!("error: {err}");
             return Ok(1);
         }
@@ -210,23 +188,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         crate::cache_flags::import_caches(&solver, &cache_from).await;
     }
 
-    // Lower once per target platform, concurrently: each may pull its own base images.
     let (ast, source) = (Arc::new(ast), Arc::new(source));
-    let lowerings: Vec<_> = platforms
-        .iter()
-        .map(|platform| {
-            let mut opts = opts.clone();
-            opts.platform = platform.to_string();
-            let resolver = SolverResolver {
-                solver: solver.clone(),
-                runtime: tokio::runtime::Handle::current(),
-            };
-            let (ast, source) = (ast.clone(), source.clone());
-            tokio::task::spawn_blocking(move || {
-                frontend::lower::lower(&ast, &source, &opts, &resolver)
-            })
-        })
-        .collect();
+    let lowerings = lower_for_platforms(&solver, &ast, &source, &opts, &platforms);
     let mut lowered_all = Vec::new();
     for (platform, lowering) in platforms.iter().zip(lowerings) {
         match lowering.await? {
@@ -294,31 +257,16 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let solved = match solved {
         Ok(s) => s,
         Err(e) => {
-            let (location, failed_for) = plan.locate(e.vertex);
             drop(solver);
             let _ = renderer.await;
             if cancel.is_cancelled() && e.vertex.is_none() {
                 eprintln!("error: build cancelled");
                 return Ok(130);
             }
-            let on = if multi {
-                format!("[{failed_for}] ")
-            } else {
-                String::new()
-            };
-            match location {
-                Some(loc) => {
-                    let src = String::from_utf8_lossy(&source);
-                    eprintln!(
-                        "error: {on}{display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
-                        loc.line,
-                        loc.text,
-                        loc.line,
-                        src.lines().nth(loc.line - 1).unwrap_or("")
-                    );
-                }
-                None => eprintln!("error: {on}failed to solve: {e}"),
-            }
+            eprintln!(
+                "error: {}",
+                solve_error(&plan, &e, &source, &display_name, multi)
+            );
             return Ok(1);
         }
     };
@@ -381,4 +329,90 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         eprintln!("naming to {t}");
     }
     Ok(0)
+}
+
+/// Reads and parses the Dockerfile; a parse error comes back as the message to show.
+#[allow(clippy::type_complexity)]
+fn read_dockerfile(
+    context: &Path,
+    file: Option<&Path>,
+) -> Result<Result<(frontend::Ast, Vec<u8>, String), frontend::lower::DockerfileError>> {
+    let path = file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let source =
+        std::fs::read(&path).with_context(|| format!("reading Dockerfile {}", path.display()))?;
+    let display_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "Dockerfile".into());
+    Ok(match frontend::parse(&source) {
+        Ok(ast) => Ok((ast, source, display_name)),
+        Err(e) => Err(frontend::lower::DockerfileError {
+            source_line: String::from_utf8_lossy(&source)
+                .lines()
+                .nth(e.line.saturating_sub(1))
+                .map(str::to_string),
+            file: display_name,
+            line: e.line,
+            column: e.column,
+            message: e.message.clone(),
+        }),
+    })
+}
+
+/// Lowers the Dockerfile once per target platform, concurrently: each lowering may pull
+/// its own base images.
+fn lower_for_platforms(
+    solver: &Arc<Solver>,
+    ast: &Arc<frontend::Ast>,
+    source: &Arc<Vec<u8>>,
+    opts: &BuildOptions,
+    platforms: &[Platform],
+) -> Vec<tokio::task::JoinHandle<Result<frontend::lower::Lowered, frontend::lower::DockerfileError>>>
+{
+    platforms
+        .iter()
+        .map(|platform| {
+            let mut opts = opts.clone();
+            opts.platform = platform.to_string();
+            let resolver = SolverResolver {
+                solver: solver.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let (ast, source) = (ast.clone(), source.clone());
+            tokio::task::spawn_blocking(move || {
+                frontend::lower::lower(&ast, &source, &opts, &resolver)
+            })
+        })
+        .collect()
+}
+
+/// A failed step, with its Dockerfile line (and platforms, for several).
+fn solve_error(
+    plan: &crate::platforms::Plan,
+    e: &solver::SolveError,
+    source: &[u8],
+    display_name: &str,
+    multi: bool,
+) -> String {
+    let (location, failed_for) = plan.locate(e.vertex);
+    let on = if multi {
+        format!("[{failed_for}] ")
+    } else {
+        String::new()
+    };
+    match location {
+        Some(loc) => {
+            let src = String::from_utf8_lossy(source);
+            format!(
+                "{on}{display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
+                loc.line,
+                loc.text,
+                loc.line,
+                src.lines().nth(loc.line - 1).unwrap_or("")
+            )
+        }
+        None => format!("{on}failed to solve: {e}"),
+    }
 }
