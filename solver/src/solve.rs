@@ -954,7 +954,20 @@ impl Solver {
         };
         let mut file_inputs = vec![inputs[0].clone()];
         file_inputs.extend(inputs[2..].iter().cloned());
-        self.run_file(file, &file_inputs)
+        // The copy really runs again: show it as the step it is.
+        self.report(Event::Started {
+            vertex: i,
+            name: copy.name.clone(),
+            time: now(),
+        });
+        let res = self.run_file(file, &file_inputs);
+        self.report(Event::Completed {
+            vertex: i,
+            name: copy.name.clone(),
+            time: now(),
+            error: res.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        res
     }
 
     fn run_file(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
