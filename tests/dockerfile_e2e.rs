@@ -95,15 +95,7 @@ fn oci_layer_names(store: &Store, ctx: &Path, extra: &[&str]) -> Vec<Vec<String>
 }
 
 fn hex_sha256(data: &[u8]) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    stdout(&out)[..64].to_string()
+    stdout(&output_with_stdin(&mut Command::new("sha256sum"), data))[..64].to_string()
 }
 
 #[test]
@@ -487,29 +479,19 @@ fn on_error_shell_sees_the_failed_steps_mounts() {
         ),
         ("input.txt", "from-context\n"),
     ]);
-    let mut child = store
-        .cmd()
-        .args([
-            "build",
-            "--progress=plain",
-            "--on-error=shell",
-            "-t",
-            "broken",
-        ])
-        .arg(ctx.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"cat /cache/c /ctx/input.txt /partial; exit\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        store
+            .cmd()
+            .args([
+                "build",
+                "--progress=plain",
+                "--on-error=shell",
+                "-t",
+                "broken",
+            ])
+            .arg(ctx.path()),
+        b"cat /cache/c /ctx/input.txt /partial; exit\n",
+    );
     assert!(!out.status.success(), "the build must still fail");
     assert_eq!(
         stdout(&out),
@@ -954,29 +936,19 @@ fn on_error_shell_sees_secrets_and_leaves_none_behind() {
         "Dockerfile",
         "FROM busybox\nRUN --mount=type=secret,id=s,env=S false\n",
     )]);
-    let mut child = store
-        .cmd()
-        .env("S_SRC", secret_value)
-        .args([
-            "build",
-            "--progress=plain",
-            "--on-error=shell",
-            "--secret=id=s,env=S_SRC",
-        ])
-        .arg(ctx.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"printf %s \"$S\" | wc -c; test -e /run/secrets/s || echo no-file; exit\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        store
+            .cmd()
+            .env("S_SRC", secret_value)
+            .args([
+                "build",
+                "--progress=plain",
+                "--on-error=shell",
+                "--secret=id=s,env=S_SRC",
+            ])
+            .arg(ctx.path()),
+        b"printf %s \"$S\" | wc -c; test -e /run/secrets/s || echo no-file; exit\n",
+    );
     assert!(!out.status.success());
     let lens: Vec<String> = stdout(&out)
         .split_whitespace()

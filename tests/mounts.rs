@@ -469,14 +469,10 @@ fn secrets_reach_the_step_and_nothing_else() {
     )]);
     let solved = solve(&store, &def, config.clone(), None);
     let md5 = |s: &str| {
-        let mut c = Command::new("md5sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        stdout(&c.wait_with_output().unwrap())
+        stdout(&output_with_stdin(
+            &mut Command::new("md5sum"),
+            s.as_bytes(),
+        ))
     };
     assert_eq!(solved.file("filesum"), md5(file_value));
     assert_eq!(solved.file("envsum"), md5(env_value));
@@ -655,23 +651,13 @@ fn on_error_shell_opens_a_shell_in_the_failed_step() {
         "Dockerfile",
         "FROM busybox\nENV GREETING=hello\nWORKDIR /w\nRUN echo marker-from-failed-step > /marker && exit 3\n",
     )]);
-    let mut child = store
-        .cmd()
-        .args(["build", "--progress=plain", "--on-error=shell"])
-        .arg(ctx.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"cat /marker; echo \"$GREETING in $(pwd)\"; exit\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        store
+            .cmd()
+            .args(["build", "--progress=plain", "--on-error=shell"])
+            .arg(ctx.path()),
+        b"cat /marker; echo \"$GREETING in $(pwd)\"; exit\n",
+    );
     assert!(!out.status.success(), "the build must still fail");
     let shell_output = stdout(&out);
     assert!(

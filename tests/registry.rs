@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{context, stderr, stdout, Store};
+use common::{context, output_with_stdin, stderr, stdout, wait_for_listener, Store};
 
 /// A docker-registry with its own config; its log (stdout+stderr) is kept for assertions.
 struct TestRegistry {
@@ -80,12 +80,7 @@ impl TestRegistry {
             .spawn()
             .unwrap();
         let addr = format!("127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_listener(&addr);
         TestRegistry { child, addr, dir }
     }
 
@@ -228,21 +223,7 @@ impl Env {
     }
 
     fn run_with_stdin(&self, store: &Store, args: &[&str], input: &str) -> Output {
-        use std::io::Write as _;
-        let mut child = self
-            .command(store, args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        output_with_stdin(&mut self.command(store, args), input.as_bytes())
     }
 }
 

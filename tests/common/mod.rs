@@ -146,12 +146,7 @@ impl Registry {
             .spawn()
             .unwrap();
         let addr = format!("127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_listener(&addr);
         Self {
             child,
             addr,
@@ -207,4 +202,27 @@ pub fn skopeo_config(archive: &Path) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "skopeo: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `cmd` with `input` on its standard input, collecting stdout and stderr.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Waits (up to 5 s) until something listens on the TCP address.
+pub fn wait_for_listener(addr: &str) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
