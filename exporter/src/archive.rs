@@ -32,23 +32,11 @@ pub fn export_oci_archive(
     ref_name: Option<&str>,
     out: impl Write,
 ) -> Result<()> {
-    let entry = oci_index_entry(target, ref_name)?;
-    let mut blobs = Vec::new();
-    collect_blobs(content, target, &mut blobs, &mut BTreeSet::new())?;
-
-    let mut archive = TarWriter::new(out);
-    archive.append_bytes("oci-layout", OCI_LAYOUT)?;
-    archive.append_directory("blobs/")?;
-    archive.append_directory("blobs/sha256/")?;
-    for blob in &blobs {
-        archive.append_blob(content, blob)?;
-    }
-    let index = Index {
-        manifests: vec![entry],
-        ..Index::new()
-    };
-    archive.append_bytes("index.json", &serde_json::to_vec(&index)?)?;
-    archive.finish()
+    export_oci_archive_multi(
+        content,
+        &[(target.clone(), ref_name.map(str::to_string))],
+        out,
+    )
 }
 
 /// Like [`export_oci_archive`] but as an OCI image layout directory (`tar=false`). Blobs
