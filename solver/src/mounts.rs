@@ -64,9 +64,10 @@ pub struct ExecConfig {
 }
 
 /// A temporary snapshot removed when dropped.
-struct TempSnapshot {
-    snapshots: snapshotter::Snapshotter,
-    key: String,
+/// A temporary snapshot, removed when dropped.
+pub(crate) struct TempSnapshot {
+    pub(crate) snapshots: snapshotter::Snapshotter,
+    pub(crate) key: String,
 }
 
 impl Drop for TempSnapshot {

@@ -135,7 +135,32 @@ impl Drop for MountGuard {
     }
 }
 
+/// A read-only view of a committed snapshot mounted on the host; unmounted, then removed,
+/// when dropped.
+pub(crate) struct MountedView {
+    mount: MountGuard,
+    _view: crate::mounts::TempSnapshot,
+}
+
+impl MountedView {
+    pub(crate) fn path(&self) -> &Path {
+        &self.mount.0
+    }
+}
+
 impl Solver {
+    /// Mounts a read-only view of the committed snapshot `snapshot`.
+    pub(crate) fn mount_view(&self, snapshot: &str) -> Result<MountedView> {
+        let key = unique("view");
+        let mounts = self.snapshots.view(&key, snapshot)?;
+        let view = crate::mounts::TempSnapshot {
+            snapshots: self.snapshots.clone(),
+            key,
+        };
+        let mount = MountGuard::mount(&self.root, &mounts)?;
+        Ok(MountedView { mount, _view: view })
+    }
+
     /// Opens the stores under `cfg.root`. Must be called inside a tokio runtime.
     pub fn new(cfg: SolverConfig) -> Result<Self> {
         let content = ContentStore::open(&cfg.root)?;
@@ -934,14 +959,9 @@ impl Solver {
         let exact = match &inputs[0].0 {
             Ref::Scratch => true,
             Ref::Snapshot(base) => {
-                let view = unique("view");
-                let mounts = self.snapshots.view(&view, base)?;
-                let checked = MountGuard::mount(&self.root, &mounts).and_then(|guard| {
-                    let upper = self.snapshots.upper_dir(&layer_top)?;
-                    Ok(crate::rebase::stacks_exactly(&guard.0, &upper)?)
-                });
-                let _ = self.snapshots.remove(&view);
-                checked?
+                let view = self.mount_view(base)?;
+                let upper = self.snapshots.upper_dir(&layer_top)?;
+                crate::rebase::stacks_exactly(view.path(), &upper)?
             }
             Ref::Local(n) => bail!("local directory {n:?} cannot be a base"),
         };
@@ -977,7 +997,8 @@ impl Solver {
         let upper = self.snapshots.upper_dir(&active)?;
         let res = (|| -> Result<()> {
             let mut dest = MountGuard::mount(&self.root, &mounts)?;
-            let mut views: HashMap<usize, (MountGuard, String)> = HashMap::new();
+            // Source views stay mounted across actions; dropped (even on error) at the end.
+            let mut views: HashMap<usize, MountedView> = HashMap::new();
             for action in &file.actions {
                 match action {
                     FileAction::Copy {
@@ -1014,21 +1035,10 @@ impl Solver {
                             }
                             Some((Ref::Snapshot(snap), _)) => {
                                 if !views.contains_key(src_input) {
-                                    let key = unique("view");
-                                    let m = self.snapshots.view(&key, snap)?;
-                                    let guard = MountGuard::mount(&self.root, &m);
-                                    let guard = match guard {
-                                        Ok(g) => g,
-                                        Err(e) => {
-                                            let _ = self.snapshots.remove(&key);
-                                            return Err(e);
-                                        }
-                                    };
-                                    views.insert(*src_input, (guard, key));
+                                    views.insert(*src_input, self.mount_view(snap)?);
                                 }
-                                let (guard, _) = &views[src_input];
                                 let src = SourceTree {
-                                    root: &guard.0,
+                                    root: views[src_input].path(),
                                     index: None,
                                 };
                                 fileop::copy(&src, sources, &dest.0, to, &opts)?
@@ -1069,10 +1079,6 @@ impl Solver {
                         fileop::make_file(&dest.0, path, data, *mode, owner)?;
                     }
                 }
-            }
-            for (_, (guard, key)) in views {
-                drop(guard);
-                let _ = self.snapshots.remove(&key);
             }
             Ok(())
         })();
@@ -1230,18 +1236,12 @@ impl Solver {
                 fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
             }
             Ref::Snapshot(snap) => {
-                let key = unique("view");
-                let m = self.snapshots.view(&key, snap)?;
-                let res = (|| {
-                    let guard = MountGuard::mount(&self.root, &m)?;
-                    let src = SourceTree {
-                        root: &guard.0,
-                        index: None,
-                    };
-                    fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
-                })();
-                let _ = self.snapshots.remove(&key);
-                res
+                let view = self.mount_view(snap)?;
+                let src = SourceTree {
+                    root: view.path(),
+                    index: None,
+                };
+                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
             }
         }
     }
