@@ -611,6 +611,7 @@ fn make_image(
             &descriptors,
             def,
             results,
+            format.oci_media_types,
         );
     }
     Ok(exporter::write_image_with(

@@ -175,6 +175,20 @@ pub fn write_image_with(
     layers: &[Descriptor],
     oci_media_types: bool,
 ) -> Result<Descriptor> {
+    let config_bytes = serde_json::to_vec(config)?;
+    write_image_bytes(content, config, &config_bytes, layers, oci_media_types)
+}
+
+/// Like [`write_image_with`], storing `config_bytes` as the config blob: `config` serialized
+/// with extra fields (such as inline build-cache records). `config` gives the layer count
+/// check and the platform.
+pub fn write_image_bytes(
+    content: &ContentStore,
+    config: &ImageConfig,
+    config_bytes: &[u8],
+    layers: &[Descriptor],
+    oci_media_types: bool,
+) -> Result<Descriptor> {
     if config.rootfs.diff_ids.len() != layers.len() {
         return Err(Error::InvalidImage(format!(
             "config lists {} diff_ids but the manifest has {} layers",
@@ -182,8 +196,7 @@ pub fn write_image_with(
             layers.len()
         )));
     }
-    let config_bytes = serde_json::to_vec(config)?;
-    let config_digest = content.put_bytes(&config_bytes)?;
+    let config_digest = content.put_bytes(config_bytes)?;
     let (manifest_type, config_type) = if oci_media_types {
         (MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_CONFIG)
     } else {

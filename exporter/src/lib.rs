@@ -25,8 +25,8 @@ pub use image::{
     RootFs,
 };
 pub use layer::{
-    import_rootfs_tar, open_layer, recompress_layer, write_image, write_image_with, write_index,
-    write_layer, write_layer_with, LayerBlob,
+    import_rootfs_tar, open_layer, recompress_layer, write_image, write_image_bytes,
+    write_image_with, write_index, write_layer, write_layer_with, LayerBlob,
 };
 pub use load::{load_archive, load_oci_layout, LoadedImage};
 pub use reference::Reference;

@@ -11,8 +11,7 @@ use crate::graph::{Definition, Op};
 use crate::solve::{Ref, Solver};
 use anyhow::{anyhow, bail, Context as _, Result};
 use exporter::image::{
-    is_index_media_type, Descriptor, Index, Manifest, Platform, MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_MANIFEST,
+    is_index_media_type, Descriptor, Index, Manifest, Platform, MEDIA_TYPE_OCI_MANIFEST,
 };
 use exporter::{ContentStore, ImageConfig, LayerBlob, Reference, RegistryClient};
 use serde::{Deserialize, Serialize};
@@ -774,6 +773,7 @@ pub fn write_image_with_inline_cache(
     layers: &[Descriptor],
     def: &Definition,
     results: &[Option<(Ref, String)>],
+    oci_media_types: bool,
 ) -> Result<Descriptor> {
     let mut records = collect_records(solver, def, results, CacheMode::Min)?;
     let own: std::collections::HashSet<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
@@ -793,26 +793,13 @@ pub fn write_image_with_inline_cache(
         .ok_or_else(|| anyhow!("image config is not an object"))?
         .insert(INLINE_CACHE_FIELD.into(), serde_json::to_value(&records)?);
     let bytes = serde_json::to_vec(&value)?;
-    let content = &solver.content;
-    let config_digest = content.put_bytes(&bytes)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: MEDIA_TYPE_OCI_MANIFEST.into(),
-        config: Descriptor::new(MEDIA_TYPE_OCI_CONFIG, &config_digest, bytes.len() as u64),
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                platform: None,
-                ..l.clone()
-            })
-            .collect(),
-        annotations: Default::default(),
-    };
-    let bytes = serde_json::to_vec(&manifest)?;
-    let digest = content.put_bytes(&bytes)?;
-    let mut desc = Descriptor::new(MEDIA_TYPE_OCI_MANIFEST, &digest, bytes.len() as u64);
-    desc.platform = Some(config.platform());
-    Ok(desc)
+    Ok(exporter::write_image_bytes(
+        &solver.content,
+        config,
+        &bytes,
+        layers,
+        oci_media_types,
+    )?)
 }
 
 /// Writes `data` as a file atomically (for `--metadata-file`).
