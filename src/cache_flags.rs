@@ -1,6 +1,6 @@
 //! `--cache-to`, `--cache-from`, `--no-cache-filter` and `--metadata-file` of `builder build`.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use solver::cache::{CacheExport, CacheFrom, CacheMode, CacheTo};
 use solver::Solver;
 use std::collections::{BTreeSet, HashMap};
@@ -177,7 +177,9 @@ pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<(
     if !meta.tags.is_empty() {
         doc["image.name"] = serde_json::Value::String(meta.tags.join(","));
     }
-    solver::cache::write_file_atomic(path, &serde_json::to_vec_pretty(&doc)?)
+    let json = serde_json::to_vec_pretty(&doc)?;
+    solver::context::write_atomic_with_mode(path, &json, 0o644)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A build id unique enough to tell builds apart (time + pid).

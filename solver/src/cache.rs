@@ -16,7 +16,6 @@ use exporter::image::{
 use exporter::{ContentStore, ImageConfig, LayerBlob, Reference, RegistryClient};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -800,26 +799,6 @@ pub fn write_image_with_inline_cache(
         layers,
         oci_media_types,
     )?)
-}
-
-/// Writes `data` as a file atomically (for `--metadata-file`).
-pub fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.write_all(data)?;
-    // Temporary files are private; the metadata is an ordinary output file.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

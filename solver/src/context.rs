@@ -273,14 +273,24 @@ fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-/// Writes a file atomically: temp name, fsync, rename.
+/// Writes a file atomically: temp name, fsync, rename. The file is private (0600).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_with_mode(path, data, 0o600)
+}
+
+/// [`write_atomic`] with the given permission bits, e.g. 0644 for a user's output file.
+pub fn write_atomic_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
