@@ -248,27 +248,13 @@ impl DockerConfig {
 
     /// Writes the file atomically, readable only by its owner (it holds secrets).
     fn save(&self) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Config(format!("creating {}: {e}", dir.display())))?;
-        let temp = dir.join(format!(".config.json.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(&serde_json::to_vec_pretty(&self.raw)?)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &self.path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            Error::Config(format!("writing {}: {e}", self.path.display()))
-        })
+        let mut json = serde_json::to_vec_pretty(&self.raw)?;
+        json.push(b'\n');
+        snapshotter::atomic_write(&self.path, &json, 0o600)
+            .map_err(|e| Error::Config(format!("writing {}: {e}", self.path.display())))
     }
 }
 

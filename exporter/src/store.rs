@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -146,18 +145,9 @@ impl ImageStore {
     /// Atomic replace: temp file, fsync, rename, fsync the directory.
     fn write(&self, images: &ImagesFile) -> Result<()> {
         let path = self.root.join(IMAGES_FILE);
-        let temp_path = self
-            .root
-            .join(format!(".{IMAGES_FILE}.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(images)?;
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&temp_path)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp_path, &path)?;
-            File::open(&self.root)?.sync_all()
-        };
-        write().context(|| format!("writing {}", path.display()))
+        snapshotter::atomic_write(&path, &bytes, 0o644)?;
+        Ok(())
     }
 }
 

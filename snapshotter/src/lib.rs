@@ -11,3 +11,4 @@ pub use content::{BlobWriter, ContentStore};
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
 pub use snapshots::{Info, Kind, Snapshotter};
+pub use util::atomic_write;

@@ -352,7 +352,7 @@ impl Snapshotter {
     fn save(&self, meta: &Metadata) -> Result<()> {
         let data = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::Invalid(format!("serializing snapshot metadata: {e}")))?;
-        atomic_write(&self.inner.metadata, &data)
+        atomic_write(&self.inner.metadata, &data, 0o644)
     }
 
     /// Removes numeric dirs that no metadata record owns (left by a crash mid-prepare or mid-remove).

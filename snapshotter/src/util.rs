@@ -39,12 +39,25 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("fsyncing dir {}", dir.display()))
 }
 
-/// Writes `data` to `path` atomically: temp file in the same dir, fsync, rename, dir fsync.
-pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// Writes `data` to `path` atomically with permission bits `mode`: temp file in the same
+/// dir, fsync, rename, dir fsync. Readers see the old file or the new one, never half.
+pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let tmp = dir.join(unique_name(".tmp-"));
     let result = (|| {
-        let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
+        // The umask may have cleared bits the caller asked for.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .ctx(|| format!("setting the mode of {}", tmp.display()))?;
         f.write_all(data)
             .ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsyncing {}", tmp.display()))?;

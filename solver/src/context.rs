@@ -278,21 +278,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_atomic_with_mode(path, data, 0o600)
 }
 
-/// [`write_atomic`] with the given permission bits, e.g. 0644 for a user's output file.
+/// [`write_atomic`] with the given permission bits (e.g. 0644 for a user's output file),
+/// creating the parent directory if needed.
 pub fn write_atomic_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    snapshotter::atomic_write(path, data, mode).map_err(std::io::Error::other)
 }
 
 impl ContextIndex {
