@@ -494,20 +494,9 @@ impl Solver {
         match &v.op {
             Op::Scratch => Ok((Ref::Scratch, "scratch".into(), true)),
             Op::Local { name: local } => {
-                let started = now();
-                let idx = self.context_index(local)?;
-                let key = idx.checksum(&[String::new()]);
-                progress.send(Event::Started {
-                    vertex: i,
-                    name: name.clone(),
-                    time: started,
-                });
-                progress.send(Event::Completed {
-                    vertex: i,
-                    name,
-                    time: now(),
-                    error: None,
-                });
+                let key = self.run_step(i, &name, || {
+                    Ok(self.context_index(local)?.checksum(&[String::new()]))
+                })?;
                 // Reading the context runs no step; it does not count as work done.
                 Ok((Ref::Local(local.clone()), key, true))
             }
@@ -658,6 +647,23 @@ impl Solver {
         }
     }
 
+    /// Runs `work` as a step: reported started, then completed with its error, if any.
+    fn run_step<T>(&self, i: usize, name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.report(Event::Started {
+            vertex: i,
+            name: name.to_string(),
+            time: now(),
+        });
+        let res = work();
+        self.report(Event::Completed {
+            vertex: i,
+            name: name.to_string(),
+            time: now(),
+            error: res.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        res
+    }
+
     fn cached_or_run(
         &self,
         i: usize,
@@ -680,23 +686,12 @@ impl Solver {
                 return Ok((Ref::Snapshot(snap), key.to_string(), true));
             }
         }
-        self.report(Event::Started {
-            vertex: i,
-            name: name.to_string(),
-            time: now(),
-        });
-        // Inputs known only from imported cache records are unpacked now that a step needs them.
-        let res = inputs
-            .iter()
-            .try_for_each(|(r, _)| self.materialize(r))
-            .and_then(|()| run());
-        self.report(Event::Completed {
-            vertex: i,
-            name: name.to_string(),
-            time: now(),
-            error: res.as_ref().err().map(|e| format!("{e:#}")),
-        });
-        let snap = res?;
+        let snap = self.run_step(i, name, || {
+            // Inputs known only from imported cache records are unpacked now that a step
+            // needs them.
+            inputs.iter().try_for_each(|(r, _)| self.materialize(r))?;
+            run()
+        })?;
         self.cache_record(key, &snap)?;
         Ok((Ref::Snapshot(snap), key.to_string(), false))
     }
@@ -975,19 +970,7 @@ impl Solver {
         let mut file_inputs = vec![inputs[0].clone()];
         file_inputs.extend(inputs[2..].iter().cloned());
         // The copy really runs again: show it as the step it is.
-        self.report(Event::Started {
-            vertex: i,
-            name: copy.name.clone(),
-            time: now(),
-        });
-        let res = self.run_file(file, &file_inputs);
-        self.report(Event::Completed {
-            vertex: i,
-            name: copy.name.clone(),
-            time: now(),
-            error: res.as_ref().err().map(|e| format!("{e:#}")),
-        });
-        res
+        self.run_step(i, &copy.name, || self.run_file(file, &file_inputs))
     }
 
     fn run_file(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
