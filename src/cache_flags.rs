@@ -6,17 +6,6 @@ use solver::Solver;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-fn key_values<'a>(flag: &str, spec: &'a str) -> Result<HashMap<&'a str, &'a str>> {
-    let mut kv = HashMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!("{flag} {spec:?}: expected key=value pairs such as type=local,dest=DIR")
-        })?;
-        kv.insert(k.trim(), v.trim());
-    }
-    Ok(kv)
-}
-
 fn check_keys(flag: &str, spec: &str, kv: &HashMap<&str, &str>, allowed: &[&str]) -> Result<()> {
     for k in kv.keys() {
         if !allowed.contains(k) {
@@ -39,7 +28,7 @@ fn required<'a>(flag: &str, spec: &str, kv: &HashMap<&str, &'a str>, key: &str) 
 /// Parses one `--cache-to`.
 pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
     const FLAG: &str = "--cache-to";
-    let kv = key_values(FLAG, spec)?;
+    let kv = crate::output::key_values(FLAG, spec)?;
     let mode = match kv.get("mode").copied() {
         None | Some("min") => CacheMode::Min,
         Some("max") => CacheMode::Max,
@@ -90,7 +79,7 @@ pub fn parse_cache_from(spec: &str) -> Result<CacheFrom> {
             reference: spec.to_string(),
         });
     }
-    let kv = key_values(FLAG, spec)?;
+    let kv = crate::output::key_values(FLAG, spec)?;
     match kv.get("type").copied() {
         Some("local") => {
             check_keys(FLAG, spec, &kv, &["type", "src"])?;

@@ -138,18 +138,7 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
         }));
     }
     let flag = || format!("--output {spec:?}");
-    let mut kv: HashMap<&str, &str> = HashMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!(
-                "{}: {part:?} is not key=value (e.g. type=oci,dest=out.tar)",
-                flag()
-            )
-        })?;
-        if kv.insert(k.trim(), v.trim()).is_some() {
-            bail!("{}: {k:?} given twice", flag());
-        }
-    }
+    let mut kv = key_values("--output", spec)?;
     let kind_name = kv.remove("type").ok_or_else(|| {
         anyhow!(
             "{}: type= is required (image, registry, oci, docker, local or tar)",
@@ -265,6 +254,20 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
 }
 
 /// Checks what can be checked before building: `rewrite-timestamp` needs SOURCE_DATE_EPOCH.
+/// Splits a buildx-style flag value `k=v,k=v` into its pairs; each key at most once.
+pub fn key_values<'a>(flag: &str, spec: &'a str) -> Result<HashMap<&'a str, &'a str>> {
+    let mut kv = HashMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow!("{flag} {spec:?}: {part:?} is not key=value, as in type=...,dest=...")
+        })?;
+        if kv.insert(k.trim(), v.trim()).is_some() {
+            bail!("{flag} {spec:?}: {k:?} given twice");
+        }
+    }
+    Ok(kv)
+}
+
 /// Refuses `--push` without a name to push to, before anything is built.
 pub fn check_push(push: bool, tags: &[String]) -> Result<()> {
     if push && tags.is_empty() {
