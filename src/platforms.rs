@@ -41,18 +41,9 @@ fn platform_step_name(platform: &str, name: &str) -> String {
 
 /// `--print graph` for a merged graph: every vertex any platform needs, then the outputs.
 fn render_graph(def: &Definition, outputs: &[usize], platforms: &[Platform]) -> String {
-    use std::fmt::Write as _;
-    let digests = def.digests();
-    let mut text = String::new();
-    for i in solver::multi::reachable_from(def, outputs) {
-        let vertex = &def.vertices[i];
-        let _ = writeln!(text, "#{i} {}  {}", vertex.name, &digests[i][7..19]);
-        let _ = writeln!(text, "    inputs: {:?}", vertex.inputs);
-        let op = serde_json::to_string(&vertex.op).unwrap_or_default();
-        let _ = writeln!(text, "    op: {op}");
-    }
+    let mut text = def.render_vertices(outputs);
     for (platform, output) in platforms.iter().zip(outputs) {
-        let _ = writeln!(text, "output {platform}: #{output}");
+        text.push_str(&format!("output {platform}: #{output}\n"));
     }
     text
 }

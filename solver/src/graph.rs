@@ -260,10 +260,15 @@ impl Definition {
 
     /// The vertices the output depends on (including itself), in topological order.
     pub fn reachable(&self) -> Vec<usize> {
+        self.reachable_from(&self.output.into_iter().collect::<Vec<_>>())
+    }
+
+    /// The vertices any of `outputs` depends on (including themselves), in topological order.
+    pub fn reachable_from(&self, outputs: &[usize]) -> Vec<usize> {
         let mut seen = vec![false; self.vertices.len()];
-        let mut stack: Vec<usize> = self.output.into_iter().collect();
+        let mut stack: Vec<usize> = outputs.to_vec();
         while let Some(i) = stack.pop() {
-            if std::mem::replace(&mut seen[i], true) {
+            if i >= seen.len() || std::mem::replace(&mut seen[i], true) {
                 continue;
             }
             stack.extend(self.vertices[i].inputs.iter().copied());
@@ -273,18 +278,25 @@ impl Definition {
 
     /// Human-readable dump of the graph, one vertex per paragraph.
     pub fn render(&self) -> String {
+        let outputs: Vec<usize> = self.output.into_iter().collect();
+        let mut s = self.render_vertices(&outputs);
+        if let Some(o) = self.output {
+            s.push_str(&format!("output: #{o}\n"));
+        }
+        s
+    }
+
+    /// The paragraphs of [`render`](Self::render) for every vertex `outputs` need.
+    pub fn render_vertices(&self, outputs: &[usize]) -> String {
         use std::fmt::Write as _;
         let digests = self.digests();
         let mut s = String::new();
-        for i in self.reachable() {
+        for i in self.reachable_from(outputs) {
             let v = &self.vertices[i];
             let _ = writeln!(s, "#{i} {}  {}", v.name, &digests[i][7..19]);
             let _ = writeln!(s, "    inputs: {:?}", v.inputs);
             let op = serde_json::to_string(&v.op).unwrap_or_default();
             let _ = writeln!(s, "    op: {op}");
-        }
-        if let Some(o) = self.output {
-            let _ = writeln!(s, "output: #{o}");
         }
         s
     }

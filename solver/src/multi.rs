@@ -19,19 +19,6 @@ pub struct MultiSolveOutput {
     pub results: Vec<Option<(Ref, String)>>,
 }
 
-/// The vertices any of `outputs` depends on (including themselves), in topological order.
-pub fn reachable_from(def: &Definition, outputs: &[usize]) -> Vec<usize> {
-    let mut seen = vec![false; def.vertices.len()];
-    let mut stack: Vec<usize> = outputs.to_vec();
-    while let Some(i) = stack.pop() {
-        if i >= seen.len() || std::mem::replace(&mut seen[i], true) {
-            continue;
-        }
-        stack.extend(def.vertices[i].inputs.iter().copied());
-    }
-    (0..def.vertices.len()).filter(|&i| seen[i]).collect()
-}
-
 /// Adds every vertex of `part` to `combined` (reusing identical ones) and returns where
 /// each of `part`'s vertices ended up. `rename(index, name)` may relabel vertices (e.g.
 /// with their platform); a reused vertex keeps the name it was first added with.
@@ -89,7 +76,7 @@ mod tests {
             combined.vertices[a[shared]].name,
             "[amd64] FROM busybox@sha256:aa"
         );
-        assert_eq!(reachable_from(&combined, &[b[0]]), vec![b[0]]);
-        assert_eq!(reachable_from(&combined, &[a[0], b[0]]).len(), 2);
+        assert_eq!(combined.reachable_from(&[b[0]]), vec![b[0]]);
+        assert_eq!(combined.reachable_from(&[a[0], b[0]]).len(), 2);
     }
 }

@@ -359,7 +359,7 @@ impl Solver {
             })?;
         }
         let def = Arc::new(def.clone());
-        let needed = crate::multi::reachable_from(&def, outputs);
+        let needed = def.reachable_from(outputs);
         let n = def.vertices.len();
         let mut pending: Vec<usize> = vec![0; n];
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
