@@ -298,9 +298,6 @@ impl<W: Write> Write for ParallelGzip<W> {
 /// 8.0, gzip/zstd/JPEG data just below; text and executables are far lower (4–6.5).
 const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.5;
 
-/// zlib's default.
-const DEFAULT_GZIP_LEVEL: u32 = 6;
-
 /// Shannon entropy of the byte histogram of `data`, in bits per byte.
 fn bits_per_byte(data: &[u8]) -> f64 {
     if data.is_empty() {
@@ -331,7 +328,7 @@ fn deflate_piece(input: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec
     let level = match level {
         Some(level) => level,
         None if bits_per_byte(input) > INCOMPRESSIBLE_BITS_PER_BYTE => 0,
-        None => DEFAULT_GZIP_LEVEL,
+        None => CompressionKind::Gzip.default_level() as u32,
     };
     let mut compress = Compress::new(flate2::Compression::new(level), false);
     let mut out = Vec::with_capacity(input.len() / 2 + 1024);
