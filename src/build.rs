@@ -182,6 +182,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         no_cache: args.no_cache,
         progress: solver::progress::Progress::new(tx),
         exec: exec_config,
+        layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
     })?);
 
     if !args.no_cache {

@@ -507,6 +507,18 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
     }))
 }
 
+/// How the image outputs want built layers (the first one's way; gzip without any), so layers
+/// made during the build are made that way once.
+pub fn built_layer_options(
+    outputs: &[OutputSpec],
+    source_date_epoch: Option<u64>,
+) -> Result<LayerExportOptions> {
+    match outputs.iter().find(|o| o.needs_image()) {
+        Some(output) => Ok(format_of(output, source_date_epoch)?.layers),
+        None => Ok(LayerExportOptions::default()),
+    }
+}
+
 fn format_of(output: &OutputSpec, source_date_epoch: Option<u64>) -> Result<ImageFormat> {
     let mut format = output.image_format();
     if output.rewrite_timestamp {

@@ -50,6 +50,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         no_cache: false,
         progress: solver::progress::Progress::discard(),
         exec: Default::default(),
+        layer_export: Default::default(),
     })?);
     let target = solver
         .images

@@ -96,6 +96,7 @@ fn solve(store: &Store, def: &Definition, exec: ExecConfig, context: Option<&Pat
                 no_cache: false,
                 progress: Progress::new(tx),
                 exec,
+                layer_export: Default::default(),
             })
             .unwrap(),
         );
@@ -836,6 +837,7 @@ fn context_binds_respect_dockerignore_and_discard_writes() {
             no_cache: false,
             progress: Progress::discard(),
             exec: ExecConfig::default(),
+            layer_export: Default::default(),
         })
         .unwrap();
         let solver = Arc::new(solver);

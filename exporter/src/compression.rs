@@ -178,18 +178,20 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0xff];
 
 /// A single gzip member whose deflate stream is made of pieces of [`GZIP_PIECE_SIZE`] input
 /// bytes, each compressed on its own (no shared window) and ended with a sync flush, so the
-/// pieces can be compressed in parallel and simply concatenated. The CRC runs over the input
-/// in order on the calling thread.
+/// pieces can be compressed in parallel and simply concatenated. Each piece's CRC is taken in
+/// parallel too and combined in order.
 pub(crate) struct ParallelGzip<W: Write> {
     out: W,
     /// None: the default level, storing incompressible pieces (see [`deflate_piece`]).
     level: Option<u32>,
-    crc: flate2::Crc,
+    crc: crc32fast::Hasher,
+    /// Input bytes so far (gzip's ISIZE is this modulo 2^32).
+    amount: u64,
     pending: Vec<u8>,
     /// Full pieces waiting for a parallel batch.
     batch: Vec<Vec<u8>>,
     /// The previous batch, compressing on a helper thread.
-    in_flight: Option<std::thread::JoinHandle<io::Result<Vec<Vec<u8>>>>>,
+    in_flight: Option<std::thread::JoinHandle<io::Result<Vec<Piece>>>>,
     header_written: bool,
 }
 
@@ -198,7 +200,8 @@ impl<W: Write> ParallelGzip<W> {
         ParallelGzip {
             out,
             level,
-            crc: flate2::Crc::new(),
+            crc: crc32fast::Hasher::new(),
+            amount: 0,
             pending: Vec::with_capacity(GZIP_PIECE_SIZE),
             batch: Vec::new(),
             in_flight: None,
@@ -226,10 +229,14 @@ impl<W: Write> ParallelGzip<W> {
         if let Some(last) = last {
             pieces.push((last, true));
         }
-        let compress = move || -> io::Result<Vec<Vec<u8>>> {
+        let compress = move || -> io::Result<Vec<Piece>> {
             pieces
                 .par_iter()
-                .map(|(piece, is_last)| deflate_piece(piece, level, *is_last))
+                .map(|(piece, is_last)| {
+                    let mut crc = crc32fast::Hasher::new();
+                    crc.update(piece);
+                    Ok((deflate_piece(piece, level, *is_last)?, crc))
+                })
                 .collect()
         };
         if rayon::current_thread_index().is_some() {
@@ -256,8 +263,9 @@ impl<W: Write> ParallelGzip<W> {
         Ok(())
     }
 
-    fn write_pieces(&mut self, pieces: Vec<Vec<u8>>) -> io::Result<()> {
-        for piece in pieces {
+    fn write_pieces(&mut self, pieces: Vec<Piece>) -> io::Result<()> {
+        for (piece, crc) in pieces {
+            self.crc.combine(&crc);
             self.out.write_all(&piece)?;
         }
         Ok(())
@@ -267,8 +275,9 @@ impl<W: Write> ParallelGzip<W> {
         let last = std::mem::take(&mut self.pending);
         self.compress_batch(Some(last))?;
         self.write_in_flight()?;
-        self.out.write_all(&self.crc.sum().to_le_bytes())?;
-        self.out.write_all(&self.crc.amount().to_le_bytes())?;
+        self.out
+            .write_all(&self.crc.clone().finalize().to_le_bytes())?;
+        self.out.write_all(&(self.amount as u32).to_le_bytes())?;
         Ok(self.out)
     }
 }
@@ -278,7 +287,7 @@ impl<W: Write> Write for ParallelGzip<W> {
         let room = GZIP_PIECE_SIZE - self.pending.len();
         let taken = room.min(buf.len());
         self.pending.extend_from_slice(&buf[..taken]);
-        self.crc.update(&buf[..taken]);
+        self.amount += taken as u64;
         if self.pending.len() == GZIP_PIECE_SIZE {
             let piece = std::mem::replace(&mut self.pending, Vec::with_capacity(GZIP_PIECE_SIZE));
             self.batch.push(piece);
@@ -293,6 +302,9 @@ impl<W: Write> Write for ParallelGzip<W> {
         Ok(())
     }
 }
+
+/// A compressed piece and the CRC of its input.
+type Piece = (Vec<u8>, crc32fast::Hasher);
 
 /// Order-0 entropy above which a piece is stored rather than compressed. Random bytes are at
 /// 8.0, gzip/zstd/JPEG data just below; text and executables are far lower (4–6.5).

@@ -10,5 +10,5 @@ mod util;
 pub use content::{BlobWriter, ContentStore};
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
-pub use snapshots::{Info, Kind, Snapshotter};
+pub use snapshots::{Info, Kind, Snapshotter, Unpacker};
 pub use util::atomic_write;

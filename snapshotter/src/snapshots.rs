@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, IoContext, Result};
 use crate::mount::Mount;
@@ -33,7 +33,14 @@ pub struct Info {
     pub created: u64,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
+    /// Committed but not unpacked yet: its dir is filled from its layer blob (by the
+    /// [`Unpacker`]) the first time something reads it.
+    pub pending: bool,
 }
+
+/// Fills the dir of a pending snapshot (second argument) with that snapshot's own layer; set
+/// by whoever can read layer blobs (the solver).
+pub type Unpacker = Arc<dyn Fn(&Info, &Path) -> std::result::Result<(), String> + Send + Sync>;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Record {
@@ -43,6 +50,8 @@ struct Record {
     created: u64,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -57,11 +66,17 @@ pub struct Snapshotter {
     inner: Arc<Paths>,
 }
 
-#[derive(Debug)]
 struct Paths {
     dir: PathBuf,
     metadata: PathBuf,
     lock: PathBuf,
+    unpacker: OnceLock<Unpacker>,
+}
+
+impl std::fmt::Debug for Paths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paths").field("dir", &self.dir).finish()
+    }
 }
 
 impl Snapshotter {
@@ -79,27 +94,168 @@ impl Snapshotter {
                 metadata: dir.join("metadata.json"),
                 lock: dir.join("lock"),
                 dir,
+                unpacker: OnceLock::new(),
             }),
         };
         snap.remove_orphans()?;
         Ok(snap)
     }
 
+    /// Installs what fills pending snapshots; without one, reading a pending snapshot fails.
+    pub fn set_unpacker(&self, unpacker: Unpacker) {
+        let _ = self.inner.unpacker.set(unpacker);
+    }
+
     /// Creates a writable snapshot on top of a committed `parent`; returns its mounts.
     pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
+        if let Some(p) = parent {
+            self.unpack_pending(p, true)?;
+        }
         self.create(key, parent, Kind::Active)
     }
 
     /// Creates a read-only view of the committed snapshot `parent`; returns its mounts.
     pub fn view(&self, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        self.unpack_pending(parent, true)?;
         self.create(key, Some(parent), Kind::View)
     }
 
     /// The mounts for an existing snapshot (committed ones mount read-only).
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let first = {
+            let _lock = self.lock(false)?;
+            let meta = self.load()?;
+            let record = get(&meta, key)?;
+            match record.kind {
+                Kind::Committed => Some(key.to_string()),
+                _ => record.parent.clone(),
+            }
+        };
+        if let Some(first) = first {
+            self.unpack_pending(&first, true)?;
+        }
         let _lock = self.lock(false)?;
         let meta = self.load()?;
         self.mounts_for(&meta, key)
+    }
+
+    /// Records a committed snapshot whose files are not unpacked yet: its dir is filled from
+    /// its layer (see [`Unpacker`]) when first read. `labels` must say which layer that is.
+    pub fn create_pending(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<()> {
+        check_key(name)?;
+        let _lock = self.lock(true)?;
+        let mut meta = self.load()?;
+        if meta.snapshots.contains_key(name) {
+            return Err(Error::AlreadyExists(format!("snapshot {name}")));
+        }
+        let parent_id = match parent {
+            Some(p) => {
+                let record = get(&meta, p)?;
+                if record.kind != Kind::Committed {
+                    return Err(Error::Invalid(format!(
+                        "parent snapshot {p:?} is {:?}; only Committed snapshots can be parents",
+                        record.kind
+                    )));
+                }
+                Some(record.id)
+            }
+            None => None,
+        };
+        let id = meta.next_id;
+        meta.next_id += 1;
+        let dir = self.id_dir(id);
+        remove_dir_if_exists(&dir)?;
+        let result = (|| {
+            let fs = create_dir_all(&dir.join("fs"))?;
+            if let Some(pid) = parent_id {
+                copy_root_attrs(&self.fs_dir(pid), &fs)?;
+            }
+            meta.snapshots.insert(
+                name.to_string(),
+                Record {
+                    id,
+                    parent: parent.map(str::to_string),
+                    kind: Kind::Committed,
+                    created: now_secs(),
+                    labels,
+                    pending: true,
+                },
+            );
+            self.save(&meta)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Fills the pending snapshots among `key` (and, with `chain`, its ancestors).
+    ///
+    /// Each is unpacked into a fresh dir that is then renamed over the empty placeholder, so
+    /// two processes unpacking the same snapshot cannot mix their files: the second rename
+    /// fails on the non-empty dir and its copy is dropped.
+    fn unpack_pending(&self, key: &str, chain: bool) -> Result<()> {
+        let todo: Vec<(Info, u64)> = {
+            let _lock = self.lock(false)?;
+            let meta = self.load()?;
+            let mut todo = Vec::new();
+            let mut next = Some(key.to_string());
+            let mut seen = HashSet::new();
+            while let Some(k) = next {
+                if !seen.insert(k.clone()) {
+                    break;
+                }
+                let record = get(&meta, &k)?;
+                if record.pending {
+                    todo.push((info(&k, record), record.id));
+                }
+                next = if chain { record.parent.clone() } else { None };
+            }
+            todo
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let unpacker = self.inner.unpacker.get().ok_or_else(|| {
+            Error::Invalid(format!(
+                "snapshot {key:?} is not unpacked and nothing here can unpack it"
+            ))
+        })?;
+        for (info, id) in todo {
+            let fs = self.fs_dir(id);
+            let tmp = self.id_dir(id).join(format!(
+                "fs.unpack-{}-{}",
+                std::process::id(),
+                unique_suffix()
+            ));
+            create_dir_all(&tmp)?;
+            let filled = copy_root_attrs(&fs, &tmp).and_then(|()| {
+                unpacker(&info, &tmp)
+                    .map_err(|e| Error::Invalid(format!("unpacking snapshot {}: {e}", info.key)))
+            });
+            if let Err(e) = filled {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+            if std::fs::rename(&tmp, &fs).is_err() {
+                // Another process filled it first: keep theirs.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            let _lock = self.lock(true)?;
+            let mut meta = self.load()?;
+            if let Some(record) = meta.snapshots.get_mut(&info.key) {
+                if record.pending {
+                    record.pending = false;
+                    self.save(&meta)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Turns the active snapshot `key` into the committed snapshot `name`.
@@ -182,26 +338,41 @@ impl Snapshotter {
 
     /// The dir holding this snapshot's own changes (overlay upperdir; for a parentless snapshot, the whole fs).
     pub fn upper_dir(&self, key: &str) -> Result<PathBuf> {
-        let _lock = self.lock(false)?;
-        let meta = self.load()?;
-        let record = get(&meta, key)?;
-        if record.kind == Kind::View {
-            return Err(Error::Invalid(format!(
-                "snapshot {key:?} is a view and has no dir of its own"
-            )));
+        let (dir, pending) = {
+            let _lock = self.lock(false)?;
+            let meta = self.load()?;
+            let record = get(&meta, key)?;
+            if record.kind == Kind::View {
+                return Err(Error::Invalid(format!(
+                    "snapshot {key:?} is a view and has no dir of its own"
+                )));
+            }
+            (self.fs_dir(record.id), record.pending)
+        };
+        if pending {
+            self.unpack_pending(key, false)?;
         }
-        Ok(self.fs_dir(record.id))
+        Ok(dir)
     }
 
     /// Sets (or replaces) a label on a snapshot.
     pub fn set_label(&self, key: &str, name: &str, value: &str) -> Result<()> {
+        self.set_labels(key, [(name.to_string(), value.to_string())])
+    }
+
+    /// Sets (or replaces) several labels on a snapshot in one metadata write.
+    pub fn set_labels(
+        &self,
+        key: &str,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<()> {
         let _lock = self.lock(true)?;
         let mut meta = self.load()?;
         let record = meta
             .snapshots
             .get_mut(key)
             .ok_or_else(|| Error::NotFound(format!("snapshot {key}")))?;
-        record.labels.insert(name.to_string(), value.to_string());
+        record.labels.extend(labels);
         self.save(&meta)
     }
 
@@ -247,6 +418,7 @@ impl Snapshotter {
                     kind,
                     created: now_secs(),
                     labels: BTreeMap::new(),
+                    pending: false,
                 },
             );
             let mounts = self.mounts_for(&meta, key)?;
@@ -360,6 +532,13 @@ impl Snapshotter {
         let _lock = self.lock(true)?;
         let meta = self.load()?;
         let live: HashSet<u64> = meta.snapshots.values().map(|r| r.id).collect();
+        // Only a pending snapshot can have an unpack left by a process that died in it.
+        let pending: HashSet<u64> = meta
+            .snapshots
+            .values()
+            .filter(|r| r.pending)
+            .map(|r| r.id)
+            .collect();
         let dir = &self.inner.dir;
         for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
@@ -373,6 +552,8 @@ impl Snapshotter {
             if !live.contains(&id) {
                 // Best effort: a concurrent `remove` may be deleting the same dir.
                 let _ = std::fs::remove_dir_all(entry.path());
+            } else if pending.contains(&id) {
+                remove_stale_unpacks(&entry.path());
             }
         }
         Ok(())
@@ -419,7 +600,34 @@ fn info(key: &str, r: &Record) -> Info {
         kind: r.kind,
         created: r.created,
         labels: r.labels.clone(),
+        pending: r.pending,
     }
+}
+
+/// Removes unpack dirs left in a snapshot's dir by processes that died mid-unpack.
+fn remove_stale_unpacks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fs.unpack-"))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Distinguishes temporary dirs made by one process.
+fn unique_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn path_str(path: &Path) -> Result<String> {

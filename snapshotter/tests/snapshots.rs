@@ -233,3 +233,116 @@ fn concurrent_prepares_from_many_handles() {
     assert_eq!(all.len(), 20);
     assert!(all.iter().all(|i| i.kind == Kind::Committed));
 }
+
+/// A pending snapshot's label says what its unpacker writes.
+fn pending_labels(text: &str) -> std::collections::BTreeMap<String, String> {
+    [("content".to_string(), text.to_string())].into()
+}
+
+fn writing_unpacker(
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> snapshotter::Unpacker {
+    std::sync::Arc::new(move |info, dir| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let text = info.labels.get("content").ok_or("no content label")?;
+        fs::write(dir.join("file"), text).map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn pending_snapshots_are_unpacked_when_first_read_and_only_once() {
+    let root = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let snap = Snapshotter::open(root.path()).unwrap();
+    snap.create_pending("bottom", None, pending_labels("one"))
+        .unwrap();
+    snap.create_pending("top", Some("bottom"), pending_labels("two"))
+        .unwrap();
+    assert!(snap.stat("top").unwrap().pending);
+
+    // Nothing can unpack yet: reading fails instead of showing an empty tree.
+    let err = snap.prepare("work", Some("top")).unwrap_err().to_string();
+    assert!(err.contains("not unpacked"), "{err}");
+    assert!(!snap.exists("work"));
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    snap.set_unpacker(writing_unpacker(calls.clone()));
+    let mounts = snap.prepare("work", Some("top")).unwrap();
+    {
+        let m = Mounted::new(&mounts, mnt.path(), "m");
+        assert_eq!(fs::read_to_string(m.target.join("file")).unwrap(), "two");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(!snap.stat("top").unwrap().pending);
+    assert!(!snap.stat("bottom").unwrap().pending);
+    assert_eq!(
+        fs::read_to_string(snap.upper_dir("bottom").unwrap().join("file")).unwrap(),
+        "one"
+    );
+    // A reopened store knows they are unpacked.
+    let again = Snapshotter::open(root.path()).unwrap();
+    again.set_unpacker(writing_unpacker(calls.clone()));
+    again.view("v", "top").unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn concurrent_readers_of_a_pending_snapshot_see_one_whole_tree() {
+    let root = tempfile::tempdir().unwrap();
+    let snap = Snapshotter::open(root.path()).unwrap();
+    snap.create_pending("p", None, pending_labels("data"))
+        .unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    snap.set_unpacker(writing_unpacker(calls));
+    let dirs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| snap.upper_dir("p").unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for dir in dirs {
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("file")]);
+        assert_eq!(fs::read_to_string(dir.join("file")).unwrap(), "data");
+    }
+    // No unpack dirs are left behind.
+    let own = snap.upper_dir("p").unwrap();
+    let leftovers: Vec<_> = fs::read_dir(own.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("fs.unpack"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_failed_unpack_leaves_the_snapshot_pending_and_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let snap = Snapshotter::open(root.path()).unwrap();
+    snap.create_pending("p", None, Default::default()).unwrap();
+    snap.set_unpacker(std::sync::Arc::new(|_, _| Err("blob is gone".to_string())));
+    let err = snap.upper_dir("p").unwrap_err().to_string();
+    assert!(err.contains("blob is gone"), "{err}");
+    assert!(snap.stat("p").unwrap().pending);
+    let dir = root.path().join("snapshots");
+    let stray: Vec<_> = walkdir(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("fs.unpack"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
+}

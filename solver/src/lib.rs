@@ -16,6 +16,7 @@ pub mod progress;
 pub mod rebase;
 pub mod solve;
 mod ssh_proxy;
+mod staging;
 
 pub use graph::{Definition, Op, Vertex};
 pub use mounts::{ExecConfig, SecretSource};

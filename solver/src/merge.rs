@@ -57,6 +57,19 @@ pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<Str
 /// `layer`'s blob labels.
 fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> {
     let snapshots = &solver.snapshots;
+    let info = snapshots.stat(layer)?;
+    let blob_labels = || {
+        info.labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(LAYER_LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+    };
+    if info.pending {
+        // Its files are not unpacked: the replay is just as pending, on the new parent.
+        let name = unique("layer");
+        snapshots.create_pending(&name, parent, blob_labels().collect())?;
+        return Ok(name);
+    }
     let active = unique("merge");
     snapshots.prepare(&active, parent)?;
     let res = (|| -> Result<String> {
@@ -65,11 +78,7 @@ fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> 
         link_tree_verbatim(&from, &to)?;
         let name = unique("layer");
         snapshots.commit(&name, &active)?;
-        for (k, v) in snapshots.stat(layer)?.labels {
-            if k.starts_with(LAYER_LABEL_PREFIX) {
-                snapshots.set_label(&name, &k, &v)?;
-            }
-        }
+        snapshots.set_labels(&name, blob_labels())?;
         Ok(name)
     })();
     if res.is_err() {

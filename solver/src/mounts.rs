@@ -221,6 +221,12 @@ pub(crate) fn sweep_stale(root: &Path) {
             let Some((prefix, rest)) = name.to_str().and_then(|n| n.split_once('-')) else {
                 continue;
             };
+            if prefix == crate::staging::STAGING_PREFIX && creator_is_dead(rest) {
+                // A dead build's staging tmpfs only holds memory: drop it.
+                let _ = snapshotter::unmount(&entry.path());
+                let _ = std::fs::remove_dir(entry.path());
+                continue;
+            }
             if matches!(prefix, "mnt" | "bind" | "cache")
                 && creator_is_dead(rest)
                 && !is_mount_point_or_has_mounts(&entry.path())

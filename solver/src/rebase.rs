@@ -6,34 +6,107 @@
 //! made on that base. The solver uses this to run such copies before their base is built
 //! (as an automatic `--link`) and falls back to a plain copy when this returns false.
 
+use std::collections::HashSet;
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// One entry of a layer, as far as stacking it matters.
+#[derive(Clone, Debug)]
+pub struct LayerEntry {
+    /// Path relative to the layer root.
+    pub path: PathBuf,
+    pub is_dir: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl LayerEntry {
+    fn of(path: PathBuf, md: &Metadata) -> Self {
+        LayerEntry {
+            path,
+            is_dir: md.is_dir(),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+}
+
+/// How a layer entry meets the base.
+enum Meets {
+    /// The base has nothing there: nothing below it can conflict either.
+    Nothing,
+    /// Stacking gives what copying would; look below it if it is a directory.
+    Same,
+    Conflict,
+}
+
+fn meets(base: &Path, entry: &LayerEntry) -> io::Result<Meets> {
+    let lower = match std::fs::symlink_metadata(base.join(&entry.path)) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Meets::Nothing),
+        Err(e) => return Err(e),
+    };
+    if lower.file_type().is_symlink() && entry.is_dir {
+        return Ok(Meets::Conflict); // a copy would follow the link
+    }
+    if entry.is_dir != lower.is_dir() {
+        return Ok(Meets::Conflict);
+    }
+    if entry.is_dir
+        && (entry.mode != lower.mode() & 0o7777
+            || entry.uid != lower.uid()
+            || entry.gid != lower.gid())
+    {
+        return Ok(Meets::Conflict);
+    }
+    Ok(Meets::Same)
+}
 
 /// True when stacking `layer` (a directory tree) on `base` equals copying it into `base`.
 pub fn stacks_exactly(base: &Path, layer: &Path) -> io::Result<bool> {
-    for entry in std::fs::read_dir(layer)? {
-        let entry = entry?;
-        let upper = entry.metadata()?;
-        let lower = match std::fs::symlink_metadata(base.join(entry.file_name())) {
-            Ok(md) => md,
-            // Nothing below a path the base lacks can conflict with it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if lower.file_type().is_symlink() && upper.is_dir() {
-            return Ok(false); // a copy would follow the link
-        }
-        if upper.is_dir() != lower.is_dir() {
-            return Ok(false);
-        }
-        if upper.is_dir() {
-            let same_meta = upper.mode() & 0o7777 == lower.mode() & 0o7777
-                && upper.uid() == lower.uid()
-                && upper.gid() == lower.gid();
-            if !same_meta || !stacks_exactly(&base.join(entry.file_name()), &entry.path())? {
-                return Ok(false);
+    stacks_below(base, layer, Path::new(""))
+}
+
+fn stacks_below(base: &Path, layer: &Path, rel: &Path) -> io::Result<bool> {
+    for dirent in std::fs::read_dir(layer.join(rel))? {
+        let dirent = dirent?;
+        let entry = LayerEntry::of(rel.join(dirent.file_name()), &dirent.metadata()?);
+        match meets(base, &entry)? {
+            Meets::Nothing => {}
+            Meets::Conflict => return Ok(false),
+            Meets::Same if entry.is_dir => {
+                if !stacks_below(base, layer, &entry.path)? {
+                    return Ok(false);
+                }
             }
+            Meets::Same => {}
+        }
+    }
+    Ok(true)
+}
+
+/// [`stacks_exactly`] for a layer known by its entries (parents listed before children), as
+/// read from its blob.
+pub fn entries_stack_exactly(base: &Path, entries: &[LayerEntry]) -> io::Result<bool> {
+    // Directories of the layer the base lacks: their contents need no look.
+    let mut new_dirs: HashSet<&Path> = HashSet::new();
+    for entry in entries {
+        if entry.path.parent().is_some_and(|p| new_dirs.contains(p)) {
+            if entry.is_dir {
+                new_dirs.insert(&entry.path);
+            }
+            continue;
+        }
+        match meets(base, entry)? {
+            Meets::Nothing if entry.is_dir => {
+                new_dirs.insert(&entry.path);
+            }
+            Meets::Conflict => return Ok(false),
+            Meets::Nothing | Meets::Same => {}
         }
     }
     Ok(true)
@@ -86,5 +159,51 @@ mod tests {
 
         let dir_where_layer_has_file = tree(&["app/", "app/f/"]);
         assert!(!stacks_exactly(dir_where_layer_has_file.path(), layer.path()).unwrap());
+    }
+
+    /// The entries of a tree, parents first, as a layer blob lists them.
+    fn entries(root: &Path) -> Vec<LayerEntry> {
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let mut names: Vec<_> = std::fs::read_dir(root.join(&rel))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for name in names.into_iter().rev() {
+                let path = rel.join(name);
+                let md = std::fs::symlink_metadata(root.join(&path)).unwrap();
+                if md.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push(LayerEntry::of(path, &md));
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    #[test]
+    fn entries_give_the_same_answers_as_trees() {
+        let layer = tree(&["app/", "app/f", "src/", "src/a/", "src/a/b"]);
+        let listed = entries(layer.path());
+        let cases = [
+            (tree(&["etc/", "etc/passwd", "app/", "app/old"]), true),
+            (tree(&["app"]), false),
+            (tree(&["app/", "app/f/"]), false),
+            (tree(&["src/", "src/a"]), false),
+            (tree(&["other/", "other/a/"]), true),
+        ];
+        for (base, expected) in cases {
+            assert_eq!(stacks_exactly(base.path(), layer.path()).unwrap(), expected);
+            assert_eq!(
+                entries_stack_exactly(base.path(), &listed).unwrap(),
+                expected
+            );
+        }
+        let link_in_base = tree(&["real/"]);
+        std::os::unix::fs::symlink("real", link_in_base.path().join("src")).unwrap();
+        assert!(!entries_stack_exactly(link_in_base.path(), &listed).unwrap());
     }
 }

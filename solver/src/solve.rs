@@ -75,6 +75,9 @@ pub struct SolverConfig {
     pub progress: Progress,
     /// Secrets, SSH agents and failure handling for exec ops.
     pub exec: ExecConfig,
+    /// What the build's image export asks of built layers: layers made before the export
+    /// (a copy stacked on a base, made as a blob) are made this way, so the export reuses them.
+    pub layer_export: exporter::LayerExportOptions,
 }
 
 pub struct Solver {
@@ -92,6 +95,7 @@ pub struct Solver {
     runtime: tokio::runtime::Handle,
     cache: crate::cache::CacheState,
     pub(crate) exec_config: ExecConfig,
+    layer_export: exporter::LayerExportOptions,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -165,6 +169,10 @@ impl Solver {
     pub fn new(cfg: SolverConfig) -> Result<Self> {
         let content = ContentStore::open(&cfg.root)?;
         let snapshots = Snapshotter::open(&cfg.root)?;
+        let blobs = content.clone();
+        snapshots.set_unpacker(Arc::new(move |info, dir| {
+            unpack_own_layer(&blobs, info, dir).map_err(|e| format!("{e:#}"))
+        }));
         let images = ImageStore::open(&cfg.root, content.clone())?;
         let solver = Self {
             root: cfg.root,
@@ -180,6 +188,7 @@ impl Solver {
             runtime: tokio::runtime::Handle::current(),
             cache: Default::default(),
             exec_config: cfg.exec,
+            layer_export: cfg.layer_export,
         };
         solver.remove_stale_snapshots();
         crate::mounts::sweep_stale(&solver.root);
@@ -376,19 +385,22 @@ impl Solver {
         let (mut executed, mut cached) = (0, 0);
         let mut set = tokio::task::JoinSet::new();
         let mut first_error: Option<SolveError> = None;
+        let as_blob = Arc::new(self.layers_made_as_blobs(&def, &needed, &dependents));
 
-        let spawn =
-            |set: &mut tokio::task::JoinSet<_>, i: usize, results: &[Option<(Ref, String)>]| {
-                let inputs: Vec<(Ref, String)> = def.vertices[i]
-                    .inputs
-                    .iter()
-                    .map(|&j| results[j].clone().expect("inputs solved first"))
-                    .collect();
-                let this = self.clone();
-                let def = def.clone();
-                let cancel = cancel.clone();
-                set.spawn_blocking(move || (i, this.run_vertex(&def, i, &inputs, &cancel)));
-            };
+        let spawn = |set: &mut tokio::task::JoinSet<_>,
+                     i: usize,
+                     results: &[Option<(Ref, String)>]| {
+            let inputs: Vec<(Ref, String)> = def.vertices[i]
+                .inputs
+                .iter()
+                .map(|&j| results[j].clone().expect("inputs solved first"))
+                .collect();
+            let this = self.clone();
+            let def = def.clone();
+            let cancel = cancel.clone();
+            let as_blob = as_blob[i];
+            set.spawn_blocking(move || (i, this.run_vertex(&def, i, &inputs, as_blob, &cancel)));
+        };
         for &i in &needed {
             if pending[i] == 0 {
                 spawn(&mut set, i, &results);
@@ -419,7 +431,10 @@ impl Solver {
                         (true, true) => cached += 1,
                         (true, false) => executed += 1,
                     }
-                    if !was_cached && self.layer_is_stacked_later(&def, i, &dependents[i]) {
+                    if !was_cached
+                        && self.layer_export.mtime_clamp.is_none()
+                        && self.layer_is_stacked_later(&def, i, &dependents[i])
+                    {
                         // Compress the layer while the steps its stacking waits for still run.
                         let (this, r) = (self.clone(), r.clone());
                         tokio::task::spawn_blocking(move || this.export_layers(&r));
@@ -477,12 +492,42 @@ impl Solver {
         })
     }
 
+    /// The file ops to make straight into a layer blob: copies onto an empty tree whose
+    /// result is only ever stacked on a base and exported, never mounted. Their files then
+    /// never touch the disk unless a later build runs a step on them.
+    fn layers_made_as_blobs(
+        &self,
+        def: &Definition,
+        needed: &[usize],
+        dependents: &[Vec<usize>],
+    ) -> Vec<bool> {
+        let mut as_blob = vec![false; def.vertices.len()];
+        if self.layer_export.mtime_clamp.is_some() {
+            // The export rewrites every built layer anyway.
+            return as_blob;
+        }
+        let mut memo = vec![None; def.vertices.len()];
+        for &i in needed {
+            let v = &def.vertices[i];
+            let on_scratch = v
+                .inputs
+                .first()
+                .is_some_and(|&j| matches!(def.vertices[j].op, Op::Scratch));
+            as_blob[i] = matches!(v.op, Op::File(_))
+                && on_scratch
+                && self.layer_is_stacked_later(def, i, &dependents[i])
+                && !tree_is_read(def, i, dependents, &mut memo);
+        }
+        as_blob
+    }
+
     /// Computes the cache key of a vertex and produces its result, from the cache if possible.
     fn run_vertex(
         &self,
         def: &Definition,
         i: usize,
         inputs: &[(Ref, String)],
+        as_blob: bool,
         cancel: &CancelToken,
     ) -> Result<(Ref, String, bool)> {
         if cancel.is_cancelled() {
@@ -550,6 +595,12 @@ impl Solver {
                 parts.extend(input_keys.iter().map(|k| k.as_bytes()));
                 let key = sha256_hex(&parts);
                 self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
+                    if as_blob {
+                        // Anything the staging area cannot hold (size, xattrs) is copied on disk.
+                        if let Ok(made) = self.run_file_as_blob(file, inputs) {
+                            return Ok(made);
+                        }
+                    }
                     self.run_file(file, inputs)
                 })
             }
@@ -848,13 +899,7 @@ impl Solver {
 
     fn label_layer(&self, snapshot: &str, layer: &Descriptor, diff_id: &str) -> Result<()> {
         self.snapshots
-            .set_label(snapshot, LABEL_LAYER_DIGEST, &layer.digest)?;
-        self.snapshots
-            .set_label(snapshot, LABEL_LAYER_MEDIA_TYPE, &layer.media_type)?;
-        self.snapshots
-            .set_label(snapshot, LABEL_LAYER_SIZE, &layer.size.to_string())?;
-        self.snapshots
-            .set_label(snapshot, LABEL_LAYER_DIFF_ID, diff_id)?;
+            .set_labels(snapshot, layer_labels(layer, diff_id))?;
         Ok(())
     }
 
@@ -955,8 +1000,19 @@ impl Solver {
             Ref::Scratch => true,
             Ref::Snapshot(base) => {
                 let view = self.mount_view(base)?;
-                let upper = self.snapshots.upper_dir(&layer_top)?;
-                crate::rebase::stacks_exactly(view.path(), &upper)?
+                let layer = self.snapshots.stat(&layer_top)?;
+                if layer.pending {
+                    // Made as a blob: check its listing rather than unpack it.
+                    match self.layer_entries(&layer)? {
+                        Some(entries) => {
+                            crate::rebase::entries_stack_exactly(view.path(), &entries)?
+                        }
+                        None => false,
+                    }
+                } else {
+                    let upper = self.snapshots.upper_dir(&layer_top)?;
+                    crate::rebase::stacks_exactly(view.path(), &upper)?
+                }
             }
             Ref::Local(n) => bail!("local directory {n:?} cannot be a base"),
         };
@@ -973,97 +1029,51 @@ impl Solver {
         self.run_step(i, &copy.name, || self.run_file(file, &file_inputs))
     }
 
+    /// The entries of a snapshot's own layer, read from its blob; None if the layer deletes
+    /// anything (whiteouts), which stacking cannot be checked for.
+    fn layer_entries(
+        &self,
+        info: &snapshotter::Info,
+    ) -> Result<Option<Vec<crate::rebase::LayerEntry>>> {
+        let layer = labelled_layer(&info.labels)
+            .ok_or_else(|| anyhow!("snapshot {} names no layer blob", info.key))?;
+        let mut archive = tar::Archive::new(exporter::open_layer(&self.content, &layer)?);
+        let mut out = Vec::new();
+        for entry in archive.entries()? {
+            let entry = entry?;
+            // Rebuilt from components: a directory's trailing slash would make lstat follow
+            // a symlink of the base at that path.
+            let path: PathBuf = entry.path()?.components().collect();
+            if path
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b".wh."))
+            {
+                return Ok(None);
+            }
+            let header = entry.header();
+            out.push(crate::rebase::LayerEntry {
+                path,
+                is_dir: header.entry_type().is_dir(),
+                mode: header.mode()? & 0o7777,
+                uid: header.uid()? as u32,
+                gid: header.gid()? as u32,
+            });
+        }
+        Ok(Some(out))
+    }
+
     fn run_file(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
         let parent = Self::parent_of(inputs)?;
         let active = unique("active");
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
-        let upper = self.snapshots.upper_dir(&active)?;
         let res = (|| -> Result<()> {
-            let mut dest = MountGuard::mount(&self.root, &mounts)?;
-            // Source views stay mounted across actions; dropped (even on error) at the end.
-            let mut views: HashMap<usize, MountedView> = HashMap::new();
-            for action in &file.actions {
-                match action {
-                    FileAction::Copy {
-                        src_input,
-                        sources,
-                        dest: to,
-                        chown,
-                        chmod,
-                        exclude,
-                        parents,
-                        unpack,
-                    } => {
-                        let owner = chown
-                            .as_ref()
-                            .map(|c| fileop::resolve_owner(&dest.0, c))
-                            .transpose()?;
-                        let opts = CopyOptions {
-                            owner,
-                            chmod: chmod.as_deref().map(ModeSpec::parse).transpose()?,
-                            exclude: PatternMatcher::new(exclude.iter().map(String::as_str))
-                                .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
-                            parents: *parents,
-                            unpack: *unpack,
-                            direct_upper: Some(upper.clone()),
-                        };
-                        let wrote_direct = match inputs.get(*src_input) {
-                            Some((Ref::Local(local), _)) => {
-                                let idx = self.context_index(local)?;
-                                let src = SourceTree {
-                                    root: &idx.root,
-                                    index: Some(&idx),
-                                };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?
-                            }
-                            Some((Ref::Snapshot(snap), _)) => {
-                                if !views.contains_key(src_input) {
-                                    views.insert(*src_input, self.mount_view(snap)?);
-                                }
-                                let src = SourceTree {
-                                    root: views[src_input].path(),
-                                    index: None,
-                                };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?
-                            }
-                            Some((Ref::Scratch, _)) => {
-                                let empty = tempfile::tempdir()?;
-                                let src = SourceTree {
-                                    root: empty.path(),
-                                    index: None,
-                                };
-                                fileop::copy(&src, sources, &dest.0, to, &opts)?
-                            }
-                            None => bail!("copy source input {src_input} does not exist"),
-                        };
-                        if wrote_direct {
-                            // The upper dir changed under the overlay: remount before reading on.
-                            drop(dest);
-                            dest = MountGuard::mount(&self.root, &mounts)?;
-                        }
-                    }
-                    FileAction::Mkdir { path, mode, chown } => {
-                        let owner = chown
-                            .as_ref()
-                            .map(|c| fileop::resolve_owner(&dest.0, c))
-                            .transpose()?;
-                        fileop::make_dir(&dest.0, path, *mode, owner)?;
-                    }
-                    FileAction::Mkfile {
-                        path,
-                        data,
-                        mode,
-                        chown,
-                    } => {
-                        let owner = chown
-                            .as_ref()
-                            .map(|c| fileop::resolve_owner(&dest.0, c))
-                            .transpose()?;
-                        fileop::make_file(&dest.0, path, data, *mode, owner)?;
-                    }
-                }
-            }
-            Ok(())
+            let upper = self.snapshots.upper_dir(&active)?;
+            let mut dest = FileDest::Overlay {
+                view: MountGuard::mount(&self.root, &mounts)?,
+                mounts: mounts.clone(),
+                upper,
+            };
+            self.apply_file_actions(file, inputs, &mut dest)
         })();
         match res {
             Ok(()) => self.commit_new(&active),
@@ -1072,6 +1082,115 @@ impl Solver {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a file op on an empty tree in a tmpfs and keeps only its layer blob: the result
+    /// is a pending snapshot whose files are unpacked only if something reads them.
+    fn run_file_as_blob(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
+        let staging = crate::staging::Tmpfs::mount(&self.root)?;
+        let mut dest = FileDest::Plain(staging.path().to_path_buf());
+        self.apply_file_actions(file, inputs, &mut dest)?;
+        let compression = self.layer_export.compression;
+        let blob = exporter::write_layer_with(&self.content, &compression, &mut |w| {
+            snapshotter::layer::write_diff_tar(staging.path(), w, &Default::default())
+                .map_err(std::io::Error::other)
+        })?;
+        let name = unique("layer");
+        let mut labels = layer_labels(&blob.descriptor, &blob.diff_id);
+        labels.insert(LABEL_LAYER_BUILT.into(), "1".into());
+        self.snapshots.create_pending(&name, None, labels)?;
+        Ok(name)
+    }
+
+    /// Applies a file op's actions to `dest`.
+    fn apply_file_actions(
+        &self,
+        file: &FileOp,
+        inputs: &[(Ref, String)],
+        dest: &mut FileDest,
+    ) -> Result<()> {
+        // Source views stay mounted across actions; dropped (even on error) at the end.
+        let mut views: HashMap<usize, MountedView> = HashMap::new();
+        for action in &file.actions {
+            match action {
+                FileAction::Copy {
+                    src_input,
+                    sources,
+                    dest: to,
+                    chown,
+                    chmod,
+                    exclude,
+                    parents,
+                    unpack,
+                } => {
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| fileop::resolve_owner(dest.path(), c))
+                        .transpose()?;
+                    let opts = CopyOptions {
+                        owner,
+                        chmod: chmod.as_deref().map(ModeSpec::parse).transpose()?,
+                        exclude: PatternMatcher::new(exclude.iter().map(String::as_str))
+                            .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
+                        parents: *parents,
+                        unpack: *unpack,
+                        direct_upper: Some(dest.upper().to_path_buf()),
+                    };
+                    let wrote_direct = match inputs.get(*src_input) {
+                        Some((Ref::Local(local), _)) => {
+                            let idx = self.context_index(local)?;
+                            let src = SourceTree {
+                                root: &idx.root,
+                                index: Some(&idx),
+                            };
+                            fileop::copy(&src, sources, dest.path(), to, &opts)?
+                        }
+                        Some((Ref::Snapshot(snap), _)) => {
+                            if !views.contains_key(src_input) {
+                                views.insert(*src_input, self.mount_view(snap)?);
+                            }
+                            let src = SourceTree {
+                                root: views[src_input].path(),
+                                index: None,
+                            };
+                            fileop::copy(&src, sources, dest.path(), to, &opts)?
+                        }
+                        Some((Ref::Scratch, _)) => {
+                            let empty = tempfile::tempdir()?;
+                            let src = SourceTree {
+                                root: empty.path(),
+                                index: None,
+                            };
+                            fileop::copy(&src, sources, dest.path(), to, &opts)?
+                        }
+                        None => bail!("copy source input {src_input} does not exist"),
+                    };
+                    if wrote_direct {
+                        dest.refresh(&self.root)?;
+                    }
+                }
+                FileAction::Mkdir { path, mode, chown } => {
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| fileop::resolve_owner(dest.path(), c))
+                        .transpose()?;
+                    fileop::make_dir(dest.path(), path, *mode, owner)?;
+                }
+                FileAction::Mkfile {
+                    path,
+                    data,
+                    mode,
+                    chown,
+                } => {
+                    let owner = chown
+                        .as_ref()
+                        .map(|c| fileop::resolve_owner(dest.path(), c))
+                        .transpose()?;
+                    fileop::make_file(dest.path(), path, data, *mode, owner)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// When each layer of a result was made (base first), as RFC 3339; None where unknown
@@ -1098,7 +1217,11 @@ impl Solver {
     /// The layers of a result, base first, creating (and remembering) gzip blobs for built
     /// snapshots.
     pub fn export_layers(&self, r: &Ref) -> Result<Vec<LayerBlob>> {
-        self.export_layers_with(r, &Default::default())
+        let options = exporter::LayerExportOptions {
+            compression: self.layer_export.compression,
+            mtime_clamp: None,
+        };
+        self.export_layers_with(r, &options)
     }
 
     /// The layers of a result for an export with `options` (compression, timestamps).
@@ -1170,6 +1293,17 @@ impl Solver {
                 let from_base_image = !built;
                 if stored_kind == Some(wanted) && (options.mtime_clamp.is_none() || from_base_image)
                 {
+                    out.push(blob);
+                    continue;
+                }
+                if info.pending && options.mtime_clamp.is_none() {
+                    // Not unpacked: recompress the blob rather than unpack and re-tar it.
+                    let blob = exporter::recompress_layer(
+                        &self.content,
+                        &blob.descriptor,
+                        &options.compression,
+                    )?;
+                    self.label_layer(&info.key, &blob.descriptor, &blob.diff_id)?;
                     out.push(blob);
                     continue;
                 }
@@ -1245,4 +1379,105 @@ pub fn rootfs_mounts(mounts: &[snapshotter::Mount]) -> Vec<executor::Mount> {
 
 fn sha256_hex_plain(s: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(s.as_bytes())))
+}
+
+/// Where a file op writes: an overlay mount of the active snapshot (with its upper dir, which
+/// copies may write directly), or a plain directory.
+enum FileDest {
+    Overlay {
+        view: MountGuard,
+        mounts: Vec<snapshotter::Mount>,
+        upper: PathBuf,
+    },
+    Plain(PathBuf),
+}
+
+impl FileDest {
+    fn path(&self) -> &Path {
+        match self {
+            FileDest::Overlay { view, .. } => &view.0,
+            FileDest::Plain(dir) => dir,
+        }
+    }
+
+    fn upper(&self) -> &Path {
+        match self {
+            FileDest::Overlay { upper, .. } => upper,
+            FileDest::Plain(dir) => dir,
+        }
+    }
+
+    /// After a write straight to the upper dir, overlay must be remounted to see it.
+    fn refresh(&mut self, root: &Path) -> Result<()> {
+        if let FileDest::Overlay { view, mounts, .. } = self {
+            let fresh = MountGuard::mount(root, mounts)?;
+            // The old mount goes (unmounted on drop) once the new one is up.
+            drop(std::mem::replace(view, fresh));
+        }
+        Ok(())
+    }
+}
+
+/// The labels naming a snapshot's own layer blob.
+fn layer_labels(layer: &Descriptor, diff_id: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        (LABEL_LAYER_DIGEST, layer.digest.clone()),
+        (LABEL_LAYER_MEDIA_TYPE, layer.media_type.clone()),
+        (LABEL_LAYER_SIZE, layer.size.to_string()),
+        (LABEL_LAYER_DIFF_ID, diff_id.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The layer blob a snapshot's labels name, if they name one.
+pub(crate) fn labelled_layer(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<Descriptor> {
+    Some(Descriptor {
+        media_type: labels.get(LABEL_LAYER_MEDIA_TYPE)?.clone(),
+        digest: labels.get(LABEL_LAYER_DIGEST)?.clone(),
+        size: labels.get(LABEL_LAYER_SIZE)?.parse().ok()?,
+        ..Default::default()
+    })
+}
+
+/// Fills `dir` with the files of the pending snapshot `info` from its layer blob.
+fn unpack_own_layer(content: &ContentStore, info: &snapshotter::Info, dir: &Path) -> Result<()> {
+    let layer = labelled_layer(&info.labels)
+        .ok_or_else(|| anyhow!("snapshot {} names no layer blob", info.key))?;
+    let reader = exporter::open_layer(content, &layer)?;
+    snapshotter::layer::apply_layer_tar(reader, dir)
+        .with_context(|| format!("unpacking layer {}", layer.digest))?;
+    Ok(())
+}
+
+/// Whether anything reads the files of vertex `i`'s result (mounts it, copies from it, runs
+/// on it), looking through the stacking ops that only pass layers on.
+fn tree_is_read(
+    def: &Definition,
+    i: usize,
+    dependents: &[Vec<usize>],
+    memo: &mut Vec<Option<bool>>,
+) -> bool {
+    if let Some(known) = memo[i] {
+        return known;
+    }
+    // Cycles cannot occur (validated graph); mark to be safe against deep recursion on revisits.
+    memo[i] = Some(true);
+    let read = dependents[i].iter().any(|&d| {
+        let v = &def.vertices[d];
+        match v.op {
+            // A rebase reads its base (the stacking check) and a fallback copy's sources.
+            Op::Rebase => {
+                v.inputs.iter().position(|&j| j == i) != Some(1)
+                    || tree_is_read(def, d, dependents, memo)
+            }
+            Op::Merge => tree_is_read(def, d, dependents, memo),
+            _ => true,
+        }
+    });
+    memo[i] = Some(read);
+    read
 }

@@ -40,6 +40,7 @@ impl Env {
                 no_cache: false,
                 progress: Progress::discard(),
                 exec: Default::default(),
+                layer_export: Default::default(),
             })
             .unwrap(),
         )
