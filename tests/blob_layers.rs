@@ -199,3 +199,38 @@ fn a_blob_layer_is_made_in_the_outputs_compression() {
         );
     }
 }
+
+#[test]
+fn a_cached_blob_copy_is_checked_against_a_changed_base_from_its_blob() {
+    let store = Store::with_busybox();
+    let ctx = app_context("FROM busybox\nRUN mkdir /real\nCOPY app /app\n");
+    let first = store.build(ctx.path(), &[]);
+    ok(&first, "first build");
+    // The base changes under the cached copy: now /app is a link the copy must follow.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN mkdir /real && ln -s /real /app\nCOPY app /app\n",
+    )
+    .unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let second = store.build(
+        ctx.path(),
+        &["-o", &format!("type=local,dest={}", dest.path().display())],
+    );
+    ok(&second, "second build");
+    assert!(
+        cached_steps(&second)
+            .iter()
+            .any(|n| n.contains("COPY app /app")),
+        "{:?}",
+        cached_steps(&second)
+    );
+    assert_eq!(
+        std::fs::read_link(dest.path().join("app")).unwrap(),
+        Path::new("/real")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("real/a.txt")).unwrap(),
+        "alpha\n"
+    );
+}

@@ -89,6 +89,25 @@ fn stacks_below(base: &Path, layer: &Path, rel: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The entries of the tree at `root`, parents before children, as its layer lists them.
+pub fn tree_entries(root: &Path) -> io::Result<Vec<LayerEntry>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        for dirent in std::fs::read_dir(root.join(&rel))? {
+            let dirent = dirent?;
+            let entry = LayerEntry::of(rel.join(dirent.file_name()), &dirent.metadata()?);
+            if entry.is_dir {
+                dirs.push(entry.path.clone());
+            }
+            out.push(entry);
+        }
+    }
+    // Sorted by path, every directory precedes what it holds.
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 /// [`stacks_exactly`] for a layer known by its entries (parents listed before children), as
 /// read from its blob.
 pub fn entries_stack_exactly(base: &Path, entries: &[LayerEntry]) -> io::Result<bool> {
@@ -161,33 +180,10 @@ mod tests {
         assert!(!stacks_exactly(dir_where_layer_has_file.path(), layer.path()).unwrap());
     }
 
-    /// The entries of a tree, parents first, as a layer blob lists them.
-    fn entries(root: &Path) -> Vec<LayerEntry> {
-        let mut out = Vec::new();
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel) = stack.pop() {
-            let mut names: Vec<_> = std::fs::read_dir(root.join(&rel))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            names.sort();
-            for name in names.into_iter().rev() {
-                let path = rel.join(name);
-                let md = std::fs::symlink_metadata(root.join(&path)).unwrap();
-                if md.is_dir() {
-                    stack.push(path.clone());
-                }
-                out.push(LayerEntry::of(path, &md));
-            }
-        }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        out
-    }
-
     #[test]
     fn entries_give_the_same_answers_as_trees() {
         let layer = tree(&["app/", "app/f", "src/", "src/a/", "src/a/b"]);
-        let listed = entries(layer.path());
+        let listed = tree_entries(layer.path()).unwrap();
         let cases = [
             (tree(&["etc/", "etc/passwd", "app/", "app/old"]), true),
             (tree(&["app"]), false),

@@ -96,6 +96,8 @@ pub struct Solver {
     cache: crate::cache::CacheState,
     pub(crate) exec_config: ExecConfig,
     layer_export: exporter::LayerExportOptions,
+    /// Entries of the layers made as blobs in this process, for the stacking check.
+    blob_listings: Mutex<HashMap<String, Arc<Vec<crate::rebase::LayerEntry>>>>,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -189,6 +191,7 @@ impl Solver {
             cache: Default::default(),
             exec_config: cfg.exec,
             layer_export: cfg.layer_export,
+            blob_listings: Default::default(),
         };
         solver.remove_stale_snapshots();
         crate::mounts::sweep_stale(&solver.root);
@@ -1003,7 +1006,17 @@ impl Solver {
                 let layer = self.snapshots.stat(&layer_top)?;
                 if layer.pending {
                     // Made as a blob: check its listing rather than unpack it.
-                    match self.layer_entries(&layer)? {
+                    let known = self
+                        .blob_listings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&layer_top)
+                        .cloned();
+                    let entries = match known {
+                        Some(listing) => Some(listing),
+                        None => self.layer_entries(&layer)?.map(Arc::new),
+                    };
+                    match entries {
                         Some(entries) => {
                             crate::rebase::entries_stack_exactly(view.path(), &entries)?
                         }
@@ -1099,6 +1112,12 @@ impl Solver {
         let mut labels = layer_labels(&blob.descriptor, &blob.diff_id);
         labels.insert(LABEL_LAYER_BUILT.into(), "1".into());
         self.snapshots.create_pending(&name, None, labels)?;
+        // Listing the staged tree now spares the stacking check a read of the whole blob.
+        let listing = crate::rebase::tree_entries(staging.path())?;
+        self.blob_listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Arc::new(listing));
         Ok(name)
     }
 
