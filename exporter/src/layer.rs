@@ -85,13 +85,100 @@ pub fn write_layer(
     write_layer_with(content, &Compression::default(), produce)
 }
 
+/// Writes (and so hashes) a blob on a thread of its own, so that work overlaps producing and
+/// compressing the layer.
+struct OffThreadWriter<W: Write + Send + 'static> {
+    buffer: Vec<u8>,
+    chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<io::Result<W>>>,
+}
+
+impl<W: Write + Send + 'static> OffThreadWriter<W> {
+    fn new(mut inner: W) -> io::Result<Self> {
+        // A few chunks in flight: enough to smooth out bursts, little memory.
+        let (chunks, incoming) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let writer = std::thread::Builder::new()
+            .name("blob-writer".into())
+            .spawn(move || {
+                for chunk in incoming {
+                    inner.write_all(&chunk)?;
+                }
+                Ok(inner)
+            })?;
+        Ok(Self {
+            buffer: Vec::with_capacity(COPY_BUFFER_SIZE),
+            chunks: Some(chunks),
+            writer: Some(writer),
+        })
+    }
+
+    fn send_buffer(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(COPY_BUFFER_SIZE));
+        let sent = self.chunks.as_ref().map(|c| c.send(chunk));
+        if let Some(Ok(())) = sent {
+            return Ok(());
+        }
+        // The writer thread stopped: its error says why.
+        self.chunks = None;
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(io::Error::other("blob writer stopped")),
+        }
+    }
+
+    fn join(&mut self) -> io::Result<W> {
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| io::Error::other("blob writer already finished"))?;
+        writer
+            .join()
+            .map_err(|_| io::Error::other("blob writer thread panicked"))?
+    }
+
+    /// Writes what is buffered and returns the inner writer once all is written.
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buffer.is_empty() {
+            self.send_buffer()?;
+        }
+        self.chunks = None;
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for OffThreadWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = COPY_BUFFER_SIZE - self.buffer.len();
+        let taken = room.min(buf.len());
+        self.buffer.extend_from_slice(&buf[..taken]);
+        if self.buffer.len() == COPY_BUFFER_SIZE {
+            self.send_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for OffThreadWriter<W> {
+    fn drop(&mut self) {
+        // Unfinished (an error upstream): stop the thread; the inner writer is dropped there.
+        self.chunks = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 /// Like [`write_layer`] with the given compression; the descriptor gets the OCI media type.
 pub fn write_layer_with(
     content: &ContentStore,
     compression: &Compression,
     produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 ) -> Result<LayerBlob> {
-    let blob = io::BufWriter::with_capacity(COPY_BUFFER_SIZE, content.writer()?);
+    let blob = OffThreadWriter::new(content.writer()?)?;
     let encoder = compression
         .encoder(blob)
         .context(|| format!("starting {} compressor", compression.kind))?;
@@ -103,10 +190,7 @@ pub fn write_layer_with(
     let blob = encoder
         .finish()
         .context(|| "compressing layer".to_string())?;
-    let blob = blob
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .context(|| "flushing layer blob".to_string())?;
+    let blob = blob.finish().context(|| "writing layer blob".to_string())?;
     let (digest, size) = blob.commit(None)?;
     let media_type = compression
         .kind
