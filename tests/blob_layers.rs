@@ -234,3 +234,51 @@ fn a_cached_blob_copy_is_checked_against_a_changed_base_from_its_blob() {
         "alpha\n"
     );
 }
+
+/// Mount points under the store root whose name says they stage a blob layer.
+fn staging_mounts(store: &Store) -> Vec<String> {
+    let root = store.root().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|mp| mp.starts_with(&root) && mp.contains("/tmp/staging-"))
+        .collect()
+}
+
+#[test]
+fn a_build_killed_while_staging_a_blob_leaves_no_tmpfs_behind() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN sleep 30\nCOPY big /big\n")]);
+    std::fs::create_dir(ctx.path().join("big")).unwrap();
+    for n in 0..64 {
+        let f = std::fs::File::create(ctx.path().join(format!("big/{n}"))).unwrap();
+        f.set_len(8 << 20).unwrap();
+    }
+    let mut child = store
+        .cmd()
+        .args(["build", "--progress=quiet"])
+        .arg(ctx.path())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while staging_mounts(&store).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(
+        !staging_mounts(&store).is_empty(),
+        "the copy was never staged"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!staging_mounts(&store).is_empty());
+
+    let good = context(&[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\n")]);
+    let out = store.build(good.path(), &[]);
+    ok(&out, "build after kill");
+    assert!(
+        staging_mounts(&store).is_empty(),
+        "{:?}",
+        staging_mounts(&store)
+    );
+}
