@@ -298,7 +298,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let mut cache_exports = Vec::new();
     for to in &cache_to {
         if let Some(done) =
-            solver::cache::export_cache(&solver, &plan.graph, &solved.results, to).await?
+            solver::cache::export_cache(&solver, &plan.graph, &plan.outputs, &solved.results, to)
+                .await?
         {
             cache_exports.push(done);
         }

@@ -491,3 +491,40 @@ fn arm_variants_are_kept_apart_and_older_ones_serve_newer_cpus() {
         stderr(&too_old)
     );
 }
+
+#[test]
+fn min_mode_cache_export_covers_every_platform() {
+    let dockerfile = "FROM busybox\nRUN uname -m > /arch\nCOPY f /f\n";
+    let ctx = context(&[("Dockerfile", dockerfile), ("f", "x\n")]);
+    let cache = tempfile::tempdir().unwrap();
+    let first = multiarch_store();
+    ok(&first.build(
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-to",
+            &format!("type=local,dest={},mode=min", cache.path().display()),
+        ],
+    ));
+    let fresh = multiarch_store();
+    let second = fresh.build(
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &format!("type=local,src={}", cache.path().display()),
+        ],
+    );
+    ok(&second);
+    assert_eq!(started_steps(&second, "RUN uname"), Vec::<String>::new());
+    assert_eq!(started_steps(&second, "COPY f"), Vec::<String>::new());
+    let cached_runs = events(&second)
+        .iter()
+        .filter(|e| {
+            e["event"] == "cached" && e["name"].as_str().unwrap_or("").contains("RUN uname")
+        })
+        .count();
+    assert_eq!(cached_runs, 2, "{}", stderr(&second));
+}

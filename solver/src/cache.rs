@@ -533,9 +533,9 @@ pub fn restore_mounts(solver: &Solver, config: &CacheConfig, blobs: &ImportBlobs
     Ok(())
 }
 
-/// Vertices whose results a cache export records: for `min` the steps along the output's
-/// root filesystem (input 0), for `max` every step.
-fn exported_vertices(def: &Definition, mode: CacheMode) -> Vec<usize> {
+/// Vertices whose results a cache export records: for `min` the steps along each output's
+/// root filesystem (input 0; one output per platform), for `max` every step.
+fn exported_vertices(def: &Definition, outputs: &[usize], mode: CacheMode) -> Vec<usize> {
     let is_step = |i: usize| {
         !matches!(
             def.vertices[i].op,
@@ -554,26 +554,29 @@ fn exported_vertices(def: &Definition, mode: CacheMode) -> Vec<usize> {
         }
         CacheMode::Min => {
             let mut out = Vec::new();
-            let mut cur = def.output;
-            while let Some(i) = cur {
-                if !is_step(i) {
-                    break;
+            for &output in outputs {
+                let mut cur = Some(output);
+                while let Some(i) = cur {
+                    if !is_step(i) {
+                        break;
+                    }
+                    out.push(i);
+                    // A rebased or linked copy's own layer is part of the image too, and a
+                    // fresh store needs its key to find the stacked result.
+                    if matches!(def.vertices[i].op, Op::Merge | Op::Rebase) {
+                        out.extend(
+                            def.vertices[i]
+                                .inputs
+                                .get(1)
+                                .copied()
+                                .filter(|&j| is_step(j)),
+                        );
+                    }
+                    cur = def.vertices[i].inputs.first().copied();
                 }
-                out.push(i);
-                // A rebased or linked copy's own layer is part of the image too, and a
-                // fresh store needs its key to find the stacked result.
-                if matches!(def.vertices[i].op, Op::Merge | Op::Rebase) {
-                    out.extend(
-                        def.vertices[i]
-                            .inputs
-                            .get(1)
-                            .copied()
-                            .filter(|&j| is_step(j)),
-                    );
-                }
-                cur = def.vertices[i].inputs.first().copied();
             }
             out.sort_unstable();
+            out.dedup();
             out
         }
     }
@@ -583,11 +586,12 @@ fn exported_vertices(def: &Definition, mode: CacheMode) -> Vec<usize> {
 pub fn collect_records(
     solver: &Solver,
     def: &Definition,
+    outputs: &[usize],
     results: &[Option<(Ref, String)>],
     mode: CacheMode,
 ) -> Result<CacheConfig> {
     let mut config = CacheConfig::default();
-    for i in exported_vertices(def, mode) {
+    for i in exported_vertices(def, outputs, mode) {
         let Some((r @ Ref::Snapshot(_), key)) = &results[i] else {
             continue;
         };
@@ -677,10 +681,12 @@ pub struct CacheExport {
     pub mounts: usize,
 }
 
-/// Exports the build cache of a finished solve to one `--cache-to` (not `inline`).
+/// Exports the build cache of a finished solve of `outputs` (one per platform) to one
+/// `--cache-to` (not `inline`).
 pub async fn export_cache(
     solver: &Arc<Solver>,
     def: &Definition,
+    outputs: &[usize],
     results: &[Option<(Ref, String)>],
     to: &CacheTo,
 ) -> Result<Option<CacheExport>> {
@@ -690,9 +696,14 @@ pub async fn export_cache(
         }
         CacheTo::Inline => return Ok(None),
     };
-    let (s, d, r) = (solver.clone(), def.clone(), results.to_vec());
+    let (s, d, r, o) = (
+        solver.clone(),
+        def.clone(),
+        results.to_vec(),
+        outputs.to_vec(),
+    );
     let config = tokio::task::spawn_blocking(move || -> Result<CacheConfig> {
-        let mut config = collect_records(&s, &d, &r, mode)?;
+        let mut config = collect_records(&s, &d, &o, &r, mode)?;
         if mounts {
             add_mounts(&s, &mut config)?;
         }
@@ -774,7 +785,8 @@ pub fn write_image_with_inline_cache(
     results: &[Option<(Ref, String)>],
     oci_media_types: bool,
 ) -> Result<Descriptor> {
-    let mut records = collect_records(solver, def, results, CacheMode::Min)?;
+    let outputs: Vec<usize> = def.output.into_iter().collect();
+    let mut records = collect_records(solver, def, &outputs, results, CacheMode::Min)?;
     let own: std::collections::HashSet<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
     let layer_digests: Vec<String> = records
         .layers
