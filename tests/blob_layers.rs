@@ -282,3 +282,51 @@ fn a_build_killed_while_staging_a_blob_leaves_no_tmpfs_behind() {
         staging_mounts(&store)
     );
 }
+
+fn snapshot_names(store: &Store) -> Vec<String> {
+    let text = std::fs::read_to_string(store.root().join("snapshots/metadata.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut names: Vec<String> = meta["snapshots"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn running_or_building_on_a_just_built_image_unpacks_none_of_its_layers_again() {
+    let store = Store::with_busybox();
+    let ctx = app_context("FROM busybox\nRUN echo built > /built\nCOPY app /app\n");
+    ok(&store.build(ctx.path(), &["-t", "app"]), "build");
+    let before = snapshot_names(&store);
+    let run = store.run(&["run", "--rm", "app", "cat", "/built", "/app/a.txt"]);
+    ok(&run, "run");
+    assert_eq!(common::stdout(&run), "built\nalpha\n");
+    // The built snapshots served as the rootfs: no unpacked twin of any layer was made.
+    assert_eq!(snapshot_names(&store), before);
+
+    let child = context(&[("Dockerfile", "FROM app\nRUN cat /app/sub/b.txt > /copied\n")]);
+    let dest = tempfile::tempdir().unwrap();
+    ok(
+        &store.build(
+            child.path(),
+            &["-o", &format!("type=local,dest={}", dest.path().display())],
+        ),
+        "build on app",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("copied")).unwrap(),
+        "beta\n"
+    );
+    let after: Vec<String> = snapshot_names(&store)
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert!(
+        after.iter().all(|n| !n.starts_with("sha256:")),
+        "layers were unpacked again: {after:?}"
+    );
+}

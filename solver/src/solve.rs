@@ -851,10 +851,12 @@ impl Solver {
         if let Some(top) = self.defer_unpack(&layers) {
             return Ok((Ref::Snapshot(top.clone()), top, false));
         }
-        let (top, all_cached) = self.unpack_chain(&layers)?;
-        match top {
-            None => Ok((Ref::Scratch, "scratch".into(), all_cached)),
-            Some(top) => Ok((Ref::Snapshot(top.clone()), top, all_cached)),
+        let (top, all_cached) = self.unpack_layers(&layers, true)?;
+        // The key is the chain id whichever snapshot holds the files, so it stays the same
+        // across stores.
+        match (top, crate::cache::chain_id(layers.iter().map(|(_, d)| d))) {
+            (Some(top), Some(chain)) => Ok((Ref::Snapshot(top), chain, all_cached)),
+            _ => Ok((Ref::Scratch, "scratch".into(), all_cached)),
         }
     }
 
@@ -864,14 +866,55 @@ impl Solver {
         &self,
         layers: &[(Descriptor, String)],
     ) -> Result<(Option<String>, bool)> {
+        self.unpack_layers(layers, false)
+    }
+
+    /// [`Self::unpack_chain`]; with `reuse_built`, a layer this store built (a snapshot on the
+    /// same parent with the same diff id) stands in for an unpacked copy of it, so running or
+    /// building on a just-built image unpacks nothing. Returns the top snapshot's name.
+    fn unpack_layers(
+        &self,
+        layers: &[(Descriptor, String)],
+        reuse_built: bool,
+    ) -> Result<(Option<String>, bool)> {
         let mut parent: Option<String> = None;
+        let mut parent_chain: Option<String> = None;
         let mut all_cached = true;
+        let mut built: Option<Vec<snapshotter::Info>> = None;
         for (layer, diff_id) in layers {
-            let chain = match &parent {
+            let chain = match &parent_chain {
                 None => diff_id.clone(),
                 Some(p) => sha256_hex_plain(&format!("{p} {diff_id}")),
             };
-            if !self.snapshots.exists(&chain) {
+            parent_chain = Some(chain.clone());
+            if self.snapshots.exists(&chain) {
+                parent = Some(chain);
+                continue;
+            }
+            if reuse_built {
+                let built = match &mut built {
+                    Some(b) => b,
+                    None => built.insert(
+                        self.snapshots
+                            .walk()?
+                            .into_iter()
+                            .filter(|i| {
+                                i.kind == snapshotter::Kind::Committed
+                                    && i.labels.contains_key(LABEL_LAYER_BUILT)
+                            })
+                            .collect(),
+                    ),
+                };
+                let same = built.iter().find(|i| {
+                    i.parent == parent
+                        && i.labels.get(LABEL_LAYER_DIFF_ID).map(String::as_str) == Some(diff_id)
+                });
+                if let Some(same) = same {
+                    parent = Some(same.key.clone());
+                    continue;
+                }
+            }
+            {
                 all_cached = false;
                 let active = unique("unpack");
                 self.snapshots.prepare(&active, parent.as_deref())?;
