@@ -309,13 +309,14 @@ fn creator_alive(key: &str) -> bool {
     }
 }
 
-/// Blobs reachable from the tagged images, and the chain ids of every prefix of their layers.
-fn image_roots(
-    images: &ImageStore,
-    content: &ContentStore,
-) -> Result<(HashSet<String>, HashSet<String>)> {
+type ImageRoots = (HashSet<String>, HashSet<String>, HashSet<String>);
+
+/// What the tagged images hold: blobs reachable from them, the chain ids of every prefix of
+/// their layer stacks, and their layers' diff ids.
+fn image_roots(images: &ImageStore, content: &ContentStore) -> Result<ImageRoots> {
     let mut blobs = HashSet::new();
     let mut chains = HashSet::new();
+    let mut layer_diff_ids = HashSet::new();
     let mut queue: Vec<(String, String)> = images
         .list()?
         .into_iter()
@@ -371,8 +372,9 @@ fn image_roots(
         for n in 1..=diff_ids.len() {
             chains.extend(chain_id(&diff_ids[..n]));
         }
+        layer_diff_ids.extend(diff_ids);
     }
-    Ok((blobs, chains))
+    Ok((blobs, chains, layer_diff_ids))
 }
 
 impl Inventory {
@@ -381,7 +383,7 @@ impl Inventory {
         let content = ContentStore::open(root)?;
         let snapshots = Snapshotter::open(root)?;
         let images = ImageStore::open(root, content.clone())?;
-        let (image_blobs, image_chains) = image_roots(&images, &content)?;
+        let (image_blobs, image_chains, image_diff_ids) = image_roots(&images, &content)?;
         let mut items = Vec::new();
 
         // Cache keys: key file → snapshot name.
@@ -453,9 +455,17 @@ impl Inventory {
             }
         }
         for info in &all {
-            let is_image = chain_of[&info.key]
-                .as_ref()
-                .is_some_and(|c| image_chains.contains(c));
+            // A copy made on an empty tree (an automatic `--link`) holds one image layer on its
+            // own: the step's cache result, the same bytes as the layer stacked in the image.
+            let is_link_layer = info.parent.is_none()
+                && info
+                    .labels
+                    .get(LABEL_LAYER_DIFF_ID)
+                    .is_some_and(|d| image_diff_ids.contains(d));
+            let is_image = is_link_layer
+                || chain_of[&info.key]
+                    .as_ref()
+                    .is_some_and(|c| image_chains.contains(c));
             let (kind, pinned) = match info.kind {
                 Kind::Committed if is_image => (EntryKind::ImageLayer, None),
                 Kind::Committed => (EntryKind::CacheResult, None),
@@ -544,7 +554,8 @@ impl Inventory {
                 },
                 target: Target::Mount(name),
                 pinned: None,
-                needs_all: true,
+                // Kept by a plain prune through `type_ok`, so that a type filter can name them.
+                needs_all: false,
                 blobs: Vec::new(),
                 depth: 0,
             });
