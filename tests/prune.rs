@@ -380,7 +380,7 @@ fn prune_during_a_build_waits_and_removes_nothing_the_build_uses() {
     let warm = context(&[("Dockerfile", "FROM busybox\nRUN echo base > /base\n")]);
     build(&store, warm.path(), &[]);
 
-    let mut child = store
+    let child = store
         .cmd()
         .args(["build", "--progress=rawjson", "-t", "app"])
         .arg(ctx.path())
