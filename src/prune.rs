@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use solver::gc::{self, EntryKind, FilterType, Inventory, PruneOptions, StoreLock};
+use std::fmt::Write as _;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
 
@@ -112,85 +113,109 @@ pub fn prune(root: &Path, args: PruneArgs) -> Result<i32> {
         )
     })?;
     let report = Inventory::scan(root)?.prune(&options)?;
+    let mut out = String::new();
     if args.verbose {
-        print_entries(&report.removed, false);
+        render_entries(&mut out, &report.removed, false);
     }
-    let totals = gc::totals(&report.removed);
-    for (kind, (count, bytes, _, _)) in &totals {
-        println!(
+    for (kind, (count, bytes, _, _)) in &gc::totals(&report.removed) {
+        let _ = writeln!(
+            out,
             "Removed {count} {}: {}",
             kind.title(),
             gc::human_size(*bytes)
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "Total reclaimed space: {}",
         gc::human_size(report.reclaimed)
     );
-    Ok(0)
+    emit(&out)
 }
 
 pub fn du(root: &Path, args: DuArgs) -> Result<i32> {
     let options = options(&args.filters, false, None)?;
     let entries = Inventory::scan(root)?.entries(&options);
+    let mut out = String::new();
     if let DuFormat::Json = args.format {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(0);
+        out = serde_json::to_string_pretty(&entries)?;
+        out.push('\n');
+        return emit(&out);
     }
     if args.verbose {
-        print_entries(&entries, true);
-        println!();
+        render_entries(&mut out, &entries, true);
+        out.push('\n');
     }
     let totals = gc::totals(&entries);
-    println!(
-        "{:<26} {:>8} {:>10} {:>12} {:>12}",
-        "TYPE", "ENTRIES", "SIZE", "RECLAIMABLE", "WITH --all"
+    let row = |out: &mut String, cells: [&str; 5]| {
+        let [kind, count, size, reclaimable, with_all] = cells;
+        let _ = writeln!(
+            out,
+            "{kind:<26} {count:>8} {size:>10} {reclaimable:>12} {with_all:>12}"
+        );
+    };
+    row(
+        &mut out,
+        ["TYPE", "ENTRIES", "SIZE", "RECLAIMABLE", "WITH --all"],
     );
     let mut sum = (0u64, 0u64, 0u64);
     for kind in EntryKind::ALL {
         let (count, size, reclaimable, with_all) = totals.get(&kind).copied().unwrap_or_default();
         sum = (sum.0 + size, sum.1 + reclaimable, sum.2 + with_all);
-        println!(
-            "{:<26} {:>8} {:>10} {:>12} {:>12}",
-            kind.title(),
-            count,
-            gc::human_size(size),
-            gc::human_size(reclaimable),
-            gc::human_size(with_all)
+        row(
+            &mut out,
+            [
+                kind.title(),
+                &count.to_string(),
+                &gc::human_size(size),
+                &gc::human_size(reclaimable),
+                &gc::human_size(with_all),
+            ],
         );
     }
-    println!(
-        "{:<26} {:>8} {:>10} {:>12} {:>12}",
-        "Total",
-        entries.len(),
-        gc::human_size(sum.0),
-        gc::human_size(sum.1),
-        gc::human_size(sum.2)
+    row(
+        &mut out,
+        [
+            "Total",
+            &entries.len().to_string(),
+            &gc::human_size(sum.0),
+            &gc::human_size(sum.1),
+            &gc::human_size(sum.2),
+        ],
     );
-    Ok(0)
+    emit(&out)
 }
 
-fn print_entries(entries: &[gc::Entry], with_reclaimable: bool) {
+/// Writes a command's output; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> Result<i32> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
+
+fn render_entries(out: &mut String, entries: &[gc::Entry], with_reclaimable: bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    print!(
+    let _ = write!(
+        out,
         "{:<24} {:<72} {:>10} {:>14}",
         "TYPE", "ID", "SIZE", "LAST USED"
     );
     if with_reclaimable {
-        print!(" {:>11}", "RECLAIMABLE");
+        let _ = write!(out, " {:>11}", "RECLAIMABLE");
     }
-    println!();
+    out.push('\n');
     for e in entries {
-        let ago = ago(now.saturating_sub(e.last_used));
-        print!(
+        let _ = write!(
+            out,
             "{:<24} {:<72} {:>10} {:>14}",
             e.kind.title(),
             e.id,
             gc::human_size(e.size),
-            ago
+            ago(now.saturating_sub(e.last_used))
         );
         if with_reclaimable {
             let why = match (e.reclaimable, e.kept_for) {
@@ -198,9 +223,9 @@ fn print_entries(entries: &[gc::Entry], with_reclaimable: bool) {
                 (false, Some(why)) => format!("no ({why})"),
                 (false, None) => "no".to_string(),
             };
-            print!(" {why:>11}");
+            let _ = write!(out, " {why:>11}");
         }
-        println!();
+        out.push('\n');
     }
 }
 

@@ -430,34 +430,8 @@ fn a_build_started_during_a_prune_waits_for_it() {
     assert!(holder.wait().unwrap().success());
 }
 
-#[test]
-fn a_prune_killed_midway_leaves_a_usable_store() {
-    let store = Store::with_busybox();
-    let mut dockerfile = String::from("FROM busybox\n");
-    for i in 0..12 {
-        dockerfile.push_str(&format!("RUN echo {i} > /f{i}\n"));
-    }
-    let ctx = context(&[("Dockerfile", &dockerfile)]);
-    build(&store, ctx.path(), &[]);
-    assert!(snapshot_keys(&store).len() > 12);
-
-    let mut child = store.cmd().args(["prune", "-f"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(60));
-    let _ = child.kill();
-    let _ = child.wait();
-
-    // Every snapshot the metadata lists still has its dir, and the dirs it no longer lists
-    // are swept at the next open.
-    let again = build(&store, ctx.path(), &["-t", "after"]);
-    assert!(again.status.success());
-    let run = store.run(&["run", "--rm", "after", "cat", "/f11"]);
-    assert_eq!(stdout(&run), "11\n", "{}", stderr(&run));
-    prune(&store, &["-f"]);
-    let entries = du(&store);
-    assert!(
-        entries.iter().all(|e| e["reclaimable"] == false),
-        "{entries:#?}"
-    );
+/// Snapshot dirs on disk are exactly those the metadata lists.
+fn assert_no_orphan_snapshot_dirs(store: &Store) {
     let meta: Value = serde_json::from_slice(
         &std::fs::read(store.root().join("snapshots/metadata.json")).unwrap(),
     )
@@ -475,7 +449,117 @@ fn a_prune_killed_midway_leaves_a_usable_store() {
             name.parse::<u64>().ok().map(|_| name)
         })
         .collect();
-    assert_eq!(dirs, live, "no orphan snapshot dirs");
+    assert_eq!(dirs, live, "snapshot dirs and metadata disagree");
+}
+
+#[test]
+fn a_prune_killed_midway_leaves_a_usable_store() {
+    let store = Store::with_busybox();
+    let mut dockerfile = String::from("FROM busybox\n");
+    for i in 0..12 {
+        dockerfile.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    // A prune of this store takes a few hundred ms (one metadata fsync per snapshot): kill it
+    // at several moments of it.
+    for delay_ms in [60, 200] {
+        build(&store, ctx.path(), &[]);
+        let full = snapshot_keys(&store).len();
+        assert!(full > 12);
+        let mut child = store
+            .cmd()
+            .args(["prune", "-f"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "killed after {delay_ms} ms: {} of {full} snapshots left",
+            snapshot_keys(&store).len()
+        );
+
+        // The store works: du reads it, a build finds what is left and remakes the rest.
+        let du_out = store.run(&["du"]);
+        assert!(du_out.status.success(), "{}", stderr(&du_out));
+        let again = build(&store, ctx.path(), &["-t", "after"]);
+        assert_eq!(
+            steps(&again, "cached").len() + steps(&again, "started").len(),
+            12,
+            "{}",
+            stderr(&again)
+        );
+        let run = store.run(&["run", "--rm", "after", "cat", "/f0", "/f11"]);
+        assert_eq!(stdout(&run), "0\n11\n", "{}", stderr(&run));
+        assert!(store.run(&["rmi", "after"]).status.success());
+    }
+    // A finished prune then leaves nothing reclaimable and no orphan dirs.
+    prune(&store, &["-f"]);
+    let entries = du(&store);
+    assert!(
+        entries.iter().all(|e| e["reclaimable"] == false),
+        "{entries:#?}"
+    );
+    assert_no_orphan_snapshot_dirs(&store);
+}
+
+/// Records kept from an imported cache: those of the tagged image's layers stay (they are its
+/// cache), the others go with their blobs; `--all` takes them all but no image blob.
+#[test]
+fn imported_cache_records_are_pruned_with_their_blobs() {
+    let first = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", MULTI_STAGE)]);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={},mode=max", cache_dir.path().display());
+    build(&first, ctx.path(), &["--cache-to", &dest]);
+
+    let store = Store::with_busybox();
+    let src = format!("type=local,src={}", cache_dir.path().display());
+    let imported = build(&store, ctx.path(), &["--cache-from", &src, "-t", "app"]);
+    assert_eq!(
+        steps(&imported, "started"),
+        Vec::<String>::new(),
+        "{}",
+        stderr(&imported)
+    );
+    let records = ids_of(&du(&store), "cache-record");
+    assert!(records.len() >= 2, "hits are kept as records: {records:?}");
+
+    let needed: BTreeSet<String> = image_blobs(&store, "app")
+        .union(&image_blobs(&store, "busybox"))
+        .cloned()
+        .collect();
+    prune(&store, &["-f"]);
+    let kept = ids_of(&du(&store), "cache-record");
+    assert!(
+        !kept.is_empty() && kept.len() < records.len(),
+        "{kept:?} of {records:?}"
+    );
+    // The build stage's 2 MB layer blob went with its record.
+    assert_eq!(blob_files(&store), needed);
+    let again = build(&store, ctx.path(), &["-t", "app"]);
+    assert_eq!(
+        steps(&again, "cached"),
+        vec![
+            "[stage-1 2/3] RUN echo final > /final".to_string(),
+            "[stage-1 3/3] COPY --from=build /artifact /artifact".to_string()
+        ],
+        "{}",
+        stderr(&again)
+    );
+
+    prune(&store, &["-af"]);
+    assert!(ids_of(&du(&store), "cache-record").is_empty());
+    assert_eq!(
+        blob_files(&store),
+        image_blobs(&store, "app")
+            .union(&image_blobs(&store, "busybox"))
+            .cloned()
+            .collect()
+    );
+    let run = store.run(&["run", "--rm", "app", "cat", "/artifact", "/final"]);
+    assert_eq!(stdout(&run), "built\nfinal\n", "{}", stderr(&run));
 }
 
 #[test]

@@ -518,7 +518,9 @@ impl Inventory {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             let chain = chain_id(layers.iter().map(|l| &l.diff_id));
-            let is_image = chain.is_some_and(|c| image_chains.contains(&c));
+            // As for snapshots: a whole image's stack, or one of its layers made on its own.
+            let is_link_layer = layers.len() == 1 && image_diff_ids.contains(&layers[0].diff_id);
+            let is_image = is_link_layer || chain.is_some_and(|c| image_chains.contains(&c));
             items.push(Item {
                 entry: Entry {
                     kind: EntryKind::CacheRecord,
