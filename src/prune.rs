@@ -125,6 +125,13 @@ pub fn prune(root: &Path, args: PruneArgs) -> Result<i32> {
             gc::human_size(*bytes)
         );
     }
+    if report.abandoned_uploads > 0 {
+        let _ = writeln!(
+            out,
+            "Removed abandoned uploads: {}",
+            gc::human_size(report.abandoned_uploads)
+        );
+    }
     let _ = writeln!(
         out,
         "Total reclaimed space: {}",

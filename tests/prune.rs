@@ -647,3 +647,71 @@ fn du_reports_sizes_by_kind_and_reclaimable_totals() {
         .unwrap();
     assert!(big >= 2 << 20, "the 2 MB stage result is counted: {big}");
 }
+
+#[test]
+fn prune_cleans_up_after_a_killed_build() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN dd if=/dev/zero of=/junk bs=1k count=512 2>/dev/null && sleep 30\n",
+    )]);
+    let mut child = store
+        .cmd()
+        .args(["build", "--progress=plain", "-t", "never"])
+        .arg(ctx.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the RUN's writable snapshot, then kill the build outright.
+    let start = Instant::now();
+    while !snapshot_keys(&store)
+        .iter()
+        .any(|k| k.starts_with("active-"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the RUN never started: {:?}",
+            snapshot_keys(&store)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The container helper dies with its parent; give it a moment to let go of its mounts.
+    std::thread::sleep(Duration::from_millis(300));
+    // An upload a killed pull left behind, and one a live writer still holds.
+    let ingest = store.root().join("content/ingest");
+    std::fs::write(ingest.join("abandoned"), vec![0u8; 4096]).unwrap();
+    std::fs::write(ingest.join("live"), b"partial").unwrap();
+    let mut writer = Command::new("flock")
+        .arg(ingest.join("live"))
+        .args(["sleep", "5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let out = prune(&store, &["-f"]);
+    assert!(
+        stdout(&out).contains("active snapshots"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("Removed abandoned uploads"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!ingest.join("abandoned").exists());
+    assert!(ingest.join("live").exists(), "a live upload stays");
+    let left = snapshot_keys(&store);
+    assert_eq!(left.len(), 1, "only busybox's layer stays: {left:?}");
+    assert_no_orphan_snapshot_dirs(&store);
+    let tmp = std::fs::read_dir(store.root().join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tmp, 0, "temporary mount points are gone");
+    let _ = writer.kill();
+    let _ = writer.wait();
+}

@@ -237,6 +237,9 @@ pub struct Inventory {
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     pub removed: Vec<Entry>,
+    /// Bytes of blob uploads left by killed processes.
+    pub abandoned_uploads: u64,
+    /// All bytes freed.
     pub reclaimed: u64,
 }
 
@@ -749,6 +752,11 @@ impl Inventory {
             .map(|(item, _)| item)
             .collect();
         let mut report = PruneReport::default();
+        // Leftovers of killed processes: temp mounts and copies, half-made cache mounts,
+        // uploads. Nothing else runs on the store now, so no age limit is needed.
+        crate::mounts::sweep_stale(&self.root);
+        report.abandoned_uploads = self.content.remove_abandoned_ingests();
+        report.reclaimed += report.abandoned_uploads;
         let mut done = |item: &Item| {
             report.reclaimed += item.entry.size;
             report.removed.push(Entry {
