@@ -951,6 +951,88 @@ pub fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Commits a snapshot on `parent` holding one file of `bytes` bytes.
+    fn commit(snaps: &Snapshotter, name: &str, parent: Option<&str>, bytes: usize) {
+        let active = format!("{name}-making");
+        snaps.prepare(&active, parent).unwrap();
+        let dir = snaps.upper_dir(&active).unwrap();
+        std::fs::write(dir.join(name), vec![1u8; bytes]).unwrap();
+        snaps.commit(name, &active).unwrap();
+    }
+
+    fn removed_ids(report: &PruneReport) -> Vec<&str> {
+        let mut ids: Vec<&str> = report.removed.iter().map(|e| e.id.as_str()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn snapshots_a_live_process_builds_on_stay_and_dead_ones_go() {
+        let root = tempfile::tempdir().unwrap();
+        let snaps = Snapshotter::open(root.path()).unwrap();
+        commit(&snaps, "base", None, 10);
+        commit(&snaps, "child", Some("base"), 10);
+        commit(&snaps, "other", Some("base"), 10);
+        let live = format!("active-{}-0-0", std::process::id());
+        snaps.prepare(&live, Some("child")).unwrap();
+        // No process has this id (above the largest pid_max), so its snapshot is a leftover.
+        snaps.prepare("active-4194305-0-0", Some("other")).unwrap();
+
+        let report = Inventory::scan(root.path())
+            .unwrap()
+            .prune(&PruneOptions::default())
+            .unwrap();
+        assert_eq!(removed_ids(&report), ["active-4194305-0-0", "other"]);
+        let left: BTreeMap<String, Kind> = snaps
+            .walk()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.key, i.kind))
+            .collect();
+        let expected: BTreeMap<String, Kind> = [
+            ("base".to_string(), Kind::Committed),
+            ("child".to_string(), Kind::Committed),
+            (live, Kind::Active),
+        ]
+        .into();
+        assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn keep_storage_keeps_parents_before_children() {
+        let root = tempfile::tempdir().unwrap();
+        let snaps = Snapshotter::open(root.path()).unwrap();
+        commit(&snaps, "base", None, 64 << 10);
+        commit(&snaps, "child", Some("base"), 64 << 10);
+        let inventory = Inventory::scan(root.path()).unwrap();
+        let size = |id: &str| {
+            inventory
+                .entries(&PruneOptions::default())
+                .into_iter()
+                .find(|e| e.id == id)
+                .unwrap()
+                .size
+        };
+        let (base, child) = (size("base"), size("child"));
+        let plan = |keep: u64| {
+            let entries = inventory.entries(&PruneOptions {
+                keep_storage: Some(keep),
+                ..Default::default()
+            });
+            let mut gone: Vec<String> = entries
+                .into_iter()
+                .filter(|e| e.reclaimable)
+                .map(|e| e.id)
+                .collect();
+            gone.sort();
+            gone
+        };
+        assert_eq!(plan(base + child), Vec::<String>::new());
+        assert_eq!(plan(base + child - 1), ["child"], "the child goes first");
+        assert_eq!(plan(base), ["child"]);
+        assert_eq!(plan(base - 1), ["base", "child"]);
+    }
+
     #[test]
     fn durations_follow_go_syntax() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
