@@ -785,20 +785,17 @@ impl Inventory {
                 _ => {}
             }
         }
-        // 2. Snapshots, children before parents.
-        let mut snapshots: Vec<&&Item> = chosen
+        // 2. Snapshots, in one metadata write (the plan never leaves a child of one behind).
+        let snapshots: Vec<&Item> = chosen
             .iter()
+            .copied()
             .filter(|i| matches!(i.target, Target::Snapshot { .. }))
             .collect();
-        snapshots.sort_by_key(|i| std::cmp::Reverse(i.depth));
-        for item in snapshots {
-            if let Target::Snapshot { key, .. } = &item.target {
-                self.snapshots
-                    .remove(key)
-                    .with_context(|| format!("removing snapshot {key}"))?;
-                done(item);
-            }
-        }
+        let keys: Vec<String> = snapshots.iter().map(|i| i.entry.id.clone()).collect();
+        self.snapshots
+            .remove_all(&keys)
+            .context("removing snapshots")?;
+        snapshots.into_iter().for_each(&mut done);
         // 3. Cache mounts, build-context indexes, then blobs.
         for item in &chosen {
             match &item.target {
