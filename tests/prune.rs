@@ -456,52 +456,62 @@ fn assert_no_orphan_snapshot_dirs(store: &Store) {
 fn a_prune_killed_midway_leaves_a_usable_store() {
     let store = Store::with_busybox();
     let mut dockerfile = String::from("FROM busybox\n");
-    for i in 0..12 {
+    for i in 0..6 {
         dockerfile.push_str(&format!("RUN echo {i} > /f{i}\n"));
     }
+    dockerfile.push_str("RUN --mount=type=cache,target=/c touch /c/x /done\n");
     let ctx = context(&[("Dockerfile", &dockerfile)]);
-    // A prune of this store takes a few hundred ms (one metadata fsync per snapshot): kill it
-    // at several moments of it.
-    for delay_ms in [60, 200] {
+    // Each phase boundary (the prune aborts there, as under kill -9), then a kill -9 from
+    // outside at whatever moment it lands.
+    let phases = ["references", "snapshots", "mount-moved", "mounts", ""];
+    for phase in phases {
         build(&store, ctx.path(), &[]);
         let full = snapshot_keys(&store).len();
-        assert!(full > 12);
         let mut child = store
             .cmd()
-            .args(["prune", "-f"])
+            .args(["prune", "-af"])
+            .env("BUILDER_PRUNE_ABORT_AFTER", phase)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        if phase.is_empty() {
+            std::thread::sleep(Duration::from_millis(40));
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success() || phase.is_empty(), "{phase}: {status:?}");
         eprintln!(
-            "killed after {delay_ms} ms: {} of {full} snapshots left",
+            "stopped after {phase:?}: {} of {full} snapshots left",
             snapshot_keys(&store).len()
         );
 
         // The store works: du reads it, a build finds what is left and remakes the rest.
         let du_out = store.run(&["du"]);
-        assert!(du_out.status.success(), "{}", stderr(&du_out));
+        assert!(du_out.status.success(), "{phase}: {}", stderr(&du_out));
         let again = build(&store, ctx.path(), &["-t", "after"]);
         assert_eq!(
             steps(&again, "cached").len() + steps(&again, "started").len(),
-            12,
-            "{}",
+            7,
+            "{phase}: {}",
             stderr(&again)
         );
-        let run = store.run(&["run", "--rm", "after", "cat", "/f0", "/f11"]);
-        assert_eq!(stdout(&run), "0\n11\n", "{}", stderr(&run));
+        let run = store.run(&["run", "--rm", "after", "cat", "/f0", "/f5"]);
+        assert_eq!(stdout(&run), "0\n5\n", "{phase}: {}", stderr(&run));
         assert!(store.run(&["rmi", "after"]).status.success());
     }
-    // A finished prune then leaves nothing reclaimable and no orphan dirs.
-    prune(&store, &["-f"]);
+    // A finished prune then leaves nothing reclaimable, no orphan dirs, no staging leftovers.
+    prune(&store, &["-af"]);
     let entries = du(&store);
     assert!(
         entries.iter().all(|e| e["reclaimable"] == false),
         "{entries:#?}"
     );
     assert_no_orphan_snapshot_dirs(&store);
+    let staging = std::fs::read_dir(store.root().join("cache/mounts-staging"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(staging, 0);
 }
 
 /// Records kept from an imported cache: those of the tagged image's layers stay (they are its

@@ -785,6 +785,7 @@ impl Inventory {
                 _ => {}
             }
         }
+        crash_point("references");
         // 2. Snapshots, in one metadata write (the plan never leaves a child of one behind).
         let snapshots: Vec<&Item> = chosen
             .iter()
@@ -796,6 +797,7 @@ impl Inventory {
             .remove_all(&keys)
             .context("removing snapshots")?;
         snapshots.into_iter().for_each(&mut done);
+        crash_point("snapshots");
         // 3. Cache mounts, build-context indexes, then blobs.
         for item in &chosen {
             match &item.target {
@@ -807,6 +809,7 @@ impl Inventory {
                 _ => {}
             }
         }
+        crash_point("mounts");
         for item in &chosen {
             if let Target::Blob(digest) = &item.target {
                 match self.content.delete(digest) {
@@ -839,10 +842,19 @@ impl Inventory {
         let dir = mounts_dir(&self.root).join(name);
         std::fs::rename(&dir, &doomed)
             .with_context(|| format!("moving {} aside", dir.display()))?;
+        crash_point("mount-moved");
         std::fs::remove_dir_all(&doomed)
             .with_context(|| format!("removing {}", doomed.display()))?;
         remove_file(&lock_path)?;
         Ok(true)
+    }
+}
+
+/// For crash-consistency tests: `BUILDER_PRUNE_ABORT_AFTER=<phase>` ends the process right
+/// after that phase of a prune, without unwinding, as a kill -9 would.
+fn crash_point(phase: &str) {
+    if std::env::var_os("BUILDER_PRUNE_ABORT_AFTER").is_some_and(|p| p == phase) {
+        std::process::abort();
     }
 }
 
