@@ -51,7 +51,9 @@ pub fn lock_for(command: &crate::cli::Command, root: &Path) -> Result<Option<Sto
     use crate::cli::Command;
     match command {
         Command::Prune(_) | Command::Login(_) | Command::Logout(_) => Ok(None),
-        _ => Ok(Some(StoreLock::shared(root)?)),
+        _ => Ok(Some(StoreLock::shared(root, || {
+            eprintln!("waiting for a prune of {} to finish...", root.display())
+        })?)),
     }
 }
 

@@ -425,8 +425,13 @@ fn a_build_started_during_a_prune_waits_for_it() {
     std::thread::sleep(Duration::from_millis(200));
     let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
     let start = Instant::now();
-    build(&store, ctx.path(), &["-t", "x"]);
+    let out = build(&store, ctx.path(), &["-t", "x"]);
     assert!(start.elapsed() >= Duration::from_millis(600));
+    assert!(
+        stderr(&out).contains("waiting for a prune"),
+        "{}",
+        stderr(&out)
+    );
     assert!(holder.wait().unwrap().success());
 }
 

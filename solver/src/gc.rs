@@ -49,10 +49,20 @@ impl StoreLock {
     }
 
     /// Taken by builds and every other command using the store; many can hold it at once.
-    pub fn shared(root: &Path) -> Result<Self> {
+    /// Waits while a prune runs, calling `on_wait` first if it has to.
+    pub fn shared(root: &Path, on_wait: impl FnOnce()) -> Result<Self> {
         let file = Self::open(root)?;
-        file.lock_shared()
-            .with_context(|| format!("locking {} (shared)", root.display()))?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock_shared()
+                    .with_context(|| format!("locking {} (shared)", root.display()))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", root.display()))
+            }
+        }
         Ok(StoreLock { _file: file })
     }
 
