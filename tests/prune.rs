@@ -396,6 +396,24 @@ fn prune_during_a_build_waits_and_removes_nothing_the_build_uses() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // du runs alongside the build and sees its writable snapshot as in use.
+    while !snapshot_keys(&store)
+        .iter()
+        .any(|k| k.starts_with("active-"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the RUN never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let live = du(&store);
+    let active: Vec<&Value> = live.iter().filter(|e| e["kind"] == "active").collect();
+    assert!(!active.is_empty(), "{live:#?}");
+    for e in active {
+        assert_eq!(e["kept_for"], "in use", "{e}");
+        assert_eq!(e["reclaimable_all"], false, "{e}");
+    }
     let pruned = prune(&store, &["--all", "-f"]);
     let build_out = child.wait_with_output().unwrap();
     assert!(build_out.status.success(), "{}", stderr(&build_out));
