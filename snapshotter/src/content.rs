@@ -158,9 +158,7 @@ impl ContentStore {
             }
         })
     }
-}
 
-impl ContentStore {
     /// Removes every ingest file no live writer holds (uploads of killed processes, however
     /// recent); returns the bytes freed. For garbage collection, which runs alone on the store.
     pub fn remove_abandoned_ingests(&self) -> u64 {
