@@ -104,8 +104,9 @@ pub fn prune(root: &Path, args: PruneArgs) -> Result<i32> {
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
+            // Declining is not a failure (as in docker).
             eprintln!("Nothing removed.");
-            return Ok(1);
+            return Ok(0);
         }
     }
     let _lock = StoreLock::exclusive(root, || {

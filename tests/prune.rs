@@ -748,3 +748,31 @@ fn prune_cleans_up_after_a_killed_build() {
     let _ = writer.kill();
     let _ = writer.wait();
 }
+
+/// Runs `builder prune` on a terminal (util-linux `script` gives it a pty) answering `answer`.
+fn prune_on_a_terminal(store: &Store, answer: &str) -> String {
+    let command = format!("{BIN} --root {} prune", store.root().display());
+    let out = output_with_stdin(
+        Command::new("script").args(["-qec", &command, "/dev/null"]),
+        format!("{answer}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn prune_on_a_terminal_asks_first() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
+    build(&store, ctx.path(), &[]);
+    let before = snapshot_keys(&store);
+
+    let declined = prune_on_a_terminal(&store, "n");
+    assert!(declined.contains("Are you sure"), "{declined}");
+    assert!(declined.contains("Nothing removed"), "{declined}");
+    assert_eq!(snapshot_keys(&store), before);
+
+    let accepted = prune_on_a_terminal(&store, "y");
+    assert!(accepted.contains("Total reclaimed space"), "{accepted}");
+    assert_eq!(snapshot_keys(&store).len(), 1, "only busybox's layer stays");
+}
