@@ -48,6 +48,10 @@ pub enum Command {
     Login(crate::login::LoginArgs),
     /// Remove stored credentials for a registry.
     Logout(crate::login::LogoutArgs),
+    /// Remove build cache (and with --all, images' unpacked layers and cache mounts).
+    Prune(crate::prune::PruneArgs),
+    /// Show the disk usage of the store: layers, build cache, cache mounts, blobs.
+    Du(crate::prune::DuArgs),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -71,12 +75,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
         Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
         Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
         Command::Login(args) => rt.block_on(crate::login::login(args)),
         Command::Logout(args) => crate::login::logout(args),
+        Command::Prune(args) => crate::prune::prune(&root, args),
+        Command::Du(args) => crate::prune::du(&root, args),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

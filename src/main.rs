@@ -12,6 +12,7 @@ mod login;
 mod output;
 mod platforms;
 mod progress;
+mod prune;
 mod rootfs_tar;
 mod run;
 mod secrets;

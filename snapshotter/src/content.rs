@@ -160,32 +160,48 @@ impl ContentStore {
             }
         })
     }
+
+    /// Removes every ingest file no live writer holds (uploads of killed processes, however
+    /// recent); returns the bytes freed. For garbage collection, which runs alone on the store.
+    pub fn remove_abandoned_ingests(&self) -> u64 {
+        remove_stale_ingests_older_than(&self.inner.ingest, Duration::ZERO)
+    }
 }
 
 /// Best effort: removes ingest files left by killed writers.
 fn remove_stale_ingests(ingest: &Path) {
+    remove_stale_ingests_older_than(ingest, STALE_INGEST_AGE);
+}
+
+fn remove_stale_ingests_older_than(ingest: &Path, min_age: Duration) -> u64 {
     let Ok(entries) = std::fs::read_dir(ingest) else {
-        return;
+        return 0;
     };
     let now = SystemTime::now();
+    let mut freed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let old = meta
+            .modified()
             .ok()
             .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > STALE_INGEST_AGE);
+            .is_some_and(|age| age >= min_age);
         if !old {
             continue;
         }
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let _ = std::fs::remove_file(&path);
+        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
+            && std::fs::remove_file(&path).is_ok()
+        {
+            freed += meta.len();
         }
     }
+    freed
 }
 
 /// An in-progress blob upload; dropping it without `commit` discards the data.

@@ -307,6 +307,40 @@ impl Snapshotter {
         remove_dir_if_exists(&self.id_dir(id))
     }
 
+    /// Removes several snapshots with one metadata write (garbage collection); removes
+    /// nothing, Invalid, if a snapshot not in `keys` is based on one of them.
+    pub fn remove_all(&self, keys: &[String]) -> Result<()> {
+        let ids = {
+            let _lock = self.lock(true)?;
+            let mut meta = self.load()?;
+            let doomed: HashSet<&str> = keys.iter().map(String::as_str).collect();
+            let ids = keys
+                .iter()
+                .map(|k| get(&meta, k).map(|r| r.id))
+                .collect::<Result<Vec<u64>>>()?;
+            let kept_child = meta.snapshots.iter().find(|(k, r)| {
+                !doomed.contains(k.as_str())
+                    && r.parent.as_deref().is_some_and(|p| doomed.contains(p))
+            });
+            if let Some((child, r)) = kept_child {
+                return Err(Error::Invalid(format!(
+                    "cannot remove snapshot {:?}: snapshot {child:?} is based on it",
+                    r.parent.as_deref().unwrap_or_default()
+                )));
+            }
+            for key in keys {
+                meta.snapshots.remove(key);
+            }
+            self.save(&meta)?;
+            ids
+        };
+        // As in `remove`: a crash from here on leaves orphans that `open` removes.
+        for id in ids {
+            remove_dir_if_exists(&self.id_dir(id))?;
+        }
+        Ok(())
+    }
+
     /// Describes a snapshot.
     pub fn stat(&self, key: &str) -> Result<Info> {
         let _lock = self.lock(false)?;

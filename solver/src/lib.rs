@@ -5,6 +5,7 @@ pub mod cache;
 pub mod chmod;
 pub mod context;
 pub mod fileop;
+pub mod gc;
 mod git;
 pub mod graph;
 mod http;

@@ -557,6 +557,8 @@ impl Solver {
             .write(true)
             .open(locks.join(&name))
             .context("opening the cache lock")?;
+        // The lock's mtime is the mount's last use, for `builder prune --filter until=`.
+        let _ = lock.set_modified(std::time::SystemTime::now());
         let got_it = match sharing {
             CacheSharing::Shared => lock_wait(&lock, false, cancel)?,
             CacheSharing::Locked => lock_wait(&lock, true, cancel)?,

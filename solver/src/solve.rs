@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-const LABEL_LAYER_DIGEST: &str = "builder.layer.digest";
-const LABEL_LAYER_DIFF_ID: &str = "builder.layer.diffid";
+pub(crate) const LABEL_LAYER_DIGEST: &str = "builder.layer.digest";
+pub(crate) const LABEL_LAYER_DIFF_ID: &str = "builder.layer.diffid";
 const LABEL_LAYER_MEDIA_TYPE: &str = "builder.layer.mediatype";
 const LABEL_LAYER_SIZE: &str = "builder.layer.size";
 /// Set on snapshots whose layer blob this builder made (not unpacked from a base image).
@@ -326,7 +326,10 @@ impl Solver {
     fn cache_lookup(&self, key: &str) -> Option<String> {
         let name = std::fs::read_to_string(self.cache_index_path(key)).ok()?;
         let info = self.snapshots.stat(&name).ok()?;
-        (info.kind == snapshotter::Kind::Committed).then_some(name)
+        (info.kind == snapshotter::Kind::Committed).then(|| {
+            crate::gc::mark_used(&self.cache_index_path(key));
+            name
+        })
     }
 
     fn cache_record(&self, key: &str, snapshot: &str) -> Result<()> {
