@@ -16,7 +16,8 @@ impl Tmpfs {
         let dir = root.join("tmp").join(crate::solve::unique(STAGING_PREFIX));
         std::fs::create_dir_all(&dir)?;
         // A tree larger than this falls back to the disk (the copy fails with ENOSPC).
-        let size = (available_memory() / 4).clamp(64 << 20, 4 << 30);
+        let memory = available_memory().min(cgroup_headroom().unwrap_or(u64::MAX));
+        let size = (memory / 4).clamp(64 << 20, 4 << 30);
         let options = std::ffi::CString::new(format!("size={size},mode=0755"))?;
         let flags = rustix::mount::MountFlags::empty();
         if let Err(e) = rustix::mount::mount("tmpfs", &dir, c"tmpfs", flags, options.as_c_str()) {
@@ -54,4 +55,38 @@ fn available_memory() -> u64 {
                 })
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// What this process's memory cgroup still allows (limit minus usage), if it has a limit: a
+/// CI job in a container must not be killed for staging a big copy in memory.
+fn cgroup_headroom() -> Option<u64> {
+    let read =
+        |path: String| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (limit, usage) = if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            (
+                read(format!("{dir}/memory.limit_in_bytes")),
+                read(format!("{dir}/memory.usage_in_bytes")),
+            )
+        } else if controllers.is_empty() {
+            let dir = format!("/sys/fs/cgroup{path}");
+            (
+                read(format!("{dir}/memory.max")),
+                read(format!("{dir}/memory.current")),
+            )
+        } else {
+            continue;
+        };
+        // "max" does not parse, and v1 writes a huge number for no limit.
+        if let (Some(limit), Some(usage)) = (limit, usage) {
+            if limit < 1 << 60 {
+                return Some(limit.saturating_sub(usage));
+            }
+        }
+    }
+    None
 }
