@@ -168,7 +168,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let warning_tx = tx.clone();
-    let renderer = tokio::spawn(render(rx, args.progress));
+    let terminal = solver::progress::Terminal::default();
+    let renderer = tokio::spawn(render(rx, args.progress, terminal.clone()));
     let context_dir = frontend::ignore::ContextDir::open(&context, args.file.as_deref())
         .map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
@@ -180,7 +181,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         executor: executor::Executor::current_exe()?,
         locals,
         no_cache: args.no_cache,
-        progress: solver::progress::Progress::new(tx),
+        progress: solver::progress::Progress::new(tx).with_terminal(terminal),
         exec: exec_config,
         layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
     })?);

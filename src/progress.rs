@@ -31,10 +31,15 @@ impl ProgressMode {
 }
 
 /// Prints events to stderr until the channel closes.
-pub async fn render(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode: ProgressMode) {
+pub async fn render(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    mode: ProgressMode,
+    terminal: solver::progress::Terminal,
+) {
     match mode.resolve() {
         ProgressMode::Tty => {
             let mut view = tty::TtyView::new();
+            terminal.set_suspend(view.suspender());
             while let Some(ev) = rx.recv().await {
                 view.handle(ev);
             }

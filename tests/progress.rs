@@ -86,3 +86,36 @@ fn auto_mode_without_a_terminal_is_plain_and_never_clips_logs() {
     assert!(err.contains("line-32767-x"), "last line present");
     assert_eq!(err.matches("xxxxxxxxxx\n").count(), 32768);
 }
+
+#[test]
+fn the_tty_display_stays_off_the_terminal_while_the_on_error_shell_runs() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        // The file says "inside"; the step's name (shown by the display) does not.
+        "FROM busybox\nRUN echo in''side > /x && exit 3\n",
+    )]);
+    let cmd = format!(
+        "{} --root {} build --progress=tty --on-error=shell {}",
+        env!("CARGO_BIN_EXE_builder"),
+        store.root().display(),
+        ctx.path().display()
+    );
+    // The shell's commands arrive after the display had time to redraw a few times.
+    let script =
+        format!("(sleep 2; echo 'cat /x'; sleep 1; echo exit) | script -qfec \"{cmd}\" /dev/null");
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = screen.find("step failed").expect("shell notice shown");
+    let end = start
+        + screen[start..]
+            .find("inside")
+            .expect("the shell ran cat /x");
+    assert!(
+        !screen[start..end].contains("Building"),
+        "the display redrew over the shell: {:?}",
+        &screen[start..end]
+    );
+    // Afterwards the display is back and reports the failure.
+    assert!(screen[end..].contains("exit code: 3"), "{screen}");
+}

@@ -516,13 +516,16 @@ impl Solver {
         let mut shell = failed.clone();
         shell.args = vec!["/bin/sh".into()];
         shell.stdio = executor::Stdio::Inherit;
-        eprintln!(
-            "step failed: {:?}; starting /bin/sh in its container (exit the shell to end the build)",
-            failed.args.join(" ")
-        );
-        if let Err(e) = self.executor.run(&shell, cancel, &mut |_, _| {}) {
-            eprintln!("could not start the debug shell: {e}");
-        }
+        // The progress display steps aside while the shell has the terminal.
+        self.progress.terminal().hand_over(|| {
+            eprintln!(
+                "step failed: {:?}; starting /bin/sh in its container (exit the shell to end the build)",
+                failed.args.join(" ")
+            );
+            if let Err(e) = self.executor.run(&shell, cancel, &mut |_, _| {}) {
+                eprintln!("could not start the debug shell: {e}");
+            }
+        });
     }
 
     fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {

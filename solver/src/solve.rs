@@ -88,7 +88,7 @@ pub struct Solver {
     pub(crate) executor: Executor,
     locals: HashMap<String, Arc<dyn LocalSource>>,
     no_cache: bool,
-    progress: Progress,
+    pub(crate) progress: Progress,
     indexes: Mutex<HashMap<String, Arc<ContextIndex>>>,
     /// Held while a layer's blob is being made, so it is made once.
     layer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,

@@ -47,6 +47,12 @@ impl TtyView {
         }
     }
 
+    /// Clears the display and stops redrawing it while a closure runs.
+    pub fn suspender(&self) -> solver::progress::Suspend {
+        let multi = self.multi.clone();
+        std::sync::Arc::new(move |f: &mut dyn FnMut()| multi.suspend(f))
+    }
+
     fn count(&mut self) {
         self.finished += 1;
         self.header
