@@ -32,12 +32,16 @@ fn app_context(dockerfile: &str) -> tempfile::TempDir {
     ctx
 }
 
-fn cached_steps(output: &std::process::Output) -> Vec<String> {
-    events(output)
+fn assert_copy_was_cached(output: &std::process::Output) {
+    let cached: Vec<String> = events(output)
         .iter()
         .filter(|e| e["event"] == "cached")
         .map(|e| e["name"].as_str().unwrap_or_default().to_string())
-        .collect()
+        .collect();
+    assert!(
+        cached.iter().any(|n| n.contains("COPY app /app")),
+        "{cached:?}"
+    );
 }
 
 #[test]
@@ -96,13 +100,7 @@ fn a_last_copy_is_kept_as_a_blob_and_unpacked_when_a_later_build_runs_on_it() {
         &["-o", &format!("type=local,dest={}", dest.display())],
     );
     ok(&second, "second build");
-    assert!(
-        cached_steps(&second)
-            .iter()
-            .any(|n| n.contains("COPY app /app")),
-        "{:?}",
-        cached_steps(&second)
-    );
+    assert_copy_was_cached(&second);
     assert_eq!(
         std::fs::read_to_string(dest.join("out")).unwrap(),
         "alpha\nbeta\na.txt\n"
@@ -218,13 +216,7 @@ fn a_cached_blob_copy_is_checked_against_a_changed_base_from_its_blob() {
         &["-o", &format!("type=local,dest={}", dest.path().display())],
     );
     ok(&second, "second build");
-    assert!(
-        cached_steps(&second)
-            .iter()
-            .any(|n| n.contains("COPY app /app")),
-        "{:?}",
-        cached_steps(&second)
-    );
+    assert_copy_was_cached(&second);
     assert_eq!(
         std::fs::read_link(dest.path().join("app")).unwrap(),
         Path::new("/real")

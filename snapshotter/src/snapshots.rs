@@ -147,51 +147,8 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<()> {
-        check_key(name)?;
-        let _lock = self.lock(true)?;
-        let mut meta = self.load()?;
-        if meta.snapshots.contains_key(name) {
-            return Err(Error::AlreadyExists(format!("snapshot {name}")));
-        }
-        let parent_id = match parent {
-            Some(p) => {
-                let record = get(&meta, p)?;
-                if record.kind != Kind::Committed {
-                    return Err(Error::Invalid(format!(
-                        "parent snapshot {p:?} is {:?}; only Committed snapshots can be parents",
-                        record.kind
-                    )));
-                }
-                Some(record.id)
-            }
-            None => None,
-        };
-        let id = meta.next_id;
-        meta.next_id += 1;
-        let dir = self.id_dir(id);
-        remove_dir_if_exists(&dir)?;
-        let result = (|| {
-            let fs = create_dir_all(&dir.join("fs"))?;
-            if let Some(pid) = parent_id {
-                copy_root_attrs(&self.fs_dir(pid), &fs)?;
-            }
-            meta.snapshots.insert(
-                name.to_string(),
-                Record {
-                    id,
-                    parent: parent.map(str::to_string),
-                    kind: Kind::Committed,
-                    created: now_secs(),
-                    labels,
-                    pending: true,
-                },
-            );
-            self.save(&meta)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        result
+        self.create_with(name, parent, Kind::Committed, labels, true)
+            .map(drop)
     }
 
     /// Fills the pending snapshots among `key` (and, with `chain`, its ancestors).
@@ -411,6 +368,18 @@ impl Snapshotter {
     }
 
     fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<Mount>> {
+        self.create_with(key, parent, kind, BTreeMap::new(), false)
+    }
+
+    /// Records a new snapshot and makes its dirs; returns its mounts (none when pending).
+    fn create_with(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: BTreeMap<String, String>,
+        pending: bool,
+    ) -> Result<Vec<Mount>> {
         check_key(key)?;
         let _lock = self.lock(true)?;
         let mut meta = self.load()?;
@@ -437,10 +406,13 @@ impl Snapshotter {
         remove_dir_if_exists(&dir)?;
         let result = (|| {
             create_dir_all(&dir)?;
-            if kind == Kind::Active {
+            // An active snapshot writes into its fs dir; a pending one is unpacked into it.
+            if kind == Kind::Active || pending {
                 let fs = create_dir_all(&dir.join("fs"))?;
                 if let Some(pid) = parent_id {
-                    create_dir_all(&dir.join("work"))?;
+                    if kind == Kind::Active {
+                        create_dir_all(&dir.join("work"))?;
+                    }
                     copy_root_attrs(&self.fs_dir(pid), &fs)?;
                 }
             }
@@ -451,11 +423,15 @@ impl Snapshotter {
                     parent: parent.map(str::to_string),
                     kind,
                     created: now_secs(),
-                    labels: BTreeMap::new(),
-                    pending: false,
+                    labels,
+                    pending,
                 },
             );
-            let mounts = self.mounts_for(&meta, key)?;
+            let mounts = if pending {
+                Vec::new()
+            } else {
+                self.mounts_for(&meta, key)?
+            };
             self.save(&meta)?;
             Ok(mounts)
         })();
