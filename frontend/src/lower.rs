@@ -8,8 +8,11 @@ use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, 
 use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;
+mod expose;
+mod history;
 mod mounts;
 mod onbuild;
+mod signal;
 mod sources;
 mod steps;
 
@@ -109,8 +112,11 @@ pub struct Lowered {
 struct StageState {
     vertex: Option<usize>,
     config: ImageConfig,
-    /// Declared ARGs in scope with their values.
+    /// Declared ARGs in scope that have a value (those without one stay unset).
     args: Vec<(String, String)>,
+    /// Every ARG declared in the stage (and the stage it is based on), in order: BuildKit
+    /// lists them in front of each RUN's history entry.
+    declared_args: Vec<String>,
     shell: Vec<String>,
     platform: String,
 }
@@ -127,6 +133,9 @@ struct Lowerer<'a> {
     def: Definition,
     locations: BTreeMap<usize, Location>,
     global_args: Vec<(String, String)>,
+    /// Global ARGs declared without a value or build arg: in scope for FROM, but a stage's
+    /// `ARG name` does not take a value from them.
+    valueless_global_args: BTreeSet<String>,
     /// Stage names by index (None for unnamed stages).
     stage_names: Vec<Option<String>>,
     /// Text of the ONBUILD trigger being lowered, if any (errors mention it).
@@ -344,6 +353,7 @@ pub fn lower(
         def: Definition::default(),
         locations: BTreeMap::new(),
         global_args: Vec::new(),
+        valueless_global_args: BTreeSet::new(),
         stage_names: Vec::new(),
         in_trigger: None,
         warnings: Default::default(),
@@ -388,14 +398,13 @@ pub fn lower(
                     .find(|(a, _)| *a == k)
                     .map(|(_, v)| v.clone())
             };
-            let v = opts
-                .build_args
-                .get(&k)
-                .cloned()
-                .or(v)
-                .or_else(automatic)
-                .unwrap_or_default();
-            l.global_args.push((k, v));
+            let v = opts.build_args.get(&k).cloned().or(v).or_else(automatic);
+            if v.is_some() {
+                l.valueless_global_args.remove(&k);
+            } else {
+                l.valueless_global_args.insert(k.clone());
+            }
+            l.global_args.push((k, v.unwrap_or_default()));
         }
         i += 1;
     }
@@ -584,6 +593,18 @@ pub fn lower(
     })
 }
 
+/// The config BuildKit starts `FROM scratch` with: the platform, and WorkingDir `/`.
+fn empty_image(os: String, architecture: String, variant: String) -> ImageConfig {
+    let mut image = ImageConfig {
+        os,
+        architecture,
+        variant: (!variant.is_empty()).then_some(variant),
+        ..Default::default()
+    };
+    image.config.working_dir = Some("/".into());
+    image
+}
+
 fn split_platform(p: &str) -> (String, String, String) {
     let mut it = p.split('/');
     (
@@ -650,37 +671,28 @@ fn lower_stage(
     let named = l.named_context_stage_base(from, &base, &platform, resolver)?;
     let mut state = if let Some((v, config)) = named {
         let (os, arch, variant) = split_platform(&platform);
-        let config = config.unwrap_or_else(|| ImageConfig {
-            os,
-            architecture: arch,
-            variant: (!variant.is_empty()).then_some(variant),
-            ..Default::default()
-        });
+        let config = config.unwrap_or_else(|| empty_image(os, arch, variant));
         StageState {
             vertex: Some(v),
             config,
             args: vec![],
+            declared_args: vec![],
             shell: vec![],
             platform: platform.clone(),
         }
     } else if let Some(d) = stage_index(&base, index) {
-        let mut s = states[d]
+        // As in BuildKit, the stage keeps the base stage's ARGs (values and history prefix).
+        states[d]
             .clone()
-            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?;
-        s.args.clear();
-        s
+            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?
     } else if base.eq_ignore_ascii_case("scratch") {
         let (os, arch, variant) = split_platform(&platform);
-        let config = ImageConfig {
-            os,
-            architecture: arch,
-            variant: (!variant.is_empty()).then_some(variant),
-            ..Default::default()
-        };
+        let config = empty_image(os, arch, variant);
         StageState {
             vertex: None,
             config,
             args: vec![],
+            declared_args: vec![],
             shell: vec![],
             platform: platform.clone(),
         }
@@ -704,6 +716,7 @@ fn lower_stage(
             vertex: Some(v),
             config,
             args: vec![],
+            declared_args: vec![],
             shell: vec![],
             platform: platform.clone(),
         }
@@ -728,8 +741,11 @@ fn lower_stage(
     for (position, ins) in triggers.iter().chain(st.body).enumerate() {
         l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         let kw = ins.keyword.as_str();
-        let created_by;
+        let created_by: String;
         let mut empty_layer = true;
+        // Only steps that add a layer get BuildKit's " # buildkit" suffix; ONBUILD records nothing.
+        let mut buildkit_suffix = false;
+        let mut record_history = true;
         let env = scope(&state);
         match kw {
             "run" => {
@@ -737,10 +753,11 @@ fn lower_stage(
                 // As BuildKit's progress does, the step name shows the flags (mounts, network).
                 let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
                 let name = step_name(step, &format!("RUN {flags}{}", display_cmd(ins)));
-                let v = steps::lower_run(l, &cx, &state, ins, &env, name)?;
+                let (v, args) = steps::lower_run(l, &cx, &state, ins, &env, name)?;
                 state.vertex = Some(v);
-                created_by = format!("RUN {}", display_cmd(ins));
+                created_by = history::run_text(&args, &run_history_args(&state));
                 empty_layer = false;
+                buildkit_suffix = true;
             }
             "copy" | "add" => {
                 step += 1;
@@ -752,11 +769,12 @@ fn lower_stage(
                         .map(|x| x.1.trim())
                         .unwrap_or("")
                 );
-                let (v, words, dest_word) =
+                let (v, text) =
                     steps::lower_copy(l, &cx, &state, ins, &env, step_name(step, &text))?;
                 state.vertex = Some(v);
-                created_by = format!("{} {} in {}", kw.to_uppercase(), words.join(" "), dest_word);
+                created_by = text;
                 empty_layer = false;
+                buildkit_suffix = true;
             }
             "workdir" => {
                 let arg = ins
@@ -772,33 +790,36 @@ fn lower_stage(
                     .unwrap_or_else(|| "/".into());
                 let dir = join_path(&cur, &dir, false);
                 state.config.config.working_dir = Some(dir.clone());
-                step += 1;
-                let base = l.or_scratch(state.vertex);
-                let chown = state
-                    .config
-                    .config
-                    .user
-                    .clone()
-                    .filter(|u| !u.is_empty())
-                    .map(|u| parse_chown(&u));
-                let v = l.add(
-                    Vertex {
-                        op: Op::File(FileOp {
-                            actions: vec![FileAction::Mkdir {
-                                path: dir.clone(),
-                                mode: 0o755,
-                                chown,
-                            }],
-                        }),
-                        inputs: vec![base],
-                        name: step_name(step, &format!("WORKDIR {dir}")),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
-                state.vertex = Some(v);
                 created_by = format!("WORKDIR {dir}");
-                empty_layer = false;
+                // BuildKit makes no directory (and no layer) for the root.
+                if dir != "/" {
+                    step += 1;
+                    let base = l.or_scratch(state.vertex);
+                    let chown = state
+                        .config
+                        .config
+                        .user
+                        .clone()
+                        .filter(|u| !u.is_empty())
+                        .map(|u| parse_chown(&u));
+                    let v = l.add(
+                        Vertex {
+                            op: Op::File(FileOp {
+                                actions: vec![FileAction::Mkdir {
+                                    path: dir.clone(),
+                                    mode: 0o755,
+                                    chown,
+                                }],
+                            }),
+                            inputs: vec![base],
+                            name: step_name(step, &format!("WORKDIR {dir}")),
+                            ignore_cache: no_cache,
+                        },
+                        Some(ins),
+                    );
+                    state.vertex = Some(v);
+                    empty_layer = false;
+                }
             }
             "env" | "label" => {
                 if ins.args.len() % 3 != 0 || ins.args.is_empty() {
@@ -826,6 +847,7 @@ fn lower_stage(
                 created_by = format!("{} {}", kw.to_uppercase(), pairs.join(" "));
             }
             "arg" => {
+                let mut shown = Vec::new();
                 for a in &ins.args {
                     let (k, default) = declare_arg(l, ins, a, &env, escape)?;
                     let v = l
@@ -835,6 +857,9 @@ fn lower_stage(
                         .cloned()
                         .or(default)
                         .or_else(|| {
+                            if l.valueless_global_args.contains(&k) {
+                                return None;
+                            }
                             l.global_args
                                 .iter()
                                 .rev()
@@ -846,19 +871,29 @@ fn lower_stage(
                                 .iter()
                                 .find(|(g, _)| *g == k)
                                 .map(|(_, v)| v.clone())
-                        })
-                        .unwrap_or_default();
-                    state.args.retain(|(n, _)| *n != k);
-                    state.args.push((k, v));
+                        });
+                    state.declared_args.push(k.clone());
+                    match v {
+                        Some(v) => {
+                            shown.push(format!("{k}={v}"));
+                            state.args.retain(|(n, _)| *n != k);
+                            state.args.push((k, v));
+                        }
+                        // Without a value the ARG stays unset (an earlier value is kept).
+                        None => shown.push(k),
+                    }
                 }
-                created_by = format!("ARG {}", ins.args.join(" "));
+                created_by = format!("ARG {}", shown.join(" "));
             }
             "cmd" | "entrypoint" => {
                 parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
                 let args = command_args(&state, ins);
+                created_by = format!("{} {}", kw.to_uppercase(), history::go_quoted_list(&args));
                 if kw == "cmd" {
                     cmd_set_in_stage = true;
                     state.config.config.cmd = Some(args);
+                    // BuildKit marks every CMD as escaped (a Docker image spec compatibility flag).
+                    state.config.config.args_escaped = true;
                 } else {
                     state.config.config.entrypoint = Some(args);
                     // An ENTRYPOINT resets a CMD inherited from the base image.
@@ -866,8 +901,6 @@ fn lower_stage(
                         state.config.config.cmd = None;
                     }
                 }
-                state.config.config.args_escaped = false;
-                created_by = format!("{} {}", kw.to_uppercase(), display_cmd(ins));
             }
             "user" => {
                 let u = ins
@@ -879,38 +912,60 @@ fn lower_stage(
                 created_by = format!("USER {u}");
             }
             "expose" => {
-                for p in &ins.args {
-                    let p = l.expand(ins, &env, p, escape)?;
-                    let key = if p.contains('/') {
-                        p.to_lowercase()
-                    } else {
-                        format!("{p}/tcp")
-                    };
+                if ins.args.is_empty() {
+                    return Err(l.err(ins, "EXPOSE requires at least one argument"));
+                }
+                let mut ports = BTreeSet::new();
+                for word in &ins.args {
+                    // Like BuildKit, a variable may expand to several ports.
+                    let words = Expander::new(&env, escape)
+                        .process_words(word)
+                        .map_err(|e| l.err(ins, format!("EXPOSE {word:?}: {e}")))?;
+                    for spec in words {
+                        let keys = expose::parse_port_spec(&spec)
+                            .map_err(|e| l.err(ins, format!("EXPOSE {spec}: {e}")))?;
+                        ports.extend(keys);
+                    }
+                }
+                for key in &ports {
                     state
                         .config
                         .config
                         .exposed_ports
-                        .insert(key, EmptyObject {});
+                        .insert(key.clone(), EmptyObject {});
                 }
-                created_by = format!("EXPOSE {}", ins.args.join(" "));
+                created_by = format!("EXPOSE {}", history::go_port_map(&ports));
             }
             "volume" => {
+                if ins.args.is_empty() {
+                    return Err(l.err(ins, "VOLUME requires at least one argument"));
+                }
+                let mut volumes = Vec::new();
                 for v in &ins.args {
                     let v = l.expand(ins, &env, v, escape)?;
                     if v.is_empty() {
                         return Err(l.err(ins, "VOLUME specified can not be an empty string"));
                     }
-                    state.config.config.volumes.insert(v, EmptyObject {});
+                    state
+                        .config
+                        .config
+                        .volumes
+                        .insert(v.clone(), EmptyObject {});
+                    volumes.push(v);
                 }
-                created_by = format!("VOLUME {:?}", ins.args);
+                created_by = format!("VOLUME {}", history::go_list(&volumes));
             }
             "stopsignal" => {
                 let s = ins
                     .args
                     .first()
                     .ok_or_else(|| l.err(ins, "STOPSIGNAL requires exactly one argument"))?;
-                state.config.config.stop_signal = Some(l.expand(ins, &env, s, escape)?);
+                let s = l.expand(ins, &env, s, escape)?;
+                if !signal::is_valid_signal(&s) {
+                    return Err(l.err(ins, format!("Invalid signal: {s}")));
+                }
                 created_by = format!("STOPSIGNAL {s}");
+                state.config.config.stop_signal = Some(s);
             }
             "shell" => {
                 if !ins.json {
@@ -918,7 +973,7 @@ fn lower_stage(
                 }
                 state.shell = ins.args.clone();
                 state.config.config.shell = ins.args.clone();
-                created_by = format!("SHELL {:?}", ins.args);
+                created_by = format!("SHELL {}", history::go_list(&ins.args));
             }
             "maintainer" => {
                 state.config.author = ins.args.first().cloned();
@@ -926,8 +981,9 @@ fn lower_stage(
             }
             "onbuild" => {
                 let inner = onbuild::trigger_text(l, ins)?;
-                state.config.config.on_build.push(inner.clone());
-                created_by = format!("ONBUILD {inner}");
+                state.config.config.on_build.push(inner);
+                created_by = String::new();
+                record_history = false;
             }
             "healthcheck" => {
                 let flags = parse_flags(
@@ -948,9 +1004,15 @@ fn lower_stage(
                     .unwrap_or_default();
                 let mut hc = HealthConfig::default();
                 match kind.as_str() {
+                    "NONE" if ins.args.len() > 1 => {
+                        return Err(l.err(ins, "HEALTHCHECK NONE takes no arguments"))
+                    }
                     "NONE" => hc.test = vec!["NONE".into()],
                     "CMD" => {
                         let rest: Vec<String> = ins.args[1..].to_vec();
+                        if rest.is_empty() {
+                            return Err(l.err(ins, "Missing command after HEALTHCHECK CMD"));
+                        }
                         hc.test = if ins.json {
                             std::iter::once("CMD".to_string()).chain(rest).collect()
                         } else {
@@ -965,17 +1027,28 @@ fn lower_stage(
                     ("start-period", &mut hc.start_period),
                     ("start-interval", &mut hc.start_interval),
                 ] {
-                    if let Some(v) = flags.get(name) {
-                        *slot = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
+                    // BuildKit ignores the flags of HEALTHCHECK NONE.
+                    if let Some(v) = flags.get(name).filter(|_| kind == "CMD") {
+                        let ns = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
+                        if ns != 0 && ns < 1_000_000 {
+                            return Err(
+                                l.err(ins, format!("Interval \"{name}\" cannot be less than 1ms"))
+                            );
+                        }
+                        *slot = ns;
                     }
                 }
-                if let Some(r) = flags.get("retries") {
+                if let Some(r) = flags.get("retries").filter(|_| kind == "CMD") {
                     hc.retries = r
-                        .parse()
-                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?;
+                        .parse::<i32>()
+                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?
+                        .into();
+                    if hc.retries < 0 {
+                        return Err(l.err(ins, format!("--retries cannot be negative ({r})")));
+                    }
                 }
+                created_by = history::healthcheck_text(&hc);
                 state.config.config.healthcheck = Some(hc);
-                created_by = format!("HEALTHCHECK {}", ins.args.join(" "));
             }
             "from" => unreachable!("stages are split at FROM"),
             other => {
@@ -988,15 +1061,38 @@ fn lower_stage(
                 ));
             }
         }
-        state.config.history.push(History {
-            created_by: Some(format!("{created_by} # buildkit")),
-            comment: Some("buildkit.dockerfile.v0".into()),
-            empty_layer,
-            ..Default::default()
-        });
+        if record_history {
+            let suffix = if buildkit_suffix { " # buildkit" } else { "" };
+            state.config.history.push(History {
+                created_by: Some(format!("{created_by}{suffix}")),
+                comment: Some("buildkit.dockerfile.v0".into()),
+                empty_layer,
+                ..Default::default()
+            });
+        }
     }
     l.in_trigger = None;
     Ok(state)
+}
+
+/// The stage's declared ARGs with their current values (ENV wins; unset ones are empty),
+/// each once, in order of first declaration: the `|N K=V` prefix of RUN history entries.
+fn run_history_args(state: &StageState) -> Vec<(String, String)> {
+    let env = scope(state);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for key in &state.declared_args {
+        if out.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let value = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        out.push((key.clone(), value));
+    }
+    out
 }
 
 /// Arguments of RUN/CMD/ENTRYPOINT: JSON form as is, shell form through the stage's shell.
