@@ -160,6 +160,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         build_args,
         target: args.target.clone(),
         platform: platforms[0].to_string(),
+        platform_requested: args.platform.is_some(),
         build_platform: format!("{}/{}", host.os, host.architecture),
         no_cache_stages,
         named_contexts: Default::default(),

@@ -383,3 +383,65 @@ fn bad_instruction_values_are_errors_with_their_line() {
         assert!(err.contains(expected), "{line}: {err}");
     }
 }
+
+#[test]
+fn env_pairs_see_old_values_and_arg_defaults_see_earlier_args() {
+    let store = Store::with_busybox();
+    let dockerfile = r#"FROM busybox
+ENV abc=hello
+ENV abc=bye def=$abc
+ENV ghi=$abc
+ARG ONE=1 TWO=${ONE}2
+ENV LEGACY old  style
+"#;
+    let config = build_config(&store, &[("Dockerfile", dockerfile)], &[]);
+    assert_eq!(
+        config["config"]["Env"],
+        json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "abc=bye",
+            "def=hello",
+            "ghi=bye",
+            "LEGACY=old  style"
+        ])
+    );
+    assert_eq!(
+        new_history(&config, 1),
+        entries(&[
+            ("ENV abc=hello", true),
+            ("ENV abc=bye def=hello", true),
+            ("ENV ghi=bye", true),
+            ("ARG ONE=1 TWO=12", true),
+            ("ENV LEGACY=old  style", true),
+        ])
+    );
+}
+
+#[test]
+fn a_requested_platform_names_the_image_even_over_a_build_platform_base() {
+    let store = Store::with_busybox();
+    let other = if target_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let dockerfile = "FROM --platform=$BUILDPLATFORM busybox\nARG TARGETPLATFORM\nRUN echo $TARGETPLATFORM > /p\n";
+    let platform = format!("linux/{other}");
+    let config = build_config(
+        &store,
+        &[("Dockerfile", dockerfile)],
+        &["--platform", &platform],
+    );
+    assert_eq!(config["architecture"], other);
+    assert_eq!(config["os"], "linux");
+    assert_eq!(
+        new_history(&config, 1),
+        entries(&[
+            (&format!("ARG TARGETPLATFORM={platform}"), true),
+            (
+                &format!("RUN |1 TARGETPLATFORM={platform} /bin/sh -c echo $TARGETPLATFORM > /p # buildkit"),
+                false
+            ),
+        ])
+    );
+}

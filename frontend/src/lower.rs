@@ -38,6 +38,9 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// Target platform, e.g. "linux/amd64".
     pub platform: String,
+    /// The target platform was asked for (`--platform`): as in BuildKit, the image then
+    /// says it is for that platform even when its last stage's base is for another.
+    pub platform_requested: bool,
     /// Platform of the machine running the build.
     pub build_platform: String,
     /// Stages whose steps must not come from the cache.
@@ -576,6 +579,14 @@ pub fn lower(
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
+    if opts.platform_requested {
+        let (os, architecture, variant) = split_platform(&opts.platform);
+        if !variant.is_empty() || image.os != os || image.architecture != architecture {
+            image.variant = (!variant.is_empty()).then_some(variant);
+        }
+        image.os = os;
+        image.architecture = architecture;
+    }
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
     let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
         .into_iter()
@@ -828,7 +839,8 @@ fn lower_stage(
                         format!("{} requires at least one key=value pair", kw.to_uppercase()),
                     ));
                 }
-                let mut env = env;
+                // Every pair sees the values from before the instruction, as in BuildKit
+                // (`ENV a=new b=$a` gives b the old a).
                 let mut pairs = Vec::new();
                 for triple in ins.args.chunks(3) {
                     let k = l.expand(ins, &env, &triple[0], escape)?;
@@ -837,7 +849,6 @@ fn lower_stage(
                         if k.is_empty() {
                             return Err(l.err(ins, "ENV names can not be blank"));
                         }
-                        env.push((k.clone(), v.clone()));
                         env_set(&mut state.config.config.env, &k, &v);
                     } else {
                         state.config.config.labels.insert(k.clone(), v.clone());
@@ -849,6 +860,8 @@ fn lower_stage(
             "arg" => {
                 let mut shown = Vec::new();
                 for a in &ins.args {
+                    // Unlike ENV, each ARG's default sees the ones declared before it.
+                    let env = scope(&state);
                     let (k, default) = declare_arg(l, ins, a, &env, escape)?;
                     let v = l
                         .opts
