@@ -445,3 +445,45 @@ fn a_requested_platform_names_the_image_even_over_a_build_platform_base() {
         ])
     );
 }
+
+#[test]
+fn proxy_build_args_reach_run_without_arg_and_stay_out_of_history() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo \"$HTTP_PROXY $http_proxy [$NOT_DECLARED]\" > /p\nENTRYPOINT []\n",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let local = dir.path().join("fs");
+    let out = store.build(
+        ctx.path(),
+        &[
+            "--build-arg",
+            "http_proxy=http://proxy:3128",
+            "--build-arg",
+            "NOT_DECLARED=x",
+            &format!("--output=type=oci,dest={}", archive.display()),
+            &format!("--output=type=local,dest={}", local.display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(local.join("p")).unwrap(),
+        "http://proxy:3128 http://proxy:3128 []\n"
+    );
+    let config = skopeo_config(&archive);
+    assert_eq!(
+        new_history(&config, 1),
+        entries(&[
+            (
+                "RUN /bin/sh -c echo \"$HTTP_PROXY $http_proxy [$NOT_DECLARED]\" > /p # buildkit",
+                false
+            ),
+            ("ENTRYPOINT []", true),
+        ])
+    );
+    // An empty ENTRYPOINT is left out (Go's omitempty), and so is the base's CMD it resets.
+    assert!(config["config"].get("Entrypoint").is_none(), "{config}");
+    assert!(config["config"].get("Cmd").is_none(), "{config}");
+}

@@ -902,13 +902,15 @@ fn lower_stage(
                 parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
                 let args = command_args(&state, ins);
                 created_by = format!("{} {}", kw.to_uppercase(), history::go_quoted_list(&args));
+                // An empty list is left out of the image, like Go's omitempty in BuildKit.
+                let args = (!args.is_empty()).then_some(args);
                 if kw == "cmd" {
                     cmd_set_in_stage = true;
-                    state.config.config.cmd = Some(args);
+                    state.config.config.cmd = args;
                     // BuildKit marks every CMD as escaped (a Docker image spec compatibility flag).
                     state.config.config.args_escaped = true;
                 } else {
-                    state.config.config.entrypoint = Some(args);
+                    state.config.config.entrypoint = args;
                     // An ENTRYPOINT resets a CMD inherited from the base image.
                     if !cmd_set_in_stage {
                         state.config.config.cmd = None;

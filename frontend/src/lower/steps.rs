@@ -307,6 +307,7 @@ pub(super) fn lower_run(
             run_env.push(format!("{k}={v}"));
         }
     }
+    add_proxy_env(&mut run_env, &l.opts.build_args);
     let exec = ExecOp {
         args: args.clone(),
         env: run_env,
@@ -330,6 +331,34 @@ pub(super) fn lower_run(
         Some(ins),
     );
     Ok((vertex, args))
+}
+
+/// BuildKit's predefined proxy args: given as build args, they reach every RUN (in both
+/// cases) without an ARG, and stay out of the image history.
+fn add_proxy_env(run_env: &mut Vec<String>, build_args: &BTreeMap<String, String>) {
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ] {
+        // The last of the differently-cased build args, in sorted order, wins.
+        let Some(value) = build_args
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .next_back()
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        for key in [name.to_string(), name.to_lowercase()] {
+            if env_get(run_env, &key).is_none() {
+                run_env.push(format!("{key}={value}"));
+            }
+        }
+    }
 }
 
 /// One group of COPY/ADD sources read from the same input.
