@@ -382,6 +382,14 @@ fn bad_instruction_values_are_errors_with_their_line() {
         assert!(err.contains("Dockerfile:2:"), "{line}: {err}");
         assert!(err.contains(expected), "{line}: {err}");
     }
+    let ctx = context(&[("Dockerfile", "FROM busybox AS 1st\n")]);
+    let out = store.build(ctx.path(), &["-t", "bad"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile:1:1: invalid name for build stage: \"1st\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -440,6 +440,15 @@ pub fn lower(
             )),
         };
         if let Some(n) = &name {
+            if !is_valid_stage_name(n) {
+                return Err(l.err(
+                    from,
+                    format!(
+                        "invalid name for build stage: {}, name can't start with a number or contain symbols",
+                        crate::parser::go_quote(&from.args[2])
+                    ),
+                ));
+            }
             if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(l.err(from, format!("duplicate stage name {n:?}")));
             }
@@ -602,6 +611,13 @@ pub fn lower(
         warnings: crate::checks::filter(warnings, &check_config),
         check_config,
     })
+}
+
+/// BuildKit's rule for `AS name` (after lowercasing): `^[a-z][a-z0-9-_.]*$`.
+fn is_valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 /// The config BuildKit starts `FROM scratch` with: the platform, and WorkingDir `/`.
