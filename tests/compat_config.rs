@@ -314,7 +314,7 @@ fn expose_and_volume_expand_variables() {
 ARG PORTS="80 9000-9001/udp"
 ENV DIR=/srv
 EXPOSE $PORTS 53/UDP
-VOLUME ["$DIR/data"]
+VOLUME [" $DIR/data "]
 STOPSIGNAL sigterm
 "#;
     let config = build_config(&store, &[("Dockerfile", dockerfile)], &[]);

@@ -973,7 +973,8 @@ fn lower_stage(
                 }
                 let mut volumes = Vec::new();
                 for v in &ins.args {
-                    let v = l.expand(ins, &env, v, escape)?;
+                    // BuildKit trims each path before expanding it (`VOLUME [" /data "]`).
+                    let v = l.expand(ins, &env, v.trim(), escape)?;
                     if v.is_empty() {
                         return Err(l.err(ins, "VOLUME specified can not be an empty string"));
                     }
