@@ -495,3 +495,31 @@ fn proxy_build_args_reach_run_without_arg_and_stay_out_of_history() {
     assert!(config["config"].get("Entrypoint").is_none(), "{config}");
     assert!(config["config"].get("Cmd").is_none(), "{config}");
 }
+
+#[test]
+fn labels_are_inherited_overridden_and_set_by_the_label_flag() {
+    let store = Store::with_busybox();
+    let dockerfile = r#"FROM busybox AS base
+LABEL a=base b=base
+FROM base
+ARG V=2
+LABEL b="over ${V}" "c d"=e
+"#;
+    let config = build_config(
+        &store,
+        &[("Dockerfile", dockerfile)],
+        &["--label", "a=flag", "--label", "empty"],
+    );
+    assert_eq!(
+        config["config"]["Labels"],
+        json!({"a": "flag", "b": "over 2", "c d": "e", "empty": ""})
+    );
+    assert_eq!(
+        new_history(&config, 1),
+        entries(&[
+            ("LABEL a=base b=base", true),
+            ("ARG V=2", true),
+            ("LABEL b=over 2 c d=e", true),
+        ])
+    );
+}

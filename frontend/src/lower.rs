@@ -41,6 +41,8 @@ pub struct BuildOptions {
     /// The target platform was asked for (`--platform`): as in BuildKit, the image then
     /// says it is for that platform even when its last stage's base is for another.
     pub platform_requested: bool,
+    /// `--label`s, set on the final image over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
     /// Platform of the machine running the build.
     pub build_platform: String,
     /// Stages whose steps must not come from the cache.
@@ -588,6 +590,7 @@ pub fn lower(
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
+    image.config.labels.extend(opts.labels.clone());
     if opts.platform_requested {
         let (os, architecture, variant) = split_platform(&opts.platform);
         if !variant.is_empty() || image.os != os || image.architecture != architecture {
