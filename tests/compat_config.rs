@@ -523,3 +523,51 @@ LABEL b="over ${V}" "c d"=e
         ])
     );
 }
+
+#[test]
+fn an_arg_set_after_an_env_of_the_same_name_shadows_it_until_the_next_env() {
+    let store = Store::with_busybox();
+    let dockerfile = r#"FROM busybox
+ENV V=env
+ARG V=arg
+RUN echo $V > /v
+ENV W=$V
+ENV V=env2
+RUN echo $V > /v2
+"#;
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let local = dir.path().join("fs");
+    let out = store.build(
+        ctx.path(),
+        &[
+            &format!("--output=type=oci,dest={}", archive.display()),
+            &format!("--output=type=local,dest={}", local.display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |name: &str| std::fs::read_to_string(local.join(name)).unwrap();
+    assert_eq!(read("v"), "arg\n");
+    assert_eq!(read("v2"), "env2\n");
+    let config = skopeo_config(&archive);
+    assert_eq!(
+        config["config"]["Env"],
+        json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "V=env2",
+            "W=arg"
+        ])
+    );
+    assert_eq!(
+        new_history(&config, 1),
+        entries(&[
+            ("ENV V=env", true),
+            ("ARG V=arg", true),
+            ("RUN |1 V=arg /bin/sh -c echo $V > /v # buildkit", false),
+            ("ENV W=arg", true),
+            ("ENV V=env2", true),
+            ("RUN |1 V=env2 /bin/sh -c echo $V > /v2 # buildkit", false),
+        ])
+    );
+}

@@ -122,6 +122,9 @@ struct StageState {
     /// Every ARG declared in the stage (and the stage it is based on), in order: BuildKit
     /// lists them in front of each RUN's history entry.
     declared_args: Vec<String>,
+    /// ARGs set after an ENV of the same name: as in BuildKit (one environment, last
+    /// assignment wins), they shadow it for expansion and RUN until the next ENV.
+    args_over_env: BTreeSet<String>,
     shell: Vec<String>,
     platform: String,
 }
@@ -330,7 +333,7 @@ fn env_set(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
-/// Expansion environment: ARGs in scope overridden by ENV (ENV always wins).
+/// Expansion environment: ARGs in scope overridden by ENV, except ARGs set after it.
 fn scope(state: &StageState) -> Vec<(String, String)> {
     let mut v = state.args.clone();
     v.extend(
@@ -341,6 +344,13 @@ fn scope(state: &StageState) -> Vec<(String, String)> {
             .iter()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    v.extend(
+        state
+            .args
+            .iter()
+            .filter(|(k, _)| state.args_over_env.contains(k))
+            .cloned(),
     );
     v
 }
@@ -707,6 +717,7 @@ fn lower_stage(
             config,
             args: vec![],
             declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
@@ -723,6 +734,7 @@ fn lower_stage(
             config,
             args: vec![],
             declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
@@ -747,6 +759,7 @@ fn lower_stage(
             config,
             args: vec![],
             declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
@@ -868,6 +881,7 @@ fn lower_stage(
                         if k.is_empty() {
                             return Err(l.err(ins, "ENV names can not be blank"));
                         }
+                        state.args_over_env.remove(&k);
                         env_set(&mut state.config.config.env, &k, &v);
                     } else {
                         state.config.config.labels.insert(k.clone(), v.clone());
@@ -909,6 +923,7 @@ fn lower_stage(
                         Some(v) => {
                             shown.push(format!("{k}={v}"));
                             state.args.retain(|(n, _)| *n != k);
+                            state.args_over_env.insert(k.clone());
                             state.args.push((k, v));
                         }
                         // Without a value the ARG stays unset (an earlier value is kept).

@@ -303,7 +303,9 @@ pub(super) fn lower_run(
     }
     let mut run_env = state.config.config.env.clone();
     for (k, v) in &state.args {
-        if env_get(&run_env, k).is_none() {
+        if state.args_over_env.contains(k) {
+            env_set(&mut run_env, k, v);
+        } else if env_get(&run_env, k).is_none() {
             run_env.push(format!("{k}={v}"));
         }
     }
