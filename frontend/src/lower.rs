@@ -609,6 +609,10 @@ pub fn lower(
         image.os = os;
         image.architecture = architecture;
     }
+    // BuildKit writes the platform normalised as containerd does (arm64/v8 → arm64).
+    let platform = image.platform().normalized();
+    (image.os, image.architecture, image.variant) =
+        (platform.os, platform.architecture, platform.variant);
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
     let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
         .into_iter()
@@ -1257,6 +1261,38 @@ mod tests {
         assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
         assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration_ns("10x"), None);
+    }
+
+    /// Every image is an arm64/v8 image, as its config spells it.
+    struct Arm64V8;
+
+    impl ImageResolver for Arm64V8 {
+        fn resolve(&self, reference: &str, _: &str) -> anyhow::Result<(String, ImageConfig)> {
+            let config = ImageConfig {
+                os: "linux".into(),
+                architecture: "aarch64".into(),
+                variant: Some("v8".into()),
+                ..Default::default()
+            };
+            Ok((format!("{reference}@sha256:{}", "a".repeat(64)), config))
+        }
+    }
+
+    #[test]
+    fn the_image_platform_is_normalised_like_buildkits() {
+        let src = b"FROM base\nENV A=1\n";
+        let ast = crate::parse(src).unwrap();
+        let opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/arm64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        let image = lower(&ast, src, &opts, &Arm64V8).unwrap().image;
+        assert_eq!(
+            (image.architecture.as_str(), image.variant),
+            ("arm64", None)
+        );
     }
 
     #[test]
