@@ -571,3 +571,24 @@ RUN echo $V > /v2
         ])
     );
 }
+
+#[test]
+fn a_base_image_shell_is_used_for_the_next_builds_shell_forms() {
+    let store = Store::with_busybox();
+    let base = context(&[("Dockerfile", "FROM busybox\nSHELL [\"/bin/sh\", \"-ec\"]\n")]);
+    let out = store.build(base.path(), &["-t", "shelled"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = build_config(
+        &store,
+        &[("Dockerfile", "FROM shelled\nRUN true\nCMD run\n")],
+        &[],
+    );
+    assert_eq!(config["config"]["Cmd"], json!(["/bin/sh", "-ec", "run"]));
+    assert_eq!(
+        new_history(&config, 2),
+        entries(&[
+            ("RUN /bin/sh -ec true # buildkit", false),
+            ("CMD [\"/bin/sh\" \"-ec\" \"run\"]", true),
+        ])
+    );
+}

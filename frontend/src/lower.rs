@@ -768,6 +768,8 @@ fn lower_stage(
             platform: platform.clone(),
         }
     };
+    // A base image made with SHELL runs this stage's shell forms through that shell too.
+    state.shell = state.config.config.shell.clone();
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
