@@ -150,6 +150,8 @@ struct Lowerer<'a> {
     in_trigger: Option<String>,
     /// Warnings found while expanding variables (UndefinedVar, UndefinedArgInFrom).
     warnings: std::cell::RefCell<Vec<CheckWarning>>,
+    /// ARGs declared in the stage being lowered: never "undefined", even without a value.
+    declared_args: std::cell::RefCell<Vec<String>>,
 }
 
 fn lines_of(source: &[u8]) -> Vec<String> {
@@ -198,6 +200,9 @@ impl Lowerer<'_> {
 
     /// Records an UndefinedVar (UndefinedArgInFrom in FROM) warning for `$name`.
     fn warn_undefined(&self, ins: &Instruction, env: &[(String, String)], name: &str) {
+        if ins.keyword != "from" && self.declared_args.borrow().iter().any(|a| a == name) {
+            return;
+        }
         let hint = suggest(name, env.iter().map(|(k, _)| k.as_str()));
         let (rule, message) = if ins.keyword == "from" {
             let hint = hint
@@ -372,6 +377,7 @@ pub fn lower(
         stage_names: Vec::new(),
         in_trigger: None,
         warnings: Default::default(),
+        declared_args: Default::default(),
     };
     let escape = ast.directives.escape;
 
@@ -796,6 +802,7 @@ fn lower_stage(
         let mut buildkit_suffix = false;
         let mut record_history = true;
         let env = scope(&state);
+        l.declared_args.replace(state.declared_args.clone());
         match kw {
             "run" => {
                 step += 1;
@@ -925,6 +932,7 @@ fn lower_stage(
                                 .map(|(_, v)| v.clone())
                         });
                     state.declared_args.push(k.clone());
+                    l.declared_args.borrow_mut().push(k.clone());
                     match v {
                         Some(v) => {
                             shown.push(format!("{k}={v}"));
@@ -1295,6 +1303,22 @@ mod tests {
             (image.architecture.as_str(), image.variant),
             ("arm64", None)
         );
+    }
+
+    #[test]
+    fn a_declared_arg_without_a_value_is_not_an_undefined_variable() {
+        let src = b"FROM busybox\nARG EMPTY\nARG A B=${A}x\nENV X=$EMPTY Y=$B Z=$NOPE\n";
+        let ast = crate::parse(src).unwrap();
+        let opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/amd64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        let warnings = lower(&ast, src, &opts, &Arm64V8).unwrap().warnings;
+        let rules: Vec<(&str, usize)> = warnings.iter().map(|w| (w.rule, w.line)).collect();
+        assert_eq!(rules, [("UndefinedVar", 4)], "{warnings:?}");
+        assert!(warnings[0].message.contains("$NOPE"), "{warnings:?}");
     }
 
     #[test]
