@@ -374,6 +374,7 @@ fn bad_instruction_values_are_errors_with_their_line() {
             "HEALTHCHECK --retries=-1 CMD true",
             "--retries cannot be negative",
         ),
+        ("WORKDIR $UNSET", "cannot normalize nothing"),
     ] {
         let ctx = context(&[("Dockerfile", &format!("FROM busybox\n{line}\n"))]);
         let out = store.build(ctx.path(), &["-t", "bad"]);
@@ -401,6 +402,7 @@ ENV abc=bye def=$abc
 ENV ghi=$abc
 ARG ONE=1 TWO=${ONE}2
 ENV LEGACY old  style
+USER ${NOBODY}
 "#;
     let config = build_config(&store, &[("Dockerfile", dockerfile)], &[]);
     assert_eq!(
@@ -421,7 +423,12 @@ ENV LEGACY old  style
             ("ENV ghi=bye", true),
             ("ARG ONE=1 TWO=12", true),
             ("ENV LEGACY=old  style", true),
+            ("USER ", true),
         ])
+    );
+    assert!(
+        config["config"].get("User").is_none(),
+        "an empty USER is left out"
     );
 }
 

@@ -838,6 +838,12 @@ fn lower_stage(
                     .first()
                     .ok_or_else(|| l.err(ins, "WORKDIR requires exactly one argument"))?;
                 let dir = l.expand(ins, &env, arg, escape)?;
+                if dir.is_empty() {
+                    return Err(l.err(
+                        ins,
+                        format!("WORKDIR {arg}: the path is empty after expansion (normalizing workdir: cannot normalize nothing)"),
+                    ));
+                }
                 let cur = state
                     .config
                     .config
@@ -971,8 +977,9 @@ fn lower_stage(
                     .first()
                     .ok_or_else(|| l.err(ins, "USER requires exactly one argument"))?;
                 let u = l.expand(ins, &env, u, escape)?;
-                state.config.config.user = Some(u.clone());
                 created_by = format!("USER {u}");
+                // An empty user is left out of the image, like Go's omitempty in BuildKit.
+                state.config.config.user = (!u.is_empty()).then_some(u);
             }
             "expose" => {
                 if ins.args.is_empty() {
