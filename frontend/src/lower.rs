@@ -384,16 +384,38 @@ pub fn lower(
     // Automatic platform args, then global ARGs before the first FROM.
     let (os, arch, variant) = split_platform(&opts.platform);
     let (bos, barch, bvariant) = split_platform(&opts.build_platform);
-    let auto_args: Vec<(String, String)> = vec![
-        ("TARGETPLATFORM".into(), opts.platform.clone()),
-        ("TARGETOS".into(), os),
-        ("TARGETARCH".into(), arch),
-        ("TARGETVARIANT".into(), variant),
-        ("BUILDPLATFORM".into(), opts.build_platform.clone()),
-        ("BUILDOS".into(), bos),
-        ("BUILDARCH".into(), barch),
-        ("BUILDVARIANT".into(), bvariant),
-    ];
+    // TARGETSTAGE is the stage asked for, else the last one's name (empty if unnamed).
+    let target_stage = opts.target.clone().unwrap_or_else(|| {
+        ast.instructions
+            .iter()
+            .rev()
+            .find(|x| x.keyword == "from")
+            .and_then(|from| match from.args.as_slice() {
+                [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_lowercase()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    });
+    // As in BuildKit, a build arg of the same name overrides an automatic value.
+    let auto_args: Vec<(String, String)> = [
+        ("BUILDPLATFORM", opts.build_platform.clone()),
+        ("BUILDOS", bos),
+        ("BUILDOSVERSION", String::new()),
+        ("BUILDARCH", barch),
+        ("BUILDVARIANT", bvariant),
+        ("TARGETPLATFORM", opts.platform.clone()),
+        ("TARGETOS", os),
+        ("TARGETOSVERSION", String::new()),
+        ("TARGETARCH", arch),
+        ("TARGETVARIANT", variant),
+        ("TARGETSTAGE", target_stage),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        let v = opts.build_args.get(k).cloned().unwrap_or(v);
+        (k.to_string(), v)
+    })
+    .collect();
     let mut stages: Vec<StageSource> = Vec::new();
     let mut i = 0;
     let ins = &ast.instructions;
@@ -1326,6 +1348,31 @@ mod tests {
         let rules: Vec<(&str, usize)> = warnings.iter().map(|w| (w.rule, w.line)).collect();
         assert_eq!(rules, [("UndefinedVar", 4)], "{warnings:?}");
         assert!(warnings[0].message.contains("$NOPE"), "{warnings:?}");
+    }
+
+    #[test]
+    fn automatic_args_include_the_target_stage_and_yield_to_build_args() {
+        let src = b"FROM busybox AS Build\nARG TARGETSTAGE TARGETOSVERSION TARGETARCH\nRUN true\n";
+        let ast = crate::parse(src).unwrap();
+        let mut opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/amd64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        opts.build_args.insert("TARGETARCH".into(), "custom".into());
+        let history = lower(&ast, src, &opts, &Arm64V8).unwrap().image.history;
+        let texts: Vec<&str> = history
+            .iter()
+            .filter_map(|h| h.created_by.as_deref())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "ARG TARGETSTAGE=build TARGETOSVERSION= TARGETARCH=custom",
+                "RUN |3 TARGETSTAGE=build TARGETOSVERSION= TARGETARCH=custom /bin/sh -c true # buildkit"
+            ]
+        );
     }
 
     #[test]
