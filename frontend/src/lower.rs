@@ -1257,7 +1257,14 @@ fn join_path(base: &str, p: &str, keep_trailing_slash: bool) -> String {
 /// Parses Go-style durations (`30s`, `1m30s`, `500ms`) into nanoseconds.
 fn parse_duration_ns(s: &str) -> Option<i64> {
     let mut total: f64 = 0.0;
-    let mut rest = s;
+    // Go's time.ParseDuration: an optional sign, and a bare "0" needs no unit.
+    let (sign, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
     if rest.is_empty() {
         return None;
     }
@@ -1280,7 +1287,7 @@ fn parse_duration_ns(s: &str) -> Option<i64> {
         total += n * mult;
         rest = &rest[unit_end..];
     }
-    Some(total as i64)
+    Some((sign * total) as i64)
 }
 
 #[cfg(test)]
@@ -1300,6 +1307,10 @@ mod tests {
         assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
         assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration_ns("10x"), None);
+        assert_eq!(parse_duration_ns("0"), Some(0));
+        assert_eq!(parse_duration_ns("5"), None);
+        assert_eq!(parse_duration_ns("-1s"), Some(-1_000_000_000));
+        assert_eq!(parse_duration_ns("1.5h"), Some(5_400_000_000_000));
     }
 
     /// Every image is an arm64/v8 image, as its config spells it.
