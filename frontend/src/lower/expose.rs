@@ -87,6 +87,16 @@ mod tests {
             ["80/udp"]
         );
         assert_eq!(parse_port_spec("[::1]:8080:80").unwrap(), ["80/tcp"]);
+        assert_eq!(
+            parse_port_spec("2001:4860:0:2001::68::333").unwrap(),
+            ["333/tcp"]
+        );
+        assert_eq!(parse_port_spec("::::80").unwrap(), ["80/tcp"]);
+        assert_eq!(
+            parse_port_spec("0.0.0.0:1234-1235:3333-3334/tcp").unwrap(),
+            ["3333/tcp", "3334/tcp"]
+        );
+        assert!(parse_port_spec("localhost:1234:1234/tcp").is_err());
     }
 
     #[test]
