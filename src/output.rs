@@ -563,7 +563,12 @@ async fn make_images(
 /// or, ahead of the first new layer, the time of that first new layer. A build answered from
 /// the cache gives the same config, and so the same image digest.
 fn stamp_history(config: &mut ImageConfig, layer_times: &[Option<String>]) {
-    let now = exporter::now_rfc3339();
+    // Layers known only from an imported cache have no time: those steps are dated now. An
+    // image with no time at all (FROM scratch and metadata only) stays undated, as BuildKit's.
+    let now = layer_times
+        .iter()
+        .any(Option::is_none)
+        .then(exporter::now_rfc3339);
     let mut layers = layer_times.iter();
     for h in config.history.iter_mut().filter(|h| !h.empty_layer) {
         let time = layers.next().cloned().flatten();
@@ -592,18 +597,16 @@ fn stamp_history(config: &mut ImageConfig, layer_times: &[Option<String>]) {
             Some(_) => {}
             None => {
                 seen_undated = true;
-                h.created = Some(fill.clone().unwrap_or_else(|| now.clone()));
+                h.created = fill.clone().or_else(|| now.clone());
             }
         }
     }
-    config.created = Some(
-        config
-            .history
-            .iter()
-            .rev()
-            .find_map(|h| h.created.clone())
-            .unwrap_or(now),
-    );
+    config.created = config
+        .history
+        .iter()
+        .rev()
+        .find_map(|h| h.created.clone())
+        .or(now);
 }
 
 /// Writes one target's layers, config and manifest in `format`.

@@ -599,3 +599,18 @@ fn a_base_image_shell_is_used_for_the_next_builds_shell_forms() {
         ])
     );
 }
+
+#[test]
+fn an_image_without_any_layer_time_stays_undated() {
+    let store = Store::new();
+    let config = build_config(
+        &store,
+        &[("Dockerfile", "FROM scratch\nENV A=1\nLABEL l=v\n")],
+        &[],
+    );
+    assert!(config.get("created").is_none(), "{config}");
+    for h in config["history"].as_array().unwrap() {
+        assert!(h.get("created").is_none(), "{h}");
+    }
+    assert_eq!(config["rootfs"], json!({"type": "layers", "diff_ids": []}));
+}
