@@ -20,6 +20,9 @@ pub struct BuildArgs {
     /// Build-time variable, KEY=VALUE (or KEY to take it from the environment).
     #[arg(long = "build-arg")]
     pub build_args: Vec<String>,
+    /// Label for the image, KEY=VALUE (KEY alone: an empty value); may be repeated.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Build only up to this stage.
     #[arg(long)]
     pub target: Option<String>,
@@ -109,6 +112,19 @@ pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, Strin
     Ok(out)
 }
 
+/// `--label` values as buildx reads them: `KEY=VALUE`, or `KEY` for an empty value.
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for label in labels {
+        let (k, v) = label.split_once('=').unwrap_or((label, ""));
+        if k.is_empty() {
+            bail!("--label {label:?}: the name is empty");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
@@ -160,6 +176,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         build_args,
         target: args.target.clone(),
         platform: platforms[0].to_string(),
+        platform_requested: args.platform.is_some(),
+        labels: parse_labels(&args.labels)?,
         build_platform: format!("{}/{}", host.os, host.architecture),
         no_cache_stages,
         named_contexts: Default::default(),

@@ -570,31 +570,55 @@ async fn make_images(
     Ok(exporter::write_index(&solver.content, &manifests)?)
 }
 
-/// Dates each new history entry by the layer it made (an entry without a layer by the
-/// layer before it) and the image by its last entry, as BuildKit does: a build answered
-/// from the cache gives the same config, and so the same image digest.
+/// Dates each new history entry by the layer it made and the image by its last entry, as
+/// BuildKit's exporter does: an entry without a layer takes the time of the layer before it,
+/// or, ahead of the first new layer, the time of that first new layer. A build answered from
+/// the cache gives the same config, and so the same image digest.
 fn stamp_history(config: &mut ImageConfig, layer_times: &[Option<String>]) {
-    let now = exporter::now_rfc3339();
+    // Layers known only from an imported cache have no time: those steps are dated now. An
+    // image with no time at all (FROM scratch and metadata only) stays undated, as BuildKit's.
+    let now = layer_times
+        .iter()
+        .any(Option::is_none)
+        .then(exporter::now_rfc3339);
     let mut layers = layer_times.iter();
-    let mut last: Option<String> = None;
-    for h in config.history.iter_mut() {
-        if !h.empty_layer {
-            if let Some(Some(t)) = layers.next() {
-                last = Some(t.clone());
-            }
-        }
-        match &h.created {
-            Some(t) => last = Some(t.clone()),
-            None => h.created = Some(last.clone().unwrap_or_else(|| now.clone())),
+    for h in config.history.iter_mut().filter(|h| !h.empty_layer) {
+        let time = layers.next().cloned().flatten();
+        if h.created.is_none() {
+            h.created = time;
         }
     }
-    config.created = Some(
-        config
-            .history
-            .last()
-            .and_then(|h| h.created.clone())
-            .unwrap_or(now),
-    );
+    // The first time found after an undated entry (else the last one before it).
+    let mut fill: Option<String> = None;
+    let mut seen_undated = false;
+    for h in &config.history {
+        match &h.created {
+            Some(t) => {
+                fill = Some(t.clone());
+                if seen_undated {
+                    break;
+                }
+            }
+            None => seen_undated = true,
+        }
+    }
+    seen_undated = false;
+    for h in config.history.iter_mut() {
+        match &h.created {
+            Some(t) if seen_undated => fill = Some(t.clone()),
+            Some(_) => {}
+            None => {
+                seen_undated = true;
+                h.created = fill.clone().or_else(|| now.clone());
+            }
+        }
+    }
+    config.created = config
+        .history
+        .iter()
+        .rev()
+        .find_map(|h| h.created.clone())
+        .or(now);
 }
 
 /// Writes one target's layers, config and manifest in `format`.

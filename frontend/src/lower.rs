@@ -8,8 +8,11 @@ use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, 
 use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;
+mod expose;
+mod history;
 mod mounts;
 mod onbuild;
+mod signal;
 mod sources;
 mod steps;
 
@@ -35,6 +38,11 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// Target platform, e.g. "linux/amd64".
     pub platform: String,
+    /// The target platform was asked for (`--platform`): as in BuildKit, the image then
+    /// says it is for that platform even when its last stage's base is for another.
+    pub platform_requested: bool,
+    /// `--label`s, set on the final image over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
     /// Platform of the machine running the build.
     pub build_platform: String,
     /// Stages whose steps must not come from the cache.
@@ -109,8 +117,14 @@ pub struct Lowered {
 struct StageState {
     vertex: Option<usize>,
     config: ImageConfig,
-    /// Declared ARGs in scope with their values.
+    /// Declared ARGs in scope that have a value (those without one stay unset).
     args: Vec<(String, String)>,
+    /// Every ARG declared in the stage (and the stage it is based on), in order: BuildKit
+    /// lists them in front of each RUN's history entry.
+    declared_args: Vec<String>,
+    /// ARGs set after an ENV of the same name: as in BuildKit (one environment, last
+    /// assignment wins), they shadow it for expansion and RUN until the next ENV.
+    args_over_env: BTreeSet<String>,
     shell: Vec<String>,
     platform: String,
 }
@@ -127,12 +141,17 @@ struct Lowerer<'a> {
     def: Definition,
     locations: BTreeMap<usize, Location>,
     global_args: Vec<(String, String)>,
+    /// Global ARGs declared without a value or build arg: in scope for FROM, but a stage's
+    /// `ARG name` does not take a value from them.
+    valueless_global_args: BTreeSet<String>,
     /// Stage names by index (None for unnamed stages).
     stage_names: Vec<Option<String>>,
     /// Text of the ONBUILD trigger being lowered, if any (errors mention it).
     in_trigger: Option<String>,
     /// Warnings found while expanding variables (UndefinedVar, UndefinedArgInFrom).
     warnings: std::cell::RefCell<Vec<CheckWarning>>,
+    /// ARGs declared in the stage being lowered: never "undefined", even without a value.
+    declared_args: std::cell::RefCell<Vec<String>>,
 }
 
 fn lines_of(source: &[u8]) -> Vec<String> {
@@ -181,6 +200,9 @@ impl Lowerer<'_> {
 
     /// Records an UndefinedVar (UndefinedArgInFrom in FROM) warning for `$name`.
     fn warn_undefined(&self, ins: &Instruction, env: &[(String, String)], name: &str) {
+        if ins.keyword != "from" && self.declared_args.borrow().iter().any(|a| a == name) {
+            return;
+        }
         let hint = suggest(name, env.iter().map(|(k, _)| k.as_str()));
         let (rule, message) = if ins.keyword == "from" {
             let hint = hint
@@ -316,7 +338,7 @@ fn env_set(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
-/// Expansion environment: ARGs in scope overridden by ENV (ENV always wins).
+/// Expansion environment: ARGs in scope overridden by ENV, except ARGs set after it.
 fn scope(state: &StageState) -> Vec<(String, String)> {
     let mut v = state.args.clone();
     v.extend(
@@ -327,6 +349,13 @@ fn scope(state: &StageState) -> Vec<(String, String)> {
             .iter()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    v.extend(
+        state
+            .args
+            .iter()
+            .filter(|(k, _)| state.args_over_env.contains(k))
+            .cloned(),
     );
     v
 }
@@ -344,25 +373,49 @@ pub fn lower(
         def: Definition::default(),
         locations: BTreeMap::new(),
         global_args: Vec::new(),
+        valueless_global_args: BTreeSet::new(),
         stage_names: Vec::new(),
         in_trigger: None,
         warnings: Default::default(),
+        declared_args: Default::default(),
     };
     let escape = ast.directives.escape;
 
     // Automatic platform args, then global ARGs before the first FROM.
     let (os, arch, variant) = split_platform(&opts.platform);
     let (bos, barch, bvariant) = split_platform(&opts.build_platform);
-    let auto_args: Vec<(String, String)> = vec![
-        ("TARGETPLATFORM".into(), opts.platform.clone()),
-        ("TARGETOS".into(), os),
-        ("TARGETARCH".into(), arch),
-        ("TARGETVARIANT".into(), variant),
-        ("BUILDPLATFORM".into(), opts.build_platform.clone()),
-        ("BUILDOS".into(), bos),
-        ("BUILDARCH".into(), barch),
-        ("BUILDVARIANT".into(), bvariant),
-    ];
+    // TARGETSTAGE is the stage asked for, else the last one's name (empty if unnamed).
+    let target_stage = opts.target.clone().unwrap_or_else(|| {
+        ast.instructions
+            .iter()
+            .rev()
+            .find(|x| x.keyword == "from")
+            .and_then(|from| match from.args.as_slice() {
+                [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_lowercase()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    });
+    // As in BuildKit, a build arg of the same name overrides an automatic value.
+    let auto_args: Vec<(String, String)> = [
+        ("BUILDPLATFORM", opts.build_platform.clone()),
+        ("BUILDOS", bos),
+        ("BUILDOSVERSION", String::new()),
+        ("BUILDARCH", barch),
+        ("BUILDVARIANT", bvariant),
+        ("TARGETPLATFORM", opts.platform.clone()),
+        ("TARGETOS", os),
+        ("TARGETOSVERSION", String::new()),
+        ("TARGETARCH", arch),
+        ("TARGETVARIANT", variant),
+        ("TARGETSTAGE", target_stage),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        let v = opts.build_args.get(k).cloned().unwrap_or(v);
+        (k.to_string(), v)
+    })
+    .collect();
     let mut stages: Vec<StageSource> = Vec::new();
     let mut i = 0;
     let ins = &ast.instructions;
@@ -388,14 +441,13 @@ pub fn lower(
                     .find(|(a, _)| *a == k)
                     .map(|(_, v)| v.clone())
             };
-            let v = opts
-                .build_args
-                .get(&k)
-                .cloned()
-                .or(v)
-                .or_else(automatic)
-                .unwrap_or_default();
-            l.global_args.push((k, v));
+            let v = opts.build_args.get(&k).cloned().or(v).or_else(automatic);
+            if v.is_some() {
+                l.valueless_global_args.remove(&k);
+            } else {
+                l.valueless_global_args.insert(k.clone());
+            }
+            l.global_args.push((k, v.unwrap_or_default()));
         }
         i += 1;
     }
@@ -428,6 +480,15 @@ pub fn lower(
             )),
         };
         if let Some(n) = &name {
+            if !is_valid_stage_name(n) {
+                return Err(l.err(
+                    from,
+                    format!(
+                        "invalid name for build stage: {}, name can't start with a number or contain symbols",
+                        crate::parser::go_quote(&from.args[2])
+                    ),
+                ));
+            }
             if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(l.err(from, format!("duplicate stage name {n:?}")));
             }
@@ -567,6 +628,19 @@ pub fn lower(
     l.def.output = Some(output);
     let mut image = final_state.config;
     image.rootfs.diff_ids.clear();
+    image.config.labels.extend(opts.labels.clone());
+    if opts.platform_requested {
+        let (os, architecture, variant) = split_platform(&opts.platform);
+        if !variant.is_empty() || image.os != os || image.architecture != architecture {
+            image.variant = (!variant.is_empty()).then_some(variant);
+        }
+        image.os = os;
+        image.architecture = architecture;
+    }
+    // BuildKit writes the platform normalised as containerd does (arm64/v8 → arm64).
+    let platform = image.platform().normalized();
+    (image.os, image.architecture, image.variant) =
+        (platform.os, platform.architecture, platform.variant);
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
     let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
         .into_iter()
@@ -582,6 +656,25 @@ pub fn lower(
         warnings: crate::checks::filter(warnings, &check_config),
         check_config,
     })
+}
+
+/// BuildKit's rule for `AS name` (after lowercasing): `^[a-z][a-z0-9-_.]*$`.
+fn is_valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+/// The config BuildKit starts `FROM scratch` with: the platform, and WorkingDir `/`.
+fn empty_image(os: String, architecture: String, variant: String) -> ImageConfig {
+    let mut image = ImageConfig {
+        os,
+        architecture,
+        variant: (!variant.is_empty()).then_some(variant),
+        ..Default::default()
+    };
+    image.config.working_dir = Some("/".into());
+    image
 }
 
 fn split_platform(p: &str) -> (String, String, String) {
@@ -650,37 +743,30 @@ fn lower_stage(
     let named = l.named_context_stage_base(from, &base, &platform, resolver)?;
     let mut state = if let Some((v, config)) = named {
         let (os, arch, variant) = split_platform(&platform);
-        let config = config.unwrap_or_else(|| ImageConfig {
-            os,
-            architecture: arch,
-            variant: (!variant.is_empty()).then_some(variant),
-            ..Default::default()
-        });
+        let config = config.unwrap_or_else(|| empty_image(os, arch, variant));
         StageState {
             vertex: Some(v),
             config,
             args: vec![],
+            declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
     } else if let Some(d) = stage_index(&base, index) {
-        let mut s = states[d]
+        // As in BuildKit, the stage keeps the base stage's ARGs (values and history prefix).
+        states[d]
             .clone()
-            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?;
-        s.args.clear();
-        s
+            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?
     } else if base.eq_ignore_ascii_case("scratch") {
         let (os, arch, variant) = split_platform(&platform);
-        let config = ImageConfig {
-            os,
-            architecture: arch,
-            variant: (!variant.is_empty()).then_some(variant),
-            ..Default::default()
-        };
+        let config = empty_image(os, arch, variant);
         StageState {
             vertex: None,
             config,
             args: vec![],
+            declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
@@ -704,10 +790,14 @@ fn lower_stage(
             vertex: Some(v),
             config,
             args: vec![],
+            declared_args: vec![],
+            args_over_env: BTreeSet::new(),
             shell: vec![],
             platform: platform.clone(),
         }
     };
+    // A base image made with SHELL runs this stage's shell forms through that shell too.
+    state.shell = state.config.config.shell.clone();
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
@@ -728,19 +818,24 @@ fn lower_stage(
     for (position, ins) in triggers.iter().chain(st.body).enumerate() {
         l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         let kw = ins.keyword.as_str();
-        let created_by;
+        let created_by: String;
         let mut empty_layer = true;
+        // Only steps that add a layer get BuildKit's " # buildkit" suffix; ONBUILD records nothing.
+        let mut buildkit_suffix = false;
+        let mut record_history = true;
         let env = scope(&state);
+        l.declared_args.replace(state.declared_args.clone());
         match kw {
             "run" => {
                 step += 1;
                 // As BuildKit's progress does, the step name shows the flags (mounts, network).
                 let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
                 let name = step_name(step, &format!("RUN {flags}{}", display_cmd(ins)));
-                let v = steps::lower_run(l, &cx, &state, ins, &env, name)?;
+                let (v, args) = steps::lower_run(l, &cx, &state, ins, &env, name)?;
                 state.vertex = Some(v);
-                created_by = format!("RUN {}", display_cmd(ins));
+                created_by = history::run_text(&args, &run_history_args(&state));
                 empty_layer = false;
+                buildkit_suffix = true;
             }
             "copy" | "add" => {
                 step += 1;
@@ -752,11 +847,12 @@ fn lower_stage(
                         .map(|x| x.1.trim())
                         .unwrap_or("")
                 );
-                let (v, words, dest_word) =
+                let (v, text) =
                     steps::lower_copy(l, &cx, &state, ins, &env, step_name(step, &text))?;
                 state.vertex = Some(v);
-                created_by = format!("{} {} in {}", kw.to_uppercase(), words.join(" "), dest_word);
+                created_by = text;
                 empty_layer = false;
+                buildkit_suffix = true;
             }
             "workdir" => {
                 let arg = ins
@@ -764,6 +860,12 @@ fn lower_stage(
                     .first()
                     .ok_or_else(|| l.err(ins, "WORKDIR requires exactly one argument"))?;
                 let dir = l.expand(ins, &env, arg, escape)?;
+                if dir.is_empty() {
+                    return Err(l.err(
+                        ins,
+                        format!("WORKDIR {arg}: the path is empty after expansion (normalizing workdir: cannot normalize nothing)"),
+                    ));
+                }
                 let cur = state
                     .config
                     .config
@@ -772,33 +874,36 @@ fn lower_stage(
                     .unwrap_or_else(|| "/".into());
                 let dir = join_path(&cur, &dir, false);
                 state.config.config.working_dir = Some(dir.clone());
-                step += 1;
-                let base = l.or_scratch(state.vertex);
-                let chown = state
-                    .config
-                    .config
-                    .user
-                    .clone()
-                    .filter(|u| !u.is_empty())
-                    .map(|u| parse_chown(&u));
-                let v = l.add(
-                    Vertex {
-                        op: Op::File(FileOp {
-                            actions: vec![FileAction::Mkdir {
-                                path: dir.clone(),
-                                mode: 0o755,
-                                chown,
-                            }],
-                        }),
-                        inputs: vec![base],
-                        name: step_name(step, &format!("WORKDIR {dir}")),
-                        ignore_cache: no_cache,
-                    },
-                    Some(ins),
-                );
-                state.vertex = Some(v);
                 created_by = format!("WORKDIR {dir}");
-                empty_layer = false;
+                // BuildKit makes no directory (and no layer) for the root.
+                if dir != "/" {
+                    step += 1;
+                    let base = l.or_scratch(state.vertex);
+                    let chown = state
+                        .config
+                        .config
+                        .user
+                        .clone()
+                        .filter(|u| !u.is_empty())
+                        .map(|u| parse_chown(&u));
+                    let v = l.add(
+                        Vertex {
+                            op: Op::File(FileOp {
+                                actions: vec![FileAction::Mkdir {
+                                    path: dir.clone(),
+                                    mode: 0o755,
+                                    chown,
+                                }],
+                            }),
+                            inputs: vec![base],
+                            name: step_name(step, &format!("WORKDIR {dir}")),
+                            ignore_cache: no_cache,
+                        },
+                        Some(ins),
+                    );
+                    state.vertex = Some(v);
+                    empty_layer = false;
+                }
             }
             "env" | "label" => {
                 if ins.args.len() % 3 != 0 || ins.args.is_empty() {
@@ -807,7 +912,8 @@ fn lower_stage(
                         format!("{} requires at least one key=value pair", kw.to_uppercase()),
                     ));
                 }
-                let mut env = env;
+                // Every pair sees the values from before the instruction, as in BuildKit
+                // (`ENV a=new b=$a` gives b the old a).
                 let mut pairs = Vec::new();
                 for triple in ins.args.chunks(3) {
                     let k = l.expand(ins, &env, &triple[0], escape)?;
@@ -816,7 +922,7 @@ fn lower_stage(
                         if k.is_empty() {
                             return Err(l.err(ins, "ENV names can not be blank"));
                         }
-                        env.push((k.clone(), v.clone()));
+                        state.args_over_env.remove(&k);
                         env_set(&mut state.config.config.env, &k, &v);
                     } else {
                         state.config.config.labels.insert(k.clone(), v.clone());
@@ -826,7 +932,10 @@ fn lower_stage(
                 created_by = format!("{} {}", kw.to_uppercase(), pairs.join(" "));
             }
             "arg" => {
+                let mut shown = Vec::new();
                 for a in &ins.args {
+                    // Unlike ENV, each ARG's default sees the ones declared before it.
+                    let env = scope(&state);
                     let (k, default) = declare_arg(l, ins, a, &env, escape)?;
                     let v = l
                         .opts
@@ -835,6 +944,9 @@ fn lower_stage(
                         .cloned()
                         .or(default)
                         .or_else(|| {
+                            if l.valueless_global_args.contains(&k) {
+                                return None;
+                            }
                             l.global_args
                                 .iter()
                                 .rev()
@@ -846,28 +958,40 @@ fn lower_stage(
                                 .iter()
                                 .find(|(g, _)| *g == k)
                                 .map(|(_, v)| v.clone())
-                        })
-                        .unwrap_or_default();
-                    state.args.retain(|(n, _)| *n != k);
-                    state.args.push((k, v));
+                        });
+                    state.declared_args.push(k.clone());
+                    l.declared_args.borrow_mut().push(k.clone());
+                    match v {
+                        Some(v) => {
+                            shown.push(format!("{k}={v}"));
+                            state.args.retain(|(n, _)| *n != k);
+                            state.args_over_env.insert(k.clone());
+                            state.args.push((k, v));
+                        }
+                        // Without a value the ARG stays unset (an earlier value is kept).
+                        None => shown.push(k),
+                    }
                 }
-                created_by = format!("ARG {}", ins.args.join(" "));
+                created_by = format!("ARG {}", shown.join(" "));
             }
             "cmd" | "entrypoint" => {
                 parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
                 let args = command_args(&state, ins);
+                created_by = format!("{} {}", kw.to_uppercase(), history::go_quoted_list(&args));
+                // An empty list is left out of the image, like Go's omitempty in BuildKit.
+                let args = (!args.is_empty()).then_some(args);
                 if kw == "cmd" {
                     cmd_set_in_stage = true;
-                    state.config.config.cmd = Some(args);
+                    state.config.config.cmd = args;
+                    // BuildKit marks every CMD as escaped (a Docker image spec compatibility flag).
+                    state.config.config.args_escaped = true;
                 } else {
-                    state.config.config.entrypoint = Some(args);
+                    state.config.config.entrypoint = args;
                     // An ENTRYPOINT resets a CMD inherited from the base image.
                     if !cmd_set_in_stage {
                         state.config.config.cmd = None;
                     }
                 }
-                state.config.config.args_escaped = false;
-                created_by = format!("{} {}", kw.to_uppercase(), display_cmd(ins));
             }
             "user" => {
                 let u = ins
@@ -875,42 +999,66 @@ fn lower_stage(
                     .first()
                     .ok_or_else(|| l.err(ins, "USER requires exactly one argument"))?;
                 let u = l.expand(ins, &env, u, escape)?;
-                state.config.config.user = Some(u.clone());
                 created_by = format!("USER {u}");
+                // An empty user is left out of the image, like Go's omitempty in BuildKit.
+                state.config.config.user = (!u.is_empty()).then_some(u);
             }
             "expose" => {
-                for p in &ins.args {
-                    let p = l.expand(ins, &env, p, escape)?;
-                    let key = if p.contains('/') {
-                        p.to_lowercase()
-                    } else {
-                        format!("{p}/tcp")
-                    };
+                if ins.args.is_empty() {
+                    return Err(l.err(ins, "EXPOSE requires at least one argument"));
+                }
+                let mut ports = BTreeSet::new();
+                for word in &ins.args {
+                    // Like BuildKit, a variable may expand to several ports.
+                    let words = Expander::new(&env, escape)
+                        .process_words(word)
+                        .map_err(|e| l.err(ins, format!("EXPOSE {word:?}: {e}")))?;
+                    for spec in words {
+                        let keys = expose::parse_port_spec(&spec)
+                            .map_err(|e| l.err(ins, format!("EXPOSE {spec}: {e}")))?;
+                        ports.extend(keys);
+                    }
+                }
+                for key in &ports {
                     state
                         .config
                         .config
                         .exposed_ports
-                        .insert(key, EmptyObject {});
+                        .insert(key.clone(), EmptyObject {});
                 }
-                created_by = format!("EXPOSE {}", ins.args.join(" "));
+                created_by = format!("EXPOSE {}", history::go_port_map(&ports));
             }
             "volume" => {
+                if ins.args.is_empty() {
+                    return Err(l.err(ins, "VOLUME requires at least one argument"));
+                }
+                let mut volumes = Vec::new();
                 for v in &ins.args {
-                    let v = l.expand(ins, &env, v, escape)?;
+                    // BuildKit trims each path before expanding it (`VOLUME [" /data "]`).
+                    let v = l.expand(ins, &env, v.trim(), escape)?;
                     if v.is_empty() {
                         return Err(l.err(ins, "VOLUME specified can not be an empty string"));
                     }
-                    state.config.config.volumes.insert(v, EmptyObject {});
+                    state
+                        .config
+                        .config
+                        .volumes
+                        .insert(v.clone(), EmptyObject {});
+                    volumes.push(v);
                 }
-                created_by = format!("VOLUME {:?}", ins.args);
+                created_by = format!("VOLUME {}", history::go_list(&volumes));
             }
             "stopsignal" => {
                 let s = ins
                     .args
                     .first()
                     .ok_or_else(|| l.err(ins, "STOPSIGNAL requires exactly one argument"))?;
-                state.config.config.stop_signal = Some(l.expand(ins, &env, s, escape)?);
+                let s = l.expand(ins, &env, s, escape)?;
+                if !signal::is_valid_signal(&s) {
+                    return Err(l.err(ins, format!("Invalid signal: {s}")));
+                }
                 created_by = format!("STOPSIGNAL {s}");
+                state.config.config.stop_signal = Some(s);
             }
             "shell" => {
                 if !ins.json {
@@ -918,7 +1066,7 @@ fn lower_stage(
                 }
                 state.shell = ins.args.clone();
                 state.config.config.shell = ins.args.clone();
-                created_by = format!("SHELL {:?}", ins.args);
+                created_by = format!("SHELL {}", history::go_list(&ins.args));
             }
             "maintainer" => {
                 state.config.author = ins.args.first().cloned();
@@ -926,8 +1074,9 @@ fn lower_stage(
             }
             "onbuild" => {
                 let inner = onbuild::trigger_text(l, ins)?;
-                state.config.config.on_build.push(inner.clone());
-                created_by = format!("ONBUILD {inner}");
+                state.config.config.on_build.push(inner);
+                created_by = String::new();
+                record_history = false;
             }
             "healthcheck" => {
                 let flags = parse_flags(
@@ -948,9 +1097,15 @@ fn lower_stage(
                     .unwrap_or_default();
                 let mut hc = HealthConfig::default();
                 match kind.as_str() {
+                    "NONE" if ins.args.len() > 1 => {
+                        return Err(l.err(ins, "HEALTHCHECK NONE takes no arguments"))
+                    }
                     "NONE" => hc.test = vec!["NONE".into()],
                     "CMD" => {
                         let rest: Vec<String> = ins.args[1..].to_vec();
+                        if rest.is_empty() {
+                            return Err(l.err(ins, "Missing command after HEALTHCHECK CMD"));
+                        }
                         hc.test = if ins.json {
                             std::iter::once("CMD".to_string()).chain(rest).collect()
                         } else {
@@ -965,17 +1120,28 @@ fn lower_stage(
                     ("start-period", &mut hc.start_period),
                     ("start-interval", &mut hc.start_interval),
                 ] {
-                    if let Some(v) = flags.get(name) {
-                        *slot = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
+                    // BuildKit ignores the flags of HEALTHCHECK NONE.
+                    if let Some(v) = flags.get(name).filter(|_| kind == "CMD") {
+                        let ns = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
+                        if ns != 0 && ns < 1_000_000 {
+                            return Err(
+                                l.err(ins, format!("Interval \"{name}\" cannot be less than 1ms"))
+                            );
+                        }
+                        *slot = ns;
                     }
                 }
-                if let Some(r) = flags.get("retries") {
+                if let Some(r) = flags.get("retries").filter(|_| kind == "CMD") {
                     hc.retries = r
-                        .parse()
-                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?;
+                        .parse::<i32>()
+                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?
+                        .into();
+                    if hc.retries < 0 {
+                        return Err(l.err(ins, format!("--retries cannot be negative ({r})")));
+                    }
                 }
+                created_by = history::healthcheck_text(&hc);
                 state.config.config.healthcheck = Some(hc);
-                created_by = format!("HEALTHCHECK {}", ins.args.join(" "));
             }
             "from" => unreachable!("stages are split at FROM"),
             other => {
@@ -988,15 +1154,38 @@ fn lower_stage(
                 ));
             }
         }
-        state.config.history.push(History {
-            created_by: Some(format!("{created_by} # buildkit")),
-            comment: Some("buildkit.dockerfile.v0".into()),
-            empty_layer,
-            ..Default::default()
-        });
+        if record_history {
+            let suffix = if buildkit_suffix { " # buildkit" } else { "" };
+            state.config.history.push(History {
+                created_by: Some(format!("{created_by}{suffix}")),
+                comment: Some("buildkit.dockerfile.v0".into()),
+                empty_layer,
+                ..Default::default()
+            });
+        }
     }
     l.in_trigger = None;
     Ok(state)
+}
+
+/// The stage's declared ARGs with their current values (ENV wins; unset ones are empty),
+/// each once, in order of first declaration: the `|N K=V` prefix of RUN history entries.
+fn run_history_args(state: &StageState) -> Vec<(String, String)> {
+    let env = scope(state);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for key in &state.declared_args {
+        if out.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let value = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        out.push((key.clone(), value));
+    }
+    out
 }
 
 /// Arguments of RUN/CMD/ENTRYPOINT: JSON form as is, shell form through the stage's shell.
@@ -1068,7 +1257,14 @@ fn join_path(base: &str, p: &str, keep_trailing_slash: bool) -> String {
 /// Parses Go-style durations (`30s`, `1m30s`, `500ms`) into nanoseconds.
 fn parse_duration_ns(s: &str) -> Option<i64> {
     let mut total: f64 = 0.0;
-    let mut rest = s;
+    // Go's time.ParseDuration: an optional sign, and a bare "0" needs no unit.
+    let (sign, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
     if rest.is_empty() {
         return None;
     }
@@ -1091,7 +1287,7 @@ fn parse_duration_ns(s: &str) -> Option<i64> {
         total += n * mult;
         rest = &rest[unit_end..];
     }
-    Some(total as i64)
+    Some((sign * total) as i64)
 }
 
 #[cfg(test)]
@@ -1111,6 +1307,83 @@ mod tests {
         assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
         assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration_ns("10x"), None);
+        assert_eq!(parse_duration_ns("0"), Some(0));
+        assert_eq!(parse_duration_ns("5"), None);
+        assert_eq!(parse_duration_ns("-1s"), Some(-1_000_000_000));
+        assert_eq!(parse_duration_ns("1.5h"), Some(5_400_000_000_000));
+    }
+
+    /// Every image is an arm64/v8 image, as its config spells it.
+    struct Arm64V8;
+
+    impl ImageResolver for Arm64V8 {
+        fn resolve(&self, reference: &str, _: &str) -> anyhow::Result<(String, ImageConfig)> {
+            let config = ImageConfig {
+                os: "linux".into(),
+                architecture: "aarch64".into(),
+                variant: Some("v8".into()),
+                ..Default::default()
+            };
+            Ok((format!("{reference}@sha256:{}", "a".repeat(64)), config))
+        }
+    }
+
+    #[test]
+    fn the_image_platform_is_normalised_like_buildkits() {
+        let src = b"FROM base\nENV A=1\n";
+        let ast = crate::parse(src).unwrap();
+        let opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/arm64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        let image = lower(&ast, src, &opts, &Arm64V8).unwrap().image;
+        assert_eq!(
+            (image.architecture.as_str(), image.variant),
+            ("arm64", None)
+        );
+    }
+
+    #[test]
+    fn a_declared_arg_without_a_value_is_not_an_undefined_variable() {
+        let src = b"FROM busybox\nARG EMPTY\nARG A B=${A}x\nENV X=$EMPTY Y=$B Z=$NOPE\n";
+        let ast = crate::parse(src).unwrap();
+        let opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/amd64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        let warnings = lower(&ast, src, &opts, &Arm64V8).unwrap().warnings;
+        let rules: Vec<(&str, usize)> = warnings.iter().map(|w| (w.rule, w.line)).collect();
+        assert_eq!(rules, [("UndefinedVar", 4)], "{warnings:?}");
+        assert!(warnings[0].message.contains("$NOPE"), "{warnings:?}");
+    }
+
+    #[test]
+    fn automatic_args_include_the_target_stage_and_yield_to_build_args() {
+        let src = b"FROM busybox AS Build\nARG TARGETSTAGE TARGETOSVERSION TARGETARCH\nRUN true\n";
+        let ast = crate::parse(src).unwrap();
+        let mut opts = BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            platform: "linux/amd64".into(),
+            build_platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        opts.build_args.insert("TARGETARCH".into(), "custom".into());
+        let history = lower(&ast, src, &opts, &Arm64V8).unwrap().image.history;
+        let texts: Vec<&str> = history
+            .iter()
+            .filter_map(|h| h.created_by.as_deref())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "ARG TARGETSTAGE=build TARGETOSVERSION= TARGETARCH=custom",
+                "RUN |3 TARGETSTAGE=build TARGETOSVERSION= TARGETARCH=custom /bin/sh -c true # buildkit"
+            ]
+        );
     }
 
     #[test]

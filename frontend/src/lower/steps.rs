@@ -201,7 +201,7 @@ pub(super) fn lower_run(
     ins: &Instruction,
     env: &[(String, String)],
     name: String,
-) -> Result<usize, DockerfileError> {
+) -> Result<(usize, Vec<String>), DockerfileError> {
     let flags = collect_flags(ins, &["mount", "network", "security"])
         .map_err(|e| l.err_near(ins, "--", e))?;
     let root = l.or_scratch(state.vertex);
@@ -303,12 +303,15 @@ pub(super) fn lower_run(
     }
     let mut run_env = state.config.config.env.clone();
     for (k, v) in &state.args {
-        if env_get(&run_env, k).is_none() {
+        if state.args_over_env.contains(k) {
+            env_set(&mut run_env, k, v);
+        } else if env_get(&run_env, k).is_none() {
             run_env.push(format!("{k}={v}"));
         }
     }
+    add_proxy_env(&mut run_env, &l.opts.build_args);
     let exec = ExecOp {
-        args,
+        args: args.clone(),
         env: run_env,
         cwd: state
             .config
@@ -320,7 +323,7 @@ pub(super) fn lower_run(
         network,
         mounts,
     };
-    Ok(l.add(
+    let vertex = l.add(
         Vertex {
             op: Op::Exec(exec),
             inputs,
@@ -328,7 +331,36 @@ pub(super) fn lower_run(
             ignore_cache: cx.no_cache,
         },
         Some(ins),
-    ))
+    );
+    Ok((vertex, args))
+}
+
+/// BuildKit's predefined proxy args: given as build args, they reach every RUN (in both
+/// cases) without an ARG, and stay out of the image history.
+fn add_proxy_env(run_env: &mut Vec<String>, build_args: &BTreeMap<String, String>) {
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ] {
+        // The last of the differently-cased build args, in sorted order, wins.
+        let Some(value) = build_args
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .next_back()
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        for key in [name.to_string(), name.to_lowercase()] {
+            if env_get(run_env, &key).is_none() {
+                run_env.push(format!("{key}={value}"));
+            }
+        }
+    }
 }
 
 /// One group of COPY/ADD sources read from the same input.
@@ -345,7 +377,7 @@ pub(super) fn lower_copy(
     ins: &Instruction,
     env: &[(String, String)],
     name: String,
-) -> Result<(usize, Vec<String>, String), DockerfileError> {
+) -> Result<(usize, String), DockerfileError> {
     let kw = ins.keyword.as_str();
     let allowed: &[&str] = if kw == "add" {
         &[
@@ -371,6 +403,7 @@ pub(super) fn lower_copy(
         ));
     }
     let (mut from, mut chown, mut chmod, mut checksum) = (None, None, None, None);
+    let mut chown_text = None;
     let (mut link, mut parents, mut keep_git_dir, mut unpack_flag) = (false, false, false, None);
     let mut exclude = Vec::new();
     for (flag, raw) in &flags {
@@ -381,7 +414,10 @@ pub(super) fn lower_copy(
         let as_bool = |v: &str| flag_bool(flag, v).map_err(|e| l.err_near(ins, &needle, e));
         match flag.as_str() {
             "from" => from = Some(value),
-            "chown" => chown = Some(parse_chown(&value)),
+            "chown" => {
+                chown = Some(parse_chown(&value));
+                chown_text = Some(value);
+            }
             "chmod" => {
                 validate_chmod(&value).map_err(|e| l.err_near(ins, &needle, e))?;
                 chmod = Some(value);
@@ -407,17 +443,11 @@ pub(super) fn lower_copy(
                 continue;
             }
         }
-        words.push(if ins.json {
-            a.clone()
-        } else {
-            l.expand(ins, env, a, cx.escape)?
-        });
+        // BuildKit expands the JSON form's words too.
+        words.push(l.expand(ins, env, a, cx.escape)?);
     }
-    let dest_word = if ins.json {
-        raw_dest[0].clone()
-    } else {
-        l.expand(ins, env, &raw_dest[0], cx.escape)?
-    };
+    let dest_word = l.expand(ins, env, &raw_dest[0], cx.escape)?;
+    let docs_names: Vec<String> = docs.iter().map(|d| d.name.clone()).collect();
     if words.len() + docs.len() > 1 && !dest_word.ends_with('/') {
         return Err(l.err(ins, format!("when using {upper} with more than one source file, the destination must be a directory and end with a /")));
     }
@@ -616,7 +646,19 @@ pub(super) fn lower_copy(
     } else {
         copied
     };
-    let mut shown = words;
-    shown.extend(ins.heredocs.iter().map(|d| format!("<<{}", d.name)));
-    Ok((result, shown, dest_word))
+    // The history text, as BuildKit writes it: flags that change the files, sources, destination.
+    let mut shown = vec![kw.to_uppercase()];
+    if parents {
+        shown.push("--parents".into());
+    }
+    if let Some(c) = chown_text.filter(|c| !c.is_empty()) {
+        shown.push(format!("--chown={c}"));
+    }
+    if let Some(c) = chmod.filter(|c| !c.is_empty()) {
+        shown.push(format!("--chmod={c}"));
+    }
+    shown.extend(words);
+    shown.extend(docs_names.iter().map(|name| format!("<<{name}")));
+    shown.push(dest_word);
+    Ok((result, shown.join(" ")))
 }
