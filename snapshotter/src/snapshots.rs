@@ -54,7 +54,7 @@ struct Record {
     pending: bool,
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Metadata {
     next_id: u64,
     snapshots: BTreeMap<String, Record>,
@@ -71,6 +71,9 @@ struct Paths {
     metadata: PathBuf,
     lock: PathBuf,
     unpacker: OnceLock<Unpacker>,
+    /// The metadata file's bytes when last parsed, and what they parsed to: most reads find
+    /// the file unchanged and skip parsing it again.
+    parsed: std::sync::Mutex<Option<(Vec<u8>, Metadata)>>,
 }
 
 impl std::fmt::Debug for Paths {
@@ -95,6 +98,7 @@ impl Snapshotter {
                 lock: dir.join("lock"),
                 dir,
                 unpacker: OnceLock::new(),
+                parsed: Default::default(),
             }),
         };
         snap.remove_orphans()?;
@@ -522,19 +526,31 @@ impl Snapshotter {
 
     fn load(&self) -> Result<Metadata> {
         let path = &self.inner.metadata;
-        match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
-                Error::Invalid(format!("corrupt snapshot metadata {}: {e}", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Metadata::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        let data = match std::fs::read(path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Metadata::default()),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let mut parsed = self.inner.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        // Compared byte for byte, so another process's write is never missed.
+        if let Some((bytes, meta)) = parsed.as_ref() {
+            if *bytes == data {
+                return Ok(meta.clone());
+            }
         }
+        let meta: Metadata = serde_json::from_slice(&data).map_err(|e| {
+            Error::Invalid(format!("corrupt snapshot metadata {}: {e}", path.display()))
+        })?;
+        *parsed = Some((data, meta.clone()));
+        Ok(meta)
     }
 
     fn save(&self, meta: &Metadata) -> Result<()> {
         let data = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::Invalid(format!("serializing snapshot metadata: {e}")))?;
-        atomic_write(&self.inner.metadata, &data, 0o644)
+        atomic_write(&self.inner.metadata, &data, 0o644)?;
+        *self.inner.parsed.lock().unwrap_or_else(|e| e.into_inner()) = Some((data, meta.clone()));
+        Ok(())
     }
 
     /// Removes numeric dirs that no metadata record owns (left by a crash mid-prepare or mid-remove).
