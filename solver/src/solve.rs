@@ -1049,29 +1049,7 @@ impl Solver {
             Ref::Scratch => true,
             Ref::Snapshot(base) => {
                 let view = self.mount_view(base)?;
-                let layer = self.snapshots.stat(&layer_top)?;
-                if layer.pending {
-                    // Made as a blob: check its listing rather than unpack it.
-                    let known = self
-                        .blob_listings
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&layer_top)
-                        .cloned();
-                    let entries = match known {
-                        Some(listing) => Some(listing),
-                        None => self.layer_entries(&layer)?.map(Arc::new),
-                    };
-                    match entries {
-                        Some(entries) => {
-                            crate::rebase::entries_stack_exactly(view.path(), &entries)?
-                        }
-                        None => false,
-                    }
-                } else {
-                    let upper = self.snapshots.upper_dir(&layer_top)?;
-                    crate::rebase::stacks_exactly(view.path(), &upper)?
-                }
+                self.stacks_exactly_on(view.path(), &layer_top)?
             }
             Ref::Local(n) => bail!("local directory {n:?} cannot be a base"),
         };
@@ -1086,6 +1064,31 @@ impl Solver {
         file_inputs.extend(inputs[2..].iter().cloned());
         // The copy really runs again: show it as the step it is.
         self.run_step(i, &copy.name, || self.run_file(file, &file_inputs))
+    }
+
+    /// Whether stacking the layer of snapshot `layer` on the tree at `base` gives what copying
+    /// onto it would.
+    fn stacks_exactly_on(&self, base: &Path, layer: &str) -> Result<bool> {
+        let info = self.snapshots.stat(layer)?;
+        if !info.pending {
+            let upper = self.snapshots.upper_dir(layer)?;
+            return Ok(crate::rebase::stacks_exactly(base, &upper)?);
+        }
+        // Made as a blob: its listing, kept from making it or read from the blob.
+        let known = self
+            .blob_listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(layer)
+            .cloned();
+        let entries = match known {
+            Some(listing) => listing,
+            None => match self.layer_entries(&info)? {
+                Some(listing) => Arc::new(listing),
+                None => return Ok(false),
+            },
+        };
+        Ok(crate::rebase::entries_stack_exactly(base, &entries)?)
     }
 
     /// The entries of a snapshot's own layer, read from its blob; None if the layer deletes
