@@ -3,6 +3,7 @@
 mod content;
 mod error;
 pub mod layer;
+mod lowers;
 mod mount;
 mod snapshots;
 mod util;

@@ -148,7 +148,9 @@ impl SourceTree<'_> {
         let rel = clean_rel(source);
         if !has_glob(&rel) {
             let found = match self.index {
-                Some(idx) => idx.contains(&rel),
+                // Symlinks on the way (and at the end) are followed inside the context, as
+                // BuildKit's COPY does.
+                Some(idx) => idx.contains(&rel) || idx.contains(&self.resolved_rel(&rel)?),
                 None => std::fs::symlink_metadata(resolve_in_root(self.root, &rel, true)?).is_ok(),
             };
             if !found {
@@ -160,8 +162,21 @@ impl SourceTree<'_> {
         let mut out = Vec::new();
         match self.index {
             Some(idx) => {
-                for k in idx.entries.keys() {
-                    if k.split('/').count() == depth && glob_match(&rel, k) {
+                // The literal directories before the first wildcard may be symlinks.
+                let parts: Vec<&str> = rel.split('/').collect();
+                let literal = parts.iter().take_while(|p| !has_glob(p)).count();
+                let prefix = self.resolved_rel(&parts[..literal].join("/"))?;
+                let pattern = parts[literal..].join("/");
+                let (under, depth) = if prefix.is_empty() {
+                    (String::new(), depth - literal)
+                } else {
+                    (format!("{prefix}/"), depth - literal)
+                };
+                for k in idx.entries.range(under.clone()..).map(|(k, _)| k) {
+                    let Some(rest) = k.strip_prefix(&under) else {
+                        break;
+                    };
+                    if rest.split('/').count() == depth && glob_match(&pattern, rest) {
                         out.push(k.clone());
                     }
                 }
@@ -200,6 +215,15 @@ impl SourceTree<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `rel` with every symlink in it followed inside the source root.
+    pub fn resolved_rel(&self, rel: &str) -> Result<String> {
+        let resolved = resolve_in_root(self.root, rel, true)?;
+        Ok(resolved
+            .strip_prefix(self.root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default())
     }
 
     fn included(&self, rel: &str) -> bool {
@@ -350,21 +374,16 @@ pub fn copy(
                 _ => base_dir.clone(),
             };
             wrote_direct |= fill != base_dir;
-            walk(src, opts, &rel, "", &src_path, &fill, &mut plan)?;
+            let walked_rel = src.resolved_rel(&rel)?;
+            walk(src, opts, &walked_rel, "", &src_path, &fill, &mut plan)?;
             continue;
         }
         if opts.unpack && md.is_file() {
             if let Some(format) = archive::detect(&src_path)? {
                 ensure_dir(dest_root, &base_dir, opts.owner)?;
-                archive::extract(
-                    &src_path,
-                    format,
-                    dest_root,
-                    &base_dir,
-                    opts.owner,
-                    opts.chmod.as_ref(),
-                )
-                .with_context(|| format!("extracting {rel}"))?;
+                // BuildKit applies --chown to extracted entries but keeps their modes.
+                archive::extract(&src_path, format, dest_root, &base_dir, opts.owner)
+                    .with_context(|| format!("extracting {rel}"))?;
                 continue;
             }
         }
@@ -760,6 +779,14 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatche
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     h.update(rel.as_bytes());
+    // The copy walks the symlink-resolved source; so does its checksum.
+    let resolved = SourceTree {
+        root: &idx.root,
+        index: Some(idx),
+    }
+    .resolved_rel(rel)
+    .unwrap_or_else(|_| rel.to_string());
+    let rel = resolved.as_str();
     let under = if rel.is_empty() {
         String::new()
     } else {

@@ -1189,6 +1189,10 @@ impl Solver {
             let upper = self.snapshots.upper_dir(&info.key)?;
             let diff_options = snapshotter::layer::DiffOptions {
                 mtime_clamp: options.mtime_clamp,
+                lower_dirs: snapshotter::layer::lower_dirs_from_mounts(
+                    &self.snapshots.mounts(&info.key)?,
+                    &upper,
+                ),
             };
             let blob = exporter::write_layer_with(&self.content, &options.compression, &mut |w| {
                 snapshotter::layer::write_diff_tar(&upper, w, &diff_options)

@@ -1,0 +1,305 @@
+//! Filesystem results compared with BuildKit's: what COPY, ADD, RUN and
+//! .dockerignore leave in the image, checked in the layer tars with GNU tar.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// One layer entry as `tar --numeric-owner -tv` lists it.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    /// e.g. `-rwsr-xr-x`, `drwxr-xr-x`, `lrwxrwxrwx`, `hrw-r--r--`
+    perms: String,
+    /// `uid/gid`
+    owner: String,
+    /// Seconds since the epoch.
+    mtime: i64,
+    name: String,
+    /// Symlink target or hardlink source.
+    link: Option<String>,
+}
+
+/// A built image: its layer tars (base first), extracted from the OCI archive.
+struct Image {
+    _dir: tempfile::TempDir,
+    layers: Vec<std::path::PathBuf>,
+}
+
+impl Image {
+    /// The entries of layer `i` (0 = the base image's).
+    fn entries(&self, i: usize) -> Vec<Entry> {
+        let out = Command::new("tar")
+            .args(["--numeric-owner", "--full-time", "-tvf"])
+            .arg(&self.layers[i])
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar: {}", stderr(&out));
+        stdout(&out).lines().map(parse_tar_line).collect()
+    }
+
+    /// Names in layer `i`, as tar lists them (directories end in `/`).
+    fn names(&self, i: usize) -> Vec<String> {
+        self.entries(i).into_iter().map(|e| e.name).collect()
+    }
+
+    fn entry(&self, i: usize, name: &str) -> Entry {
+        self.entries(i)
+            .into_iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} not in layer {i}: {:?}", self.names(i)))
+    }
+
+    fn top(&self) -> usize {
+        self.layers.len() - 1
+    }
+
+    /// The raw bytes of layer `i`, decompressed.
+    fn raw(&self, i: usize) -> Vec<u8> {
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(&self.layers[i])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gzip: {}", stderr(&out));
+        out.stdout
+    }
+
+    /// The contents of file `name` in layer `i`.
+    fn file(&self, i: usize, name: &str) -> String {
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&self.layers[i])
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        stdout(&out)
+    }
+}
+
+fn parse_tar_line(line: &str) -> Entry {
+    // -rw-r--r-- 0/0  3 2026-11-23 18:46:12 name[ -> target| link to source]
+    let mut fields = line.split_whitespace();
+    let perms = fields.next().unwrap().to_string();
+    let owner = fields.next().unwrap().to_string();
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(' ').unwrap()..];
+    }
+    let _size = fields.next();
+    let date = fields.next().unwrap();
+    let time = fields.next().unwrap();
+    let date_out = Command::new("date")
+        .args(["-u", "-d", &format!("{date} {time}"), "+%s"])
+        .output()
+        .unwrap();
+    let mtime = stdout(&date_out).trim().parse().unwrap();
+    let rest = rest.trim_start();
+    let (name, link) = if let Some((n, l)) = rest.split_once(" -> ") {
+        (n, Some(l.to_string()))
+    } else if let Some((n, l)) = rest.split_once(" link to ") {
+        (n, Some(l.to_string()))
+    } else {
+        (rest, None)
+    };
+    Entry {
+        perms,
+        owner,
+        mtime,
+        name: name.to_string(),
+        link,
+    }
+}
+
+/// Builds `ctx` to an OCI archive and unpacks the archive's layout.
+fn build_image(store: &Store, ctx: &Path, extra: &[&str]) -> Image {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let out_arg = format!("type=oci,dest={}", archive.display());
+    let mut args = extra.to_vec();
+    args.extend(["-o", &out_arg]);
+    let out = store.build(ctx, &args);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let json = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect();
+    Image { _dir: dir, layers }
+}
+
+fn started(out: &std::process::Output, needle: &str) -> usize {
+    events(out)
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.contains(needle)))
+        .count()
+}
+
+#[test]
+fn copy_follows_symlinks_in_the_source_path_and_rebuilds_when_the_target_changes() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY linkdir/a.txt /one\nCOPY linkdir /all/\nCOPY linkdir/*.txt /glob/\nCOPY file-link /named\n",
+        ),
+        ("real/a.txt", "a"),
+        ("real/b.txt", "b"),
+    ]);
+    std::os::unix::fs::symlink("real", ctx.path().join("linkdir")).unwrap();
+    std::os::unix::fs::symlink("real/a.txt", ctx.path().join("file-link")).unwrap();
+    let image = build_image(&store, ctx.path(), &[]);
+    // BuildKit follows the symlink: contents of the target, under the name written.
+    assert_eq!(image.names(1), ["one"]);
+    assert_eq!(image.names(2), ["all/", "all/a.txt", "all/b.txt"]);
+    assert_eq!(image.names(3), ["glob/", "glob/a.txt", "glob/b.txt"]);
+    assert_eq!(image.names(4), ["named"]);
+    assert_eq!(image.entry(4, "named").perms, "-rw-r--r--");
+    assert_eq!(image.file(4, "named"), "a");
+
+    // The cache key covers what the link points at, not just the link.
+    std::fs::write(ctx.path().join("real/b.txt"), "changed").unwrap();
+    let out = store.build(ctx.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(started(&out, "COPY linkdir/a.txt"), 0);
+    assert_eq!(started(&out, "COPY linkdir /all/"), 1);
+    assert_eq!(started(&out, "COPY linkdir/*.txt"), 1);
+}
+
+#[test]
+fn dockerignore_matches_parents_at_any_depth_and_dockerfile_specific_file_wins() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY . /ctx/\n"),
+        // Would drop everything but the Dockerfile; Dockerfile.dockerignore takes precedence.
+        (".dockerignore", "*\n!Dockerfile\n"),
+        (
+            "Dockerfile.dockerignore",
+            "\u{feff}**/cache\n  # indented comment\n[!x]y\nDockerfile*\n",
+        ),
+        ("a/b/cache/deep/file", "x"),
+        ("cache/top", "x"),
+        ("keep/me", "x"),
+        // Docker's `[!x]` is the class {'!', 'x'}, not a negation.
+        ("xy", "x"),
+        ("!y", "x"),
+        ("zy", "x"),
+    ]);
+    let image = build_image(&store, ctx.path(), &[]);
+    let names = image.names(1);
+    assert_eq!(
+        names,
+        [
+            "ctx/",
+            "ctx/.dockerignore",
+            "ctx/a/",
+            "ctx/a/b/",
+            "ctx/keep/",
+            "ctx/keep/me",
+            "ctx/zy",
+        ],
+        "{names:?}"
+    );
+}
+
+#[test]
+fn layers_keep_file_capabilities_but_not_user_xattrs() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY tool note /\n"),
+        ("tool", "#!/bin/sh\n"),
+        ("note", "n"),
+    ]);
+    // A v2 capability set: cap_net_bind_service (bit 10) permitted and effective.
+    let cap: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    set_xattr(&ctx.path().join("tool"), "security.capability", &cap);
+    set_xattr(&ctx.path().join("note"), "user.comment", b"hello");
+    let image = build_image(&store, ctx.path(), &[]);
+    let raw = image.raw(1);
+    let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"SCHILY.xattr.security.capability="));
+    assert!(!has(b"SCHILY.xattr.user.comment"));
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setting {name} on {}: {e}", path.display()));
+}
+
+#[test]
+fn run_layers_hold_only_changes_with_parents_and_whiteouts_like_buildkit() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN mkdir -p /data/keep /data/old/sub && echo 1 > /data/old/sub/f && echo k > /data/keep/k\n\
+         RUN true\n\
+         RUN touch /etc/scratch && rm /etc/scratch\n\
+         RUN rm -rf /data/old && mkdir /data/old && echo new > /data/old/new\n\
+         RUN rm /data/keep/k && chmod 4755 /bin/busybox && touch -d @1000000000 /etc/group\n\
+         RUN echo made > /hl && ln /hl /hl2\n",
+    )]);
+    let image = build_image(&store, ctx.path(), &[]);
+    let top = image.top();
+    assert_eq!(top, 6, "one layer per RUN, changed or not");
+    assert_eq!(
+        image.names(1),
+        [
+            "data/",
+            "data/keep/",
+            "data/keep/k",
+            "data/old/",
+            "data/old/sub/",
+            "data/old/sub/f"
+        ]
+    );
+    // A RUN that changes nothing, or puts things back, leaves an empty layer.
+    assert!(image.names(2).is_empty());
+    assert!(image.names(3).is_empty(), "{:?}", image.names(3));
+    // A directory removed and made again is written as whiteouts of what it hid,
+    // not as an opaque marker; unchanged parents appear only above changes.
+    assert_eq!(
+        image.names(4),
+        ["data/", "data/old/", "data/old/new", "data/old/.wh.sub"]
+    );
+    assert_eq!(
+        image.names(5),
+        [
+            "bin/",
+            "bin/busybox",
+            "data/",
+            "data/keep/",
+            "data/keep/.wh.k",
+            "etc/",
+            "etc/group"
+        ]
+    );
+    assert_eq!(image.entry(5, "bin/busybox").perms, "-rwsr-xr-x");
+    assert_eq!(image.entry(5, "etc/group").mtime, 1_000_000_000);
+    let hl2 = image.entry(6, "hl2");
+    assert!(hl2.perms.starts_with('h'), "{hl2:?}");
+    assert_eq!(hl2.link.as_deref(), Some("hl"));
+    assert_eq!(image.file(6, "hl"), "made\n");
+}
