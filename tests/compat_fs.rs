@@ -303,3 +303,190 @@ fn run_layers_hold_only_changes_with_parents_and_whiteouts_like_buildkit() {
     assert_eq!(hl2.link.as_deref(), Some("hl"));
     assert_eq!(image.file(6, "hl"), "made\n");
 }
+
+#[test]
+fn copy_keeps_links_modes_and_times_and_makes_dest_dirs_like_buildkit() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Store::with_busybox();
+    let long = "n".repeat(120);
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             COPY tree /new\n\
+             COPY tree/sub /etc/\n\
+             WORKDIR /app\n\
+             COPY one two .\n\
+             COPY jars/*.jar app.jar\n\
+             COPY nothing-matches-* /none/\n",
+        ),
+        ("tree/file", "f"),
+        ("tree/sub/x", "x"),
+        (&format!("tree/{long}"), "long"),
+        ("tree/sp ace ü.txt", "u"),
+        ("one", "1"),
+        ("two", "2"),
+        ("jars/a-1.jar", "first"),
+        ("jars/a-2.jar", "last"),
+    ]);
+    let tree = ctx.path().join("tree");
+    std::os::unix::fs::symlink("file", tree.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", tree.join("dangling")).unwrap();
+    std::fs::hard_link(tree.join("file"), tree.join("hard")).unwrap();
+    std::fs::create_dir(tree.join("empty")).unwrap();
+    std::fs::set_permissions(tree.join("file"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(tree.join("empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let t = |secs: i64| rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    };
+    let set_time = |p: &Path, secs: i64| {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            p,
+            &t(secs),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap()
+    };
+    set_time(&tree.join("file"), 1_500_000_000);
+    set_time(&tree.join("rel-link"), 1_400_000_000);
+    set_time(&tree.join("sub"), 1_300_000_000);
+    set_time(&tree, 1_200_000_000);
+    let image = build_image(&store, ctx.path(), &[]);
+
+    let new = image.entries(1);
+    let names: Vec<&str> = new.iter().map(|e| e.name.as_str()).collect();
+    let long_name = format!("new/{long}");
+    assert_eq!(
+        names,
+        [
+            "new/",
+            "new/dangling",
+            "new/empty/",
+            "new/file",
+            "new/hard",
+            long_name.as_str(),
+            "new/rel-link",
+            "new/sp ace ü.txt",
+            "new/sub/",
+            "new/sub/x"
+        ]
+    );
+    // The destination dir is made (0755, now), not a copy of the source dir's mode and time.
+    let dest = image.entry(1, "new/");
+    assert_eq!(
+        (dest.perms.as_str(), dest.owner.as_str()),
+        ("drwxr-xr-x", "0/0")
+    );
+    assert!(dest.mtime > 1_600_000_000);
+    // Below it, entries keep their modes and times, links stay links.
+    let file = image.entry(1, "new/file");
+    assert_eq!(
+        (file.perms.as_str(), file.mtime),
+        ("-rwsr-xr-x", 1_500_000_000)
+    );
+    assert_eq!(image.entry(1, "new/hard").link.as_deref(), Some("new/file"));
+    let link = image.entry(1, "new/rel-link");
+    assert_eq!(
+        (link.link.as_deref(), link.mtime),
+        (Some("file"), 1_400_000_000)
+    );
+    assert_eq!(
+        image.entry(1, "new/dangling").link.as_deref(),
+        Some("/nowhere")
+    );
+    assert_eq!(image.entry(1, "new/empty/").perms, "drwxrwxrwt");
+    assert_eq!(image.entry(1, "new/sub/").mtime, 1_300_000_000);
+    // Copying a dir's contents onto an existing dir leaves that dir's mode alone.
+    assert_eq!(image.entry(2, "etc/").perms, "drwxr-xr-x");
+    assert_eq!(image.names(2), ["etc/", "etc/x"]);
+    // `.` names a directory; several wildcard matches onto one file name: the last wins.
+    assert_eq!(image.names(4), ["app/", "app/one", "app/two"]);
+    assert_eq!(image.names(5), ["app/", "app/app.jar"]);
+    assert_eq!(image.file(5, "app/app.jar"), "last");
+    // A wildcard that matches nothing copies nothing, without an error.
+    assert!(image.names(6).is_empty());
+}
+
+#[test]
+fn add_extracts_local_archives_keeping_their_modes_and_times() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             ADD a.tar.gz /gz/\n\
+             ADD a.tar.xz a.tar.bz2 /xzbz/\n\
+             ADD a.tar.zst /zst/\n\
+             ADD plain.gz /plain/\n\
+             ADD --chown=7:8 --chmod=600 implied.tar /owned/\n",
+        ),
+        ("src/dir/f", "in archive"),
+        ("plain", "not a tar"),
+    ]);
+    let dir = ctx.path();
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    run(&["chmod", "0750", "src/dir"]);
+    run(&["chmod", "0604", "src/dir/f"]);
+    run(&["touch", "-d", "@1234567890", "src/dir/f", "src/dir"]);
+    run(&[
+        "tar",
+        "-C",
+        "src",
+        "--owner=3",
+        "--group=4",
+        "-czf",
+        "a.tar.gz",
+        ".",
+    ]);
+    run(&["tar", "-C", "src", "-cJf", "a.tar.xz", "dir"]);
+    run(&["tar", "-C", "src", "-cjf", "a.tar.bz2", "dir"]);
+    run(&["tar", "-C", "src", "--zstd", "-cf", "a.tar.zst", "dir"]);
+    run(&["tar", "-C", "src", "-cf", "implied.tar", "dir/f"]);
+    run(&["gzip", "-k", "plain"]);
+    let image = build_image(&store, ctx.path(), &[]);
+
+    // Entries keep the archive's owner, mode and time; "./" leaves the made dest alone.
+    let f = image.entry(1, "gz/dir/f");
+    assert_eq!(
+        (f.perms.as_str(), f.owner.as_str(), f.mtime),
+        ("-rw----r--", "3/4", 1_234_567_890)
+    );
+    let d = image.entry(1, "gz/dir/");
+    assert_eq!((d.perms.as_str(), d.mtime), ("drwxr-x---", 1_234_567_890));
+    assert_eq!(image.entry(1, "gz/").perms, "drwxr-xr-x");
+    assert_eq!(image.file(1, "gz/dir/f"), "in archive");
+    assert_eq!(image.names(2), ["xzbz/", "xzbz/dir/", "xzbz/dir/f"]);
+    assert_eq!(image.names(3), ["zst/", "zst/dir/", "zst/dir/f"]);
+    // A compressed file that is not a tar is copied as it is.
+    assert_eq!(image.names(4), ["plain/", "plain/plain.gz"]);
+    // --chown applies to extracted entries, --chmod does not; directories the
+    // archive only implies are made 0755 and owned by root.
+    let owned = image.entry(5, "owned/dir/f");
+    assert_eq!(
+        (owned.perms.as_str(), owned.owner.as_str()),
+        ("-rw----r--", "7/8")
+    );
+    let implied = image.entry(5, "owned/dir/");
+    assert_eq!(
+        (implied.perms.as_str(), implied.owner.as_str()),
+        ("drwxr-xr-x", "0/0")
+    );
+    assert_eq!(image.entry(5, "owned/").owner, "7/8");
+}

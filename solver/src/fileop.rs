@@ -316,10 +316,8 @@ pub fn copy(
     let mut matched: Vec<(String, String)> = Vec::new();
     for s in sources {
         let pivot = if opts.parents { split_pivot(s) } else { None };
+        // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
         let m = src.matches(s)?;
-        if m.is_empty() {
-            bail!("no source files were specified matching \"{s}\"");
-        }
         for rel in m {
             if has_glob(s) && !opts.exclude.is_empty() && opts.exclude.matches(&rel) {
                 continue;
@@ -334,8 +332,10 @@ pub fn copy(
             matched.push((rel, kept));
         }
     }
+    // Like BuildKit, several wildcard matches do not make a destination a directory:
+    // each is copied to it in turn (matched files replace each other, the last wins).
     let dest_is_dir =
-        dest.ends_with('/') || dest.ends_with("/.") || matched.len() > 1 || opts.parents;
+        dest.ends_with('/') || dest.ends_with("/.") || sources.len() > 1 || opts.parents;
     let dest_path = resolve_in_root(dest_root, dest, true)?;
     let default_owner = if src.index.is_some() {
         Some(Owner { uid: 0, gid: 0 })
@@ -402,6 +402,7 @@ pub fn copy(
             }
             base_dir.clone()
         };
+        plan.items.retain(|i| i.dest != target);
         plan.push(src_path, target, md);
     }
     execute(&plan, owner, opts.chmod.as_ref())?;

@@ -722,9 +722,6 @@ impl Solver {
                         let m = src
                             .matches(s)
                             .map_err(|e| anyhow!("failed to compute cache key: {e}"))?;
-                        if m.is_empty() {
-                            bail!("failed to compute cache key: no source files were specified matching \"{s}\"");
-                        }
                         if matcher.is_empty() {
                             paths.extend(m);
                         } else {

@@ -418,7 +418,9 @@ pub(super) fn lower_copy(
     } else {
         l.expand(ins, env, &raw_dest[0], cx.escape)?
     };
-    if words.len() + docs.len() > 1 && !dest_word.ends_with('/') {
+    // BuildKit reads a destination of "." (or "") as a directory, like one ending in '/'.
+    let dest_names_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.is_empty();
+    if words.len() + docs.len() > 1 && !dest_names_dir {
         return Err(l.err(ins, format!("when using {upper} with more than one source file, the destination must be a directory and end with a /")));
     }
     let workdir = state
@@ -432,7 +434,7 @@ pub(super) fn lower_copy(
     } else {
         join_path(&workdir, &dest_word, true)
     };
-    if dest_word.ends_with('/') && !dest.ends_with('/') {
+    if dest_names_dir && !dest.ends_with('/') {
         dest.push('/');
     }
 
