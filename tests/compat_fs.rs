@@ -490,3 +490,30 @@ fn add_extracts_local_archives_keeping_their_modes_and_times() {
     );
     assert_eq!(image.entry(5, "owned/").owner, "7/8");
 }
+
+#[test]
+fn copy_chmod_also_sets_the_directories_the_copy_makes() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             COPY --chmod=640 f /made/deep/\n\
+             COPY --chmod=750 tree /treedest\n\
+             COPY f /plain/dir/\n",
+        ),
+        ("f", "f"),
+        ("tree/sub/x", "x"),
+    ]);
+    let image = build_image(&store, ctx.path(), &[]);
+    // Made parents take the --chmod mode (BuildKit since fsutil's parent-chmod fix)...
+    assert_eq!(image.entry(1, "made/").perms, "drw-r-----");
+    assert_eq!(image.entry(1, "made/deep/").perms, "drw-r-----");
+    assert_eq!(image.entry(1, "made/deep/f").perms, "-rw-r-----");
+    assert_eq!(image.entry(2, "treedest/").perms, "drwxr-x---");
+    assert_eq!(image.entry(2, "treedest/sub/").perms, "drwxr-x---");
+    assert_eq!(image.entry(2, "treedest/sub/x").perms, "-rwxr-x---");
+    // ...and 0755 without it.
+    assert_eq!(image.entry(3, "plain/").perms, "drwxr-xr-x");
+    assert_eq!(image.entry(3, "plain/dir/").perms, "drwxr-xr-x");
+}

@@ -343,6 +343,11 @@ pub fn copy(
         None
     };
     let owner = opts.owner.or(default_owner);
+    // Directories the copy makes get the --chmod mode too (BuildKit ≥ 0.21), else 0755.
+    let made_dir_mode = opts
+        .chmod
+        .as_ref()
+        .map_or(0o755, |c| c.apply(0o755, true) & 0o777);
     let mut plan = Plan::default();
     let mut wrote_direct = false;
     for (rel, kept) in matched {
@@ -361,7 +366,7 @@ pub fn copy(
         };
         if md.is_dir() {
             let fresh = std::fs::symlink_metadata(&base_dir).is_err();
-            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            ensure_dir_mode(dest_root, &base_dir, opts.owner, made_dir_mode)?;
             // A directory that did not exist has nothing below it in lower layers, so
             // writing its contents straight into the upper dir gives the same tree.
             let fill = match (&opts.direct_upper, fresh) {
@@ -391,14 +396,14 @@ pub fn copy(
             .map(|m| m.is_dir())
             .unwrap_or(false);
         let target = if dest_is_dir || existing_dir {
-            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            ensure_dir_mode(dest_root, &base_dir, opts.owner, made_dir_mode)?;
             let name = Path::new(&rel)
                 .file_name()
                 .ok_or_else(|| anyhow!("bad source {rel}"))?;
             base_dir.join(name)
         } else {
             if let Some(parent) = base_dir.parent() {
-                ensure_dir(dest_root, parent, opts.owner)?;
+                ensure_dir_mode(dest_root, parent, opts.owner, made_dir_mode)?;
             }
             base_dir.clone()
         };
@@ -815,6 +820,11 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatche
 
 /// Creates `dir` and missing parents (mode 0755, owned by `owner` or root).
 pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
+    ensure_dir_mode(root, dir, owner, 0o755)
+}
+
+/// Creates `dir` and missing parents with `mode`, owned by `owner` or root.
+pub fn ensure_dir_mode(root: &Path, dir: &Path, owner: Option<Owner>, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -832,7 +842,7 @@ pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
             ),
             Err(_) => {
                 std::fs::create_dir(&cur).with_context(|| format!("creating {}", cur.display()))?;
-                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode))?;
                 let o = owner.unwrap_or(Owner { uid: 0, gid: 0 });
                 std::os::unix::fs::lchown(&cur, Some(o.uid), Some(o.gid))?;
             }
