@@ -517,3 +517,40 @@ fn copy_chmod_also_sets_the_directories_the_copy_makes() {
     assert_eq!(image.entry(3, "plain/").perms, "drwxr-xr-x");
     assert_eq!(image.entry(3, "plain/dir/").perms, "drwxr-xr-x");
 }
+
+#[test]
+fn layer_headers_are_laid_out_like_go_archive_tar() {
+    let store = Store::with_busybox();
+    let deep = format!("{}/file", "d".repeat(110));
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY f ü.txt /\nCOPY deep /deep/\n",
+        ),
+        ("f", "f"),
+        ("ü.txt", "u"),
+        (&format!("deep/{deep}"), "x"),
+    ]);
+    let image = build_image(&store, ctx.path(), &[]);
+    let raw = image.raw(1);
+    // "f": plain USTAR; numeric fields zero-padded with a NUL, devmajor/devminor
+    // written, checksum as six digits, NUL, space; no user or group names.
+    let f = &raw[..512];
+    assert_eq!(&f[..2], b"f\0");
+    assert_eq!(&f[100..108], b"0000644\0");
+    assert_eq!(&f[257..265], b"ustar\x0000");
+    assert_eq!(&f[329..345], b"0000000\x000000000\0");
+    assert_eq!(&f[154..156], b"\0 ");
+    assert!(f[265..329].iter().all(|b| *b == 0));
+    // "ü.txt": a PAX header named PaxHeaders.0/<ASCII part> carries the real path.
+    let pax = &raw[1024..1536];
+    assert_eq!(&pax[..18], b"PaxHeaders.0/.txt\0");
+    assert_eq!(pax[156], b'x');
+    let record = "15 path=ü.txt\n";
+    assert_eq!(&raw[1536..1536 + record.len()], record.as_bytes());
+    // A long ASCII path that splits into prefix and name needs no PAX header.
+    let names = image.names(2);
+    assert!(names.contains(&format!("deep/{deep}")), "{names:?}");
+    let raw = image.raw(2);
+    assert!(!raw.windows(12).any(|w| w == b"PaxHeaders.0"));
+}

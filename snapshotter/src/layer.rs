@@ -14,6 +14,7 @@ use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 
 use crate::error::{Error, IoContext, Result};
+use crate::gotar;
 use crate::lowers::{is_whiteout, same_entry, Lowers};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -23,8 +24,6 @@ const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// The one xattr written into layers.
 const LAYER_XATTR: &[u8] = b"security.capability";
-/// Longest name or link name a ustar header holds; longer ones go into PAX records.
-const USTAR_NAME_LEN: usize = 100;
 /// Largest id the 8-byte octal ustar field holds; larger ones go into PAX records.
 const USTAR_MAX_ID: u64 = 0o7777777;
 
@@ -320,34 +319,38 @@ impl<W: Write> DiffWriter<'_, W> {
         self.append(header, name, None, Vec::new(), std::io::empty())
     }
 
+    /// Writes an entry whose fields are in `header`, with Go's header layout.
     fn append(
         &mut self,
-        mut header: tar::Header,
+        header: tar::Header,
         name: Vec<u8>,
         link: Option<Vec<u8>>,
-        mut pax: Vec<(String, Vec<u8>)>,
+        pax: Vec<(String, Vec<u8>)>,
         data: impl Read,
     ) -> Result<()> {
         let display = String::from_utf8_lossy(&name).into_owned();
-        if name.len() > USTAR_NAME_LEN {
-            pax.push(("path".into(), name.clone()));
-        }
-        copy_truncated(&mut header.as_old_mut().name, &name);
-        if let Some(link) = link {
-            if link.len() > USTAR_NAME_LEN {
-                pax.push(("linkpath".into(), link.clone()));
-            }
-            copy_truncated(&mut header.as_old_mut().linkname, &link);
-        }
-        if !pax.is_empty() {
-            pax.sort();
-            self.builder
-                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .ctx(|| format!("writing PAX header for {display}"))?;
-        }
-        header.set_cksum();
+        let bad = |what: &str| Error::Invalid(format!("tar {what} of {display}"));
+        let fields = gotar::Fields {
+            name: &name,
+            link: link.as_deref().unwrap_or_default(),
+            mode: header.mode().map_err(|_| bad("mode"))? as u64,
+            uid: header.uid().map_err(|_| bad("uid"))?,
+            gid: header.gid().map_err(|_| bad("gid"))?,
+            size: header.size().map_err(|_| bad("size"))?,
+            mtime: header.mtime().map_err(|_| bad("mtime"))?,
+            typeflag: header.entry_type().as_byte(),
+            dev_major: header.device_major().ok().flatten().unwrap_or(0) as u64,
+            dev_minor: header.device_minor().ok().flatten().unwrap_or(0) as u64,
+        };
+        let blocks = gotar::header_blocks(&fields, &pax);
+        let (extended, main) = blocks.split_at(blocks.len() - 512);
         self.builder
-            .append(&header, data)
+            .get_mut()
+            .write_all(extended)
+            .ctx(|| format!("writing PAX header for {display}"))?;
+        let main = tar::Header::from_byte_slice(main).clone();
+        self.builder
+            .append(&main, data)
             .ctx(|| format!("writing tar entry {display}"))
     }
 }
@@ -359,12 +362,6 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(name);
     out
-}
-
-fn copy_truncated(slot: &mut [u8], value: &[u8]) {
-    let n = value.len().min(slot.len());
-    slot.fill(0);
-    slot[..n].copy_from_slice(&value[..n]);
 }
 
 fn open_nofollow(path: &Path) -> Result<File> {

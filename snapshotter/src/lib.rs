@@ -2,6 +2,7 @@
 
 mod content;
 mod error;
+mod gotar;
 pub mod layer;
 mod lowers;
 mod mount;
