@@ -197,8 +197,14 @@ fn dockerignore_matches_parents_at_any_depth_and_dockerfile_specific_file_wins()
         (".dockerignore", "*\n!Dockerfile\n"),
         (
             "Dockerfile.dockerignore",
-            "\u{feff}**/cache\n  # indented comment\n[!x]y\nDockerfile*\n",
+            "\u{feff}**/cache\n  # indented comment\n[!x]y\nDockerfile*\n\
+             node_modules\n!**/package.json\nvendor\n!vendor/keep.txt\n",
         ),
+        // An excluded dir is walked only for exceptions that name a path below it.
+        ("node_modules/m/package.json", "x"),
+        ("package.json", "x"),
+        ("vendor/keep.txt", "x"),
+        ("vendor/drop.txt", "x"),
         ("a/b/cache/deep/file", "x"),
         ("cache/top", "x"),
         ("keep/me", "x"),
@@ -218,6 +224,9 @@ fn dockerignore_matches_parents_at_any_depth_and_dockerfile_specific_file_wins()
             "ctx/a/b/",
             "ctx/keep/",
             "ctx/keep/me",
+            "ctx/package.json",
+            "ctx/vendor/",
+            "ctx/vendor/keep.txt",
             "ctx/zy",
         ],
         "{names:?}"

@@ -136,16 +136,14 @@ impl PatternMatcher {
         matched
     }
 
-    /// Whether a `!` pattern might re-include something below a matched directory.
+    /// Whether a matched directory is still walked for `!` patterns: only when one of
+    /// them starts with the directory's path, as BuildKit's walker (fsutil) decides. A
+    /// wildcard exception like `!**/keep` does not reach into an excluded directory.
     pub fn may_reinclude_under(&self, dir: &str) -> bool {
         let prefix = format!("{dir}/");
-        self.patterns.iter().any(|p| {
-            p.exclusion
-                && (format!("{}/", p.text).starts_with(&prefix)
-                    || p.text.contains('*')
-                    || p.text.contains('?')
-                    || p.text.contains('['))
-        })
+        self.patterns
+            .iter()
+            .any(|p| p.exclusion && format!("{}/", p.text).starts_with(&prefix))
     }
 }
 
@@ -190,6 +188,15 @@ mod tests {
         assert!(!m(&["[^a]x"]).matches("ax"));
         assert!(m(&["[!a]x"]).matches("ax"));
         assert!(!m(&["[!a]x"]).matches("bx"));
+    }
+
+    #[test]
+    fn only_exceptions_below_a_directory_reopen_it() {
+        let i = m(&["node_modules", "!**/package.json", "!node_modules/keep"]);
+        assert!(i.may_reinclude_under("node_modules"));
+        assert!(!i.may_reinclude_under("other"));
+        let i = m(&["node_modules", "!**/package.json"]);
+        assert!(!i.may_reinclude_under("node_modules"));
     }
 
     #[test]
