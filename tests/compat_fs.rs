@@ -568,3 +568,48 @@ fn layer_headers_are_laid_out_like_go_archive_tar() {
     let raw = image.raw(2);
     assert!(!raw.windows(12).any(|w| w == b"PaxHeaders.0"));
 }
+
+#[test]
+fn local_output_gives_files_to_the_receiving_user_and_keeps_modes_and_times() {
+    use std::os::unix::fs::MetadataExt;
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY --chown=1234:5678 f /owned/f\nRUN chmod 4755 /owned/f\n",
+        ),
+        ("f", "f"),
+    ]);
+    let filetime = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        ctx.path().join("f"),
+        &filetime,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out_arg = format!("type=local,dest={}", dest.path().display());
+    let out = store.build(ctx.path(), &["-o", &out_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = std::fs::symlink_metadata(dest.path().join("owned/f")).unwrap();
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    assert_eq!((md.uid(), md.gid()), me);
+    assert_eq!(md.mode() & 0o7777, 0o4755);
+    assert_eq!(md.mtime(), 1_500_000_000);
+    // The image itself keeps the owner.
+    let image = build_image(&store, ctx.path(), &[]);
+    assert_eq!(image.entry(2, "owned/f").owner, "1234/5678");
+}

@@ -3,7 +3,7 @@
 
 use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
-use crate::fileop::{self, CopyOptions, SourceTree};
+use crate::fileop::{self, CopyOptions, Owner, SourceTree};
 use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op};
 use crate::mounts::ExecConfig;
 use crate::multi::MultiSolveOutput;
@@ -1205,8 +1205,18 @@ impl Solver {
         Ok(out)
     }
 
-    /// Copies the whole filesystem of a result into `dest` (for `--output type=local`).
+    /// Copies the whole filesystem of a result into `dest`, owners kept.
     pub fn export_local(&self, r: &Ref, dest: &Path) -> Result<()> {
+        self.export_local_owned(r, dest, None)
+    }
+
+    /// [`Solver::export_local`], every entry owned by `owner` when given (BuildKit's
+    /// `--output type=local` gives the files to the user receiving them).
+    pub fn export_local_owned(&self, r: &Ref, dest: &Path, owner: Option<Owner>) -> Result<()> {
+        let opts = CopyOptions {
+            owner,
+            ..Default::default()
+        };
         std::fs::create_dir_all(dest)?;
         self.materialize(r)?;
         match r {
@@ -1217,7 +1227,7 @@ impl Solver {
                     root: &idx.root,
                     index: Some(&idx),
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
+                fileop::copy(&src, &[".".into()], dest, "/", &opts).map(drop)
             }
             Ref::Snapshot(snap) => {
                 let view = self.mount_view(snap)?;
@@ -1225,7 +1235,7 @@ impl Solver {
                     root: view.path(),
                     index: None,
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
+                fileop::copy(&src, &[".".into()], dest, "/", &opts).map(drop)
             }
         }
     }
