@@ -115,10 +115,10 @@ impl<W: Write> DiffWriter<'_, W> {
     ) -> Result<()> {
         let meta = std::fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
         if is_whiteout(&meta) {
-            let time = self.marker_time(&meta);
+            let mtime = self.clamp(meta.mtime());
             let mut wh = join_rel(parent_rel, WHITEOUT_PREFIX.as_bytes());
             wh.extend_from_slice(name.as_bytes());
-            return self.append_marker(wh, time);
+            return self.append_marker(wh, mtime);
         }
         // None: lowers unknown; Some(None): the path is new.
         let lower = self.lowers.as_ref().map(|lowers| lowers.lookup(&rel));
@@ -136,8 +136,8 @@ impl<W: Write> DiffWriter<'_, W> {
             Some(_) => self.walk_dir(path, &rel),
             None => {
                 if opaque {
-                    let time = self.marker_time(&meta);
-                    self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), time)?;
+                    let mtime = self.clamp(meta.mtime());
+                    self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), mtime)?;
                 }
                 self.walk_dir(path, &rel)
             }
@@ -168,12 +168,10 @@ impl<W: Write> DiffWriter<'_, W> {
             let child_rel = join_rel(rel, name);
             match (lower_children.get(name), upper_children.get(name)) {
                 (Some(_), None) => {
-                    let dir_md =
-                        std::fs::symlink_metadata(dir).ctx(|| format!("stat {}", dir.display()))?;
-                    let time = self.marker_time(&dir_md);
+                    let mtime = self.clamp(std::fs::symlink_metadata(dir).map_or(0, |m| m.mtime()));
                     let mut wh = join_rel(rel, WHITEOUT_PREFIX.as_bytes());
                     wh.extend_from_slice(name);
-                    self.append_marker(wh, time)?;
+                    self.append_marker(wh, mtime)?;
                 }
                 (lower, Some((path, md))) => {
                     let lower_md =
@@ -308,36 +306,17 @@ impl<W: Write> DiffWriter<'_, W> {
         }
     }
 
-    /// The time of a whiteout: the deletion's (with nanoseconds), or the clamp.
-    fn marker_time(&self, md: &std::fs::Metadata) -> (u64, u32) {
-        let secs = self.clamp(md.mtime());
-        if secs as i64 == md.mtime() {
-            (secs, md.mtime_nsec() as u32)
-        } else {
-            (secs, 0)
-        }
-    }
-
-    /// An empty regular file entry used for whiteouts and opaque markers. Like containerd's
-    /// whiteouts it carries access and change times, which puts them in PAX records.
-    fn append_marker(&mut self, name: Vec<u8>, (secs, nanos): (u64, u32)) -> Result<()> {
+    /// An empty regular file entry used for whiteouts and opaque markers.
+    fn append_marker(&mut self, name: Vec<u8>, mtime: u64) -> Result<()> {
         self.include_parents(&name)?;
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0);
         header.set_uid(0);
         header.set_gid(0);
-        header.set_mtime(secs);
+        header.set_mtime(mtime);
         header.set_size(0);
-        let time = pax_time(secs, nanos).into_bytes();
-        let mut pax = vec![
-            ("atime".to_string(), time.clone()),
-            ("ctime".to_string(), time.clone()),
-        ];
-        if nanos != 0 {
-            pax.push(("mtime".to_string(), time));
-        }
-        self.append(header, name, None, pax, std::io::empty())
+        self.append(header, name, None, Vec::new(), std::io::empty())
     }
 
     /// Writes an entry whose fields are in `header`, with Go's header layout.
@@ -373,17 +352,6 @@ impl<W: Write> DiffWriter<'_, W> {
         self.builder
             .append(&main, data)
             .ctx(|| format!("writing tar entry {display}"))
-    }
-}
-
-/// Go's formatPAXTime: seconds, and nanoseconds without trailing zeros when there are any.
-fn pax_time(secs: u64, nanos: u32) -> String {
-    if nanos == 0 {
-        secs.to_string()
-    } else {
-        format!("{secs}.{nanos:09}")
-            .trim_end_matches('0')
-            .to_string()
     }
 }
 
