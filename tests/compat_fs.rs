@@ -613,3 +613,52 @@ fn local_output_gives_files_to_the_receiving_user_and_keeps_modes_and_times() {
     let image = build_image(&store, ctx.path(), &[]);
     assert_eq!(image.entry(2, "owned/f").owner, "1234/5678");
 }
+
+#[test]
+fn tar_output_is_laid_out_like_buildkits_tar_exporter() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY tree /\n"),
+        ("tree/d/f", "f"),
+        ("tree/late", "l"),
+    ]);
+    std::fs::hard_link(ctx.path().join("tree/d/f"), ctx.path().join("tree/d/g")).unwrap();
+    // Go rounds header times to the nearest second when no format is asked for.
+    let late = rustix::fs::Timespec {
+        tv_sec: 1_600_000_000,
+        tv_nsec: 700_000_000,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        ctx.path().join("tree/late"),
+        &rustix::fs::Timestamps {
+            last_access: late,
+            last_modification: late,
+        },
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("rootfs.tar");
+    let out_arg = format!("type=tar,dest={}", tar_path.display());
+    let out = store.build(ctx.path(), &["-o", &out_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = Command::new("tar")
+        .args(["--numeric-owner", "--full-time", "-tvf"])
+        .arg(&tar_path)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let entries: Vec<Entry> = stdout(&listing).lines().map(parse_tar_line).collect();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["d/", "d/f", "d/g", "late"]);
+    assert_eq!(
+        entries[2].link.as_deref(),
+        Some("d/f"),
+        "hard links stay links"
+    );
+    assert_eq!(entries[3].mtime, 1_600_000_001);
+    // Modes carry no file-type bits (Go's FileInfoHeader), unlike a tar of st_mode.
+    let raw = std::fs::read(&tar_path).unwrap();
+    assert_eq!(&raw[100..108], b"0000755\0");
+}

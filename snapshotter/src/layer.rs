@@ -38,6 +38,9 @@ pub struct DiffOptions {
     /// change, and an opaque directory is written as whiteouts of what it hides. Without them
     /// every upper entry is written and opaque directories get the `.wh..wh..opq` marker.
     pub lower_dirs: Vec<PathBuf>,
+    /// Round mtimes to the nearest second instead of truncating them: what Go's tar
+    /// writer does for headers without a chosen format, as in BuildKit's tar exporter.
+    pub round_mtime: bool,
 }
 
 /// The lower dirs of a committed snapshot whose own dir is `upper`, from its (read-only) mounts.
@@ -211,7 +214,8 @@ impl<W: Write> DiffWriter<'_, W> {
     fn append_entry(&mut self, path: &Path, meta: &std::fs::Metadata, rel: Vec<u8>) -> Result<()> {
         self.include_parents(&rel)?;
         let ft = meta.file_type();
-        let mtime = self.clamp(meta.mtime());
+        let rounded_up = self.opts.round_mtime && meta.mtime_nsec() >= 500_000_000;
+        let mtime = self.clamp(meta.mtime() + rounded_up as i64);
         let mut header = tar::Header::new_ustar();
         header.set_mode(meta.mode() & 0o7777);
         header.set_uid(meta.uid() as u64);

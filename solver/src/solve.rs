@@ -1190,6 +1190,7 @@ impl Solver {
                     &self.snapshots.mounts(&info.key)?,
                     &upper,
                 ),
+                ..Default::default()
             };
             let blob = exporter::write_layer_with(&self.content, &options.compression, &mut |w| {
                 snapshotter::layer::write_diff_tar(&upper, w, &diff_options)
