@@ -662,3 +662,22 @@ fn tar_output_is_laid_out_like_buildkits_tar_exporter() {
     let raw = std::fs::read(&tar_path).unwrap();
     assert_eq!(&raw[100..108], b"0000755\0");
 }
+
+#[test]
+fn hard_links_are_kept_within_one_copy_source_only() {
+    let store = Store::with_busybox();
+    let ctx = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY a b /two/\nCOPY d /one/\n"),
+        ("a", "same inode"),
+        ("d/x", "linked"),
+    ]);
+    std::fs::hard_link(ctx.path().join("a"), ctx.path().join("b")).unwrap();
+    std::fs::hard_link(ctx.path().join("d/x"), ctx.path().join("d/y")).unwrap();
+    let image = build_image(&store, ctx.path(), &[]);
+    // Two sources are two copies in BuildKit, so their files are not linked...
+    let b = image.entry(1, "two/b");
+    assert!(b.perms.starts_with('-') && b.link.is_none(), "{b:?}");
+    assert_eq!(image.file(1, "two/b"), "same inode");
+    // ...while links inside one source stay links.
+    assert_eq!(image.entry(2, "one/y").link.as_deref(), Some("one/x"));
+}

@@ -313,8 +313,9 @@ pub fn copy(
     opts: &CopyOptions,
 ) -> Result<bool> {
     // (matched path relative to the source root, path kept below the destination)
-    let mut matched: Vec<(String, String)> = Vec::new();
-    for s in sources {
+    // (source index, matched path, path kept below the destination)
+    let mut matched: Vec<(usize, String, String)> = Vec::new();
+    for (source_index, s) in sources.iter().enumerate() {
         let pivot = if opts.parents { split_pivot(s) } else { None };
         // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
         let m = src.matches(s)?;
@@ -329,7 +330,7 @@ pub fn copy(
                     .unwrap_or_else(|| rel.clone()),
                 _ => rel.clone(),
             };
-            matched.push((rel, kept));
+            matched.push((source_index, rel, kept));
         }
     }
     // Like BuildKit, several wildcard matches do not make a destination a directory:
@@ -350,7 +351,14 @@ pub fn copy(
         .map_or(0o755, |c| c.apply(0o755, true) & 0o777);
     let mut plan = Plan::default();
     let mut wrote_direct = false;
-    for (rel, kept) in matched {
+    let mut current_source = 0;
+    for (source_index, rel, kept) in matched {
+        // Each source is its own copy in BuildKit: hard links are kept within one source's
+        // matches only.
+        if source_index != current_source {
+            plan.inodes.clear();
+            current_source = source_index;
+        }
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
             .with_context(|| format!("reading source {rel}"))?;
