@@ -188,8 +188,10 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let warning_tx = tx.clone();
     let terminal = solver::progress::Terminal::default();
     let renderer = tokio::spawn(render(rx, args.progress, terminal.clone()));
-    let context_dir = frontend::ignore::ContextDir::open(&context, args.file.as_deref())
-        .map_err(|e| anyhow!(e))?;
+    let default_dockerfile = context.join("Dockerfile");
+    let dockerfile = args.file.as_deref().unwrap_or(&default_dockerfile);
+    let context_dir =
+        frontend::ignore::ContextDir::open(&context, Some(dockerfile)).map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
     opts.named_contexts =

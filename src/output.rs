@@ -481,8 +481,15 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
                         _ => dest.clone(),
                     };
                     let (solver, result) = (solver.clone(), target.result.clone());
-                    tokio::task::spawn_blocking(move || solver.export_local(&result, &dest))
-                        .await??;
+                    // Like buildx, the files are given to the user who receives them.
+                    let me = solver::fileop::Owner {
+                        uid: rustix::process::geteuid().as_raw(),
+                        gid: rustix::process::getegid().as_raw(),
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        solver.export_local_owned(&result, &dest, Some(me))
+                    })
+                    .await??;
                 }
             }
             (OutputKind::Tar { dest }, _) => {

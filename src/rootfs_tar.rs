@@ -20,7 +20,7 @@ pub fn write_rootfs_tar(
     solver: &Solver,
     result: &Ref,
     scratch_root: &Path,
-    out: impl Write,
+    mut out: impl Write,
 ) -> Result<()> {
     std::fs::create_dir_all(scratch_root)
         .with_context(|| format!("creating {}", scratch_root.display()))?;
@@ -31,29 +31,14 @@ pub fn write_rootfs_tar(
     let scratch =
         ScratchDir(scratch_root.join(format!("rootfs-tar-{}-{nanos}", std::process::id())));
     solver.export_local(result, &scratch.0)?;
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
-    append_tree(&mut builder, &scratch.0, Path::new(""))?;
-    let mut out = builder.into_inner().context("finishing the rootfs tar")?;
+    // Laid out as BuildKit's tar exporter writes it: Go's headers, names sorted, directories
+    // with a trailing slash, hard links kept, modes without file-type bits.
+    let options = snapshotter::layer::DiffOptions {
+        round_mtime: true,
+        ..Default::default()
+    };
+    snapshotter::layer::write_diff_tar(&scratch.0, &mut out, &options)
+        .context("writing the rootfs tar")?;
     out.flush().context("flushing the rootfs tar")?;
-    Ok(())
-}
-
-fn append_tree<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> Result<()> {
-    let mut entries = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<std::io::Result<Vec<_>>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let name = rel.join(entry.file_name());
-        builder
-            .append_path_with_name(&path, &name)
-            .with_context(|| format!("adding {} to the tar", name.display()))?;
-        if entry.file_type()?.is_dir() {
-            append_tree(builder, &path, &name)?;
-        }
-    }
     Ok(())
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +25,36 @@ fn build_local(store: &Store, ctx: &Path, extra: &[&str]) -> (tempfile::TempDir,
     args.extend(["-o", &out_arg]);
     let out = build_ok(store, ctx, &args);
     (dest, out)
+}
+
+/// uid and gid of `path` in the build's `-o type=tar` rootfs, as GNU tar lists them
+/// (`-o type=local` gives every file to the receiving user, as buildx does).
+fn tar_owner(store: &Store, ctx: &Path, path: &str) -> (u32, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("rootfs.tar");
+    build_ok(
+        store,
+        ctx,
+        &["-o", &format!("type=tar,dest={}", tar_path.display())],
+    );
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    let listing = stdout(&out);
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().nth(5).map(|n| n.trim_end_matches('/')) == Some(path))
+        .unwrap_or_else(|| panic!("{path} not in {listing}"));
+    let (uid, gid) = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    (uid.parse().unwrap(), gid.parse().unwrap())
 }
 
 fn read(dir: &Path, path: &str) -> String {
@@ -600,8 +630,7 @@ fn copy_chmod_symbolic_exclude_and_parents() {
     assert_eq!(read(d, "parents/app/two/conf.json"), "{2}\n");
     assert!(!d.join("parents/app/two/other.json").exists());
     assert_eq!(read(d, "pivot/one/conf.json"), "{1}\n");
-    let owned = std::fs::metadata(d.join("owned")).unwrap();
-    assert_eq!((owned.uid(), owned.gid()), (1000, 2000));
+    assert_eq!(tar_owner(&store, ctx.path(), "owned"), (1000, 2000));
     assert_eq!(mode_of(&d.join("owned")), 0o640);
 }
 
@@ -1299,7 +1328,7 @@ fn rebased_copies_match_copies_onto_the_base() {
     let meta = |p: &str| std::fs::symlink_metadata(dest.path().join(p)).unwrap();
     // The base's private directory keeps its mode and owner.
     assert_eq!(meta("app").mode() & 0o7777, 0o700);
-    assert_eq!((meta("app").uid(), meta("app").gid()), (1000, 1000));
+    assert_eq!(tar_owner(&store, ctx.path(), "app"), (1000, 1000));
     assert_eq!(read(dest.path(), "app/f.txt"), "payload\n");
     // Through the base's symlink, as a copy onto the base does.
     assert!(meta("link").file_type().is_symlink());
@@ -1307,10 +1336,7 @@ fn rebased_copies_match_copies_onto_the_base() {
     // New parents are root-owned 0755.
     assert_eq!(meta("new").mode() & 0o7777, 0o755);
     assert_eq!(read(dest.path(), "new/dir/f.txt"), "payload\n");
-    assert_eq!(
-        (meta("owned/f.txt").uid(), meta("owned/f.txt").gid()),
-        (7, 8)
-    );
+    assert_eq!(tar_owner(&store, ctx.path(), "owned/f.txt"), (7, 8));
     // A copy that stacks exactly runs once; one the base decides runs again on the base.
     assert_eq!(started(&out, "COPY f.txt /new/dir/"), 1);
     assert_eq!(started(&out, "COPY f.txt /app/"), 2);

@@ -16,6 +16,8 @@ pub struct IgnoreMatcher {
 impl IgnoreMatcher {
     /// Parses the text of an ignore file.
     pub fn parse(text: &str) -> Result<Self, String> {
+        // A UTF-8 byte order mark is not part of the first pattern (Docker trims it).
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Comment lines become blank ones so that error positions stay line numbers.
         let lines = text.lines().map(|l| {
             if l.trim_start().starts_with('#') {
@@ -48,6 +50,8 @@ pub struct ContextDir {
 
 impl ContextDir {
     /// Reads `<dockerfile>.dockerignore` next to a custom Dockerfile if present, else `.dockerignore` in the context.
+    /// For the main context pass the Dockerfile even when it is the default
+    /// `Dockerfile`: BuildKit reads `Dockerfile.dockerignore` then too.
     pub fn open(root: &Path, dockerfile: Option<&Path>) -> Result<Self, String> {
         let mut candidates = Vec::new();
         if let Some(df) = dockerfile {
@@ -124,6 +128,13 @@ mod tests {
         assert!(!i.matches("node_modules/keep.js"));
         assert!(i.may_reinclude_under("node_modules"));
         assert!(!m("node_modules").may_reinclude_under("node_modules"));
+    }
+
+    #[test]
+    fn byte_order_mark_and_indented_comments() {
+        let i = m("\u{feff}secret\n   # not a pattern\n");
+        assert!(i.matches("secret"));
+        assert!(!i.matches("# not a pattern"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Layer diff <-> tar: OCI layer tars from overlay upper dirs and back into overlay lower dirs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -14,14 +14,16 @@ use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 
 use crate::error::{Error, IoContext, Result};
+use crate::gotar;
+use crate::lowers::{is_whiteout, same_entry, Lowers};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
-/// Longest name or link name a ustar header holds; longer ones go into PAX records.
-const USTAR_NAME_LEN: usize = 100;
+/// The one xattr written into layers.
+const LAYER_XATTR: &[u8] = b"security.capability";
 /// Largest id the 8-byte octal ustar field holds; larger ones go into PAX records.
 const USTAR_MAX_ID: u64 = 0o7777777;
 
@@ -30,14 +32,41 @@ const USTAR_MAX_ID: u64 = 0o7777777;
 pub struct DiffOptions {
     /// Clamp mtimes above this (SOURCE_DATE_EPOCH).
     pub mtime_clamp: Option<u64>,
+    /// The layer dirs below the upper dir, nearest first, as overlay stacks them (all fully
+    /// present). With them the diff is BuildKit's: an entry whose type, mode, owner (and for
+    /// files size, mtime and content) did not change is left out unless it is the parent of a
+    /// change, and an opaque directory is written as whiteouts of what it hides. Without them
+    /// every upper entry is written and opaque directories get the `.wh..wh..opq` marker.
+    pub lower_dirs: Vec<PathBuf>,
+    /// Round mtimes to the nearest second instead of truncating them: what Go's tar
+    /// writer does for headers without a chosen format, as in BuildKit's tar exporter.
+    pub round_mtime: bool,
+}
+
+/// The lower dirs of a committed snapshot whose own dir is `upper`, from its (read-only) mounts.
+pub fn lower_dirs_from_mounts(mounts: &[crate::Mount], upper: &Path) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .filter_map(|o| o.strip_prefix("lowerdir="))
+        .flat_map(|dirs| dirs.split(':'))
+        .map(PathBuf::from)
+        .filter(|d| d != upper)
+        .collect()
 }
 
 /// Writes an uncompressed OCI layer tar from an overlay upper dir.
 pub fn write_diff_tar(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<()> {
+    // A diff against lowers that are not all there would drop changes; write every entry then.
+    let lowers = (!opts.lower_dirs.is_empty() && opts.lower_dirs.iter().all(|d| d.is_dir()))
+        .then(|| Lowers::new(opts.lower_dirs.clone()));
     let mut writer = DiffWriter {
         builder: tar::Builder::new(out),
         opts,
         hardlinks: HashMap::new(),
+        upper,
+        lowers,
+        written_dirs: HashSet::new(),
     };
     writer.walk_dir(upper, &[])?;
     writer
@@ -53,23 +82,28 @@ struct DiffWriter<'a, W: Write> {
     opts: &'a DiffOptions,
     /// (dev, ino) of multiply linked files -> the archive path first written for them.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    upper: &'a Path,
+    lowers: Option<Lowers>,
+    /// Directories already in the tar, so that each one's parents are written once, first.
+    written_dirs: HashSet<Vec<u8>>,
+}
+
+/// The names in `dir`, sorted by bytes (the order Go's filepath.Walk gives BuildKit).
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .ctx(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .ctx(|| format!("listing {}", dir.display()))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
 }
 
 impl<W: Write> DiffWriter<'_, W> {
     fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
-        let mut names: Vec<OsString> = std::fs::read_dir(dir)
-            .ctx(|| format!("listing {}", dir.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .ctx(|| format!("listing {}", dir.display()))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
+        for name in sorted_names(dir)? {
             let path = dir.join(&name);
-            let mut child_rel = rel.to_vec();
-            if !child_rel.is_empty() {
-                child_rel.push(b'/');
-            }
-            child_rel.extend_from_slice(name.as_bytes());
+            let child_rel = join_rel(rel, name.as_bytes());
             self.write_entry(&path, rel, &name, child_rel)?;
         }
         Ok(())
@@ -83,13 +117,105 @@ impl<W: Write> DiffWriter<'_, W> {
         rel: Vec<u8>,
     ) -> Result<()> {
         let meta = std::fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
-        let ft = meta.file_type();
-        let mtime = self.clamp(meta.mtime());
-        if ft.is_char_device() && meta.rdev() == 0 {
+        if is_whiteout(&meta) {
+            let mtime = self.clamp(meta.mtime());
             let mut wh = join_rel(parent_rel, WHITEOUT_PREFIX.as_bytes());
             wh.extend_from_slice(name.as_bytes());
             return self.append_marker(wh, mtime);
         }
+        // None: lowers unknown; Some(None): the path is new.
+        let lower = self.lowers.as_ref().map(|lowers| lowers.lookup(&rel));
+        let unchanged = matches!(&lower, Some(Some((lp, lmd))) if same_entry(lp, lmd, path, &meta));
+        if !unchanged {
+            self.append_entry(path, &meta, rel.clone())?;
+        }
+        if !meta.is_dir() {
+            return Ok(());
+        }
+        let opaque = get_xattr(path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice());
+        match lower {
+            // BuildKit walks an opaque dir against what it hides: whiteouts for what is gone.
+            Some(Some((_, lmd))) if opaque && lmd.is_dir() => self.diff_hidden(path, &rel, true),
+            Some(_) => self.walk_dir(path, &rel),
+            None => {
+                if opaque {
+                    let mtime = self.clamp(meta.mtime());
+                    self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), mtime)?;
+                }
+                self.walk_dir(path, &rel)
+            }
+        }
+    }
+
+    /// Writes the changes inside `dir` (at `rel`), whose upper contents replace the lowers'
+    /// (an opaque dir, or a dir under one): whiteouts for lower names it lacks, upper entries
+    /// that differ from the lower ones, and everything inside them.
+    fn diff_hidden(&mut self, dir: &Path, rel: &[u8], lower_is_dir: bool) -> Result<()> {
+        let lower_children = match (&self.lowers, lower_is_dir) {
+            (Some(lowers), true) => lowers.children(rel),
+            _ => Default::default(),
+        };
+        let mut upper_children = std::collections::BTreeMap::new();
+        for name in sorted_names(dir)? {
+            let path = dir.join(&name);
+            let md = std::fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
+            // Whiteouts under an opaque dir hide nothing the diff could see.
+            if !is_whiteout(&md) {
+                upper_children.insert(name.into_vec(), (path, md));
+            }
+        }
+        let mut names: Vec<&Vec<u8>> = lower_children.keys().chain(upper_children.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let child_rel = join_rel(rel, name);
+            match (lower_children.get(name), upper_children.get(name)) {
+                (Some(_), None) => {
+                    let mtime = self.clamp(std::fs::symlink_metadata(dir).map_or(0, |m| m.mtime()));
+                    let mut wh = join_rel(rel, WHITEOUT_PREFIX.as_bytes());
+                    wh.extend_from_slice(name);
+                    self.append_marker(wh, mtime)?;
+                }
+                (lower, Some((path, md))) => {
+                    let lower_md =
+                        lower.and_then(|l| std::fs::symlink_metadata(l).ok().map(|m| (l, m)));
+                    let unchanged =
+                        matches!(&lower_md, Some((lp, lmd)) if same_entry(lp, lmd, path, md));
+                    if !unchanged {
+                        self.append_entry(path, md, child_rel.clone())?;
+                    }
+                    if md.is_dir() {
+                        let lower_dir = matches!(&lower_md, Some((_, lmd)) if lmd.is_dir());
+                        self.diff_hidden(path, &child_rel, lower_dir)?;
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the directories above `rel` that are not in the tar yet, outermost first, as
+    /// containerd's change writer does before every entry.
+    fn include_parents(&mut self, rel: &[u8]) -> Result<()> {
+        let Some(slash) = rel.iter().rposition(|b| *b == b'/') else {
+            return Ok(());
+        };
+        let parent = rel[..slash].to_vec();
+        if self.written_dirs.contains(&parent) {
+            return Ok(());
+        }
+        let path = self.upper.join(OsStr::from_bytes(&parent));
+        let meta = std::fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
+        self.append_entry(&path, &meta, parent)
+    }
+
+    /// Writes one entry from the upper dir (after its parents).
+    fn append_entry(&mut self, path: &Path, meta: &std::fs::Metadata, rel: Vec<u8>) -> Result<()> {
+        self.include_parents(&rel)?;
+        let ft = meta.file_type();
+        let rounded_up = self.opts.round_mtime && meta.mtime_nsec() >= 500_000_000;
+        let mtime = self.clamp(meta.mtime() + rounded_up as i64);
         let mut header = tar::Header::new_ustar();
         header.set_mode(meta.mode() & 0o7777);
         header.set_uid(meta.uid() as u64);
@@ -104,7 +230,9 @@ impl<W: Write> DiffWriter<'_, W> {
             pax.push(("gid".into(), meta.gid().to_string().into_bytes()));
         }
         for (xname, value) in list_xattrs(path)? {
-            if xname.starts_with(OVERLAY_XATTR_PREFIX) {
+            // Like BuildKit's (containerd's) layer writer: file capabilities are the only
+            // xattr a layer carries; user.* and security labels stay on the build host.
+            if xname != LAYER_XATTR {
                 continue;
             }
             let xname = String::from_utf8(xname).map_err(|e| {
@@ -121,11 +249,8 @@ impl<W: Write> DiffWriter<'_, W> {
             header.set_entry_type(tar::EntryType::Directory);
             let mut dir_name = rel.clone();
             dir_name.push(b'/');
-            self.append(header, dir_name, None, pax, std::io::empty())?;
-            if get_xattr(path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice()) {
-                self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), mtime)?;
-            }
-            return self.walk_dir(path, &rel);
+            self.written_dirs.insert(rel);
+            return self.append(header, dir_name, None, pax, std::io::empty());
         }
 
         if meta.nlink() > 1 {
@@ -187,6 +312,7 @@ impl<W: Write> DiffWriter<'_, W> {
 
     /// An empty regular file entry used for whiteouts and opaque markers.
     fn append_marker(&mut self, name: Vec<u8>, mtime: u64) -> Result<()> {
+        self.include_parents(&name)?;
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0);
@@ -197,34 +323,38 @@ impl<W: Write> DiffWriter<'_, W> {
         self.append(header, name, None, Vec::new(), std::io::empty())
     }
 
+    /// Writes an entry whose fields are in `header`, with Go's header layout.
     fn append(
         &mut self,
-        mut header: tar::Header,
+        header: tar::Header,
         name: Vec<u8>,
         link: Option<Vec<u8>>,
-        mut pax: Vec<(String, Vec<u8>)>,
+        pax: Vec<(String, Vec<u8>)>,
         data: impl Read,
     ) -> Result<()> {
         let display = String::from_utf8_lossy(&name).into_owned();
-        if name.len() > USTAR_NAME_LEN {
-            pax.push(("path".into(), name.clone()));
-        }
-        copy_truncated(&mut header.as_old_mut().name, &name);
-        if let Some(link) = link {
-            if link.len() > USTAR_NAME_LEN {
-                pax.push(("linkpath".into(), link.clone()));
-            }
-            copy_truncated(&mut header.as_old_mut().linkname, &link);
-        }
-        if !pax.is_empty() {
-            pax.sort();
-            self.builder
-                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .ctx(|| format!("writing PAX header for {display}"))?;
-        }
-        header.set_cksum();
+        let bad = |what: &str| Error::Invalid(format!("tar {what} of {display}"));
+        let fields = gotar::Fields {
+            name: &name,
+            link: link.as_deref().unwrap_or_default(),
+            mode: header.mode().map_err(|_| bad("mode"))? as u64,
+            uid: header.uid().map_err(|_| bad("uid"))?,
+            gid: header.gid().map_err(|_| bad("gid"))?,
+            size: header.size().map_err(|_| bad("size"))?,
+            mtime: header.mtime().map_err(|_| bad("mtime"))?,
+            typeflag: header.entry_type().as_byte(),
+            dev_major: header.device_major().ok().flatten().unwrap_or(0) as u64,
+            dev_minor: header.device_minor().ok().flatten().unwrap_or(0) as u64,
+        };
+        let blocks = gotar::header_blocks(&fields, &pax);
+        let (extended, main) = blocks.split_at(blocks.len() - 512);
         self.builder
-            .append(&header, data)
+            .get_mut()
+            .write_all(extended)
+            .ctx(|| format!("writing PAX header for {display}"))?;
+        let main = tar::Header::from_byte_slice(main).clone();
+        self.builder
+            .append(&main, data)
             .ctx(|| format!("writing tar entry {display}"))
     }
 }
@@ -236,12 +366,6 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(name);
     out
-}
-
-fn copy_truncated(slot: &mut [u8], value: &[u8]) {
-    let n = value.len().min(slot.len());
-    slot.fill(0);
-    slot[..n].copy_from_slice(&value[..n]);
 }
 
 fn open_nofollow(path: &Path) -> Result<File> {

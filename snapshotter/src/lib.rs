@@ -2,7 +2,9 @@
 
 mod content;
 mod error;
+mod gotar;
 pub mod layer;
+mod lowers;
 mod mount;
 mod snapshots;
 mod util;

@@ -82,25 +82,22 @@ fn diff_of_real_overlay_upper_has_whiteouts_and_opaque_markers() {
     );
     // Dir names carry a trailing slash in the header, like Docker's layers.
     let mut archive = tar::Archive::new(data.as_slice());
-    let mut found_xattr = false;
+    let mut user_xattr_in_layer = false;
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         if entry.header().entry_type() == tar::EntryType::Directory {
             assert!(entry.header().path_bytes().ends_with(b"/"));
         }
-        if entry.path().unwrap() == Path::new("replaced/new") {
-            let exts = entry.pax_extensions().unwrap().unwrap();
+        if let Some(exts) = entry.pax_extensions().unwrap() {
             for ext in exts {
-                let ext = ext.unwrap();
-                if ext.key().unwrap() == "SCHILY.xattr.user.note" {
-                    assert_eq!(ext.value_bytes(), b"hi");
-                    found_xattr = true;
-                }
-                assert!(!ext.key().unwrap().contains("trusted.overlay"));
+                let key = ext.unwrap().key().unwrap().to_string();
+                assert!(!key.contains("trusted.overlay"), "{key}");
+                // BuildKit's layers carry only security.capability, never user.* xattrs.
+                user_xattr_in_layer |= key.starts_with("SCHILY.xattr.user.");
             }
         }
     }
-    assert!(found_xattr);
+    assert!(!user_xattr_in_layer);
 
     let tar_path = mnt.path().join("layer.tar");
     fs::write(&tar_path, &data).unwrap();
@@ -261,6 +258,7 @@ fn mtime_clamp_caps_only_newer_times() {
         work.path(),
         &DiffOptions {
             mtime_clamp: Some(5000),
+            ..Default::default()
         },
     );
     let mut archive = tar::Archive::new(data.as_slice());

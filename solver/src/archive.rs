@@ -2,7 +2,6 @@
 //! extraction that stays inside the destination root whatever the archive
 //! holds (absolute names, `..`, symlinks planted by the archive or the image).
 
-use crate::chmod::ModeSpec;
 use crate::fileop::{clean_rel, ensure_dir, resolve_in_root, Owner};
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::{BufReader, Read};
@@ -130,7 +129,6 @@ pub fn extract(
     root: &Path,
     dest_dir: &Path,
     owner: Option<Owner>,
-    chmod: Option<&ModeSpec>,
 ) -> Result<()> {
     let dest_rel = dest_dir
         .strip_prefix(root)
@@ -155,13 +153,14 @@ pub fn extract(
             None => (dest_rel.clone(), rel.clone()),
         };
         let parent = resolve_in_root(root, &parent_rel, true)?;
-        ensure_dir(root, &parent, owner)?;
+        // Directories the archive implies but does not list belong to root, whatever --chown says.
+        ensure_dir(root, &parent, None)?;
         let target = parent.join(&base);
         let header = entry.header().clone();
         let raw_mode = header.mode().unwrap_or(0o644) & 0o7777;
         let kind = header.entry_type();
         let is_dir = kind.is_dir();
-        let mode = chmod.map(|c| c.apply(raw_mode, is_dir)).unwrap_or(raw_mode);
+        let mode = raw_mode;
         let (uid, gid) = match owner {
             Some(o) => (o.uid, o.gid),
             None => (

@@ -291,7 +291,20 @@ impl ContextIndex {
     /// Checksum of the given relative paths and everything below them.
     pub fn checksum(&self, paths: &[String]) -> String {
         let mut h = Sha256::new();
-        for p in paths {
+        // A COPY follows symlinks in its source path, so what the target holds is read too.
+        let resolved: Vec<String> = paths
+            .iter()
+            .filter_map(|p| {
+                let r = crate::fileop::resolve_in_root(&self.root, p, true).ok()?;
+                let r = r
+                    .strip_prefix(&self.root)
+                    .ok()?
+                    .to_string_lossy()
+                    .into_owned();
+                (r != *p).then_some(r)
+            })
+            .collect();
+        for p in paths.iter().chain(&resolved) {
             h.update(b"\0path\0");
             h.update(p.as_bytes());
             let under = if p.is_empty() {

@@ -148,7 +148,9 @@ impl SourceTree<'_> {
         let rel = clean_rel(source);
         if !has_glob(&rel) {
             let found = match self.index {
-                Some(idx) => idx.contains(&rel),
+                // Symlinks on the way (and at the end) are followed inside the context, as
+                // BuildKit's COPY does.
+                Some(idx) => idx.contains(&rel) || idx.contains(&self.resolved_rel(&rel)?),
                 None => std::fs::symlink_metadata(resolve_in_root(self.root, &rel, true)?).is_ok(),
             };
             if !found {
@@ -160,8 +162,21 @@ impl SourceTree<'_> {
         let mut out = Vec::new();
         match self.index {
             Some(idx) => {
-                for k in idx.entries.keys() {
-                    if k.split('/').count() == depth && glob_match(&rel, k) {
+                // The literal directories before the first wildcard may be symlinks.
+                let parts: Vec<&str> = rel.split('/').collect();
+                let literal = parts.iter().take_while(|p| !has_glob(p)).count();
+                let prefix = self.resolved_rel(&parts[..literal].join("/"))?;
+                let pattern = parts[literal..].join("/");
+                let (under, depth) = if prefix.is_empty() {
+                    (String::new(), depth - literal)
+                } else {
+                    (format!("{prefix}/"), depth - literal)
+                };
+                for k in idx.entries.range(under.clone()..).map(|(k, _)| k) {
+                    let Some(rest) = k.strip_prefix(&under) else {
+                        break;
+                    };
+                    if rest.split('/').count() == depth && glob_match(&pattern, rest) {
                         out.push(k.clone());
                     }
                 }
@@ -200,6 +215,15 @@ impl SourceTree<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `rel` with every symlink in it followed inside the source root.
+    pub fn resolved_rel(&self, rel: &str) -> Result<String> {
+        let resolved = resolve_in_root(self.root, rel, true)?;
+        Ok(resolved
+            .strip_prefix(self.root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default())
     }
 
     fn included(&self, rel: &str) -> bool {
@@ -289,13 +313,12 @@ pub fn copy(
     opts: &CopyOptions,
 ) -> Result<bool> {
     // (matched path relative to the source root, path kept below the destination)
-    let mut matched: Vec<(String, String)> = Vec::new();
-    for s in sources {
+    // (source index, matched path, path kept below the destination)
+    let mut matched: Vec<(usize, String, String)> = Vec::new();
+    for (source_index, s) in sources.iter().enumerate() {
         let pivot = if opts.parents { split_pivot(s) } else { None };
+        // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
         let m = src.matches(s)?;
-        if m.is_empty() {
-            bail!("no source files were specified matching \"{s}\"");
-        }
         for rel in m {
             if has_glob(s) && !opts.exclude.is_empty() && opts.exclude.matches(&rel) {
                 continue;
@@ -307,11 +330,13 @@ pub fn copy(
                     .unwrap_or_else(|| rel.clone()),
                 _ => rel.clone(),
             };
-            matched.push((rel, kept));
+            matched.push((source_index, rel, kept));
         }
     }
+    // Like BuildKit, several wildcard matches do not make a destination a directory:
+    // each is copied to it in turn (matched files replace each other, the last wins).
     let dest_is_dir =
-        dest.ends_with('/') || dest.ends_with("/.") || matched.len() > 1 || opts.parents;
+        dest.ends_with('/') || dest.ends_with("/.") || sources.len() > 1 || opts.parents;
     let dest_path = resolve_in_root(dest_root, dest, true)?;
     let default_owner = if src.index.is_some() {
         Some(Owner { uid: 0, gid: 0 })
@@ -319,9 +344,21 @@ pub fn copy(
         None
     };
     let owner = opts.owner.or(default_owner);
+    // Directories the copy makes get the --chmod mode too (BuildKit ≥ 0.21), else 0755.
+    let made_dir_mode = opts
+        .chmod
+        .as_ref()
+        .map_or(0o755, |c| c.apply(0o755, true) & 0o777);
     let mut plan = Plan::default();
     let mut wrote_direct = false;
-    for (rel, kept) in matched {
+    let mut current_source = 0;
+    for (source_index, rel, kept) in matched {
+        // Each source is its own copy in BuildKit: hard links are kept within one source's
+        // matches only.
+        if source_index != current_source {
+            plan.inodes.clear();
+            current_source = source_index;
+        }
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
             .with_context(|| format!("reading source {rel}"))?;
@@ -337,7 +374,7 @@ pub fn copy(
         };
         if md.is_dir() {
             let fresh = std::fs::symlink_metadata(&base_dir).is_err();
-            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            ensure_dir_mode(dest_root, &base_dir, opts.owner, made_dir_mode)?;
             // A directory that did not exist has nothing below it in lower layers, so
             // writing its contents straight into the upper dir gives the same tree.
             let fill = match (&opts.direct_upper, fresh) {
@@ -350,21 +387,16 @@ pub fn copy(
                 _ => base_dir.clone(),
             };
             wrote_direct |= fill != base_dir;
-            walk(src, opts, &rel, "", &src_path, &fill, &mut plan)?;
+            let walked_rel = src.resolved_rel(&rel)?;
+            walk(src, opts, &walked_rel, "", &src_path, &fill, &mut plan)?;
             continue;
         }
         if opts.unpack && md.is_file() {
             if let Some(format) = archive::detect(&src_path)? {
                 ensure_dir(dest_root, &base_dir, opts.owner)?;
-                archive::extract(
-                    &src_path,
-                    format,
-                    dest_root,
-                    &base_dir,
-                    opts.owner,
-                    opts.chmod.as_ref(),
-                )
-                .with_context(|| format!("extracting {rel}"))?;
+                // BuildKit applies --chown to extracted entries but keeps their modes.
+                archive::extract(&src_path, format, dest_root, &base_dir, opts.owner)
+                    .with_context(|| format!("extracting {rel}"))?;
                 continue;
             }
         }
@@ -372,17 +404,18 @@ pub fn copy(
             .map(|m| m.is_dir())
             .unwrap_or(false);
         let target = if dest_is_dir || existing_dir {
-            ensure_dir(dest_root, &base_dir, opts.owner)?;
+            ensure_dir_mode(dest_root, &base_dir, opts.owner, made_dir_mode)?;
             let name = Path::new(&rel)
                 .file_name()
                 .ok_or_else(|| anyhow!("bad source {rel}"))?;
             base_dir.join(name)
         } else {
             if let Some(parent) = base_dir.parent() {
-                ensure_dir(dest_root, parent, opts.owner)?;
+                ensure_dir_mode(dest_root, parent, opts.owner, made_dir_mode)?;
             }
             base_dir.clone()
         };
+        plan.items.retain(|i| i.dest != target);
         plan.push(src_path, target, md);
     }
     execute(&plan, owner, opts.chmod.as_ref())?;
@@ -760,6 +793,14 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatche
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     h.update(rel.as_bytes());
+    // The copy walks the symlink-resolved source; so does its checksum.
+    let resolved = SourceTree {
+        root: &idx.root,
+        index: Some(idx),
+    }
+    .resolved_rel(rel)
+    .unwrap_or_else(|_| rel.to_string());
+    let rel = resolved.as_str();
     let under = if rel.is_empty() {
         String::new()
     } else {
@@ -787,6 +828,11 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatche
 
 /// Creates `dir` and missing parents (mode 0755, owned by `owner` or root).
 pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
+    ensure_dir_mode(root, dir, owner, 0o755)
+}
+
+/// Creates `dir` and missing parents with `mode`, owned by `owner` or root.
+pub fn ensure_dir_mode(root: &Path, dir: &Path, owner: Option<Owner>, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -804,7 +850,7 @@ pub fn ensure_dir(root: &Path, dir: &Path, owner: Option<Owner>) -> Result<()> {
             ),
             Err(_) => {
                 std::fs::create_dir(&cur).with_context(|| format!("creating {}", cur.display()))?;
-                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode))?;
                 let o = owner.unwrap_or(Owner { uid: 0, gid: 0 });
                 std::os::unix::fs::lchown(&cur, Some(o.uid), Some(o.gid))?;
             }

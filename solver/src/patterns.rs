@@ -10,7 +10,6 @@ struct Pattern {
     text: String,
     exclusion: bool,
     regex: Regex,
-    depth: usize,
 }
 
 /// An ordered list of patterns.
@@ -29,11 +28,14 @@ fn to_regex(pattern: &str) -> Result<Regex, String> {
         match c {
             '*' if chars.get(i + 1) == Some(&'*') => {
                 i += 1;
+                // "**/" is read as "**"; only a trailing "**" is a plain "anything".
                 if chars.get(i + 1) == Some(&'/') {
                     i += 1;
-                    re.push_str("(.*/)?");
-                } else {
+                }
+                if i + 1 >= chars.len() {
                     re.push_str(".*");
+                } else {
+                    re.push_str("(.*/)?");
                 }
             }
             '*' => re.push_str("[^/]*"),
@@ -50,12 +52,9 @@ fn to_regex(pattern: &str) -> Result<Regex, String> {
                     .iter()
                     .position(|&x| x == ']')
                     .ok_or_else(|| format!("unterminated [ in pattern {pattern:?}"))?;
+                // Docker hands the class to Go's regexp as written: `^` negates, `!` is a
+                // plain character.
                 let class: String = chars[i + 1..i + end].iter().collect();
-                let class = class
-                    .strip_prefix('^')
-                    .or_else(|| class.strip_prefix('!'))
-                    .map(|c| format!("^{c}"))
-                    .unwrap_or(class);
                 re.push('[');
                 re.push_str(&class.replace('\\', "\\\\"));
                 re.push(']');
@@ -108,12 +107,10 @@ impl PatternMatcher {
                 continue;
             }
             let regex = to_regex(&body).map_err(|e| (n + 1, e))?;
-            let depth = body.split('/').count();
             out.push(Pattern {
                 text: body,
                 exclusion,
                 regex,
-                depth,
             });
         }
         Ok(Self { patterns: out })
@@ -126,13 +123,12 @@ impl PatternMatcher {
 
     /// Whether a slash-separated relative path is matched (the last matching pattern wins).
     pub fn matches(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = rel.split('/').collect();
+        // A pattern that matches any parent directory matches the path too
+        // (patternmatcher's MatchesOrParentMatches, which BuildKit's walker uses).
+        let parents: Vec<&str> = rel.match_indices('/').map(|(i, _)| &rel[..i]).collect();
         let mut matched = false;
         for p in &self.patterns {
-            let mut hit = p.regex.is_match(rel);
-            if !hit && parts.len() > 1 && p.depth < parts.len() {
-                hit = p.regex.is_match(&parts[..p.depth].join("/"));
-            }
+            let hit = p.regex.is_match(rel) || parents.iter().any(|d| p.regex.is_match(d));
             if hit {
                 matched = !p.exclusion;
             }
@@ -140,16 +136,14 @@ impl PatternMatcher {
         matched
     }
 
-    /// Whether a `!` pattern might re-include something below a matched directory.
+    /// Whether a matched directory is still walked for `!` patterns: only when one of
+    /// them starts with the directory's path, as BuildKit's walker (fsutil) decides. A
+    /// wildcard exception like `!**/keep` does not reach into an excluded directory.
     pub fn may_reinclude_under(&self, dir: &str) -> bool {
         let prefix = format!("{dir}/");
-        self.patterns.iter().any(|p| {
-            p.exclusion
-                && (format!("{}/", p.text).starts_with(&prefix)
-                    || p.text.contains('*')
-                    || p.text.contains('?')
-                    || p.text.contains('['))
-        })
+        self.patterns
+            .iter()
+            .any(|p| p.exclusion && format!("{}/", p.text).starts_with(&prefix))
     }
 }
 
@@ -174,6 +168,35 @@ mod tests {
         assert!(i.matches("vendor/x/y"));
         assert!(!i.matches("vendor/keep"));
         assert!(i.may_reinclude_under("vendor"));
+    }
+
+    #[test]
+    fn any_matching_parent_matches_like_docker() {
+        // Docker checks every parent directory, not only the one at the pattern's depth.
+        assert!(m(&["**/foo"]).matches("a/b/foo/c"));
+        assert!(m(&["a/*/c"]).matches("a/b/c/d/e"));
+        assert!(!m(&["a/*/c"]).matches("a/b/d/c"));
+    }
+
+    #[test]
+    fn double_star_and_classes_compile_like_patternmatcher() {
+        // "**" not at the end is "any number of leading directories", never a partial name.
+        assert!(m(&["**.txt"]).matches("d/.txt"));
+        assert!(!m(&["**.txt"]).matches("a.txt"));
+        assert!(m(&["a/**"]).matches("a/b/c"));
+        // Only `^` negates a class; `!` is an ordinary character there.
+        assert!(!m(&["[^a]x"]).matches("ax"));
+        assert!(m(&["[!a]x"]).matches("ax"));
+        assert!(!m(&["[!a]x"]).matches("bx"));
+    }
+
+    #[test]
+    fn only_exceptions_below_a_directory_reopen_it() {
+        let i = m(&["node_modules", "!**/package.json", "!node_modules/keep"]);
+        assert!(i.may_reinclude_under("node_modules"));
+        assert!(!i.may_reinclude_under("other"));
+        let i = m(&["node_modules", "!**/package.json"]);
+        assert!(!i.may_reinclude_under("node_modules"));
     }
 
     #[test]

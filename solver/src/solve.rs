@@ -3,7 +3,7 @@
 
 use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
-use crate::fileop::{self, CopyOptions, SourceTree};
+use crate::fileop::{self, CopyOptions, Owner, SourceTree};
 use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op};
 use crate::mounts::ExecConfig;
 use crate::multi::MultiSolveOutput;
@@ -779,9 +779,6 @@ impl Solver {
                         let m = src
                             .matches(s)
                             .map_err(|e| anyhow!("failed to compute cache key: {e}"))?;
-                        if m.is_empty() {
-                            bail!("failed to compute cache key: no source files were specified matching \"{s}\"");
-                        }
                         if matcher.is_empty() {
                             paths.extend(m);
                         } else {
@@ -1391,6 +1388,11 @@ impl Solver {
             let upper = self.snapshots.upper_dir(&info.key)?;
             let diff_options = snapshotter::layer::DiffOptions {
                 mtime_clamp: options.mtime_clamp,
+                lower_dirs: snapshotter::layer::lower_dirs_from_mounts(
+                    &self.snapshots.mounts(&info.key)?,
+                    &upper,
+                ),
+                ..Default::default()
             };
             let blob = exporter::write_layer_with(&self.content, &options.compression, &mut |w| {
                 snapshotter::layer::write_diff_tar(&upper, w, &diff_options)
@@ -1406,8 +1408,18 @@ impl Solver {
         Ok(out)
     }
 
-    /// Copies the whole filesystem of a result into `dest` (for `--output type=local`).
+    /// Copies the whole filesystem of a result into `dest`, owners kept.
     pub fn export_local(&self, r: &Ref, dest: &Path) -> Result<()> {
+        self.export_local_owned(r, dest, None)
+    }
+
+    /// [`Solver::export_local`], every entry owned by `owner` when given (BuildKit's
+    /// `--output type=local` gives the files to the user receiving them).
+    pub fn export_local_owned(&self, r: &Ref, dest: &Path, owner: Option<Owner>) -> Result<()> {
+        let opts = CopyOptions {
+            owner,
+            ..Default::default()
+        };
         std::fs::create_dir_all(dest)?;
         self.materialize(r)?;
         match r {
@@ -1418,7 +1430,7 @@ impl Solver {
                     root: &idx.root,
                     index: Some(&idx),
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
+                fileop::copy(&src, &[".".into()], dest, "/", &opts).map(drop)
             }
             Ref::Snapshot(snap) => {
                 let view = self.mount_view(snap)?;
@@ -1426,7 +1438,7 @@ impl Solver {
                     root: view.path(),
                     index: None,
                 };
-                fileop::copy(&src, &[".".into()], dest, "/", &CopyOptions::default()).map(drop)
+                fileop::copy(&src, &[".".into()], dest, "/", &opts).map(drop)
             }
         }
     }

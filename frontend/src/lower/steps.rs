@@ -448,7 +448,9 @@ pub(super) fn lower_copy(
     }
     let dest_word = l.expand(ins, env, &raw_dest[0], cx.escape)?;
     let docs_names: Vec<String> = docs.iter().map(|d| d.name.clone()).collect();
-    if words.len() + docs.len() > 1 && !dest_word.ends_with('/') {
+    // BuildKit reads a destination of "." (or "") as a directory, like one ending in '/'.
+    let dest_names_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.is_empty();
+    if words.len() + docs.len() > 1 && !dest_names_dir {
         return Err(l.err(ins, format!("when using {upper} with more than one source file, the destination must be a directory and end with a /")));
     }
     let workdir = state
@@ -462,7 +464,7 @@ pub(super) fn lower_copy(
     } else {
         join_path(&workdir, &dest_word, true)
     };
-    if dest_word.ends_with('/') && !dest.ends_with('/') {
+    if dest_names_dir && !dest.ends_with('/') {
         dest.push('/');
     }
 
