@@ -117,36 +117,11 @@ fn parse_tar_line(line: &str) -> Entry {
 
 /// Builds `ctx` to an OCI archive and unpacks the archive's layout.
 fn build_image(store: &Store, ctx: &Path, extra: &[&str]) -> Image {
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("image.tar");
-    let out_arg = format!("type=oci,dest={}", archive.display());
-    let mut args = extra.to_vec();
-    args.extend(["-o", &out_arg]);
-    let out = store.build(ctx, &args);
-    assert!(out.status.success(), "build failed: {}", stderr(&out));
-    let layout = dir.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    let st = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let json = |p: std::path::PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
-    let index = json(layout.join("index.json"));
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let layers = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| blob(l["digest"].as_str().unwrap()))
-        .collect();
-    Image { _dir: dir, layers }
+    let image = build_oci_image(store, ctx, extra);
+    Image {
+        _dir: image.dir,
+        layers: image.layers,
+    }
 }
 
 fn started(out: &std::process::Output, needle: &str) -> usize {

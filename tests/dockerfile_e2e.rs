@@ -82,38 +82,11 @@ fn cached(out: &Output, needle: &str) -> usize {
 /// Builds to an OCI archive and returns the names in each layer (base first), as
 /// `tar -t` lists them (tar detects the compression itself).
 fn oci_layer_names(store: &Store, ctx: &Path, extra: &[&str]) -> Vec<Vec<String>> {
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("image.tar");
-    let out_arg = format!("type=oci,dest={}", archive.display());
-    let mut args = extra.to_vec();
-    args.extend(["-o", &out_arg]);
-    build_ok(store, ctx, &args);
-    let layout = dir.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    let st = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
-    let json = |p: PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let index = json(layout.join("index.json"));
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    manifest["layers"]
-        .as_array()
-        .unwrap()
+    build_oci_image(store, ctx, extra)
+        .layers
         .iter()
-        .map(|l| {
-            let out = Command::new("tar")
-                .arg("-tf")
-                .arg(blob(l["digest"].as_str().unwrap()))
-                .output()
-                .unwrap();
+        .map(|layer| {
+            let out = Command::new("tar").arg("-tf").arg(layer).output().unwrap();
             assert!(out.status.success(), "tar: {}", stderr(&out));
             stdout(&out)
                 .lines()

@@ -226,3 +226,45 @@ pub fn wait_for_listener(addr: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// An image built to an OCI archive and unpacked; `layers` are its layer blobs, base first.
+#[allow(dead_code)]
+pub struct OciImage {
+    pub dir: tempfile::TempDir,
+    pub layers: Vec<PathBuf>,
+}
+
+/// Builds `ctx` (with `extra` flags) to an OCI archive and unpacks its layout.
+#[allow(dead_code)]
+pub fn build_oci_image(store: &Store, ctx: &Path, extra: &[&str]) -> OciImage {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    let out_arg = format!("type=oci,dest={}", archive.display());
+    let mut args = extra.to_vec();
+    args.extend(["-o", &out_arg]);
+    let out = store.build(ctx, &args);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect();
+    OciImage { dir, layers }
+}
