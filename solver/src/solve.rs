@@ -1188,10 +1188,7 @@ impl Solver {
                     parents,
                     unpack,
                 } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| fileop::resolve_owner(dest.path(), c))
-                        .transpose()?;
+                    let owner = fileop::resolve_owner_opt(dest.path(), chown.as_ref())?;
                     let opts = CopyOptions {
                         owner,
                         chmod: chmod.as_deref().map(ModeSpec::parse).transpose()?,
@@ -1235,10 +1232,7 @@ impl Solver {
                     }
                 }
                 FileAction::Mkdir { path, mode, chown } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| fileop::resolve_owner(dest.path(), c))
-                        .transpose()?;
+                    let owner = fileop::resolve_owner_opt(dest.path(), chown.as_ref())?;
                     fileop::make_dir(dest.path(), path, *mode, owner)?;
                 }
                 FileAction::Mkfile {
@@ -1247,10 +1241,7 @@ impl Solver {
                     mode,
                     chown,
                 } => {
-                    let owner = chown
-                        .as_ref()
-                        .map(|c| fileop::resolve_owner(dest.path(), c))
-                        .transpose()?;
+                    let owner = fileop::resolve_owner_opt(dest.path(), chown.as_ref())?;
                     fileop::make_file(dest.path(), path, data, *mode, owner)?;
                 }
             }
