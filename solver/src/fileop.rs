@@ -859,12 +859,12 @@ pub fn ensure_dir_mode(root: &Path, dir: &Path, owner: Option<Owner>, mode: u32)
     Ok(())
 }
 
-/// Resolves a `--chown` value to numeric ids using the root's /etc/passwd and /etc/group.
 /// [`resolve_owner`] for an optional `--chown`.
 pub fn resolve_owner_opt(root: &Path, chown: Option<&Chown>) -> Result<Option<Owner>> {
     chown.map(|c| resolve_owner(root, c)).transpose()
 }
 
+/// Resolves a `--chown` value to numeric ids using the root's /etc/passwd and /etc/group.
 pub fn resolve_owner(root: &Path, chown: &Chown) -> Result<Owner> {
     let lookup = |file: &str, name: &str| -> Result<Option<(u32, u32)>> {
         let path = resolve_in_root(root, file, true)?;
