@@ -78,21 +78,29 @@ impl Numbering {
 struct Plain {
     numbers: Numbering,
     started: HashMap<usize, f64>,
-    start: f64,
+    /// The vertex whose lines were printed last: BuildKit sets each run of lines about one
+    /// vertex apart with a blank line.
+    current: Option<usize>,
 }
 
 impl Plain {
-    fn handle(&mut self, out: &mut impl Write, ev: Event) {
-        if self.start == 0.0 {
-            self.start = solver::progress::now();
+    fn switch_to(&mut self, out: &mut impl Write, vertex: usize) {
+        if self.current.is_some_and(|c| c != vertex) {
+            let _ = writeln!(out);
         }
+        self.current = Some(vertex);
+    }
+
+    fn handle(&mut self, out: &mut impl Write, ev: Event) {
         match ev {
             Event::Started { vertex, name, time } => {
+                self.switch_to(out, vertex);
                 let n = self.numbers.of(vertex);
                 self.started.insert(vertex, time);
                 let _ = writeln!(out, "#{n} {name}");
             }
             Event::Cached { vertex, name, .. } => {
+                self.switch_to(out, vertex);
                 let n = self.numbers.of(vertex);
                 let _ = writeln!(out, "#{n} {name}\n#{n} CACHED");
             }
@@ -102,6 +110,7 @@ impl Plain {
                 error,
                 ..
             } => {
+                self.switch_to(out, vertex);
                 let n = self.numbers.of(vertex);
                 let took = time - self.started.get(&vertex).copied().unwrap_or(time);
                 let _ = match error {
@@ -110,8 +119,11 @@ impl Plain {
                 };
             }
             Event::Log { vertex, data, .. } => {
+                self.switch_to(out, vertex);
                 let n = self.numbers.of(vertex);
-                let at = solver::progress::now() - self.start;
+                // Seconds since the step started, as BuildKit stamps log lines.
+                let now = solver::progress::now();
+                let at = now - self.started.get(&vertex).copied().unwrap_or(now);
                 for line in data.lines() {
                     let _ = writeln!(out, "#{n} {at:.3} {line}");
                 }

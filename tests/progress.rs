@@ -119,3 +119,32 @@ fn the_tty_display_stays_off_the_terminal_while_the_on_error_shell_runs() {
     // Afterwards the display is back and reports the failure.
     assert!(screen[end..].contains("exit code: 3"), "{screen}");
 }
+
+#[test]
+fn plain_mode_groups_lines_by_step_and_stamps_logs_from_the_steps_start() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN sleep 1.5\nRUN echo second-step\n",
+    )]);
+    let out = store
+        .cmd()
+        .args(["build", "--progress=plain"])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    // Each step's run of lines is set apart by a blank line, as BuildKit prints them.
+    assert!(text.contains("CACHED\n\n#"), "{text}");
+    let stamp: f64 = text
+        .lines()
+        .find(|l| l.ends_with(" second-step") && !l.contains("RUN"))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no log line: {text}"));
+    assert!(
+        stamp < 1.0,
+        "stamped from the build's start: {stamp}\n{text}"
+    );
+}
