@@ -5,13 +5,40 @@ use crate::progress::ProgressMode;
 use frontend::checks::{check_ast, filter, CheckConfig, CheckWarning};
 use solver::progress::Event;
 
-/// Shows warnings during a build: a line each, or a warning event in rawjson mode.
+/// Prints, when dropped (the build's end, success or failure), the summary docker buildx
+/// prints after a build: `N warning(s) found:` and ` - Rule: message (line N)` each.
+#[must_use = "the summary prints when this is dropped"]
+pub struct WarningSummary {
+    lines: Vec<String>,
+}
+
+impl Drop for WarningSummary {
+    fn drop(&mut self) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let n = self.lines.len();
+        eprintln!("{n} warning{} found:", if n == 1 { "" } else { "s" });
+        for line in &self.lines {
+            eprintln!(" - {line}");
+        }
+    }
+}
+
+/// Shows warnings during a build: a line each, or a warning event in rawjson mode; the
+/// returned summary repeats them once at the end.
 pub fn report(
     warnings: &[CheckWarning],
     file: &str,
     mode: ProgressMode,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
-) {
+) -> WarningSummary {
+    let summarize = !matches!(mode, ProgressMode::Quiet | ProgressMode::Rawjson);
+    let lines = warnings
+        .iter()
+        .filter(|_| summarize)
+        .map(|w| format!("{}: {} (line {})", w.rule, w.message, w.line))
+        .collect();
     for w in warnings {
         match mode {
             ProgressMode::Quiet => {}
@@ -23,6 +50,7 @@ pub fn report(
             _ => eprintln!("{}", w.display()),
         }
     }
+    WarningSummary { lines }
 }
 
 /// The `--check` report on stdout; returns the exit code (1 when anything was found).

@@ -16,6 +16,8 @@ mod prune;
 mod rootfs_tar;
 mod run;
 mod secrets;
+mod source_excerpt;
+mod stdin_input;
 
 use clap::Parser as _;
 

@@ -2,6 +2,7 @@
 
 pub mod checks;
 pub mod parser;
+pub mod platform_spec;
 pub mod shell;
 
 pub use parser::{parse, Ast, Directives, Heredoc, Instruction, ParseError, Warning};

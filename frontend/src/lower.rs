@@ -625,7 +625,11 @@ fn lower_stage(
     let mut global_env = auto_args.to_vec();
     global_env.extend(l.global_args.clone());
     let platform = match flags.get("platform") {
-        Some(p) => l.expand(from, &global_env, p, escape)?,
+        Some(p) => {
+            let spec = l.expand(from, &global_env, p, escape)?;
+            let host_arch = split_platform(&l.opts.build_platform).1;
+            crate::platform_spec::check(&spec, &host_arch).map_err(|e| l.err(from, e))?
+        }
         None => l.opts.platform.clone(),
     };
     let base = l.expand(from, &global_env, &from.args[0], escape)?;
