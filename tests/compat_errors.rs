@@ -258,3 +258,72 @@ fn empty_continuation_line_is_a_build_check_warning() {
     assert!(text.contains("NoEmptyContinuation"), "{text}");
     assert!(text.contains("Dockerfile:4"), "{text}");
 }
+
+#[test]
+fn stages_may_be_used_before_they_are_defined_but_not_in_a_cycle() {
+    let store = Store::with_busybox();
+    // BuildKit orders stages by dependency: COPY --from and RUN --mount=from may name a
+    // stage defined further down.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS final\nCOPY --from=later /f /f\nRUN --mount=from=later,target=/l cat /l/f\n\
+         FROM busybox AS later\nRUN echo forward > /f\n",
+    )]);
+    let out = store
+        .cmd()
+        .args([
+            "build",
+            "--progress=plain",
+            "--target",
+            "final",
+            "-t",
+            "fwd:latest",
+        ])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("forward"), "{}", stderr(&out));
+    assert_eq!(file_in_image(&store, "fwd:latest"), "forward\n");
+
+    assert_fails(
+        &store,
+        "FROM busybox AS a\nCOPY --from=b /x /y\nFROM busybox AS b\nCOPY --from=a /x /y\n",
+        &["--target", "a"],
+        &["Dockerfile:", "circular dependency detected on stage"],
+    );
+    assert_fails(
+        &store,
+        "FROM busybox AS a\nCOPY --from=a /x /y\n",
+        &[],
+        &["Dockerfile:2", "circular dependency detected on stage: a"],
+    );
+    assert_store_usable(&store);
+}
+
+#[test]
+fn errors_show_a_buildx_style_excerpt_and_warnings_are_summarised() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN true\nRUN exit 3\nRUN true\n",
+    )]);
+    let out = build_plain(&store, ctx.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("   2 |     RUN true\n   3 | >>> RUN exit 3\n   4 |     RUN true\n"),
+        "{err}"
+    );
+
+    let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nCMD echo hi\n")]);
+    let out = build_plain(&store, ctx.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let summary = err
+        .split("2 warnings found:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(summary.contains(" - MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)"), "{err}");
+    assert!(summary.contains(" - JSONArgsRecommended:"), "{err}");
+}

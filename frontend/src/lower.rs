@@ -459,13 +459,17 @@ pub fn lower(
         }
     };
 
-    let stage_index = |reference: &str, before: usize| -> Option<usize> {
+    // A name may refer to a stage defined later (BuildKit orders stages by their
+    // dependencies); a number only to an earlier one; a stage never to itself.
+    let stage_index = |reference: &str, current: usize| -> Option<usize> {
         let r = reference.to_lowercase();
-        stages[..before]
+        stages
             .iter()
             .position(|s| s.name.as_deref() == Some(&r))
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < before))
+            .filter(|&d| d != current)
+            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < current))
     };
+    let mut deps: Vec<Vec<(usize, &Instruction)>> = vec![Vec::new(); stages.len()];
 
     // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
     let mut needed = vec![false; stages.len()];
@@ -487,6 +491,7 @@ pub fn lower(
                 && !opts.named_contexts.contains_key(&base.to_lowercase())
         }) {
             stack.push(d);
+            deps[s].push((d, stages[s].from));
         }
         for x in stages[s].body {
             if x.keyword == "copy" || x.keyword == "run" {
@@ -508,12 +513,20 @@ pub fn lower(
                             .process_word(v)
                             .unwrap_or_else(|_| v.to_string());
                         match stage_index(&v, s) {
-                            Some(d) => stack.push(d),
-                            None if stages.iter().any(|st| {
-                                st.name.as_deref() == Some(v.to_lowercase().as_str())
-                            }) =>
+                            Some(d) => {
+                                stack.push(d);
+                                deps[s].push((d, x));
+                            }
+                            None if stages[s].name.as_deref()
+                                == Some(v.to_lowercase().as_str()) =>
                             {
-                                return Err(l.err(x, format!("COPY --from={v} refers to a stage defined later; a stage can only copy from earlier stages")));
+                                return Err(l.err(
+                                    x,
+                                    format!(
+                                        "circular dependency detected on stage: {}",
+                                        v.to_lowercase()
+                                    ),
+                                ));
                             }
                             None => {}
                         }
@@ -526,10 +539,11 @@ pub fn lower(
     let multi = stages.len() > 1;
     let mut states: Vec<Option<StageState>> = vec![None; stages.len()];
     let mut built_names = Vec::new();
-    for s in 0..stages.len() {
-        if !needed[s] {
-            continue;
-        }
+    let order = crate::stage_order::dependency_order(&needed, &deps, |s| {
+        stages[s].name.clone().unwrap_or_else(|| s.to_string())
+    })
+    .map_err(|(message, ins)| l.err(ins, message))?;
+    for s in order {
         let st = &stages[s];
         let label = match (&st.name, multi) {
             (Some(n), _) => n.clone(),

@@ -108,11 +108,11 @@ impl Lowerer<'_> {
             return Ok(self.or_scratch(v));
         }
         let lower = reference.to_lowercase();
-        if self.stage_names[cx.index..]
-            .iter()
-            .any(|n| n.as_deref() == Some(lower.as_str()))
-        {
-            return Err(self.err(ins, format!("{what}={reference} refers to a stage defined later; a stage can only use earlier stages")));
+        if self.stage_names.get(cx.index).cloned().flatten().as_deref() == Some(lower.as_str()) {
+            return Err(self.err(
+                ins,
+                format!("circular dependency detected on stage: {lower}"),
+            ));
         }
         let earlier: Vec<String> = (0..cx.index)
             .filter_map(|d| self.stage_names.get(d).cloned().flatten())
