@@ -327,3 +327,49 @@ fn errors_show_a_buildx_style_excerpt_and_warnings_are_summarised() {
     assert!(summary.contains(" - MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)"), "{err}");
     assert!(summary.contains(" - JSONArgsRecommended:"), "{err}");
 }
+
+#[test]
+fn instruction_arguments_are_checked_with_buildkit_wording() {
+    let store = Store::with_busybox();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "FROM busybox\nARG =x\n",
+            &["Dockerfile:2", "ARG names can not be blank"],
+        ),
+        (
+            "FROM busybox\nENV =x\n",
+            &["Dockerfile:2", "ENV names can not be blank"],
+        ),
+        (
+            "FROM busybox\nEXPOSE abc\n",
+            &["Dockerfile:2", "invalid containerPort: abc"],
+        ),
+        (
+            "FROM busybox\nEXPOSE 80/xyz\n",
+            &["Dockerfile:2", "invalid proto: xyz"],
+        ),
+        (
+            "FROM busybox\nVOLUME\n",
+            &["Dockerfile:2", "VOLUME requires at least one argument"],
+        ),
+        (
+            "FROM busybox a b\n",
+            &[
+                "Dockerfile:1",
+                "FROM requires either one or three arguments",
+            ],
+        ),
+        (
+            "FROM busybox AS 1bad\n",
+            &["Dockerfile:1", "invalid name for build stage: \"1bad\""],
+        ),
+        (
+            "FROM busybox\nONBUILD FROM x\n",
+            &["Dockerfile:2", "FROM isn't allowed as an ONBUILD trigger"],
+        ),
+    ];
+    for (dockerfile, phrases) in cases {
+        assert_fails(&store, dockerfile, &[], phrases);
+    }
+    assert_store_usable(&store);
+}

@@ -5,6 +5,7 @@ pub mod parser;
 pub mod platform_spec;
 pub mod shell;
 mod stage_order;
+pub mod validate;
 
 pub use parser::{parse, Ast, Directives, Heredoc, Instruction, ParseError, Warning};
 pub use shell::{Env, ExpandError, Expander};

@@ -415,17 +415,17 @@ pub fn lower(
         }
         let name = match from.args.as_slice() {
             [_] => None,
-            [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_lowercase()),
+            [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+                crate::validate::stage_name(name).map_err(|e| l.err(from, e))?;
+                Some(name.to_lowercase())
+            }
             [] => {
                 return Err(l.err(
                     from,
                     "FROM requires the name of a base image, e.g. FROM debian:bookworm",
                 ))
             }
-            _ => return Err(l.err(
-                from,
-                "FROM takes one image and an optional `AS name`, e.g. FROM golang:1.22 AS build",
-            )),
+            _ => return Err(l.err(from, "FROM requires either one or three arguments")),
         };
         if let Some(n) = &name {
             if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
@@ -616,6 +616,7 @@ fn declare_arg(
     escape: char,
 ) -> Result<(String, Option<String>), DockerfileError> {
     match word.split_once('=') {
+        Some(("", _)) => Err(l.err(ins, "ARG names can not be blank")),
         Some((k, v)) => Ok((k.to_string(), Some(l.expand(ins, env, v, escape)?))),
         None => Ok((word.to_string(), None)),
     }
@@ -899,6 +900,10 @@ fn lower_stage(
             "expose" => {
                 for p in &ins.args {
                     let p = l.expand(ins, &env, p, escape)?;
+                    if p.is_empty() {
+                        continue;
+                    }
+                    crate::validate::expose_port(&p).map_err(|e| l.err(ins, e))?;
                     let key = if p.contains('/') {
                         p.to_lowercase()
                     } else {
@@ -913,6 +918,9 @@ fn lower_stage(
                 created_by = format!("EXPOSE {}", ins.args.join(" "));
             }
             "volume" => {
+                if ins.args.is_empty() {
+                    return Err(l.err(ins, "VOLUME requires at least one argument"));
+                }
                 for v in &ins.args {
                     let v = l.expand(ins, &env, v, escape)?;
                     if v.is_empty() {
