@@ -53,28 +53,50 @@ pub fn report(
     WarningSummary { lines }
 }
 
-/// The `--check` report on stdout; returns the exit code (1 when anything was found).
+/// The `--check` report on stdout, laid out as `docker build --check` does (the count,
+/// then per warning the rule and its documentation URL, the position and a source
+/// excerpt); returns the exit code (1 when anything was found).
 pub fn print_check(warnings: &[CheckWarning], file: &str, source: &[u8]) -> i32 {
-    let text = String::from_utf8_lossy(source);
+    let n = warnings.len();
+    if n == 0 {
+        println!("Check complete, no warnings found.");
+        return 0;
+    }
+    println!(
+        "Check complete, {n} warning{} found!",
+        if n == 1 { " has been" } else { "s have been" }
+    );
     for w in warnings {
+        println!("\nWARNING: {} - {}", w.rule, rule_url(w.rule));
         println!("{file}:{}:{}: {}", w.line, w.column, w.display());
-        if let Some(line) = text.lines().nth(w.line.saturating_sub(1)) {
-            println!(" {:>4} | {line}", w.line);
+        let excerpt = crate::source_excerpt::excerpt(source, w.line, w.line);
+        if !excerpt.is_empty() {
+            println!("{excerpt}");
         }
     }
-    match warnings.len() {
-        0 => {
-            println!("Check complete, no warnings found.");
-            0
+    1
+}
+
+/// The documentation page BuildKit links for a rule: `JSONArgsRecommended` →
+/// `.../rule/json-args-recommended/`.
+fn rule_url(rule: &str) -> String {
+    let chars: Vec<char> = rule.chars().collect();
+    let mut slug = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        let next = chars.get(i + 1);
+        let starts_word = c.is_ascii_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_ascii_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_ascii_uppercase() && next.is_some_and(|n| n.is_ascii_lowercase()))
+            });
+        if starts_word {
+            slug.push('-');
         }
-        n => {
-            println!(
-                "Check complete, {n} warning{} found!",
-                if n == 1 { " has been" } else { "s have been" }
-            );
-            1
-        }
+        slug.push(c.to_ascii_lowercase());
     }
+    format!("https://docs.docker.com/go/dockerfile/rule/{slug}/")
 }
 
 /// The syntax-only warnings, for `--check` when lowering itself failed.
@@ -96,4 +118,21 @@ pub fn error_message(warnings: &[CheckWarning]) -> String {
         "lint violation found for rules: {} (the Dockerfile sets check=error=true)",
         rules.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_url;
+
+    #[test]
+    fn rule_urls_are_kebab_case() {
+        assert_eq!(
+            rule_url("JSONArgsRecommended"),
+            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
+        );
+        assert_eq!(
+            rule_url("UndefinedArgInFrom"),
+            "https://docs.docker.com/go/dockerfile/rule/undefined-arg-in-from/"
+        );
+    }
 }

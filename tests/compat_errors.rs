@@ -63,6 +63,25 @@ fn parse_errors_name_file_line_and_phrase() {
             "did you mean RUN",
         ],
     );
+    // Even in a stage the target does not need, and before the first FROM.
+    assert_fails(
+        &store,
+        "FROM busybox AS unused\nRUNN x\nFROM busybox AS b\n",
+        &["--target", "b"],
+        &[
+            "Dockerfile:2",
+            "unknown instruction: RUNN (did you mean RUN?)",
+        ],
+    );
+    assert_fails(
+        &store,
+        "FROMM busybox\n",
+        &[],
+        &[
+            "Dockerfile:1",
+            "unknown instruction: FROMM (did you mean FROM?)",
+        ],
+    );
     assert_fails(
         &store,
         "FROM busybox\nCOPY --foo a b\n",
@@ -372,4 +391,26 @@ fn instruction_arguments_are_checked_with_buildkit_wording() {
         assert_fails(&store, dockerfile, &[], phrases);
     }
     assert_store_usable(&store);
+}
+
+#[test]
+fn check_mode_prints_rule_url_position_and_excerpt() {
+    let store = Store::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nRUN true\n")]);
+    let out = store.run(&["build", "--check", ctx.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.starts_with("Check complete, 1 warning has been found!\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("WARNING: MaintainerDeprecated - https://docs.docker.com/go/dockerfile/rule/maintainer-deprecated/\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Dockerfile:2:1: WARN: MaintainerDeprecated:"),
+        "{text}"
+    );
+    assert!(text.contains("   2 | >>> MAINTAINER me\n"), "{text}");
 }

@@ -262,6 +262,17 @@ const INSTRUCTIONS: &[&str] = &[
     "workdir",
 ];
 
+/// `unknown instruction: RUNN (did you mean RUN?)`, BuildKit's wording.
+fn unknown_instruction(l: &Lowerer, ins: &Instruction) -> DockerfileError {
+    let hint = suggest(&ins.keyword, INSTRUCTIONS.iter().copied())
+        .map(|s| format!(" (did you mean {}?)", s.to_uppercase()))
+        .unwrap_or_default();
+    l.err(
+        ins,
+        format!("unknown instruction: {}{hint}", ins.keyword.to_uppercase()),
+    )
+}
+
 /// Optimal-string-alignment distance: edits plus adjacent transpositions ("rnu" → "run" is 1).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
@@ -366,6 +377,14 @@ pub fn lower(
     let mut stages: Vec<StageSource> = Vec::new();
     let mut i = 0;
     let ins = &ast.instructions;
+    // BuildKit parses every instruction before choosing stages: an unknown one fails the
+    // build even in a stage the target does not need.
+    if let Some(x) = ins
+        .iter()
+        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
+    {
+        return Err(unknown_instruction(&l, x));
+    }
     while i < ins.len() && ins[i].keyword != "from" {
         let x = &ins[i];
         if x.keyword != "arg" {
@@ -1004,15 +1023,7 @@ fn lower_stage(
                 created_by = format!("HEALTHCHECK {}", ins.args.join(" "));
             }
             "from" => unreachable!("stages are split at FROM"),
-            other => {
-                let hint = suggest(other, INSTRUCTIONS.iter().copied())
-                    .map(|s| format!("; did you mean {}?", s.to_uppercase()))
-                    .unwrap_or_default();
-                return Err(l.err(
-                    ins,
-                    format!("unknown instruction: {}{hint}", other.to_uppercase()),
-                ));
-            }
+            _ => return Err(unknown_instruction(l, ins)),
         }
         state.config.history.push(History {
             created_by: Some(format!("{created_by} # buildkit")),
