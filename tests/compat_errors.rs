@@ -368,6 +368,17 @@ fn instruction_arguments_are_checked_with_buildkit_wording() {
             &["Dockerfile:2", "invalid proto: xyz"],
         ),
         (
+            "FROM busybox\nHEALTHCHECK CMD\n",
+            &["Dockerfile:2", "Missing command after HEALTHCHECK CMD"],
+        ),
+        (
+            "FROM busybox\nCOPY onlyone\n",
+            &[
+                "Dockerfile:2",
+                "COPY requires at least two arguments, but only one was provided",
+            ],
+        ),
+        (
             "FROM busybox\nVOLUME\n",
             &["Dockerfile:2", "VOLUME requires at least one argument"],
         ),

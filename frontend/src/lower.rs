@@ -996,6 +996,9 @@ fn lower_stage(
                     "NONE" => hc.test = vec!["NONE".into()],
                     "CMD" => {
                         let rest: Vec<String> = ins.args[1..].to_vec();
+                        if rest.is_empty() {
+                            return Err(l.err(ins, "Missing command after HEALTHCHECK CMD"));
+                        }
                         hc.test = if ins.json {
                             std::iter::once("CMD".to_string()).chain(rest).collect()
                         } else {

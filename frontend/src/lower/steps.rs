@@ -366,7 +366,7 @@ pub(super) fn lower_copy(
         return Err(l.err(
             ins,
             format!(
-                "{upper} requires at least two arguments: one or more sources and a destination"
+                "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
             ),
         ));
     }
