@@ -425,3 +425,20 @@ fn check_mode_prints_rule_url_position_and_excerpt() {
     );
     assert!(text.contains("   2 | >>> MAINTAINER me\n"), "{text}");
 }
+
+#[test]
+fn unknown_flags_are_named_like_docker() {
+    let store = Store::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\n")]);
+    let out = store.run(&["build", "--bogus=1", ctx.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown flag: --bogus"),
+        "{}",
+        stderr(&out)
+    );
+    // A bad build-arg is named with its flag.
+    let out = store.run(&["build", "--build-arg", "=x", ctx.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--build-arg"), "{}", stderr(&out));
+}
