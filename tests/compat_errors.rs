@@ -313,6 +313,18 @@ fn stages_may_be_used_before_they_are_defined_but_not_in_a_cycle() {
     );
     assert_fails(
         &store,
+        "FROM busybox\nCOPY --from=5 /x /y\n",
+        &[],
+        &["Dockerfile:2", "invalid stage index 5"],
+    );
+    assert_fails(
+        &store,
+        "FROM busybox\nCOPY --from=0 /x /y\n",
+        &[],
+        &["Dockerfile:2", "circular dependency detected on stage: 0"],
+    );
+    assert_fails(
+        &store,
         "FROM busybox AS a\nCOPY --from=a /x /y\n",
         &[],
         &["Dockerfile:2", "circular dependency detected on stage: a"],

@@ -478,15 +478,15 @@ pub fn lower(
         }
     };
 
-    // A name may refer to a stage defined later (BuildKit orders stages by their
-    // dependencies); a number only to an earlier one; a stage never to itself.
+    // A name or index may refer to a stage defined later (BuildKit orders stages by
+    // their dependencies); a stage never to itself.
     let stage_index = |reference: &str, current: usize| -> Option<usize> {
         let r = reference.to_lowercase();
         stages
             .iter()
             .position(|s| s.name.as_deref() == Some(&r))
+            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
             .filter(|&d| d != current)
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < current))
     };
     let mut deps: Vec<Vec<(usize, &Instruction)>> = vec![Vec::new(); stages.len()];
 

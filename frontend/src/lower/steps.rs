@@ -108,7 +108,14 @@ impl Lowerer<'_> {
             return Ok(self.or_scratch(v));
         }
         let lower = reference.to_lowercase();
-        if self.stage_names.get(cx.index).cloned().flatten().as_deref() == Some(lower.as_str()) {
+        if let Ok(n) = lower.parse::<usize>() {
+            if n >= self.stage_names.len() {
+                return Err(self.err(ins, format!("invalid stage index {n}")));
+            }
+        }
+        if self.stage_names.get(cx.index).cloned().flatten().as_deref() == Some(lower.as_str())
+            || lower == cx.index.to_string()
+        {
             return Err(self.err(
                 ins,
                 format!("circular dependency detected on stage: {lower}"),
