@@ -236,7 +236,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         let code = crate::checks_output::print_check(&first.warnings, &display_name, &source);
         return Ok(code);
     }
-    let _warning_summary =
+    let warning_summary =
         crate::checks_output::report(&first.warnings, &display_name, args.progress, &warning_tx);
     drop(warning_tx);
     if first.check_config.error && !first.warnings.is_empty() {
@@ -278,6 +278,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
                 eprintln!("error: build cancelled");
                 return Ok(130);
             }
+            // buildx lists the warnings before the error.
+            drop(warning_summary);
             eprintln!(
                 "error: {}",
                 solve_error(&plan, &e, &source, &display_name, multi)

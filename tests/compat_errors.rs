@@ -347,6 +347,19 @@ fn errors_show_a_buildx_style_excerpt_and_warnings_are_summarised() {
         "{err}"
     );
 
+    // A failing build lists its warnings before the error, as buildx does.
+    let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nRUN exit 3\n")]);
+    let out = build_plain(&store, ctx.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let summary_at = err
+        .find("1 warning found:")
+        .unwrap_or_else(|| panic!("{err}"));
+    let error_at = err
+        .find("error: Dockerfile:3")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(summary_at < error_at, "{err}");
+
     let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nCMD echo hi\n")]);
     let out = build_plain(&store, ctx.path(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
