@@ -467,3 +467,28 @@ fn unknown_flags_are_named_like_docker() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--build-arg"), "{}", stderr(&out));
 }
+
+#[test]
+fn build_arg_without_a_value_takes_it_from_the_environment() {
+    let store = Store::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG FROM_ENV\nARG UNSET=default\nRUN test \"$FROM_ENV\" = from-env && test \"$UNSET\" = default\n",
+    )]);
+    let out = store
+        .cmd()
+        .env("FROM_ENV", "from-env")
+        .env_remove("UNSET")
+        .args([
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            "FROM_ENV",
+            "--build-arg",
+            "UNSET",
+        ])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
