@@ -1,7 +1,7 @@
 //! `builder build`: parse, lower, solve, export.
 
 use crate::progress::{render, ProgressMode};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use exporter::image::{ImageConfig, Platform};
 use frontend::lower::{BuildOptions, ImageResolver};
 use solver::{Solver, SolverConfig};
@@ -77,7 +77,7 @@ pub struct BuildArgs {
     /// Run the build checks only, without building; exits non-zero on any warning.
     #[arg(long)]
     pub check: bool,
-    /// The build context directory.
+    /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }
 
@@ -155,17 +155,27 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         crate::secrets::exec_config(&args.secrets, &args.ssh, args.on_error.as_deref())?;
     let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
     crate::output::check_outputs(&outputs, source_date_epoch, platforms.len())?;
-    let context = args
-        .context
-        .canonicalize()
-        .with_context(|| format!("build context {}", args.context.display()))?;
+    let inputs = crate::stdin_input::resolve(&args.context, args.file.as_deref())?;
+    let dockerfile_path = inputs.file.clone();
+    let context = inputs.context.canonicalize().map_err(|_| {
+        anyhow!(
+            "unable to prepare context: path {:?} not found",
+            inputs.context.display().to_string()
+        )
+    })?;
     if !context.is_dir() {
-        bail!("build context {} is not a directory", context.display());
+        bail!(
+            "unable to prepare context: path {:?} is not a directory",
+            context.display().to_string()
+        );
     }
-    let (ast, source, display_name) = match read_dockerfile(&context, args.file.as_deref())? {
+    let (ast, source, display_name) = match read_dockerfile(&context, dockerfile_path.as_deref())? {
         Ok(parsed) => parsed,
-        Err(err) => {
-            eprintln!("error: {err}");
+        Err((err, source)) => {
+            eprintln!(
+                "error: {}",
+                crate::source_excerpt::dockerfile_error(&err, &source)
+            );
             return Ok(1);
         }
     };
@@ -189,7 +199,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let terminal = solver::progress::Terminal::default();
     let renderer = tokio::spawn(render(rx, args.progress, terminal.clone()));
     let default_dockerfile = context.join("Dockerfile");
-    let dockerfile = args.file.as_deref().unwrap_or(&default_dockerfile);
+    let dockerfile = dockerfile_path.as_deref().unwrap_or(&default_dockerfile);
     let context_dir =
         frontend::ignore::ContextDir::open(&context, Some(dockerfile)).map_err(|e| anyhow!(e))?;
     let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
@@ -231,7 +241,10 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
                 } else {
                     String::new()
                 };
-                eprintln!("error: {e}{on}");
+                eprintln!(
+                    "error: {}{on}",
+                    crate::source_excerpt::dockerfile_error(&e, &source)
+                );
                 return Ok(1);
             }
         }
@@ -244,7 +257,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         let code = crate::checks_output::print_check(&first.warnings, &display_name, &source);
         return Ok(code);
     }
-    crate::checks_output::report(&first.warnings, &display_name, args.progress, &warning_tx);
+    let warning_summary =
+        crate::checks_output::report(&first.warnings, &display_name, args.progress, &warning_tx);
     drop(warning_tx);
     if first.check_config.error && !first.warnings.is_empty() {
         drop(solver);
@@ -285,6 +299,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
                 eprintln!("error: build cancelled");
                 return Ok(130);
             }
+            // buildx lists the warnings before the error.
+            drop(warning_summary);
             eprintln!(
                 "error: {}",
                 solve_error(&plan, &e, &source, &display_name, multi)
@@ -359,28 +375,39 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
 fn read_dockerfile(
     context: &Path,
     file: Option<&Path>,
-) -> Result<Result<(frontend::Ast, Vec<u8>, String), frontend::lower::DockerfileError>> {
+) -> Result<Result<(frontend::Ast, Vec<u8>, String), (frontend::lower::DockerfileError, Vec<u8>)>> {
     let path = file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| context.join("Dockerfile"));
-    let source =
-        std::fs::read(&path).with_context(|| format!("reading Dockerfile {}", path.display()))?;
+    let source = std::fs::read(&path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow!("failed to read dockerfile: open {}: {why}", path.display())
+    })?;
+    if source.is_empty() {
+        bail!("the Dockerfile cannot be empty");
+    }
     let display_name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "Dockerfile".into());
     Ok(match frontend::parse(&source) {
         Ok(ast) => Ok((ast, source, display_name)),
-        Err(e) => Err(frontend::lower::DockerfileError {
-            source_line: String::from_utf8_lossy(&source)
-                .lines()
-                .nth(e.line.saturating_sub(1))
-                .map(str::to_string),
-            file: display_name,
-            line: e.line,
-            column: e.column,
-            message: e.message.clone(),
-        }),
+        Err(e) => Err((
+            frontend::lower::DockerfileError {
+                source_line: String::from_utf8_lossy(&source)
+                    .lines()
+                    .nth(e.line.saturating_sub(1))
+                    .map(str::to_string),
+                file: display_name,
+                line: e.line,
+                column: e.column,
+                message: e.message.clone(),
+            },
+            source,
+        )),
     })
 }
 
@@ -427,13 +454,11 @@ fn solve_error(
     };
     match location {
         Some(loc) => {
-            let src = String::from_utf8_lossy(source);
             format!(
-                "{on}{display_name}:{}: {}\n {:>4} | {}\nfailed to solve: {e}",
+                "{on}{display_name}:{}: {}\n{}\nfailed to solve: {e}",
                 loc.line,
                 loc.text,
-                loc.line,
-                src.lines().nth(loc.line - 1).unwrap_or("")
+                crate::source_excerpt::excerpt(source, loc.line, loc.line)
             )
         }
         None => format!("{on}failed to solve: {e}"),

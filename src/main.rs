@@ -16,6 +16,8 @@ mod prune;
 mod rootfs_tar;
 mod run;
 mod secrets;
+mod source_excerpt;
+mod stdin_input;
 
 use clap::Parser as _;
 
@@ -25,7 +27,7 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some(executor::HELPER_ARG) {
         executor::helper_main();
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_bad_args(e));
     let code = match cli::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -34,4 +36,21 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Bad command-line arguments: an unknown flag is named the way docker names it
+/// (`unknown flag: --foo`); everything else (help, version, bad values) is clap's own.
+fn exit_on_bad_args(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::UnknownArgument {
+        if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+            if arg.starts_with('-') {
+                let flag = arg.split('=').next().unwrap_or(arg);
+                eprintln!("error: unknown flag: {flag}");
+                eprintln!("See 'builder --help'.");
+                std::process::exit(2);
+            }
+        }
+    }
+    e.exit()
 }

@@ -16,6 +16,8 @@ pub fn requested(flag: Option<&str>) -> Result<Option<Vec<Platform>>> {
     };
     let mut platforms: Vec<Platform> = Vec::new();
     for part in spec.split(',').map(str::trim) {
+        let part = frontend::platform_spec::check(part, &Platform::host().architecture)
+            .map_err(|e| anyhow!("--platform: {e}"))?;
         let platform: Platform = part.parse().map_err(|_| {
             anyhow!("--platform {spec:?}: {part:?} is not os/arch[/variant], e.g. linux/arm64")
         })?;

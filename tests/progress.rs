@@ -57,7 +57,12 @@ fn tty_mode_shows_running_steps_cached_steps_and_the_failed_steps_log() {
     let (ok, screen) = build_on_tty(&store, bad.path(), "tty");
     assert!(!ok);
     assert!(screen.contains("FAILED"), "{screen}");
-    let tail = screen.rsplit("------").nth(1).unwrap_or_default();
+    // The log block ends before the Dockerfile excerpt (whose rules are longer dashes).
+    let before_excerpt = screen
+        .split("\n--------------------")
+        .next()
+        .unwrap_or_default();
+    let tail = before_excerpt.rsplit("------").nth(1).unwrap_or_default();
     assert!(
         tail.contains("why-it-failed"),
         "log tail of the failed step: {screen}"

@@ -38,6 +38,7 @@ pub const RULES: &[&str] = &[
     "InvalidDefaultArgInFrom",
     "FromPlatformFlagConstDisallowed",
     "SecretsUsedInArgOrEnv",
+    "NoEmptyContinuation",
 ];
 
 /// The `# check=` directive: which rules to skip and whether warnings fail the build.
@@ -208,6 +209,15 @@ pub fn check_ast_by_stage(ast: &Ast) -> Vec<(Option<usize>, CheckWarning)> {
         check_stage_body(&mut found, body);
         scoped.extend(found.into_iter().map(|w| (stage, w)));
         stage_start = end;
+    }
+    // The parser's empty-continuation notes are BuildKit's NoEmptyContinuation rule.
+    for w in &ast.warnings {
+        out.push(CheckWarning {
+            rule: "NoEmptyContinuation",
+            message: "Empty continuation line".into(),
+            line: w.line,
+            column: 1,
+        });
     }
     out.into_iter().map(|w| (None, w)).chain(scoped).collect()
 }

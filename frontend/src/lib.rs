@@ -2,7 +2,9 @@
 
 pub mod checks;
 pub mod parser;
+pub mod platform_spec;
 pub mod shell;
+mod stage_order;
 
 pub use parser::{parse, Ast, Directives, Heredoc, Instruction, ParseError, Warning};
 pub use shell::{Env, ExpandError, Expander};

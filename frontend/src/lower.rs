@@ -284,6 +284,17 @@ const INSTRUCTIONS: &[&str] = &[
     "workdir",
 ];
 
+/// `unknown instruction: RUNN (did you mean RUN?)`, BuildKit's wording.
+fn unknown_instruction(l: &Lowerer, ins: &Instruction) -> DockerfileError {
+    let hint = suggest(&ins.keyword, INSTRUCTIONS.iter().copied())
+        .map(|s| format!(" (did you mean {}?)", s.to_uppercase()))
+        .unwrap_or_default();
+    l.err(
+        ins,
+        format!("unknown instruction: {}{hint}", ins.keyword.to_uppercase()),
+    )
+}
+
 /// Optimal-string-alignment distance: edits plus adjacent transpositions ("rnu" → "run" is 1).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
@@ -419,6 +430,14 @@ pub fn lower(
     let mut stages: Vec<StageSource> = Vec::new();
     let mut i = 0;
     let ins = &ast.instructions;
+    // BuildKit parses every instruction before choosing stages: an unknown one fails the
+    // build even in a stage the target does not need.
+    if let Some(x) = ins
+        .iter()
+        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
+    {
+        return Err(unknown_instruction(&l, x));
+    }
     while i < ins.len() && ins[i].keyword != "from" {
         let x = &ins[i];
         if x.keyword != "arg" {
@@ -474,10 +493,7 @@ pub fn lower(
                     "FROM requires the name of a base image, e.g. FROM debian:bookworm",
                 ))
             }
-            _ => return Err(l.err(
-                from,
-                "FROM takes one image and an optional `AS name`, e.g. FROM golang:1.22 AS build",
-            )),
+            _ => return Err(l.err(from, "FROM requires either one or three arguments")),
         };
         if let Some(n) = &name {
             if !is_valid_stage_name(n) {
@@ -520,13 +536,17 @@ pub fn lower(
         }
     };
 
-    let stage_index = |reference: &str, before: usize| -> Option<usize> {
+    // A name or index may refer to a stage defined later (BuildKit orders stages by
+    // their dependencies); a stage never to itself.
+    let stage_index = |reference: &str, current: usize| -> Option<usize> {
         let r = reference.to_lowercase();
-        stages[..before]
+        stages
             .iter()
             .position(|s| s.name.as_deref() == Some(&r))
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < before))
+            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
+            .filter(|&d| d != current)
     };
+    let mut deps: Vec<Vec<(usize, &Instruction)>> = vec![Vec::new(); stages.len()];
 
     // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
     let mut needed = vec![false; stages.len()];
@@ -548,6 +568,7 @@ pub fn lower(
                 && !opts.named_contexts.contains_key(&base.to_lowercase())
         }) {
             stack.push(d);
+            deps[s].push((d, stages[s].from));
         }
         for x in stages[s].body {
             if x.keyword == "copy" || x.keyword == "run" {
@@ -569,12 +590,20 @@ pub fn lower(
                             .process_word(v)
                             .unwrap_or_else(|_| v.to_string());
                         match stage_index(&v, s) {
-                            Some(d) => stack.push(d),
-                            None if stages.iter().any(|st| {
-                                st.name.as_deref() == Some(v.to_lowercase().as_str())
-                            }) =>
+                            Some(d) => {
+                                stack.push(d);
+                                deps[s].push((d, x));
+                            }
+                            None if stages[s].name.as_deref()
+                                == Some(v.to_lowercase().as_str()) =>
                             {
-                                return Err(l.err(x, format!("COPY --from={v} refers to a stage defined later; a stage can only copy from earlier stages")));
+                                return Err(l.err(
+                                    x,
+                                    format!(
+                                        "circular dependency detected on stage: {}",
+                                        v.to_lowercase()
+                                    ),
+                                ));
                             }
                             None => {}
                         }
@@ -587,10 +616,11 @@ pub fn lower(
     let multi = stages.len() > 1;
     let mut states: Vec<Option<StageState>> = vec![None; stages.len()];
     let mut built_names = Vec::new();
-    for s in 0..stages.len() {
-        if !needed[s] {
-            continue;
-        }
+    let order = crate::stage_order::dependency_order(&needed, &deps, |s| {
+        stages[s].name.clone().unwrap_or_else(|| s.to_string())
+    })
+    .map_err(|(message, ins)| l.err(ins, message))?;
+    for s in order {
         let st = &stages[s];
         let label = match (&st.name, multi) {
             (Some(n), _) => n.clone(),
@@ -695,6 +725,7 @@ fn declare_arg(
     escape: char,
 ) -> Result<(String, Option<String>), DockerfileError> {
     match word.split_once('=') {
+        Some(("", _)) => Err(l.err(ins, "ARG names can not be blank")),
         Some((k, v)) => Ok((k.to_string(), Some(l.expand(ins, env, v, escape)?))),
         None => Ok((word.to_string(), None)),
     }
@@ -718,7 +749,11 @@ fn lower_stage(
     let mut global_env = auto_args.to_vec();
     global_env.extend(l.global_args.clone());
     let platform = match flags.get("platform") {
-        Some(p) => l.expand(from, &global_env, p, escape)?,
+        Some(p) => {
+            let spec = l.expand(from, &global_env, p, escape)?;
+            let host_arch = split_platform(&l.opts.build_platform).1;
+            crate::platform_spec::check(&spec, &host_arch).map_err(|e| l.err(from, e))?
+        }
         None => l.opts.platform.clone(),
     };
     let base = l.expand(from, &global_env, &from.args[0], escape)?;
@@ -1144,15 +1179,7 @@ fn lower_stage(
                 state.config.config.healthcheck = Some(hc);
             }
             "from" => unreachable!("stages are split at FROM"),
-            other => {
-                let hint = suggest(other, INSTRUCTIONS.iter().copied())
-                    .map(|s| format!("; did you mean {}?", s.to_uppercase()))
-                    .unwrap_or_default();
-                return Err(l.err(
-                    ins,
-                    format!("unknown instruction: {}{hint}", other.to_uppercase()),
-                ));
-            }
+            _ => return Err(unknown_instruction(l, ins)),
         }
         if record_history {
             let suffix = if buildkit_suffix { " # buildkit" } else { "" };

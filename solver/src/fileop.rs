@@ -154,7 +154,7 @@ impl SourceTree<'_> {
                 None => std::fs::symlink_metadata(resolve_in_root(self.root, &rel, true)?).is_ok(),
             };
             if !found {
-                bail!("\"{}\": not found", if rel.is_empty() { "/" } else { &rel });
+                bail!("\"/{rel}\": not found");
             }
             return Ok(vec![rel]);
         }

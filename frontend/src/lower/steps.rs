@@ -108,11 +108,18 @@ impl Lowerer<'_> {
             return Ok(self.or_scratch(v));
         }
         let lower = reference.to_lowercase();
-        if self.stage_names[cx.index..]
-            .iter()
-            .any(|n| n.as_deref() == Some(lower.as_str()))
+        if let Ok(n) = lower.parse::<usize>() {
+            if n >= self.stage_names.len() {
+                return Err(self.err(ins, format!("invalid stage index {n}")));
+            }
+        }
+        if self.stage_names.get(cx.index).cloned().flatten().as_deref() == Some(lower.as_str())
+            || lower == cx.index.to_string()
         {
-            return Err(self.err(ins, format!("{what}={reference} refers to a stage defined later; a stage can only use earlier stages")));
+            return Err(self.err(
+                ins,
+                format!("circular dependency detected on stage: {lower}"),
+            ));
         }
         let earlier: Vec<String> = (0..cx.index)
             .filter_map(|d| self.stage_names.get(d).cloned().flatten())
@@ -398,7 +405,7 @@ pub(super) fn lower_copy(
         return Err(l.err(
             ins,
             format!(
-                "{upper} requires at least two arguments: one or more sources and a destination"
+                "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
             ),
         ));
     }
