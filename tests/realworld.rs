@@ -345,6 +345,34 @@ RUN hello.sh > /hello.out && helper > /helper.out && linked > /linked.out && /op
 }
 
 #[test]
+fn copying_a_rootfs_dir_onto_merged_usr_fails_like_buildkit() {
+    let store = debian_store();
+    // moby/moby#47367: BuildKit refuses to replace the /bin symlink with a directory.
+    let ctx = context(&[
+        ("Dockerfile", "FROM debian:bookworm\nCOPY rootfs/ /\n"),
+        ("rootfs/bin/tool", "#!/bin/sh\n"),
+    ]);
+    let out = store.build(ctx.path(), &["-t", "broken"]);
+    assert!(!out.status.success(), "the COPY must fail");
+    let err = stderr(&out);
+    assert!(err.contains("cannot copy to non-directory"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+    assert!(!store.run(&["inspect", "broken"]).status.success());
+    // Into the real directory it works, and /bin stays a link.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM debian:bookworm\nCOPY rootfs/usr/ /usr/\nRUN test -f /bin/tool\n",
+        ),
+        ("rootfs/usr/bin/tool", "#!/bin/sh\n"),
+    ]);
+    let dest = build_local(&store, ctx.path(), &[]);
+    assert!(std::fs::symlink_metadata(dest.path().join("bin"))
+        .unwrap()
+        .is_symlink());
+}
+
+#[test]
 fn entrypoint_script_with_exec_args_env_workdir_and_bash_shell() {
     let store = debian_store();
     let ctx = context(&[
