@@ -554,3 +554,153 @@ RUN ls -l /dev/null > /dev-null.txt && test -c /dev/null
         "a RUN layer holds no device nodes:\n{run_layer}"
     );
 }
+
+/// Every entry below `root` as "type mode uid:gid size mtime-seconds link-target", by path.
+fn tree_listing(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut listing = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let md = entry.path().symlink_metadata().unwrap();
+            let ft = md.file_type();
+            let (kind, size, target) = if ft.is_dir() {
+                stack.push(entry.path());
+                ('d', 0, String::new())
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(entry.path()).unwrap();
+                ('l', 0, target.display().to_string())
+            } else {
+                ('f', md.size(), String::new())
+            };
+            let rel = entry.path().strip_prefix(root).unwrap().to_path_buf();
+            listing.insert(
+                rel,
+                format!(
+                    "{kind} {:o} {}:{} {size} {} {target}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid(),
+                    md.mtime()
+                ),
+            );
+        }
+    }
+    listing
+}
+
+#[test]
+fn apt_purge_image_unpacked_by_umoci_equals_the_local_export() {
+    if !archive_reachable() {
+        eprintln!("skipped: deb.debian.org:80 is unreachable, apt-get cannot run in a build");
+        return;
+    }
+    let store = debian_store();
+    // A layer that removes what the one below installed: files, directories and the
+    // symlink farm in /etc/ssl/certs go away as whiteouts.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates
+RUN apt-get purge -y --auto-remove curl && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+",
+    )]);
+    let dest = build_local(&store, ctx.path(), &["-t", "purged"]);
+    assert!(!dest.path().join("usr/bin/curl").exists());
+    assert!(!dest.path().join("usr/share/doc/curl").exists());
+    assert!(dest
+        .path()
+        .join("etc/ssl/certs/ca-certificates.crt")
+        .is_file());
+
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("image.tar");
+    ok(&store.run(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        archive.to_str().unwrap(),
+        "purged",
+    ]));
+    let layout = work.path().join("oci");
+    std::fs::create_dir(&layout).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    let bundle = work.path().join("bundle");
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci: {}", stderr(&out));
+    let exported = tree_listing(dest.path());
+    let unpacked = tree_listing(&bundle.join("rootfs"));
+    let differences: Vec<String> = exported
+        .iter()
+        .filter(|(path, entry)| unpacked.get(*path) != Some(entry))
+        .map(|(path, entry)| format!("{}: {entry} vs {:?}", path.display(), unpacked.get(path)))
+        .chain(
+            unpacked
+                .keys()
+                .filter(|path| !exported.contains_key(*path))
+                .map(|path| format!("{}: only in the image", path.display())),
+        )
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} differences, first: {:#?}",
+        differences.len(),
+        &differences[..differences.len().min(10)]
+    );
+}
+
+#[test]
+fn gcc_static_build_stage_into_scratch_final_stage() {
+    if !archive_reachable() {
+        eprintln!("skipped: deb.debian.org:80 is unreachable, apt-get cannot run in a build");
+        return;
+    }
+    let store = debian_store();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM debian:bookworm AS build
+RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \\
+    --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \\
+    rm -f /etc/apt/apt.conf.d/docker-clean && apt-get update \\
+    && apt-get install -y --no-install-recommends gcc libc6-dev
+WORKDIR /src
+COPY hello.c .
+RUN gcc -static -O2 -o /hello hello.c
+FROM scratch
+COPY --from=build /hello /hello
+ENTRYPOINT [\"/hello\"]
+",
+        ),
+        (
+            "hello.c",
+            "#include <stdio.h>\nint main(int argc, char **argv) {\n  printf(\"hi %s\\n\", argc > 1 ? argv[1] : \"world\");\n  return 0;\n}\n",
+        ),
+    ]);
+    let started = std::time::Instant::now();
+    let dest = build_local(&store, ctx.path(), &["-t", "hello"]);
+    eprintln!("gcc build took {:?}", started.elapsed());
+    let names: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hello"], "the final stage holds only the binary");
+    assert_eq!(run_image(&store, &["hello"]), "hi world\n");
+    assert_eq!(run_image(&store, &["hello", "there"]), "hi there\n");
+    let layers = layer_listings(&store, "hello");
+    assert_eq!(layers.len(), 1);
+    assert!(layers[0].contains(" hello\n"), "{}", layers[0]);
+}
