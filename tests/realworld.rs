@@ -383,6 +383,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG VERSION=1.2.3
 ENV APP_VERSION=${VERSION} GREETING=hello
 RUN set -eux; echo "$APP_VERSION" | tr . - > /version.txt
+RUN ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime && echo Etc/UTC > /etc/timezone
 RUN <<EOF
 set -eux
 mkdir -p /app
@@ -402,7 +403,22 @@ CMD ["echo", "default"]
             "#!/bin/sh\nset -e\necho \"entry $GREETING $(pwd) $(id -u)\"\nexec \"$@\"\n",
         ),
     ]);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let dest = build_local(&store, ctx.path(), &["-t", "entry"]);
+    // The RUN changed /etc itself: the executor's /etc/hosts and resolv.conf stubs, removed
+    // after it, must not roll the directory's mtime back to the base's.
+    let etc = std::fs::metadata(dest.path().join("etc")).unwrap();
+    assert!(
+        etc.mtime() >= started - 1,
+        "/etc mtime {} < {started}",
+        etc.mtime()
+    );
+    assert!(std::fs::symlink_metadata(dest.path().join("etc/localtime"))
+        .unwrap()
+        .is_symlink());
     assert_eq!(
         std::fs::read_to_string(dest.path().join("version.txt")).unwrap(),
         "1-2-3\n"
