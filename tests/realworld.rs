@@ -720,3 +720,25 @@ ENTRYPOINT [\"/hello\"]
     assert_eq!(layers.len(), 1);
     assert!(layers[0].contains(" hello\n"), "{}", layers[0]);
 }
+
+#[test]
+fn copy_onto_a_symlinked_file_writes_through_the_link_like_a_plain_copy() {
+    let store = debian_store();
+    // debootstrap's /etc/localtime links to /usr/share/zoneinfo/Etc/UTC. BuildKit resolves
+    // the destination through the link, so the copy made on an empty tree must not be
+    // stacked over the base (which would replace the link with a file).
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM debian:bookworm\nCOPY zone /etc/localtime\n",
+        ),
+        ("zone", "my zone\n"),
+    ]);
+    let dest = build_local(&store, ctx.path(), &[]);
+    let link = dest.path().join("etc/localtime");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("usr/share/zoneinfo/Etc/UTC")).unwrap(),
+        "my zone\n"
+    );
+}
