@@ -10,7 +10,7 @@ fi
 if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
 fi
-pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd qemu-user-static binfmt-support openssh-client openssl apache2-utils)
+pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd qemu-user-static binfmt-support openssh-client openssl apache2-utils debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,11 @@ pub struct CreatedPath {
     /// The parent directory's mtime (seconds, nanoseconds) before the path was created, when
     /// the parent already existed; restoring it hides the creation from a layer diff.
     pub parent_mtime: Option<(i64, i64)>,
+    /// The parent's mtime just after the path was created. If it differs when the stub is
+    /// removed, the program changed the directory itself (`ln -sf .. /etc/localtime`), and
+    /// that change is kept.
+    #[serde(default)]
+    pub parent_mtime_after: Option<(i64, i64)>,
 }
 
 /// Appends [`CreatedPath`] records, one JSON object per line, to a file in the state directory.
@@ -49,6 +54,7 @@ impl Tracker {
     }
 
     fn record(&mut self, host: &Path, is_dir: bool, parent_mtime: Option<(i64, i64)>) {
+        let parent_mtime_after = parent_mtime.and(host.parent().and_then(mtime_of));
         let (Some(out), Ok(rel)) = (self.out.as_mut(), host.strip_prefix(&self.root)) else {
             return;
         };
@@ -62,6 +68,7 @@ impl Tracker {
             path: rel.to_string(),
             is_dir,
             parent_mtime,
+            parent_mtime_after,
         };
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
@@ -147,6 +154,7 @@ pub fn remove_stubs(dir: &Path, created: &[CreatedPath]) {
         let Ok(md) = std::fs::symlink_metadata(&host) else {
             continue;
         };
+        let parent_mtime_now = host.parent().and_then(mtime_of);
         let removed = if entry.is_dir {
             md.is_dir() && std::fs::remove_dir(&host).is_ok()
         } else {
@@ -155,7 +163,14 @@ pub fn remove_stubs(dir: &Path, created: &[CreatedPath]) {
         if !removed {
             continue;
         }
-        if let (Some((sec, nsec)), Some(parent)) = (entry.parent_mtime, host.parent()) {
+        let untouched =
+            entry.parent_mtime_after.is_none() || entry.parent_mtime_after == parent_mtime_now;
+        let restore = if untouched {
+            entry.parent_mtime
+        } else {
+            parent_mtime_now
+        };
+        if let (Some((sec, nsec)), Some(parent)) = (restore, host.parent()) {
             let _ = set_mtime(parent, sec, nsec);
         }
     }
@@ -208,5 +223,34 @@ mod tests {
         assert!(root.path().join("etc").is_dir());
         assert!(!root.path().join("mnt").exists());
         assert!(root.path().join("work/out").exists());
+    }
+
+    #[test]
+    fn parent_mtime_is_restored_only_when_the_program_left_the_parent_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        set_mtime(&etc, 1_000_000, 0).unwrap();
+        let record = root.path().join("created");
+        let mut tracker = Tracker::new(root.path(), Some(&record));
+        tracker.create_file(&etc.join("hosts")).unwrap();
+        tracker.create_file(&etc.join("resolv.conf")).unwrap();
+        let created = read_created(&record);
+        remove_stubs(root.path(), &created);
+        assert_eq!(mtime_of(&etc), Some((1_000_000, 0)), "stubs leave no trace");
+
+        tracker.create_file(&etc.join("hosts")).unwrap();
+        tracker.create_file(&etc.join("resolv.conf")).unwrap();
+        // The program changes /etc itself, a second later than anything the stubs did.
+        std::fs::write(etc.join("timezone"), "UTC\n").unwrap();
+        set_mtime(&etc, 2_000_000, 0).unwrap();
+        let created = read_created(&record);
+        remove_stubs(root.path(), &created[2..]);
+        assert_eq!(
+            mtime_of(&etc),
+            Some((2_000_000, 0)),
+            "the program's change stays"
+        );
+        assert!(!etc.join("hosts").exists());
     }
 }

@@ -268,6 +268,9 @@ struct Plan {
     all_xattrs: bool,
     /// Hard-link regular files instead of copying them (both trees immutable once committed).
     link_files: bool,
+    /// A directory replaces a non-directory in its way (replaying a layer), rather than
+    /// failing as a COPY does.
+    replace_non_dirs: bool,
 }
 
 impl Plan {
@@ -442,6 +445,7 @@ fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> 
     let mut plan = Plan {
         all_xattrs: true,
         link_files,
+        replace_non_dirs: true,
         ..Default::default()
     };
     walk(
@@ -520,6 +524,11 @@ fn execute(plan: &Plan, owner: Option<Owner>, chmod: Option<&ModeSpec>) -> Resul
     for item in plan.items.iter().filter(|i| i.md.is_dir()) {
         match std::fs::symlink_metadata(&item.dest) {
             Ok(m) if m.is_dir() => {}
+            // As BuildKit: `COPY rootfs/ /` with a `bin/` onto merged /usr, where /bin is a
+            // symlink, fails rather than replacing the link with a directory.
+            Ok(_) if !plan.replace_non_dirs => {
+                bail!("cannot copy to non-directory: {}", item.dest.display())
+            }
             Ok(_) => {
                 std::fs::remove_file(&item.dest)
                     .with_context(|| format!("replacing {}", item.dest.display()))?;

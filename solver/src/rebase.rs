@@ -50,8 +50,8 @@ fn meets(base: &Path, entry: &LayerEntry) -> io::Result<Meets> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Meets::Nothing),
         Err(e) => return Err(e),
     };
-    if lower.file_type().is_symlink() && entry.is_dir {
-        return Ok(Meets::Conflict); // a copy would follow the link
+    if lower.file_type().is_symlink() {
+        return Ok(Meets::Conflict); // a copy would follow the link (a file's too)
     }
     if entry.is_dir != lower.is_dir() {
         return Ok(Meets::Conflict);
