@@ -95,27 +95,11 @@ fn example_from_registry_builds_stages_concurrently_and_runs() {
     assert_eq!(info["Layers"].as_array().unwrap().len(), 5, "{info}");
 
     let layout = out_dir.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    assert!(Command::new("tar")
-        .arg("-xf")
-        .arg(&oci)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap()
-        .success());
-    let bundle = out_dir.path().join("bundle");
-    let unpack = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(unpack.status.success(), "umoci unpack: {}", stderr(&unpack));
-    let msg = std::fs::read_to_string(bundle.join("rootfs/msg/greeting.txt")).unwrap();
+    untar_into(&oci, &layout);
+    let rootfs = umoci_unpack(&layout, &out_dir.path().join("bundle"));
+    let msg = std::fs::read_to_string(rootfs.join("msg/greeting.txt")).unwrap();
     assert_eq!(msg, "Hello\n");
-    assert!(bundle.join("rootfs/usr/local/bin/message").exists());
+    assert!(rootfs.join("usr/local/bin/message").exists());
 
     let copied = out_dir.path().join("copied");
     let copy = Command::new("skopeo")

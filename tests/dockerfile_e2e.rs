@@ -243,15 +243,7 @@ fn secrets_reach_the_step_and_nowhere_else() {
     }
     // The OCI archive's blobs, decompressed, hold no secret either.
     let layout = dir.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    assert!(Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap()
-        .success());
+    untar_into(&archive, &layout);
     for f in all_files(&layout) {
         let bytes = plain_bytes(&f);
         assert!(!contains(&bytes, file_secret.as_bytes()));

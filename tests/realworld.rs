@@ -669,26 +669,10 @@ RUN apt-get purge -y --auto-remove curl && rm -rf /var/lib/apt/lists/* /var/cach
         "purged",
     ]));
     let layout = work.path().join("oci");
-    std::fs::create_dir(&layout).unwrap();
-    assert!(Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap()
-        .success());
-    let bundle = work.path().join("bundle");
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "umoci: {}", stderr(&out));
+    untar_into(&archive, &layout);
+    let rootfs = umoci_unpack(&layout, &work.path().join("bundle"));
     let exported = tree_listing(dest.path());
-    let unpacked = tree_listing(&bundle.join("rootfs"));
+    let unpacked = tree_listing(&rootfs);
     let differences: Vec<String> = exported
         .iter()
         .filter(|(path, entry)| unpacked.get(*path) != Some(entry))

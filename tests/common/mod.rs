@@ -245,15 +245,7 @@ pub fn build_oci_image(store: &Store, ctx: &Path, extra: &[&str]) -> OciImage {
     let out = store.build(ctx, &args);
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     let layout = dir.path().join("layout");
-    std::fs::create_dir(&layout).unwrap();
-    let st = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    untar_into(&archive, &layout);
     let json = |p: PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     };
@@ -267,4 +259,37 @@ pub fn build_oci_image(store: &Store, ctx: &Path, extra: &[&str]) -> OciImage {
         .map(|l| blob(l["digest"].as_str().unwrap()))
         .collect();
     OciImage { dir, layers }
+}
+
+/// Extracts `archive` (any compression tar detects) into the new directory `into`.
+#[allow(dead_code)]
+pub fn untar_into(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar -xf {}: {}",
+        archive.display(),
+        stderr(&out)
+    );
+}
+
+/// Unpacks the `latest` image of an OCI layout directory with umoci; returns its rootfs.
+#[allow(dead_code)]
+pub fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci unpack: {}", stderr(&out));
+    bundle.join("rootfs")
 }
