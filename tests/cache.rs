@@ -55,27 +55,14 @@ fn build(store: &Store, ctx: &Path, extra: &[&str]) -> (Output, String) {
     (out, digest)
 }
 
-/// Names of RUN/COPY steps with the given event ("started" or "cached"), sorted.
-fn steps(out: &Output, kind: &str) -> Vec<String> {
-    let mut names: Vec<String> = events(out)
-        .iter()
-        .filter(|e| e["event"] == kind)
-        .filter_map(|e| e["name"].as_str())
-        .filter(|n| n.contains("RUN") || n.contains("COPY"))
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
-}
-
 fn assert_all_cached(out: &Output) {
     assert_eq!(
-        steps(out, "started"),
+        step_names(out, "started"),
         Vec::<String>::new(),
         "steps ran: {}",
         stderr(out)
     );
-    assert_eq!(steps(out, "cached").len(), 5, "{}", stderr(out));
+    assert_eq!(step_names(out, "cached").len(), 5, "{}", stderr(out));
 }
 
 /// Snapshots in a store (the snapshotter writes its metadata file on the first one).
@@ -107,7 +94,7 @@ fn local_cache_round_trip_caches_every_step_and_reproduces_the_image() {
     let dest = format!("type=local,dest={},mode=max", cache.path().display());
     let first = store_with_busybox();
     let (out, original) = build(&first, ctx.path(), &["--cache-to", &dest]);
-    assert_eq!(steps(&out, "started").len(), 5, "{}", stderr(&out));
+    assert_eq!(step_names(&out, "started").len(), 5, "{}", stderr(&out));
     assert!(cache.path().join("index.json").is_file());
     assert!(cache.path().join("oci-layout").is_file());
 
@@ -144,7 +131,7 @@ fn local_cache_round_trip_caches_every_step_and_reproduces_the_image() {
     std::fs::write(ctx.path().join("a.txt"), "changed\n").unwrap();
     let other = store_with_busybox();
     let (out, _) = build(&other, ctx.path(), &["--cache-from", &src, "-t", "app"]);
-    let ran = steps(&out, "started");
+    let ran = step_names(&out, "started");
     assert!(ran.iter().any(|s| s.contains("COPY a.txt")), "{ran:?}");
     assert!(!ran.iter().any(|s| s.contains("echo built")), "{ran:?}");
     // COPY --from=build does not depend on the changed layers below it (it is rebased),
@@ -173,10 +160,10 @@ fn min_mode_leaves_the_intermediate_stage_out_and_max_keeps_it() {
     let with_min = store_with_busybox();
     let from = format!("type=local,src={}", min_dir.path().display());
     let (out, _) = build(&with_min, ctx.path(), &["--cache-from", &from]);
-    let ran = steps(&out, "started");
+    let ran = step_names(&out, "started");
     assert_eq!(ran.len(), 1, "{ran:?}");
     assert!(ran[0].contains("echo built"), "{ran:?}");
-    assert_eq!(steps(&out, "cached").len(), 4);
+    assert_eq!(step_names(&out, "cached").len(), 4);
 
     let with_max = store_with_busybox();
     let from = format!("type=local,src={}", max_dir.path().display());
@@ -242,10 +229,10 @@ fn inline_cache_in_a_pushed_image_is_used_by_a_fresh_store() {
         &["--cache-from", &image, "--cache-to", "type=inline"],
     );
     // Inline cache is min mode: the intermediate stage runs again, the rest is cached.
-    let ran = steps(&out, "started");
+    let ran = step_names(&out, "started");
     assert_eq!(ran.len(), 1, "{ran:?}");
     assert!(ran[0].contains("echo built"), "{ran:?}");
-    assert_eq!(steps(&out, "cached").len(), 4);
+    assert_eq!(step_names(&out, "cached").len(), 4);
     assert_eq!(rebuilt, original);
 }
 
@@ -372,7 +359,7 @@ fn no_cache_filter_reruns_only_the_named_stage() {
     let store = store_with_busybox();
     build(&store, ctx.path(), &[]);
     let (out, _) = build(&store, ctx.path(), &["--no-cache-filter", "build"]);
-    let ran = steps(&out, "started");
+    let ran = step_names(&out, "started");
     assert_eq!(ran.len(), 1, "{ran:?}");
     assert!(ran[0].contains("echo built"), "{ran:?}");
 }
@@ -445,7 +432,7 @@ fn a_cache_directory_missing_a_blob_misses_instead_of_failing() {
     let fresh = store_with_busybox();
     let from = format!("type=local,src={}", cache.path().display());
     let (out, _) = build(&fresh, ctx.path(), &["--cache-from", &from, "-t", "app"]);
-    let ran = steps(&out, "started");
+    let ran = step_names(&out, "started");
     assert_eq!(ran.len(), 2, "{ran:?}");
     assert!(ran.iter().any(|s| s.contains("echo done")), "{ran:?}");
     assert!(ran.iter().any(|s| s.contains("echo built")), "{ran:?}");

@@ -26,19 +26,6 @@ fn build(store: &Store, ctx: &Path, extra: &[&str]) -> Output {
     out
 }
 
-/// RUN/COPY step names with the given progress event ("started" or "cached"), sorted.
-fn steps(out: &Output, kind: &str) -> Vec<String> {
-    let mut names: Vec<String> = events(out)
-        .iter()
-        .filter(|e| e["event"] == kind)
-        .filter_map(|e| e["name"].as_str())
-        .filter(|n| n.contains("RUN") || n.contains("COPY"))
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
-}
-
 fn prune(store: &Store, args: &[&str]) -> Output {
     let out = store.cmd().arg("prune").args(args).output().unwrap();
     assert!(out.status.success(), "prune failed: {}", stderr(&out));
@@ -190,12 +177,12 @@ fn prune_removes_cache_no_tagged_image_uses_and_keeps_the_rest() {
     // The image's own steps still hit; the build stage reruns.
     let again = build(&store, ctx.path(), &["-t", "app"]);
     assert_eq!(
-        steps(&again, "started"),
+        step_names(&again, "started"),
         vec!["[build 2/2] RUN echo built > /artifact && dd if=/dev/zero of=/big bs=1k count=2048 2>/dev/null".to_string()],
         "{}",
         stderr(&again)
     );
-    assert_eq!(steps(&again, "cached").len(), 2, "{}", stderr(&again));
+    assert_eq!(step_names(&again, "cached").len(), 2, "{}", stderr(&again));
 }
 
 #[test]
@@ -237,8 +224,8 @@ fn prune_all_keeps_images_that_still_run_and_export() {
 
     // Nothing of the build is left to hit.
     let again = build(&store, ctx.path(), &["-t", "app"]);
-    assert_eq!(steps(&again, "cached"), Vec::<String>::new());
-    assert_eq!(steps(&again, "started").len(), 1);
+    assert_eq!(step_names(&again, "cached"), Vec::<String>::new());
+    assert_eq!(step_names(&again, "started").len(), 1);
 }
 
 #[test]
@@ -308,20 +295,20 @@ fn until_keeps_what_was_used_recently_and_a_cache_hit_counts_as_use() {
     build(&store, b.path(), &[]);
     age_store(&store, Duration::from_secs(2 * 86400));
     let hit = build(&store, a.path(), &[]);
-    assert_eq!(steps(&hit, "cached").len(), 1, "{}", stderr(&hit));
+    assert_eq!(step_names(&hit, "cached").len(), 1, "{}", stderr(&hit));
 
     prune(&store, &["-f", "--filter", "until=24h"]);
 
     let a_again = build(&store, a.path(), &[]);
     assert_eq!(
-        steps(&a_again, "cached"),
+        step_names(&a_again, "cached"),
         vec!["[2/2] RUN echo a > /a".to_string()],
         "used an hour ago: kept; {}",
         stderr(&a_again)
     );
     let b_again = build(&store, b.path(), &[]);
     assert_eq!(
-        steps(&b_again, "started"),
+        step_names(&b_again, "started"),
         vec!["[2/2] RUN echo b > /b".to_string()],
         "unused for two days: removed; {}",
         stderr(&b_again)
@@ -350,9 +337,9 @@ fn keep_storage_keeps_the_most_recently_used_up_to_the_size() {
     let left = ids_of(&du(&store), "cache-result");
     assert_eq!(left.len(), 1, "{left:?}");
     let small_again = build(&store, small.path(), &[]);
-    assert_eq!(steps(&small_again, "cached").len(), 1);
+    assert_eq!(step_names(&small_again, "cached").len(), 1);
     let big_again = build(&store, big.path(), &[]);
-    assert_eq!(steps(&big_again, "started").len(), 1);
+    assert_eq!(step_names(&big_again, "started").len(), 1);
 
     prune(&store, &["-f", "--keep-storage", "0"]);
     assert!(ids_of(&du(&store), "cache-result").is_empty());
@@ -423,7 +410,7 @@ fn prune_during_a_build_waits_and_removes_nothing_the_build_uses() {
         stderr(&pruned)
     );
     assert_eq!(
-        steps(&build_out, "cached"),
+        step_names(&build_out, "cached"),
         vec!["[2/3] RUN echo base > /base".to_string()]
     );
     let run = store.run(&["run", "--rm", "app", "cat", "/base", "/done"]);
@@ -514,7 +501,7 @@ fn a_prune_killed_midway_leaves_a_usable_store() {
         assert!(du_out.status.success(), "{phase}: {}", stderr(&du_out));
         let again = build(&store, ctx.path(), &["-t", "after"]);
         assert_eq!(
-            steps(&again, "cached").len() + steps(&again, "started").len(),
+            step_names(&again, "cached").len() + step_names(&again, "started").len(),
             7,
             "{phase}: {}",
             stderr(&again)
@@ -551,7 +538,7 @@ fn imported_cache_records_are_pruned_with_their_blobs() {
     let src = format!("type=local,src={}", cache_dir.path().display());
     let imported = build(&store, ctx.path(), &["--cache-from", &src, "-t", "app"]);
     assert_eq!(
-        steps(&imported, "started"),
+        step_names(&imported, "started"),
         Vec::<String>::new(),
         "{}",
         stderr(&imported)
@@ -573,7 +560,7 @@ fn imported_cache_records_are_pruned_with_their_blobs() {
     assert_eq!(blob_files(&store), needed);
     let again = build(&store, ctx.path(), &["-t", "app"]);
     assert_eq!(
-        steps(&again, "cached"),
+        step_names(&again, "cached"),
         vec![
             "[stage-1 2/3] RUN echo final > /final".to_string(),
             "[stage-1 3/3] COPY --from=build /artifact /artifact".to_string()

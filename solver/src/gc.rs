@@ -51,31 +51,32 @@ impl StoreLock {
     /// Taken by builds and every other command using the store; many can hold it at once.
     /// Waits while a prune runs, calling `on_wait` first if it has to.
     pub fn shared(root: &Path, on_wait: impl FnOnce()) -> Result<Self> {
-        let file = Self::open(root)?;
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                on_wait();
-                file.lock_shared()
-                    .with_context(|| format!("locking {} (shared)", root.display()))?;
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", root.display()))
-            }
-        }
-        Ok(StoreLock { _file: file })
+        Self::acquire(root, false, on_wait)
     }
 
     /// Taken by prune: waits for every other builder process on this root to finish, calling
     /// `on_wait` first if it has to wait.
     pub fn exclusive(root: &Path, on_wait: impl FnOnce()) -> Result<Self> {
+        Self::acquire(root, true, on_wait)
+    }
+
+    fn acquire(root: &Path, exclusive: bool, on_wait: impl FnOnce()) -> Result<Self> {
         let file = Self::open(root)?;
-        match file.try_lock() {
+        let tried = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match tried {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 on_wait();
-                file.lock()
-                    .with_context(|| format!("locking {} (exclusive)", root.display()))?;
+                let (locked, how) = if exclusive {
+                    (file.lock(), "exclusive")
+                } else {
+                    (file.lock_shared(), "shared")
+                };
+                locked.with_context(|| format!("locking {} ({how})", root.display()))?;
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", root.display()))

@@ -293,3 +293,17 @@ pub fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
     assert!(out.status.success(), "umoci unpack: {}", stderr(&out));
     bundle.join("rootfs")
 }
+
+/// Names of RUN/COPY steps with the given progress event ("started" or "cached"), sorted.
+#[allow(dead_code)]
+pub fn step_names(out: &Output, kind: &str) -> Vec<String> {
+    let mut names: Vec<String> = events(out)
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| n.contains("RUN") || n.contains("COPY"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
