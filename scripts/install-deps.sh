@@ -10,7 +10,12 @@ fi
 if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
 fi
-pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd qemu-user-static binfmt-support openssh-client openssl apache2-utils debootstrap)
+pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd
+  qemu-user-static binfmt-support openssh-client openssl apache2-utils debootstrap curl
+  # docker 20.10 and buildah: real-world fixtures, `--load`, and checking our images with docker
+  docker.io buildah
+  # executor confinement (seccomp), container networking, rootless mode
+  libseccomp-dev nftables iproute2 uidmap passt slirp4netns)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +30,8 @@ if ((${#missing[@]})); then
 fi
 # The packaged registry starts a system service; tests run their own on free ports.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Tests start their own dockerd (scripts/start-dockerd.sh) on a data root of their own.
+systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
 # Foreign-architecture RUN steps execute in a chroot where /usr/bin/qemu-aarch64-static
 # does not exist: the handler needs the F (fix-binary) flag so the kernel opens the
 # interpreter at registration time. Re-register it with F if it lacks it.
