@@ -15,7 +15,10 @@ if ! command -v dockerd >/dev/null; then
   exit 1
 fi
 # containerd is started by dockerd itself when no system containerd runs.
-nohup setsid dockerd --data-root "$data_root" -H "unix://$sock" >"$log" 2>&1 </dev/null &
+# No bridge and no iptables rules: the daemon must not change the host firewall (its FORWARD
+# policy DROP would cut off builder's own container networks); tests run docker containers with
+# --network host.
+nohup setsid dockerd --data-root "$data_root" -H "unix://$sock" --bridge=none --iptables=false >"$log" 2>&1 </dev/null &
 for _ in $(seq 1 150); do
   ping && exit 0
   sleep 0.2
