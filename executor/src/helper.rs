@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,12 +19,13 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Gid, Uid};
 
+use crate::caps::CapSet;
 use crate::mounts::{mount_at, remount_bind};
 use crate::paths::resolve_in_root;
 use crate::run::{HelperRequest, SPEC_FD, STATUS_FD};
 use crate::stubs::Tracker;
 use crate::user::resolve_user;
-use crate::{ExecSpec, Network, DEFAULT_HOSTNAME, DEFAULT_PATH};
+use crate::{ExecSpec, Network, Seccomp, DEFAULT_HOSTNAME, DEFAULT_PATH};
 
 /// Exit code of the helper when it could not even read its protocol descriptors.
 const PROTOCOL_ERROR_EXIT: i32 = 125;
@@ -33,9 +34,10 @@ const PROTOCOL_ERROR_EXIT: i32 = 125;
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Paths hidden from the container, as in containerd's default spec (which BuildKit uses).
-const MASKED_PATHS: [&str; 10] = [
+const MASKED_PATHS: [&str; 12] = [
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -43,6 +45,7 @@ const MASKED_PATHS: [&str; 10] = [
     "/proc/timer_stats",
     "/proc/sched_debug",
     "/proc/scsi",
+    "/sys/devices/virtual/powercap",
     "/sys/firmware",
 ];
 
@@ -109,6 +112,8 @@ struct StatePaths {
     resolv_conf: PathBuf,
     /// Where the paths created in the rootfs are recorded.
     created: PathBuf,
+    /// The run's cgroups, which the container joins.
+    cgroups: Vec<PathBuf>,
 }
 
 fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
@@ -126,6 +131,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         hosts: request.state_dir.join("hosts"),
         resolv_conf: request.state_dir.join("resolv.conf"),
         created: request.state_dir.join(crate::run::CREATED_FILE),
+        cgroups: request.cgroups,
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
     let hostname = hostname_of(&spec);
@@ -141,7 +147,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     // SAFETY: the helper is single-threaded (the binary calls helper_main before any thread).
     match unsafe { fork() }.context("forking the container process")? {
         ForkResult::Child => {
-            let error = match container_init(&spec, &paths) {
+            let error = match container_init(&spec, &paths, status_fd) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -172,10 +178,17 @@ fn hostname_of(spec: &ExecSpec) -> &str {
 }
 
 /// Runs in the container's PID 1: sets everything up and execs the program.
-fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
+fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
-    let mut namespaces =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    // Nothing the caller leaked may reach the container (a host directory's descriptor would
+    // be a way out through /proc/self/fd, CVE-2024-21626).
+    close_inherited_fds(status_fd.as_raw_fd())?;
+    let confinement = Confinement::of(spec)?;
+    crate::cgroup::join(&paths.cgroups).context("joining the run's cgroups")?;
+    let mut namespaces = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
     if spec.network == Network::None {
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
@@ -196,11 +209,18 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     for m in &spec.rootfs {
         mount_at(m, root).context("mounting the rootfs")?;
     }
+    let privileged = spec.security.privileged;
+    if !privileged {
+        // Device nodes a step makes (mknod is allowed, as in docker) cannot be opened.
+        remount_bind(root, MsFlags::MS_NODEV).context("making the rootfs nodev")?;
+    }
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
-    setup_dev(root, &mut tracker)?;
-    setup_sys(root, &mut tracker)?;
-    mask_paths(root)?;
+    setup_dev(root, &mut tracker, privileged)?;
+    setup_sys(root, &mut tracker, privileged)?;
+    if !privileged {
+        mask_paths(root)?;
+    }
     bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
     bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf", &mut tracker)?;
     for m in &spec.mounts {
@@ -209,6 +229,10 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
         create_mount_target(m, &target, &mut tracker)
             .with_context(|| format!("creating mount target {}", m.target))?;
         mount_at(m, &target).with_context(|| format!("mounting {}", m.target))?;
+        if !privileged {
+            remount_bind(&target, MsFlags::MS_NODEV)
+                .with_context(|| format!("making {} nodev", m.target))?;
+        }
     }
     nix::unistd::sethostname(hostname_of(spec)).context("setting the hostname")?;
     if spec.readonly_rootfs {
@@ -232,21 +256,13 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
         .create_dir_all(Path::new(cwd))
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
-    nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
-
-    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).context("setting supplementary groups")?;
-    nix::unistd::setgid(Gid::from_raw(user.gid))
-        .with_context(|| format!("setting gid {}", user.gid))?;
-    nix::unistd::setuid(Uid::from_raw(user.uid))
-        .with_context(|| format!("setting uid {}", user.uid))?;
-    // Changing credentials clears the parent-death signal.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    enter_workdir(cwd)?;
 
     let env = build_env(&spec.env, user.home.as_deref());
     let program = find_program(&spec.args[0], &env)?;
     let args = to_cstrings(&spec.args).context("invalid argument")?;
     let env = env_cstrings(&env)?;
+    confinement.lock_down(&user)?;
     reset_signals();
     let program_c = CString::new(program.as_os_str().as_bytes())
         .with_context(|| format!("invalid program path {}", program.display()))?;
@@ -270,13 +286,19 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
     .context("mounting /proc")
 }
 
-fn setup_dev(root: &Path, tracker: &mut Tracker) -> Result<()> {
+fn setup_dev(root: &Path, tracker: &mut Tracker, privileged: bool) -> Result<()> {
     let dev = ensure_dir_in_root(root, "/dev", tracker)?;
+    // The bound device nodes are mounts of their own; nodes made in the tmpfs stay unusable.
+    let nodev = if privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_NODEV
+    };
     mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
     )
     .context("mounting /dev")?;
@@ -326,11 +348,16 @@ fn setup_dev(root: &Path, tracker: &mut Tracker) -> Result<()> {
     Ok(())
 }
 
-fn setup_sys(root: &Path, tracker: &mut Tracker) -> Result<()> {
+fn setup_sys(root: &Path, tracker: &mut Tracker, privileged: bool) -> Result<()> {
     let target = ensure_dir_in_root(root, "/sys", tracker)?;
-    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let ro = if privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    let flags = ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if mount(Some("sysfs"), &target, Some("sysfs"), flags, None::<&str>).is_ok() {
-        return Ok(());
+        return crate::cgroup::mount_cgroupfs(&target.join("fs/cgroup"), privileged);
     }
     // A fresh sysfs can be refused (e.g. sharing a network namespace we do not own);
     // a read-only bind of the host's /sys is the fallback runc uses too.
@@ -387,6 +414,95 @@ fn mask_paths(root: &Path) -> Result<()> {
             .with_context(|| format!("making {path} read-only"))?;
     }
     Ok(())
+}
+
+/// What locks the process down just before exec, prepared (profile compiled) up front so
+/// that a bad profile or capability name is a setup error before anything is mounted.
+struct Confinement {
+    caps: CapSet,
+    filter: Option<libseccomp::ScmpFilterContext>,
+    no_new_privs: bool,
+}
+
+impl Confinement {
+    fn of(spec: &ExecSpec) -> Result<Confinement> {
+        let security = &spec.security;
+        let caps =
+            crate::caps::resolve(security.privileged, &security.cap_add, &security.cap_drop)?;
+        let profile = match &security.seccomp {
+            _ if security.privileged => None,
+            Seccomp::Unconfined => None,
+            Seccomp::Default => Some(crate::seccomp::DOCKER_DEFAULT_PROFILE),
+            Seccomp::Profile(json) => Some(json.as_str()),
+        };
+        let target = crate::seccomp::Target::native(caps);
+        let filter = profile
+            .map(|json| crate::seccomp::compile(json, &target))
+            .transpose()?;
+        Ok(Confinement {
+            caps,
+            filter,
+            no_new_privs: security.no_new_privileges,
+        })
+    }
+
+    /// Bounding set, seccomp (loaded while CAP_SYS_ADMIN is still held, as runc does when
+    /// no_new_privs is off), user and groups, then the capability sets the program keeps.
+    fn lock_down(self, user: &crate::user::ExecUser) -> Result<()> {
+        // SAFETY: close_range only marks descriptors close-on-exec.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if self.no_new_privs {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+                return Err(std::io::Error::last_os_error()).context("setting no_new_privs");
+            }
+        }
+        crate::caps::drop_bounding(self.caps)?;
+        if let Some(filter) = &self.filter {
+            crate::seccomp::load(filter)?;
+        }
+        let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).context("setting supplementary groups")?;
+        nix::unistd::setgid(Gid::from_raw(user.gid))
+            .with_context(|| format!("setting gid {}", user.gid))?;
+        nix::unistd::setuid(Uid::from_raw(user.uid))
+            .with_context(|| format!("setting uid {}", user.uid))?;
+        crate::caps::apply(self.caps, user.uid)?;
+        // Changing credentials clears the parent-death signal.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep` (the status pipe).
+fn close_inherited_fds(keep: i32) -> Result<()> {
+    let keep = keep as u32;
+    for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
+        if first > last {
+            continue;
+        }
+        // SAFETY: closes descriptors this process owns and no Rust object refers to.
+        if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("closing inherited descriptors");
+        }
+    }
+    Ok(())
+}
+
+/// Enters the working directory and checks that it lies inside the new root: a directory
+/// reached through a leaked descriptor would show as unreachable (CVE-2024-21626).
+fn enter_workdir(cwd: &str) -> Result<()> {
+    nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
+    match nix::unistd::getcwd() {
+        Ok(dir) if dir.is_absolute() => Ok(()),
+        _ => bail!("working directory {cwd} is outside the container's root filesystem"),
+    }
 }
 
 /// Bind-mounts a helper-owned file read-only over `container_path`, creating an empty target if

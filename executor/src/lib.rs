@@ -11,19 +11,25 @@
 //! a setup error message. The helper exits with the program's exit status (128+signal when it was
 //! killed by a signal).
 
+mod caps;
+mod cgroup;
 mod emulation;
 mod helper;
 mod mounts;
 mod paths;
 mod run;
+mod seccomp;
 mod stubs;
 mod user;
 
 use serde::{Deserialize, Serialize};
 
+pub use caps::{resolve as resolve_caps, CapSet};
+pub use cgroup::{sweep_stale_cgroups, CgroupSpec};
 pub use helper::helper_main;
 pub use paths::resolve_in_root;
 pub use run::{sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
+pub use seccomp::DOCKER_DEFAULT_PROFILE;
 pub use stubs::{remove_stubs, CreatedPath};
 
 /// First argument that makes the builder binary act as the executor helper.
@@ -95,6 +101,40 @@ pub struct ExecSpec {
     pub stdio: Stdio,
     /// Remount the rootfs read-only (the mounts on top of it keep their own modes).
     pub readonly_rootfs: bool,
+    /// Confinement: capabilities, seccomp, no_new_privs, privileged mode.
+    #[serde(default)]
+    pub security: Security,
+    /// Resource limits (a per-run cgroup).
+    #[serde(default)]
+    pub resources: CgroupSpec,
+}
+
+/// The seccomp filter of a run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub enum Seccomp {
+    /// Docker's default profile ([`DOCKER_DEFAULT_PROFILE`]).
+    #[default]
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+    /// A Docker-format JSON profile (`--security-opt seccomp=FILE`, its contents).
+    Profile(String),
+}
+
+/// How a run is confined. The default is Docker's: its 14 capabilities, its seccomp profile,
+/// masked and read-only paths, a device allow-list, a private cgroup namespace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Security {
+    /// Every capability, no seccomp filter, no masked paths, no device list, writable `/sys`
+    /// (`RUN --security=insecure`, `run --privileged`).
+    pub privileged: bool,
+    /// Capabilities added to Docker's default (`NET_ADMIN`, `CAP_NET_ADMIN` or `ALL`).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from Docker's default (applied before `cap_add`).
+    pub cap_drop: Vec<String>,
+    pub seccomp: Seccomp,
+    /// Set no_new_privs: setuid binaries and file capabilities grant nothing.
+    pub no_new_privileges: bool,
 }
 
 /// Why a run did not produce an exit code.

@@ -154,7 +154,8 @@ pub(crate) fn mount_at(m: &Mount, target: &Path) -> Result<()> {
 }
 
 /// Applies `flags` to the bind mount at `target`, keeping the lock-sensitive flags it already has
-/// (nosuid, nodev, noexec, atime flags), which the kernel would otherwise clear or refuse.
+/// (read-only, nosuid, nodev, noexec, atime flags), which the kernel would otherwise clear or
+/// refuse.
 pub(crate) fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
     let current = nix::sys::statvfs::statvfs(target)
         .with_context(|| format!("statvfs {}", target.display()))?
@@ -162,6 +163,7 @@ pub(crate) fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
     use nix::sys::statvfs::FsFlags;
     let mut keep = MsFlags::empty();
     for (fs_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),

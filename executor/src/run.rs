@@ -15,6 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::RunCgroups;
 use crate::stubs::{read_created, CreatedPath};
 use crate::{ExecError, ExecSpec, OutputStream, Stdio, HELPER_ARG};
 
@@ -58,6 +59,9 @@ pub(crate) struct HelperRequest {
     /// An empty, caller-owned directory for the rootfs mount point and the generated
     /// `/etc/hosts` and `/etc/resolv.conf`; the caller removes it even if the helper is killed.
     pub state_dir: PathBuf,
+    /// The run's cgroup directories, created and removed by the caller.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Executor {
@@ -116,6 +120,8 @@ impl Executor {
         }
         let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
         sweep_stale_state_dirs_once(&state_parent);
+        let cgroups = RunCgroups::create(&spec.resources, spec.security.privileged)
+            .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?;
         let prefix = format!("{STATE_PREFIX}{}-", std::process::id());
         let state_dir = tempfile::Builder::new()
             .prefix(&prefix)
@@ -123,6 +129,7 @@ impl Executor {
         let request = HelperRequest {
             spec: spec.clone(),
             state_dir: state_dir.path().to_path_buf(),
+            cgroups: cgroups.dirs.clone(),
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 
@@ -244,6 +251,9 @@ fn sweep_stale_state_dirs_once(parent: &std::path::Path) {
     static SWEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
     if !swept.iter().any(|p| p == parent) {
+        if swept.is_empty() {
+            crate::cgroup::sweep_stale_cgroups();
+        }
         swept.push(parent.to_path_buf());
         sweep_stale_state_dirs(parent);
     }

@@ -10,9 +10,10 @@ use executor::{
     HELPER_ARG,
 };
 
-const APPLETS: [&str; 18] = [
+const APPLETS: [&str; 26] = [
     "sh", "echo", "cat", "id", "ls", "hostname", "ps", "sleep", "mount", "pwd", "touch", "env",
-    "grep", "wc", "test", "true", "yes", "head",
+    "grep", "wc", "test", "true", "yes", "head", "unshare", "ip", "mknod", "mkdir", "chmod",
+    "printf", "sed", "xargs",
 ];
 
 /// Hidden argument: run a `sleep` container in the given rootfs, used to kill its caller.
@@ -535,6 +536,206 @@ fn created_stubs_are_reported_and_removable() {
     assert_eq!(etc_mtime, etc_mtime_after, "parent mtime was not restored");
 }
 
+/// Tries what escaped from an unconfined container (issue 12); each line printed is an
+/// attempt that worked.
+const ESCAPE_PROBE: &str = "
+grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|Seccomp):' /proc/self/status
+mkdir -p /mnt/p /mnt/cg
+mount -t proc proc /mnt/p 2>/dev/null && echo ESCAPE mount-proc
+mount -t cgroup -o devices cgroup /mnt/cg 2>/dev/null && echo ESCAPE mount-cgroup
+mount -t tmpfs t /mnt/p 2>/dev/null && echo ESCAPE mount-tmpfs
+unshare -m true 2>/dev/null && echo ESCAPE unshare-m
+unshare -U true 2>/dev/null && echo ESCAPE unshare-U
+unshare -C true 2>/dev/null && echo ESCAPE unshare-C
+ip addr add 10.254.254.254/32 dev lo 2>/dev/null && echo ESCAPE ip-addr
+mknod /tmp/kmsg c 1 11 || echo mknod-refused
+(: < /tmp/kmsg) 2>/dev/null && echo ESCAPE kmsg
+mknod /dev/kmsg2 c 1 11 && (: < /dev/kmsg2) 2>/dev/null && echo ESCAPE dev-kmsg
+echo 10 2>/dev/null > /proc/sys/vm/swappiness && echo ESCAPE swappiness
+touch /sys/fs/cgroup/devices/x 2>/dev/null && echo ESCAPE cgroupfs-write
+test -s /proc/interrupts && echo ESCAPE interrupts
+echo end
+";
+
+fn confined_as_docker_confines_a_container() {
+    let rootfs = Rootfs::new();
+    let out = sh_ok(|a| rootfs.bind_spec(a), ESCAPE_PROBE);
+    remove_probe_address();
+    let expected = "CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\n\
+                    CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n\
+                    CapAmb:\t0000000000000000\nSeccomp:\t2\nend\n";
+    assert_eq!(out, expected);
+    // A user other than root keeps the bounding set and nothing else, as with docker.
+    let out = sh_ok(
+        |a| {
+            let mut spec = rootfs.bind_spec(a);
+            spec.user = "app".into();
+            spec
+        },
+        "grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status",
+    );
+    assert_eq!(
+        out,
+        "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t00000000a80425fb\n"
+    );
+}
+
+/// If the probe ever did add its address to the host's `lo`, take it away again.
+fn remove_probe_address() {
+    let _ = std::process::Command::new("ip")
+        .args(["addr", "del", "10.254.254.254/32", "dev", "lo"])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn cgroup_release_agent_cannot_reach_the_host() {
+    let rootfs = Rootfs::new();
+    let marker = std::env::temp_dir().join(format!("release-agent-escaped-{}", std::process::id()));
+    let agent = rootfs.path().join("agent");
+    // The host path of the container's /agent is what the original exploit wrote.
+    let script = format!(
+        "printf '#!/bin/sh\\ntouch {marker}\\n' > /agent; chmod +x /agent
+         for c in rdma memory pids devices cpu freezer blkio; do
+           mkdir -p /cg/$c
+           mount -t cgroup -o $c cgroup /cg/$c 2>/dev/null || continue
+           mkdir -p /cg/$c/x && echo 1 > /cg/$c/x/notify_on_release &&
+             echo {agent} > /cg/$c/release_agent && sh -c 'echo $$ > /cg/'$c'/x/cgroup.procs' &&
+             echo armed $c
+         done; echo done",
+        marker = marker.display(),
+        agent = agent.display()
+    );
+    let out = sh_ok(|a| rootfs.bind_spec(a), &script);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(out, "done\n");
+    assert!(!marker.exists(), "the release agent ran on the host");
+}
+
+fn escape_hatches_widen_confinement() {
+    let rootfs = Rootfs::new();
+    let with = |f: &dyn Fn(&mut ExecSpec), script: &str| {
+        sh_ok(
+            |a| {
+                let mut spec = rootfs.bind_spec(a);
+                spec.network = Network::None;
+                f(&mut spec);
+                spec
+            },
+            script,
+        )
+    };
+    let status = "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status";
+    // Privileged means every capability this test process has itself.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let all = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:\t"))
+        .unwrap()
+        .to_string();
+    let out = with(&|s| s.security.privileged = true, status);
+    assert_eq!(
+        out,
+        format!("CapEff:\t{all}\nNoNewPrivs:\t0\nSeccomp:\t0\n")
+    );
+    let out = with(
+        &|s| s.security.cap_add = vec!["NET_ADMIN".into()],
+        "ip addr add 10.9.9.9/32 dev lo && echo added",
+    );
+    assert_eq!(out, "added\n");
+    let out = with(&|s| s.security.cap_drop = vec!["ALL".into()], status);
+    assert_eq!(
+        out,
+        "CapEff:\t0000000000000000\nNoNewPrivs:\t0\nSeccomp:\t2\n"
+    );
+    let out = with(
+        &|s| {
+            s.security.seccomp = executor::Seccomp::Unconfined;
+            s.security.no_new_privileges = true;
+        },
+        status,
+    );
+    assert_eq!(
+        out,
+        "CapEff:\t00000000a80425fb\nNoNewPrivs:\t1\nSeccomp:\t0\n"
+    );
+    let deny_mkdir = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+        {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+    let out = with(
+        &|s| s.security.seccomp = executor::Seccomp::Profile(deny_mkdir.into()),
+        "mkdir /x 2>&1 || echo refused",
+    );
+    assert!(
+        out.contains("Permission denied") && out.ends_with("refused\n"),
+        "{out}"
+    );
+    let mut spec = rootfs.bind_spec(&["true"]);
+    spec.security.cap_add = vec!["CAP_WIZARDRY".into()];
+    match run(&spec).result {
+        Err(ExecError::Setup(msg)) => assert!(msg.contains("CAP_WIZARDRY"), "{msg}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+}
+
+fn pids_limit_caps_the_run_and_its_cgroup_goes_away() {
+    let rootfs = Rootfs::new();
+    let mut spec = rootfs.bind_spec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max /proc/self/cgroup | grep -E '^5$|pids:/$';
+         for i in 1 2 3 4 5 6 7 8; do sleep 1 & done",
+    ]);
+    spec.resources.pids_limit = Some(5);
+    let out = run(&spec);
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert_eq!(
+        out.stdout, "5\n8:pids:/\n",
+        "limit and a private cgroup namespace"
+    );
+    assert!(
+        out.stderr.contains("fork"),
+        "the sixth task was refused: {}",
+        out.stderr
+    );
+    assert_run_cgroups_gone();
+}
+
+fn assert_run_cgroups_gone() {
+    let prefix = format!("{}-", std::process::id());
+    for hierarchy in ["devices", "pids"] {
+        let parent = Path::new("/sys/fs/cgroup").join(hierarchy).join("builder");
+        let left: Vec<_> = std::fs::read_dir(&parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "run cgroups left: {left:?}");
+    }
+}
+
+fn leaked_descriptors_never_reach_the_program() {
+    let rootfs = Rootfs::new();
+    let host_dir = tempfile::tempdir().unwrap();
+    let path = std::ffi::CString::new(host_dir.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open without O_CLOEXEC, so every child inherits it, as a careless caller would.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(fd >= 3);
+    let out = sh_ok(|a| rootfs.bind_spec(a), "ls /proc/self/fd | xargs");
+    assert_eq!(out, "0 1 2 3\n", "only stdio and ls's own directory");
+    let mut spec = rootfs.bind_spec(&["sh", "-c", "pwd; ls"]);
+    spec.cwd = format!("/proc/self/fd/{fd}");
+    let out = run(&spec);
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    assert!(
+        matches!(out.result, Err(ExecError::Setup(_))) || out.stdout.starts_with("/proc/"),
+        "{:?} {}",
+        out.result,
+        out.stdout
+    );
+    assert!(!out.stdout.contains("(unreachable)"), "{}", out.stdout);
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -695,6 +896,26 @@ fn main() {
         (
             "caller_death_kills_the_container",
             Box::new(caller_death_kills_the_container),
+        ),
+        (
+            "confined_as_docker_confines_a_container",
+            Box::new(confined_as_docker_confines_a_container),
+        ),
+        (
+            "cgroup_release_agent_cannot_reach_the_host",
+            Box::new(cgroup_release_agent_cannot_reach_the_host),
+        ),
+        (
+            "escape_hatches_widen_confinement",
+            Box::new(escape_hatches_widen_confinement),
+        ),
+        (
+            "pids_limit_caps_the_run_and_its_cgroup_goes_away",
+            Box::new(pids_limit_caps_the_run_and_its_cgroup_goes_away),
+        ),
+        (
+            "leaked_descriptors_never_reach_the_program",
+            Box::new(leaked_descriptors_never_reach_the_program),
         ),
         (
             "nothing_stays_mounted_on_the_host",

@@ -1,0 +1,273 @@
+//! Per-run cgroups: created by the caller under a `builder` parent in each hierarchy the run
+//! needs, joined by the container's init before it unshares its cgroup namespace, removed when
+//! the run ends (and swept when a killed process left them).
+//!
+//! Today a run gets the cgroup v1 `devices` allow-list (Docker's default) and, when asked, a
+//! `pids` limit. Memory and CPU limits are fields of [`CgroupSpec`] for a later runtime to fill.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Parent directory of every run's cgroup, in each hierarchy.
+const PARENT: &str = "builder";
+
+/// Resource limits of one run; `None` means unlimited.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CgroupSpec {
+    /// Maximum number of tasks (`--pids-limit`); zero or negative means unlimited, as in docker.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    /// Memory limit in bytes (not applied yet).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// CPU quota in CPUs (not applied yet).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+}
+
+/// Docker's default device allow-list (moby `oci/devices_linux.go` and runc's defaults):
+/// mknod of anything, read/write of the usual character devices only.
+const DEVICE_ALLOW: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",   // null
+    "c 1:5 rwm",   // zero
+    "c 1:7 rwm",   // full
+    "c 1:8 rwm",   // random
+    "c 1:9 rwm",   // urandom
+    "c 5:0 rwm",   // tty
+    "c 5:1 rwm",   // console
+    "c 5:2 rwm",   // ptmx
+    "c 136:* rwm", // pts/*
+];
+
+/// The cgroup directories of one run; removed on drop.
+#[derive(Debug, Default)]
+pub(crate) struct RunCgroups {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl RunCgroups {
+    /// Creates the run's cgroups: a device allow-list unless `privileged`, and a pids
+    /// cgroup when `spec` limits pids. Nothing is created when neither applies.
+    pub(crate) fn create(spec: &CgroupSpec, privileged: bool) -> Result<RunCgroups> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut run = RunCgroups::default();
+        let devices = Path::new(CGROUP_ROOT).join("devices");
+        if !privileged && devices.join("devices.allow").exists() {
+            let dir = run.make_dir(&devices, &name)?;
+            write(&dir.join("devices.deny"), "a")?;
+            for rule in DEVICE_ALLOW {
+                write(&dir.join("devices.allow"), rule)?;
+            }
+        }
+        if let Some(limit) = spec.pids_limit.filter(|l| *l > 0) {
+            let v1 = Path::new(CGROUP_ROOT).join("pids");
+            let hierarchy = if v1.join("cgroup.procs").exists() {
+                v1
+            } else if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+                enable_v2_controller("pids")?;
+                PathBuf::from(CGROUP_ROOT)
+            } else {
+                bail!("--pids-limit: this host has no pids cgroup controller");
+            };
+            let dir = run.make_dir(&hierarchy, &name)?;
+            write(&dir.join("pids.max"), &limit.to_string())?;
+        }
+        Ok(run)
+    }
+
+    fn make_dir(&mut self, hierarchy: &Path, name: &str) -> Result<PathBuf> {
+        let parent = hierarchy.join(PARENT);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", parent.display())),
+        }
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.dirs.push(dir.clone());
+        Ok(dir)
+    }
+}
+
+impl Drop for RunCgroups {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            remove_when_empty(dir, Duration::from_secs(2));
+        }
+    }
+}
+
+/// Removes a cgroup directory, waiting for its last tasks (a killed container's) to exit.
+fn remove_when_empty(dir: &Path, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return,
+        }
+    }
+}
+
+fn enable_v2_controller(controller: &str) -> Result<()> {
+    let parent = Path::new(CGROUP_ROOT).join(PARENT);
+    let _ = std::fs::create_dir(&parent);
+    for dir in [Path::new(CGROUP_ROOT), parent.as_path()] {
+        write(
+            &dir.join("cgroup.subtree_control"),
+            &format!("+{controller}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
+}
+
+/// Moves the calling process into each of `dirs` (done by the container's init, so that the
+/// cgroup namespace it unshares next is rooted there).
+pub(crate) fn join(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        write(&dir.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
+}
+
+/// Removes run cgroups left by processes that are gone (killed before they could clean up).
+pub fn sweep_stale_cgroups() {
+    let Ok(hierarchies) = std::fs::read_dir(CGROUP_ROOT) else {
+        return;
+    };
+    let mut parents: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join(PARENT))
+        .collect();
+    parents.push(Path::new(CGROUP_ROOT).join(PARENT));
+    for parent in parents {
+        let Ok(runs) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for run in runs.flatten() {
+            let name = run.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                // A cgroup with tasks left refuses rmdir; it is tried again next time.
+                let _ = std::fs::remove_dir(run.path());
+            }
+        }
+    }
+}
+
+/// Mounts the host's cgroup hierarchies read-only under `target` (the container's
+/// `/sys/fs/cgroup`, on a tmpfs), as docker does; inside a cgroup namespace each shows the
+/// run's own cgroup as its root.
+pub(crate) fn mount_cgroupfs(target: &Path, writable: bool) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let hierarchies = cgroup_mounts(&table);
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))
+        .context("mounting a tmpfs on /sys/fs/cgroup")?;
+    let ro = if writable {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    for (name, fstype, data) in &hierarchies {
+        let dir = target.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data = (!data.is_empty()).then_some(data.as_str());
+        mount(Some("cgroup"), &dir, Some(fstype.as_str()), base | ro, data)
+            .with_context(|| format!("mounting cgroup {name}"))?;
+    }
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | base | MsFlags::MS_RDONLY,
+        Some("mode=755"),
+    )
+    .context("making /sys/fs/cgroup read-only")
+}
+
+/// (directory name below /sys/fs/cgroup, fstype, mount data) of each hierarchy mounted there;
+/// the pure-v2 case is the root itself (name "").
+fn cgroup_mounts(mountinfo: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or("");
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or("");
+        let super_options = right.nth(1).unwrap_or("");
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        let Some(name) = mount_point.strip_prefix(CGROUP_ROOT) else {
+            continue;
+        };
+        let name = name.trim_start_matches('/');
+        let data: Vec<&str> = if fstype == "cgroup" {
+            super_options
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !name.contains('/') && !out.iter().any(|(n, _, _)| n == name) {
+            out.push((name.to_string(), fstype.to_string(), data.join(",")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hierarchies_come_from_mountinfo() {
+        let table = "\
+35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 35 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+38 35 0:33 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
+39 25 0:34 / /mnt/other rw - cgroup cgroup rw,pids
+";
+        assert_eq!(
+            cgroup_mounts(table),
+            vec![
+                ("devices".into(), "cgroup".into(), "devices".into()),
+                (
+                    "systemd".into(),
+                    "cgroup".into(),
+                    "xattr,name=systemd".into()
+                ),
+                ("unified".into(), "cgroup2".into(), "".into()),
+            ]
+        );
+    }
+}
