@@ -59,6 +59,10 @@ pub struct BuildArgs {
     /// Do not use the cache for these stages (comma-separated; may be repeated).
     #[arg(long = "no-cache-filter")]
     pub no_cache_filter: Vec<String>,
+    /// Grant an entitlement: security.insecure (lets `RUN --security=insecure` run
+    /// unconfined); network.host is accepted (RUN uses the host network already).
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
     /// Write build result metadata (image digest, descriptor, names, cache) as JSON here.
     #[arg(long = "metadata-file")]
     pub metadata_file: Option<PathBuf>,
@@ -192,6 +196,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         no_cache_stages,
         named_contexts: Default::default(),
         lint_all_stages: args.check && args.target.is_none(),
+        allow_insecure: parse_allow(&args.allow)?,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -463,4 +468,19 @@ fn solve_error(
         }
         None => format!("{on}failed to solve: {e}"),
     }
+}
+
+/// `--allow` entitlements (comma-separated or repeated); whether security.insecure is granted.
+fn parse_allow(values: &[String]) -> Result<bool> {
+    let mut insecure = false;
+    for value in values.iter().flat_map(|v| v.split(',')) {
+        match value.trim() {
+            "security.insecure" => insecure = true,
+            "network.host" => {}
+            other => anyhow::bail!(
+                "--allow {other:?}: unknown entitlement; use security.insecure or network.host"
+            ),
+        }
+    }
+    Ok(insecure)
 }

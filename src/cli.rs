@@ -41,7 +41,7 @@ pub enum Command {
     /// Push an image to its registry.
     Push { name: String },
     /// Run a command in a new container from an image.
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
     #[command(flatten)]
     Image(crate::image_cmds::ImageCommand),
     /// Log in to a registry (checks the credentials, stores them in docker's config.json).
@@ -78,7 +78,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
-        Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
+        Command::Run(args) => rt.block_on(crate::run::run(&root, *args)),
         Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
         Command::Login(args) => rt.block_on(crate::login::login(args)),
         Command::Logout(args) => crate::login::logout(args),

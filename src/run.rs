@@ -30,6 +30,24 @@ pub struct RunArgs {
     /// Platform of the image to run, from a multi-platform image (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Run with every capability, no seccomp filter, no masked paths and a writable /sys.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a capability (NET_ADMIN, CAP_NET_ADMIN or ALL) to Docker's default set.
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (or ALL) from Docker's default set.
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=FILE|unconfined, no-new-privileges[=true|false].
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Maximum number of tasks in the container (zero or -1: unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
     /// Image name or digest.
     pub image: String,
     /// Command (replaces the image's CMD).
@@ -37,7 +55,38 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The confinement asked for by `--privileged`, `--cap-add/--cap-drop` and `--security-opt`.
+fn security_of(args: &RunArgs) -> Result<executor::Security> {
+    let mut security = executor::Security {
+        privileged: args.privileged,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        ..Default::default()
+    };
+    // Checked here so that a typo is a flag error, not a container setup error.
+    executor::resolve_caps(false, &security.cap_add, &security.cap_drop)?;
+    for opt in &args.security_opt {
+        let (key, value) = opt.split_once(['=', ':']).unwrap_or((opt.as_str(), ""));
+        match (key, value) {
+            ("seccomp", "unconfined") => security.seccomp = executor::Seccomp::Unconfined,
+            ("seccomp", "") => bail!("--security-opt seccomp needs a file or unconfined"),
+            ("seccomp", file) => {
+                let json = std::fs::read_to_string(file)
+                    .with_context(|| format!("--security-opt seccomp={file}"))?;
+                security.seccomp = executor::Seccomp::Profile(json);
+            }
+            ("no-new-privileges", "" | "true") => security.no_new_privileges = true,
+            ("no-new-privileges", "false") => security.no_new_privileges = false,
+            _ => bail!(
+                "--security-opt {opt:?}: supported are seccomp=FILE, seccomp=unconfined and no-new-privileges"
+            ),
+        }
+    }
+    Ok(security)
+}
+
 pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
+    let security = security_of(&args)?;
     let network = match args.network.as_str() {
         "host" | "default" => executor::Network::Host,
         "none" => executor::Network::None,
@@ -139,6 +188,12 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         hostname: key.chars().rev().take(12).collect(),
         network,
         stdio: executor::Stdio::Inherit,
+        readonly_rootfs: args.read_only,
+        security,
+        resources: executor::CgroupSpec {
+            pids_limit: args.pids_limit,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let exec = executor::Executor::current_exe()?;

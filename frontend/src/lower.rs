@@ -53,6 +53,9 @@ pub struct BuildOptions {
     /// Lower every stage, not only those the target needs, so that checks see them all
     /// (`build --check` without `--target`).
     pub lint_all_stages: bool,
+    /// The `security.insecure` entitlement (`--allow security.insecure`): `RUN
+    /// --security=insecure` runs unconfined instead of being refused.
+    pub allow_insecure: bool,
 }
 
 /// An error in the Dockerfile, with its position.

@@ -95,6 +95,10 @@ pub struct ExecOp {
     pub user: String,
     pub network: NetworkMode,
     pub mounts: Vec<ExecMount>,
+    /// `RUN --security=insecure`: no confinement (every capability, no seccomp filter).
+    /// Left out of the serialised op when false, so existing cache keys stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// Ownership for files created by a file op: numeric ids or names resolved in the destination.

@@ -989,6 +989,10 @@ impl Solver {
                     NetworkMode::Host => executor::Network::Host,
                     NetworkMode::None => executor::Network::None,
                 },
+                security: executor::Security {
+                    privileged: exec.insecure,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let progress = self.progress.clone();

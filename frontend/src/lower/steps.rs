@@ -215,6 +215,7 @@ pub(super) fn lower_run(
     let mut inputs = vec![root];
     let mut mounts: Vec<ExecMount> = Vec::new();
     let mut network = NetworkMode::Host;
+    let mut insecure = false;
     let mut ssh_count = 0;
     for (flag, raw) in &flags {
         let needle = format!("--{flag}");
@@ -240,11 +241,12 @@ pub(super) fn lower_run(
             }
             "security" => match value.as_str() {
                 "sandbox" => {}
+                "insecure" if l.opts.allow_insecure => insecure = true,
                 "insecure" => {
                     return Err(l.err_near(
                         ins,
                         &needle,
-                        "RUN --security=insecure needs the security.insecure entitlement, which is not enabled for this build",
+                        "RUN --security=insecure needs the security.insecure entitlement, which is not enabled for this build (pass --allow security.insecure)",
                     ))
                 }
                 other => {
@@ -329,6 +331,7 @@ pub(super) fn lower_run(
         user: state.config.config.user.clone().unwrap_or_default(),
         network,
         mounts,
+        insecure,
     };
     let vertex = l.add(
         Vertex {
