@@ -140,7 +140,19 @@ pub(crate) fn read_created(file: &Path) -> Vec<CreatedPath> {
 /// changes) where the program left them as they were: empty files and empty directories.
 /// Deepest first, so a directory emptied by removing its stubs goes too; the parents'
 /// mtimes are restored.
+///
+/// The program may have replaced any directory on the way with a symlink to a host path
+/// (CVE-2024-23652), so every parent is opened beneath `dir` without following a symlink,
+/// and removal and timestamps go through that descriptor.
 pub fn remove_stubs(dir: &Path, created: &[CreatedPath]) {
+    use rustix::fs::{open, Mode, OFlags};
+    let Ok(root) = open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
     for entry in created.iter().rev() {
         let rel = Path::new(&entry.path);
         if rel.is_absolute()
@@ -150,52 +162,107 @@ pub fn remove_stubs(dir: &Path, created: &[CreatedPath]) {
         {
             continue;
         }
-        let host = dir.join(rel);
-        let Ok(md) = std::fs::symlink_metadata(&host) else {
+        let (Some(name), Some(parent_rel)) = (rel.file_name(), rel.parent()) else {
             continue;
         };
-        let parent_mtime_now = host.parent().and_then(mtime_of);
-        let removed = if entry.is_dir {
-            md.is_dir() && std::fs::remove_dir(&host).is_ok()
-        } else {
-            md.is_file() && md.len() == 0 && std::fs::remove_file(&host).is_ok()
-        };
-        if !removed {
+        let Ok(parent) = open_beneath(&root, parent_rel) else {
             continue;
-        }
-        let untouched =
-            entry.parent_mtime_after.is_none() || entry.parent_mtime_after == parent_mtime_now;
-        let restore = if untouched {
-            entry.parent_mtime
-        } else {
-            parent_mtime_now
         };
-        if let (Some((sec, nsec)), Some(parent)) = (restore, host.parent()) {
-            let _ = set_mtime(parent, sec, nsec);
+        let parent_mtime_now = fd_mtime(&parent);
+        if remove_stub_at(&parent, name, entry) {
+            let untouched =
+                entry.parent_mtime_after.is_none() || entry.parent_mtime_after == parent_mtime_now;
+            let restore = if untouched {
+                entry.parent_mtime
+            } else {
+                parent_mtime_now
+            };
+            if let Some((sec, nsec)) = restore {
+                let _ = set_fd_mtime(&parent, sec, nsec);
+            }
         }
     }
 }
 
-fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
-    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
-    let keep = Timespec {
-        tv_sec: 0,
-        tv_nsec: rustix::fs::UTIME_OMIT,
+/// Opens directory `rel` below `root`, failing on any symlink or `..` on the way.
+fn open_beneath(root: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
     };
+    Ok(openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+/// Removes `name` in `parent` if it is still the untouched stub `entry` describes.
+fn remove_stub_at(
+    parent: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    entry: &CreatedPath,
+) -> bool {
+    use rustix::fs::{statat, unlinkat, AtFlags, FileType};
+    let Ok(st) = statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return false;
+    };
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if entry.is_dir {
+        kind == FileType::Directory && unlinkat(parent, name, AtFlags::REMOVEDIR).is_ok()
+    } else {
+        kind == FileType::RegularFile
+            && st.st_size == 0
+            && unlinkat(parent, name, AtFlags::empty()).is_ok()
+    }
+}
+
+fn fd_mtime(fd: &std::os::fd::OwnedFd) -> Option<(i64, i64)> {
+    let st = rustix::fs::fstat(fd).ok()?;
+    Some((st.st_mtime as i64, st.st_mtime_nsec as i64))
+}
+
+fn set_fd_mtime(fd: &std::os::fd::OwnedFd, sec: i64, nsec: i64) -> std::io::Result<()> {
+    use rustix::fs::{futimens, Timespec, Timestamps};
     let times = Timestamps {
-        last_access: keep,
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
         last_modification: Timespec {
             tv_sec: sec,
             tv_nsec: nsec as _,
         },
     };
-    utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+    futimens(fd, &times)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
+        use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+        let keep = Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        };
+        let times = Timestamps {
+            last_access: keep,
+            last_modification: Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec as _,
+            },
+        };
+        utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
 
     #[test]
     fn untouched_stubs_are_removed_and_used_ones_kept() {
@@ -223,6 +290,42 @@ mod tests {
         assert!(root.path().join("etc").is_dir());
         assert!(!root.path().join("mnt").exists());
         assert!(root.path().join("work/out").exists());
+    }
+
+    #[test]
+    fn removal_never_follows_a_symlink_the_program_planted() {
+        let root = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir(host.path().join("cache")).unwrap();
+        std::fs::write(host.path().join("hosts"), "").unwrap();
+        set_mtime(host.path(), 1_000_000, 0).unwrap();
+        let record = root.path().join("created");
+        let mut tracker = Tracker::new(root.path(), Some(&record));
+        tracker
+            .create_dir_all(&root.path().join("mnt/cache"))
+            .unwrap();
+        tracker.create_file(&root.path().join("etc/hosts")).unwrap();
+        let created = read_created(&record);
+        // The step swaps the stub's parents for links to a host directory.
+        std::fs::remove_dir_all(root.path().join("mnt")).unwrap();
+        std::fs::remove_dir_all(root.path().join("etc")).unwrap();
+        symlink(host.path(), root.path().join("mnt")).unwrap();
+        symlink(host.path(), root.path().join("etc")).unwrap();
+        remove_stubs(root.path(), &created);
+        assert!(
+            host.path().join("cache").is_dir(),
+            "a host directory was removed"
+        );
+        assert!(
+            host.path().join("hosts").exists(),
+            "a host file was removed"
+        );
+        assert_eq!(
+            mtime_of(host.path()),
+            Some((1_000_000, 0)),
+            "a host mtime changed"
+        );
+        assert!(root.path().join("mnt").is_symlink());
     }
 
     #[test]

@@ -696,6 +696,23 @@ fn lock_wait(file: &File, exclusive: bool, cancel: &CancelToken) -> Result<bool>
 /// After the stubs are gone, directories that overlay copied up only to hold them are
 /// identical to their lower versions and empty in the upper dir: drop those too, so the
 /// layer does not carry them.
+/// Whether any proper ancestor of `rel` below `base` is a symbolic link (or missing).
+fn crosses_symlink(base: &Path, rel: &Path) -> bool {
+    let mut at = base.to_path_buf();
+    let mut components = rel.components().peekable();
+    while let Some(component) = components.next() {
+        if components.peek().is_none() {
+            return false;
+        }
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.is_dir() => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
 pub(crate) fn prune_copied_up_dirs(
     upper: &Path,
     lowers: &[PathBuf],
@@ -711,6 +728,10 @@ pub(crate) fn prune_copied_up_dirs(
     }
     // Deepest first.
     for rel in candidates.iter().rev() {
+        // The step may have swapped a directory on the way for a link to a host path.
+        if crosses_symlink(upper, rel) {
+            continue;
+        }
         let in_upper = upper.join(rel);
         let Ok(md) = std::fs::symlink_metadata(&in_upper) else {
             continue;
@@ -757,6 +778,34 @@ pub(crate) fn lower_dirs(mounts: &[snapshotter::Mount]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_never_follows_a_link_planted_in_the_upper_dir() {
+        let upper = tempfile::tempdir().unwrap();
+        let lower = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir(host.path().join("x")).unwrap();
+        std::fs::create_dir_all(lower.path().join("mnt/x")).unwrap();
+        // Make the lower's copy look exactly like the host directory.
+        let host_md = std::fs::metadata(host.path().join("x")).unwrap();
+        let times = std::fs::FileTimes::new().set_modified(host_md.modified().unwrap());
+        std::fs::File::open(lower.path().join("mnt/x"))
+            .unwrap()
+            .set_times(times)
+            .unwrap();
+        std::os::unix::fs::symlink(host.path(), upper.path().join("mnt")).unwrap();
+        let created = vec![executor::CreatedPath {
+            path: "mnt/x/stub".into(),
+            is_dir: true,
+            parent_mtime: None,
+            parent_mtime_after: None,
+        }];
+        prune_copied_up_dirs(upper.path(), &[lower.path().to_path_buf()], &created);
+        assert!(
+            host.path().join("x").is_dir(),
+            "a host directory was removed"
+        );
+    }
 
     #[test]
     fn relative_targets_are_below_the_working_directory() {
