@@ -19,6 +19,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Gid, Uid};
 
+use crate::beneath::RootDir;
 use crate::caps::CapSet;
 use crate::mounts::{mount_at, remount_bind};
 use crate::paths::resolve_in_root;
@@ -107,6 +108,8 @@ fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
 
 /// Paths in the helper's private state directory on the host.
 struct StatePaths {
+    /// The state directory itself (staging points for mounts live there).
+    state: PathBuf,
     rootfs: PathBuf,
     hosts: PathBuf,
     resolv_conf: PathBuf,
@@ -127,6 +130,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     let spec = request.spec;
     let paths = StatePaths {
+        state: request.state_dir.clone(),
         rootfs: request.state_dir.join("rootfs"),
         hosts: request.state_dir.join("hosts"),
         resolv_conf: request.state_dir.join("resolv.conf"),
@@ -223,16 +227,10 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     }
     bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
     bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf", &mut tracker)?;
+    let root_dir = RootDir::open(root).context("opening the rootfs")?;
     for m in &spec.mounts {
-        let target = resolve_in_root(root, &m.target)
-            .with_context(|| format!("resolving mount target {}", m.target))?;
-        create_mount_target(m, &target, &mut tracker)
-            .with_context(|| format!("creating mount target {}", m.target))?;
-        mount_at(m, &target).with_context(|| format!("mounting {}", m.target))?;
-        if !privileged {
-            remount_bind(&target, MsFlags::MS_NODEV)
-                .with_context(|| format!("making {} nodev", m.target))?;
-        }
+        add_mount(m, &root_dir, paths, privileged, &mut tracker)
+            .with_context(|| format!("mounting {}", m.target))?;
     }
     nix::unistd::sethostname(hostname_of(spec)).context("setting the hostname")?;
     if spec.readonly_rootfs {
@@ -542,18 +540,39 @@ fn bind_etc_file(
         .with_context(|| format!("making {container_path} read-only"))
 }
 
-/// Creates `target` as a directory, or as an empty file when binding a non-directory
-/// (a file or a socket).
-fn create_mount_target(m: &crate::Mount, target: &Path, tracker: &mut Tracker) -> Result<()> {
+/// Mounts `m` on a helper-owned staging point (where flags are applied by a path nobody else
+/// can change), then moves it onto its target, opened inside the root by descriptor. The
+/// target is a directory, or an empty file when binding a non-directory (a file, a socket).
+fn add_mount(
+    m: &crate::Mount,
+    root: &RootDir,
+    paths: &StatePaths,
+    privileged: bool,
+    tracker: &mut Tracker,
+) -> Result<()> {
     let is_bind = m.fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
     let source_is_dir = !is_bind
         || std::fs::metadata(&m.source)
             .with_context(|| format!("bind source {}", m.source))?
             .is_dir();
+    let target = root
+        .open_creating(&m.target, source_is_dir, tracker)
+        .context("creating the mount target")?;
+    let stage = paths.state.join(if source_is_dir {
+        "stage-dir"
+    } else {
+        "stage-file"
+    });
     if source_is_dir {
-        return Ok(tracker.create_dir_all(target)?);
+        std::fs::create_dir_all(&stage).context("creating the staging directory")?;
+    } else {
+        std::fs::write(&stage, "").context("creating the staging file")?;
     }
-    Ok(tracker.create_file(target)?)
+    mount_at(m, &stage)?;
+    if !privileged {
+        remount_bind(&stage, MsFlags::MS_NODEV).context("making the mount nodev")?;
+    }
+    crate::beneath::move_mount_to(&stage, &target).context("moving the mount onto its target")
 }
 
 fn ensure_dir_in_root(root: &Path, container_path: &str, tracker: &mut Tracker) -> Result<PathBuf> {

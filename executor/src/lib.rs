@@ -11,6 +11,7 @@
 //! a setup error message. The helper exits with the program's exit status (128+signal when it was
 //! killed by a signal).
 
+mod beneath;
 mod caps;
 mod cgroup;
 mod emulation;

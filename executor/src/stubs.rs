@@ -53,6 +53,16 @@ impl Tracker {
         self.root = root.to_path_buf();
     }
 
+    /// Records a path created by other means (descriptor-relative creation).
+    pub(crate) fn record_created(
+        &mut self,
+        host: &Path,
+        is_dir: bool,
+        parent_mtime: Option<(i64, i64)>,
+    ) {
+        self.record(host, is_dir, parent_mtime);
+    }
+
     fn record(&mut self, host: &Path, is_dir: bool, parent_mtime: Option<(i64, i64)>) {
         let parent_mtime_after = parent_mtime.and(host.parent().and_then(mtime_of));
         let (Some(out), Ok(rel)) = (self.out.as_mut(), host.strip_prefix(&self.root)) else {
@@ -223,7 +233,7 @@ fn remove_stub_at(
 
 fn fd_mtime(fd: &std::os::fd::OwnedFd) -> Option<(i64, i64)> {
     let st = rustix::fs::fstat(fd).ok()?;
-    Some((st.st_mtime as i64, st.st_mtime_nsec as i64))
+    Some((st.st_mtime, st.st_mtime_nsec as i64))
 }
 
 fn set_fd_mtime(fd: &std::os::fd::OwnedFd, sec: i64, nsec: i64) -> std::io::Result<()> {

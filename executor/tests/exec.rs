@@ -736,6 +736,56 @@ fn leaked_descriptors_never_reach_the_program() {
     assert!(!out.stdout.contains("(unreachable)"), "{}", out.stdout);
 }
 
+/// A parallel step sharing a cache mount swaps a directory on a mount target's path for a
+/// link to a host directory, again and again; no mkdir or mount may land outside the root.
+fn mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root() {
+    let rootfs = Rootfs::new();
+    let cache = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let flip = cache.path().join("flip");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (flip, outside, stop) = (flip.clone(), outside.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::create_dir(&flip);
+                let _ = std::fs::remove_dir_all(&flip);
+                let _ = symlink(&outside, &flip);
+                let _ = std::fs::remove_file(&flip);
+            }
+        })
+    };
+    for _ in 0..60 {
+        let mut spec = rootfs.bind_spec(&["true"]);
+        spec.mounts = vec![
+            Mount {
+                fstype: "bind".into(),
+                source: cache.path().to_string_lossy().into_owned(),
+                target: "/cache".into(),
+                options: vec!["rbind".into()],
+            },
+            Mount {
+                fstype: "tmpfs".into(),
+                source: "tmpfs".into(),
+                target: "/cache/flip/a/b/c/d/e/f/g/h/t".into(),
+                options: vec![],
+            },
+        ];
+        // Either outcome is fine (the target may vanish mid-setup); escaping is not.
+        let _ = run(&spec);
+        let escaped: Vec<_> = std::fs::read_dir(outside.path())
+            .unwrap()
+            .flatten()
+            .collect();
+        if !escaped.is_empty() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("created outside the root: {escaped:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    racer.join().unwrap();
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -916,6 +966,10 @@ fn main() {
         (
             "leaked_descriptors_never_reach_the_program",
             Box::new(leaked_descriptors_never_reach_the_program),
+        ),
+        (
+            "mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root",
+            Box::new(mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root),
         ),
         (
             "nothing_stays_mounted_on_the_host",
