@@ -1235,7 +1235,8 @@ fn a_killed_build_releases_its_locked_cache_and_leaves_no_process() {
         .join(hex_sha256(b"/lk"))
         .join("held");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !held.exists() {
+    // Its content, not just its name: the shell creates the file before echo writes to it.
+    while std::fs::read(&held).map_or(true, |content| content.is_empty()) {
         assert!(Instant::now() < deadline, "the step never ran");
         std::thread::sleep(Duration::from_millis(20));
     }

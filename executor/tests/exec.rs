@@ -697,6 +697,11 @@ fn pids_limit_caps_the_run_and_its_cgroup_goes_away() {
         out.stderr
     );
     assert_run_cgroups_gone();
+    // A cgroup left by a killed process (its pid is gone) is swept.
+    let stale = Path::new("/sys/fs/cgroup/pids/builder/999999999-0");
+    std::fs::create_dir(stale).unwrap();
+    executor::sweep_stale_cgroups();
+    assert!(!stale.exists(), "stale run cgroup was not swept");
 }
 
 fn assert_run_cgroups_gone() {
