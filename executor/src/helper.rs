@@ -189,6 +189,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     close_inherited_fds(status_fd.as_raw_fd())?;
     let confinement = Confinement::of(spec)?;
     crate::cgroup::join(&paths.cgroups).context("joining the run's cgroups")?;
+    crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
     let mut namespaces = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC

@@ -108,6 +108,10 @@ pub struct ExecSpec {
     /// Resource limits (a per-run cgroup).
     #[serde(default)]
     pub resources: CgroupSpec,
+    /// Cgroup directories made by the caller (e.g. a runtime's per-container cgroups), joined
+    /// after the run's own, before the container's cgroup namespace is created.
+    #[serde(default)]
+    pub cgroup_paths: Vec<std::path::PathBuf>,
 }
 
 /// The seccomp filter of a run.

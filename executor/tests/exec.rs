@@ -791,6 +791,48 @@ fn mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root() {
     racer.join().unwrap();
 }
 
+/// Hidden argument: call clone3 with no arguments and print the errno it gave.
+const CLONE3_ARG: &str = "__clone3-errno";
+
+/// Docker's profile answers clone3 with ENOSYS (so that glibc falls back to clone, which the
+/// profile can filter by flags); unfiltered, clone3 with a null argument gives EFAULT.
+fn clone3_is_enosys_under_the_default_profile() {
+    let rootfs = Rootfs::new();
+    let exe = std::env::current_exe().unwrap();
+    let mut binds: Vec<Mount> = ["/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|dir| Path::new(dir).exists())
+        .map(|dir| Mount {
+            fstype: "bind".into(),
+            source: dir.to_string(),
+            target: dir.to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        })
+        .collect();
+    binds.push(Mount {
+        fstype: "bind".into(),
+        source: exe.to_string_lossy().into_owned(),
+        target: "/probe".into(),
+        options: vec!["bind".into(), "ro".into()],
+    });
+    let errno_of = |seccomp: executor::Seccomp| {
+        let mut spec = rootfs.bind_spec(&["/probe", CLONE3_ARG]);
+        spec.mounts = binds.clone();
+        spec.security.seccomp = seccomp;
+        let out = run(&spec);
+        assert_eq!(out.result.expect("run"), 0, "{}", out.stderr);
+        out.stdout
+    };
+    assert_eq!(
+        errno_of(executor::Seccomp::Default),
+        format!("{}\n", libc::ENOSYS)
+    );
+    assert_eq!(
+        errno_of(executor::Seccomp::Unconfined),
+        format!("{}\n", libc::EFAULT)
+    );
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -874,6 +916,13 @@ type TestFn = Box<dyn Fn()>;
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(HELPER_ARG) {
         helper_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(CLONE3_ARG) {
+        // SAFETY: clone3 with a null argument only reads (and faults on) that pointer.
+        let rc = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 64usize) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        println!("{}", if rc < 0 { errno } else { 0 });
+        std::process::exit(0);
     }
     if std::env::args().nth(1).as_deref() == Some(RUN_CONTAINER_ARG) {
         let args: Vec<String> = std::env::args().collect();
@@ -975,6 +1024,10 @@ fn main() {
         (
             "mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root",
             Box::new(mount_targets_in_a_shared_cache_cannot_be_raced_out_of_the_root),
+        ),
+        (
+            "clone3_is_enosys_under_the_default_profile",
+            Box::new(clone3_is_enosys_under_the_default_profile),
         ),
         (
             "nothing_stays_mounted_on_the_host",
