@@ -186,13 +186,24 @@ pub(crate) fn mount_cgroupfs(target: &Path, writable: bool) -> Result<()> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     let hierarchies = cgroup_mounts(&table);
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))
-        .context("mounting a tmpfs on /sys/fs/cgroup")?;
     let ro = if writable {
         MsFlags::empty()
     } else {
         MsFlags::MS_RDONLY
     };
+    if hierarchies.iter().any(|(name, _, _)| name.is_empty()) {
+        // A pure cgroup v2 host: the unified hierarchy is /sys/fs/cgroup itself.
+        return mount(
+            Some("cgroup2"),
+            target,
+            Some("cgroup2"),
+            base | ro,
+            None::<&str>,
+        )
+        .context("mounting cgroup2 on /sys/fs/cgroup");
+    }
+    mount(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))
+        .context("mounting a tmpfs on /sys/fs/cgroup")?;
     for (name, fstype, data) in &hierarchies {
         let dir = target.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
