@@ -204,9 +204,18 @@ fn run_network_and_security_flags() {
     assert_eq!(output_exec(&l).0.network, NetworkMode::Host);
     let e = error("FROM busybox\nRUN --security=insecure true");
     assert!(
-        e.starts_with("Dockerfile:2:5:") && e.contains("entitlement"),
+        e.starts_with("Dockerfile:2:5:")
+            && e.contains("entitlement")
+            && e.contains("--allow security.insecure"),
         "{e}"
     );
+    assert!(!output_exec(&lowered("FROM busybox\nRUN true")).0.insecure);
+    let allowed = BuildOptions {
+        allow_insecure: true,
+        ..opts()
+    };
+    let l = lower_with("FROM busybox\nRUN --security=insecure true", &allowed, &[]).unwrap();
+    assert!(output_exec(&l).0.insecure);
     let e = error("FROM busybox\nRUN --network=nnoe true");
     assert!(e.contains("did you mean none?"), "{e}");
 }
