@@ -238,7 +238,16 @@ fn add_arches(filter: &mut ScmpFilterContext, profile: &Profile) -> Result<()> {
     for entry in &profile.arch_map {
         if arch_named(&entry.architecture) == Some(native) {
             arches.push(entry.architecture.clone());
-            arches.extend(entry.sub_architectures.iter().cloned());
+            // x32 is left out: it makes libseccomp's filter generation ~4x slower (16 of
+            // 22 ms per run here), Debian kernels run no x32 code unless booted with
+            // syscall.x32=y, and an architecture outside the filter is killed (fail-closed).
+            arches.extend(
+                entry
+                    .sub_architectures
+                    .iter()
+                    .filter(|a| a.as_str() != "SCMP_ARCH_X32")
+                    .cloned(),
+            );
         }
     }
     for name in arches {
