@@ -1,7 +1,7 @@
 //! `builder build`: parse, lower, solve, export.
 
 use crate::progress::{render, ProgressMode};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use exporter::image::{ImageConfig, Platform};
 use frontend::lower::{BuildOptions, ImageResolver};
 use solver::{Solver, SolverConfig};
@@ -77,6 +77,37 @@ pub struct BuildArgs {
     /// Run the build checks only, without building; exits non-zero on any warning.
     #[arg(long)]
     pub check: bool,
+    /// Print only the image id on stdout (no progress); errors still go to stderr.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Network for RUN steps: default, none, or host (needs --allow network.host).
+    #[arg(long, value_name = "default|none|host")]
+    pub network: Option<String>,
+    /// Grant an entitlement: network.host or security.insecure; may be repeated.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Add NAME:IP (or NAME=IP; IP may be host-gateway) to RUN's /etc/hosts; may be repeated.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// Resource limit for RUN, NAME=SOFT[:HARD] (e.g. nofile=1024:2048); may be repeated.
+    #[arg(long = "ulimit")]
+    pub ulimits: Vec<String>,
+    /// Size of RUN's /dev/shm (e.g. 128m, 2g, bytes; default 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// Annotation [TYPE[,TYPE][PLATFORM]:]KEY=VALUE, TYPE = manifest (default), index,
+    /// manifest-descriptor or index-descriptor; may be repeated.
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// Load the image into the local Docker engine (DOCKER_HOST or /var/run/docker.sock).
+    #[arg(long)]
+    pub load: bool,
+    /// Resolve base images against their registry even when the store has them.
+    #[arg(long)]
+    pub pull: bool,
+    /// What to do: build (default), check, outline or targets [,format=json].
+    #[arg(long = "call", value_name = "build|check|outline|targets")]
+    pub call: Option<String>,
     /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }
@@ -125,12 +156,21 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
+    let call = crate::build_flags::parse_call(args.call.as_deref(), args.check)?;
+    args.check = call == crate::build_flags::Call::Check;
+    if args.quiet {
+        args.progress = ProgressMode::Quiet;
+    }
+    let run_defaults = crate::build_flags::run_defaults(&args)?;
+    let annotations = exporter::Annotations::parse(&args.annotations).map_err(|e| anyhow!(e))?;
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
     let platforms = crate::platforms::requested(args.platform.as_deref())?
         .unwrap_or_else(|| vec![Platform::host()]);
     let multi = platforms.len() > 1;
+    crate::build_flags::check_load(args.load, platforms.len())?;
+    check_index_annotations(&annotations, multi)?;
     let mut outputs = args
         .outputs
         .iter()
@@ -180,6 +220,13 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         }
     };
 
+    if matches!(
+        call,
+        crate::build_flags::Call::Outline { .. } | crate::build_flags::Call::Targets { .. }
+    ) {
+        crate::build_flags::print_call(call, &ast, &source, args.target.as_deref(), &build_args)?;
+        return Ok(0);
+    }
     let host = Platform::host();
     let mut opts = BuildOptions {
         dockerfile_name: display_name.clone(),
@@ -192,6 +239,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         no_cache_stages,
         named_contexts: Default::default(),
         lint_all_stages: args.check && args.target.is_none(),
+        run: run_defaults,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -206,15 +254,18 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
     opts.named_contexts =
         crate::build_context::parse_build_contexts(root, &args.build_contexts, &mut locals)?;
-    let solver = Arc::new(Solver::new(SolverConfig {
-        root: root.to_path_buf(),
-        executor: executor::Executor::current_exe()?,
-        locals,
-        no_cache: args.no_cache,
-        progress: solver::progress::Progress::new(tx).with_terminal(terminal),
-        exec: exec_config,
-        layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
-    })?);
+    let solver = Arc::new(
+        Solver::new(SolverConfig {
+            root: root.to_path_buf(),
+            executor: executor::Executor::current_exe()?,
+            locals,
+            no_cache: args.no_cache,
+            progress: solver::progress::Progress::new(tx).with_terminal(terminal),
+            exec: exec_config,
+            layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
+        })?
+        .with_pull_always(args.pull),
+    );
 
     if !args.no_cache {
         crate::cache_flags::import_caches(&solver, &cache_from).await;
@@ -330,8 +381,18 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         outputs,
         source_date_epoch,
         inline_cache,
+        annotations,
     })
     .await?;
+    let loaded = match args.load {
+        true => Some(crate::build_flags::load_into_docker(
+            root,
+            &solver.content,
+            &manifest,
+            &args.tags,
+        )?),
+        false => None,
+    };
     let mut cache_exports = Vec::new();
     for to in &cache_to {
         if let Some(done) =
@@ -342,7 +403,8 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         }
     }
     if let Some(p) = &args.iidfile {
-        std::fs::write(p, &manifest.digest)?;
+        std::fs::write(p, &manifest.digest)
+            .with_context(|| format!("--iidfile: writing {}", p.display()))?;
     }
     if let Some(p) = &args.metadata_file {
         let meta = crate::cache_flags::Metadata {
@@ -354,6 +416,13 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     }
     drop(solver);
     let _ = renderer.await;
+    if args.quiet {
+        println!("{}", manifest.digest);
+        return Ok(0);
+    }
+    if let Some(loaded) = loaded {
+        eprintln!("loaded into the Docker engine: {loaded}");
+    }
     let for_platforms = if multi {
         let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
         format!(" for {}", names.join(", "))
@@ -368,6 +437,19 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         eprintln!("naming to {t}");
     }
     Ok(0)
+}
+
+/// `index:` and `index-descriptor:` annotations need an image index, which only a
+/// multi-platform build makes.
+fn check_index_annotations(annotations: &exporter::Annotations, multi: bool) -> Result<()> {
+    use exporter::AnnotationKind::{Index, IndexDescriptor};
+    if !multi && (annotations.has(Index) || annotations.has(IndexDescriptor)) {
+        bail!(
+            "--annotation index:/index-descriptor: a single-platform build makes no image index; \
+             use manifest: or manifest-descriptor:, or build several --platform values"
+        );
+    }
+    Ok(())
 }
 
 /// Reads and parses the Dockerfile; a parse error comes back as the message to show.

@@ -148,6 +148,7 @@ fn run(script: &str, inputs: Vec<usize>, mounts: Vec<ExecMount>) -> Vertex {
             user: String::new(),
             network: NetworkMode::Host,
             mounts,
+            ..Default::default()
         }),
         inputs,
         name: format!("RUN {script}"),

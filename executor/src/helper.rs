@@ -129,11 +129,8 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
     let hostname = hostname_of(&spec);
-    std::fs::write(
-        &paths.hosts,
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    )
-    .context("writing hosts file")?;
+    std::fs::write(&paths.hosts, hosts_file(hostname, &spec.extra_hosts))
+        .context("writing hosts file")?;
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
 
@@ -161,6 +158,16 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
             Ok(code)
         }
     }
+}
+
+/// The container's `/etc/hosts`: loopback names, then the extra entries in order.
+fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in extra {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
+    hosts
 }
 
 fn hostname_of(spec: &ExecSpec) -> &str {
@@ -198,7 +205,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     }
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
-    setup_dev(root, &mut tracker)?;
+    setup_dev(root, spec.shm_size, &mut tracker)?;
     setup_sys(root, &mut tracker)?;
     mask_paths(root)?;
     bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
@@ -234,6 +241,8 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     drop(tracker);
     nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
 
+    // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
+    crate::rlimits::apply(&spec.rlimits)?;
     let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).context("setting supplementary groups")?;
     nix::unistd::setgid(Gid::from_raw(user.gid))
@@ -270,7 +279,7 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
     .context("mounting /proc")
 }
 
-fn setup_dev(root: &Path, tracker: &mut Tracker) -> Result<()> {
+fn setup_dev(root: &Path, shm_size: Option<u64>, tracker: &mut Tracker) -> Result<()> {
     let dev = ensure_dir_in_root(root, "/dev", tracker)?;
     mount(
         Some("tmpfs"),
@@ -310,7 +319,7 @@ fn setup_dev(root: &Path, tracker: &mut Tracker) -> Result<()> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20)).as_str()),
     )
     .context("mounting /dev/shm")?;
     for (link, target) in [

@@ -15,6 +15,7 @@ mod emulation;
 mod helper;
 mod mounts;
 mod paths;
+mod rlimits;
 mod run;
 mod stubs;
 mod user;
@@ -95,6 +96,27 @@ pub struct ExecSpec {
     pub stdio: Stdio,
     /// Remount the rootfs read-only (the mounts on top of it keep their own modes).
     pub readonly_rootfs: bool,
+    /// Lines added to the container's `/etc/hosts`, as (name, address).
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits set before the program starts.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// Size of `/dev/shm` in bytes; `None` means 64 MiB, as docker.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// `RUN --security=insecure`: the caller checked the `security.insecure` entitlement;
+    /// the confinement applies less to such a process.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// One resource limit by docker's name (`nofile`, `nproc`, `core`, ...); -1 is unlimited.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rlimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// Why a run did not produce an exit code.
@@ -119,4 +141,32 @@ pub enum OutputStream {
     Stdout,
     /// The process's standard error.
     Stderr,
+}
+
+/// The host's address as docker's `host-gateway` means it for a container sharing the
+/// host's network: the source address of the default route (no packet is sent), or
+/// 127.0.0.1 when there is no default route.
+pub fn host_gateway_ip() -> std::net::IpAddr {
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let Some(gateway) = default_gateway() else {
+        return loopback;
+    };
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((gateway, 9)).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(loopback)
+}
+
+/// The IPv4 gateway of the default route, from `/proc/net/route`.
+fn default_gateway() -> Option<std::net::Ipv4Addr> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"00000000") {
+            return None;
+        }
+        // The kernel prints the address in host byte order.
+        let raw = u32::from_str_radix(fields.get(2)?, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(raw.to_le_bytes()))
+    })
 }

@@ -53,6 +53,8 @@ pub struct BuildOptions {
     /// Lower every stage, not only those the target needs, so that checks see them all
     /// (`build --check` without `--target`).
     pub lint_all_stages: bool,
+    /// Build-wide settings for `RUN` (`--network`, `--allow`, `--add-host`, ...).
+    pub run: crate::run_flags::RunDefaults,
 }
 
 /// An error in the Dockerfile, with its position.
