@@ -158,19 +158,11 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 
 pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
-    let call = crate::build_flags::parse_call(args.call.as_deref(), args.check)?;
-    args.check = call == crate::build_flags::Call::Check;
-    if args.quiet {
-        args.progress = ProgressMode::Quiet;
-    }
-    let run_defaults = crate::build_flags::run_defaults(&args)?;
-    let annotations = exporter::Annotations::parse(&args.annotations).map_err(|e| anyhow!(e))?;
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
     let platforms = crate::platforms::requested(args.platform.as_deref())?
         .unwrap_or_else(|| vec![Platform::host()]);
     let multi = platforms.len() > 1;
-    crate::build_flags::check_load(args.load, platforms.len())?;
-    check_index_annotations(&annotations, multi)?;
+    let flags = crate::build_flags::prepare(&mut args, platforms.len())?;
     let mut outputs = args
         .outputs
         .iter()
@@ -220,11 +212,7 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         }
     };
 
-    if matches!(
-        call,
-        crate::build_flags::Call::Outline { .. } | crate::build_flags::Call::Targets { .. }
-    ) {
-        crate::build_flags::print_call(call, &ast, &source, args.target.as_deref(), &build_args)?;
+    if crate::build_flags::print_call(flags.call, &ast, &source, &args.target, &build_args)? {
         return Ok(0);
     }
     let host = Platform::host();
@@ -239,7 +227,7 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         no_cache_stages,
         named_contexts: Default::default(),
         lint_all_stages: args.check && args.target.is_none(),
-        run: run_defaults,
+        run: flags.run,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -381,18 +369,13 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         outputs,
         source_date_epoch,
         inline_cache,
-        annotations,
+        annotations: flags.annotations,
     })
     .await?;
-    let loaded = match args.load {
-        true => Some(crate::build_flags::load_into_docker(
-            root,
-            &solver.content,
-            &manifest,
-            &args.tags,
-        )?),
-        false => None,
-    };
+    let loaded = args
+        .load
+        .then(|| crate::build_flags::load_into_docker(root, &solver.content, &manifest, &args.tags))
+        .transpose()?;
     let mut cache_exports = Vec::new();
     for to in &cache_to {
         if let Some(done) =
@@ -437,19 +420,6 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         eprintln!("naming to {t}");
     }
     Ok(0)
-}
-
-/// `index:` and `index-descriptor:` annotations need an image index, which only a
-/// multi-platform build makes.
-fn check_index_annotations(annotations: &exporter::Annotations, multi: bool) -> Result<()> {
-    use exporter::AnnotationKind::{Index, IndexDescriptor};
-    if !multi && (annotations.has(Index) || annotations.has(IndexDescriptor)) {
-        bail!(
-            "--annotation index:/index-descriptor: a single-platform build makes no image index; \
-             use manifest: or manifest-descriptor:, or build several --platform values"
-        );
-    }
-    Ok(())
 }
 
 /// Reads and parses the Dockerfile; a parse error comes back as the message to show.

@@ -7,8 +7,45 @@ use exporter::image::Descriptor;
 use frontend::run_flags::{self, RunDefaults};
 use std::path::Path;
 
+/// What the flags of this module ask of one build.
+pub struct FlagSettings {
+    pub call: Call,
+    pub run: RunDefaults,
+    pub annotations: exporter::Annotations,
+}
+
+/// Parses and checks the flags before anything runs; `-q` and `--call=check` adjust `args`.
+pub fn prepare(args: &mut BuildArgs, platforms: usize) -> Result<FlagSettings> {
+    let call = parse_call(args.call.as_deref(), args.check)?;
+    args.check = call == Call::Check;
+    if args.quiet {
+        args.progress = crate::progress::ProgressMode::Quiet;
+    }
+    check_load(args.load, platforms)?;
+    let annotations = exporter::Annotations::parse(&args.annotations).map_err(|e| anyhow!(e))?;
+    check_index_annotations(&annotations, platforms > 1)?;
+    Ok(FlagSettings {
+        call,
+        run: run_defaults(args)?,
+        annotations,
+    })
+}
+
+/// `index:` and `index-descriptor:` annotations need an image index, which only a
+/// multi-platform build makes.
+fn check_index_annotations(annotations: &exporter::Annotations, multi: bool) -> Result<()> {
+    use exporter::AnnotationKind::{Index, IndexDescriptor};
+    if !multi && (annotations.has(Index) || annotations.has(IndexDescriptor)) {
+        bail!(
+            "--annotation index:/index-descriptor: a single-platform build makes no image index; \
+             use manifest: or manifest-descriptor:, or build several --platform values"
+        );
+    }
+    Ok(())
+}
+
 /// `--network`, `--allow`, `--add-host`, `--ulimit`, `--shm-size` as RUN's defaults.
-pub fn run_defaults(args: &BuildArgs) -> Result<RunDefaults> {
+fn run_defaults(args: &BuildArgs) -> Result<RunDefaults> {
     let mut run = RunDefaults::default();
     for value in &args.allow {
         run.entitlements.allow(value).map_err(|e| anyhow!(e))?;
@@ -42,7 +79,7 @@ pub enum Call {
 }
 
 /// `--call=build|check|outline|targets[,format=json]` (and the older `--check`).
-pub fn parse_call(value: Option<&str>, check: bool) -> Result<Call> {
+fn parse_call(value: Option<&str>, check: bool) -> Result<Call> {
     let Some(value) = value else {
         return Ok(if check { Call::Check } else { Call::Build });
     };
@@ -65,14 +102,14 @@ pub fn parse_call(value: Option<&str>, check: bool) -> Result<Call> {
     })
 }
 
-/// Prints the answer to `--call=outline|targets`.
+/// Prints the answer to `--call=outline|targets`; false when the call is a build or check.
 pub fn print_call(
     call: Call,
     ast: &frontend::Ast,
     source: &[u8],
-    target: Option<&str>,
+    target: &Option<String>,
     build_args: &std::collections::BTreeMap<String, String>,
-) -> Result<()> {
+) -> Result<bool> {
     use frontend::call;
     let text = match call {
         Call::Targets { json } => {
@@ -83,23 +120,24 @@ pub fn print_call(
             }
         }
         Call::Outline { json } => {
-            let outline = call::outline(ast, source, target, build_args).map_err(|e| anyhow!(e))?;
+            let outline = call::outline(ast, source, target.as_deref(), build_args)
+                .map_err(|e| anyhow!(e))?;
             match json {
                 true => serde_json::to_string_pretty(&outline)?,
                 false => call::print_outline(&outline),
             }
         }
-        Call::Build | Call::Check => return Ok(()),
+        Call::Build | Call::Check => return Ok(false),
     };
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `--load` cannot put an image index into Docker 20.10's image store.
-pub fn check_load(load: bool, platforms: usize) -> Result<()> {
+fn check_load(load: bool, platforms: usize) -> Result<()> {
     if load && platforms > 1 {
         bail!(
             "--load: a multi-platform image cannot be loaded into the Docker engine (its image \

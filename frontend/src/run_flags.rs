@@ -48,9 +48,11 @@ impl Entitlements {
             match name {
                 "network.host" => self.network_host = true,
                 "security.insecure" => self.security_insecure = true,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "--allow {other:?}: invalid entitlement; use network.host or security.insecure"
-                )),
+                ))
+                }
             }
         }
         Ok(())
@@ -183,6 +185,8 @@ mod tests {
         );
         assert!(parse_add_host("nocolon", gw).is_err());
         assert!(parse_add_host(":1.2.3.4", gw).is_err());
+        // No second line can be smuggled into /etc/hosts through the name.
+        assert!(parse_add_host("a\n1.1.1.1 evil:1.2.3.4", gw).is_err());
     }
 
     #[test]
