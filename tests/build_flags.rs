@@ -241,6 +241,11 @@ fn call_targets_and_outline_print_as_buildx() {
     assert_eq!(json["name"], "build");
     assert_eq!(json["description"], "compiles everything");
     assert_eq!(json["args"][1]["value"], "fast");
+    // --call=check is --check: the build checks only, non-zero on a warning.
+    let linted = context(&[("Dockerfile", "FROM scratch as Build\n")]);
+    let out = store.run(&["build", "--call=check", linted.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("FromAsCasing") || stdout(&out).contains("FromAsCasing"));
     let out = store.run(&["build", "--call=lint", ctx.path().to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("--call \"lint\""));
 }
