@@ -385,8 +385,9 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
             cache_exports.push(done);
         }
     }
+    let image_id = crate::build_flags::image_id(&solver.content, &manifest);
     if let Some(p) = &args.iidfile {
-        std::fs::write(p, &manifest.digest)
+        std::fs::write(p, &image_id)
             .with_context(|| format!("--iidfile: writing {}", p.display()))?;
     }
     if let Some(p) = &args.metadata_file {
@@ -400,7 +401,7 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     drop(solver);
     let _ = renderer.await;
     if args.quiet {
-        println!("{}", manifest.digest);
+        println!("{image_id}");
         return Ok(0);
     }
     if let Some(loaded) = loaded {

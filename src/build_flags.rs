@@ -166,3 +166,14 @@ pub fn load_into_docker(
     let host = exporter::docker_engine::docker_host();
     exporter::docker_engine::load(&host, archive.path()).map_err(|e| anyhow!("--load: {e}"))
 }
+
+/// The image id as buildx reports it (`-q`, `--iidfile`): the config digest of a
+/// single-platform image, else the digest of the index.
+pub fn image_id(content: &exporter::ContentStore, image: &Descriptor) -> String {
+    content
+        .read_blob(&image.digest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<exporter::Manifest>(&bytes).ok())
+        .map(|manifest| manifest.config.digest)
+        .unwrap_or_else(|| image.digest.clone())
+}
