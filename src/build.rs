@@ -1,7 +1,7 @@
 //! `builder build`: parse, lower, solve, export.
 
 use crate::progress::{render, ProgressMode};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use exporter::image::{ImageConfig, Platform};
 use frontend::lower::{BuildOptions, ImageResolver};
 use solver::{Solver, SolverConfig};
@@ -59,10 +59,6 @@ pub struct BuildArgs {
     /// Do not use the cache for these stages (comma-separated; may be repeated).
     #[arg(long = "no-cache-filter")]
     pub no_cache_filter: Vec<String>,
-    /// Grant an entitlement: security.insecure (lets `RUN --security=insecure` run
-    /// unconfined); network.host is accepted (RUN uses the host network already).
-    #[arg(long = "allow")]
-    pub allow: Vec<String>,
     /// Write build result metadata (image digest, descriptor, names, cache) as JSON here.
     #[arg(long = "metadata-file")]
     pub metadata_file: Option<PathBuf>,
@@ -81,6 +77,37 @@ pub struct BuildArgs {
     /// Run the build checks only, without building; exits non-zero on any warning.
     #[arg(long)]
     pub check: bool,
+    /// Print only the image id on stdout (no progress); errors still go to stderr.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Network for RUN steps: default, none, or host (needs --allow network.host).
+    #[arg(long, value_name = "default|none|host")]
+    pub network: Option<String>,
+    /// Grant an entitlement: network.host or security.insecure; may be repeated.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Add NAME:IP (or NAME=IP; IP may be host-gateway) to RUN's /etc/hosts; may be repeated.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// Resource limit for RUN, NAME=SOFT[:HARD] (e.g. nofile=1024:2048); may be repeated.
+    #[arg(long = "ulimit")]
+    pub ulimits: Vec<String>,
+    /// Size of RUN's /dev/shm (e.g. 128m, 2g, bytes; default 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// Annotation [TYPE[,TYPE][PLATFORM]:]KEY=VALUE, TYPE = manifest (default), index,
+    /// manifest-descriptor or index-descriptor; may be repeated.
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// Load the image into the local Docker engine (DOCKER_HOST or /var/run/docker.sock).
+    #[arg(long)]
+    pub load: bool,
+    /// Resolve base images against their registry even when the store has them.
+    #[arg(long)]
+    pub pull: bool,
+    /// What to do: build (default), check, outline or targets [,format=json].
+    #[arg(long = "call", value_name = "build|check|outline|targets")]
+    pub call: Option<String>,
     /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }
@@ -129,12 +156,13 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
     let platforms = crate::platforms::requested(args.platform.as_deref())?
         .unwrap_or_else(|| vec![Platform::host()]);
     let multi = platforms.len() > 1;
+    let flags = crate::build_flags::prepare(&mut args, platforms.len())?;
     let mut outputs = args
         .outputs
         .iter()
@@ -184,6 +212,9 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         }
     };
 
+    if crate::build_flags::print_call(flags.call, &ast, &source, &args.target, &build_args)? {
+        return Ok(0);
+    }
     let host = Platform::host();
     let mut opts = BuildOptions {
         dockerfile_name: display_name.clone(),
@@ -196,7 +227,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         no_cache_stages,
         named_contexts: Default::default(),
         lint_all_stages: args.check && args.target.is_none(),
-        allow_insecure: parse_allow(&args.allow)?,
+        run: flags.run,
     };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -211,15 +242,18 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
     opts.named_contexts =
         crate::build_context::parse_build_contexts(root, &args.build_contexts, &mut locals)?;
-    let solver = Arc::new(Solver::new(SolverConfig {
-        root: root.to_path_buf(),
-        executor: executor::Executor::current_exe()?,
-        locals,
-        no_cache: args.no_cache,
-        progress: solver::progress::Progress::new(tx).with_terminal(terminal),
-        exec: exec_config,
-        layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
-    })?);
+    let solver = Arc::new(
+        Solver::new(SolverConfig {
+            root: root.to_path_buf(),
+            executor: executor::Executor::current_exe()?,
+            locals,
+            no_cache: args.no_cache,
+            progress: solver::progress::Progress::new(tx).with_terminal(terminal),
+            exec: exec_config,
+            layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
+        })?
+        .with_pull_always(args.pull),
+    );
 
     if !args.no_cache {
         crate::cache_flags::import_caches(&solver, &cache_from).await;
@@ -335,8 +369,13 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         outputs,
         source_date_epoch,
         inline_cache,
+        annotations: flags.annotations,
     })
     .await?;
+    let loaded = args
+        .load
+        .then(|| crate::build_flags::load_into_docker(root, &solver.content, &manifest, &args.tags))
+        .transpose()?;
     let mut cache_exports = Vec::new();
     for to in &cache_to {
         if let Some(done) =
@@ -346,8 +385,10 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
             cache_exports.push(done);
         }
     }
+    let image_id = crate::build_flags::image_id(&solver.content, &manifest);
     if let Some(p) = &args.iidfile {
-        std::fs::write(p, &manifest.digest)?;
+        std::fs::write(p, &image_id)
+            .with_context(|| format!("--iidfile: writing {}", p.display()))?;
     }
     if let Some(p) = &args.metadata_file {
         let meta = crate::cache_flags::Metadata {
@@ -359,6 +400,13 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     }
     drop(solver);
     let _ = renderer.await;
+    if args.quiet {
+        println!("{image_id}");
+        return Ok(0);
+    }
+    if let Some(loaded) = loaded {
+        eprintln!("loaded into the Docker engine: {loaded}");
+    }
     let for_platforms = if multi {
         let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
         format!(" for {}", names.join(", "))
@@ -470,17 +518,3 @@ fn solve_error(
     }
 }
 
-/// `--allow` entitlements (comma-separated or repeated); whether security.insecure is granted.
-fn parse_allow(values: &[String]) -> Result<bool> {
-    let mut insecure = false;
-    for value in values.iter().flat_map(|v| v.split(',')) {
-        match value.trim() {
-            "security.insecure" => insecure = true,
-            "network.host" => {}
-            other => anyhow::bail!(
-                "--allow {other:?}: unknown entitlement; use security.insecure or network.host"
-            ),
-        }
-    }
-    Ok(insecure)
-}

@@ -4,6 +4,7 @@
 
 mod build;
 mod build_context;
+mod build_flags;
 mod cache_flags;
 mod checks_output;
 mod cli;

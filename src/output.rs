@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use exporter::image::{Descriptor, ImageConfig, Platform};
-use exporter::{Compression, CompressionKind, LayerExportOptions};
+use exporter::{AnnotationKind, Annotations, Compression, CompressionKind, LayerExportOptions};
 use solver::{Ref, Solver};
 use std::collections::HashMap;
 use std::io::Write;
@@ -343,6 +343,8 @@ pub struct ExportRequest<'a> {
     /// `--cache-to type=inline`: the build graph and its results, whose cache records go
     /// into the image config.
     pub inline_cache: Option<InlineCache>,
+    /// `--annotation`s for the manifests, the index and their descriptors.
+    pub annotations: exporter::Annotations,
 }
 
 /// What an image with inline cache records is made from.
@@ -359,7 +361,9 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         mut outputs,
         source_date_epoch,
         inline_cache,
+        annotations,
     } = request;
+    let annotations = Arc::new(annotations);
     let targets = Arc::new(targets);
     let multi = targets.len() > 1;
     // -t alone means "into the local store", as with docker build.
@@ -403,8 +407,8 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         if made.contains_key(&format) {
             continue;
         }
-        let descriptor =
-            make_images(&solver, &targets, &created, format, inline_cache.as_ref()).await?;
+        let made_from = (&solver, &targets, &annotations);
+        let descriptor = make_images(made_from, &created, format, inline_cache.as_ref()).await?;
         made.insert(format, descriptor);
     }
 
@@ -540,15 +544,14 @@ fn format_of(output: &OutputSpec, source_date_epoch: Option<u64>) -> Result<Imag
 /// Writes each target's layers, config and manifest in `format`; returns the manifest
 /// descriptor, or for several targets the descriptor of an index over their manifests.
 async fn make_images(
-    solver: &Arc<Solver>,
-    targets: &Arc<Vec<ExportTarget>>,
+    (solver, targets, annotations): (&Arc<Solver>, &Arc<Vec<ExportTarget>>, &Arc<Annotations>),
     created: &Option<String>,
     format: ImageFormat,
     inline_cache: Option<&InlineCache>,
 ) -> Result<Descriptor> {
     let mut made = tokio::task::JoinSet::new();
     for position in 0..targets.len() {
-        let (solver, targets) = (solver.clone(), targets.clone());
+        let (solver, targets, annotations) = (solver.clone(), targets.clone(), annotations.clone());
         let (created, inline_cache) = (created.clone(), inline_cache.cloned());
         made.spawn_blocking(move || -> Result<(usize, Descriptor)> {
             let target = &targets[position];
@@ -559,6 +562,13 @@ async fn make_images(
                 format,
                 inline_cache.as_ref(),
             )?;
+            let config = &target.image;
+            let own_platform =
+                Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+            let platform = Some(target.platform.as_ref().unwrap_or(&own_platform));
+            let own = annotations.of(AnnotationKind::Manifest, platform);
+            manifest = exporter::annotate_document(&solver.content, &manifest, &own)?;
+            manifest.annotations = annotations.of(AnnotationKind::ManifestDescriptor, platform);
             if targets.len() > 1 {
                 manifest.platform = target.platform.clone();
             }
@@ -574,7 +584,11 @@ async fn make_images(
     if manifests.len() == 1 {
         return Ok(manifests.remove(0));
     }
-    Ok(exporter::write_index(&solver.content, &manifests)?)
+    let index = exporter::write_index(&solver.content, &manifests)?;
+    let own = annotations.of(AnnotationKind::Index, None);
+    let mut index = exporter::annotate_document(&solver.content, &index, &own)?;
+    index.annotations = annotations.of(AnnotationKind::IndexDescriptor, None);
+    Ok(index)
 }
 
 /// Dates each new history entry by the layer it made and the image by its last entry, as

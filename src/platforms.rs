@@ -21,6 +21,8 @@ pub fn requested(flag: Option<&str>) -> Result<Option<Vec<Platform>>> {
         let platform: Platform = part.parse().map_err(|_| {
             anyhow!("--platform {spec:?}: {part:?} is not os/arch[/variant], e.g. linux/arm64")
         })?;
+        frontend::platform_spec::check_target(&platform.os, &platform.architecture)
+            .map_err(|e| anyhow!("--platform {spec:?}: {e}"))?;
         if !platforms.iter().any(|p| p.matches(&platform)) {
             platforms.push(platform);
         }

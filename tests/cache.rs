@@ -294,11 +294,15 @@ fn metadata_file_matches_the_image() {
     );
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    assert_eq!(meta["containerimage.digest"], iid.as_str());
+    // --iidfile holds the image id, the config digest (as buildx).
+    assert_eq!(meta["containerimage.config.digest"], iid.as_str());
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&meta_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o644);
-    assert_eq!(meta["containerimage.descriptor"]["digest"], iid.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["digest"],
+        meta["containerimage.digest"]
+    );
     assert_eq!(
         meta["containerimage.descriptor"]["mediaType"],
         "application/vnd.oci.image.manifest.v1+json"

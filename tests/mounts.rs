@@ -148,7 +148,7 @@ fn run(script: &str, inputs: Vec<usize>, mounts: Vec<ExecMount>) -> Vertex {
             user: String::new(),
             network: NetworkMode::Host,
             mounts,
-            insecure: false,
+            ..Default::default()
         }),
         inputs,
         name: format!("RUN {script}"),

@@ -139,11 +139,8 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
     let hostname = hostname_of(&spec);
-    std::fs::write(
-        &paths.hosts,
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    )
-    .context("writing hosts file")?;
+    std::fs::write(&paths.hosts, hosts_file(hostname, &spec.extra_hosts))
+        .context("writing hosts file")?;
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
 
@@ -171,6 +168,16 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
             Ok(code)
         }
     }
+}
+
+/// The container's `/etc/hosts`: loopback names, then the extra entries in order.
+fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in extra {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
+    hosts
 }
 
 fn hostname_of(spec: &ExecSpec) -> &str {
@@ -221,7 +228,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     }
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
-    setup_dev(root, &mut tracker, privileged)?;
+    setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
         mask_paths(root)?;
@@ -256,6 +263,8 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
     enter_workdir(cwd)?;
+    // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
+    crate::rlimits::apply(&spec.rlimits)?;
 
     let env = build_env(&spec.env, user.home.as_deref());
     let program = find_program(&spec.args[0], &env)?;
@@ -285,7 +294,12 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
     .context("mounting /proc")
 }
 
-fn setup_dev(root: &Path, tracker: &mut Tracker, privileged: bool) -> Result<()> {
+fn setup_dev(
+    root: &Path,
+    shm_size: Option<u64>,
+    tracker: &mut Tracker,
+    privileged: bool,
+) -> Result<()> {
     let dev = ensure_dir_in_root(root, "/dev", tracker)?;
     // The bound device nodes are mounts of their own; nodes made in the tmpfs stay unusable.
     let nodev = if privileged {
@@ -331,7 +345,7 @@ fn setup_dev(root: &Path, tracker: &mut Tracker, privileged: bool) -> Result<()>
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20)).as_str()),
     )
     .context("mounting /dev/shm")?;
     for (link, target) in [

@@ -18,6 +18,7 @@ mod emulation;
 mod helper;
 mod mounts;
 mod paths;
+mod rlimits;
 mod run;
 mod seccomp;
 mod stubs;
@@ -112,6 +113,15 @@ pub struct ExecSpec {
     /// after the run's own, before the container's cgroup namespace is created.
     #[serde(default)]
     pub cgroup_paths: Vec<std::path::PathBuf>,
+    /// Lines added to the container's `/etc/hosts`, as (name, address).
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits set before the program starts.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// Size of `/dev/shm` in bytes; `None` means 64 MiB, as docker.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
 }
 
 /// The seccomp filter of a run.
@@ -142,6 +152,14 @@ pub struct Security {
     pub no_new_privileges: bool,
 }
 
+/// One resource limit by docker's name (`nofile`, `nproc`, `core`, ...); -1 is unlimited.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rlimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
 /// Why a run did not produce an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -164,4 +182,32 @@ pub enum OutputStream {
     Stdout,
     /// The process's standard error.
     Stderr,
+}
+
+/// The host's address as docker's `host-gateway` means it for a container sharing the
+/// host's network: the source address of the default route (no packet is sent), or
+/// 127.0.0.1 when there is no default route.
+pub fn host_gateway_ip() -> std::net::IpAddr {
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let Some(gateway) = default_gateway() else {
+        return loopback;
+    };
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((gateway, 9)).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(loopback)
+}
+
+/// The IPv4 gateway of the default route, from `/proc/net/route`.
+fn default_gateway() -> Option<std::net::Ipv4Addr> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"00000000") {
+            return None;
+        }
+        // The kernel prints the address in host byte order.
+        let raw = u32::from_str_radix(fields.get(2)?, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(raw.to_le_bytes()))
+    })
 }

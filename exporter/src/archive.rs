@@ -84,7 +84,9 @@ fn oci_index_entry(target: &Descriptor, ref_name: Option<&str>) -> Result<Descri
         platform: None,
         ..target.clone()
     };
-    entry.annotations.clear();
+    // Descriptor annotations (`--annotation manifest-descriptor:...`) stay; names are ours.
+    entry.annotations.remove(ANNOTATION_REF_NAME);
+    entry.annotations.remove(ANNOTATION_CONTAINERD_IMAGE_NAME);
     if let Some(name) = ref_name {
         let reference = Reference::parse(name)?;
         entry.annotations.insert(

@@ -1,10 +1,12 @@
 //! Images: OCI config/manifest/index types, layer compression, the local image store (tags),
 //! OCI layout and docker archives, and registry push/pull.
 
+pub mod annotations;
 mod archive;
 pub mod auth;
 pub mod compression;
 pub mod config;
+pub mod docker_engine;
 pub mod image;
 mod layer;
 mod load;
@@ -15,6 +17,7 @@ mod sources;
 mod store;
 mod time;
 
+pub use annotations::{annotate_document, AnnotationKind, Annotations};
 pub use archive::{
     export_docker_archive, export_docker_archive_multi, export_oci_archive,
     export_oci_archive_multi, export_oci_layout_dir,

@@ -1,8 +1,10 @@
 //! Dockerfile front end: parsing and shell-word expansion.
 
+pub mod call;
 pub mod checks;
 pub mod parser;
 pub mod platform_spec;
+pub mod run_flags;
 pub mod shell;
 mod stage_order;
 

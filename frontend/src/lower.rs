@@ -53,9 +53,8 @@ pub struct BuildOptions {
     /// Lower every stage, not only those the target needs, so that checks see them all
     /// (`build --check` without `--target`).
     pub lint_all_stages: bool,
-    /// The `security.insecure` entitlement (`--allow security.insecure`): `RUN
-    /// --security=insecure` runs unconfined instead of being refused.
-    pub allow_insecure: bool,
+    /// Build-wide settings for `RUN` (`--network`, `--allow`, `--add-host`, ...).
+    pub run: crate::run_flags::RunDefaults,
 }
 
 /// An error in the Dockerfile, with its position.

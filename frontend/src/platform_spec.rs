@@ -97,9 +97,35 @@ pub fn check(spec: &str, host_arch: &str) -> Result<String, String> {
     }
 }
 
+/// Checks that a build can target the platform: its OS and architecture are ones Go (and so
+/// BuildKit's images) knows, so a typo is not built as the host's architecture under a made-up
+/// name.
+pub fn check_target(os: &str, arch: &str) -> Result<(), String> {
+    if !KNOWN_OS.contains(&os) {
+        return Err(format!(
+            "unknown operating system {os:?}; e.g. linux, windows, freebsd"
+        ));
+    }
+    if !KNOWN_ARCH.contains(&arch) {
+        return Err(format!(
+            "unknown architecture {arch:?}; e.g. amd64, arm64, arm/v7, 386, ppc64le, s390x, riscv64"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, check_target};
+
+    #[test]
+    fn targets_must_be_known() {
+        assert!(check_target("linux", "arm64").is_ok());
+        assert!(check_target("linux", "nonsense")
+            .unwrap_err()
+            .contains("unknown architecture \"nonsense\""));
+        assert!(check_target("lnux", "amd64").is_err());
+    }
 
     #[test]
     fn follows_containerd_rules() {

@@ -210,14 +210,56 @@ fn run_network_and_security_flags() {
         "{e}"
     );
     assert!(!output_exec(&lowered("FROM busybox\nRUN true")).0.insecure);
-    let allowed = BuildOptions {
-        allow_insecure: true,
-        ..opts()
-    };
+    let mut allowed = opts();
+    allowed.run.entitlements.allow("security.insecure").unwrap();
     let l = lower_with("FROM busybox\nRUN --security=insecure true", &allowed, &[]).unwrap();
     assert!(output_exec(&l).0.insecure);
     let e = error("FROM busybox\nRUN --network=nnoe true");
     assert!(e.contains("did you mean none?"), "{e}");
+    let e = error("FROM busybox\nRUN --network=host true");
+    assert!(
+        e.starts_with("Dockerfile:2:5:") && e.contains("network.host is not allowed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn entitlements_and_build_wide_run_settings() {
+    let mut o = opts();
+    o.run
+        .entitlements
+        .allow("network.host,security.insecure")
+        .unwrap();
+    o.run.network = Some(NetworkMode::None);
+    o.run.extra_hosts = vec![("db".into(), "10.1.2.3".into())];
+    o.run.ulimits = vec![frontend::run_flags::parse_ulimit("nofile=100:200").unwrap()];
+    o.run.shm_size = Some(1 << 20);
+    let src = "FROM busybox\nRUN --network=host --security=insecure true\nRUN true";
+    let l = lower_with(src, &o, &[]).unwrap();
+    let (last, inputs) = output_exec(&l);
+    // The build-wide --network is RUN's default; the Dockerfile's flag wins.
+    assert_eq!(last.network, NetworkMode::None);
+    assert!(!last.insecure);
+    assert_eq!(last.extra_hosts, o.run.extra_hosts);
+    assert_eq!(last.ulimits, o.run.ulimits);
+    assert_eq!(last.shm_size, Some(1 << 20));
+    match op_of(&l, inputs[0]) {
+        Op::Exec(first) => {
+            assert_eq!(first.network, NetworkMode::Host);
+            assert!(first.insecure);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unset_run_settings_keep_op_digests() {
+    // Adding the settings must not change the cache keys of builds that do not use them.
+    let l = lowered("FROM busybox\nRUN true");
+    let json = serde_json::to_string(output_exec(&l).0).unwrap();
+    for field in ["insecure", "extra_hosts", "ulimits", "shm_size"] {
+        assert!(!json.contains(field), "{json}");
+    }
 }
 
 #[test]

@@ -87,7 +87,9 @@ pub enum MountKind {
 
 /// Runs a command with input 0 as its root filesystem; its result is the changed rootfs.
 /// A `target` of `""` on a secret mount means "env only".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The fields after `mounts` are left out of the serialised op when unset, so that digests
+/// (and cache keys) of ops that do not use them stay what they were.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOp {
     pub args: Vec<String>,
     pub env: Vec<String>,
@@ -95,10 +97,26 @@ pub struct ExecOp {
     pub user: String,
     pub network: NetworkMode,
     pub mounts: Vec<ExecMount>,
-    /// `RUN --security=insecure`: no confinement (every capability, no seccomp filter).
-    /// Left out of the serialised op when false, so existing cache keys stay as they were.
+    /// `RUN --security=insecure` (granted by the `security.insecure` entitlement).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// Extra `/etc/hosts` lines (`--add-host`), as (name, address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits (`--ulimit`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// Size of `/dev/shm` in bytes (`--shm-size`); `None` is the default 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+}
+
+/// One resource limit, by docker's name (`nofile`, `nproc`, ...); -1 is unlimited.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// Ownership for files created by a file op: numeric ids or names resolved in the destination.

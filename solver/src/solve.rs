@@ -98,6 +98,9 @@ pub struct Solver {
     layer_export: exporter::LayerExportOptions,
     /// Entries of the layers made as blobs in this process, for the stacking check.
     blob_listings: Mutex<HashMap<String, Arc<Vec<crate::rebase::LayerEntry>>>>,
+    /// `--pull`: base images named by tag are resolved against their registry even when
+    /// the store has the tag.
+    pull_always: bool,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -192,10 +195,17 @@ impl Solver {
             exec_config: cfg.exec,
             layer_export: cfg.layer_export,
             blob_listings: Default::default(),
+            pull_always: false,
         };
         solver.remove_stale_snapshots();
         crate::mounts::sweep_stale(&solver.root);
         Ok(solver)
+    }
+
+    /// `--pull`: re-resolve tagged base images against their registry.
+    pub fn with_pull_always(mut self, pull: bool) -> Self {
+        self.pull_always = pull;
+        self
     }
 
     pub(crate) fn cache_state(&self) -> &crate::cache::CacheState {
@@ -247,7 +257,12 @@ impl Solver {
             .parse()
             .map_err(|e| anyhow!("invalid platform {platform:?}: {e:?}"))?;
         let stored = r.digest.as_deref().filter(|d| self.content.has(d));
-        let target = match self.images.resolve(&r.full_name())? {
+        let local = if self.pull_always && r.digest.is_none() {
+            None
+        } else {
+            self.images.resolve(&r.full_name())?
+        };
+        let target = match local {
             Some(d) => d,
             // Pinned to something already in the store (e.g. loaded from an OCI layout).
             None if stored.is_some() => self.stored_descriptor(stored.unwrap_or_default())?,
@@ -256,11 +271,12 @@ impl Solver {
                 let d = client
                     .pull(&r, &platform, &self.content)
                     .await
-                    .map_err(|e| {
-                        anyhow!(
+                    .map_err(|e| match self.pull_always {
+                        true => anyhow!("pulling {} (--pull) failed: {e}", r.familiar_name()),
+                        false => anyhow!(
                             "{} not found locally, and pulling it failed: {e}",
                             r.familiar_name()
-                        )
+                        ),
                     })?;
                 if r.digest.is_none() {
                     self.images.tag(&r.full_name(), &d)?;
@@ -993,6 +1009,17 @@ impl Solver {
                     privileged: exec.insecure,
                     ..Default::default()
                 },
+                extra_hosts: exec.extra_hosts.clone(),
+                rlimits: exec
+                    .ulimits
+                    .iter()
+                    .map(|u| executor::Rlimit {
+                        name: u.name.clone(),
+                        soft: u.soft,
+                        hard: u.hard,
+                    })
+                    .collect(),
+                shm_size: exec.shm_size,
                 ..Default::default()
             };
             let progress = self.progress.clone();

@@ -214,7 +214,8 @@ pub(super) fn lower_run(
     let root = l.or_scratch(state.vertex);
     let mut inputs = vec![root];
     let mut mounts: Vec<ExecMount> = Vec::new();
-    let mut network = NetworkMode::Host;
+    let defaults = &l.opts.run;
+    let mut network = defaults.network.unwrap_or(NetworkMode::Host);
     let mut insecure = false;
     let mut ssh_count = 0;
     for (flag, raw) in &flags {
@@ -225,7 +226,15 @@ pub(super) fn lower_run(
         match flag.as_str() {
             "network" => {
                 network = match value.as_str() {
-                    "default" | "host" => NetworkMode::Host,
+                    "default" => NetworkMode::Host,
+                    "host" if defaults.entitlements.network_host => NetworkMode::Host,
+                    "host" => {
+                        return Err(l.err_near(
+                            ins,
+                            &needle,
+                            "network.host is not allowed: RUN --network=host needs the network.host entitlement (build flag --allow network.host)",
+                        ))
+                    }
                     "none" => NetworkMode::None,
                     other => {
                         let hint = suggest(other, ["default", "none", "host"])
@@ -241,12 +250,12 @@ pub(super) fn lower_run(
             }
             "security" => match value.as_str() {
                 "sandbox" => {}
-                "insecure" if l.opts.allow_insecure => insecure = true,
+                "insecure" if defaults.entitlements.security_insecure => insecure = true,
                 "insecure" => {
                     return Err(l.err_near(
                         ins,
                         &needle,
-                        "RUN --security=insecure needs the security.insecure entitlement, which is not enabled for this build (pass --allow security.insecure)",
+                        "security.insecure is not allowed: RUN --security=insecure needs the security.insecure entitlement (build flag --allow security.insecure)",
                     ))
                 }
                 other => {
@@ -332,6 +341,9 @@ pub(super) fn lower_run(
         network,
         mounts,
         insecure,
+        extra_hosts: defaults.extra_hosts.clone(),
+        ulimits: defaults.ulimits.clone(),
+        shm_size: defaults.shm_size,
     };
     let vertex = l.add(
         Vertex {
