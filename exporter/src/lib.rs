@@ -7,6 +7,7 @@ pub mod compression;
 pub mod config;
 pub mod image;
 mod layer;
+mod lenient;
 mod load;
 pub mod platform;
 pub mod reference;
