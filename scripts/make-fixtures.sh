@@ -164,6 +164,16 @@ EOF2
   save_dir attested
 }
 
+# A Docker manifest list (what `docker manifest push` and older registries serve): buildah's
+# list with its docker-format image, pushed in the v2s2 list format.
+make_docker_manifest_list() {
+  bah manifest create wild/docker-list >/dev/null
+  bah manifest add --tls-verify=false wild/docker-list "docker://$reg/wild/buildah-docker" >/dev/null
+  bah manifest push -q --all --format v2s2 --tls-verify=false wild/docker-list \
+    "docker://$reg/wild/docker-list"
+  save_dir docker-list
+}
+
 mkdir -p "$out"
 bash scripts/start-dockerd.sh
 start_registry
@@ -171,5 +181,6 @@ make_docker_images
 make_buildah_images
 make_skopeo_conversions
 make_attestation_index
+make_docker_manifest_list
 echo "fixtures written to $out:"
 du -sh "$out"/*

@@ -21,6 +21,7 @@ const FIXTURES: &[(&str, Option<(&str, &str)>)] = &[
     ("skopeo-oci", Some(("/committed.txt", "committed"))),
     ("skopeo-v2s2", Some(("/buildah.txt", "buildah"))),
     ("attested", Some(("/buildah.txt", "buildah"))),
+    ("docker-list", Some(("/buildah.txt", "buildah"))),
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -89,6 +89,7 @@ fn every_fixture_decodes() {
         "skopeo-oci",
         "skopeo-v2s2",
         "attested",
+        "docker-list",
     ] {
         let (manifest, config) = image(name);
         assert_eq!(
