@@ -457,6 +457,7 @@ impl RegistryClient {
         let mut report = PushReport::default();
         if is_index_media_type(&target.media_type) {
             let index: Index = read_json(content, target)?;
+            check_children_present(reference, &index, content)?;
             for child in &index.manifests {
                 if !is_manifest_media_type(&child.media_type) {
                     return Err(Error::UnsupportedMediaType(child.media_type.clone()));
@@ -1069,6 +1070,33 @@ async fn status_error(repository: &Repository, action: &str, response: Response)
         "{action}: {status}{method_hint}: {}{tls_hint}",
         body.trim()
     ))
+}
+
+/// An index pulled for one platform lacks the others' images: say which, and what to do,
+/// before anything is uploaded.
+fn check_children_present(
+    reference: &Reference,
+    index: &Index,
+    content: &ContentStore,
+) -> Result<()> {
+    let missing: Vec<String> = index
+        .manifests
+        .iter()
+        .filter(|child| !content.has(&child.digest))
+        .map(|child| match &child.platform {
+            Some(platform) => format!("{platform} ({})", child.digest),
+            None => child.digest.clone(),
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotFound(format!(
+        "cannot push {}: it is an index and these of its images were never pulled: {}; \
+         pull each with `builder pull --platform OS/ARCH`, or push one platform's image instead",
+        reference.familiar_name(),
+        missing.join(", ")
+    )))
 }
 
 #[cfg(test)]
