@@ -15,13 +15,17 @@ out=$(realpath -m "${1:-testdata/images}")
 docker=${DOCKER:-/usr/bin/docker} # Debian's docker.io client, the same 20.10 as the daemon
 work=$(mktemp -d)
 registry_pid=
+reg=
 buildah_ctrs=()
 cleanup() {
   for c in "${buildah_ctrs[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
   [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null || true
   "$docker" rm -f wild-fixture-commit >/dev/null 2>&1 || true
-  "$docker" rmi -f $("$docker" images -q --filter "reference=$reg/wild/*" 2>/dev/null) \
-    >/dev/null 2>&1 || true
+  # Twice: the base cannot go while the images built on it are still there.
+  for _ in 1 2; do
+    "$docker" images --format '{{.Repository}}:{{.Tag}}' --filter "reference=$reg/wild/*" 2>/dev/null |
+      xargs -r "$docker" rmi >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
