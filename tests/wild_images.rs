@@ -216,6 +216,32 @@ fn docker_import_image_runs_without_cmd_or_env() {
     assert_eq!(lines.len(), 2, "{printed}");
     assert!(lines[0].contains("/bin"), "a default PATH: {printed}");
     assert_eq!(lines[1], "0");
+    // As a named context too (`COPY --from` reads its layers through another path).
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nCOPY --from=imported /etc/passwd /copied\n",
+    )]);
+    let named = format!("imported=docker-image://{base}");
+    let based = format!("base=docker-image://{base}");
+    ok(
+        &store.build(
+            ctx.path(),
+            &[
+                "--build-context",
+                &named,
+                "--build-context",
+                &based,
+                "-t",
+                "named",
+            ],
+        ),
+        "build with named contexts",
+    );
+    let printed = ok(
+        &store.run(&["run", "--rm", "named", "cat", "/copied"]),
+        "run",
+    );
+    assert!(printed.starts_with("root:x:0:0:"), "{printed}");
     // No command at all: nothing to run, said plainly (no panic).
     let out = store.run(&["run", "--rm", &base]);
     assert!(!out.status.success());
