@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+use crate::lenient::null_default;
 use serde_json::{Map, Value};
 
 use crate::{Error, Result};
@@ -88,11 +90,11 @@ struct AuthEntry {
 
 #[derive(Serialize, Deserialize)]
 struct HelperCredential {
-    #[serde(rename = "ServerURL", default)]
+    #[serde(rename = "ServerURL", default, deserialize_with = "null_default")]
     server_url: String,
-    #[serde(rename = "Username", default)]
+    #[serde(rename = "Username", default, deserialize_with = "null_default")]
     username: String,
-    #[serde(rename = "Secret", default)]
+    #[serde(rename = "Secret", default, deserialize_with = "null_default")]
     secret: String,
 }
 
@@ -154,7 +156,9 @@ impl DockerConfig {
         else {
             return Ok(None);
         };
-        let entry: AuthEntry = serde_json::from_value(entry.clone())
+        // `"auths": {"host": null}` is an entry with nothing in it.
+        let entry: AuthEntry = serde_json::from_value::<Option<AuthEntry>>(entry.clone())
+            .map(Option::unwrap_or_default)
             .map_err(|e| Error::Config(format!("{}: auths.{key:?}: {e}", self.path.display())))?;
         if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
             return Ok(Some(Credential::IdentityToken(token)));
@@ -385,6 +389,28 @@ mod tests {
             Some(Credential::IdentityToken("refresh".into()))
         );
         assert_eq!(config.credentials("quay.io").unwrap(), None);
+    }
+
+    #[test]
+    fn null_entries_and_fields_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths":{"a.example":null,"b.example":{"auth":null,"identitytoken":null,
+                "username":"u","password":"p","email":null}},
+                "credsStore":null,"credHelpers":null,"HttpHeaders":null}"#,
+        )
+        .unwrap();
+        let config = DockerConfig::load_from(&path).unwrap();
+        assert_eq!(config.credentials("a.example").unwrap(), None);
+        assert_eq!(
+            config.credentials("b.example").unwrap(),
+            Some(Credential::Password {
+                user: "u".into(),
+                password: "p".into()
+            })
+        );
     }
 
     #[test]

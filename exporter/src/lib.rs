@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker_engine;
 pub mod image;
 mod layer;
+mod lenient;
 mod load;
 pub mod platform;
 pub mod reference;

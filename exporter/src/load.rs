@@ -34,6 +34,7 @@ struct DockerArchiveEntry {
     config: String,
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::lenient::null_default")]
     layers: Vec<String>,
 }
 

@@ -37,12 +37,43 @@ pub fn compatible(have: &Platform, wanted: &Platform) -> bool {
     rank(have, wanted).is_some()
 }
 
+/// Annotation BuildKit (>= 0.11) puts on an index entry that is not an image: its value is
+/// `attestation-manifest` for provenance/SBOM manifests.
+pub const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+/// Annotation naming the image manifest an attestation manifest describes.
+pub const ANNOTATION_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+
+/// True for an index entry that is BuildKit's attestation manifest, not a runnable image
+/// (whatever platform it claims: BuildKit writes `unknown/unknown`).
+pub fn is_attestation(entry: &Descriptor) -> bool {
+    entry
+        .annotations
+        .get(ANNOTATION_REFERENCE_TYPE)
+        .is_some_and(|kind| kind == "attestation-manifest")
+}
+
+/// The attestation manifests among `entries` that describe the image manifest `digest`.
+pub fn attestations_of<'a>(
+    entries: &'a [Descriptor],
+    digest: &'a str,
+) -> impl Iterator<Item = &'a Descriptor> + 'a {
+    entries.iter().filter(move |entry| {
+        is_attestation(entry)
+            && crate::image::is_manifest_media_type(&entry.media_type)
+            && entry
+                .annotations
+                .get(ANNOTATION_REFERENCE_DIGEST)
+                .map(String::as_str)
+                == Some(digest)
+    })
+}
+
 /// The manifest of `candidates` (an index's entries) best suited to `wanted`; entries
-/// without a platform or that are not image manifests (attestations) are skipped.
+/// without a platform, that are not image manifests, or that are attestations are skipped.
 pub fn best_match<'a>(candidates: &'a [Descriptor], wanted: &Platform) -> Option<&'a Descriptor> {
     candidates
         .iter()
-        .filter(|c| crate::image::is_manifest_media_type(&c.media_type))
+        .filter(|c| crate::image::is_manifest_media_type(&c.media_type) && !is_attestation(c))
         .filter_map(|c| Some((rank(c.platform.as_ref()?, wanted)?, c)))
         .min_by_key(|(rank, _)| *rank)
         .map(|(_, c)| c)
@@ -99,5 +130,30 @@ mod tests {
             best_match(&entries[..1], &p("linux/arm/v7")).map(|d| d.digest.as_str()),
             Some("sha256:v6")
         );
+    }
+
+    #[test]
+    fn attestation_manifests_are_never_selected_but_are_found_for_their_image() {
+        let attestation = |platform: &str, of: &str| {
+            let mut d = entry(platform, "sha256:att");
+            d.annotations.insert(
+                ANNOTATION_REFERENCE_TYPE.into(),
+                "attestation-manifest".into(),
+            );
+            d.annotations
+                .insert(ANNOTATION_REFERENCE_DIGEST.into(), of.into());
+            d
+        };
+        // Even one that claims the wanted platform (and comes first) is not an image.
+        let entries = [
+            attestation("linux/amd64", "sha256:amd64"),
+            entry("linux/amd64", "sha256:amd64"),
+            attestation("unknown/unknown", "sha256:amd64"),
+        ];
+        let pick = best_match(&entries, &p("linux/amd64")).map(|d| d.digest.as_str());
+        assert_eq!(pick, Some("sha256:amd64"));
+        assert_eq!(best_match(&entries[..1], &p("linux/amd64")), None);
+        assert_eq!(attestations_of(&entries, "sha256:amd64").count(), 2);
+        assert_eq!(attestations_of(&entries, "sha256:other").count(), 0);
     }
 }

@@ -357,30 +357,44 @@ impl RegistryClient {
                 content,
             )
             .await?;
-        let manifest_descriptor = if is_index_media_type(&top.media_type) {
+        let manifests = if is_index_media_type(&top.media_type) {
             let index: Index = read_json(content, &top)?;
             let chosen = select_manifest(&index, &top.digest, platform)?;
-            if !content.has(&chosen.digest) {
+            // The image and its attestations (BuildKit's provenance/SBOM manifests), so that
+            // the index pushes again as it came.
+            std::iter::once(chosen.clone())
+                .chain(crate::platform::attestations_of(&index.manifests, &chosen.digest).cloned())
+                .collect()
+        } else if is_manifest_media_type(&top.media_type) {
+            vec![top.clone()]
+        } else {
+            return Err(Error::UnsupportedMediaType(top.media_type));
+        };
+        for manifest_descriptor in &manifests {
+            if !content.has(&manifest_descriptor.digest) {
+                let digest = &manifest_descriptor.digest;
                 let fetched = self
-                    .fetch_manifest(
-                        repository,
-                        &scope,
-                        &chosen.digest,
-                        Some(&chosen.digest),
-                        content,
-                    )
+                    .fetch_manifest(repository, &scope, digest, Some(digest), content)
                     .await?;
                 if !is_manifest_media_type(&fetched.media_type) {
                     return Err(Error::UnsupportedMediaType(fetched.media_type));
                 }
             }
-            chosen
-        } else if is_manifest_media_type(&top.media_type) {
-            top.clone()
-        } else {
-            return Err(Error::UnsupportedMediaType(top.media_type));
-        };
-        let manifest: Manifest = read_json(content, &manifest_descriptor)?;
+            let manifest: Manifest = read_json(content, manifest_descriptor)?;
+            self.pull_blobs(repository, &scope, &manifest, content)
+                .await?;
+        }
+        Ok(top)
+    }
+
+    /// Fetches the config and layers of `manifest` that the content store lacks, a few at once.
+    async fn pull_blobs(
+        &self,
+        repository: &Repository,
+        scope: &str,
+        manifest: &Manifest,
+        content: &ContentStore,
+    ) -> Result<()> {
         let blobs: Vec<Descriptor> = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
             .cloned()
@@ -393,7 +407,7 @@ impl RegistryClient {
             let (client, repository, scope, content, blob) = (
                 self.clone(),
                 repository.clone(),
-                scope.clone(),
+                scope.to_string(),
                 content.clone(),
                 blob.clone(),
             );
@@ -414,7 +428,7 @@ impl RegistryClient {
                 &repository.name,
             );
         }
-        Ok(top)
+        Ok(())
     }
 
     /// Pushes a manifest/index with its blobs (skipping blobs the registry has via HEAD),
@@ -443,6 +457,7 @@ impl RegistryClient {
         let mut report = PushReport::default();
         if is_index_media_type(&target.media_type) {
             let index: Index = read_json(content, target)?;
+            check_children_present(reference, &index, content)?;
             for child in &index.manifests {
                 if !is_manifest_media_type(&child.media_type) {
                     return Err(Error::UnsupportedMediaType(child.media_type.clone()));
@@ -721,7 +736,7 @@ impl RegistryClient {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct MediaTypeField {
-            #[serde(default)]
+            #[serde(default, deserialize_with = "crate::lenient::null_default")]
             media_type: String,
         }
         let body_media_type = serde_json::from_slice::<MediaTypeField>(&bytes)
@@ -1055,6 +1070,33 @@ async fn status_error(repository: &Repository, action: &str, response: Response)
         "{action}: {status}{method_hint}: {}{tls_hint}",
         body.trim()
     ))
+}
+
+/// An index pulled for one platform lacks the others' images: say which, and what to do,
+/// before anything is uploaded.
+fn check_children_present(
+    reference: &Reference,
+    index: &Index,
+    content: &ContentStore,
+) -> Result<()> {
+    let missing: Vec<String> = index
+        .manifests
+        .iter()
+        .filter(|child| !content.has(&child.digest))
+        .map(|child| match &child.platform {
+            Some(platform) => format!("{platform} ({})", child.digest),
+            None => child.digest.clone(),
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotFound(format!(
+        "cannot push {}: it is an index and these of its images were never pulled: {}; \
+         pull each with `builder pull --platform OS/ARCH`, or push one platform's image instead",
+        reference.familiar_name(),
+        missing.join(", ")
+    )))
 }
 
 #[cfg(test)]

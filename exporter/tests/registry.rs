@@ -124,6 +124,19 @@ async fn pull_of_an_index_picks_the_requested_platform() {
     )
     .unwrap();
 
+    // Pushing it on names the missing platforms rather than one blob digest.
+    let copy = Reference::parse(&format!("{}/partial:latest", registry.host())).unwrap();
+    let err = RegistryClient::new()
+        .push(&copy, &pulled, &fresh)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux/amd64") && err.contains("--platform"),
+        "{err}"
+    );
+    assert!(!err.contains("linux/arm64"), "{err}");
+
     let err = RegistryClient::new()
         .pull(&reference, &"linux/s390x".parse().unwrap(), &fresh)
         .await

@@ -1,4 +1,4 @@
-//! Runs BuildKit's own parser and shell-expansion vectors (see shared/conformance/README.md).
+//! Runs BuildKit's own parser and shell-expansion vectors (vendored in testdata/conformance; see its README.md).
 
 use std::collections::HashMap;
 use std::fs;
@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use frontend::parser::parse;
 use frontend::shell::Expander;
 
-/// The conformance folder; `BUILDER_CONFORMANCE_DIR` overrides the default. Panics if missing.
+/// The conformance folder (`testdata/conformance` of this repository);
+/// `BUILDER_CONFORMANCE_DIR` overrides it. Panics if missing.
 fn conformance_dir() -> PathBuf {
     let dir = std::env::var_os("BUILDER_CONFORMANCE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/conformance/"
+                "/../testdata/conformance/"
             ))
         });
     assert!(
