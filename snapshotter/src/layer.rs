@@ -615,14 +615,8 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
                 let (file_type, dev) = if kind == tar::EntryType::Fifo {
                     (FileType::Fifo, 0)
                 } else {
-                    let major = header
-                        .device_major()
-                        .ctx(|| format!("device major of {display}"))?
-                        .unwrap_or(0);
-                    let minor = header
-                        .device_minor()
-                        .ctx(|| format!("device minor of {display}"))?
-                        .unwrap_or(0);
+                    let (major, minor) =
+                        device_numbers(header).ctx(|| format!("device number of {display}"))?;
                     let ft = if kind == tar::EntryType::Char {
                         FileType::CharacterDevice
                     } else {
@@ -743,6 +737,24 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<E
         },
         xattrs,
     })
+}
+
+/// The (major, minor) device numbers of a tar header; an all-NUL or blank field is 0, as Go's
+/// archive/tar (and so BuildKit) reads it. GNU tar and Python's tarfile leave them NUL.
+pub fn device_numbers(header: &tar::Header) -> std::io::Result<(u32, u32)> {
+    let bytes = header.as_bytes();
+    let blank = |field: &[u8]| field.iter().all(|b| *b == 0 || *b == b' ');
+    let major = if blank(&bytes[329..337]) {
+        0
+    } else {
+        header.device_major()?.unwrap_or(0)
+    };
+    let minor = if blank(&bytes[337..345]) {
+        0
+    } else {
+        header.device_minor()?.unwrap_or(0)
+    };
+    Ok((major, minor))
 }
 
 /// A header number; an all-blank field counts as 0, as Go's archive/tar reads it.

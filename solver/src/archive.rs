@@ -4,7 +4,7 @@
 
 use crate::fileop::{clean_rel, ensure_dir, resolve_in_root, Owner};
 use anyhow::{anyhow, bail, Context as _, Result};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,9 +32,9 @@ fn compression_of(magic: &[u8]) -> Format {
     }
 }
 
-/// A reader of the decompressed bytes of `file`.
-fn decompressed(file: std::fs::File, format: Format) -> Result<Box<dyn Read>> {
-    let buffered = BufReader::new(file);
+/// A reader of the decompressed bytes of `input`.
+fn decompressed(input: impl Read + Send + 'static, format: Format) -> Result<Box<dyn Read>> {
+    let buffered = BufReader::new(input);
     Ok(match format {
         Format::Plain => Box::new(buffered),
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
@@ -83,13 +83,18 @@ fn is_tar_header(block: &[u8]) -> bool {
 
 /// The archive format of `path`, or `None` when it is not a (compressed) tar archive.
 pub fn detect(path: &Path) -> Result<Option<Format>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    detect_in(file).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`detect`] for any seekable input (read from its current position, then rewound there).
+pub fn detect_in(mut input: impl Read + Seek + Send + 'static) -> Result<Option<Format>> {
+    let start = input.stream_position()?;
     let mut magic = [0u8; 6];
-    let n = read_full(&mut file, &mut magic)?;
+    let n = read_full(&mut input, &mut magic)?;
     let format = compression_of(&magic[..n]);
-    let file = std::fs::File::open(path)?;
-    let mut reader = match decompressed(file, format) {
+    input.seek(SeekFrom::Start(start))?;
+    let mut reader = match decompressed(input, format) {
         Ok(r) => r,
         Err(_) => return Ok(None),
     };
@@ -216,10 +221,14 @@ pub fn extract(
             } else {
                 rustix::fs::FileType::BlockDevice
             };
-            let dev = rustix::fs::makedev(
-                header.device_major()?.unwrap_or(0),
-                header.device_minor()?.unwrap_or(0),
-            );
+            // A FIFO has no device number; GNU tar and Python leave the fields NUL.
+            let dev = if kind.is_fifo() {
+                0
+            } else {
+                let (major, minor) = snapshotter::layer::device_numbers(&header)
+                    .with_context(|| format!("device number of {name}"))?;
+                rustix::fs::makedev(major, minor)
+            };
             rustix::fs::mknodat(
                 rustix::fs::CWD,
                 &target,
