@@ -777,15 +777,16 @@ fn du_counts_unfinished_uploads_and_prune_removes_only_abandoned_ones() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !Command::new("flock")
-        .args(["-n", "-E", "99"])
-        .arg(ingest.join("live"))
-        .arg("true")
-        .status()
-        .unwrap()
-        .code()
-        .is_some_and(|c| c == 99)
-    {
+    let held = || {
+        let probe = Command::new("flock")
+            .args(["-n", "-E", "99"])
+            .arg(ingest.join("live"))
+            .arg("true")
+            .status()
+            .unwrap();
+        probe.code() == Some(99)
+    };
+    while !held() {
         assert!(start.elapsed() < Duration::from_secs(5), "flock never held");
         std::thread::sleep(Duration::from_millis(20));
     }
