@@ -105,12 +105,24 @@ fn context_file_names_that_are_not_utf8_are_copied_as_they_are() {
     use std::os::unix::ffi::OsStrExt;
     let ctx = context(&[(
         "Dockerfile",
-        "FROM busybox\nCOPY . /x\nRUN ls /x && for f in /x/*; do echo \"$f\"; done | od -An -b && cat /x/sub/*\n",
+        "FROM busybox\nCOPY . /x\nADD names.tar /t/\n\
+         RUN for f in /x/*; do echo \"$f\"; done | od -An -b && cat /x/sub/* /t/*\n",
     )]);
     let name = std::ffi::OsStr::from_bytes(b"\xff\xfe");
     std::fs::write(ctx.path().join(name), "raw name\n").unwrap();
     std::fs::create_dir(ctx.path().join("sub")).unwrap();
     std::fs::write(ctx.path().join("sub").join(name), "below\n").unwrap();
+    // An archive holding the name too, made by GNU tar, for ADD to extract.
+    let packed = tempfile::tempdir().unwrap();
+    std::fs::write(packed.path().join(name), "from the tar\n").unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(ctx.path().join("names.tar"))
+            .arg("-C")
+            .arg(packed.path())
+            .arg(name),
+    );
     let store = Store::with_busybox();
     let dest = ctx.path().join("out.tar");
     let out = store.build(
@@ -128,10 +140,12 @@ fn context_file_names_that_are_not_utf8_are_copied_as_they_are() {
         log.contains("below"),
         "the file below sub/ was not copied:\n{log}"
     );
+    assert!(log.contains("from the tar"), "ADD lost the name:\n{log}");
     // GNU tar lists names that are not UTF-8 with octal escapes.
     let listing = tar_listing(&dest);
     listed(&listing, "x/\\377\\376");
     listed(&listing, "x/sub/\\377\\376");
+    listed(&listing, "t/\\377\\376");
     let unpacked = tempfile::tempdir().unwrap();
     untar_into(&dest, unpacked.path());
     let copied = unpacked.path().join("x").join(name);

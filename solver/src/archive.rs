@@ -2,9 +2,12 @@
 //! extraction that stays inside the destination root whatever the archive
 //! holds (absolute names, `..`, symlinks planted by the archive or the image).
 
-use crate::fileop::{clean_rel, ensure_dir, resolve_in_root, Owner};
+use crate::fileop::{
+    clean_rel_bytes, ensure_dir, join_rel, match_text, rel_path, resolve_in_root, Owner,
+};
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -138,29 +141,32 @@ pub fn extract(
     let dest_rel = dest_dir
         .strip_prefix(root)
         .map_err(|_| anyhow!("{} is outside the root", dest_dir.display()))?
-        .to_string_lossy()
-        .to_string();
+        .as_os_str()
+        .as_bytes()
+        .to_vec();
     let file = std::fs::File::open(archive)?;
     let mut tar = tar::Archive::new(decompressed(file, format)?);
     // Directory times are set last: creating entries inside would change them.
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     for entry in tar.entries()? {
         let mut entry = entry?;
-        let name = entry.path()?.to_string_lossy().to_string();
-        let rel = clean_rel(&name);
+        // Names are bytes: they need not be UTF-8.
+        let raw_name = entry.path_bytes().into_owned();
+        let name = match_text(&raw_name).into_owned();
+        let rel = clean_rel_bytes(&raw_name);
         if rel.is_empty() {
             continue;
         }
         // Resolve the parent inside the root (following the image's and the archive's
         // symlinks as if the root were /), then create the last component without following.
-        let (parent_rel, base) = match rel.rsplit_once('/') {
-            Some((p, b)) => (format!("{dest_rel}/{p}"), b.to_string()),
+        let (parent_rel, base) = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (join_rel(&dest_rel, &rel[..i]), rel[i + 1..].to_vec()),
             None => (dest_rel.clone(), rel.clone()),
         };
         let parent = resolve_in_root(root, &parent_rel, true)?;
         // Directories the archive implies but does not list belong to root, whatever --chown says.
         ensure_dir(root, &parent, None)?;
-        let target = parent.join(&base);
+        let target = parent.join(rel_path(&base));
         let header = entry.header().clone();
         let raw_mode = header.mode().unwrap_or(0o644) & 0o7777;
         let kind = header.entry_type();
@@ -206,37 +212,16 @@ pub fn extract(
             set_owner_mode(&target, uid, gid, None)?;
         } else if kind.is_hard_link() {
             let link = entry
-                .link_name()?
-                .ok_or_else(|| anyhow!("hardlink {name} has no target"))?;
-            let link_rel = format!("{dest_rel}/{}", clean_rel(&link.to_string_lossy()));
+                .link_name_bytes()
+                .ok_or_else(|| anyhow!("hardlink {name} has no target"))?
+                .into_owned();
+            let link_rel = join_rel(&dest_rel, &clean_rel_bytes(&link));
             let existing = resolve_in_root(root, &link_rel, false)?;
             std::fs::hard_link(&existing, &target)
-                .with_context(|| format!("linking {name} to {}", link.to_string_lossy()))?;
+                .with_context(|| format!("linking {name} to {}", match_text(&link)))?;
             continue;
         } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            let file_type = if kind.is_fifo() {
-                rustix::fs::FileType::Fifo
-            } else if kind.is_character_special() {
-                rustix::fs::FileType::CharacterDevice
-            } else {
-                rustix::fs::FileType::BlockDevice
-            };
-            // A FIFO has no device number; GNU tar and Python leave the fields NUL.
-            let dev = if kind.is_fifo() {
-                0
-            } else {
-                let (major, minor) = snapshotter::layer::device_numbers(&header)
-                    .with_context(|| format!("device number of {name}"))?;
-                rustix::fs::makedev(major, minor)
-            };
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &target,
-                file_type,
-                rustix::fs::Mode::from_raw_mode(mode),
-                dev,
-            )
-            .with_context(|| format!("creating {}", target.display()))?;
+            make_node(&header, &target, mode).with_context(|| format!("extracting {name}"))?;
             set_owner_mode(&target, uid, gid, Some(mode))?;
         } else if kind.is_pax_global_extensions() || kind.is_gnu_longname() {
             continue;
@@ -250,6 +235,33 @@ pub fn extract(
         set_mtime(dir, *mtime)?;
     }
     Ok(())
+}
+
+/// Creates the FIFO or device node a tar header describes (as root, devices too, like Docker).
+fn make_node(header: &tar::Header, target: &Path, mode: u32) -> Result<()> {
+    let kind = header.entry_type();
+    let file_type = if kind.is_fifo() {
+        rustix::fs::FileType::Fifo
+    } else if kind.is_character_special() {
+        rustix::fs::FileType::CharacterDevice
+    } else {
+        rustix::fs::FileType::BlockDevice
+    };
+    // A FIFO has no device number; GNU tar and Python leave the fields NUL.
+    let dev = if kind.is_fifo() {
+        0
+    } else {
+        let (major, minor) = snapshotter::layer::device_numbers(header)?;
+        rustix::fs::makedev(major, minor)
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        target,
+        file_type,
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )
+    .with_context(|| format!("creating {}", target.display()))
 }
 
 /// `SCHILY.xattr.user.*` records of an entry's PAX header.
