@@ -196,6 +196,21 @@ fn a_context_nested_1000_deep_builds_and_10000_deep_fails_clearly() {
     let deepest = format!("x/{}deepest", "d/".repeat(1000));
     assert!(listed(&listing, &deepest).starts_with('-'));
     remove_deep(ctx.path());
+    // du and prune walk the deep snapshots too.
+    let du = store.run(&["du"]);
+    assert!(du.status.success(), "du: {}", stderr(&du));
+    let prune = store.run(&["prune", "-af"]);
+    assert!(prune.status.success(), "prune: {}", stderr(&prune));
+    assert!(
+        std::process::Command::new("find")
+            .arg(store.root())
+            .args(["-name", "deepest"])
+            .output()
+            .unwrap()
+            .stdout
+            .is_empty(),
+        "prune left the deep tree behind"
+    );
 
     // 10,000 levels: a path of 20 kB, which no system call accepts (Docker fails too).
     let ctx = context(&[("Dockerfile", "FROM busybox\nCOPY . /x\n")]);
