@@ -121,6 +121,9 @@ pub fn prune(root: &Path, args: PruneArgs) -> Result<i32> {
         render_entries(&mut out, &report.removed, false);
     }
     for (kind, (count, bytes, _, _)) in &gc::totals(&report.removed) {
+        if *kind == EntryKind::Upload {
+            continue; // reported below, as abandoned uploads
+        }
         let _ = writeln!(
             out,
             "Removed {count} {}: {}",

@@ -763,3 +763,66 @@ fn prune_on_a_terminal_asks_first() {
     assert!(accepted.contains("Total reclaimed space"), "{accepted}");
     assert_eq!(snapshot_keys(&store).len(), 1, "only busybox's layer stays");
 }
+
+#[test]
+fn du_counts_unfinished_uploads_and_prune_removes_only_abandoned_ones() {
+    let store = Store::with_busybox();
+    // An upload a killed pull left behind, and one a live writer (flock) still holds.
+    let ingest = store.root().join("content/ingest");
+    std::fs::write(ingest.join("abandoned"), vec![0u8; 8192]).unwrap();
+    std::fs::write(ingest.join("live"), vec![0u8; 1000]).unwrap();
+    let mut writer = Command::new("flock")
+        .arg(ingest.join("live"))
+        .args(["sleep", "10"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let held = || {
+        let probe = Command::new("flock")
+            .args(["-n", "-E", "99"])
+            .arg(ingest.join("live"))
+            .arg("true")
+            .status()
+            .unwrap();
+        probe.code() == Some(99)
+    };
+    while !held() {
+        assert!(start.elapsed() < Duration::from_secs(5), "flock never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let entries = du(&store);
+    let upload = |id: &str| {
+        entries
+            .iter()
+            .find(|e| e["kind"] == "upload" && e["id"] == id)
+            .unwrap_or_else(|| panic!("no upload {id} in du: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(upload("abandoned")["size"], 8192);
+    assert_eq!(upload("abandoned")["reclaimable"], true);
+    assert_eq!(upload("live")["size"], 1000);
+    assert_eq!(upload("live")["reclaimable"], false);
+    assert_eq!(upload("live")["kept_for"], "in use");
+    let table = stdout(&store.run(&["du"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("unfinished uploads"))
+        .unwrap_or_else(|| panic!("no uploads row: {table}"));
+    assert!(row.split_whitespace().nth(2) == Some("2"), "{row}");
+
+    let out = prune(&store, &["-f"]);
+    assert!(
+        stdout(&out).contains("Removed abandoned uploads: 8.2kB"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!ingest.join("abandoned").exists());
+    assert!(ingest.join("live").exists(), "a live upload stays");
+    assert_eq!(
+        ids_of(&du(&store), "upload"),
+        BTreeSet::from(["live".into()])
+    );
+    let _ = writer.kill();
+    let _ = writer.wait();
+}

@@ -166,6 +166,51 @@ impl ContentStore {
     pub fn remove_abandoned_ingests(&self) -> u64 {
         remove_stale_ingests_older_than(&self.inner.ingest, Duration::ZERO)
     }
+
+    /// The unfinished uploads in the ingest dir, each marked live if a writer still holds it.
+    pub fn ingests(&self) -> Vec<Ingest> {
+        let Ok(entries) = std::fs::read_dir(&self.inner.ingest) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Ingest> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok().filter(|m| m.is_file())?;
+                let path = entry.path();
+                let live = File::open(&path).is_ok_and(|f| {
+                    rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_err()
+                });
+                Some(Ingest {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    path,
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    live,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes one ingest file unless a live writer holds it; returns the bytes freed.
+    pub fn remove_ingest_if_abandoned(&self, name: &str) -> u64 {
+        if name.contains('/') || name.starts_with('.') {
+            return 0;
+        }
+        remove_if_abandoned(&self.inner.ingest.join(name))
+    }
+}
+
+/// An upload staged in the ingest dir: a live writer's, or one a killed process left behind.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// A writer holds its lock.
+    pub live: bool,
 }
 
 /// Best effort: removes ingest files left by killed writers.
@@ -180,7 +225,6 @@ fn remove_stale_ingests_older_than(ingest: &Path, min_age: Duration) -> u64 {
     let now = SystemTime::now();
     let mut freed = 0;
     for entry in entries.flatten() {
-        let path = entry.path();
         let Ok(meta) = entry.metadata() else {
             continue;
         };
@@ -189,19 +233,26 @@ fn remove_stale_ingests_older_than(ingest: &Path, min_age: Duration) -> u64 {
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age >= min_age);
-        if !old {
-            continue;
-        }
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
-            && std::fs::remove_file(&path).is_ok()
-        {
-            freed += meta.len();
+        if old {
+            freed += remove_if_abandoned(&entry.path());
         }
     }
     freed
+}
+
+/// Removes an ingest file whose lock no writer holds; returns its size if removed.
+fn remove_if_abandoned(path: &Path) -> u64 {
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    let size = file.metadata().map_or(0, |m| m.len());
+    if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
+        && std::fs::remove_file(path).is_ok()
+    {
+        size
+    } else {
+        0
+    }
 }
 
 /// An in-progress blob upload; dropping it without `commit` discards the data.

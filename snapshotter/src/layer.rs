@@ -99,59 +99,126 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// A step of the diff walk. The walk keeps its own stack of these (a tree of any depth fits
+/// in the thread's stack) and visits entries in the order a recursive walk would.
+enum DiffStep {
+    /// Every entry of an upper dir, sorted by name.
+    Walk { dir: PathBuf, rel: Vec<u8> },
+    /// One upper entry `name` of the dir at `parent_rel`.
+    Entry {
+        path: PathBuf,
+        parent_rel: Vec<u8>,
+        name: OsString,
+    },
+    /// The changes inside an upper dir whose contents replace the lowers' (see `diff_hidden`).
+    Hidden {
+        dir: PathBuf,
+        rel: Vec<u8>,
+        lower_is_dir: bool,
+    },
+    /// One name of such a dir: in the lowers, in the upper dir, or both.
+    HiddenChild {
+        dir: PathBuf,
+        rel: Vec<u8>,
+        name: Vec<u8>,
+        lower: Option<PathBuf>,
+        upper: Option<Box<(PathBuf, std::fs::Metadata)>>,
+    },
+}
+
 impl<W: Write> DiffWriter<'_, W> {
     fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
-        for name in sorted_names(dir)? {
-            let path = dir.join(&name);
-            let child_rel = join_rel(rel, name.as_bytes());
-            self.write_entry(&path, rel, &name, child_rel)?;
+        let mut stack = vec![DiffStep::Walk {
+            dir: dir.to_path_buf(),
+            rel: rel.to_vec(),
+        }];
+        while let Some(step) = stack.pop() {
+            match step {
+                DiffStep::Walk { dir, rel } => {
+                    for name in sorted_names(&dir)?.into_iter().rev() {
+                        stack.push(DiffStep::Entry {
+                            path: dir.join(&name),
+                            parent_rel: rel.clone(),
+                            name,
+                        });
+                    }
+                }
+                DiffStep::Entry {
+                    path,
+                    parent_rel,
+                    name,
+                } => stack.extend(self.write_entry(path, &parent_rel, &name)?),
+                DiffStep::Hidden {
+                    dir,
+                    rel,
+                    lower_is_dir,
+                } => {
+                    let children = self.diff_hidden(&dir, &rel, lower_is_dir)?;
+                    stack.extend(children.into_iter().rev());
+                }
+                DiffStep::HiddenChild {
+                    dir,
+                    rel,
+                    name,
+                    lower,
+                    upper,
+                } => stack.extend(self.hidden_child(&dir, &rel, &name, lower, upper)?),
+            }
         }
         Ok(())
     }
 
+    /// Writes one upper entry if it changed; returns the walk of its contents for a dir.
     fn write_entry(
         &mut self,
-        path: &Path,
+        path: PathBuf,
         parent_rel: &[u8],
         name: &OsStr,
-        rel: Vec<u8>,
-    ) -> Result<()> {
-        let meta = std::fs::symlink_metadata(path).ctx(|| format!("stat {}", path.display()))?;
+    ) -> Result<Option<DiffStep>> {
+        let rel = join_rel(parent_rel, name.as_bytes());
+        let meta = std::fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
         if is_whiteout(&meta) {
             let mtime = self.clamp(meta.mtime());
             let mut wh = join_rel(parent_rel, WHITEOUT_PREFIX.as_bytes());
             wh.extend_from_slice(name.as_bytes());
-            return self.append_marker(wh, mtime);
+            self.append_marker(wh, mtime)?;
+            return Ok(None);
         }
         // None: lowers unknown; Some(None): the path is new.
         let lower = self.lowers.as_ref().map(|lowers| lowers.lookup(&rel));
-        let unchanged = matches!(&lower, Some(Some((lp, lmd))) if same_entry(lp, lmd, path, &meta));
+        let unchanged =
+            matches!(&lower, Some(Some((lp, lmd))) if same_entry(lp, lmd, &path, &meta));
         if !unchanged {
-            self.append_entry(path, &meta, rel.clone())?;
+            self.append_entry(&path, &meta, rel.clone())?;
         }
         if !meta.is_dir() {
-            return Ok(());
+            return Ok(None);
         }
-        let opaque = get_xattr(path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice());
-        match lower {
+        let opaque = get_xattr(&path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice());
+        Ok(Some(match lower {
             // BuildKit walks an opaque dir against what it hides: whiteouts for what is gone.
-            Some(Some((_, lmd))) if opaque && lmd.is_dir() => self.diff_hidden(path, &rel, true),
-            Some(_) => self.walk_dir(path, &rel),
+            Some(Some((_, lmd))) if opaque && lmd.is_dir() => DiffStep::Hidden {
+                dir: path,
+                rel,
+                lower_is_dir: true,
+            },
+            Some(_) => DiffStep::Walk { dir: path, rel },
             None => {
                 if opaque {
                     let mtime = self.clamp(meta.mtime());
                     self.append_marker(join_rel(&rel, OPAQUE_MARKER.as_bytes()), mtime)?;
                 }
-                self.walk_dir(path, &rel)
+                DiffStep::Walk { dir: path, rel }
             }
-        }
+        }))
     }
 
-    /// Writes the changes inside `dir` (at `rel`), whose upper contents replace the lowers'
-    /// (an opaque dir, or a dir under one): whiteouts for lower names it lacks, upper entries
-    /// that differ from the lower ones, and everything inside them.
-    fn diff_hidden(&mut self, dir: &Path, rel: &[u8], lower_is_dir: bool) -> Result<()> {
-        let lower_children = match (&self.lowers, lower_is_dir) {
+    /// The names inside `dir` (at `rel`), whose upper contents replace the lowers' (an opaque
+    /// dir, or a dir under one), each to be written by [`Self::hidden_child`]: whiteouts for
+    /// lower names it lacks, upper entries that differ from the lower ones, and everything
+    /// inside them.
+    fn diff_hidden(&mut self, dir: &Path, rel: &[u8], lower_is_dir: bool) -> Result<Vec<DiffStep>> {
+        let mut lower_children = match (&self.lowers, lower_is_dir) {
             (Some(lowers), true) => lowers.children(rel),
             _ => Default::default(),
         };
@@ -164,35 +231,59 @@ impl<W: Write> DiffWriter<'_, W> {
                 upper_children.insert(name.into_vec(), (path, md));
             }
         }
-        let mut names: Vec<&Vec<u8>> = lower_children.keys().chain(upper_children.keys()).collect();
+        let mut names: Vec<Vec<u8>> = lower_children
+            .keys()
+            .chain(upper_children.keys())
+            .cloned()
+            .collect();
         names.sort();
         names.dedup();
-        for name in names {
-            let child_rel = join_rel(rel, name);
-            match (lower_children.get(name), upper_children.get(name)) {
-                (Some(_), None) => {
-                    let mtime = self.clamp(std::fs::symlink_metadata(dir).map_or(0, |m| m.mtime()));
-                    let mut wh = join_rel(rel, WHITEOUT_PREFIX.as_bytes());
-                    wh.extend_from_slice(name);
-                    self.append_marker(wh, mtime)?;
-                }
-                (lower, Some((path, md))) => {
-                    let lower_md =
-                        lower.and_then(|l| std::fs::symlink_metadata(l).ok().map(|m| (l, m)));
-                    let unchanged =
-                        matches!(&lower_md, Some((lp, lmd)) if same_entry(lp, lmd, path, md));
-                    if !unchanged {
-                        self.append_entry(path, md, child_rel.clone())?;
-                    }
-                    if md.is_dir() {
-                        let lower_dir = matches!(&lower_md, Some((_, lmd)) if lmd.is_dir());
-                        self.diff_hidden(path, &child_rel, lower_dir)?;
-                    }
-                }
-                (None, None) => {}
+        Ok(names
+            .into_iter()
+            .map(|name| DiffStep::HiddenChild {
+                dir: dir.to_path_buf(),
+                rel: rel.to_vec(),
+                lower: lower_children.remove(&name),
+                upper: upper_children.remove(&name).map(Box::new),
+                name,
+            })
+            .collect())
+    }
+
+    /// Writes one name of a dir that hides the lowers; returns the walk inside it for a dir.
+    fn hidden_child(
+        &mut self,
+        dir: &Path,
+        rel: &[u8],
+        name: &[u8],
+        lower: Option<PathBuf>,
+        upper: Option<Box<(PathBuf, std::fs::Metadata)>>,
+    ) -> Result<Option<DiffStep>> {
+        let child_rel = join_rel(rel, name);
+        match (lower, upper.map(|b| *b)) {
+            (Some(_), None) => {
+                let mtime = self.clamp(std::fs::symlink_metadata(dir).map_or(0, |m| m.mtime()));
+                let mut wh = join_rel(rel, WHITEOUT_PREFIX.as_bytes());
+                wh.extend_from_slice(name);
+                self.append_marker(wh, mtime)?;
+                Ok(None)
             }
+            (lower, Some((path, md))) => {
+                let lower_md =
+                    lower.and_then(|l| std::fs::symlink_metadata(&l).ok().map(|m| (l, m)));
+                let unchanged =
+                    matches!(&lower_md, Some((lp, lmd)) if same_entry(lp, lmd, &path, &md));
+                if !unchanged {
+                    self.append_entry(&path, &md, child_rel.clone())?;
+                }
+                Ok(md.is_dir().then(|| DiffStep::Hidden {
+                    dir: path,
+                    rel: child_rel,
+                    lower_is_dir: matches!(&lower_md, Some((_, lmd)) if lmd.is_dir()),
+                }))
+            }
+            (None, None) => Ok(None),
         }
-        Ok(())
     }
 
     /// Writes the directories above `rel` that are not in the tar yet, outermost first, as
@@ -615,14 +706,8 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
                 let (file_type, dev) = if kind == tar::EntryType::Fifo {
                     (FileType::Fifo, 0)
                 } else {
-                    let major = header
-                        .device_major()
-                        .ctx(|| format!("device major of {display}"))?
-                        .unwrap_or(0);
-                    let minor = header
-                        .device_minor()
-                        .ctx(|| format!("device minor of {display}"))?
-                        .unwrap_or(0);
+                    let (major, minor) =
+                        device_numbers(header).ctx(|| format!("device number of {display}"))?;
                     let ft = if kind == tar::EntryType::Char {
                         FileType::CharacterDevice
                     } else {
@@ -743,6 +828,24 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<E
         },
         xattrs,
     })
+}
+
+/// The (major, minor) device numbers of a tar header; an all-NUL or blank field is 0, as Go's
+/// archive/tar (and so BuildKit) reads it. GNU tar and Python's tarfile leave them NUL.
+pub fn device_numbers(header: &tar::Header) -> std::io::Result<(u32, u32)> {
+    let bytes = header.as_bytes();
+    let blank = |field: &[u8]| field.iter().all(|b| *b == 0 || *b == b' ');
+    let major = if blank(&bytes[329..337]) {
+        0
+    } else {
+        header.device_major()?.unwrap_or(0)
+    };
+    let minor = if blank(&bytes[337..345]) {
+        0
+    } else {
+        header.device_minor()?.unwrap_or(0)
+    };
+    Ok((major, minor))
 }
 
 /// A header number; an all-blank field counts as 0, as Go's archive/tar reads it.

@@ -9,7 +9,7 @@ mod mount;
 mod snapshots;
 mod util;
 
-pub use content::{BlobWriter, ContentStore};
+pub use content::{BlobWriter, ContentStore, Ingest};
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
 pub use snapshots::{Info, Kind, Snapshotter, Unpacker};

@@ -5,11 +5,13 @@
 //! cache (size, mtime, ctime, inode → content digest) persisted in the store
 //! lets a no-op rebuild skip re-reading unchanged files.
 
+use crate::fileop::{join_rel, match_text, rel_path};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -56,10 +58,11 @@ pub struct Entry {
     pub digest: [u8; 32],
 }
 
-/// Every included entry of a context, by slash-separated relative path.
+/// Every included entry of a context, by slash-separated relative path. Paths are bytes:
+/// file names need not be UTF-8 (Docker copies them as they are).
 pub struct ContextIndex {
     pub root: PathBuf,
-    pub entries: BTreeMap<String, Entry>,
+    pub entries: BTreeMap<Vec<u8>, Entry>,
 }
 
 /// What a file's content digest was last time, keyed by stat data that changes whenever the
@@ -98,7 +101,7 @@ const STAT_CACHE_MAGIC: &[u8; 8] = b"bldstat1";
 const STAT_RECORD_LEN: usize = 8 * 4 + 32;
 
 impl StatCache {
-    fn decode(buf: &[u8]) -> HashMap<&str, StatEntry> {
+    fn decode(buf: &[u8]) -> HashMap<&[u8], StatEntry> {
         let mut out = HashMap::new();
         let Some(mut rest) = buf.strip_prefix(STAT_CACHE_MAGIC.as_slice()) else {
             return out;
@@ -109,9 +112,7 @@ impl StatCache {
             if rest.len() < 4 + len + STAT_RECORD_LEN {
                 break; // truncated: keep what was read
             }
-            let Ok(path) = std::str::from_utf8(&rest[4..4 + len]) else {
-                break;
-            };
+            let path = &rest[4..4 + len];
             let r = &rest[4 + len..4 + len + STAT_RECORD_LEN];
             out.insert(
                 path,
@@ -128,11 +129,11 @@ impl StatCache {
         out
     }
 
-    fn encode<'a>(entries: impl Iterator<Item = (&'a str, &'a StatEntry)>) -> Vec<u8> {
+    fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], &'a StatEntry)>) -> Vec<u8> {
         let mut out = STAT_CACHE_MAGIC.to_vec();
         for (path, e) in entries {
             out.extend_from_slice(&(path.len() as u32).to_le_bytes());
-            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(path);
             for v in [e.size, e.mtime_ns as u64, e.ctime_ns as u64, e.ino] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
@@ -148,19 +149,19 @@ pub fn index_context(
     stat_cache: Option<&Path>,
 ) -> anyhow::Result<ContextIndex> {
     let root = src.root().to_path_buf();
-    let listed = walk(src, &root, "")?;
+    let listed = walk(src, &root)?;
 
     let old_bytes = stat_cache
         .and_then(|p| std::fs::read(p).ok())
         .unwrap_or_default();
     let old = StatCache::decode(&old_bytes);
 
-    let hashed: Vec<anyhow::Result<(String, Entry, Option<StatEntry>)>> = listed
+    let hashed: Vec<anyhow::Result<Hashed>> = listed
         .into_par_iter()
         .map(|(rel, md)| {
             let ft = md.file_type();
             let mode = md.permissions().mode() & 0o7777;
-            let path = root.join(&rel);
+            let path = root.join(rel_path(&rel));
             let entry = |kind, digest| Entry { kind, mode, digest };
             if ft.is_dir() {
                 return Ok((rel, entry(EntryKind::Dir, [0; 32]), None));
@@ -173,7 +174,7 @@ pub fn index_context(
             if !ft.is_file() {
                 return Ok((rel, entry(EntryKind::Other, [0; 32]), None));
             }
-            if let Some(cached) = old.get(rel.as_str()).filter(|c| c.matches(&md)) {
+            if let Some(cached) = old.get(rel.as_slice()).filter(|c| c.matches(&md)) {
                 let cached = *cached;
                 return Ok((rel, entry(EntryKind::File, cached.digest), Some(cached)));
             }
@@ -198,10 +199,10 @@ pub fn index_context(
     }
     if let Some(p) = stat_cache {
         let unchanged =
-            stats.len() == old.len() && stats.iter().all(|(k, v)| old.get(k.as_str()) == Some(v));
+            stats.len() == old.len() && stats.iter().all(|(k, v)| old.get(k.as_slice()) == Some(v));
         if !unchanged {
             // Best effort: a lost stat cache only costs re-hashing next time.
-            let bytes = StatCache::encode(stats.iter().map(|(k, v)| (k.as_str(), v)));
+            let bytes = StatCache::encode(stats.iter().map(|(k, v)| (k.as_slice(), v)));
             let _ = write_atomic(p, &bytes);
         }
     }
@@ -213,51 +214,121 @@ pub fn index_context(
     })
 }
 
-/// Lists the included entries below `dir` (directories before their contents), reading
-/// subdirectories in parallel.
-fn walk(
-    src: &dyn LocalSource,
-    dir: &Path,
-    prefix: &str,
-) -> anyhow::Result<Vec<(String, std::fs::Metadata)>> {
-    let rd =
-        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?;
+/// Context entries as [`walk`] lists them: relative path (bytes) and metadata.
+type Listed = Vec<(Vec<u8>, std::fs::Metadata)>;
+
+/// An indexed entry, and its stat cache record for files.
+type Hashed = (Vec<u8>, Entry, Option<StatEntry>);
+
+/// A directory found by [`walk`], kept until its descendants are known.
+struct FoundDir {
+    rel: Vec<u8>,
+    md: Option<std::fs::Metadata>,
+    parent: usize,
+    excluded: bool,
+    /// Something below it is included.
+    has_included: bool,
+}
+
+/// Lists the included entries of the context (paths as bytes), reading each level's
+/// directories in parallel. Level by level rather than recursively, so a tree of any depth
+/// fits in a thread's stack.
+fn walk(src: &dyn LocalSource, root: &Path) -> anyhow::Result<Listed> {
+    let mut dirs = vec![FoundDir {
+        rel: Vec::new(),
+        md: None,
+        parent: 0,
+        excluded: false,
+        has_included: false,
+    }];
     let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for ent in rd {
-        let ent = ent?;
-        let name = ent.file_name();
-        let name = name.to_string_lossy();
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        // DirEntry::metadata stats relative to the open directory: no full path walk.
-        let md = ent.metadata()?;
-        let excluded = src.is_excluded(&rel);
-        if md.is_dir() {
-            if !excluded || src.may_reinclude_under(&rel) {
-                dirs.push((ent.path(), rel, md, excluded));
+    let mut level: Vec<usize> = vec![0];
+    while !level.is_empty() {
+        let listed: Vec<anyhow::Result<Listed>> = level
+            .par_iter()
+            .map(|&i| list_dir(&root.join(rel_path(&dirs[i].rel)), &dirs[i].rel))
+            .collect();
+        let mut next = Vec::new();
+        for (&parent, children) in level.iter().zip(listed) {
+            for (rel, md) in children? {
+                let excluded = src.is_excluded(&match_text(&rel));
+                if !md.is_dir() {
+                    if !excluded {
+                        files.push((rel, md));
+                        dirs[parent].has_included = true;
+                    }
+                } else if !excluded || src.may_reinclude_under(&match_text(&rel)) {
+                    next.push(dirs.len());
+                    dirs.push(FoundDir {
+                        rel,
+                        md: Some(md),
+                        parent,
+                        excluded,
+                        has_included: false,
+                    });
+                }
             }
-        } else if !excluded {
-            files.push((rel, md));
+        }
+        level = next;
+    }
+    // Children come after their parents: deepest first, each tells its parent it stays.
+    for i in (1..dirs.len()).rev() {
+        if !dirs[i].excluded || dirs[i].has_included {
+            let parent = dirs[i].parent;
+            dirs[parent].has_included = true;
         }
     }
-    let below: Vec<anyhow::Result<Vec<_>>> = dirs
-        .par_iter()
-        .map(|(path, rel, _, _)| walk(src, path, rel))
-        .collect();
-    for ((_, rel, md, excluded), sub) in dirs.into_iter().zip(below) {
-        let sub = sub?;
-        // An excluded directory appears only when something below it was re-included.
-        if !excluded || !sub.is_empty() {
-            files.push((rel, md));
+    // An excluded directory appears only when something below it was re-included.
+    for dir in dirs.into_iter().skip(1) {
+        if !dir.excluded || dir.has_included {
+            files.push((dir.rel, dir.md.expect("only the root has no metadata")));
         }
-        files.extend(sub);
     }
     Ok(files)
 }
+
+/// The entries of one context directory at `rel`, with their metadata.
+fn list_dir(dir: &Path, rel: &[u8]) -> anyhow::Result<Listed> {
+    let reading = |e: std::io::Error| anyhow::anyhow!("reading {}: {e}", dir.display());
+    let rd = match std::fs::read_dir(dir) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()) => {
+            return Err(too_deep(dir, rel))
+        }
+        other => other.map_err(reading)?,
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(reading)?;
+        // DirEntry::metadata stats relative to the open directory: no full path walk.
+        let md = ent.metadata().map_err(reading)?;
+        out.push((join_rel(rel, &ent.file_name().into_vec()), md));
+    }
+    Ok(out)
+}
+
+/// The error for a context directory whose path the kernel refuses (longer than PATH_MAX):
+/// its depth and an abbreviated path rather than kilobytes of it.
+fn too_deep(dir: &Path, rel: &[u8]) -> anyhow::Error {
+    let text = match_text(rel);
+    let chars: Vec<char> = text.chars().collect();
+    let shown = if chars.len() > 100 {
+        let head: String = chars[..40].iter().collect();
+        let tail: String = chars[chars.len() - 40..].iter().collect();
+        format!("{head}…{tail}")
+    } else {
+        text.into_owned()
+    };
+    anyhow::anyhow!(
+        "build context directory {shown:?} is nested too deep: at {} levels its path is {} \
+         bytes, beyond the kernel's {PATH_MAX}-byte limit (PATH_MAX); flatten it or exclude it \
+         in .dockerignore",
+        rel.split(|b| *b == b'/').count(),
+        dir.as_os_str().len(),
+    )
+}
+
+/// Linux's PATH_MAX: a path handed to a system call, its NUL included, must fit in it.
+const PATH_MAX: usize = 4096;
 
 fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut f = std::fs::File::open(path)?;
@@ -289,36 +360,37 @@ pub fn write_atomic_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::R
 
 impl ContextIndex {
     /// Checksum of the given relative paths and everything below them.
-    pub fn checksum(&self, paths: &[String]) -> String {
+    pub fn checksum(&self, paths: &[impl AsRef<[u8]>]) -> String {
         let mut h = Sha256::new();
         // A COPY follows symlinks in its source path, so what the target holds is read too.
-        let resolved: Vec<String> = paths
+        let resolved: Vec<Vec<u8>> = paths
             .iter()
             .filter_map(|p| {
+                let p = p.as_ref();
                 let r = crate::fileop::resolve_in_root(&self.root, p, true).ok()?;
-                let r = r
-                    .strip_prefix(&self.root)
-                    .ok()?
-                    .to_string_lossy()
-                    .into_owned();
-                (r != *p).then_some(r)
+                let r = r.strip_prefix(&self.root).ok()?.as_os_str().as_bytes();
+                (r != p).then(|| r.to_vec())
             })
             .collect();
-        for p in paths.iter().chain(&resolved) {
+        let all = paths
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(resolved.iter().map(Vec::as_slice));
+        for p in all {
             h.update(b"\0path\0");
-            h.update(p.as_bytes());
+            h.update(p);
             let under = if p.is_empty() {
-                String::new()
+                Vec::new()
             } else {
-                format!("{p}/")
+                join_rel(p, b"")
             };
-            let exact = self.entries.get_key_value(p.as_str());
+            let exact = self.entries.get_key_value(p);
             let below = self
                 .entries
                 .range(under.clone()..)
                 .take_while(|(k, _)| k.starts_with(&under));
             for (rel, e) in exact.into_iter().chain(below) {
-                h.update(rel.as_bytes());
+                h.update(rel);
                 h.update([0, e.kind as u8]);
                 h.update(e.mode.to_le_bytes());
                 h.update(e.digest);
@@ -328,7 +400,8 @@ impl ContextIndex {
     }
 
     /// Whether the relative path (or the root, for "") is present.
-    pub fn contains(&self, rel: &str) -> bool {
+    pub fn contains(&self, rel: impl AsRef<[u8]>) -> bool {
+        let rel = rel.as_ref();
         rel.is_empty() || self.entries.contains_key(rel)
     }
 }

@@ -9,9 +9,12 @@ use crate::graph::Chown;
 use crate::patterns::PatternMatcher;
 use anyhow::{anyhow, bail, Context as _, Result};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Where COPY reads from: a client directory (filtered by its index) or a mounted snapshot.
 pub struct SourceTree<'a> {
@@ -29,17 +32,44 @@ pub struct Owner {
 
 /// Cleans a user path to a relative path that cannot leave its root ("../x" → "x").
 pub fn clean_rel(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in Path::new(path).components() {
+    String::from_utf8(clean_rel_bytes(path.as_bytes())).expect("cleaning keeps UTF-8 intact")
+}
+
+/// [`clean_rel`] for a path of any bytes (file names need not be UTF-8).
+pub fn clean_rel_bytes(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|b| *b == b'/') {
         match c {
-            Component::Normal(s) => parts.push(s.to_str().unwrap_or_default()),
-            Component::ParentDir => {
+            b"" | b"." => {}
+            b".." => {
                 parts.pop();
             }
-            _ => {}
+            c => parts.push(c),
         }
     }
-    parts.join("/")
+    parts.join(&b'/')
+}
+
+/// A slash-separated relative path of any bytes as a `Path`.
+pub fn rel_path(rel: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(rel))
+}
+
+/// The text patterns (`.dockerignore`, `--exclude`, wildcards) see for a path of any bytes:
+/// bytes that are not UTF-8 read as U+FFFD, as Go reads them.
+pub fn match_text(rel: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(rel)
+}
+
+/// `base/name`, or `name` when `base` is empty.
+pub fn join_rel(base: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(base.len() + 1 + name.len());
+    out.extend_from_slice(base);
+    if !base.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
 }
 
 fn has_glob(s: &str) -> bool {
@@ -48,46 +78,51 @@ fn has_glob(s: &str) -> bool {
 
 /// Resolves `path` inside `root`, following symlinks as if `root` were `/`.
 /// The last component is followed only if `follow_last`.
-pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf> {
-    let mut resolved: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = clean_rel(path)
-        .split('/')
+pub fn resolve_in_root(root: &Path, path: impl AsRef<[u8]>, follow_last: bool) -> Result<PathBuf> {
+    let path = path.as_ref();
+    let mut resolved: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = clean_rel_bytes(path)
+        .split(|b| *b == b'/')
         .filter(|s| !s.is_empty())
-        .map(String::from)
+        .map(<[u8]>::to_vec)
         .rev()
         .collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
-        let candidate = root.join(resolved.join("/")).join(&part);
+        let candidate = root
+            .join(rel_path(&resolved.join(&b'/')))
+            .join(rel_path(&part));
         let is_last = pending.is_empty();
         match std::fs::symlink_metadata(&candidate) {
             Ok(md) if md.file_type().is_symlink() && (!is_last || follow_last) => {
                 hops += 1;
                 if hops > 255 {
-                    bail!("too many levels of symbolic links resolving {path}");
+                    bail!(
+                        "too many levels of symbolic links resolving {}",
+                        match_text(path)
+                    );
                 }
-                let target = std::fs::read_link(&candidate)?;
-                let target = target.to_string_lossy().to_string();
-                if target.starts_with('/') {
+                let target = std::fs::read_link(&candidate)?.into_os_string().into_vec();
+                if target.starts_with(b"/") {
                     resolved.clear();
                 }
-                for c in target.split('/').rev() {
+                for c in target.split(|b| *b == b'/').rev() {
                     match c {
-                        "" | "." => {}
-                        _ => pending.push(c.to_string()),
+                        b"" | b"." => {}
+                        _ => pending.push(c.to_vec()),
                     }
                 }
             }
             _ => {
-                if part == ".." {
+                if part == b".." {
                     resolved.pop();
-                } else if part != "." {
+                } else if part != b"." {
                     resolved.push(part);
                 }
             }
         }
     }
-    Ok(root.join(resolved.join("/")))
+    Ok(root.join(rel_path(&resolved.join(&b'/'))))
 }
 
 /// Go's filepath.Match for one path (components never match across '/').
@@ -143,20 +178,20 @@ fn glob_at(p: &[char], n: &[char]) -> bool {
 }
 
 impl SourceTree<'_> {
-    /// Relative paths matched by one COPY source (a path or a wildcard).
-    pub fn matches(&self, source: &str) -> Result<Vec<String>> {
+    /// Relative paths matched by one COPY source (a path or a wildcard), as bytes.
+    pub fn matches(&self, source: &str) -> Result<Vec<Vec<u8>>> {
         let rel = clean_rel(source);
         if !has_glob(&rel) {
             let found = match self.index {
                 // Symlinks on the way (and at the end) are followed inside the context, as
                 // BuildKit's COPY does.
-                Some(idx) => idx.contains(&rel) || idx.contains(&self.resolved_rel(&rel)?),
+                Some(idx) => idx.contains(&rel) || idx.contains(self.resolved_rel(rel.as_bytes())?),
                 None => std::fs::symlink_metadata(resolve_in_root(self.root, &rel, true)?).is_ok(),
             };
             if !found {
                 bail!("\"/{rel}\": not found");
             }
-            return Ok(vec![rel]);
+            return Ok(vec![rel.into_bytes()]);
         }
         let depth = rel.split('/').count();
         let mut out = Vec::new();
@@ -165,28 +200,30 @@ impl SourceTree<'_> {
                 // The literal directories before the first wildcard may be symlinks.
                 let parts: Vec<&str> = rel.split('/').collect();
                 let literal = parts.iter().take_while(|p| !has_glob(p)).count();
-                let prefix = self.resolved_rel(&parts[..literal].join("/"))?;
+                let prefix = self.resolved_rel(parts[..literal].join("/").as_bytes())?;
                 let pattern = parts[literal..].join("/");
-                let (under, depth) = if prefix.is_empty() {
-                    (String::new(), depth - literal)
+                let depth = depth - literal;
+                let under = if prefix.is_empty() {
+                    prefix
                 } else {
-                    (format!("{prefix}/"), depth - literal)
+                    join_rel(&prefix, b"")
                 };
                 for k in idx.entries.range(under.clone()..).map(|(k, _)| k) {
-                    let Some(rest) = k.strip_prefix(&under) else {
+                    let Some(rest) = k.strip_prefix(under.as_slice()) else {
                         break;
                     };
-                    if rest.split('/').count() == depth && glob_match(&pattern, rest) {
+                    let rest_depth = rest.split(|b| *b == b'/').count();
+                    if rest_depth == depth && glob_match(&pattern, &match_text(rest)) {
                         out.push(k.clone());
                     }
                 }
             }
-            None => self.glob_walk(&rel, "", &mut out)?,
+            None => self.glob_walk(&rel, b"", &mut out)?,
         }
         Ok(out)
     }
 
-    fn glob_walk(&self, pattern: &str, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    fn glob_walk(&self, pattern: &str, prefix: &[u8], out: &mut Vec<Vec<u8>>) -> Result<()> {
         let (head, tail) = match pattern.split_once('/') {
             Some((h, t)) => (h, Some(t)),
             None => (pattern, None),
@@ -195,20 +232,16 @@ impl SourceTree<'_> {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(());
         };
-        let mut names: Vec<String> = rd
+        let mut names: Vec<Vec<u8>> = rd
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
+            .map(|e| e.file_name().into_vec())
             .collect();
         names.sort();
         for name in names {
-            if !glob_match(head, &name) {
+            if !glob_match(head, &match_text(&name)) {
                 continue;
             }
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
+            let rel = join_rel(prefix, &name);
             match tail {
                 None => out.push(rel),
                 Some(t) => self.glob_walk(t, &rel, out)?,
@@ -218,15 +251,15 @@ impl SourceTree<'_> {
     }
 
     /// `rel` with every symlink in it followed inside the source root.
-    pub fn resolved_rel(&self, rel: &str) -> Result<String> {
+    pub fn resolved_rel(&self, rel: &[u8]) -> Result<Vec<u8>> {
         let resolved = resolve_in_root(self.root, rel, true)?;
         Ok(resolved
             .strip_prefix(self.root)
-            .map(|r| r.to_string_lossy().into_owned())
+            .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default())
     }
 
-    fn included(&self, rel: &str) -> bool {
+    fn included(&self, rel: &[u8]) -> bool {
         self.index.is_none_or(|idx| idx.contains(rel))
     }
 }
@@ -317,19 +350,19 @@ pub fn copy(
 ) -> Result<bool> {
     // (matched path relative to the source root, path kept below the destination)
     // (source index, matched path, path kept below the destination)
-    let mut matched: Vec<(usize, String, String)> = Vec::new();
+    let mut matched: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
     for (source_index, s) in sources.iter().enumerate() {
         let pivot = if opts.parents { split_pivot(s) } else { None };
         // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
         let m = src.matches(s)?;
         for rel in m {
-            if has_glob(s) && !opts.exclude.is_empty() && opts.exclude.matches(&rel) {
+            if has_glob(s) && !opts.exclude.is_empty() && opts.exclude.matches(&match_text(&rel)) {
                 continue;
             }
             let kept = match &pivot {
                 Some((prefix, _)) if !prefix.is_empty() => rel
-                    .strip_prefix(prefix.as_str())
-                    .map(|r| r.trim_start_matches('/').to_string())
+                    .strip_prefix(prefix.as_bytes())
+                    .map(|r| r.strip_prefix(b"/").unwrap_or(r).to_vec())
                     .unwrap_or_else(|| rel.clone()),
                 _ => rel.clone(),
             };
@@ -364,9 +397,9 @@ pub fn copy(
         }
         let src_path = resolve_in_root(src.root, &rel, true)?;
         let md = std::fs::symlink_metadata(&src_path)
-            .with_context(|| format!("reading source {rel}"))?;
+            .with_context(|| format!("reading source {}", match_text(&rel)))?;
         let base_dir = if opts.parents && !kept.is_empty() {
-            let below = Path::new(&kept);
+            let below = rel_path(&kept);
             if md.is_dir() {
                 dest_path.join(below)
             } else {
@@ -391,7 +424,7 @@ pub fn copy(
             };
             wrote_direct |= fill != base_dir;
             let walked_rel = src.resolved_rel(&rel)?;
-            walk(src, opts, &walked_rel, "", &src_path, &fill, &mut plan)?;
+            walk(src, opts, &walked_rel, b"", &src_path, &fill, &mut plan)?;
             continue;
         }
         if opts.unpack && md.is_file() {
@@ -399,7 +432,7 @@ pub fn copy(
                 ensure_dir(dest_root, &base_dir, opts.owner)?;
                 // BuildKit applies --chown to extracted entries but keeps their modes.
                 archive::extract(&src_path, format, dest_root, &base_dir, opts.owner)
-                    .with_context(|| format!("extracting {rel}"))?;
+                    .with_context(|| format!("extracting {}", match_text(&rel)))?;
                 continue;
             }
         }
@@ -408,9 +441,9 @@ pub fn copy(
             .unwrap_or(false);
         let target = if dest_is_dir || existing_dir {
             ensure_dir_mode(dest_root, &base_dir, opts.owner, made_dir_mode)?;
-            let name = Path::new(&rel)
+            let name = rel_path(&rel)
                 .file_name()
-                .ok_or_else(|| anyhow!("bad source {rel}"))?;
+                .ok_or_else(|| anyhow!("bad source {}", match_text(&rel)))?;
             base_dir.join(name)
         } else {
             if let Some(parent) = base_dir.parent() {
@@ -451,8 +484,8 @@ fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> 
     walk(
         &src,
         &CopyOptions::default(),
-        "",
-        "",
+        b"",
+        b"",
         src_dir,
         dest_dir,
         &mut plan,
@@ -461,61 +494,102 @@ fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> 
 }
 
 /// Adds the contents of directory `src_dir` (at `rel` in the source, `below` under the
-/// copied directory) to the plan, honouring the context index and `--exclude`.
+/// copied directory) to the plan, honouring the context index and `--exclude`. The walk keeps
+/// its own stack, so a tree of any depth fits in the thread's.
 fn walk(
     src: &SourceTree,
     opts: &CopyOptions,
-    rel: &str,
-    below: &str,
+    rel: &[u8],
+    below: &[u8],
     src_dir: &Path,
     dest_dir: &Path,
     plan: &mut Plan,
 ) -> Result<()> {
-    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src_dir)
-        .with_context(|| format!("reading {}", src_dir.display()))?
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", src_dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        let join = |base: &str| {
-            if base.is_empty() {
-                name_str.to_string()
-            } else {
-                format!("{base}/{name_str}")
+    let top = WalkDir::open(
+        rel.to_vec(),
+        below.to_vec(),
+        src_dir,
+        dest_dir.to_path_buf(),
+        None,
+    )?;
+    let mut stack = vec![top];
+    while let Some(dir) = stack.last_mut() {
+        let Some(entry) = dir.entries.next() else {
+            let done = stack.pop().expect("stack is not empty");
+            // An excluded directory stays only if something below it was re-included.
+            if done
+                .excluded_at
+                .is_some_and(|at| plan.items.len() == at + 1)
+            {
+                plan.items.pop();
             }
+            continue;
         };
-        let child_rel = join(rel);
-        let child_below = join(below);
+        let name = entry.file_name();
+        let child_rel = join_rel(&dir.rel, name.as_bytes());
+        let child_below = join_rel(&dir.below, name.as_bytes());
         if !src.included(&child_rel) {
             continue;
         }
         let excluded = !opts.exclude.is_empty()
-            && (opts.exclude.matches(&child_rel) || opts.exclude.matches(&child_below));
+            && (opts.exclude.matches(&match_text(&child_rel))
+                || opts.exclude.matches(&match_text(&child_below)));
         let md = entry
             .metadata()
             .with_context(|| format!("reading {}", entry.path().display()))?;
         let s = entry.path();
-        let d = dest_dir.join(&name);
-        if md.is_dir() {
-            if excluded
-                && !opts.exclude.may_reinclude_under(&child_rel)
-                && !opts.exclude.may_reinclude_under(&child_below)
-            {
-                continue;
+        let d = dir.dest.join(&name);
+        if !md.is_dir() {
+            if !excluded {
+                plan.push(s, d, md);
             }
-            let before = plan.items.len();
-            plan.push(s.clone(), d.clone(), md);
-            walk(src, opts, &child_rel, &child_below, &s, &d, plan)?;
-            if excluded && plan.items.len() == before + 1 {
-                plan.items.pop();
-            }
-        } else if !excluded {
-            plan.push(s, d, md);
+            continue;
         }
+        if excluded
+            && !opts.exclude.may_reinclude_under(&match_text(&child_rel))
+            && !opts.exclude.may_reinclude_under(&match_text(&child_below))
+        {
+            continue;
+        }
+        let at = plan.items.len();
+        plan.push(s.clone(), d.clone(), md);
+        let child = WalkDir::open(child_rel, child_below, &s, d, excluded.then_some(at))?;
+        stack.push(child);
     }
     Ok(())
+}
+
+/// One directory on the copy walk's stack: its entries not yet visited, sorted by name.
+struct WalkDir {
+    rel: Vec<u8>,
+    below: Vec<u8>,
+    dest: PathBuf,
+    entries: std::vec::IntoIter<std::fs::DirEntry>,
+    /// For a directory `--exclude` matched: its index in the plan.
+    excluded_at: Option<usize>,
+}
+
+impl WalkDir {
+    fn open(
+        rel: Vec<u8>,
+        below: Vec<u8>,
+        src_dir: &Path,
+        dest: PathBuf,
+        excluded_at: Option<usize>,
+    ) -> Result<Self> {
+        let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(src_dir)
+            .with_context(|| format!("reading {}", src_dir.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("reading {}", src_dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        Ok(WalkDir {
+            rel,
+            below,
+            dest,
+            entries: entries.into_iter(),
+            excluded_at,
+        })
+    }
 }
 
 /// Creates the planned entries: directories first, then files in parallel, then
@@ -798,24 +872,23 @@ fn apply_meta(
 
 /// Checksum of the context entries a COPY of `rel` with `exclude` reads: `rel` and
 /// everything below it that the patterns do not exclude (same rules as the copy).
-pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatcher) -> String {
+pub fn checksum_excluding(idx: &ContextIndex, rel: &[u8], exclude: &PatternMatcher) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
-    h.update(rel.as_bytes());
+    h.update(rel);
     // The copy walks the symlink-resolved source; so does its checksum.
-    let resolved = SourceTree {
+    let rel = SourceTree {
         root: &idx.root,
         index: Some(idx),
     }
     .resolved_rel(rel)
-    .unwrap_or_else(|_| rel.to_string());
-    let rel = resolved.as_str();
+    .unwrap_or_else(|_| rel.to_vec());
     let under = if rel.is_empty() {
-        String::new()
+        Vec::new()
     } else {
-        format!("{rel}/")
+        join_rel(&rel, b"")
     };
-    let exact = idx.entries.get_key_value(rel);
+    let exact = idx.entries.get_key_value(rel.as_slice());
     let below = idx
         .entries
         .range(under.clone()..)
@@ -823,11 +896,13 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &str, exclude: &PatternMatche
     for (path, e) in exact.into_iter().chain(below) {
         let inner = &path[under.len().min(path.len())..];
         // The matched source itself is always read (over-invalidating is safe).
-        if path != rel && (exclude.matches(path) || exclude.matches(inner)) {
+        if *path != rel
+            && (exclude.matches(&match_text(path)) || exclude.matches(&match_text(inner)))
+        {
             continue;
         }
         h.update(b"\0");
-        h.update(path.as_bytes());
+        h.update(path);
         h.update([0, e.kind as u8]);
         h.update(e.mode.to_le_bytes());
         h.update(e.digest);

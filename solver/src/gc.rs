@@ -112,10 +112,12 @@ pub enum EntryKind {
     ContextIndex,
     /// A blob in the content store.
     Blob,
+    /// An unfinished blob upload in `content/ingest` (a live writer's, or a killed one's).
+    Upload,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 8] = [
         EntryKind::ImageLayer,
         EntryKind::CacheResult,
         EntryKind::Active,
@@ -123,6 +125,7 @@ impl EntryKind {
         EntryKind::CacheMount,
         EntryKind::ContextIndex,
         EntryKind::Blob,
+        EntryKind::Upload,
     ];
 
     /// A name for tables.
@@ -135,6 +138,7 @@ impl EntryKind {
             EntryKind::CacheMount => "cache mounts",
             EntryKind::ContextIndex => "context indexes",
             EntryKind::Blob => "content blobs",
+            EntryKind::Upload => "unfinished uploads",
         }
     }
 
@@ -218,6 +222,8 @@ enum Target {
     Mount(String),
     ContextIndex(PathBuf),
     Blob(String),
+    /// An ingest file, by name.
+    Upload(String),
 }
 
 #[derive(Clone, Debug)]
@@ -618,6 +624,27 @@ impl Inventory {
             });
         }
 
+        // Uploads; a killed process's are reclaimable, a live writer's are not.
+        for upload in content.ingests() {
+            let pinned = upload.live.then_some("in use");
+            items.push(Item {
+                entry: Entry {
+                    kind: EntryKind::Upload,
+                    id: upload.name.clone(),
+                    size: upload.size,
+                    last_used: unix_secs(upload.modified),
+                    reclaimable: false,
+                    reclaimable_all: false,
+                    kept_for: pinned,
+                },
+                target: Target::Upload(upload.name),
+                pinned,
+                needs_all: false,
+                blobs: Vec::new(),
+                depth: 0,
+            });
+        }
+
         let mut inventory = Inventory {
             root: root.to_path_buf(),
             snapshots,
@@ -763,11 +790,9 @@ impl Inventory {
             .map(|(item, _)| item)
             .collect();
         let mut report = PruneReport::default();
-        // Leftovers of killed processes: temp mounts and copies, half-made cache mounts,
-        // uploads. Nothing else runs on the store now, so no age limit is needed.
+        // Leftovers of killed processes: temp mounts and copies, half-made cache mounts.
+        // Nothing else runs on the store now, so no age limit is needed.
         crate::mounts::sweep_stale(&self.root);
-        report.abandoned_uploads = self.content.remove_abandoned_ingests();
-        report.reclaimed += report.abandoned_uploads;
         let mut done = |item: &Item| {
             report.reclaimed += item.entry.size;
             report.removed.push(Entry {
@@ -815,6 +840,11 @@ impl Inventory {
                 Target::Mount(name) if self.remove_mount(name)? => done(item),
                 Target::ContextIndex(path) => {
                     remove_file(path)?;
+                    done(item);
+                }
+                // Checked again: a writer may have taken it since the scan.
+                Target::Upload(name) if self.content.remove_ingest_if_abandoned(name) > 0 => {
+                    report.abandoned_uploads += item.entry.size;
                     done(item);
                 }
                 _ => {}

@@ -652,9 +652,10 @@ fn subtree_fully_included(idx: &ContextIndex, path: &Path) -> bool {
         };
         for entry in entries.flatten() {
             let p = entry.path();
-            let Some(rel) = p.strip_prefix(&idx.root).ok().and_then(|r| r.to_str()) else {
+            let Ok(rel) = p.strip_prefix(&idx.root) else {
                 return false;
             };
+            let rel = std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str());
             if !idx.entries.contains_key(rel) {
                 return false;
             }
