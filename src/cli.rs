@@ -41,7 +41,7 @@ pub enum Command {
     /// Push an image to its registry.
     Push { name: String },
     /// Run a command in a new container from an image.
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
     #[command(flatten)]
     Image(crate::image_cmds::ImageCommand),
     /// Log in to a registry (checks the credentials, stores them in docker's config.json).
@@ -52,6 +52,8 @@ pub enum Command {
     Prune(crate::prune::PruneArgs),
     /// Show the disk usage of the store: layers, build cache, cache mounts, blobs.
     Du(crate::prune::DuArgs),
+    #[command(flatten)]
+    Containers(crate::containers::ContainerCommand),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -72,18 +74,22 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = storage_root(cli.root);
     std::fs::create_dir_all(&root)
         .with_context(|| format!("creating storage root {}", root.display()))?;
+    // Container monitors outlive this process and its working directory.
+    let root = std::fs::canonicalize(&root)
+        .with_context(|| format!("resolving storage root {}", root.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
-        Command::Run(args) => rt.block_on(crate::run::run(&root, args)),
+        Command::Run(args) => rt.block_on(crate::run::run(&root, *args)),
         Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
         Command::Login(args) => rt.block_on(crate::login::login(args)),
         Command::Logout(args) => crate::login::logout(args),
         Command::Prune(args) => crate::prune::prune(&root, args),
         Command::Du(args) => crate::prune::du(&root, args),
+        Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

@@ -1,20 +1,31 @@
-//! `builder run`: a container from a stored image, through the build executor.
+//! `builder run` and `builder create`: a container from a stored image, through the build
+//! executor. Without `-d`/`--name`/`--restart` it runs in the foreground with inherited stdio
+//! and leaves nothing behind; otherwise it becomes a managed container (see `runtime`).
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use solver::graph::{Definition, Op, Vertex};
 use solver::{Ref, Solver, SolverConfig};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Remove the container's filesystem when it exits.
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Name of the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
     /// Set an environment variable, KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments).
+    #[arg(long = "env-file")]
+    pub env_file: Vec<std::path::PathBuf>,
     /// User to run as (name, uid, uid:gid).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -27,6 +38,27 @@ pub struct RunArgs {
     /// Network: host (default) or none.
     #[arg(long, default_value = "host")]
     pub network: String,
+    /// Container hostname (default: the first 12 digits of its id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Restart policy: no, always, unless-stopped, on-failure[:N].
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Set a label, KEY=VALUE.
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+    /// Signal `stop` sends first.
+    #[arg(long = "stop-signal")]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before killing.
+    #[arg(long = "stop-timeout", default_value_t = 10)]
+    pub stop_timeout: u32,
+    /// json-file log driver options: max-size=SIZE, max-file=N.
+    #[arg(long = "log-opt")]
+    pub log_opt: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long = "read-only")]
+    pub read_only: bool,
     /// Platform of the image to run, from a multi-platform image (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
@@ -37,12 +69,22 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
-    let network = match args.network.as_str() {
-        "host" | "default" => executor::Network::Host,
-        "none" => executor::Network::None,
-        other => bail!("--network {other:?}: supported values are host and none"),
-    };
+impl RunArgs {
+    /// Whether this run is a managed container rather than a one-off foreground process.
+    fn managed(&self) -> bool {
+        self.detach || self.name.is_some() || self.restart != "no"
+    }
+}
+
+/// An image ready to run: its config and a snapshot to base the rootfs on.
+struct PreparedImage {
+    solver: Arc<Solver>,
+    image_id: String,
+    config: exporter::image::ImageConfig,
+    parent: Option<String>,
+}
+
+async fn prepare_image(root: &Path, image: &str, platform: Option<&str>) -> Result<PreparedImage> {
     let solver = Arc::new(Solver::new(SolverConfig {
         root: root.to_path_buf(),
         executor: executor::Executor::current_exe()?,
@@ -54,19 +96,14 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
     })?);
     let target = solver
         .images
-        .resolve(&args.image)?
-        .ok_or_else(|| anyhow!("no such image: {} (see `builder images`)", args.image))?;
-    let platform = crate::platforms::run_platform(args.platform.as_deref())?;
-    let (manifest, _, config) = solver.images.load_image(&target, &platform)?;
-    crate::platforms::check_image_platform(
-        &args.image,
-        &config,
-        &platform,
-        args.platform.is_some(),
-    )?;
-    let reference = exporter::reference::Reference::parse(&args.image)
+        .resolve(image)?
+        .ok_or_else(|| anyhow!("no such image: {image} (see `builder images`)"))?;
+    let wanted = crate::platforms::run_platform(platform)?;
+    let (manifest, _, config) = solver.images.load_image(&target, &wanted)?;
+    crate::platforms::check_image_platform(image, &config, &wanted, platform.is_some())?;
+    let reference = exporter::reference::Reference::parse(image)
         .map(|r| exporter::reference::Reference { digest: None, ..r }.full_name())
-        .unwrap_or(args.image.clone());
+        .unwrap_or(image.to_string());
     let def = Definition {
         vertices: vec![Vertex {
             op: Op::Image {
@@ -79,17 +116,28 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         }],
         output: Some(0),
     };
-    let cancel = executor::CancelToken::new();
     let solved = solver
-        .solve(&def, &cancel)
+        .solve(&def, &executor::CancelToken::new())
         .await
-        .map_err(|e| anyhow!("preparing {}: {e}", args.image))?;
+        .map_err(|e| anyhow!("preparing {image}: {e}"))?;
     let parent = match &solved.output {
         Ref::Snapshot(s) => Some(s.clone()),
         _ => None,
     };
+    Ok(PreparedImage {
+        solver,
+        image_id: manifest.digest.clone(),
+        config,
+        parent,
+    })
+}
 
-    let c = &config.config;
+/// The process spec from the image config and the flags (rootfs left empty).
+fn process_spec(
+    args: &RunArgs,
+    image: &exporter::image::ImageConfig,
+) -> Result<executor::ExecSpec> {
+    let c = &image.config;
     let mut argv: Vec<String> = match &args.entrypoint {
         Some(e) if e.is_empty() => vec![],
         Some(e) => vec![e.clone()],
@@ -106,7 +154,12 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         bail!("no command specified: the image has no ENTRYPOINT or CMD; give one after the image name");
     }
     let mut env = c.env.clone();
-    for kv in &args.env {
+    let mut assignments = Vec::new();
+    for file in &args.env_file {
+        assignments.extend(read_env_file(file)?);
+    }
+    assignments.extend(args.env.iter().cloned());
+    for kv in &assignments {
         let (k, v) = match kv.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
@@ -114,15 +167,12 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
         env.push(format!("{k}={v}"));
     }
-
-    let key = format!(
-        "container-{}-{}",
-        std::process::id(),
-        solver::progress::now() as u64
-    );
-    let mounts = solver.snapshots.prepare(&key, parent.as_deref())?;
-    let spec = executor::ExecSpec {
-        rootfs: solver::solve::rootfs_mounts(&mounts),
+    let network = match args.network.as_str() {
+        "host" | "default" => executor::Network::Host,
+        "none" => executor::Network::None,
+        other => bail!("--network {other:?}: supported values are host and none"),
+    };
+    Ok(executor::ExecSpec {
         args: argv,
         env,
         cwd: args
@@ -136,12 +186,56 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
             .clone()
             .or_else(|| c.user.clone())
             .unwrap_or_default(),
-        hostname: key.chars().rev().take(12).collect(),
+        hostname: args.hostname.clone().unwrap_or_default(),
         network,
-        stdio: executor::Stdio::Inherit,
+        readonly_rootfs: args.read_only,
         ..Default::default()
-    };
+    })
+}
+
+/// docker's `--env-file`: `KEY=VALUE` or `KEY` lines; blank lines and `#` comments skipped.
+fn read_env_file(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--env-file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("");
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            bail!(
+                "--env-file {}:{}: variable name {key:?} must not be empty or contain whitespace",
+                path.display(),
+                n + 1
+            );
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
+    if args.managed() {
+        return crate::containers::run_managed(root, args).await;
+    }
+    let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
+    let mut spec = process_spec(&args, &prepared.config)?;
+    let key = format!(
+        "container-{}-{}",
+        std::process::id(),
+        solver::progress::now() as u64
+    );
+    let solver = prepared.solver;
+    let mounts = solver.snapshots.prepare(&key, prepared.parent.as_deref())?;
+    spec.rootfs = solver::solve::rootfs_mounts(&mounts);
+    if spec.hostname.is_empty() {
+        spec.hostname = key.chars().rev().take(12).collect();
+    }
+    spec.stdio = executor::Stdio::Inherit;
     let exec = executor::Executor::current_exe()?;
+    let cancel = executor::CancelToken::new();
     let run_cancel = cancel.clone();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -152,9 +246,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         .await
         .context("container task")?;
     ctrl_c.abort();
-    // Without a container registry (`builder ps`) there is nothing that could
-    // reuse a stopped container yet, so its filesystem is always removed.
-    let _ = args.rm;
+    // A foreground run without a name leaves nothing to reuse: its filesystem always goes.
     solver.snapshots.remove(&key)?;
     match result {
         Ok(code) => Ok(code),
@@ -164,4 +256,45 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         }
         Err(e) => Err(anyhow!("{e}")),
     }
+}
+
+/// Creates a managed container from the flags (`create`, and `run -d`).
+pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Container> {
+    let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
+    let spec = process_spec(args, &prepared.config)?;
+    let image = &prepared.config.config;
+    let mut labels: BTreeMap<String, String> = image.labels.clone();
+    for l in &args.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let request = runtime::CreateRequest {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        image_id: prepared.image_id.clone(),
+        spec,
+        restart: runtime::RestartPolicy::parse(&args.restart)?,
+        stop_signal: args
+            .stop_signal
+            .clone()
+            .or_else(|| image.stop_signal.clone())
+            .unwrap_or_else(|| "SIGTERM".into()),
+        stop_timeout: args.stop_timeout,
+        labels,
+        auto_remove: args.rm,
+        log: runtime::LogOptions::parse(&args.log_opt)?,
+        entrypoint: image.entrypoint.clone().unwrap_or_default(),
+        cmd: image.cmd.clone().unwrap_or_default(),
+    };
+    if args.rm && args.restart != "no" {
+        bail!("conflicting options: cannot specify both --restart and --rm");
+    }
+    let store = runtime::ContainerStore::open(root)?;
+    let solver = prepared.solver.clone();
+    let parent = prepared.parent.clone();
+    runtime::create(&store, request, |id| {
+        let key = format!("ctr-{id}");
+        let mounts = solver.snapshots.prepare(&key, parent.as_deref())?;
+        Ok((solver::solve::rootfs_mounts(&mounts), key))
+    })
 }

@@ -1,0 +1,195 @@
+//! The per-container monitor: a detached, single-threaded re-execution of the binary that
+//! runs the container through the executor, writes its output to the json-file log, records
+//! each exit and applies the restart policy. It lives exactly as long as the container runs
+//! (restarts included), so an exited container costs no process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::logs::LogWriter;
+use crate::store::{Container, ContainerStore, RestartPolicy, State, Status};
+use crate::time::now_rfc3339;
+
+/// Restart delays start here and double up to [`MAX_BACKOFF`], as docker's do.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run longer than this resets the delay.
+const RESET_BACKOFF_AFTER: Duration = Duration::from_secs(10);
+
+/// Entry point: `builder __container-monitor ROOT ID`. Never returns.
+pub fn monitor_main() -> ! {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(root), Some(id)) = (args.get(2), args.get(3)) else {
+        eprintln!("container monitor: usage: {} ROOT ID", crate::MONITOR_ARG);
+        std::process::exit(crate::EXIT_OUR_ERROR);
+    };
+    // Second fork of the double fork: the session leader exits so the monitor can never
+    // acquire a controlling terminal, and it is reparented away from `builder`.
+    // SAFETY: called first thing in main, while the process is single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(_) => std::process::exit(crate::EXIT_OUR_ERROR),
+    }
+    let _ = std::env::set_current_dir("/");
+    let code = match run(Path::new(root), id) {
+        Ok(()) => 0,
+        Err(e) => {
+            record_failure(Path::new(root), id, &format!("{e:#}"));
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn record_failure(root: &Path, id: &str, message: &str) {
+    if let Ok(c) = ContainerStore::open(root).and_then(|s| s.load(id)) {
+        let _ = c.update(|s| {
+            s.status = Status::Exited;
+            s.exit_code = crate::EXIT_OUR_ERROR;
+            s.error = message.to_string();
+            s.finished_at = now_rfc3339();
+            s.monitor_pid = 0;
+        });
+    }
+}
+
+fn run(root: &Path, id: &str) -> Result<()> {
+    let store = ContainerStore::open(root)?;
+    let container = store.load(id)?;
+    let pid = std::process::id();
+    let start = crate::procs::start_time(pid).context("reading the monitor's start time")?;
+    container.update(|s| {
+        s.monitor_pid = pid;
+        s.monitor_start = start;
+        s.status = Status::Running;
+        s.stop_requested = false;
+        s.error.clear();
+        s.started_at = now_rfc3339();
+    })?;
+    let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let began = Instant::now();
+        let result = executor.run_tracked(
+            &container.config.spec,
+            &executor::CancelToken::new(),
+            &mut |stream, data| {
+                let index = usize::from(stream == executor::OutputStream::Stderr);
+                log.write(index, data)
+            },
+        );
+        log.flush();
+        let (code, error) = match result {
+            Ok(outcome) => (outcome.exit_code, String::new()),
+            Err(executor::ExecError::Setup(m)) => (setup_exit_code(&m), m),
+            Err(e) => (crate::EXIT_OUR_ERROR, e.to_string()),
+        };
+        if !record_exit(&container, code, error)? {
+            break;
+        }
+        if began.elapsed() > RESET_BACKOFF_AFTER {
+            backoff = FIRST_BACKOFF;
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !begin_restart(&container)? {
+            break;
+        }
+    }
+    if container.config.auto_remove {
+        crate::lifecycle::destroy(&store, &container)?;
+    }
+    Ok(())
+}
+
+/// Records one exit; returns whether the restart policy starts the container again.
+fn record_exit(container: &Container, code: i32, error: String) -> Result<bool> {
+    let mut restart = false;
+    container.update(|s| {
+        s.exit_code = code;
+        s.finished_at = now_rfc3339();
+        restart = error.is_empty() && should_restart(&container.config.restart, s, code);
+        s.error = error;
+        if restart {
+            s.restart_count += 1;
+            s.status = Status::Restarting;
+        } else {
+            s.status = Status::Exited;
+            s.monitor_pid = 0;
+        }
+    })?;
+    Ok(restart)
+}
+
+/// After the restart delay: runs again unless the user stopped the container meanwhile.
+fn begin_restart(container: &Container) -> Result<bool> {
+    let state = container.update(|s| {
+        if s.stop_requested {
+            s.status = Status::Exited;
+            s.monitor_pid = 0;
+        } else {
+            s.status = Status::Running;
+            s.started_at = now_rfc3339();
+        }
+    })?;
+    Ok(state.status == Status::Running)
+}
+
+pub(crate) fn should_restart(policy: &RestartPolicy, state: &State, code: i32) -> bool {
+    if state.stop_requested {
+        return false;
+    }
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        RestartPolicy::OnFailure { max_retries } => {
+            code != 0 && (*max_retries == 0 || state.restart_count < *max_retries)
+        }
+    }
+}
+
+/// Docker's codes for a program that could not be started: 127 not found, 126 not executable.
+pub(crate) fn setup_exit_code(message: &str) -> i32 {
+    if message.contains("not found") || message.contains("No such file") {
+        127
+    } else if message.contains("ermission denied") || message.contains("EACCES") {
+        126
+    } else {
+        crate::EXIT_OUR_ERROR
+    }
+}
+
+/// Checks a monitor invocation before spawning it (used by tests of bad input).
+pub(crate) fn check_root(root: &Path) -> Result<()> {
+    if !root.is_absolute() {
+        bail!("the storage root must be an absolute path for a container monitor");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_failure_counts_restarts() {
+        let policy = RestartPolicy::OnFailure { max_retries: 2 };
+        let mut s = State::default();
+        assert!(should_restart(&policy, &s, 1));
+        assert!(!should_restart(&policy, &s, 0));
+        s.restart_count = 2;
+        assert!(!should_restart(&policy, &s, 1));
+        s.restart_count = 0;
+        s.stop_requested = true;
+        assert!(!should_restart(&RestartPolicy::Always, &s, 0));
+        assert_eq!(
+            setup_exit_code("exec: \"x\": executable file not found in $PATH"),
+            127
+        );
+        assert_eq!(setup_exit_code("exec /x: EACCES: Permission denied"), 126);
+    }
+}

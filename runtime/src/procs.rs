@@ -1,0 +1,78 @@
+//! Processes of a container seen from the host: the monitor, the executor helper it started,
+//! and the container's PID 1 (the helper's only child).
+
+use anyhow::{anyhow, Result};
+use nix::sys::signal::Signal;
+use std::str::FromStr;
+
+use crate::store::State;
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether the monitor recorded in `state` is still that same process.
+pub fn monitor_alive(state: &State) -> bool {
+    state.monitor_pid != 0 && start_time(state.monitor_pid) == Some(state.monitor_start)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Host pid of the container's PID 1, if it is running.
+pub fn container_pid(state: &State) -> Option<u32> {
+    if !monitor_alive(state) {
+        return None;
+    }
+    let helper = *children(state.monitor_pid).first()?;
+    children(helper).first().copied()
+}
+
+/// Whether `pid` has exec'd something other than `our_exe` (the helper before its exec).
+pub fn has_execed(pid: u32, our_exe: &std::path::Path) -> bool {
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe != our_exe,
+        Err(_) => false,
+    }
+}
+
+/// Parses `SIGTERM`, `TERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("invalid signal: {s}"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| anyhow!("invalid signal: {s}"))
+}
+
+pub fn send(pid: u32, signal: Signal) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_docker() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("hup").unwrap(), Signal::SIGHUP);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(start_time(std::process::id()).is_some());
+    }
+}

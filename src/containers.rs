@@ -1,0 +1,382 @@
+//! Container commands (`create`, `start`, `stop`, `ps`, `logs`, ...): flags in, `runtime` calls.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+use crate::run::RunArgs;
+
+#[derive(clap::Subcommand)]
+pub enum ContainerCommand {
+    /// Create a container without starting it.
+    Create(Box<RunArgs>),
+    /// Start stopped containers.
+    Start {
+        /// Attach to the container's output and wait for it.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers (stop signal, then SIGKILL after the timeout).
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time")]
+        time: Option<u32>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop and start containers.
+    Restart {
+        #[arg(short = 't', long = "time")]
+        time: Option<u32>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "SIGKILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill running containers first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to exit and print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List containers.
+    Ps(PsArgs),
+    /// Print a container's logs.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Number of lines from the end (or "all").
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        /// Only lines since this time (RFC 3339, Unix seconds or e.g. 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Prefix each line with its time.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        container: String,
+    },
+    /// Show containers' details as JSON (or through a Go template); for an image name, the
+    /// image's manifest and config.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Container management.
+    #[command(subcommand)]
+    Container(ContainerSubcommand),
+}
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only ids.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// name=, status=, label=KEY[=VALUE], id=
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Go template, e.g. '{{.Names}} {{.Status}}' or 'table {{.ID}}\t{{.Names}}'.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ContainerSubcommand {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not ask for confirmation (there is no prompt; accepted for docker compatibility).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// List containers (as `ps`).
+    Ls(PsArgs),
+    /// Start the containers whose restart policy is `always` or `unless-stopped` (after a reboot).
+    StartRestartable,
+}
+
+/// Runs a container command; errors print docker-style and give docker's exit codes.
+pub fn dispatch(root: &Path, rt: &tokio::runtime::Runtime, command: ContainerCommand) -> i32 {
+    match run_command(root, rt, command) {
+        Ok(code) => code,
+        Err(e) => report(e),
+    }
+}
+
+fn report(e: anyhow::Error) -> i32 {
+    eprintln!("Error: {e:#}");
+    match e.downcast_ref::<runtime::ExitError>() {
+        Some(exit) => exit.code,
+        None => runtime::EXIT_OUR_ERROR,
+    }
+}
+
+fn run_command(
+    root: &Path,
+    rt: &tokio::runtime::Runtime,
+    command: ContainerCommand,
+) -> Result<i32> {
+    let store = runtime::ContainerStore::open(root)?;
+    match command {
+        ContainerCommand::Create(args) => {
+            let c = rt.block_on(crate::run::create_container(root, &args))?;
+            println!("{}", c.id());
+            Ok(0)
+        }
+        ContainerCommand::Start { attach, containers } => {
+            if attach {
+                let [one] = containers.as_slice() else {
+                    bail!("you cannot start and attach multiple containers at once");
+                };
+                let c = store.find(one)?;
+                runtime::start(&store, &c)?;
+                return attach_and_wait(&c);
+            }
+            each(&containers, |name| {
+                runtime::start(&store, &store.find(name)?)
+            })
+        }
+        ContainerCommand::Stop { time, containers } => {
+            each(&containers, |name| runtime::stop(&store.find(name)?, time))
+        }
+        ContainerCommand::Restart { time, containers } => each(&containers, |name| {
+            runtime::restart(&store, &store.find(name)?, time)
+        }),
+        ContainerCommand::Kill { signal, containers } => each(&containers, |name| {
+            runtime::kill(&store.find(name)?, &signal)
+        }),
+        ContainerCommand::Rm { force, containers } => each(&containers, |name| {
+            runtime::remove(&store, &store.find(name)?, force)
+        }),
+        ContainerCommand::Wait { containers } => {
+            let mut failed = false;
+            for name in &containers {
+                match store.find(name).and_then(|c| runtime::wait_exit(&c)) {
+                    Ok(code) => println!("{code}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        ContainerCommand::Ps(args) => ps(&store, &args),
+        ContainerCommand::Logs {
+            follow,
+            tail,
+            since,
+            timestamps,
+            container,
+        } => {
+            let query =
+                runtime::LogsQuery {
+                    follow,
+                    tail: match tail.as_str() {
+                        "all" => None,
+                        n => Some(n.parse().map_err(|_| {
+                            anyhow::anyhow!("--tail {n:?}: want a number or \"all\"")
+                        })?),
+                    },
+                    since: since
+                        .as_deref()
+                        .map(runtime::LogsQuery::parse_since)
+                        .transpose()?,
+                    timestamps,
+                };
+            let c = store.find(&container)?;
+            runtime::follow_logs(&c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
+            Ok(0)
+        }
+        ContainerCommand::Inspect { format, containers } => {
+            if let [one] = containers.as_slice() {
+                if format.is_none() && store.find(one).is_err() {
+                    return crate::image_cmds::inspect(&crate::cli::open_images(root)?, one);
+                }
+            }
+            inspect(&store, format.as_deref(), &containers)
+        }
+        ContainerCommand::Container(sub) => match sub {
+            ContainerSubcommand::Ls(args) => ps(&store, &args),
+            ContainerSubcommand::Prune { force: _ } => {
+                for c in store.list()? {
+                    let state = c.live_state()?;
+                    if matches!(
+                        state.status,
+                        runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
+                    ) {
+                        runtime::remove(&store, &c, false)?;
+                        println!("{}", c.id());
+                    }
+                }
+                Ok(0)
+            }
+            ContainerSubcommand::StartRestartable => {
+                for name in runtime::start_restartable(&store)? {
+                    println!("{name}");
+                }
+                Ok(0)
+            }
+        },
+    }
+}
+
+/// Applies `f` to each name, printing the name on success as docker does; 1 if any failed.
+fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
+    let mut code = 0;
+    for name in names {
+        match f(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn attach_and_wait(c: &runtime::Container) -> Result<i32> {
+    let query = runtime::LogsQuery {
+        follow: true,
+        ..Default::default()
+    };
+    runtime::follow_logs(c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
+    runtime::wait_exit(c)
+}
+
+fn ps(store: &runtime::ContainerStore, args: &PsArgs) -> Result<i32> {
+    let filter = runtime::PsFilter::parse(&args.filter)?;
+    let mut selected = Vec::new();
+    for c in store.list()? {
+        let state = c.live_state()?;
+        let shown = args.all || filter.has_status() || state.status.is_active();
+        if shown && filter.matches(&c, &state) {
+            selected.push((c, state));
+        }
+    }
+    selected.reverse(); // newest first, as docker lists them
+    let rows = runtime::ps_rows(&selected);
+    if args.quiet {
+        for row in &rows {
+            println!("{}", row["ID"].as_str().unwrap_or(""));
+        }
+        return Ok(0);
+    }
+    let format = args.format.clone().unwrap_or_else(|| {
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}".into()
+    });
+    let (table, body) = match format.strip_prefix("table") {
+        Some(rest) => (true, rest.trim_start().to_string()),
+        None => (false, format.clone()),
+    };
+    let mut lines = Vec::new();
+    if table {
+        lines.push(runtime::template::render(&body, &header_row())?);
+    }
+    for row in &rows {
+        lines.push(runtime::template::render(&body, row)?);
+    }
+    print!(
+        "{}",
+        if table {
+            align_columns(&lines)
+        } else {
+            lines.iter().map(|l| format!("{l}\n")).collect()
+        }
+    );
+    Ok(0)
+}
+
+fn header_row() -> serde_json::Value {
+    serde_json::json!({"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+        "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE",
+        "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS"})
+}
+
+/// Pads tab-separated cells into columns (docker's tabwriter with 3 spaces of padding).
+fn align_columns(lines: &[String]) -> String {
+    let rows: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
+    let mut widths = Vec::new();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(&format!("{cell:<w$}", w = widths[i] + 3));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn inspect(store: &runtime::ContainerStore, format: Option<&str>, names: &[String]) -> Result<i32> {
+    let mut values = Vec::new();
+    let mut code = 0;
+    for name in names {
+        match store.find(name).and_then(|c| Ok((c.live_state()?, c))) {
+            Ok((state, c)) => values.push(runtime::inspect_json(&c, &state)),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    match format {
+        Some(f) => {
+            for v in &values {
+                println!("{}", runtime::template::render(f, v)?);
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&values)?),
+    }
+    Ok(code)
+}
+
+/// `run` of a managed container: create, start, then print the id (`-d`) or follow its
+/// output and return its exit code.
+pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
+    let c = match crate::run::create_container(root, &args).await {
+        Ok(c) => c,
+        Err(e) => return Ok(report(e)),
+    };
+    let store = runtime::ContainerStore::open(root)?;
+    if let Err(e) = runtime::start(&store, &c) {
+        return Ok(report(e));
+    }
+    if args.detach {
+        println!("{}", c.id());
+        return Ok(0);
+    }
+    let code = tokio::task::spawn_blocking(move || attach_and_wait(&c)).await??;
+    Ok(code)
+}
