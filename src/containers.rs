@@ -77,6 +77,24 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a command in a running container.
+    Exec {
+        /// Keep stdin open (the terminal is passed through).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Use the caller's terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Container management.
     #[command(subcommand)]
     Container(ContainerSubcommand),
@@ -179,6 +197,42 @@ fn run_command(
             Ok(if failed { 1 } else { 0 })
         }
         ContainerCommand::Ps(args) => ps(&store, &args),
+        ContainerCommand::Exec {
+            interactive,
+            tty,
+            env,
+            user,
+            workdir,
+            container,
+            command,
+        } => {
+            let c = store.find(&container)?;
+            let request = runtime::ExecRequest {
+                args: command,
+                env: env
+                    .iter()
+                    .map(|kv| match kv.split_once('=') {
+                        Some(_) => kv.clone(),
+                        None => format!("{kv}={}", std::env::var(kv).unwrap_or_default()),
+                    })
+                    .collect(),
+                user,
+                workdir,
+                inherit_stdio: interactive || tty,
+            };
+            runtime::exec(
+                &c,
+                &request,
+                &executor::CancelToken::new(),
+                &mut |stream, data| {
+                    use std::io::Write as _;
+                    let _ = match stream {
+                        executor::OutputStream::Stdout => std::io::stdout().write_all(data),
+                        executor::OutputStream::Stderr => std::io::stderr().write_all(data),
+                    };
+                },
+            )
+        }
         ContainerCommand::Logs {
             follow,
             tail,

@@ -20,6 +20,12 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Keep stdin open (foreground runs pass the terminal through).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Use the caller's terminal (foreground runs pass it through).
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Set an environment variable, KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -56,6 +62,24 @@ pub struct RunArgs {
     /// json-file log driver options: max-size=SIZE, max-file=N.
     #[arg(long = "log-opt")]
     pub log_opt: Vec<String>,
+    /// Healthcheck command (run with /bin/sh -c in the container).
+    #[arg(long = "health-cmd")]
+    pub health_cmd: Option<String>,
+    /// Time between healthchecks (e.g. 30s, 500ms).
+    #[arg(long = "health-interval")]
+    pub health_interval: Option<String>,
+    /// Time a healthcheck may take.
+    #[arg(long = "health-timeout")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures that make the container unhealthy.
+    #[arg(long = "health-retries")]
+    pub health_retries: Option<u32>,
+    /// Start period during which failures do not count.
+    #[arg(long = "health-start-period")]
+    pub health_start_period: Option<String>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -285,7 +309,11 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         log: runtime::LogOptions::parse(&args.log_opt)?,
         entrypoint: image.entrypoint.clone().unwrap_or_default(),
         cmd: image.cmd.clone().unwrap_or_default(),
+        health: health_config(args, image.healthcheck.as_ref())?,
     };
+    if args.interactive || args.tty {
+        bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
+    }
     if args.rm && args.restart != "no" {
         bail!("conflicting options: cannot specify both --restart and --rm");
     }
@@ -297,4 +325,53 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         let mounts = solver.snapshots.prepare(&key, parent.as_deref())?;
         Ok((solver::solve::rootfs_mounts(&mounts), key))
     })
+}
+
+/// The healthcheck: the image's, overridden field by field by the `--health-*` flags.
+fn health_config(
+    args: &RunArgs,
+    image: Option<&exporter::image::HealthConfig>,
+) -> Result<Option<runtime::HealthConfig>> {
+    if args.no_healthcheck {
+        if args.health_cmd.is_some() {
+            bail!("--no-healthcheck conflicts with --health-cmd");
+        }
+        return Ok(None);
+    }
+    let mut config = match image {
+        Some(h) => runtime::HealthConfig {
+            test: h.test.clone(),
+            interval: h.interval.max(0) as u64,
+            timeout: h.timeout.max(0) as u64,
+            start_period: h.start_period.max(0) as u64,
+            retries: h.retries.max(0) as u32,
+        },
+        None => runtime::HealthConfig::default(),
+    };
+    if let Some(cmd) = &args.health_cmd {
+        config.test = vec!["CMD-SHELL".into(), cmd.clone()];
+    }
+    let nanos = |flag: &str, value: &Option<String>| -> Result<Option<u64>> {
+        value
+            .as_deref()
+            .map(|v| {
+                runtime::parse_duration(v)
+                    .map(|d| d.as_nanos() as u64)
+                    .with_context(|| format!("--{flag} {v:?}"))
+            })
+            .transpose()
+    };
+    if let Some(n) = nanos("health-interval", &args.health_interval)? {
+        config.interval = n;
+    }
+    if let Some(n) = nanos("health-timeout", &args.health_timeout)? {
+        config.timeout = n;
+    }
+    if let Some(n) = nanos("health-start-period", &args.health_start_period)? {
+        config.start_period = n;
+    }
+    if let Some(r) = args.health_retries {
+        config.retries = r;
+    }
+    Ok(config.command().map(|_| config))
 }

@@ -430,3 +430,138 @@ fn killing_the_monitor_leaks_nothing_and_restartable_containers_come_back() {
     c.ok(&["restart", "-t", "0", "svc"]);
     assert_eq!(c.inspect("svc", "{{.State.Status}}"), "running");
 }
+
+#[test]
+fn exec_joins_the_running_container() {
+    let c = Containers::new();
+    c.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "-e",
+        "FROM_RUN=1",
+        "--hostname",
+        "boxhost",
+        "busybox",
+        "sh",
+        "-c",
+        "echo marker > /tmp/inside; exec sleep 100",
+    ]);
+    c.wait_for_log("box", "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = c.store.run(&["exec", "box", "cat", "/tmp/inside"]);
+        if out.status.success() {
+            assert_eq!(
+                stdout(&out),
+                "marker\n",
+                "exec sees the container's filesystem"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = c.store.run(&[
+        "exec",
+        "-e",
+        "EXTRA=2",
+        "-u",
+        "65534",
+        "-w",
+        "/tmp",
+        "box",
+        "sh",
+        "-c",
+        "echo $FROM_RUN$EXTRA $(id -u) $(pwd) $(hostname) $$; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    let words: Vec<String> = stdout(&out).split_whitespace().map(String::from).collect();
+    assert_eq!(&words[..4], ["12", "65534", "/tmp", "boxhost"]);
+    assert_ne!(
+        words[4], "1",
+        "the exec'd shell is not the container's PID 1"
+    );
+    let pid1 = c.ok(&["exec", "box", "cat", "/proc/1/comm"]);
+    assert_eq!(
+        pid1.trim(),
+        "sleep",
+        "exec is in the container's pid namespace"
+    );
+
+    let out = c.store.run(&["exec", "box", "no-such-program"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(stderr(&out).contains("no-such-program"), "{}", stderr(&out));
+
+    // -it under a real pty: the terminal reaches the process.
+    let cmd = format!(
+        "{} --root {} exec -it box sh -c '[ -t 0 ] && [ -t 1 ] && echo is-a-tty'",
+        env!("CARGO_BIN_EXE_builder"),
+        c.store.root().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is-a-tty"),
+        "{:?}",
+        out
+    );
+
+    c.ok(&["stop", "-t", "0", "box"]);
+    let out = c.store.run(&["exec", "box", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+}
+
+#[test]
+fn health_turns_healthy_and_keeps_the_last_five_results() {
+    let c = Containers::new();
+    c.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "doc",
+        "--health-cmd",
+        "cat /tmp/ready",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        "busybox",
+        "sleep",
+        "100",
+    ]);
+    c.wait_for("doc", "{{.State.Health.Status}}", "unhealthy");
+    c.ok(&["exec", "doc", "sh", "-c", "echo fine > /tmp/ready"]);
+    c.wait_for("doc", "{{.State.Health.Status}}", "healthy");
+    assert!(c
+        .ok(&["ps", "--format", "{{.Status}}"])
+        .contains("(healthy)"));
+    std::thread::sleep(Duration::from_millis(800));
+    let log: Vec<serde_json::Value> =
+        serde_json::from_str(&c.inspect("doc", "{{json .State.Health.Log}}")).unwrap();
+    assert_eq!(log.len(), 5);
+    assert_eq!(log[4]["ExitCode"], 0);
+    assert_eq!(log[4]["Output"], "fine\n");
+    c.ok(&["rm", "-f", "doc"]);
+
+    let out = c.store.run(&[
+        "run",
+        "-d",
+        "--health-interval",
+        "soon",
+        "--health-cmd",
+        "true",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--health-interval"),
+        "{}",
+        stderr(&out)
+    );
+}

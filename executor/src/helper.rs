@@ -85,7 +85,7 @@ pub fn helper_main() -> ! {
 }
 
 /// Writes a setup error to the status pipe, where the caller picks it up.
-fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
+pub(crate) fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
     let message = format!("{error:#}");
     let mut remaining = message.as_bytes();
     while !remaining.is_empty() {
@@ -121,6 +121,9 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     let spec = request.spec;
+    if let Some(pid) = spec.enter_pid {
+        return crate::enter::enter_and_run(&spec, pid, status_fd);
+    }
     let paths = StatePaths {
         rootfs: request.state_dir.join("rootfs"),
         hosts: request.state_dir.join("hosts"),
@@ -481,7 +484,7 @@ fn pivot_into(root: &Path) -> Result<()> {
 }
 
 /// The spec's environment plus `PATH` and `HOME` defaults when absent.
-fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
+pub(crate) fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
     let mut env = env.to_vec();
     let has = |env: &[String], key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
     if !has(&env, "PATH") {
@@ -494,7 +497,7 @@ fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
 }
 
 /// Finds `name` like `exec.LookPath` with the container's `PATH` (the last `PATH=` wins).
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
+pub(crate) fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
@@ -522,7 +525,7 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 /// Like [`to_cstrings`], but an error names only the variable: values may be secrets.
-fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
+pub(crate) fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
     env.iter()
         .map(|kv| {
             CString::new(kv.as_bytes()).map_err(|_| {
@@ -533,7 +536,7 @@ fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
         .collect()
 }
 
-fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
+pub(crate) fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
     items
         .iter()
         .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
@@ -542,7 +545,7 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
 
 /// Restores default dispositions and an empty mask: ignored signals survive exec, and Rust
 /// ignores SIGPIPE, which would break pipelines like `yes | head`.
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // SAFETY: plain signal-disposition and mask syscalls in a single-threaded process.
     unsafe {
         for signal in 1..libc::SIGRTMAX() {

@@ -12,6 +12,7 @@
 //! killed by a signal).
 
 mod emulation;
+mod enter;
 mod helper;
 mod mounts;
 mod paths;
@@ -95,6 +96,10 @@ pub struct ExecSpec {
     pub stdio: Stdio,
     /// Remount the rootfs read-only (the mounts on top of it keep their own modes).
     pub readonly_rootfs: bool,
+    /// Run inside the running container whose PID 1 has this host pid (its namespaces and
+    /// root) instead of creating one; `rootfs`, `mounts`, `hostname` and `network` are unused.
+    #[serde(default)]
+    pub enter_pid: Option<u32>,
 }
 
 /// Why a run did not produce an exit code.

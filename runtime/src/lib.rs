@@ -5,6 +5,8 @@
 //! The monitor is this program re-executed with [`MONITOR_ARG`] as its first argument; the
 //! binary calls [`monitor_main`] before starting any thread.
 
+mod exec;
+mod health;
 mod lifecycle;
 mod logs;
 mod monitor;
@@ -15,6 +17,8 @@ pub mod template;
 mod time;
 mod view;
 
+pub use exec::{exec, ExecRequest};
+pub use health::{parse_duration, HealthConfig};
 pub use lifecycle::{
     create, kill, remove, restart, start, start_restartable, stop, wait_exit, CreateRequest,
     ExitError,

@@ -32,6 +32,7 @@ pub struct CreateRequest {
     pub log: LogOptions,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    pub health: Option<crate::HealthConfig>,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -101,6 +102,7 @@ pub fn create(
         log: request.log,
         entrypoint: request.entrypoint,
         cmd: request.cmd,
+        health: request.health,
     };
     store.insert(&config)
 }

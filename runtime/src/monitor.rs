@@ -1,9 +1,12 @@
 //! The per-container monitor: a detached, single-threaded re-execution of the binary that
 //! runs the container through the executor, writes its output to the json-file log, records
 //! each exit and applies the restart policy. It lives exactly as long as the container runs
-//! (restarts included), so an exited container costs no process.
+//! (restarts included), so an exited container costs no process. It is single-threaded
+//! except for a healthcheck thread when the container has a healthcheck.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +77,8 @@ fn run(root: &Path, id: &str) -> Result<()> {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let began = Instant::now();
+        let stop_probes = Arc::new(AtomicBool::new(false));
+        let prober = crate::health::spawn_prober(&container, stop_probes.clone());
         let result = executor.run_tracked(
             &container.config.spec,
             &executor::CancelToken::new(),
@@ -83,6 +88,10 @@ fn run(root: &Path, id: &str) -> Result<()> {
             },
         );
         log.flush();
+        stop_probes.store(true, Ordering::SeqCst);
+        if let Some(prober) = prober {
+            let _ = prober.join();
+        }
         let (code, error) = match result {
             Ok(outcome) => (outcome.exit_code, String::new()),
             Err(executor::ExecError::Setup(m)) => (setup_exit_code(&m), m),

@@ -88,6 +88,9 @@ pub struct Config {
     /// The image's entrypoint and cmd as given (for inspect's `Config`).
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    /// The healthcheck (image `HEALTHCHECK` or `--health-*`), if any.
+    #[serde(default)]
+    pub health: Option<crate::HealthConfig>,
 }
 
 /// Docker's container states.
@@ -137,6 +140,8 @@ pub struct State {
     /// The user stopped or killed the container: the restart policy does not apply.
     pub stop_requested: bool,
     pub oom_killed: bool,
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
 }
 
 /// One container directory.

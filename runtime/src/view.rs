@@ -29,6 +29,7 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "Error": state.error,
             "StartedAt": or_zero_time(&state.started_at),
             "FinishedAt": or_zero_time(&state.finished_at),
+            "Health": state.health.as_ref().filter(|_| running || state.status == Status::Restarting),
         },
         "Image": c.image_id,
         "LogPath": container.log_path(),
@@ -57,6 +58,8 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "Labels": c.labels,
             "StopSignal": c.stop_signal,
             "StopTimeout": c.stop_timeout,
+            "Healthcheck": c.health.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval,
+                "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
         },
         "NetworkSettings": {"IPAddress": "", "Ports": {}, "Networks": {}},
     })
@@ -168,7 +171,13 @@ pub fn ps_rows(containers: &[(Container, State)]) -> Vec<Value> {
                     .unwrap_or_default()
             };
             let status = match s.status {
-                Status::Running => format!("Up {}", since(&s.started_at)),
+                Status::Running => match &s.health {
+                    Some(h) if h.status == "starting" => {
+                        format!("Up {} (health: starting)", since(&s.started_at))
+                    }
+                    Some(h) => format!("Up {} ({})", since(&s.started_at), h.status),
+                    None => format!("Up {}", since(&s.started_at)),
+                },
                 Status::Restarting => {
                     format!("Restarting ({}) {} ago", s.exit_code, since(&s.finished_at))
                 }
