@@ -41,9 +41,16 @@ pub struct RunArgs {
     /// Override the image's entrypoint.
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Network: host (default) or none.
-    #[arg(long, default_value = "host")]
-    pub network: String,
+    /// Network: bridge (default for -d/--name/--restart containers), host (default for a
+    /// plain foreground run) or none.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Publish a container port: [IP:]HOST_PORT:CONTAINER_PORT[/udp] (bridge network).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// Container hostname (default: the first 12 digits of its id).
     #[arg(long)]
     pub hostname: Option<String>,
@@ -96,7 +103,27 @@ pub struct RunArgs {
 impl RunArgs {
     /// Whether this run is a managed container rather than a one-off foreground process.
     fn managed(&self) -> bool {
-        self.detach || self.name.is_some() || self.restart != "no"
+        self.detach
+            || self.name.is_some()
+            || self.restart != "no"
+            || !self.publish.is_empty()
+            || self.publish_all
+    }
+
+    /// The network mode, with docker's default for managed containers.
+    fn network_mode(&self) -> Result<&str> {
+        let mode = match self.network.as_deref() {
+            Some("default") | None if self.managed() => "bridge",
+            Some("default") | None => "host",
+            Some(m) => m,
+        };
+        match mode {
+            "bridge" if !self.managed() => {
+                bail!("--network bridge needs a managed container (-d or --name)")
+            }
+            "bridge" | "host" | "none" => Ok(mode),
+            other => bail!("--network {other:?}: supported values are bridge, host and none"),
+        }
     }
 }
 
@@ -191,10 +218,11 @@ fn process_spec(
         env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
         env.push(format!("{k}={v}"));
     }
-    let network = match args.network.as_str() {
-        "host" | "default" => executor::Network::Host,
-        "none" => executor::Network::None,
-        other => bail!("--network {other:?}: supported values are host and none"),
+    // A bridge container joins the namespace its monitor sets up; until then (and should
+    // that ever be missing) it is isolated, never on the host's network.
+    let network = match args.network_mode()? {
+        "host" => executor::Network::Host,
+        _ => executor::Network::None,
     };
     Ok(executor::ExecSpec {
         args: argv,
@@ -310,6 +338,8 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         entrypoint: image.entrypoint.clone().unwrap_or_default(),
         cmd: image.cmd.clone().unwrap_or_default(),
         health: health_config(args, image.healthcheck.as_ref())?,
+        network_mode: args.network_mode()?.to_string(),
+        ports: published_ports(args, image)?,
     };
     if args.interactive || args.tty {
         bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
@@ -374,4 +404,28 @@ fn health_config(
         config.retries = r;
     }
     Ok(config.command().map(|_| config))
+}
+
+/// `-p` mappings, plus every `EXPOSE`d port on a free host port with `-P`.
+fn published_ports(
+    args: &RunArgs,
+    image: &exporter::image::ContainerConfig,
+) -> Result<Vec<runtime::PortMapping>> {
+    let mut ports = args
+        .publish
+        .iter()
+        .map(|p| runtime::PortMapping::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    if args.publish_all {
+        for exposed in image.exposed_ports.keys() {
+            ports.push(runtime::PortMapping::parse(exposed)?);
+        }
+    }
+    if !ports.is_empty() && args.network_mode()? != "bridge" {
+        bail!(
+            "-p/-P need the bridge network (not --network {})",
+            args.network_mode()?
+        );
+    }
+    Ok(ports)
 }

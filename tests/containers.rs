@@ -405,10 +405,8 @@ fn killing_the_monitor_leaks_nothing_and_restartable_containers_come_back() {
     c.ok(&["stop", "-t", "0", "held"]);
     let pid: u32 = c.inspect("svc", "{{.State.Pid}}").parse().unwrap();
     let monitor = c.state_file("svc")["monitor_pid"].as_u64().unwrap();
-    assert!(
-        mounts_under(c.store.root()) == 0,
-        "the rootfs is mounted only inside the container"
-    );
+    // The rootfs is mounted only inside the container; the host sees just svc's netns file.
+    assert_eq!(mounts_under(c.store.root()), 1);
     // SIGKILL of the monitor: the container dies with it (parent-death signal chain).
     std::process::Command::new("kill")
         .args(["-9", &monitor.to_string()])

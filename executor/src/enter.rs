@@ -95,3 +95,11 @@ fn exec_in_container(spec: &ExecSpec) -> Result<Infallible> {
     let Err(err) = nix::unistd::execve(&program_c, &args, &env);
     Err(anyhow!("exec {}: {err}", spec.args[0]))
 }
+
+/// Joins the network namespace bind-mounted at `path`.
+pub(crate) fn join_netns(path: &std::path::Path) -> Result<()> {
+    let file = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("joining network namespace {}", path.display()))
+}

@@ -183,6 +183,9 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
     unshare(namespaces).context("creating namespaces")?;
+    if let Some(path) = &spec.netns {
+        crate::enter::join_netns(path)?;
+    }
     mount(
         None::<&str>,
         "/",

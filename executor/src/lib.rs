@@ -100,6 +100,10 @@ pub struct ExecSpec {
     /// root) instead of creating one; `rootfs`, `mounts`, `hostname` and `network` are unused.
     #[serde(default)]
     pub enter_pid: Option<u32>,
+    /// Join this existing network namespace (e.g. a bind-mounted `/proc/PID/ns/net`) instead
+    /// of `network`'s; the caller set up its interfaces.
+    #[serde(default)]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// Why a run did not produce an exit code.

@@ -11,6 +11,7 @@ mod lifecycle;
 mod logs;
 mod monitor;
 mod names;
+mod network;
 mod procs;
 mod store;
 pub mod template;
@@ -25,6 +26,7 @@ pub use lifecycle::{
 };
 pub use logs::{follow_logs, LogOptions, LogsQuery};
 pub use monitor::monitor_main;
+pub use network::{PortMapping, BRIDGE};
 pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
 pub use view::{inspect_json, ps_rows, PsFilter};
 

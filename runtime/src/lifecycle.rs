@@ -33,6 +33,8 @@ pub struct CreateRequest {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub health: Option<crate::HealthConfig>,
+    pub network_mode: String,
+    pub ports: Vec<crate::PortMapping>,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -103,6 +105,8 @@ pub fn create(
         entrypoint: request.entrypoint,
         cmd: request.cmd,
         health: request.health,
+        network_mode: request.network_mode,
+        ports: request.ports,
     };
     store.insert(&config)
 }
@@ -284,6 +288,9 @@ pub(crate) fn destroy(store: &ContainerStore, container: &Container) -> Result<(
         let mut state = container.state()?;
         state.status = Status::Removing;
         container.save_state(&state)?;
+    }
+    if container.config.network_mode == "bridge" {
+        crate::network::teardown(container);
     }
     let snapshots = snapshotter::Snapshotter::open(&store.root)?;
     if snapshots.exists(&container.config.snapshot_key) {

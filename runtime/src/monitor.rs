@@ -72,6 +72,18 @@ fn run(root: &Path, id: &str) -> Result<()> {
         s.error.clear();
         s.started_at = now_rfc3339();
     })?;
+    let mut spec = container.config.spec.clone();
+    let mut attachment = if container.config.network_mode == "bridge" {
+        let attachment = crate::network::setup(&container, &container.config.ports)?;
+        spec.netns = Some(crate::network::netns_path(&container));
+        container.update(|s| {
+            s.ip = attachment.ip.to_string();
+            s.ports = attachment.ports.clone();
+        })?;
+        Some(attachment)
+    } else {
+        None
+    };
     let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
@@ -79,14 +91,11 @@ fn run(root: &Path, id: &str) -> Result<()> {
         let began = Instant::now();
         let stop_probes = Arc::new(AtomicBool::new(false));
         let prober = crate::health::spawn_prober(&container, stop_probes.clone());
-        let result = executor.run_tracked(
-            &container.config.spec,
-            &executor::CancelToken::new(),
-            &mut |stream, data| {
+        let result =
+            executor.run_tracked(&spec, &executor::CancelToken::new(), &mut |stream, data| {
                 let index = usize::from(stream == executor::OutputStream::Stderr);
                 log.write(index, data)
-            },
-        );
+            });
         log.flush();
         stop_probes.store(true, Ordering::SeqCst);
         if let Some(prober) = prober {
@@ -97,7 +106,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
             Err(executor::ExecError::Setup(m)) => (setup_exit_code(&m), m),
             Err(e) => (crate::EXIT_OUR_ERROR, e.to_string()),
         };
-        if !record_exit(&container, code, error)? {
+        if !record_exit(&container, code, error, &mut attachment)? {
             break;
         }
         if began.elapsed() > RESET_BACKOFF_AFTER {
@@ -105,7 +114,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if !begin_restart(&container)? {
+        if !begin_restart(&container, &mut attachment)? {
             break;
         }
     }
@@ -115,8 +124,15 @@ fn run(root: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Records one exit; returns whether the restart policy starts the container again.
-fn record_exit(container: &Container, code: i32, error: String) -> Result<bool> {
+/// Records one exit; returns whether the restart policy starts the container again. When it
+/// does not, the network is detached before the exit is visible, so a command that waited for
+/// it finds the ports and addresses free.
+fn record_exit(
+    container: &Container,
+    code: i32,
+    error: String,
+    attachment: &mut Option<crate::network::Attachment>,
+) -> Result<bool> {
     let mut restart = false;
     container.update(|s| {
         s.exit_code = code;
@@ -127,6 +143,10 @@ fn record_exit(container: &Container, code: i32, error: String) -> Result<bool> 
             s.restart_count += 1;
             s.status = Status::Restarting;
         } else {
+            if attachment.take().is_some() {
+                crate::network::teardown(container);
+                s.ip.clear();
+            }
             s.status = Status::Exited;
             s.monitor_pid = 0;
         }
@@ -135,9 +155,16 @@ fn record_exit(container: &Container, code: i32, error: String) -> Result<bool> 
 }
 
 /// After the restart delay: runs again unless the user stopped the container meanwhile.
-fn begin_restart(container: &Container) -> Result<bool> {
+fn begin_restart(
+    container: &Container,
+    attachment: &mut Option<crate::network::Attachment>,
+) -> Result<bool> {
     let state = container.update(|s| {
         if s.stop_requested {
+            if attachment.take().is_some() {
+                crate::network::teardown(container);
+                s.ip.clear();
+            }
             s.status = Status::Exited;
             s.monitor_pid = 0;
         } else {

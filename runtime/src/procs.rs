@@ -15,9 +15,20 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// Whether the monitor recorded in `state` is still that same process.
+/// Whether `pid` has exited but was not reaped yet (a zombie whose parent is slow to wait).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|s| s == "Z" || s == "X")
+    })
+}
+
+/// Whether the monitor recorded in `state` is still that same, living process.
 pub fn monitor_alive(state: &State) -> bool {
-    state.monitor_pid != 0 && start_time(state.monitor_pid) == Some(state.monitor_start)
+    state.monitor_pid != 0
+        && start_time(state.monitor_pid) == Some(state.monitor_start)
+        && !is_zombie(state.monitor_pid)
 }
 
 fn children(pid: u32) -> Vec<u32> {

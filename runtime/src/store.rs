@@ -91,6 +91,16 @@ pub struct Config {
     /// The healthcheck (image `HEALTHCHECK` or `--health-*`), if any.
     #[serde(default)]
     pub health: Option<crate::HealthConfig>,
+    /// `bridge`, `host` or `none`.
+    #[serde(default = "default_network")]
+    pub network_mode: String,
+    /// `-p`/`-P` mappings as asked (host port 0: chosen at start).
+    #[serde(default)]
+    pub ports: Vec<crate::PortMapping>,
+}
+
+fn default_network() -> String {
+    "host".into()
 }
 
 /// Docker's container states.
@@ -142,6 +152,12 @@ pub struct State {
     pub oom_killed: bool,
     #[serde(default)]
     pub health: Option<crate::health::Health>,
+    /// Address on the bridge while running.
+    #[serde(default)]
+    pub ip: String,
+    /// Published ports with the host ports actually bound.
+    #[serde(default)]
+    pub ports: Vec<crate::PortMapping>,
 }
 
 /// One container directory.
@@ -235,7 +251,11 @@ impl Container {
             state.error = "the container's monitor process died".into();
             state.finished_at = crate::time::now_rfc3339();
             state.monitor_pid = 0;
+            state.ip.clear();
             self.save_state(&state)?;
+            if self.config.network_mode == "bridge" {
+                crate::network::teardown(self);
+            }
         }
         Ok(state)
     }

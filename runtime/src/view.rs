@@ -46,6 +46,7 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "AutoRemove": c.auto_remove,
             "LogConfig": {"Type": "json-file", "Config": log_config(c)},
             "ReadonlyRootfs": c.spec.readonly_rootfs,
+            "NetworkMode": c.network_mode,
         },
         "Config": {
             "Hostname": c.spec.hostname,
@@ -61,7 +62,31 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "Healthcheck": c.health.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval,
                 "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
         },
-        "NetworkSettings": {"IPAddress": "", "Ports": {}, "Networks": {}},
+        "NetworkSettings": network_settings(c, state),
+    })
+}
+
+fn network_settings(c: &crate::Config, state: &State) -> Value {
+    let mut ports = serde_json::Map::new();
+    for p in &state.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        let host_ip = if p.host_ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &p.host_ip
+        };
+        let entry = json!({"HostIp": host_ip, "HostPort": p.host_port.to_string()});
+        if let Some(list) = ports.entry(key).or_insert_with(|| json!([])).as_array_mut() {
+            list.push(entry);
+        }
+    }
+    let bridge = c.network_mode == "bridge" && !state.ip.is_empty();
+    json!({
+        "IPAddress": state.ip,
+        "Gateway": if bridge { "10.88.0.1" } else { "" },
+        "IPPrefixLen": if bridge { 16 } else { 0 },
+        "Ports": ports,
+        "Networks": if bridge { json!({"bridge": {"IPAddress": state.ip, "Gateway": "10.88.0.1"}}) } else { json!({}) },
     })
 }
 
@@ -193,7 +218,9 @@ pub fn ps_rows(containers: &[(Container, State)]) -> Vec<Value> {
                 "Command": format!("\"{}\"", truncate(&cfg.spec.args.join(" "), 20)),
                 "CreatedAt": cfg.created,
                 "RunningFor": format!("{} ago", since(&cfg.created)),
-                "Ports": "",
+                "Ports": s.ports.iter().map(|p| format!("{}:{}->{}/{}",
+                    if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip }, p.host_port, p.container_port, p.protocol))
+                    .collect::<Vec<_>>().join(", "),
                 "State": s.status.as_str(),
                 "Status": status,
                 "Names": cfg.name,

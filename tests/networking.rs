@@ -1,0 +1,215 @@
+//! The default bridge network: published ports reached from the host's loopback, containers
+//! reaching each other on the bridge, port conflicts, and what a killed monitor leaves.
+//! Traffic goes only to loopback and to addresses on our own bridge.
+
+mod common;
+
+use common::{stderr, stdout, Store};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ok(store: &Store, args: &[&str]) -> String {
+    let out = store.run(args);
+    assert!(out.status.success(), "builder {args:?}: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// curl from the host, retrying while the server starts.
+fn curl(url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "2", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {url} kept failing: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a container's network leaves on the host: its veth, its nft rules, its address lease.
+fn traces(id: &str) -> (bool, usize, bool) {
+    let veth = std::path::Path::new(&format!("/sys/class/net/vb{}", &id[..11])).exists();
+    let rules = Command::new("nft")
+        .args(["list", "table", "inet", "builder"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).matches(id).count();
+    let lease = std::fs::read_to_string("/run/builder/bridge-ipam.json")
+        .unwrap_or_default()
+        .contains(id);
+    (veth, rules, lease)
+}
+
+fn mounts_under(dir: &std::path::Path) -> usize {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy();
+    table
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(dir.as_ref()))
+        })
+        .count()
+}
+
+#[test]
+fn httpd_is_reached_through_published_ports_and_containers_reach_each_other() {
+    let store = Store::with_busybox();
+    let (local_port, any_port) = (free_port(), free_port());
+    let web = ok(&store, &["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{local_port}:80"),
+        "-p", &format!("{any_port}:80"), "busybox", "sh", "-c",
+        "mkdir /www && echo served-from-container > /www/index.html && exec httpd -f -p 80 -h /www"]);
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{local_port}/")),
+        "served-from-container\n"
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{any_port}/")),
+        "served-from-container\n"
+    );
+    let ip = ok(
+        &store,
+        &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"],
+    );
+    assert!(ip.starts_with("10.88."), "{ip}");
+    let ports = ok(&store, &["ps", "--format", "{{.Ports}}"]);
+    assert!(
+        ports.contains(&format!("127.0.0.1:{local_port}->80/tcp")),
+        "{ports}"
+    );
+    // Another container on the bridge reaches it by address.
+    let out = store.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "client",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{ip}/"),
+    ]);
+    assert_eq!(stdout(&out), "served-from-container\n", "{}", stderr(&out));
+    // The container has its own network: eth0 with its address, not the host's interfaces.
+    let addrs = ok(&store, &["exec", "web", "ip", "-o", "-4", "addr"]);
+    assert!(
+        addrs.contains(&format!("eth0    inet {ip}/16")) || addrs.contains(&ip),
+        "{addrs}"
+    );
+    assert!(!addrs.contains("builder0"), "{addrs}");
+
+    // The port is taken: a clear error naming it, and nothing left half-made.
+    let out = store.run(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        &format!("127.0.0.1:{local_port}:80"),
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{local_port}")),
+        "{}",
+        stderr(&out)
+    );
+    let clash = ok(&store, &["inspect", "-f", "{{.Id}}", "clash"]);
+    assert_eq!(traces(&clash), (false, 0, false));
+
+    ok(&store, &["rm", "-f", "web", "clash"]);
+    assert_eq!(
+        traces(&web),
+        (false, 0, false),
+        "rm removes veth, rules and lease"
+    );
+    assert_eq!(mounts_under(store.root()), 0);
+    let refused = Command::new("curl")
+        .args(["-sf", "-m", "2", &format!("http://127.0.0.1:{local_port}/")])
+        .status()
+        .unwrap();
+    assert!(!refused.success(), "the port is no longer forwarded");
+}
+
+#[test]
+fn a_killed_monitor_leaves_nothing_once_the_next_command_runs() {
+    let store = Store::with_busybox();
+    let port = free_port();
+    let id = ok(
+        &store,
+        &[
+            "run",
+            "-d",
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+        ],
+    );
+    assert_eq!(traces(&id), (true, 2, true));
+    assert_eq!(mounts_under(store.root()), 1, "the netns bind mount");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = state["monitor_pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &monitor])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ok(&store, &["ps", "-aq"]), &id[..12]);
+    assert_eq!(
+        traces(&id),
+        (false, 0, false),
+        "the next command cleaned up"
+    );
+    assert_eq!(mounts_under(store.root()), 0);
+    assert_eq!(
+        ok(
+            &store,
+            &[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                &id
+            ]
+        ),
+        "exited 137"
+    );
+    // It can start again on the same port.
+    ok(&store, &["start", &id]);
+    assert_eq!(traces(&id), (true, 2, true));
+    ok(&store, &["rm", "-f", &id]);
+    assert_eq!(traces(&id), (false, 0, false));
+
+    let out = store.run(&["run", "-d", "--network", "nowhere", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--network \"nowhere\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = store.run(&["run", "-d", "-p", "http:80", "busybox", "true"]);
+    assert!(stderr(&out).contains("-p \"http:80\""), "{}", stderr(&out));
+}
