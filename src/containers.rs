@@ -95,9 +95,50 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Networks: create, ls, inspect, rm, prune.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Container management.
     #[command(subcommand)]
     Container(ContainerSubcommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum NetworkCommand {
+    /// Create a user-defined bridge network (containers on it resolve each other by name).
+    Create {
+        /// Subnet in CIDR form (default: a free /24 in 10.89.0.0/16).
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long = "label")]
+        label: Vec<String>,
+        /// Only the bridge driver exists.
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        name: String,
+    },
+    /// List networks.
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Show networks as JSON.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks.
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks no container uses.
+    Prune {
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -267,6 +308,7 @@ fn run_command(
             }
             inspect(&store, format.as_deref(), &containers)
         }
+        ContainerCommand::Network(command) => network(&store, command),
         ContainerCommand::Container(sub) => match sub {
             ContainerSubcommand::Ls(args) => ps(&store, &args),
             ContainerSubcommand::Prune { force: _ } => {
@@ -419,6 +461,11 @@ fn inspect(store: &runtime::ContainerStore, format: Option<&str>, names: &[Strin
 /// `run` of a managed container: create, start, then print the id (`-d`) or follow its
 /// output and return its exit code.
 pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
+    // A foreground --rm container is removed here, after its exit code was read; a detached
+    // one by its monitor.
+    let remove_after = args.rm && !args.detach;
+    let mut args = args;
+    args.rm = args.rm && args.detach;
     let c = match crate::run::create_container(root, &args).await {
         Ok(c) => c,
         Err(e) => return Ok(report(e)),
@@ -431,6 +478,99 @@ pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
         println!("{}", c.id());
         return Ok(0);
     }
-    let code = tokio::task::spawn_blocking(move || attach_and_wait(&c)).await??;
+    let code = tokio::task::spawn_blocking(move || {
+        let code = attach_and_wait(&c)?;
+        if remove_after {
+            runtime::remove(&store, &c, false)?;
+        }
+        anyhow::Ok(code)
+    })
+    .await??;
     Ok(code)
+}
+
+fn network(store: &runtime::ContainerStore, command: NetworkCommand) -> Result<i32> {
+    let networks = runtime::NetworkStore::open(&store.root)?;
+    match command {
+        NetworkCommand::Create {
+            subnet,
+            label,
+            driver,
+            name,
+        } => {
+            if driver != "bridge" {
+                bail!("--driver {driver:?}: only the bridge driver is supported");
+            }
+            let labels = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            println!("{}", networks.create(&name, subnet.as_deref(), labels)?.id);
+            Ok(0)
+        }
+        NetworkCommand::Ls { quiet } => {
+            let mut lines = vec!["NETWORK ID\tNAME\tDRIVER\tSUBNET".to_string()];
+            for n in networks.list()? {
+                if quiet {
+                    println!("{}", &n.id[..12]);
+                } else {
+                    lines.push(format!("{}\t{}\tbridge\t{}", &n.id[..12], n.name, n.subnet));
+                }
+            }
+            if !quiet {
+                print!("{}", align_columns(&lines));
+            }
+            Ok(0)
+        }
+        NetworkCommand::Inspect {
+            format,
+            networks: names,
+        } => {
+            let mut values = Vec::new();
+            for name in &names {
+                let n = networks.get(name)?;
+                let members: serde_json::Map<String, serde_json::Value> = store
+                    .list()?
+                    .into_iter()
+                    .filter(|c| c.config.network_mode == n.name)
+                    .filter_map(|c| {
+                        let state = c.state().ok()?;
+                        let value =
+                            serde_json::json!({"Name": c.config.name, "IPv4Address": state.ip});
+                        Some((c.config.id, value))
+                    })
+                    .collect();
+                values.push(serde_json::json!({"Name": n.name, "Id": n.id, "Created": n.created,
+                    "Driver": "bridge", "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                    "Options": {"com.docker.network.bridge.name": n.bridge}, "Labels": n.labels,
+                    "Containers": members}));
+            }
+            match format {
+                Some(f) => {
+                    for v in &values {
+                        println!("{}", runtime::template::render(&f, v)?);
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&values)?),
+            }
+            Ok(0)
+        }
+        NetworkCommand::Rm { networks: names } => each(&names, |name| networks.remove(store, name)),
+        NetworkCommand::Prune { force: _ } => {
+            for n in networks.list()? {
+                let used = store
+                    .list()?
+                    .iter()
+                    .any(|c| c.config.network_mode == n.name);
+                if n.is_user_defined() && !used {
+                    networks.remove(store, &n.name)?;
+                    println!("{}", n.name);
+                }
+            }
+            Ok(0)
+        }
+    }
 }

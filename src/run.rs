@@ -45,6 +45,15 @@ pub struct RunArgs {
     /// plain foreground run) or none.
     #[arg(long)]
     pub network: Option<String>,
+    /// Extra name of the container on a user-defined network.
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP.
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// A nameserver for the container's resolv.conf.
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
     /// Publish a container port: [IP:]HOST_PORT:CONTAINER_PORT[/udp] (bridge network).
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
@@ -118,11 +127,14 @@ impl RunArgs {
             Some(m) => m,
         };
         match mode {
-            "bridge" if !self.managed() => {
-                bail!("--network bridge needs a managed container (-d or --name)")
-            }
-            "bridge" | "host" | "none" => Ok(mode),
-            other => bail!("--network {other:?}: supported values are bridge, host and none"),
+            "host" | "none" => Ok(mode),
+            _ if !self.managed() => bail!(
+                "--network {mode}: only host and none work for a plain foreground run; add --name or -d"
+            ),
+            "" | "container:" => bail!(
+                "--network {mode:?}: want bridge, host, none, container:NAME or a network name"
+            ),
+            _ => Ok(mode),
         }
     }
 }
@@ -340,6 +352,17 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         health: health_config(args, image.healthcheck.as_ref())?,
         network_mode: args.network_mode()?.to_string(),
         ports: published_ports(args, image)?,
+        network_aliases: args.network_alias.clone(),
+        extra_hosts: extra_hosts(&args.add_host)?,
+        dns: args
+            .dns
+            .iter()
+            .map(|d| {
+                d.parse::<std::net::IpAddr>()
+                    .map(|_| d.clone())
+                    .map_err(|_| anyhow!("--dns {d:?}: not an IP address"))
+            })
+            .collect::<Result<_>>()?,
     };
     if args.interactive || args.tty {
         bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
@@ -428,4 +451,20 @@ fn published_ports(
         );
     }
     Ok(ports)
+}
+
+/// `--add-host NAME:IP` (docker also takes `NAME=IP`).
+fn extra_hosts(flags: &[String]) -> Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|h| {
+            let (name, ip) = h
+                .split_once('=')
+                .or_else(|| h.split_once(':'))
+                .ok_or_else(|| anyhow!("--add-host {h:?}: want NAME:IP"))?;
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| anyhow!("--add-host {h:?}: {ip:?} is not an IP address"))?;
+            Ok((name.to_string(), ip.to_string()))
+        })
+        .collect()
 }

@@ -49,7 +49,7 @@ fn traces(id: &str) -> (bool, usize, bool) {
         .output()
         .unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout).matches(id).count();
-    let lease = std::fs::read_to_string("/run/builder/bridge-ipam.json")
+    let lease = std::fs::read_to_string("/run/builder/builder0-ipam.json")
         .unwrap_or_default()
         .contains(id);
     (veth, rules, lease)
@@ -206,10 +206,120 @@ fn a_killed_monitor_leaves_nothing_once_the_next_command_runs() {
     let out = store.run(&["run", "-d", "--network", "nowhere", "busybox", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        stderr(&out).contains("--network \"nowhere\""),
+        stderr(&out).contains("network nowhere not found"),
         "{}",
         stderr(&out)
     );
     let out = store.run(&["run", "-d", "-p", "http:80", "busybox", "true"]);
     assert!(stderr(&out).contains("-p \"http:80\""), "{}", stderr(&out));
+}
+
+#[test]
+fn containers_on_a_user_network_find_each_other_by_name_and_alias() {
+    let store = Store::with_busybox();
+    let net = format!("net{}", std::process::id());
+    let id = ok(&store, &["network", "create", &net]);
+    assert_eq!(id.len(), 64);
+    let api = ok(
+        &store,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "api",
+            "--network",
+            &net,
+            "--network-alias",
+            "backend",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir /w && echo api-here > /w/index.html && exec httpd -f -p 80 -h /w",
+        ],
+    );
+    let out = store.run(&["run", "--rm", "--name", "cli", "--network", &net, "--add-host", "extra.test:10.1.2.3",
+        "--dns", "10.9.9.9", "busybox", "sh", "-c",
+        "wget -qO- http://api/ && wget -qO- http://backend/ && grep extra.test /etc/hosts && cat /etc/resolv.conf"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "api-here\napi-here\n10.1.2.3\textra.test\nnameserver 10.9.9.9\n"
+    );
+    assert_eq!(
+        ok(&store, &["ps", "-aq", "--filter", "name=cli"]),
+        "",
+        "foreground --rm removed it"
+    );
+
+    // A second running peer is listed in api's hosts file, and gone from it once removed.
+    ok(
+        &store,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "worker",
+            "--network",
+            &net,
+            "busybox",
+            "sleep",
+            "100",
+        ],
+    );
+    assert!(ok(&store, &["exec", "api", "cat", "/etc/hosts"]).contains("worker"));
+    let out = store.run(&["exec", "worker", "wget", "-qO-", "http://backend/"]);
+    assert_eq!(stdout(&out), "api-here\n", "{}", stderr(&out));
+    ok(&store, &["rm", "-f", "worker"]);
+    assert!(
+        !ok(&store, &["exec", "api", "cat", "/etc/hosts"]).contains("worker"),
+        "a removed name never resolves"
+    );
+
+    // --network container:NAME shares api's network namespace.
+    let out = store.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "side",
+        "--network",
+        "container:api",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://127.0.0.1/",
+    ]);
+    assert_eq!(stdout(&out), "api-here\n", "{}", stderr(&out));
+
+    let out = store.run(&["network", "rm", &net]);
+    assert!(
+        stderr(&out).contains("is used by containers api"),
+        "{}",
+        stderr(&out)
+    );
+    let out = store.run(&[
+        "run",
+        "-d",
+        "--network",
+        "default",
+        "--network-alias",
+        "x",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("--network-alias"), "{}", stderr(&out));
+    ok(&store, &["rm", "-f", &api]);
+    let bridge = format!("/sys/class/net/bn-{}", &id[..12]);
+    assert!(std::path::Path::new(&bridge).exists());
+    assert_eq!(ok(&store, &["network", "prune", "-f"]), net);
+    assert!(
+        !std::path::Path::new(&bridge).exists(),
+        "the bridge goes with the network"
+    );
+    let out = store.run(&["network", "rm", &net]);
+    assert!(
+        stderr(&out).contains(&format!("network {net} not found")),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -207,8 +207,10 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths) -> Result<Infallible> {
     setup_dev(root, &mut tracker)?;
     setup_sys(root, &mut tracker)?;
     mask_paths(root)?;
-    bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
-    bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf", &mut tracker)?;
+    let hosts = spec.hosts_file.as_deref().unwrap_or(&paths.hosts);
+    bind_etc_file(root, hosts, "/etc/hosts", &mut tracker)?;
+    let resolv_conf = spec.resolv_conf.as_deref().unwrap_or(&paths.resolv_conf);
+    bind_etc_file(root, resolv_conf, "/etc/resolv.conf", &mut tracker)?;
     for m in &spec.mounts {
         let target = resolve_in_root(root, &m.target)
             .with_context(|| format!("resolving mount target {}", m.target))?;

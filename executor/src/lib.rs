@@ -104,6 +104,13 @@ pub struct ExecSpec {
     /// of `network`'s; the caller set up its interfaces.
     #[serde(default)]
     pub netns: Option<std::path::PathBuf>,
+    /// A caller-owned file bound (read-only) at `/etc/hosts` instead of a generated one; the
+    /// caller may rewrite it in place while the container runs.
+    #[serde(default)]
+    pub hosts_file: Option<std::path::PathBuf>,
+    /// Likewise for `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// Why a run did not produce an exit code.

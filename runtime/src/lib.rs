@@ -12,6 +12,7 @@ mod logs;
 mod monitor;
 mod names;
 mod network;
+mod networks;
 mod procs;
 mod store;
 pub mod template;
@@ -27,6 +28,7 @@ pub use lifecycle::{
 pub use logs::{follow_logs, LogOptions, LogsQuery};
 pub use monitor::monitor_main;
 pub use network::{PortMapping, BRIDGE};
+pub use networks::{NetworkRecord, NetworkStore};
 pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
 pub use view::{inspect_json, ps_rows, PsFilter};
 

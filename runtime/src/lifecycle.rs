@@ -35,6 +35,9 @@ pub struct CreateRequest {
     pub health: Option<crate::HealthConfig>,
     pub network_mode: String,
     pub ports: Vec<crate::PortMapping>,
+    pub network_aliases: Vec<String>,
+    pub extra_hosts: Vec<(String, String)>,
+    pub dns: Vec<String>,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -64,6 +67,7 @@ pub fn create(
     }
     crate::procs::parse_signal(&request.stop_signal)
         .with_context(|| format!("--stop-signal {:?}", request.stop_signal))?;
+    check_network(store, &request.network_mode, &request.network_aliases)?;
     let _names = store.names_lock()?;
     let existing = store.list()?;
     let name = match request.name {
@@ -107,6 +111,9 @@ pub fn create(
         health: request.health,
         network_mode: request.network_mode,
         ports: request.ports,
+        network_aliases: request.network_aliases,
+        extra_hosts: request.extra_hosts,
+        dns: request.dns,
     };
     store.insert(&config)
 }
@@ -289,7 +296,7 @@ pub(crate) fn destroy(store: &ContainerStore, container: &Container) -> Result<(
         state.status = Status::Removing;
         container.save_state(&state)?;
     }
-    if container.config.network_mode == "bridge" {
+    if container.has_own_network() {
         crate::network::teardown(container);
     }
     let snapshots = snapshotter::Snapshotter::open(&store.root)?;
@@ -337,4 +344,23 @@ pub fn start_restartable(store: &ContainerStore) -> Result<Vec<String>> {
         }
     }
     Ok(started)
+}
+
+/// An unknown network, or a `container:` network naming no container, is a clear error.
+fn check_network(store: &ContainerStore, mode: &str, aliases: &[String]) -> Result<()> {
+    let user_defined = match mode {
+        "host" | "none" | "bridge" => false,
+        m if m.starts_with("container:") => {
+            store.find(&m["container:".len()..])?;
+            false
+        }
+        name => {
+            crate::networks::NetworkStore::open(&store.root)?.get(name)?;
+            true
+        }
+    };
+    if !aliases.is_empty() && !user_defined {
+        bail!("--network-alias needs a user-defined network (see `builder network create`)");
+    }
+    Ok(())
 }

@@ -240,7 +240,12 @@ pub fn follow_logs(
         return Ok(());
     }
     loop {
-        let done = !container.live_state()?.status.is_active();
+        let done = match container.live_state() {
+            Ok(state) => !state.status.is_active(),
+            // Removed meanwhile (--rm): nothing more will be written.
+            Err(_) if !container.dir.exists() => true,
+            Err(e) => return Err(e),
+        };
         let Ok(mut f) = File::open(&path) else {
             return Ok(());
         };

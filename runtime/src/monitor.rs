@@ -73,17 +73,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
         s.started_at = now_rfc3339();
     })?;
     let mut spec = container.config.spec.clone();
-    let mut attachment = if container.config.network_mode == "bridge" {
-        let attachment = crate::network::setup(&container, &container.config.ports)?;
-        spec.netns = Some(crate::network::netns_path(&container));
-        container.update(|s| {
-            s.ip = attachment.ip.to_string();
-            s.ports = attachment.ports.clone();
-        })?;
-        Some(attachment)
-    } else {
-        None
-    };
+    let mut attachment = attach_network(&store, &container, &mut spec)?;
     let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
@@ -122,6 +112,50 @@ fn run(root: &Path, id: &str) -> Result<()> {
         crate::lifecycle::destroy(&store, &container)?;
     }
     Ok(())
+}
+
+/// Joins the container's network and prepares its /etc/hosts and resolv.conf.
+fn attach_network(
+    store: &ContainerStore,
+    container: &Container,
+    spec: &mut executor::ExecSpec,
+) -> Result<Option<crate::network::Attachment>> {
+    let config = &container.config;
+    if !config.dns.is_empty() {
+        let path = container.dir.join("resolv.conf");
+        let text: String = config
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect();
+        crate::networks::write_in_place(&path, &text)?;
+        spec.resolv_conf = Some(path);
+    }
+    if let Some(target) = config.network_mode.strip_prefix("container:") {
+        let other = store.find(target)?;
+        let state = other.live_state()?;
+        let pid = crate::procs::container_pid(&state).ok_or_else(|| {
+            anyhow::anyhow!("--network container:{target}: that container is not running")
+        })?;
+        spec.netns = Some(format!("/proc/{pid}/ns/net").into());
+        return Ok(None);
+    }
+    let hosts = crate::networks::hosts_path(container);
+    spec.hosts_file = Some(hosts.clone());
+    let Some(net) = crate::networks::network_of(&store.root, container)? else {
+        crate::networks::write_in_place(&hosts, &crate::networks::base_hosts(container, ""))?;
+        return Ok(None);
+    };
+    let attachment = crate::network::setup(container, &net, &config.ports)?;
+    let ip = attachment.ip.to_string();
+    crate::networks::write_in_place(&hosts, &crate::networks::base_hosts(container, &ip))?;
+    spec.netns = Some(crate::network::netns_path(container));
+    container.update(|s| {
+        s.ip = ip.clone();
+        s.ports = attachment.ports.clone();
+    })?;
+    crate::networks::refresh_hosts(store, &net.name, None)?;
+    Ok(Some(attachment))
 }
 
 /// Records one exit; returns whether the restart policy starts the container again. When it

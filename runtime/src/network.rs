@@ -5,7 +5,7 @@
 //!
 //! Everything a container adds is named after its id (veth `vb<id>`, nft rule comments, IPAM
 //! entry, netns file), so [`teardown`] needs no record and can run again after a crash.
-//! The bridge is host-global, so its address record is too: `/run/builder/bridge-ipam.json`
+//! The bridge is host-global, so its address record is too: `/run/builder/BRIDGE-ipam.json`
 //! (under a lock; /run empties at reboot, exactly when the veths are gone).
 //!
 //! Published ports on 127.0.0.1 are DNAT'd too: `route_localnet` is set on `builder0` only and
@@ -22,11 +22,14 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::networks::NetworkRecord;
 use crate::store::Container;
 
 pub const BRIDGE: &str = "builder0";
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
-const PREFIX: u8 = 16;
+/// Name prefix of user-defined networks' bridges (docker's is `br-`).
+pub const USER_BRIDGE_PREFIX: &str = "bn-";
+/// Covers the default bridge (10.88.0.0/16) and user networks (10.89.N.0/24).
+const ALL_SUBNETS: &str = "10.88.0.0/15";
 const TABLE: &str = "builder";
 const IPAM_DIR: &str = "/run/builder";
 
@@ -114,19 +117,28 @@ fn peer_veth(id: &str) -> String {
 }
 
 /// Connects the container to the bridge; on error everything made so far is removed.
-pub fn setup(container: &Container, ports: &[PortMapping]) -> Result<Attachment> {
-    let result = try_setup(container, ports);
+pub fn setup(
+    container: &Container,
+    net: &NetworkRecord,
+    ports: &[PortMapping],
+) -> Result<Attachment> {
+    let result = try_setup(container, net, ports);
     if result.is_err() {
         teardown(container);
     }
     result
 }
 
-fn try_setup(container: &Container, ports: &[PortMapping]) -> Result<Attachment> {
+fn try_setup(
+    container: &Container,
+    net: &NetworkRecord,
+    ports: &[PortMapping],
+) -> Result<Attachment> {
     let (reservations, ports) = reserve_ports(ports)?;
-    ensure_bridge()?;
+    ensure_bridge(net)?;
     ensure_table()?;
-    let ip = allocate_ip(container)?;
+    let ip = allocate_ip(container, net)?;
+    let (bridge, gateway, prefix) = (&net.bridge, net.gateway_ip()?, net.prefix()?);
     let netns = netns_path(container);
     std::fs::File::create(&netns).with_context(|| format!("creating {}", netns.display()))?;
     run("unshare", &[&format!("--net={}", netns.display()), "true"])?;
@@ -140,9 +152,9 @@ fn try_setup(container: &Container, ports: &[PortMapping]) -> Result<Attachment>
         "ip",
         &["link", "set", &peer, "netns", &netns.to_string_lossy()],
     )?;
-    run("ip", &["link", "set", &host, "master", BRIDGE, "up"])?;
+    run("ip", &["link", "set", &host, "master", bridge, "up"])?;
     let inside = format!(
-        "link set {peer} name eth0\naddr add {ip}/{PREFIX} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {GATEWAY}\n"
+        "link set {peer} name eth0\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {gateway}\n"
     );
     run_stdin(
         "nsenter",
@@ -192,23 +204,29 @@ fn reserve_ports(ports: &[PortMapping]) -> Result<(Vec<Reservation>, Vec<PortMap
     Ok((held, resolved))
 }
 
-fn ensure_bridge() -> Result<()> {
-    if !Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+fn ensure_bridge(net: &NetworkRecord) -> Result<()> {
+    let bridge = net.bridge.as_str();
+    if !Path::new(&format!("/sys/class/net/{bridge}")).exists() {
         // Two starts may race to create it; the loser's "File exists" is fine.
-        let _ = run("ip", &["link", "add", BRIDGE, "type", "bridge"]);
-        let _ = run(
-            "ip",
-            &["addr", "add", &format!("{GATEWAY}/{PREFIX}"), "dev", BRIDGE],
-        );
+        let _ = run("ip", &["link", "add", bridge, "type", "bridge"]);
+        let gateway = format!("{}/{}", net.gateway, net.prefix()?);
+        let _ = run("ip", &["addr", "add", &gateway, "dev", bridge]);
     }
-    run("ip", &["link", "set", BRIDGE, "up"])?;
+    run("ip", &["link", "set", bridge, "up"])?;
     write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
     write_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet"),
+        &format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"),
         "1",
     )?;
     allow_iptables_forward();
     Ok(())
+}
+
+/// Deletes a user network's bridge (its containers are gone).
+pub fn remove_bridge(net: &NetworkRecord) {
+    if Path::new(&format!("/sys/class/net/{}", net.bridge)).exists() {
+        let _ = run("ip", &["link", "del", &net.bridge]);
+    }
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
@@ -218,8 +236,14 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 /// Hosts with docker have iptables' FORWARD policy DROP, which our nftables table cannot
 /// override (every base chain must accept); accept our bridge's traffic there too.
 fn allow_iptables_forward() {
-    for dir in ["-i", "-o"] {
-        let rule = ["FORWARD", dir, BRIDGE, "-j", "ACCEPT"];
+    let user_bridges = format!("{USER_BRIDGE_PREFIX}+");
+    for (dir, name) in [
+        ("-i", BRIDGE),
+        ("-o", BRIDGE),
+        ("-i", &user_bridges),
+        ("-o", &user_bridges),
+    ] {
+        let rule = ["FORWARD", dir, name, "-j", "ACCEPT"];
         let present = Command::new("iptables")
             .arg("-C")
             .args(rule)
@@ -233,7 +257,7 @@ fn allow_iptables_forward() {
 
 /// Creates our table and its chains, and (re)writes its static rules in one transaction.
 fn ensure_table() -> Result<()> {
-    let subnet = format!("{}/{PREFIX}", Ipv4Addr::new(10, 88, 0, 0));
+    let (subnet, user) = (ALL_SUBNETS, format!("{USER_BRIDGE_PREFIX}*"));
     let script = format!(
         "add table inet {TABLE}
 add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; }}
@@ -242,10 +266,13 @@ add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat;
 add chain inet {TABLE} forward {{ type filter hook forward priority filter; }}
 flush chain inet {TABLE} postrouting
 flush chain inet {TABLE} forward
-add rule inet {TABLE} postrouting ip saddr {subnet} oifname != \"{BRIDGE}\" masquerade
+add rule inet {TABLE} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
 add rule inet {TABLE} postrouting oifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 masquerade
+add rule inet {TABLE} postrouting oifname \"{user}\" ip saddr 127.0.0.0/8 masquerade
 add rule inet {TABLE} forward iifname \"{BRIDGE}\" accept
 add rule inet {TABLE} forward oifname \"{BRIDGE}\" accept
+add rule inet {TABLE} forward iifname \"{user}\" accept
+add rule inet {TABLE} forward oifname \"{user}\" accept
 "
     );
     run_stdin("nft", &["-f", "-"], &script)
@@ -288,6 +315,13 @@ pub fn teardown(container: &Container) {
         let _ = std::fs::remove_file(&netns);
     }
     let _ = release_ip(id);
+    // Peers on the network must stop resolving its name.
+    if let Some(root) = container.dir.parent().and_then(Path::parent) {
+        if let Ok(store) = crate::store::ContainerStore::open(root) {
+            let _ =
+                crate::networks::refresh_hosts(&store, &container.config.network_mode, Some(id));
+        }
+    }
 }
 
 fn delete_rules(id: &str) {
@@ -320,10 +354,14 @@ fn delete_rules(id: &str) {
 /// `ip → "ROOT ID"` of every address in use on the bridge.
 type Leases = BTreeMap<String, String>;
 
-fn with_leases<T>(change: impl FnOnce(&mut Leases) -> Result<T>) -> Result<T> {
+fn lease_file(bridge: &str) -> PathBuf {
+    Path::new(IPAM_DIR).join(format!("{bridge}-ipam.json"))
+}
+
+fn with_leases<T>(bridge: &str, change: impl FnOnce(&mut Leases) -> Result<T>) -> Result<T> {
     std::fs::create_dir_all(IPAM_DIR)?;
-    let _lock = crate::store::FileLock::exclusive(&Path::new(IPAM_DIR).join("bridge-ipam.lock"))?;
-    let path = Path::new(IPAM_DIR).join("bridge-ipam.json");
+    let _lock = crate::store::FileLock::exclusive(&Path::new(IPAM_DIR).join("ipam.lock"))?;
+    let path = lease_file(bridge);
     let mut leases: Leases = match std::fs::read(&path) {
         Ok(data) => serde_json::from_slice(&data).unwrap_or_default(),
         Err(_) => Leases::new(),
@@ -333,35 +371,46 @@ fn with_leases<T>(change: impl FnOnce(&mut Leases) -> Result<T>) -> Result<T> {
     Ok(result)
 }
 
-fn allocate_ip(container: &Container) -> Result<Ipv4Addr> {
+fn allocate_ip(container: &Container, net: &NetworkRecord) -> Result<Ipv4Addr> {
     let owner = format!(
         "{} {}",
         container.dir.parent().unwrap_or(Path::new("")).display(),
         container.id()
     );
-    with_leases(|leases| {
+    let (gateway, prefix) = (u32::from(net.gateway_ip()?), net.prefix()?);
+    with_leases(&net.bridge, |leases| {
         // Addresses of containers whose directory is gone were leaked by a crash.
         leases.retain(|_, who| {
             who.split_once(' ')
                 .is_some_and(|(dir, id)| Path::new(dir).join(id).exists())
         });
         leases.retain(|_, who| *who != owner);
-        for n in 2u32..(1 << (32 - PREFIX)) - 1 {
-            let ip = Ipv4Addr::from(u32::from(GATEWAY) - 1 + n);
+        for n in 2u32..(1 << (32 - prefix)) - 1 {
+            let ip = Ipv4Addr::from(gateway - 1 + n);
             if let std::collections::btree_map::Entry::Vacant(free) = leases.entry(ip.to_string()) {
                 free.insert(owner.clone());
                 return Ok(ip);
             }
         }
-        bail!("no free address left on {BRIDGE}")
+        bail!("no free address left on network {}", net.name)
     })
 }
 
+/// Frees the container's address on whichever bridge it had one.
 fn release_ip(id: &str) -> Result<()> {
-    with_leases(|leases| {
-        leases.retain(|_, who| !who.ends_with(&format!(" {id}")));
-        Ok(())
-    })
+    for entry in std::fs::read_dir(IPAM_DIR)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(bridge) = name.strip_suffix("-ipam.json") else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path()).is_ok_and(|t| t.contains(id)) {
+            with_leases(bridge, |leases| {
+                leases.retain(|_, who| !who.ends_with(&format!(" {id}")));
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {

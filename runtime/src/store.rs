@@ -97,6 +97,15 @@ pub struct Config {
     /// `-p`/`-P` mappings as asked (host port 0: chosen at start).
     #[serde(default)]
     pub ports: Vec<crate::PortMapping>,
+    /// `--network-alias`: extra names on a user-defined network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
+    /// `--add-host NAME:IP`.
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--dns`: nameservers for the container's resolv.conf.
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 fn default_network() -> String {
@@ -199,6 +208,12 @@ impl Container {
         &self.config.id
     }
 
+    /// Whether the container has its own address on a bridge (default or user-defined).
+    pub fn has_own_network(&self) -> bool {
+        let mode = self.config.network_mode.as_str();
+        !matches!(mode, "host" | "none") && !mode.starts_with("container:")
+    }
+
     pub fn lock(&self) -> Result<FileLock> {
         FileLock::exclusive(&self.dir.join("lock"))
     }
@@ -253,7 +268,7 @@ impl Container {
             state.monitor_pid = 0;
             state.ip.clear();
             self.save_state(&state)?;
-            if self.config.network_mode == "bridge" {
+            if self.has_own_network() {
                 crate::network::teardown(self);
             }
         }

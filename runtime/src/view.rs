@@ -80,13 +80,20 @@ fn network_settings(c: &crate::Config, state: &State) -> Value {
             list.push(entry);
         }
     }
-    let bridge = c.network_mode == "bridge" && !state.ip.is_empty();
+    let attached = !state.ip.is_empty();
+    let default = c.network_mode == "bridge";
+    let mut networks = serde_json::Map::new();
+    if attached {
+        networks.insert(
+            c.network_mode.clone(),
+            json!({"IPAddress": state.ip, "Aliases": c.network_aliases}),
+        );
+    }
     json!({
-        "IPAddress": state.ip,
-        "Gateway": if bridge { "10.88.0.1" } else { "" },
-        "IPPrefixLen": if bridge { 16 } else { 0 },
+        "IPAddress": if default { state.ip.as_str() } else { "" },
+        "Gateway": if default && attached { "10.88.0.1" } else { "" },
         "Ports": ports,
-        "Networks": if bridge { json!({"bridge": {"IPAddress": state.ip, "Gateway": "10.88.0.1"}}) } else { json!({}) },
+        "Networks": networks,
     })
 }
 
