@@ -44,6 +44,9 @@ pub enum ContainerCommand {
         /// Kill running containers first.
         #[arg(short = 'f', long)]
         force: bool,
+        /// Also remove the containers' anonymous volumes.
+        #[arg(short = 'v', long)]
+        volumes: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -95,12 +98,51 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Volumes: create, ls, inspect, rm, prune.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Networks: create, ls, inspect, rm, prune.
     #[command(subcommand)]
     Network(NetworkCommand),
     /// Container management.
     #[command(subcommand)]
     Container(ContainerSubcommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Create a named volume (a random name without one).
+    Create {
+        #[arg(long = "label")]
+        label: Vec<String>,
+        name: Option<String>,
+    },
+    /// List volumes.
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Show volumes as JSON.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes no container uses.
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove unused anonymous volumes (with -a, unused named ones too).
+    Prune {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -221,8 +263,12 @@ fn run_command(
         ContainerCommand::Kill { signal, containers } => each(&containers, |name| {
             runtime::kill(&store.find(name)?, &signal)
         }),
-        ContainerCommand::Rm { force, containers } => each(&containers, |name| {
-            runtime::remove(&store, &store.find(name)?, force)
+        ContainerCommand::Rm {
+            force,
+            volumes,
+            containers,
+        } => each(&containers, |name| {
+            runtime::remove(&store, &store.find(name)?, force, volumes)
         }),
         ContainerCommand::Wait { containers } => {
             let mut failed = false;
@@ -309,6 +355,7 @@ fn run_command(
             inspect(&store, format.as_deref(), &containers)
         }
         ContainerCommand::Network(command) => network(&store, command),
+        ContainerCommand::Volume(command) => volume(&store, command),
         ContainerCommand::Container(sub) => match sub {
             ContainerSubcommand::Ls(args) => ps(&store, &args),
             ContainerSubcommand::Prune { force: _ } => {
@@ -318,7 +365,7 @@ fn run_command(
                         state.status,
                         runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
                     ) {
-                        runtime::remove(&store, &c, false)?;
+                        runtime::remove(&store, &c, false, false)?;
                         println!("{}", c.id());
                     }
                 }
@@ -481,7 +528,7 @@ pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
     let code = tokio::task::spawn_blocking(move || {
         let code = attach_and_wait(&c)?;
         if remove_after {
-            runtime::remove(&store, &c, false)?;
+            runtime::remove(&store, &c, false, true)?;
         }
         anyhow::Ok(code)
     })
@@ -568,6 +615,73 @@ fn network(store: &runtime::ContainerStore, command: NetworkCommand) -> Result<i
                 if n.is_user_defined() && !used {
                     networks.remove(store, &n.name)?;
                     println!("{}", n.name);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn volume(store: &runtime::ContainerStore, command: VolumeCommand) -> Result<i32> {
+    let volumes = runtime::VolumeStore::open(&store.root)?;
+    match command {
+        VolumeCommand::Create { label, name } => {
+            let labels = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            println!("{}", volumes.create(name.as_deref(), labels)?.name);
+            Ok(0)
+        }
+        VolumeCommand::Ls { quiet } => {
+            let mut lines = vec!["DRIVER\tVOLUME NAME".to_string()];
+            for v in volumes.list()? {
+                if quiet {
+                    println!("{}", v.name);
+                } else {
+                    lines.push(format!("local\t{}", v.name));
+                }
+            }
+            if !quiet {
+                print!("{}", align_columns(&lines));
+            }
+            Ok(0)
+        }
+        VolumeCommand::Inspect {
+            format,
+            volumes: names,
+        } => {
+            let mut values = Vec::new();
+            for name in &names {
+                let v = volumes.get(name)?;
+                values.push(
+                    serde_json::json!({"Name": v.name, "Driver": "local", "CreatedAt": v.created,
+                    "Mountpoint": volumes.data_dir(&v.name), "Labels": v.labels, "Scope": "local",
+                    "Options": {}, "Anonymous": v.anonymous}),
+                );
+            }
+            match format {
+                Some(f) => {
+                    for v in &values {
+                        println!("{}", runtime::template::render(&f, v)?);
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&values)?),
+            }
+            Ok(0)
+        }
+        VolumeCommand::Rm {
+            force: _,
+            volumes: names,
+        } => each(&names, |name| volumes.remove(store, name)),
+        VolumeCommand::Prune { all, force: _ } => {
+            for v in volumes.list()? {
+                if (v.anonymous || all) && volumes.users(store, &v.name)?.is_empty() {
+                    volumes.remove(store, &v.name)?;
+                    println!("{}", v.name);
                 }
             }
             Ok(0)

@@ -45,6 +45,15 @@ pub struct RunArgs {
     /// plain foreground run) or none.
     #[arg(long)]
     pub network: Option<String>,
+    /// Mount a volume or host path: [NAME|/HOST/PATH:]/CONTAINER/PATH[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Mount: type=bind|volume|tmpfs,source=..,target=..[,readonly].
+    #[arg(long = "mount")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs: /PATH[:size=..,mode=..].
+    #[arg(long = "tmpfs")]
+    pub tmpfs: Vec<String>,
     /// Extra name of the container on a user-defined network.
     #[arg(long = "network-alias")]
     pub network_alias: Vec<String>,
@@ -113,6 +122,9 @@ impl RunArgs {
     /// Whether this run is a managed container rather than a one-off foreground process.
     fn managed(&self) -> bool {
         self.detach
+            || !self.volume.is_empty()
+            || !self.mount.is_empty()
+            || !self.tmpfs.is_empty()
             || self.name.is_some()
             || self.restart != "no"
             || !self.publish.is_empty()
@@ -353,6 +365,7 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         network_mode: args.network_mode()?.to_string(),
         ports: published_ports(args, image)?,
         network_aliases: args.network_alias.clone(),
+        mounts: container_mounts(args, image)?,
         extra_hosts: extra_hosts(&args.add_host)?,
         dns: args
             .dns
@@ -467,4 +480,31 @@ fn extra_hosts(flags: &[String]) -> Result<Vec<(String, String)>> {
             Ok((name.to_string(), ip.to_string()))
         })
         .collect()
+}
+
+/// `-v`, `--mount`, `--tmpfs`, plus an anonymous volume for each image `VOLUME` no mount covers.
+fn container_mounts(
+    args: &RunArgs,
+    image: &exporter::image::ContainerConfig,
+) -> Result<Vec<runtime::MountSpec>> {
+    let mut mounts = Vec::new();
+    for v in &args.volume {
+        mounts.push(runtime::MountSpec::parse_volume_flag(v)?);
+    }
+    for m in &args.mount {
+        mounts.push(runtime::MountSpec::parse_mount_flag(m)?);
+    }
+    for t in &args.tmpfs {
+        mounts.push(runtime::MountSpec::parse_tmpfs_flag(t)?);
+    }
+    for path in image.volumes.keys() {
+        let target = path.trim_end_matches('/');
+        if !mounts
+            .iter()
+            .any(|m| m.target.trim_end_matches('/') == target)
+        {
+            mounts.push(runtime::MountSpec::parse_volume_flag(path)?);
+        }
+    }
+    Ok(mounts)
 }

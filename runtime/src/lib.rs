@@ -18,6 +18,7 @@ mod store;
 pub mod template;
 mod time;
 mod view;
+mod volumes;
 
 pub use exec::{exec, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
@@ -31,6 +32,7 @@ pub use network::{PortMapping, BRIDGE};
 pub use networks::{NetworkRecord, NetworkStore};
 pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
 pub use view::{inspect_json, ps_rows, PsFilter};
+pub use volumes::{MountSpec, VolumeRecord, VolumeStore};
 
 /// First argument that makes the builder binary act as a container monitor.
 pub const MONITOR_ARG: &str = "__container-monitor";

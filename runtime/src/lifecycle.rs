@@ -38,6 +38,7 @@ pub struct CreateRequest {
     pub network_aliases: Vec<String>,
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
+    pub mounts: Vec<crate::MountSpec>,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -85,6 +86,7 @@ pub fn create(
         },
     };
     let id = crate::names::new_id();
+    let mounts = crate::volumes::prepare_mounts(&store.root, &request.mounts)?;
     let (rootfs, snapshot_key) = prepare_rootfs(&id)?;
     let mut spec = request.spec;
     spec.rootfs = rootfs;
@@ -114,6 +116,7 @@ pub fn create(
         network_aliases: request.network_aliases,
         extra_hosts: request.extra_hosts,
         dns: request.dns,
+        mounts,
     };
     store.insert(&config)
 }
@@ -275,8 +278,14 @@ pub fn restart(store: &ContainerStore, container: &Container, timeout: Option<u3
     start(store, container)
 }
 
-/// Removes a container; a running one only with `force` (it is killed first).
-pub fn remove(store: &ContainerStore, container: &Container, force: bool) -> Result<()> {
+/// Removes a container; a running one only with `force` (it is killed first); with
+/// `volumes`, its anonymous volumes too.
+pub fn remove(
+    store: &ContainerStore,
+    container: &Container,
+    force: bool,
+    volumes: bool,
+) -> Result<()> {
     let state = container.live_state()?;
     if state.status.is_active() {
         if !force {
@@ -285,11 +294,11 @@ pub fn remove(store: &ContainerStore, container: &Container, force: bool) -> Res
         container.update(|s| s.stop_requested = true)?;
         kill_now(container)?;
     }
-    destroy(store, container)
+    destroy(store, container, volumes)
 }
 
 /// Deletes the container's snapshot and directory (it is not running).
-pub(crate) fn destroy(store: &ContainerStore, container: &Container) -> Result<()> {
+pub(crate) fn destroy(store: &ContainerStore, container: &Container, volumes: bool) -> Result<()> {
     {
         let _lock = container.lock()?;
         let mut state = container.state()?;
@@ -306,7 +315,11 @@ pub(crate) fn destroy(store: &ContainerStore, container: &Container) -> Result<(
             .with_context(|| format!("removing the filesystem of {}", container.config.name))?;
     }
     std::fs::remove_dir_all(&container.dir)
-        .with_context(|| format!("removing {}", container.dir.display()))
+        .with_context(|| format!("removing {}", container.dir.display()))?;
+    if volumes {
+        crate::volumes::remove_anonymous(&store.root, container);
+    }
+    Ok(())
 }
 
 /// Blocks until the container exits; returns its exit code.

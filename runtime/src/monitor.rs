@@ -73,6 +73,8 @@ fn run(root: &Path, id: &str) -> Result<()> {
         s.started_at = now_rfc3339();
     })?;
     let mut spec = container.config.spec.clone();
+    // Before any thread starts: filling a fresh volume forks.
+    spec.mounts = crate::volumes::exec_mounts(&store.root, &container)?;
     let mut attachment = attach_network(&store, &container, &mut spec)?;
     let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
@@ -109,7 +111,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
         }
     }
     if container.config.auto_remove {
-        crate::lifecycle::destroy(&store, &container)?;
+        crate::lifecycle::destroy(&store, &container, true)?;
     }
     Ok(())
 }

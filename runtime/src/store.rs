@@ -106,6 +106,9 @@ pub struct Config {
     /// `--dns`: nameservers for the container's resolv.conf.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// Volumes, binds and tmpfs mounts.
+    #[serde(default)]
+    pub mounts: Vec<crate::MountSpec>,
 }
 
 fn default_network() -> String {
