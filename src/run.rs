@@ -45,6 +45,24 @@ pub struct RunArgs {
     /// plain foreground run) or none.
     #[arg(long)]
     pub network: Option<String>,
+    /// Memory limit (e.g. 512m).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited; default twice --memory).
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// CPUs the container may use (e.g. 1.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Relative CPU weight.
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    /// CPUs to run on (e.g. 0-1, 0,2).
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
     /// Mount a volume or host path: [NAME|/HOST/PATH:]/CONTAINER/PATH[:ro].
     #[arg(short = 'v', long = "volume")]
     pub volume: Vec<String>,
@@ -122,6 +140,11 @@ impl RunArgs {
     /// Whether this run is a managed container rather than a one-off foreground process.
     fn managed(&self) -> bool {
         self.detach
+            || self.memory.is_some()
+            || self.cpus.is_some()
+            || self.cpu_shares.is_some()
+            || self.cpuset_cpus.is_some()
+            || self.pids_limit.is_some()
             || !self.volume.is_empty()
             || !self.mount.is_empty()
             || !self.tmpfs.is_empty()
@@ -366,6 +389,7 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         ports: published_ports(args, image)?,
         network_aliases: args.network_alias.clone(),
         mounts: container_mounts(args, image)?,
+        limits: limits(args)?,
         extra_hosts: extra_hosts(&args.add_host)?,
         dns: args
             .dns
@@ -507,4 +531,39 @@ fn container_mounts(
         }
     }
     Ok(mounts)
+}
+
+/// `--memory`, `--memory-swap`, `--cpus`, `--cpu-shares`, `--cpuset-cpus`, `--pids-limit`.
+fn limits(args: &RunArgs) -> Result<runtime::Limits> {
+    let memory = args
+        .memory
+        .as_deref()
+        .map(|m| runtime::parse_bytes(m).with_context(|| format!("--memory {m:?}")))
+        .transpose()?;
+    let memory_swap = match (args.memory_swap.as_deref(), memory) {
+        (Some("-1"), _) => Some(-1),
+        (Some(s), Some(m)) => {
+            let swap = runtime::parse_bytes(s).with_context(|| format!("--memory-swap {s:?}"))?;
+            if swap < m {
+                bail!("--memory-swap {s:?}: must be at least --memory");
+            }
+            Some(swap as i64)
+        }
+        (Some(_), None) => bail!("--memory-swap needs --memory"),
+        (None, Some(m)) => Some(2 * m as i64),
+        (None, None) => None,
+    };
+    if let Some(c) = args.cpus {
+        if c <= 0.0 {
+            bail!("--cpus {c}: must be more than 0");
+        }
+    }
+    Ok(runtime::Limits {
+        memory,
+        memory_swap,
+        cpus: args.cpus,
+        cpu_shares: args.cpu_shares,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        pids_limit: args.pids_limit,
+    })
 }

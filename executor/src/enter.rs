@@ -103,3 +103,13 @@ pub(crate) fn join_netns(path: &std::path::Path) -> Result<()> {
     setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("joining network namespace {}", path.display()))
 }
+
+/// Moves this process into each cgroup directory (its children then start there).
+pub(crate) fn join_cgroups(paths: &[std::path::PathBuf]) -> Result<()> {
+    let pid = std::process::id().to_string();
+    for dir in paths {
+        std::fs::write(dir.join("cgroup.procs"), &pid)
+            .with_context(|| format!("joining cgroup {}", dir.display()))?;
+    }
+    Ok(())
+}

@@ -121,6 +121,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     let spec = request.spec;
+    crate::enter::join_cgroups(&spec.cgroup_paths)?;
     if let Some(pid) = spec.enter_pid {
         return crate::enter::enter_and_run(&spec, pid, status_fd);
     }

@@ -111,6 +111,10 @@ pub struct ExecSpec {
     /// Likewise for `/etc/resolv.conf`.
     #[serde(default)]
     pub resolv_conf: Option<std::path::PathBuf>,
+    /// Cgroup directories (made by the caller) the helper moves itself into before it forks
+    /// the container, so limits apply from the first instruction.
+    #[serde(default)]
+    pub cgroup_paths: Vec<std::path::PathBuf>,
 }
 
 /// Why a run did not produce an exit code.

@@ -41,6 +41,7 @@ pub(crate) fn exec_spec(
             executor::Stdio::Piped
         },
         enter_pid: Some(pid),
+        cgroup_paths: crate::cgroups::paths(container.id()),
         ..Default::default()
     }
 }

@@ -5,6 +5,7 @@
 //! The monitor is this program re-executed with [`MONITOR_ARG`] as its first argument; the
 //! binary calls [`monitor_main`] before starting any thread.
 
+mod cgroups;
 mod exec;
 mod health;
 mod lifecycle;
@@ -20,6 +21,7 @@ mod time;
 mod view;
 mod volumes;
 
+pub use cgroups::{parse_bytes, Limits};
 pub use exec::{exec, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
 pub use lifecycle::{

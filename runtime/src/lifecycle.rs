@@ -39,6 +39,7 @@ pub struct CreateRequest {
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
     pub mounts: Vec<crate::MountSpec>,
+    pub limits: crate::Limits,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -117,6 +118,7 @@ pub fn create(
         extra_hosts: request.extra_hosts,
         dns: request.dns,
         mounts,
+        limits: request.limits,
     };
     store.insert(&config)
 }
@@ -308,6 +310,7 @@ pub(crate) fn destroy(store: &ContainerStore, container: &Container, volumes: bo
     if container.has_own_network() {
         crate::network::teardown(container);
     }
+    crate::cgroups::remove(container.id());
     let snapshots = snapshotter::Snapshotter::open(&store.root)?;
     if snapshots.exists(&container.config.snapshot_key) {
         snapshots

@@ -49,6 +49,10 @@ pub fn monitor_main() -> ! {
 
 fn record_failure(root: &Path, id: &str, message: &str) {
     if let Ok(c) = ContainerStore::open(root).and_then(|s| s.load(id)) {
+        if c.has_own_network() {
+            crate::network::teardown(&c);
+        }
+        crate::cgroups::remove(id);
         let _ = c.update(|s| {
             s.status = Status::Exited;
             s.exit_code = crate::EXIT_OUR_ERROR;
@@ -76,6 +80,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
     // Before any thread starts: filling a fresh volume forks.
     spec.mounts = crate::volumes::exec_mounts(&store.root, &container)?;
     let mut attachment = attach_network(&store, &container, &mut spec)?;
+    spec.cgroup_paths = crate::cgroups::create(container.id(), &container.config.limits)?;
     let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
@@ -170,8 +175,10 @@ fn record_exit(
     attachment: &mut Option<crate::network::Attachment>,
 ) -> Result<bool> {
     let mut restart = false;
+    let oom = code == 137 && crate::cgroups::oom_killed(container.id());
     container.update(|s| {
         s.exit_code = code;
+        s.oom_killed = oom;
         s.finished_at = now_rfc3339();
         restart = error.is_empty() && should_restart(&container.config.restart, s, code);
         s.error = error;
@@ -185,6 +192,7 @@ fn record_exit(
             }
             s.status = Status::Exited;
             s.monitor_pid = 0;
+            crate::cgroups::remove(container.id());
         }
     })?;
     Ok(restart)
@@ -197,6 +205,7 @@ fn begin_restart(
 ) -> Result<bool> {
     let state = container.update(|s| {
         if s.stop_requested {
+            crate::cgroups::remove(container.id());
             if attachment.take().is_some() {
                 crate::network::teardown(container);
                 s.ip.clear();

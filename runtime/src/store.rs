@@ -109,6 +109,9 @@ pub struct Config {
     /// Volumes, binds and tmpfs mounts.
     #[serde(default)]
     pub mounts: Vec<crate::MountSpec>,
+    /// cgroup limits.
+    #[serde(default)]
+    pub limits: crate::Limits,
 }
 
 fn default_network() -> String {
@@ -274,6 +277,7 @@ impl Container {
             if self.has_own_network() {
                 crate::network::teardown(self);
             }
+            crate::cgroups::remove(self.id());
         }
         Ok(state)
     }

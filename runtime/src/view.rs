@@ -47,6 +47,12 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "LogConfig": {"Type": "json-file", "Config": log_config(c)},
             "ReadonlyRootfs": c.spec.readonly_rootfs,
             "NetworkMode": c.network_mode,
+            "Memory": c.limits.memory.unwrap_or(0),
+            "MemorySwap": c.limits.memory_swap.unwrap_or(0),
+            "NanoCpus": c.limits.cpus.map_or(0, |n| (n * 1e9) as u64),
+            "CpuShares": c.limits.cpu_shares.unwrap_or(0),
+            "CpusetCpus": c.limits.cpuset_cpus.clone().unwrap_or_default(),
+            "PidsLimit": c.limits.pids_limit,
         },
         "Config": {
             "Hostname": c.spec.hostname,
