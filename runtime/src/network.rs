@@ -234,8 +234,18 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 }
 
 /// Hosts with docker have iptables' FORWARD policy DROP, which our nftables table cannot
-/// override (every base chain must accept); accept our bridge's traffic there too.
+/// override (every base chain must accept); accept our bridges' traffic there too. Only when
+/// that chain exists: asking iptables on a host without it would create the table.
 fn allow_iptables_forward() {
+    let has_forward = Command::new("nft")
+        .args(["list", "chain", "ip", "filter", "FORWARD"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_forward {
+        return;
+    }
     let user_bridges = format!("{USER_BRIDGE_PREFIX}+");
     for (dir, name) in [
         ("-i", BRIDGE),
