@@ -323,3 +323,46 @@ fn containers_on_a_user_network_find_each_other_by_name_and_alias() {
         stderr(&out)
     );
 }
+
+/// Docker hosts set iptables' FORWARD policy to DROP; containers must still reach the outside.
+/// Everything happens in a private network namespace standing in for the host, with an
+/// "outside" namespace behind a veth running a server at 192.0.2.2.
+#[test]
+fn forwarding_works_under_an_iptables_forward_drop_policy() {
+    let store = Store::with_busybox();
+    // ping, not wget: Debian's static busybox wget crashes in its resolver in this setup.
+    let script = r#"
+set -e
+ip link set lo up
+ip netns add "$OUTSIDE"
+trap '"$BIN" --root "$ROOT" rm -f probe >/dev/null 2>&1; ip netns del "$OUTSIDE"' EXIT
+ip link add vout type veth peer name vin netns "$OUTSIDE"
+ip addr add 192.0.2.1/24 dev vout && ip link set vout up
+ip -n "$OUTSIDE" addr add 192.0.2.2/24 dev vin
+ip -n "$OUTSIDE" link set vin up && ip -n "$OUTSIDE" link set lo up
+iptables -P FORWARD DROP
+"$BIN" --root "$ROOT" run -d --name probe busybox sleep 60 >/dev/null
+"$BIN" --root "$ROOT" exec probe ping -c1 -W2 192.0.2.2 >/dev/null && echo forwarded
+echo "policy: $(iptables -S FORWARD | head -1)"
+# Without our accept rules the DROP policy wins: the rules are what makes it work.
+iptables -D FORWARD -i builder0 -j ACCEPT && iptables -D FORWARD -o builder0 -j ACCEPT
+"$BIN" --root "$ROOT" exec probe ping -c1 -W1 192.0.2.2 >/dev/null || echo dropped
+"#;
+    let outside = format!("builder-outside-{}", std::process::id());
+    let out = Command::new("unshare")
+        .args(["--net", "bash", "-c", script])
+        .env("OUTSIDE", &outside)
+        .env("BIN", env!("CARGO_BIN_EXE_builder"))
+        .env("ROOT", store.root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("forwarded"), "{text}");
+    assert!(text.contains("dropped"), "{text}");
+    assert!(text.contains("policy: -P FORWARD DROP"), "{text}");
+}

@@ -206,7 +206,7 @@ fn reserve_ports(ports: &[PortMapping]) -> Result<(Vec<Reservation>, Vec<PortMap
 
 fn ensure_bridge(net: &NetworkRecord) -> Result<()> {
     let bridge = net.bridge.as_str();
-    if !Path::new(&format!("/sys/class/net/{bridge}")).exists() {
+    if !link_exists(bridge) {
         // Two starts may race to create it; the loser's "File exists" is fine.
         let _ = run("ip", &["link", "add", bridge, "type", "bridge"]);
         let gateway = format!("{}/{}", net.gateway, net.prefix()?);
@@ -224,9 +224,20 @@ fn ensure_bridge(net: &NetworkRecord) -> Result<()> {
 
 /// Deletes a user network's bridge (its containers are gone).
 pub fn remove_bridge(net: &NetworkRecord) {
-    if Path::new(&format!("/sys/class/net/{}", net.bridge)).exists() {
+    if link_exists(&net.bridge) {
         let _ = run("ip", &["link", "del", &net.bridge]);
     }
+}
+
+/// Asks the kernel rather than /sys, which shows the interfaces of the namespace it was
+/// mounted in, not necessarily ours.
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
@@ -316,7 +327,7 @@ fn add_port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<()> {
 pub fn teardown(container: &Container) {
     let id = container.id();
     delete_rules(id);
-    if Path::new(&format!("/sys/class/net/{}", host_veth(id))).exists() {
+    if link_exists(&host_veth(id)) {
         let _ = run("ip", &["link", "del", &host_veth(id)]);
     }
     let netns = netns_path(container);
