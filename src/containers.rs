@@ -98,6 +98,12 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// List a container's published ports (or the host address of one).
+    Port {
+        container: String,
+        /// PORT or PORT/PROTO.
+        private_port: Option<String>,
+    },
     /// Volumes: create, ls, inspect, rm, prune.
     #[command(subcommand)]
     Volume(VolumeCommand),
@@ -355,6 +361,39 @@ fn run_command(
             inspect(&store, format.as_deref(), &containers)
         }
         ContainerCommand::Network(command) => network(&store, command),
+        ContainerCommand::Port {
+            container,
+            private_port,
+        } => {
+            let c = store.find(&container)?;
+            let state = c.live_state()?;
+            let wanted = private_port.map(|p| {
+                if p.contains('/') {
+                    p
+                } else {
+                    format!("{p}/tcp")
+                }
+            });
+            let mut found = false;
+            for p in &state.ports {
+                let key = format!("{}/{}", p.container_port, p.protocol);
+                let ip = if p.host_ip.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    &p.host_ip
+                };
+                match &wanted {
+                    Some(w) if *w == key => println!("{ip}:{}", p.host_port),
+                    Some(_) => continue,
+                    None => println!("{key} -> {ip}:{}", p.host_port),
+                }
+                found = true;
+            }
+            if let (Some(w), false) = (&wanted, found) {
+                bail!("No public port '{w}' published for {container}");
+            }
+            Ok(0)
+        }
         ContainerCommand::Volume(command) => volume(&store, command),
         ContainerCommand::Container(sub) => match sub {
             ContainerSubcommand::Ls(args) => ps(&store, &args),

@@ -366,3 +366,73 @@ iptables -D FORWARD -i builder0 -j ACCEPT && iptables -D FORWARD -o builder0 -j 
     assert!(text.contains("dropped"), "{text}");
     assert!(text.contains("policy: -P FORWARD DROP"), "{text}");
 }
+
+#[test]
+fn port_lists_published_ports_and_a_killed_cli_leaves_a_managed_container() {
+    let store = Store::with_busybox();
+    let port = free_port();
+    ok(
+        &store,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "pub",
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            "-p",
+            "53/udp",
+            "busybox",
+            "sleep",
+            "100",
+        ],
+    );
+    let all = ok(&store, &["port", "pub"]);
+    assert!(
+        all.contains(&format!("80/tcp -> 127.0.0.1:{port}")),
+        "{all}"
+    );
+    assert!(all.contains("53/udp -> 0.0.0.0:"), "{all}");
+    assert_eq!(
+        ok(&store, &["port", "pub", "80"]),
+        format!("127.0.0.1:{port}")
+    );
+    let out = store.run(&["port", "pub", "81"]);
+    assert!(
+        stderr(&out).contains("No public port '81/tcp'"),
+        "{}",
+        stderr(&out)
+    );
+
+    // kill -9 of a foreground `builder run` mid-run: as with docker's CLI, the container
+    // lives on under its monitor, and removing it leaves nothing.
+    let mut cli = store
+        .cmd()
+        .args([
+            "run",
+            "--name",
+            "fg",
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; sleep 100",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stdout(&store.run(&["logs", "fg"])) != "up\n" {
+        assert!(Instant::now() < deadline, "fg never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert_eq!(
+        ok(&store, &["inspect", "-f", "{{.State.Status}}", "fg"]),
+        "running"
+    );
+    let id = ok(&store, &["inspect", "-f", "{{.Id}}", "fg"]);
+    ok(&store, &["rm", "-f", "fg", "pub"]);
+    assert_eq!(traces(&id), (false, 0, false));
+    assert_eq!(mounts_under(store.root()), 0);
+}
