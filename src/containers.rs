@@ -98,6 +98,8 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Show a container's processes (host pids).
+    Top { container: String },
     /// List a container's published ports (or the host address of one).
     Port {
         container: String,
@@ -361,6 +363,19 @@ fn run_command(
             inspect(&store, format.as_deref(), &containers)
         }
         ContainerCommand::Network(command) => network(&store, command),
+        ContainerCommand::Top { container } => {
+            let c = store.find(&container)?;
+            let state = c.live_state()?;
+            if state.status != runtime::Status::Running {
+                bail!("container {container} is not running");
+            }
+            let mut lines = vec!["UID\tPID\tPPID\tCMD".to_string()];
+            for p in runtime::container_processes(&state) {
+                lines.push(format!("{}\t{}\t{}\t{}", p.uid, p.pid, p.ppid, p.command));
+            }
+            print!("{}", align_columns(&lines));
+            Ok(0)
+        }
         ContainerCommand::Port {
             container,
             private_port,

@@ -104,6 +104,11 @@ fn detached_container_shows_in_ps_logs_and_inspect_and_is_removed() {
     let pid: u32 = c.inspect("web", "{{.State.Pid}}").parse().unwrap();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "sleep", "State.Pid is the container's process");
+    let top = c.ok(&["top", "web"]);
+    assert!(
+        top.contains(&format!("{pid}")) && top.contains("sleep 100"),
+        "{top}"
+    );
 
     let ps = c.ok(&["ps", "--format", "{{.Names}} {{.State}}"]);
     assert_eq!(ps.trim(), "web running");

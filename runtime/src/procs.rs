@@ -56,6 +56,63 @@ pub fn has_execed(pid: u32, our_exe: &std::path::Path) -> bool {
     }
 }
 
+/// One process of a container, as `top` shows it (host pids, like docker's).
+pub struct ProcessInfo {
+    pub uid: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    pub command: String,
+}
+
+/// The processes in the container's pid namespace (PID 1's and its descendants').
+pub fn container_processes(state: &State) -> Vec<ProcessInfo> {
+    let Some(init) = container_pid(state) else {
+        return Vec::new();
+    };
+    let Ok(ns) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .as_ref()
+            != Some(&ns)
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let command = String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .trim()
+            .to_string();
+        out.push(ProcessInfo {
+            uid: field("Uid:"),
+            pid,
+            ppid: field("PPid:"),
+            command,
+        });
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
 /// Parses `SIGTERM`, `TERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
