@@ -98,6 +98,8 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
+    Cp { source: String, dest: String },
     /// Show a container's processes (host pids).
     Top { container: String },
     /// List a container's published ports (or the host address of one).
@@ -363,6 +365,18 @@ fn run_command(
             inspect(&store, format.as_deref(), &containers)
         }
         ContainerCommand::Network(command) => network(&store, command),
+        ContainerCommand::Cp { source, dest } => {
+            match (container_path(&source), container_path(&dest)) {
+                (Some((name, path)), None) => {
+                    runtime::copy_out(&store.find(name)?, path, Path::new(&dest))?
+                }
+                (None, Some((name, path))) => {
+                    runtime::copy_in(&store.find(name)?, Path::new(&source), path)?
+                }
+                _ => bail!("cp: exactly one of SOURCE and DEST must be CONTAINER:PATH"),
+            }
+            Ok(0)
+        }
         ContainerCommand::Top { container } => {
             let c = store.find(&container)?;
             let state = c.live_state()?;
@@ -741,4 +755,9 @@ fn volume(store: &runtime::ContainerStore, command: VolumeCommand) -> Result<i32
             Ok(0)
         }
     }
+}
+
+/// `NAME:PATH` of `cp` (a host path may contain ':' only after a '/').
+fn container_path(arg: &str) -> Option<(&str, &str)> {
+    arg.split_once(':').filter(|(name, _)| !name.contains('/'))
 }

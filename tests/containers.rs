@@ -568,3 +568,51 @@ fn health_turns_healthy_and_keeps_the_last_five_results() {
         stderr(&out)
     );
 }
+
+#[test]
+fn cp_copies_both_ways_and_symlinks_cannot_reach_the_host() {
+    let c = Containers::new();
+    c.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        "busybox",
+        "sh",
+        "-c",
+        "echo inside > /tmp/f && ln -s / /tmp/esc && echo ready && exec sleep 100",
+    ]);
+    c.wait_for_log("files", "ready\n");
+    let host = tempfile::tempdir().unwrap();
+    c.ok(&["cp", "files:/tmp/f", host.path().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("f")).unwrap(),
+        "inside\n"
+    );
+    let name = format!("escaped-{}", std::process::id());
+    let src = host.path().join(&name);
+    std::fs::write(&src, "payload\n").unwrap();
+    // /tmp/esc points at / inside the container: the file lands in the container's root.
+    c.ok(&[
+        "cp",
+        src.to_str().unwrap(),
+        &format!("files:/tmp/esc/{name}"),
+    ]);
+    assert!(
+        !std::path::Path::new("/").join(&name).exists(),
+        "cp wrote through a symlink onto the host"
+    );
+    assert_eq!(
+        c.ok(&["exec", "files", "cat", &format!("/{name}")]),
+        "payload\n"
+    );
+    let out = c
+        .store
+        .run(&["cp", "files:/no/such", host.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("Could not find the file /no/such"),
+        "{}",
+        stderr(&out)
+    );
+}

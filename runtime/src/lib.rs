@@ -6,6 +6,7 @@
 //! binary calls [`monitor_main`] before starting any thread.
 
 mod cgroups;
+mod copy;
 mod exec;
 mod health;
 mod lifecycle;
@@ -22,6 +23,7 @@ mod view;
 mod volumes;
 
 pub use cgroups::{parse_bytes, Limits};
+pub use copy::{copy_in, copy_out};
 pub use exec::{exec, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
 pub use lifecycle::{

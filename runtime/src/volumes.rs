@@ -395,6 +395,22 @@ fn copy_in_child(
     Ok(())
 }
 
+/// Copies a file, symlink or directory tree to `to` (which must not exist yet).
+pub(crate) fn copy_any(from: &Path, to: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(from).with_context(|| format!("{}", from.display()))?;
+    if meta.is_dir() {
+        std::fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+        return copy_tree(from, to);
+    }
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+    } else {
+        std::fs::copy(from, to).with_context(|| format!("copying to {}", to.display()))?;
+    }
+    lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    Ok(())
+}
+
 /// Copies a directory's content keeping modes, owners and symlinks.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(from)?;
