@@ -294,6 +294,23 @@ fn run_command(
             Ok(if failed { 1 } else { 0 })
         }
         ContainerCommand::Ps(args) => ps(&store, &args),
+        ContainerCommand::Inspect { format, containers } => {
+            if let [one] = containers.as_slice() {
+                if format.is_none() && store.find(one).is_err() {
+                    return crate::image_cmds::inspect(&crate::cli::open_images(root)?, one);
+                }
+            }
+            inspect(&store, format.as_deref(), &containers)
+        }
+        ContainerCommand::Network(command) => network(&store, command),
+        ContainerCommand::Volume(command) => volume(&store, command),
+        other => run_in_container(&store, other),
+    }
+}
+
+/// The commands that look into or act inside one container.
+fn run_in_container(store: &runtime::ContainerStore, command: ContainerCommand) -> Result<i32> {
+    match command {
         ContainerCommand::Exec {
             interactive,
             tty,
@@ -356,15 +373,6 @@ fn run_command(
             runtime::follow_logs(&c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
             Ok(0)
         }
-        ContainerCommand::Inspect { format, containers } => {
-            if let [one] = containers.as_slice() {
-                if format.is_none() && store.find(one).is_err() {
-                    return crate::image_cmds::inspect(&crate::cli::open_images(root)?, one);
-                }
-            }
-            inspect(&store, format.as_deref(), &containers)
-        }
-        ContainerCommand::Network(command) => network(&store, command),
         ContainerCommand::Cp { source, dest } => {
             match (container_path(&source), container_path(&dest)) {
                 (Some((name, path)), None) => {
@@ -393,59 +401,71 @@ fn run_command(
         ContainerCommand::Port {
             container,
             private_port,
-        } => {
-            let c = store.find(&container)?;
-            let state = c.live_state()?;
-            let wanted = private_port.map(|p| {
-                if p.contains('/') {
-                    p
-                } else {
-                    format!("{p}/tcp")
+        } => port(store, &container, private_port),
+        ContainerCommand::Container(sub) => container_sub(store, sub),
+        _ => bail!("internal error: command not handled"),
+    }
+}
+
+/// `port NAME [PORT[/PROTO]]`.
+fn port(
+    store: &runtime::ContainerStore,
+    container: &str,
+    private_port: Option<String>,
+) -> Result<i32> {
+    let c = store.find(container)?;
+    let state = c.live_state()?;
+    let wanted = private_port.map(|p| {
+        if p.contains('/') {
+            p
+        } else {
+            format!("{p}/tcp")
+        }
+    });
+    let mut found = false;
+    for p in &state.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        let ip = if p.host_ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &p.host_ip
+        };
+        match &wanted {
+            Some(w) if *w == key => println!("{ip}:{}", p.host_port),
+            Some(_) => continue,
+            None => println!("{key} -> {ip}:{}", p.host_port),
+        }
+        found = true;
+    }
+    if let (Some(w), false) = (&wanted, found) {
+        bail!("No public port '{w}' published for {container}");
+    }
+    Ok(0)
+}
+
+/// `container ls|prune|start-restartable`.
+fn container_sub(store: &runtime::ContainerStore, sub: ContainerSubcommand) -> Result<i32> {
+    match sub {
+        ContainerSubcommand::Ls(args) => ps(store, &args),
+        ContainerSubcommand::Prune { force: _ } => {
+            for c in store.list()? {
+                let state = c.live_state()?;
+                if matches!(
+                    state.status,
+                    runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
+                ) {
+                    runtime::remove(store, &c, false, false)?;
+                    println!("{}", c.id());
                 }
-            });
-            let mut found = false;
-            for p in &state.ports {
-                let key = format!("{}/{}", p.container_port, p.protocol);
-                let ip = if p.host_ip.is_empty() {
-                    "0.0.0.0"
-                } else {
-                    &p.host_ip
-                };
-                match &wanted {
-                    Some(w) if *w == key => println!("{ip}:{}", p.host_port),
-                    Some(_) => continue,
-                    None => println!("{key} -> {ip}:{}", p.host_port),
-                }
-                found = true;
-            }
-            if let (Some(w), false) = (&wanted, found) {
-                bail!("No public port '{w}' published for {container}");
             }
             Ok(0)
         }
-        ContainerCommand::Volume(command) => volume(&store, command),
-        ContainerCommand::Container(sub) => match sub {
-            ContainerSubcommand::Ls(args) => ps(&store, &args),
-            ContainerSubcommand::Prune { force: _ } => {
-                for c in store.list()? {
-                    let state = c.live_state()?;
-                    if matches!(
-                        state.status,
-                        runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
-                    ) {
-                        runtime::remove(&store, &c, false, false)?;
-                        println!("{}", c.id());
-                    }
-                }
-                Ok(0)
+        ContainerSubcommand::StartRestartable => {
+            for name in runtime::start_restartable(store)? {
+                println!("{name}");
             }
-            ContainerSubcommand::StartRestartable => {
-                for name in runtime::start_restartable(&store)? {
-                    println!("{name}");
-                }
-                Ok(0)
-            }
-        },
+            Ok(0)
+        }
     }
 }
 
