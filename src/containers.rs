@@ -100,6 +100,13 @@ pub enum ContainerCommand {
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
     Cp { source: String, dest: String },
+    /// Show running containers' CPU, memory and process count (one sample, as --no-stream).
+    Stats {
+        /// Accepted for docker compatibility: builder always prints one sample.
+        #[arg(long = "no-stream")]
+        no_stream: bool,
+        containers: Vec<String>,
+    },
     /// Show a container's processes (host pids).
     Top { container: String },
     /// List a container's published ports (or the host address of one).
@@ -403,6 +410,7 @@ fn run_in_container(store: &runtime::ContainerStore, command: ContainerCommand) 
             private_port,
         } => port(store, &container, private_port),
         ContainerCommand::Container(sub) => container_sub(store, sub),
+        ContainerCommand::Stats { containers, .. } => stats(store, &containers),
         _ => bail!("internal error: command not handled"),
     }
 }
@@ -780,4 +788,63 @@ fn volume(store: &runtime::ContainerStore, command: VolumeCommand) -> Result<i32
 /// `NAME:PATH` of `cp` (a host path may contain ':' only after a '/').
 fn container_path(arg: &str) -> Option<(&str, &str)> {
     arg.split_once(':').filter(|(name, _)| !name.contains('/'))
+}
+
+/// `stats --no-stream`: CPU over a 500 ms sample, resident memory and process count, summed
+/// over the container's processes.
+fn stats(store: &runtime::ContainerStore, names: &[String]) -> Result<i32> {
+    let mut selected = Vec::new();
+    for c in store.list()? {
+        let state = c.live_state()?;
+        let wanted = names.is_empty()
+            || names
+                .iter()
+                .any(|n| store.find(n).is_ok_and(|f| f.id() == c.id()));
+        if wanted && state.status == runtime::Status::Running {
+            selected.push((c, state));
+        }
+    }
+    let sample = |state: &runtime::State| {
+        let procs = runtime::container_processes(state);
+        let (cpu, mem) = procs
+            .iter()
+            .map(|p| runtime::usage(p.pid))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (cpu, mem, procs.len())
+    };
+    let before: Vec<_> = selected.iter().map(|(_, s)| sample(s)).collect();
+    let interval = std::time::Duration::from_millis(500);
+    std::thread::sleep(interval);
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut lines = vec!["CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tPIDS".to_string()];
+    for ((c, state), (cpu0, _, _)) in selected.iter().zip(before) {
+        let (cpu1, mem, pids) = sample(state);
+        let cpu = (cpu1.saturating_sub(cpu0)) as f64 / ticks / interval.as_secs_f64() * 100.0;
+        let limit = c
+            .config
+            .limits
+            .memory
+            .map_or_else(host_memory, |m| m as f64);
+        lines.push(format!(
+            "{}\t{}\t{cpu:.2}%\t{:.1}MiB / {:.1}MiB\t{pids}",
+            &c.id()[..12],
+            c.config.name,
+            mem as f64 / 1048576.0,
+            limit / 1048576.0
+        ));
+    }
+    print!("{}", align_columns(&lines));
+    Ok(0)
+}
+
+fn host_memory() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
 }

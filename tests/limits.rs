@@ -82,6 +82,12 @@ fn memory_cpu_and_pids_limits_land_in_the_containers_cgroup() {
         ),
         "33554432"
     );
+    let stats = ok(&store, &["stats", "--no-stream", "capped"]);
+    let row = stats.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with(&id[..12]) && row.contains("/ 32.0MiB") && row.ends_with(" 1"),
+        "{stats}"
+    );
     // The pids limit bites: 30 more processes cannot all start.
     let out = store.run(&[
         "exec",

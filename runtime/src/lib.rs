@@ -34,7 +34,7 @@ pub use logs::{follow_logs, LogOptions, LogsQuery};
 pub use monitor::monitor_main;
 pub use network::{PortMapping, BRIDGE};
 pub use networks::{NetworkRecord, NetworkStore};
-pub use procs::{container_processes, ProcessInfo};
+pub use procs::{container_processes, usage, ProcessInfo};
 pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
 pub use view::{inspect_json, ps_rows, PsFilter};
 pub use volumes::{MountSpec, VolumeRecord, VolumeStore};

@@ -113,6 +113,25 @@ pub fn container_processes(state: &State) -> Vec<ProcessInfo> {
     out
 }
 
+/// CPU time (clock ticks) and resident memory (bytes) of a process.
+pub fn usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .unwrap_or("")
+        .split(' ')
+        .collect();
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields after the command: utime is the 12th, stime the 13th, rss (pages) the 22nd.
+    (num(11) + num(12), num(21) * 4096)
+}
+
 /// Parses `SIGTERM`, `TERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
