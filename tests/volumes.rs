@@ -141,3 +141,28 @@ fn anonymous_volumes_binds_and_tmpfs() {
         "bad mounts make no container"
     );
 }
+
+#[test]
+fn read_only_rootfs_still_takes_tmpfs_and_volumes() {
+    let store = Store::with_busybox();
+    let out = store.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "frozen",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "-v",
+        "rw-data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x 2>&1; echo ok > /scratch/f && echo ok > /data/f && cat /scratch/f /data/f",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(text.ends_with("ok\nok\n"), "{text}");
+    assert!(store.root().join("volumes/rw-data/_data/f").exists());
+}
