@@ -103,16 +103,20 @@ fn run(root: &Path, id: &str) -> Result<()> {
             Err(executor::ExecError::Setup(m)) => (setup_exit_code(&m), m),
             Err(e) => (crate::EXIT_OUR_ERROR, e.to_string()),
         };
-        if !record_exit(&container, code, error, &mut attachment)? {
-            break;
+        match record_exit(&container, code, error, &mut attachment) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(release(&container, &mut attachment, e)),
         }
         if began.elapsed() > RESET_BACKOFF_AFTER {
             backoff = FIRST_BACKOFF;
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if !begin_restart(&container, &mut attachment)? {
-            break;
+        match begin_restart(&container, &mut attachment) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(release(&container, &mut attachment, e)),
         }
     }
     if container.config.auto_remove {
@@ -163,6 +167,20 @@ fn attach_network(
     })?;
     crate::networks::refresh_hosts(store, &net.name, None)?;
     Ok(Some(attachment))
+}
+
+/// The state could not be written (e.g. the container's directory was deleted under it):
+/// still give back the network and cgroups, which nothing else would find later.
+fn release(
+    container: &Container,
+    attachment: &mut Option<crate::network::Attachment>,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    if attachment.take().is_some() {
+        crate::network::teardown(container);
+    }
+    crate::cgroups::remove(container.id());
+    error
 }
 
 /// Records one exit; returns whether the restart policy starts the container again. When it
