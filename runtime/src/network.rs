@@ -138,6 +138,8 @@ fn try_setup(
     ensure_bridge(net)?;
     ensure_table()?;
     let ip = allocate_ip(container, net)?;
+    // After the lease exists, so a concurrent last teardown cannot remove them under us.
+    allow_iptables_forward();
     let (bridge, gateway, prefix) = (&net.bridge, net.gateway_ip()?, net.prefix()?);
     let netns = netns_path(container);
     std::fs::File::create(&netns).with_context(|| format!("creating {}", netns.display()))?;
@@ -244,35 +246,78 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("setting {path}"))
 }
 
-/// Hosts with docker have iptables' FORWARD policy DROP, which our nftables table cannot
-/// override (every base chain must accept); accept our bridges' traffic there too. Only when
-/// that chain exists: asking iptables on a host without it would create the table.
-fn allow_iptables_forward() {
-    let has_forward = Command::new("nft")
+/// Our accept rules for iptables' FORWARD chain (docker hosts set its policy to DROP, which
+/// our nftables table cannot override: every base chain must accept).
+fn forward_rules() -> Vec<[String; 5]> {
+    let user = format!("{USER_BRIDGE_PREFIX}+");
+    [
+        ("-i", BRIDGE),
+        ("-o", BRIDGE),
+        ("-i", user.as_str()),
+        ("-o", user.as_str()),
+    ]
+    .iter()
+    .map(|(dir, name)| {
+        [
+            "FORWARD".into(),
+            dir.to_string(),
+            name.to_string(),
+            "-j".into(),
+            "ACCEPT".into(),
+        ]
+    })
+    .collect()
+}
+
+fn has_filter_forward() -> bool {
+    Command::new("nft")
         .args(["list", "chain", "ip", "filter", "FORWARD"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if !has_forward {
+        .is_ok_and(|s| s.success())
+}
+
+fn iptables(op: &str, rule: &[String; 5]) -> bool {
+    Command::new("iptables")
+        .arg(op)
+        .args(rule)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Adds the accept rules, only where the filter FORWARD chain exists: asking iptables on a
+/// host without it would create the table.
+fn allow_iptables_forward() {
+    if !has_filter_forward() {
         return;
     }
-    let user_bridges = format!("{USER_BRIDGE_PREFIX}+");
-    for (dir, name) in [
-        ("-i", BRIDGE),
-        ("-o", BRIDGE),
-        ("-i", &user_bridges),
-        ("-o", &user_bridges),
-    ] {
-        let rule = ["FORWARD", dir, name, "-j", "ACCEPT"];
-        let present = Command::new("iptables")
-            .arg("-C")
-            .args(rule)
-            .stderr(Stdio::null())
-            .status();
-        if matches!(present, Ok(s) if !s.success()) {
-            let _ = Command::new("iptables").arg("-I").args(rule).status();
+    for rule in forward_rules() {
+        if !iptables("-C", &rule) {
+            iptables("-I", &rule);
         }
+    }
+}
+
+/// Removes the accept rules once no container holds an address (called under the IPAM lock).
+fn remove_iptables_forward_if_unused() {
+    let in_use = std::fs::read_dir(IPAM_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name().to_string_lossy().ends_with("-ipam.json")
+                && std::fs::read(e.path())
+                    .ok()
+                    .and_then(|d| serde_json::from_slice::<Leases>(&d).ok())
+                    .is_some_and(|l| !l.is_empty())
+        });
+    if in_use || !has_filter_forward() {
+        return;
+    }
+    for rule in forward_rules() {
+        while iptables("-C", &rule) && iptables("-D", &rule) {}
     }
 }
 
@@ -429,6 +474,8 @@ fn release_ip(id: &str) -> Result<()> {
                 leases.retain(|_, who| !who.ends_with(&format!(" {id}")));
                 Ok(())
             })?;
+            let _lock = crate::store::FileLock::exclusive(&Path::new(IPAM_DIR).join("ipam.lock"))?;
+            remove_iptables_forward_if_unused();
         }
     }
     Ok(())
