@@ -52,6 +52,8 @@ pub enum Command {
     Prune(crate::prune::PruneArgs),
     /// Show the disk usage of the store: layers, build cache, cache mounts, blobs.
     Du(crate::prune::DuArgs),
+    #[command(flatten)]
+    Containers(crate::containers::ContainerCommand),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -72,6 +74,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let root = storage_root(cli.root);
     std::fs::create_dir_all(&root)
         .with_context(|| format!("creating storage root {}", root.display()))?;
+    // Container monitors outlive this process and its working directory.
+    let root = std::fs::canonicalize(&root)
+        .with_context(|| format!("resolving storage root {}", root.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -84,6 +89,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Logout(args) => crate::login::logout(args),
         Command::Prune(args) => crate::prune::prune(&root, args),
         Command::Du(args) => crate::prune::du(&root, args),
+        Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

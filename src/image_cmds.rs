@@ -33,8 +33,6 @@ pub enum ImageCommand {
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
     },
-    /// Show an image's manifest and config as JSON.
-    Inspect { name: String },
     /// Show the history of an image's layers.
     History {
         name: String,
@@ -59,7 +57,6 @@ pub fn run(store: &ImageStore, command: ImageCommand) -> Result<i32> {
             format,
         } => save(store, &names, &output, format),
         ImageCommand::Load { input } => load(store, &input),
-        ImageCommand::Inspect { name } => inspect(store, &name),
         ImageCommand::History { name, no_trunc } => history(store, &name, no_trunc),
     }
 }
@@ -153,7 +150,8 @@ fn load(store: &ImageStore, input: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn inspect(store: &ImageStore, name: &str) -> Result<i32> {
+/// `inspect` of a name that is not a container: the image's manifest and config as JSON.
+pub fn inspect(store: &ImageStore, name: &str) -> Result<i32> {
     let descriptor = resolve(store, name)?;
     let (manifest_descriptor, manifest, config) =
         store.load_image(&descriptor, &Platform::host())?;

@@ -8,6 +8,7 @@ mod build_flags;
 mod cache_flags;
 mod checks_output;
 mod cli;
+mod containers;
 mod image_cmds;
 mod login;
 mod output;
@@ -27,6 +28,9 @@ fn main() {
     // single-threaded process; that must happen before anything else starts.
     if std::env::args().nth(1).as_deref() == Some(executor::HELPER_ARG) {
         executor::helper_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(runtime::MONITOR_ARG) {
+        runtime::monitor_main();
     }
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_bad_args(e));
     let code = match cli::dispatch(cli) {

@@ -89,7 +89,7 @@ pub fn helper_main() -> ! {
 }
 
 /// Writes a setup error to the status pipe, where the caller picks it up.
-fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
+pub(crate) fn report(status_fd: &OwnedFd, error: &anyhow::Error) {
     let message = format!("{error:#}");
     let mut remaining = message.as_bytes();
     while !remaining.is_empty() {
@@ -129,6 +129,10 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     let spec = request.spec;
+    if let Some(pid) = spec.enter_pid {
+        crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+        return crate::enter::enter_and_run(&spec, pid, status_fd);
+    }
     let paths = StatePaths {
         state: request.state_dir.clone(),
         rootfs: request.state_dir.join("rootfs"),
@@ -205,6 +209,9 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
     unshare(namespaces).context("creating namespaces")?;
+    if let Some(path) = &spec.netns {
+        crate::enter::join_netns(path)?;
+    }
     mount(
         None::<&str>,
         "/",
@@ -233,8 +240,10 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     if !privileged {
         mask_paths(root)?;
     }
-    bind_etc_file(root, &paths.hosts, "/etc/hosts", &mut tracker)?;
-    bind_etc_file(root, &paths.resolv_conf, "/etc/resolv.conf", &mut tracker)?;
+    let hosts = spec.hosts_file.as_deref().unwrap_or(&paths.hosts);
+    bind_etc_file(root, hosts, "/etc/hosts", &mut tracker)?;
+    let resolv_conf = spec.resolv_conf.as_deref().unwrap_or(&paths.resolv_conf);
+    bind_etc_file(root, resolv_conf, "/etc/resolv.conf", &mut tracker)?;
     let root_dir = RootDir::open(root).context("opening the rootfs")?;
     for m in &spec.mounts {
         add_mount(m, &root_dir, paths, privileged, &mut tracker)
@@ -431,14 +440,14 @@ fn mask_paths(root: &Path) -> Result<()> {
 
 /// What locks the process down just before exec, prepared (profile compiled) up front so
 /// that a bad profile or capability name is a setup error before anything is mounted.
-struct Confinement {
+pub(crate) struct Confinement {
     caps: CapSet,
     filter: Option<libseccomp::ScmpFilterContext>,
     no_new_privs: bool,
 }
 
 impl Confinement {
-    fn of(spec: &ExecSpec) -> Result<Confinement> {
+    pub(crate) fn of(spec: &ExecSpec) -> Result<Confinement> {
         let security = &spec.security;
         let caps =
             crate::caps::resolve(security.privileged, &security.cap_add, &security.cap_drop)?;
@@ -461,7 +470,7 @@ impl Confinement {
 
     /// Bounding set, seccomp (loaded while CAP_SYS_ADMIN is still held, as runc does when
     /// no_new_privs is off), user and groups, then the capability sets the program keeps.
-    fn lock_down(self, user: &crate::user::ExecUser) -> Result<()> {
+    pub(crate) fn lock_down(self, user: &crate::user::ExecUser) -> Result<()> {
         // SAFETY: close_range only marks descriptors close-on-exec.
         unsafe {
             libc::syscall(
@@ -631,7 +640,7 @@ fn pivot_into(root: &Path) -> Result<()> {
 }
 
 /// The spec's environment plus `PATH` and `HOME` defaults when absent.
-fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
+pub(crate) fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
     let mut env = env.to_vec();
     let has = |env: &[String], key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
     if !has(&env, "PATH") {
@@ -644,7 +653,7 @@ fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
 }
 
 /// Finds `name` like `exec.LookPath` with the container's `PATH` (the last `PATH=` wins).
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
+pub(crate) fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
@@ -672,7 +681,7 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 /// Like [`to_cstrings`], but an error names only the variable: values may be secrets.
-fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
+pub(crate) fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
     env.iter()
         .map(|kv| {
             CString::new(kv.as_bytes()).map_err(|_| {
@@ -683,7 +692,7 @@ fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
         .collect()
 }
 
-fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
+pub(crate) fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
     items
         .iter()
         .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
@@ -692,7 +701,7 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
 
 /// Restores default dispositions and an empty mask: ignored signals survive exec, and Rust
 /// ignores SIGPIPE, which would break pipelines like `yes | head`.
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // SAFETY: plain signal-disposition and mask syscalls in a single-threaded process.
     unsafe {
         for signal in 1..libc::SIGRTMAX() {

@@ -15,6 +15,7 @@ mod beneath;
 mod caps;
 mod cgroup;
 mod emulation;
+mod enter;
 mod helper;
 mod mounts;
 mod paths;
@@ -122,6 +123,21 @@ pub struct ExecSpec {
     /// Size of `/dev/shm` in bytes; `None` means 64 MiB, as docker.
     #[serde(default)]
     pub shm_size: Option<u64>,
+    /// Run inside the running container whose PID 1 has this host pid (its namespaces and
+    /// root) instead of creating one; `rootfs`, `mounts`, `hostname` and `network` are unused.
+    #[serde(default)]
+    pub enter_pid: Option<u32>,
+    /// Join this existing network namespace (e.g. a bind-mounted `/proc/PID/ns/net`) instead
+    /// of `network`'s; the caller set up its interfaces.
+    #[serde(default)]
+    pub netns: Option<std::path::PathBuf>,
+    /// A caller-owned file bound (read-only) at `/etc/hosts` instead of a generated one; the
+    /// caller may rewrite it in place while the container runs.
+    #[serde(default)]
+    pub hosts_file: Option<std::path::PathBuf>,
+    /// Likewise for `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// The seccomp filter of a run.

@@ -1,0 +1,104 @@
+//! "Enter an existing container" mode (`exec`): the helper joins the namespaces and root of a
+//! running container's PID 1 instead of creating new ones, then forks the process (a joined
+//! pid namespace applies to children only) and execs it as the requested user.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::{anyhow, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use crate::helper::{
+    build_env, env_cstrings, find_program, report, reset_signals, to_cstrings, Confinement,
+};
+use crate::user::resolve_user;
+use crate::ExecSpec;
+
+/// Namespaces joined, in order; the mount namespace last, since joining it changes what
+/// `/proc` paths mean.
+const NAMESPACES: [(&str, CloneFlags); 5] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Runs `spec` inside the container whose PID 1 has host pid `pid`; returns its exit code.
+pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> Result<i32> {
+    let mut joins = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let path = format!("/proc/{pid}/ns/{name}");
+        let file = File::open(&path)
+            .with_context(|| format!("opening {path} (is the container running?)"))?;
+        joins.push((name, file, flag));
+    }
+    let root = File::open(format!("/proc/{pid}/root")).context("opening the container's root")?;
+    for (name, file, flag) in &joins {
+        setns(file.as_fd(), *flag)
+            .with_context(|| format!("joining the container's {name} namespace"))?;
+    }
+    nix::unistd::fchdir(&root).context("entering the container's root")?;
+    nix::unistd::chroot(".").context("changing root to the container's")?;
+    // SAFETY: the helper is single-threaded.
+    match unsafe { fork() }.context("forking the exec'd process")? {
+        ForkResult::Child => {
+            let error = match exec_in_container(spec) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            report(status_fd, &error);
+            // SAFETY: _exit skips destructors that belong to the parent.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(anyhow!(e).context("waiting for the exec'd process")),
+            }
+        },
+    }
+}
+
+fn exec_in_container(spec: &ExecSpec) -> Result<Infallible> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let user =
+        resolve_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| anyhow!(e))?;
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
+    // An exec'd process is confined as the container is (docker exec keeps its caps and seccomp).
+    let confinement = Confinement::of(spec)?;
+    let env = build_env(&spec.env, user.home.as_deref());
+    let program = find_program(&spec.args[0], &env)?;
+    let args = to_cstrings(&spec.args).context("invalid argument")?;
+    let env = env_cstrings(&env)?;
+    confinement.lock_down(&user)?;
+    reset_signals();
+    let program_c = CString::new(program.as_os_str().as_bytes())
+        .with_context(|| format!("invalid program path {}", program.display()))?;
+    let Err(err) = nix::unistd::execve(&program_c, &args, &env);
+    Err(anyhow!("exec {}: {err}", spec.args[0]))
+}
+
+/// Joins the network namespace bind-mounted at `path`.
+pub(crate) fn join_netns(path: &std::path::Path) -> Result<()> {
+    let file = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("joining network namespace {}", path.display()))
+}
+

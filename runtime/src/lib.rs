@@ -1,0 +1,46 @@
+//! Containers without a daemon: state in `ROOT/containers/ID`, one detached monitor process
+//! per running container (stdio, json-file logs, exit status, restart policy), and the
+//! lifecycle verbs (`create`, `start`, `stop`, `kill`, `rm`, `wait`) plus `ps`/`inspect`/`logs`.
+//!
+//! The monitor is this program re-executed with [`MONITOR_ARG`] as its first argument; the
+//! binary calls [`monitor_main`] before starting any thread.
+
+mod cgroups;
+mod copy;
+mod exec;
+mod health;
+mod lifecycle;
+mod logs;
+mod monitor;
+mod names;
+mod network;
+mod networks;
+mod procs;
+mod store;
+pub mod template;
+mod time;
+mod view;
+mod volumes;
+
+pub use cgroups::{parse_bytes, Limits};
+pub use copy::{copy_in, copy_out};
+pub use exec::{exec, ExecRequest};
+pub use health::{parse_duration, HealthConfig};
+pub use lifecycle::{
+    create, kill, remove, restart, start, start_restartable, stop, wait_exit, CreateRequest,
+    ExitError,
+};
+pub use logs::{follow_logs, LogOptions, LogsQuery};
+pub use monitor::monitor_main;
+pub use network::{PortMapping, BRIDGE};
+pub use networks::{NetworkRecord, NetworkStore};
+pub use procs::{container_processes, usage, ProcessInfo};
+pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
+pub use view::{inspect_json, ps_rows, PsFilter};
+pub use volumes::{MountSpec, VolumeRecord, VolumeStore};
+
+/// First argument that makes the builder binary act as a container monitor.
+pub const MONITOR_ARG: &str = "__container-monitor";
+
+/// Exit code of a command that failed before the container ran (docker's 125).
+pub const EXIT_OUR_ERROR: i32 = 125;
