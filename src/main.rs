@@ -7,6 +7,7 @@ mod build_context;
 mod cache_flags;
 mod checks_output;
 mod cli;
+mod compose_cmd;
 mod image_cmds;
 mod login;
 mod output;

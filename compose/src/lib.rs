@@ -15,3 +15,19 @@ pub mod merge;
 pub mod normalize;
 
 pub use loader::{load, LoadError, Options, Project};
+
+/// Every profile named by a service, sorted.
+pub fn project_profiles(model: &yaml::Node) -> Vec<String> {
+    let mut out: Vec<String> = model
+        .get("services")
+        .and_then(yaml::Node::as_map)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|s| s.get("profiles").and_then(yaml::Node::as_seq))
+        .flatten()
+        .filter_map(yaml::Node::scalar_text)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
