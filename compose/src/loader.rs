@@ -128,6 +128,21 @@ fn finish(mut model: Node, opts: &Options, dir: PathBuf, mut ctx: Ctx) -> Result
     Ok(Project { name, dir, model, warnings: ctx.warnings })
 }
 
+/// Loads one document from text with a given environment (the conformance
+/// vectors' loader entry point): `normalize` runs compose-go's `Normalize`
+/// and the dependency-cycle check.
+pub fn load_str(text: &str, env: EnvMap, dir: &Path, normalize: bool) -> Result<Node, LoadError> {
+    let mut ctx = Ctx { env, warnings: Vec::new() };
+    let mut model = load_file(text, "compose.yaml", dir, &mut ctx)?;
+    if normalize {
+        let lookup = |k: &str| ctx.env.get(k).cloned();
+        normalize::normalize(&mut model, &lookup);
+        crate::graph::check_dependencies(&model).map_err(LoadError)?;
+    }
+    canonicalize(&mut model, dir)?;
+    Ok(model)
+}
+
 fn absolute(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()

@@ -224,13 +224,13 @@ pub fn canonical_service(s: &mut Map) -> Result<(), String> {
     }
     if let Some(v) = s.get_mut("volumes") {
         if let Value::Seq(items) = &mut v.value {
-            for item in items.iter_mut() {
+            for (i, item) in items.iter_mut().enumerate() {
                 if let Some(text) = item.as_str() {
                     let pos = item.pos;
-                    *item = volumes::parse_volume(text).map_err(|e| format!("volumes: {e}"))?;
+                    *item = volumes::parse_volume(text).map_err(|e| format!("volumes.{i}: {e}"))?;
                     item.pos = pos;
-                } else if let Some(b) = item.as_map_mut().and_then(|m| m.get_mut("bind")).and_then(Node::as_map_mut) {
-                    b.entry("create_host_path".to_string()).or_insert_with(|| boolean(true));
+                } else if let Some(m) = item.as_map_mut() {
+                    long_volume(m).map_err(|e| format!("volumes.{i}: {e}"))?;
                 }
             }
         }
@@ -267,6 +267,43 @@ pub fn canonical_service(s: &mut Map) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Long-syntax volume checks and defaults: bind needs a source, an explicit
+/// `bind: {}` creates the host path, tmpfs sizes in bytes.
+fn long_volume(m: &mut Map) -> Result<(), String> {
+    let kind = m.get("type").and_then(Node::as_str).unwrap_or_default().to_string();
+    let source_empty = m.get("source").and_then(Node::scalar_text).is_none_or(|s| s.is_empty());
+    if kind == "bind" && source_empty {
+        return Err(r#"invalid mount config for type "bind": field Source must not be empty"#.into());
+    }
+    if let Some(b) = m.get_mut("bind").and_then(Node::as_map_mut) {
+        b.entry("create_host_path".to_string()).or_insert_with(|| boolean(true));
+    }
+    if let Some(size) = m.get_mut("tmpfs").and_then(Node::as_map_mut).and_then(|t| t.get_mut("size")) {
+        if let Some(text) = size.as_str() {
+            size.value = Value::Int(ram_in_bytes(text).ok_or_else(|| format!("invalid tmpfs size {text:?}"))?);
+        }
+    }
+    Ok(())
+}
+
+/// docker/go-units `RAMInBytes`: `512`, `1kb`, `64m`, `1.5g` (binary multiples).
+pub fn ram_in_bytes(text: &str) -> Option<i64> {
+    let t = text.trim().to_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024f64.powi(2),
+        "g" => 1024f64.powi(3),
+        "t" => 1024f64.powi(4),
+        "p" => 1024f64.powi(5),
+        _ => return None,
+    };
+    Some((n * mult) as i64)
 }
 
 fn stringify_values(n: &mut Node) {

@@ -155,6 +155,11 @@ pub fn transform_ports(list: &[Node], ignore_errors: bool) -> Result<Vec<Node>, 
                         p.value = Value::Str(t);
                     }
                 }
+                if let Some(t) = m.get_mut("target") {
+                    if let Some(n) = t.as_str().and_then(|s| s.parse::<i64>().ok()) {
+                        t.value = Value::Int(n);
+                    }
+                }
                 let mut node = Node { value: Value::Map(m), ..item.clone() };
                 port_defaults(node.as_map_mut().expect("map"));
                 out.push(node);
