@@ -120,7 +120,9 @@ fn inline(n: &Node) -> String {
 fn scalar(s: &str) -> String {
     let reparsed = crate::yaml::parse(&format!("k: {s}\n")).ok();
     let same = reparsed.as_ref().and_then(|d| d.get("k")).and_then(Node::as_str) == Some(s);
+    let yaml11_bool = matches!(s.to_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off");
     let risky = s.is_empty()
+        || yaml11_bool
         || s.contains(['\n', '#', '"', '\'', '\t', '\\'])
         || s.contains(": ")
         || s.ends_with(':')

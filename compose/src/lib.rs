@@ -12,6 +12,7 @@ pub mod graph;
 pub mod interpolate;
 pub mod loader;
 pub mod merge;
+pub mod model;
 pub mod normalize;
 
 pub use loader::{load, LoadError, Options, Project};

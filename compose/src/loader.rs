@@ -60,6 +60,18 @@ pub fn discover(dir: &Path, warnings: &mut Vec<String>) -> Result<PathBuf, LoadE
     fail("no configuration file provided: not found")
 }
 
+/// A discovered `compose.yaml` brings its `compose.override.yaml` along.
+fn with_override(file: PathBuf) -> Vec<PathBuf> {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, "yaml"));
+    let over = file.with_file_name(format!("{stem}.override.{ext}"));
+    if over.is_file() {
+        vec![file, over]
+    } else {
+        vec![file]
+    }
+}
+
 /// docker compose's project name normalisation: lowercase, only `[a-z0-9_-]`.
 pub fn normalize_project_name(name: &str) -> String {
     name.to_lowercase().chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-').collect()
@@ -78,7 +90,7 @@ impl Ctx {
 
 pub fn load(opts: &Options) -> Result<Project, LoadError> {
     let mut warnings = Vec::new();
-    let files = if opts.files.is_empty() { vec![discover(&opts.working_dir, &mut warnings)?] } else { opts.files.clone() };
+    let files = if opts.files.is_empty() { with_override(discover(&opts.working_dir, &mut warnings)?) } else { opts.files.clone() };
     let first_dir = |f: &Path| if f == Path::new("-") { opts.working_dir.clone() } else { absolute(&opts.working_dir, f).parent().map(Path::to_path_buf).unwrap_or_default() };
     let dir = first_dir(&files[0]);
     let env = project_env(opts, &dir)?;

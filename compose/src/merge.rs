@@ -17,9 +17,8 @@ fn sequence_key(path: &[&str]) -> Option<fn(&Node) -> String> {
     match last {
         "volumes" => Some(by_target),
         "secrets" | "configs" => Some(by_source),
-        "ports" | "expose" | "cap_add" | "cap_drop" | "dns" | "dns_search" | "dns_opt" | "tmpfs" | "security_opt"
-        | "external_links" | "links" | "volumes_from" | "devices" | "env_file" | "group_add" | "extra_hosts"
-        | "profiles" => Some(whole),
+        "ports" | "expose" | "cap_add" | "cap_drop" | "dns" | "dns_search" | "dns_opt" | "security_opt"
+        | "external_links" | "links" | "devices" | "device_cgroup_rules" | "env_file" | "group_add" => Some(whole),
         _ => None,
     }
 }
