@@ -62,7 +62,13 @@ pub fn run(args: ComposeArgs) -> Result<i32> {
         working_dir: std::env::current_dir()?,
         environ: std::env::vars().collect(),
     };
-    let ComposeCommand::Config { format, services, volumes, profiles, quiet } = args.command;
+    let ComposeCommand::Config {
+        format,
+        services,
+        volumes,
+        profiles,
+        quiet,
+    } = args.command;
     if profiles {
         // Profiles are listed over every service, enabled or not.
         let mut all = opts.clone();
@@ -74,13 +80,25 @@ pub fn run(args: ComposeArgs) -> Result<i32> {
     for w in &project.warnings {
         eprintln!("WARN[0000] {w}");
     }
-    let keys = |kind: &str| project.model.get(kind).and_then(|m| m.as_map()).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let keys = |kind: &str| {
+        project
+            .model
+            .get(kind)
+            .and_then(|m| m.as_map())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
     match () {
         _ if quiet => Ok(0),
-        _ if services => print_lines(compose::graph::dependency_order(&project.model).map_err(anyhow::Error::msg)?),
+        _ if services => print_lines(
+            compose::graph::dependency_order(&project.model).map_err(anyhow::Error::msg)?,
+        ),
         _ if volumes => print_lines(keys("volumes")),
         _ if format == "json" => {
-            println!("{}", serde_json::to_string_pretty(&project.model.to_json())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&project.model.to_json())?
+            );
             Ok(0)
         }
         _ if format == "yaml" => {

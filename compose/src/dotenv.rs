@@ -16,12 +16,19 @@ pub enum DotenvError {
 }
 
 fn syntax(line: usize, message: impl Into<String>) -> DotenvError {
-    DotenvError::Syntax { line, message: message.into() }
+    DotenvError::Syntax {
+        line,
+        message: message.into(),
+    }
 }
 
 /// Parses `text` into `out` (which may hold keys from earlier files).
 /// `lookup` is the outside environment, consulted before `out`.
-pub fn parse_into(text: &str, out: &mut EnvMap, lookup: template::Lookup) -> Result<(), DotenvError> {
+pub fn parse_into(
+    text: &str,
+    out: &mut EnvMap,
+    lookup: template::Lookup,
+) -> Result<(), DotenvError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut pos = 0;
     while let Some(start) = statement_start(text, pos) {
@@ -72,7 +79,11 @@ fn statement_start(text: &str, mut pos: usize) -> Option<usize> {
 }
 
 /// The key at `start`, where its value starts, and whether it is a bare key.
-fn key_name(text: &str, mut start: usize, line: usize) -> Result<(String, usize, bool), DotenvError> {
+fn key_name(
+    text: &str,
+    mut start: usize,
+    line: usize,
+) -> Result<(String, usize, bool), DotenvError> {
     let src = &text[start..];
     if let Some(after) = src.strip_prefix("export") {
         if after.starts_with([' ', '\t']) {
@@ -88,13 +99,18 @@ fn key_name(text: &str, mut start: usize, line: usize) -> Result<(String, usize,
                 if c == '\n' {
                     return Ok((key, value_start, true));
                 }
-                let skipped = text[value_start..].len() - text[value_start..].trim_start_matches([' ', '\t']).len();
+                let skipped = text[value_start..].len()
+                    - text[value_start..].trim_start_matches([' ', '\t']).len();
                 return Ok((key, value_start + skipped, false));
             }
             c if c.is_whitespace() || c.is_alphanumeric() || "_.-[]".contains(c) => {}
             c => {
                 let first_line = src.split('\n').next().unwrap_or("");
-                let msg = format!("unexpected character {:?} in variable name {:?}", c.to_string(), first_line);
+                let msg = format!(
+                    "unexpected character {:?} in variable name {:?}",
+                    c.to_string(),
+                    first_line
+                );
                 return Err(syntax(line, msg));
             }
         }
@@ -138,7 +154,10 @@ fn value_of(
         escaped = c == '\\' && !escaped;
     }
     let first_line = src.split('\n').next().unwrap_or("");
-    Err(syntax(line, format!("unterminated quoted value {first_line}")))
+    Err(syntax(
+        line,
+        format!("unterminated quoted value {first_line}"),
+    ))
 }
 
 /// Expands the shell escapes of a double-quoted value; `\$` becomes `$$` so

@@ -3,18 +3,84 @@
 
 use crate::yaml::{format_float, Map, Node, Value};
 
-const TOP: &[&str] = &["name", "services", "networks", "volumes", "secrets", "configs", "models"];
-const PORT: &[&str] = &["name", "mode", "host_ip", "target", "published", "protocol", "app_protocol"];
-const VOLUME: &[&str] = &["type", "source", "target", "read_only", "consistency", "bind", "volume", "tmpfs", "image"];
-const HEALTH: &[&str] = &["test", "timeout", "interval", "retries", "start_period", "start_interval", "disable"];
+const TOP: &[&str] = &[
+    "name", "services", "networks", "volumes", "secrets", "configs", "models",
+];
+const PORT: &[&str] = &[
+    "name",
+    "mode",
+    "host_ip",
+    "target",
+    "published",
+    "protocol",
+    "app_protocol",
+];
+const VOLUME: &[&str] = &[
+    "type",
+    "source",
+    "target",
+    "read_only",
+    "consistency",
+    "bind",
+    "volume",
+    "tmpfs",
+    "image",
+];
+const HEALTH: &[&str] = &[
+    "test",
+    "timeout",
+    "interval",
+    "retries",
+    "start_period",
+    "start_interval",
+    "disable",
+];
 const DEPENDS: &[&str] = &["condition", "restart", "required"];
 const BUILD: &[&str] = &[
-    "context", "dockerfile", "dockerfile_inline", "entitlements", "args", "ssh", "labels", "cache_from", "cache_to",
-    "no_cache", "additional_contexts", "pull", "extra_hosts", "isolation", "network", "target", "secrets", "tags",
-    "ulimits", "platforms", "privileged",
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "entitlements",
+    "args",
+    "ssh",
+    "labels",
+    "cache_from",
+    "cache_to",
+    "no_cache",
+    "additional_contexts",
+    "pull",
+    "extra_hosts",
+    "isolation",
+    "network",
+    "target",
+    "secrets",
+    "tags",
+    "ulimits",
+    "platforms",
+    "privileged",
 ];
-const NETWORK: &[&str] = &["name", "driver", "driver_opts", "ipam", "external", "internal", "enable_ipv4", "enable_ipv6", "attachable", "labels"];
-const RESOURCE: &[&str] = &["name", "driver", "driver_opts", "external", "labels", "file", "environment", "content"];
+const NETWORK: &[&str] = &[
+    "name",
+    "driver",
+    "driver_opts",
+    "ipam",
+    "external",
+    "internal",
+    "enable_ipv4",
+    "enable_ipv6",
+    "attachable",
+    "labels",
+];
+const RESOURCE: &[&str] = &[
+    "name",
+    "driver",
+    "driver_opts",
+    "external",
+    "labels",
+    "file",
+    "environment",
+    "content",
+];
 
 fn order_for(path: &[String]) -> Option<&'static [&'static str]> {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -33,7 +99,11 @@ fn order_for(path: &[String]) -> Option<&'static [&'static str]> {
 
 fn sorted_keys<'a>(m: &'a Map, path: &[String]) -> Vec<&'a String> {
     let mut keys: Vec<&String> = m.keys().collect();
-    let rank = |k: &str| order_for(path).and_then(|o| o.iter().position(|x| *x == k)).unwrap_or(usize::MAX);
+    let rank = |k: &str| {
+        order_for(path)
+            .and_then(|o| o.iter().position(|x| *x == k))
+            .unwrap_or(usize::MAX)
+    };
     // Lists (ports, volumes) keep their order; the top level keeps unknown keys after known ones.
     keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
     keys
@@ -119,14 +189,25 @@ fn inline(n: &Node) -> String {
 /// string, else double-quoted.
 fn scalar(s: &str) -> String {
     let reparsed = crate::yaml::parse(&format!("k: {s}\n")).ok();
-    let same = reparsed.as_ref().and_then(|d| d.get("k")).and_then(Node::as_str) == Some(s);
-    let yaml11_bool = matches!(s.to_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off");
+    let same = reparsed
+        .as_ref()
+        .and_then(|d| d.get("k"))
+        .and_then(Node::as_str)
+        == Some(s);
+    let yaml11_bool = matches!(
+        s.to_lowercase().as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off"
+    );
     let risky = s.is_empty()
         || yaml11_bool
         || s.contains(['\n', '#', '"', '\'', '\t', '\\'])
         || s.contains(": ")
         || s.ends_with(':')
-        || s.starts_with([' ', '-', '?', ':', ',', '[', ']', '{', '}', '&', '*', '!', '|', '>', '%', '@', '`'])
+        || s == "-"
+        || s.starts_with("- ")
+        || s.starts_with([
+            ' ', '?', ':', ',', '[', ']', '{', '}', '&', '*', '!', '|', '>', '%', '@', '`',
+        ])
         || s.ends_with(' ');
     if same && !risky {
         s.to_string()

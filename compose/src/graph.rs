@@ -15,7 +15,11 @@ fn dependencies(model: &Node, service: &str) -> Vec<String> {
 /// Service names with every dependency before its dependents, or an error
 /// naming the cycle (compose-go's wording).
 pub fn dependency_order(model: &Node) -> Result<Vec<String>, String> {
-    let names: Vec<String> = model.get("services").and_then(Node::as_map).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let names: Vec<String> = model
+        .get("services")
+        .and_then(Node::as_map)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     let mut order = Vec::new();
     let mut state = std::collections::HashMap::new();
     for name in &names {

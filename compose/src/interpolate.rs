@@ -34,8 +34,12 @@ pub fn interpolate(
 ) -> Result<(), InterpolationError> {
     match &mut node.value {
         Value::Str(s) if s.contains('$') => {
-            let out = template::substitute(s, lookup, warnings)
-                .map_err(|error| InterpolationError { path: path.to_string(), pos: node.pos, error })?;
+            let out =
+                template::substitute(s, lookup, warnings).map_err(|error| InterpolationError {
+                    path: path.to_string(),
+                    pos: node.pos,
+                    error,
+                })?;
             *s = out;
         }
         Value::Seq(items) => {
@@ -45,7 +49,11 @@ pub fn interpolate(
         }
         Value::Map(map) => {
             for (k, v) in map.iter_mut() {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 interpolate(v, &child, lookup, warnings)?;
             }
         }

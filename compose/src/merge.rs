@@ -12,13 +12,33 @@ fn sequence_key(path: &[&str]) -> Option<fn(&Node) -> String> {
         return None;
     }
     let whole: fn(&Node) -> String = |n| n.to_json().to_string();
-    let by_target: fn(&Node) -> String = |n| n.get("target").and_then(Node::scalar_text).unwrap_or_else(|| n.to_json().to_string());
-    let by_source: fn(&Node) -> String = |n| n.get("source").and_then(Node::scalar_text).unwrap_or_else(|| n.scalar_text().unwrap_or_default());
+    let by_target: fn(&Node) -> String = |n| {
+        n.get("target")
+            .and_then(Node::scalar_text)
+            .unwrap_or_else(|| n.to_json().to_string())
+    };
+    let by_source: fn(&Node) -> String = |n| {
+        n.get("source")
+            .and_then(Node::scalar_text)
+            .unwrap_or_else(|| n.scalar_text().unwrap_or_default())
+    };
     match last {
         "volumes" => Some(by_target),
         "secrets" | "configs" => Some(by_source),
-        "ports" | "expose" | "cap_add" | "cap_drop" | "dns" | "dns_search" | "dns_opt" | "security_opt"
-        | "external_links" | "links" | "devices" | "device_cgroup_rules" | "env_file" | "group_add" => Some(whole),
+        "ports"
+        | "expose"
+        | "cap_add"
+        | "cap_drop"
+        | "dns"
+        | "dns_search"
+        | "dns_opt"
+        | "security_opt"
+        | "external_links"
+        | "links"
+        | "devices"
+        | "device_cgroup_rules"
+        | "env_file"
+        | "group_add" => Some(whole),
         _ => None,
     }
 }

@@ -232,7 +232,9 @@ impl ComposeModel {
     /// Replica count: `scale`, else `deploy.replicas`, else 1.
     pub fn replicas(&self, service: &str) -> u32 {
         let s = &self.services[service];
-        s.scale.or(s.deploy.as_ref().and_then(|d| d.replicas)).unwrap_or(1)
+        s.scale
+            .or(s.deploy.as_ref().and_then(|d| d.replicas))
+            .unwrap_or(1)
     }
 }
 
@@ -244,10 +246,14 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,

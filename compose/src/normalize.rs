@@ -17,14 +17,23 @@ fn boolean(b: bool) -> Node {
 
 /// compose-go's `Normalize` on the raw model.
 pub fn normalize(model: &mut Node, env: Env) {
-    let project = model.get("name").and_then(Node::scalar_text).unwrap_or_default();
+    let project = model
+        .get("name")
+        .and_then(Node::scalar_text)
+        .unwrap_or_default();
     let mut needs_default = false;
-    if let Some(services) = model.as_map_mut().and_then(|m| m.get_mut("services")).and_then(Node::as_map_mut) {
+    if let Some(services) = model
+        .as_map_mut()
+        .and_then(|m| m.get_mut("services"))
+        .and_then(Node::as_map_mut)
+    {
         for (_, service) in services.iter_mut() {
             if service.is_null() {
                 service.value = Value::Map(Map::new());
             }
-            let Some(s) = service.as_map_mut() else { continue };
+            let Some(s) = service.as_map_mut() else {
+                continue;
+            };
             normalize_service(s, env);
             if !s.contains_key("network_mode") && !s.contains_key("networks") {
                 let mut nets = Map::new();
@@ -35,9 +44,13 @@ pub fn normalize(model: &mut Node, env: Env) {
             needs_default |= nets.is_some_and(|n| n.contains_key("default"));
         }
     }
-    let Some(top) = model.as_map_mut() else { return };
+    let Some(top) = model.as_map_mut() else {
+        return;
+    };
     if needs_default {
-        let networks = top.entry("networks".to_string()).or_insert_with(|| Node::map(Map::new()));
+        let networks = top
+            .entry("networks".to_string())
+            .or_insert_with(|| Node::map(Map::new()));
         if networks.is_null() {
             networks.value = Value::Map(Map::new());
         }
@@ -62,8 +75,14 @@ fn name_resources(resources: &mut Map, project: &str, prefix: bool) {
         if r.contains_key("name") || !prefix {
             continue;
         }
-        let external = r.get("external").is_some_and(|e| matches!(e.value, Value::Bool(true)));
-        let name = if external { key.clone() } else { format!("{project}_{key}") };
+        let external = r
+            .get("external")
+            .is_some_and(|e| matches!(e.value, Value::Bool(true)));
+        let name = if external {
+            key.clone()
+        } else {
+            format!("{project}_{key}")
+        };
         r.shift_insert(0, "name".into(), Node::str(name));
     }
 }
@@ -77,12 +96,16 @@ fn normalize_service(s: &mut Map, env: Env) {
     }
     implicit_depends_on(s);
     let image = s.get("image").cloned();
-    if let (Some(image), Some(hooks)) = (image, s.get_mut("pre_start").and_then(|h| match &mut h.value {
-        Value::Seq(v) => Some(v),
-        _ => None,
-    })) {
+    if let (Some(image), Some(hooks)) = (
+        image,
+        s.get_mut("pre_start").and_then(|h| match &mut h.value {
+            Value::Seq(v) => Some(v),
+            _ => None,
+        }),
+    ) {
         for hook in hooks.iter_mut().filter_map(Node::as_map_mut) {
-            hook.entry("image".to_string()).or_insert_with(|| image.clone());
+            hook.entry("image".to_string())
+                .or_insert_with(|| image.clone());
         }
     }
 }
@@ -94,7 +117,8 @@ fn normalize_build(build: &mut Node, env: Env) {
         build.value = Value::Map(m);
     }
     let Some(b) = build.as_map_mut() else { return };
-    b.entry("context".to_string()).or_insert_with(|| Node::str("."));
+    b.entry("context".to_string())
+        .or_insert_with(|| Node::str("."));
     if !b.contains_key("dockerfile") && !b.contains_key("dockerfile_inline") {
         b.insert("dockerfile".into(), Node::str("Dockerfile"));
     }
@@ -119,7 +143,11 @@ fn resolve_bare_environment(envs: &mut Node, env: Env) {
     match &mut envs.value {
         Value::Seq(items) => {
             for item in items.iter_mut() {
-                if let Some(name) = item.as_str().filter(|t| !t.contains('=')).map(str::to_string) {
+                if let Some(name) = item
+                    .as_str()
+                    .filter(|t| !t.contains('='))
+                    .map(str::to_string)
+                {
                     if let Some(v) = env(&name) {
                         item.value = Value::Str(format!("{name}={v}"));
                     }
@@ -144,7 +172,11 @@ fn resolve_bare_environment(envs: &mut Node, env: Env) {
 fn implicit_depends_on(s: &mut Map) {
     let mut implied: Vec<(String, bool)> = Vec::new();
     for key in ["network_mode", "ipc", "pid", "uts", "cgroup"] {
-        if let Some(dep) = s.get(key).and_then(Node::as_str).and_then(|v| v.strip_prefix("service:")) {
+        if let Some(dep) = s
+            .get(key)
+            .and_then(Node::as_str)
+            .and_then(|v| v.strip_prefix("service:"))
+        {
             implied.push((dep.to_string(), true));
         }
     }
@@ -161,11 +193,14 @@ fn implicit_depends_on(s: &mut Map) {
     if implied.is_empty() {
         return;
     }
-    let deps = s.entry("depends_on".to_string()).or_insert_with(|| Node::map(Map::new()));
+    let deps = s
+        .entry("depends_on".to_string())
+        .or_insert_with(|| Node::map(Map::new()));
     depends_on_to_map(deps, false);
     let Some(d) = deps.as_map_mut() else { return };
     for (name, restart) in implied {
-        d.entry(name).or_insert_with(|| dependency("service_started", true, restart));
+        d.entry(name)
+            .or_insert_with(|| dependency("service_started", true, restart));
     }
 }
 
@@ -186,14 +221,21 @@ pub fn depends_on_to_map(deps: &mut Node, defaults: bool) {
                 let mut d = Map::new();
                 d.insert("condition".into(), Node::str("service_started"));
                 d.insert("required".into(), boolean(true));
-                m.insert(name, Node { value: Value::Map(d), ..item.clone() });
+                m.insert(
+                    name,
+                    Node {
+                        value: Value::Map(d),
+                        ..item.clone()
+                    },
+                );
             }
         }
         deps.value = Value::Map(m);
     } else if let Some(m) = deps.as_map_mut().filter(|_| defaults) {
         for (_, d) in m.iter_mut() {
             if let Some(d) = d.as_map_mut() {
-                d.entry("required".to_string()).or_insert_with(|| boolean(true));
+                d.entry("required".to_string())
+                    .or_insert_with(|| boolean(true));
             }
         }
     }
@@ -206,8 +248,20 @@ pub fn list_to_map(node: &mut Node) {
         for item in items {
             let text = item.scalar_text().unwrap_or_default();
             let (k, v) = match text.split_once('=') {
-                Some((k, v)) => (k.to_string(), Node { value: Value::Str(v.to_string()), ..item.clone() }),
-                None => (text, Node { value: Value::Null, ..item.clone() }),
+                Some((k, v)) => (
+                    k.to_string(),
+                    Node {
+                        value: Value::Str(v.to_string()),
+                        ..item.clone()
+                    },
+                ),
+                None => (
+                    text,
+                    Node {
+                        value: Value::Null,
+                        ..item.clone()
+                    },
+                ),
             };
             m.insert(k, v);
         }
@@ -219,7 +273,8 @@ pub fn list_to_map(node: &mut Node) {
 pub fn canonical_service(s: &mut Map) -> Result<(), String> {
     if let Some(p) = s.get_mut("ports") {
         if let Some(list) = p.as_seq() {
-            p.value = Value::Seq(ports::transform_ports(list, false).map_err(|e| format!("ports: {e}"))?);
+            p.value =
+                Value::Seq(ports::transform_ports(list, false).map_err(|e| format!("ports: {e}"))?);
         }
     }
     if let Some(v) = s.get_mut("volumes") {
@@ -246,7 +301,10 @@ pub fn canonical_service(s: &mut Map) -> Result<(), String> {
     }
     if let Some(n) = s.get_mut("networks") {
         if let Value::Seq(items) = &n.value {
-            let m = items.iter().filter_map(|i| i.scalar_text().map(|k| (k, null()))).collect();
+            let m = items
+                .iter()
+                .filter_map(|i| i.scalar_text().map(|k| (k, null())))
+                .collect();
             n.value = Value::Map(m);
         }
     }
@@ -272,17 +330,33 @@ pub fn canonical_service(s: &mut Map) -> Result<(), String> {
 /// Long-syntax volume checks and defaults: bind needs a source, an explicit
 /// `bind: {}` creates the host path, tmpfs sizes in bytes.
 fn long_volume(m: &mut Map) -> Result<(), String> {
-    let kind = m.get("type").and_then(Node::as_str).unwrap_or_default().to_string();
-    let source_empty = m.get("source").and_then(Node::scalar_text).is_none_or(|s| s.is_empty());
+    let kind = m
+        .get("type")
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let source_empty = m
+        .get("source")
+        .and_then(Node::scalar_text)
+        .is_none_or(|s| s.is_empty());
     if kind == "bind" && source_empty {
-        return Err(r#"invalid mount config for type "bind": field Source must not be empty"#.into());
+        return Err(
+            r#"invalid mount config for type "bind": field Source must not be empty"#.into(),
+        );
     }
     if let Some(b) = m.get_mut("bind").and_then(Node::as_map_mut) {
-        b.entry("create_host_path".to_string()).or_insert_with(|| boolean(true));
+        b.entry("create_host_path".to_string())
+            .or_insert_with(|| boolean(true));
     }
-    if let Some(size) = m.get_mut("tmpfs").and_then(Node::as_map_mut).and_then(|t| t.get_mut("size")) {
+    if let Some(size) = m
+        .get_mut("tmpfs")
+        .and_then(Node::as_map_mut)
+        .and_then(|t| t.get_mut("size"))
+    {
         if let Some(text) = size.as_str() {
-            size.value = Value::Int(ram_in_bytes(text).ok_or_else(|| format!("invalid tmpfs size {text:?}"))?);
+            size.value = Value::Int(
+                ram_in_bytes(text).ok_or_else(|| format!("invalid tmpfs size {text:?}"))?,
+            );
         }
     }
     Ok(())
@@ -291,7 +365,9 @@ fn long_volume(m: &mut Map) -> Result<(), String> {
 /// docker/go-units `RAMInBytes`: `512`, `1kb`, `64m`, `1.5g` (binary multiples).
 pub fn ram_in_bytes(text: &str) -> Option<i64> {
     let t = text.trim().to_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {

@@ -30,7 +30,8 @@ pub fn parse_u16(s: &str) -> Result<u16, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("strconv.ParseUint: parsing {s:?}: invalid syntax"));
     }
-    s.parse::<u16>().map_err(|_| format!("strconv.ParseUint: parsing {s:?}: value out of range"))
+    s.parse::<u16>()
+        .map_err(|_| format!("strconv.ParseUint: parsing {s:?}: value out of range"))
 }
 
 /// `nat.ParsePortRange`: `"8000-8080"` or `"8080"`.
@@ -79,7 +80,10 @@ pub fn parse_port_spec(raw: &str) -> Result<Vec<PortMapping>, String> {
     let (mut ip, host_port, container) = split_parts(raw);
     let (proto, container) = split_proto_port(&container);
     if let Some(inner) = ip.strip_prefix('[') {
-        ip = inner.strip_suffix(']').ok_or_else(|| format!("Invalid ip address {ip}"))?.to_string();
+        ip = inner
+            .strip_suffix(']')
+            .ok_or_else(|| format!("Invalid ip address {ip}"))?
+            .to_string();
     }
     if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
         return Err(format!("Invalid ip address: {ip}"));
@@ -87,7 +91,8 @@ pub fn parse_port_spec(raw: &str) -> Result<Vec<PortMapping>, String> {
     if container.is_empty() {
         return Err(format!("No port specified: {raw}<empty>"));
     }
-    let (start, end) = parse_port_range(&container).map_err(|_| format!("Invalid containerPort: {container}"))?;
+    let (start, end) =
+        parse_port_range(&container).map_err(|_| format!("Invalid containerPort: {container}"))?;
     let (host_start, host_end) = if host_port.is_empty() {
         (0, 0)
     } else {
@@ -104,12 +109,22 @@ pub fn parse_port_spec(raw: &str) -> Result<Vec<PortMapping>, String> {
     }
     let mut out = Vec::new();
     for i in 0..=(end - start) {
-        let mut host = if host_port.is_empty() { String::new() } else { (host_start + i).to_string() };
+        let mut host = if host_port.is_empty() {
+            String::new()
+        } else {
+            (host_start + i).to_string()
+        };
         if start == end && host_start != host_end {
             host = format!("{host}-{host_end}");
         }
         let port = start + i;
-        out.push(PortMapping { start: port, end: port, proto: proto_lower.clone(), host_ip: ip.clone(), host_port: host });
+        out.push(PortMapping {
+            start: port,
+            end: port,
+            proto: proto_lower.clone(),
+            host_ip: ip.clone(),
+            host_port: host,
+        });
     }
     Ok(out)
 }
@@ -138,8 +153,10 @@ fn long_port(m: &PortMapping) -> Node {
 
 /// Long-syntax defaults: `protocol: tcp`, `mode: ingress`, `published` as a string.
 pub fn port_defaults(port: &mut Map) {
-    port.entry("mode".to_string()).or_insert_with(|| Node::str("ingress"));
-    port.entry("protocol".to_string()).or_insert_with(|| Node::str("tcp"));
+    port.entry("mode".to_string())
+        .or_insert_with(|| Node::str("ingress"));
+    port.entry("protocol".to_string())
+        .or_insert_with(|| Node::str("tcp"));
 }
 
 /// The whole `ports:` list to long form. With `ignore_errors` (before
@@ -160,7 +177,10 @@ pub fn transform_ports(list: &[Node], ignore_errors: bool) -> Result<Vec<Node>, 
                         t.value = Value::Int(n);
                     }
                 }
-                let mut node = Node { value: Value::Map(m), ..item.clone() };
+                let mut node = Node {
+                    value: Value::Map(m),
+                    ..item.clone()
+                };
                 port_defaults(node.as_map_mut().expect("map"));
                 out.push(node);
             }

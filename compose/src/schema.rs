@@ -39,7 +39,9 @@ pub struct Schema {
 /// The vendored Compose schema, parsed once.
 pub fn compose_schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
-    SCHEMA.get_or_init(|| Schema::new(serde_json::from_str(COMPOSE_SCHEMA).expect("vendored schema is JSON")))
+    SCHEMA.get_or_init(|| {
+        Schema::new(serde_json::from_str(COMPOSE_SCHEMA).expect("vendored schema is JSON"))
+    })
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -85,7 +87,9 @@ fn cast_scalar(types: &[&str], n: &mut Node) {
     }
     let cast = if types.contains(&"integer") || types.contains(&"number") {
         s.parse::<i64>().map(Value::Int).ok().or_else(|| {
-            (types.contains(&"number")).then(|| s.parse::<f64>().ok().map(Value::Float)).flatten()
+            (types.contains(&"number"))
+                .then(|| s.parse::<f64>().ok().map(Value::Float))
+                .flatten()
         })
     } else {
         None
@@ -106,7 +110,10 @@ fn cast_scalar(types: &[&str], n: &mut Node) {
 
 impl Schema {
     pub fn new(root: J) -> Schema {
-        Schema { root, patterns: Mutex::new(HashMap::new()) }
+        Schema {
+            root,
+            patterns: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Validates (and casts interpolated scalars in) `node`; the first error found.
@@ -124,15 +131,19 @@ impl Schema {
 
     fn matches(&self, pattern: &str, text: &str) -> bool {
         let mut cache = self.patterns.lock().unwrap_or_else(|e| e.into_inner());
-        let re = cache
-            .entry(pattern.to_string())
-            .or_insert_with(|| Regex::new(pattern).unwrap_or_else(|_| Regex::new("").expect("empty regex")));
+        let re = cache.entry(pattern.to_string()).or_insert_with(|| {
+            Regex::new(pattern).unwrap_or_else(|_| Regex::new("").expect("empty regex"))
+        });
         re.is_match(text)
     }
 
     fn check(&self, schema: &J, node: &mut Node, path: &str) -> Result<(), SchemaError> {
         let schema = self.resolve(schema);
-        let err = |pos: Pos, message: String| SchemaError { path: path.to_string(), pos, message };
+        let err = |pos: Pos, message: String| SchemaError {
+            path: path.to_string(),
+            pos,
+            message,
+        };
         if schema == &J::Bool(false) {
             return Err(err(node.pos, "is not allowed".into()));
         }
@@ -147,7 +158,10 @@ impl Schema {
         if let Some(values) = schema.get("enum").and_then(J::as_array) {
             if !values.contains(&node.to_json()) {
                 let list: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-                return Err(err(node.pos, format!("must be one of the following: {}", list.join(", "))));
+                return Err(err(
+                    node.pos,
+                    format!("must be one of the following: {}", list.join(", ")),
+                ));
             }
         }
         self.check_scalar(schema, node, path)?;
@@ -164,7 +178,10 @@ impl Schema {
                     for item in items.iter() {
                         let j = item.to_json();
                         if seen.contains(&j) {
-                            return Err(err(item.pos, format!("must not contain duplicate items: {j}")));
+                            return Err(err(
+                                item.pos,
+                                format!("must not contain duplicate items: {j}"),
+                            ));
                         }
                         seen.push(j);
                     }
@@ -176,7 +193,11 @@ impl Schema {
     }
 
     fn check_scalar(&self, schema: &J, node: &Node, path: &str) -> Result<(), SchemaError> {
-        let err = |message: String| SchemaError { path: path.to_string(), pos: node.pos, message };
+        let err = |message: String| SchemaError {
+            path: path.to_string(),
+            pos: node.pos,
+            message,
+        };
         let number = match node.value {
             Value::Int(i) => Some(i as f64),
             Value::Float(f) => Some(f),
@@ -202,11 +223,17 @@ impl Schema {
 
     fn check_object(&self, schema: &J, node: &mut Node, path: &str) -> Result<(), SchemaError> {
         let pos = node.pos;
-        let Value::Map(map) = &mut node.value else { return Ok(()) };
+        let Value::Map(map) = &mut node.value else {
+            return Ok(());
+        };
         if let Some(required) = schema.get("required").and_then(J::as_array) {
             for key in required.iter().filter_map(J::as_str) {
                 if !map.contains_key(key) {
-                    return Err(SchemaError { path: path.to_string(), pos, message: format!("missing property '{key}'") });
+                    return Err(SchemaError {
+                        path: path.to_string(),
+                        pos,
+                        message: format!("missing property '{key}'"),
+                    });
                 }
             }
         }
@@ -265,13 +292,21 @@ impl Schema {
                 let fitting = errors.iter().find(|(b, _)| {
                     let b = self.resolve(b);
                     let types = schema_types(b);
-                    types.iter().any(|t| type_matches(t, node)) || (types.is_empty() && b.get("oneOf").is_some())
+                    types.iter().any(|t| type_matches(t, node))
+                        || (types.is_empty() && b.get("oneOf").is_some())
                 });
                 let (_, e) = fitting.unwrap_or(&errors[0]);
                 if fitting.is_none() {
-                    let mut all: Vec<&str> = errors.iter().flat_map(|(b, _)| schema_types(self.resolve(b))).collect();
+                    let mut all: Vec<&str> = errors
+                        .iter()
+                        .flat_map(|(b, _)| schema_types(self.resolve(b)))
+                        .collect();
                     all.dedup();
-                    return Err(SchemaError { path: path.into(), pos: node.pos, message: format!("must be a {}", all.join(" or ")) });
+                    return Err(SchemaError {
+                        path: path.into(),
+                        pos: node.pos,
+                        message: format!("must be a {}", all.join(" or ")),
+                    });
                 }
                 Err(e.clone())
             }

@@ -6,8 +6,13 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateError {
     /// The whole template, as compose-go's `InvalidTemplateError` shows it.
-    Invalid { template: String },
-    MissingRequired { variable: String, reason: String },
+    Invalid {
+        template: String,
+    },
+    MissingRequired {
+        variable: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for TemplateError {
@@ -18,7 +23,10 @@ impl fmt::Display for TemplateError {
                 write!(f, "required variable {variable} is missing a value")
             }
             TemplateError::MissingRequired { variable, reason } => {
-                write!(f, "required variable {variable} is missing a value: {reason}")
+                write!(
+                    f,
+                    "required variable {variable} is missing a value: {reason}"
+                )
             }
         }
     }
@@ -33,8 +41,14 @@ const OPERATORS: [&str; 6] = [":-", ":+", ":?", "-", "+", "?"];
 
 /// Substitutes variables in `template`. Each unset variable used without an
 /// operator adds its name to `warnings`.
-pub fn substitute(template: &str, lookup: Lookup, warnings: &mut Vec<String>) -> Result<String, TemplateError> {
-    let invalid = || TemplateError::Invalid { template: template.to_string() };
+pub fn substitute(
+    template: &str,
+    lookup: Lookup,
+    warnings: &mut Vec<String>,
+) -> Result<String, TemplateError> {
+    let invalid = || TemplateError::Invalid {
+        template: template.to_string(),
+    };
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find('$') {
@@ -93,7 +107,9 @@ fn name_len(s: &str) -> usize {
     if b.is_empty() || !(b[0] == b'_' || b[0].is_ascii_alphabetic()) {
         return 0;
     }
-    b.iter().take_while(|c| **c == b'_' || c.is_ascii_alphanumeric()).count()
+    b.iter()
+        .take_while(|c| **c == b'_' || c.is_ascii_alphanumeric())
+        .count()
 }
 
 /// Splits the text inside `${...}` into name, operator and argument.
@@ -110,8 +126,14 @@ pub fn split_inner(inner: &str) -> Option<(&str, Option<&'static str>, &str)> {
     Some((name, Some(op), &rest[op.len()..]))
 }
 
-fn braced(inner: &str, lookup: Lookup, warnings: &mut Vec<String>) -> Result<String, TemplateError> {
-    let (name, op, arg) = split_inner(inner).ok_or(TemplateError::Invalid { template: String::new() })?;
+fn braced(
+    inner: &str,
+    lookup: Lookup,
+    warnings: &mut Vec<String>,
+) -> Result<String, TemplateError> {
+    let (name, op, arg) = split_inner(inner).ok_or(TemplateError::Invalid {
+        template: String::new(),
+    })?;
     let value = lookup(name);
     let set = value.is_some();
     let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
@@ -129,5 +151,8 @@ fn braced(inner: &str, lookup: Lookup, warnings: &mut Vec<String>) -> Result<Str
 }
 
 fn missing(name: &str, reason: String) -> TemplateError {
-    TemplateError::MissingRequired { variable: name.to_string(), reason }
+    TemplateError::MissingRequired {
+        variable: name.to_string(),
+        reason,
+    }
 }

@@ -14,7 +14,9 @@ fn is_file_path(source: &str) -> bool {
         None => false,
         Some('.' | '/' | '~') => true,
         Some(_) if source.starts_with("\\\\") => true,
-        Some(first) => chars.next().is_some_and(|second| is_windows_drive(&[first], second)),
+        Some(first) => chars
+            .next()
+            .is_some_and(|second| is_windows_drive(&[first], second)),
     }
 }
 
@@ -93,20 +95,25 @@ pub fn parse_volume(spec_text: &str) -> Result<Node, String> {
             in_var = false;
             buffer.push(c);
         } else if c == ':' && !in_var {
-            populate_field(&mut spec, Some(c), &buffer).map_err(|e| format!("invalid spec: {spec_text}: {e}"))?;
+            populate_field(&mut spec, Some(c), &buffer)
+                .map_err(|e| format!("invalid spec: {spec_text}: {e}"))?;
             buffer.clear();
         } else {
             buffer.push(c);
         }
     }
-    populate_field(&mut spec, None, &buffer).map_err(|e| format!("invalid spec: {spec_text}: {e}"))?;
+    populate_field(&mut spec, None, &buffer)
+        .map_err(|e| format!("invalid spec: {spec_text}: {e}"))?;
     Ok(long_form(spec))
 }
 
 fn long_form(spec: Spec) -> Node {
     let bind = is_file_path(&spec.source);
     let mut m = Map::new();
-    m.insert("type".into(), Node::str(if bind { "bind" } else { "volume" }));
+    m.insert(
+        "type".into(),
+        Node::str(if bind { "bind" } else { "volume" }),
+    );
     if !spec.source.is_empty() {
         m.insert("source".into(), Node::str(spec.source));
     }
@@ -139,9 +146,21 @@ fn long_form(spec: Spec) -> Node {
 
 /// The reverse of `parse_volume` for a long-form volume: `src:dst:rw,z,shared`.
 pub fn volume_string(v: &Node) -> String {
-    let text = |n: Option<&Node>, k: &str| n.and_then(|n| n.get(k)).and_then(Node::scalar_text).unwrap_or_default();
-    let flag = |n: Option<&Node>, k: &str| n.and_then(|n| n.get(k)).is_some_and(|b| matches!(b.value, Value::Bool(true)));
-    let mut options = vec![if flag(Some(v), "read_only") { "ro" } else { "rw" }.to_string()];
+    let text = |n: Option<&Node>, k: &str| {
+        n.and_then(|n| n.get(k))
+            .and_then(Node::scalar_text)
+            .unwrap_or_default()
+    };
+    let flag = |n: Option<&Node>, k: &str| {
+        n.and_then(|n| n.get(k))
+            .is_some_and(|b| matches!(b.value, Value::Bool(true)))
+    };
+    let mut options = vec![if flag(Some(v), "read_only") {
+        "ro"
+    } else {
+        "rw"
+    }
+    .to_string()];
     let bind = v.get("bind");
     for key in ["selinux", "propagation"] {
         let t = text(bind, key);
@@ -152,5 +171,10 @@ pub fn volume_string(v: &Node) -> String {
     if flag(v.get("volume"), "nocopy") {
         options.push("nocopy".into());
     }
-    format!("{}:{}:{}", text(Some(v), "source"), text(Some(v), "target"), options.join(","))
+    format!(
+        "{}:{}:{}",
+        text(Some(v), "source"),
+        text(Some(v), "target"),
+        options.join(",")
+    )
 }

@@ -56,7 +56,12 @@ impl Node {
         Node::at(value, Pos::default())
     }
     pub fn at(value: Value, pos: Pos) -> Node {
-        Node { value, pos, key_pos: pos, tag: None }
+        Node {
+            value,
+            pos,
+            key_pos: pos,
+            tag: None,
+        }
     }
     pub fn str(s: impl Into<String>) -> Node {
         Node::new(Value::Str(s.into()))
@@ -129,7 +134,11 @@ impl Node {
             },
             J::String(s) => Value::Str(s.clone()),
             J::Array(a) => Value::Seq(a.iter().map(Node::from_json).collect()),
-            J::Object(o) => Value::Map(o.iter().map(|(k, v)| (k.clone(), Node::from_json(v))).collect()),
+            J::Object(o) => Value::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
         })
     }
 }
@@ -152,7 +161,10 @@ pub struct YamlError {
 }
 
 fn pos_of(span: &Span) -> Pos {
-    Pos { line: span.start.line(), col: span.start.col() + 1 }
+    Pos {
+        line: span.start.line(),
+        col: span.start.col() + 1,
+    }
 }
 
 enum Frame {
@@ -189,7 +201,14 @@ impl Builder {
                         // A quoted "<<" is an ordinary key, not a merge.
                         key = "\u{0}<<".to_string();
                     }
-                    if !matches!(node.value, Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null) {
+                    if !matches!(
+                        node.value,
+                        Value::Str(_)
+                            | Value::Int(_)
+                            | Value::Float(_)
+                            | Value::Bool(_)
+                            | Value::Null
+                    ) {
                         error = Some((node.pos, "mapping keys must be scalars".to_string()));
                     }
                     *pending = Some((key, node.pos));
@@ -199,7 +218,11 @@ impl Builder {
                         merges.push(node);
                         return;
                     }
-                    let key = if key == "\u{0}<<" { "<<".to_string() } else { key };
+                    let key = if key == "\u{0}<<" {
+                        "<<".to_string()
+                    } else {
+                        key
+                    };
                     node.key_pos = key_pos;
                     let m = map.as_map_mut().expect("map frame");
                     if m.contains_key(&key) {
@@ -216,12 +239,17 @@ impl Builder {
 
     fn fail(&mut self, pos: Pos, message: &str) {
         if self.error.is_none() {
-            self.error = Some(YamlError { pos, message: message.to_string() });
+            self.error = Some(YamlError {
+                pos,
+                message: message.to_string(),
+            });
         }
     }
 
     fn end_map(&mut self, mut map: Node, merges: Vec<Node>) -> Node {
-        let Value::Map(own) = &mut map.value else { return map };
+        let Value::Map(own) = &mut map.value else {
+            return map;
+        };
         for source in merges {
             let sources = match source.value {
                 Value::Seq(items) => items,
@@ -265,13 +293,27 @@ impl<'i> SpannedEventReceiver<'i> for Builder {
             },
             Event::SequenceStart(anchor, tag) => {
                 let mut n = Node::at(Value::Seq(Vec::new()), pos);
-                n.tag = merge_tag(tag.as_ref().map(|t| (t.handle.clone(), t.suffix.clone())).as_ref());
-                self.stack.push(Frame::Seq(n, (anchor > 0).then_some(anchor)));
+                n.tag = merge_tag(
+                    tag.as_ref()
+                        .map(|t| (t.handle.clone(), t.suffix.clone()))
+                        .as_ref(),
+                );
+                self.stack
+                    .push(Frame::Seq(n, (anchor > 0).then_some(anchor)));
             }
             Event::MappingStart(anchor, tag) => {
                 let mut n = Node::at(Value::Map(Map::new()), pos);
-                n.tag = merge_tag(tag.as_ref().map(|t| (t.handle.clone(), t.suffix.clone())).as_ref());
-                self.stack.push(Frame::Map(n, (anchor > 0).then_some(anchor), None, Vec::new()));
+                n.tag = merge_tag(
+                    tag.as_ref()
+                        .map(|t| (t.handle.clone(), t.suffix.clone()))
+                        .as_ref(),
+                );
+                self.stack.push(Frame::Map(
+                    n,
+                    (anchor > 0).then_some(anchor),
+                    None,
+                    Vec::new(),
+                ));
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(n, anchor)) = self.stack.pop() {
@@ -313,7 +355,9 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&(String, String)>
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY)
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -376,10 +420,20 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
         let m = e.marker();
-        return Err(YamlError { pos: Pos { line: m.line(), col: m.col() + 1 }, message: e.info().to_string() });
+        return Err(YamlError {
+            pos: Pos {
+                line: m.line(),
+                col: m.col() + 1,
+            },
+            message: e.info().to_string(),
+        });
     }
     if let Some(e) = builder.error {
         return Err(e);
     }
-    Ok(builder.docs.into_iter().next().unwrap_or_else(|| Node::at(Value::Map(Map::new()), Pos { line: 1, col: 1 })))
+    Ok(builder
+        .docs
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Node::at(Value::Map(Map::new()), Pos { line: 1, col: 1 })))
 }
