@@ -55,7 +55,7 @@ pub fn normalize(model: &mut Node, env: Env) {
             networks.value = Value::Map(Map::new());
         }
         if let Some(n) = networks.as_map_mut() {
-            n.entry("default".to_string()).or_insert_with(|| null());
+            n.entry("default".to_string()).or_insert_with(null);
         }
     }
     for kind in ["networks", "volumes", "secrets", "configs"] {

@@ -342,10 +342,8 @@ fn merge_tag(tag: Option<&(String, String)>) -> Option<MergeTag> {
 /// YAML 1.2 core schema resolution of a plain scalar, as go-yaml v3 does it.
 fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&(String, String)>) -> Value {
     if let Some((handle, suffix)) = tag {
-        if handle == "tag:yaml.org,2002:" || handle == "!!" {
-            if suffix == "str" {
-                return Value::Str(text.to_string());
-            }
+        if (handle == "tag:yaml.org,2002:" || handle == "!!") && suffix == "str" {
+            return Value::Str(text.to_string());
         }
     }
     if style != ScalarStyle::Plain {

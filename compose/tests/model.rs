@@ -50,3 +50,21 @@ fn cycles_and_durations() {
     assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
     assert_eq!(parse_duration("soon"), None);
 }
+
+#[test]
+fn override_files_reset_and_override_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "services:\n  a:\n    image: x\n    ports: ['80:80']\n    environment: {A: '1', B: '2'}\n    command: [one]\n";
+    let over = "services:\n  a:\n    ports: !reset []\n    environment: !override {C: '3'}\n    command: two words\n";
+    std::fs::write(dir.path().join("compose.yaml"), base).unwrap();
+    std::fs::write(dir.path().join("compose.override.yaml"), over).unwrap();
+    let project = load(dir.path()).unwrap();
+    let model = ComposeModel::from_project(&project).unwrap();
+    let a = &model.services["a"];
+    assert!(a.ports.is_empty(), "{:?}", a.ports);
+    assert_eq!(a.environment.keys().collect::<Vec<_>>(), ["C"]);
+    assert_eq!(
+        a.command.as_deref(),
+        Some(&["two".to_string(), "words".to_string()][..])
+    );
+}
