@@ -226,6 +226,19 @@ fn errors_name_file_line_column_and_key() {
     );
     let e = error_of(p, "services:\n  web:\n    image: ${IMG:?set IMG}\n");
     assert!(e.contains("compose.yaml:3:12: error while interpolating services.web.image: required variable IMG is missing a value: set IMG"), "{e}");
+    let e = error_of(
+        p,
+        "services:\n  web:\n    image: x\n    ports:\n      - 80\n      - '99999'\n",
+    );
+    assert!(
+        e.contains("compose.yaml:6:9: services.web.ports.1: Invalid containerPort: 99999"),
+        "{e}"
+    );
+    let e = error_of(
+        p,
+        "services:\n  web:\n    image: x\n    volumes: ['/a::ro']\n",
+    );
+    assert!(e.contains("compose.yaml:4:15: services.web.volumes.0: invalid spec: /a::ro: empty section between colons"), "{e}");
     let e = error_of(p, "services:\n  web:\n    image: [x\n");
     assert!(e.contains("compose.yaml:4:"), "{e}");
     let e = error_of(p, "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n");

@@ -135,7 +135,8 @@ pub fn load(opts: &Options) -> Result<Project, LoadError> {
             let path = absolute(&opts.working_dir, file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| LoadError(format!("{}: {e}", file.display())))?;
-            (text, file.display().to_string())
+            let shown = path.strip_prefix(&opts.working_dir).unwrap_or(&path);
+            (text, shown.display().to_string())
         };
         let doc = load_file(&text, &display, &dir, &mut ctx)?;
         merge(&mut model, doc, &mut Vec::new());
@@ -272,8 +273,8 @@ fn load_file(text: &str, display: &str, dir: &Path, ctx: &mut Ctx) -> Result<Nod
     {
         for (name, service) in services.iter_mut() {
             if let Some(s) = service.as_map_mut() {
-                normalize::canonical_service(s).map_err(|e| {
-                    LoadError(format!("{display}:{}: services.{name}.{e}", service.pos))
+                normalize::canonical_service(s).map_err(|(e, pos)| {
+                    LoadError(format!("{display}:{pos}: services.{name}.{e}"))
                 })?;
             }
         }

@@ -4,7 +4,7 @@
 
 use crate::ports;
 use crate::volumes;
-use crate::yaml::{Map, Node, Value};
+use crate::yaml::{Map, Node, Pos, Value};
 
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -270,22 +270,35 @@ pub fn list_to_map(node: &mut Node) {
 }
 
 /// The long forms of one service, as `config` prints them. Errors name the key.
-pub fn canonical_service(s: &mut Map) -> Result<(), String> {
+pub fn canonical_service(s: &mut Map) -> Result<(), (String, Pos)> {
     if let Some(p) = s.get_mut("ports") {
         if let Some(list) = p.as_seq() {
-            p.value =
-                Value::Seq(ports::transform_ports(list, false).map_err(|e| format!("ports: {e}"))?);
+            for (i, item) in list.iter().enumerate() {
+                let short = item
+                    .as_map()
+                    .is_none()
+                    .then(|| item.scalar_text())
+                    .flatten();
+                if let Some(Err(e)) = short.as_deref().map(ports::parse_port_config) {
+                    return Err((format!("ports.{i}: {e}"), item.pos));
+                }
+            }
+            p.value = Value::Seq(
+                ports::transform_ports(list, false).map_err(|e| (format!("ports: {e}"), p.pos))?,
+            );
         }
     }
     if let Some(v) = s.get_mut("volumes") {
         if let Value::Seq(items) = &mut v.value {
             for (i, item) in items.iter_mut().enumerate() {
+                let item_pos = item.pos;
                 if let Some(text) = item.as_str() {
                     let pos = item.pos;
-                    *item = volumes::parse_volume(text).map_err(|e| format!("volumes.{i}: {e}"))?;
+                    *item = volumes::parse_volume(text)
+                        .map_err(|e| (format!("volumes.{i}: {e}"), pos))?;
                     item.pos = pos;
                 } else if let Some(m) = item.as_map_mut() {
-                    long_volume(m).map_err(|e| format!("volumes.{i}: {e}"))?;
+                    long_volume(m).map_err(|e| (format!("volumes.{i}: {e}"), item_pos))?;
                 }
             }
         }

@@ -311,8 +311,7 @@ impl Schema {
                 Err(e.clone())
             }
             _ => {
-                // Several branches fit (e.g. a string and a string list); accept the first.
-                *node = passed.remove(0);
+                // Several branches fit (a port as number or string): keep the node as written.
                 Ok(())
             }
         }
