@@ -523,31 +523,36 @@ fn canonicalize(model: &mut Node, dir: &Path) -> Result<(), LoadError> {
             }
         }
         if let Some(files) = s.get_mut("env_file") {
-            let list: Vec<Node> = match &files.value {
-                Value::Str(p) => vec![Node::str(p.clone())],
-                Value::Seq(items) => items.clone(),
-                _ => Vec::new(),
-            };
-            let long = list.into_iter().map(|item| {
-                let mut m = item.as_map().cloned().unwrap_or_else(|| {
-                    let mut m = Map::new();
-                    m.insert(
-                        "path".into(),
-                        Node::str(item.scalar_text().unwrap_or_default()),
-                    );
-                    m
-                });
-                if let Some(p) = m.get("path").and_then(Node::scalar_text) {
-                    m.insert("path".into(), Node::str(resolve(&p)));
-                }
-                m.entry("required".to_string())
-                    .or_insert_with(|| Node::new(Value::Bool(true)));
-                Node::map(m)
-            });
-            files.value = Value::Seq(long.collect());
+            long_env_files(files, &resolve);
         }
     }
     Ok(())
+}
+
+/// `env_file:` to its long form (`path`, `required`), paths resolved.
+fn long_env_files(files: &mut Node, resolve: &dyn Fn(&str) -> String) {
+    let list: Vec<Node> = match &files.value {
+        Value::Str(p) => vec![Node::str(p.clone())],
+        Value::Seq(items) => items.clone(),
+        _ => Vec::new(),
+    };
+    let long = list.into_iter().map(|item| {
+        let mut m = item.as_map().cloned().unwrap_or_else(|| {
+            let mut m = Map::new();
+            m.insert(
+                "path".into(),
+                Node::str(item.scalar_text().unwrap_or_default()),
+            );
+            m
+        });
+        if let Some(p) = m.get("path").and_then(Node::scalar_text) {
+            m.insert("path".into(), Node::str(resolve(&p)));
+        }
+        m.entry("required".to_string())
+            .or_insert_with(|| Node::new(Value::Bool(true)));
+        Node::map(m)
+    });
+    files.value = Value::Seq(long.collect());
 }
 
 fn looks_windows(p: &str) -> bool {

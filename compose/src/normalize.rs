@@ -289,19 +289,7 @@ pub fn canonical_service(s: &mut Map) -> Result<(), (String, Pos)> {
         }
     }
     if let Some(v) = s.get_mut("volumes") {
-        if let Value::Seq(items) = &mut v.value {
-            for (i, item) in items.iter_mut().enumerate() {
-                let item_pos = item.pos;
-                if let Some(text) = item.as_str() {
-                    let pos = item.pos;
-                    *item = volumes::parse_volume(text)
-                        .map_err(|e| (format!("volumes.{i}: {e}"), pos))?;
-                    item.pos = pos;
-                } else if let Some(m) = item.as_map_mut() {
-                    long_volume(m).map_err(|e| (format!("volumes.{i}: {e}"), item_pos))?;
-                }
-            }
-        }
+        long_volumes(v)?;
     }
     for key in ["environment", "labels", "annotations", "sysctls"] {
         if let Some(n) = s.get_mut(key) {
@@ -334,6 +322,24 @@ pub fn canonical_service(s: &mut Map) -> Result<(), (String, Pos)> {
         if let Some(n) = s.get_mut(key) {
             if let Some(text) = n.as_str().map(str::to_string) {
                 n.value = Value::Seq(shell_words(&text).into_iter().map(Node::str).collect());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Short-syntax volumes to long form; long ones checked and completed.
+fn long_volumes(v: &mut Node) -> Result<(), (String, Pos)> {
+    if let Value::Seq(items) = &mut v.value {
+        for (i, item) in items.iter_mut().enumerate() {
+            let item_pos = item.pos;
+            if let Some(text) = item.as_str() {
+                let pos = item.pos;
+                *item =
+                    volumes::parse_volume(text).map_err(|e| (format!("volumes.{i}: {e}"), pos))?;
+                item.pos = pos;
+            } else if let Some(m) = item.as_map_mut() {
+                long_volume(m).map_err(|e| (format!("volumes.{i}: {e}"), item_pos))?;
             }
         }
     }
