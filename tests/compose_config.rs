@@ -79,7 +79,7 @@ fn project() -> tempfile::TempDir {
     write(dir.path(), "compose.yaml", MAIN);
     write(dir.path(), "compose.override.yaml", OVERRIDE);
     write(dir.path(), ".env", "GREETING=\"hello $$ world\"\n");
-    write(dir.path(), "lib/cache.yaml", "services:\n  cache:\n    image: redis\n    healthcheck:\n      test: [CMD, redis-cli, ping]\n");
+    write(dir.path(), "lib/cache.yaml", "services:\n  cache:\n    image: redis\n    build: ./ctx\n    healthcheck:\n      test: [CMD, redis-cli, ping]\n");
     dir
 }
 
@@ -131,6 +131,14 @@ fn config_normalises_a_composed_project() {
         "{out}"
     );
     assert!(out.contains(&format!("    name: {name}_data\n")), "{out}");
+    // an included file's relative paths are relative to that file
+    assert!(
+        out.contains(&format!(
+            "      context: {}/lib/ctx\n",
+            dir.path().display()
+        )),
+        "{out}"
+    );
     // profiles: `base` (never) and `debug` are off
     assert!(
         !out.contains("  debug:") && !out.contains("  base:"),

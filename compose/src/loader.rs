@@ -288,7 +288,10 @@ fn load_path(path: &Path, ctx: &mut Ctx) -> Result<Node, LoadError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    load_file(&text, &path.display().to_string(), dir, ctx)
+    let mut doc = load_file(&text, &path.display().to_string(), dir, ctx)?;
+    // Relative paths in an included or extended file are relative to that file.
+    canonicalize(&mut doc, dir)?;
+    Ok(doc)
 }
 
 fn resolve_includes(

@@ -291,6 +291,13 @@ pub fn canonical_service(s: &mut Map) -> Result<(), (String, Pos)> {
     if let Some(v) = s.get_mut("volumes") {
         long_volumes(v)?;
     }
+    if let Some(b) = s.get_mut("build") {
+        if let Some(context) = b.as_str().map(str::to_string) {
+            let mut m = Map::new();
+            m.insert("context".into(), Node::str(context));
+            b.value = Value::Map(m);
+        }
+    }
     for key in ["environment", "labels", "annotations", "sysctls"] {
         if let Some(n) = s.get_mut(key) {
             list_to_map(n);
