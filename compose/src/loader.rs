@@ -57,15 +57,12 @@ pub fn discover(dir: &Path, warnings: &mut Vec<String>) -> Result<PathBuf, LoadE
             .collect();
         if let Some(first) = found.first() {
             if found.len() > 1 {
+                let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
                 warnings.push(format!(
-                    "Found multiple config files with supported names: {}\nUsing {}",
-                    found
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    first.display()
+                    "Found multiple config files with supported names: {}",
+                    names.join(", ")
                 ));
+                warnings.push(format!("Using {}", first.display()));
             }
             return Ok(first.clone());
         }
