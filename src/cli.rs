@@ -54,6 +54,8 @@ pub enum Command {
     Du(crate::prune::DuArgs),
     #[command(flatten)]
     Containers(crate::containers::ContainerCommand),
+    /// Compose projects: `config` prints the normalised model.
+    Compose(crate::compose_cmd::ComposeArgs),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -71,6 +73,9 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
 }
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
+    if let Command::Compose(args) = cli.command {
+        return crate::compose_cmd::run(args);
+    }
     let root = storage_root(cli.root);
     std::fs::create_dir_all(&root)
         .with_context(|| format!("creating storage root {}", root.display()))?;
@@ -90,6 +95,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune(args) => crate::prune::prune(&root, args),
         Command::Du(args) => crate::prune::du(&root, args),
         Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
+        Command::Compose(args) => crate::compose_cmd::run(args),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

@@ -9,6 +9,7 @@ mod cache_flags;
 mod checks_output;
 mod cli;
 mod containers;
+mod compose_cmd;
 mod image_cmds;
 mod login;
 mod output;
