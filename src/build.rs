@@ -48,12 +48,12 @@ pub struct BuildArgs {
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
-    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline
-    /// [,mode=min|max][,mounts=true]; may be repeated.
+    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline |
+    /// type=gha[,scope=S][,url=U][,token=T][,timeout=10m] [,mode=min|max][,mounts=true]; may be repeated.
     #[arg(long = "cache-to")]
     pub cache_to: Vec<String>,
-    /// Import a build cache: type=local,src=DIR | type=registry,ref=REF (or just REF);
-    /// may be repeated.
+    /// Import a build cache: type=local,src=DIR | type=registry,ref=REF (or just REF) |
+    /// type=gha[,scope=S]; may be repeated.
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
     /// Do not use the cache for these stages (comma-separated; may be repeated).
@@ -143,12 +143,12 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     let cache_to = args
         .cache_to
         .iter()
-        .map(|s| crate::cache_flags::parse_cache_to(s))
+        .map(|s| crate::cache_flags::parse_cache_to(s, &args.tags))
         .collect::<Result<Vec<_>>>()?;
     let cache_from = args
         .cache_from
         .iter()
-        .map(|s| crate::cache_flags::parse_cache_from(s))
+        .map(|s| crate::cache_flags::parse_cache_from(s, &args.tags))
         .collect::<Result<Vec<_>>>()?;
     let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
     let exec_config =
