@@ -77,6 +77,17 @@ pub struct BuildArgs {
     /// Run the build checks only, without building; exits non-zero on any warning.
     #[arg(long)]
     pub check: bool,
+    /// SLSA provenance attestation: true|false|mode=min|max[,builder-id=URI]
+    /// (default: mode=min when pushing).
+    #[arg(long)]
+    pub provenance: Option<String>,
+    /// SBOM attestation (SPDX 2.3 JSON of the packages in the image): true|false.
+    #[arg(long)]
+    pub sbom: Option<String>,
+    /// Attestation: type=provenance[,mode=min|max][,builder-id=URI] | type=sbom
+    /// [,disabled=true]; may be repeated.
+    #[arg(long = "attest")]
+    pub attest: Vec<String>,
     /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }
@@ -127,6 +138,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 
 pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
+    let started = exporter::now_rfc3339();
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
     let platforms = crate::platforms::requested(args.platform.as_deref())?
         .unwrap_or_else(|| vec![Platform::host()]);
@@ -140,6 +152,12 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         outputs.push(crate::output::parse_output("type=registry")?);
     }
     let build_args = parse_build_args(&args.build_args)?;
+    let attest_flags = crate::attest::parse(
+        args.provenance.as_deref(),
+        args.sbom.as_deref(),
+        &args.attest,
+        crate::output::pushes(&outputs),
+    )?;
     let cache_to = args
         .cache_to
         .iter()
@@ -322,6 +340,22 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
             image: t.lowered.image.clone(),
         })
         .collect();
+    let facts = crate::attest::BuildFacts {
+        graph: &plan.graph,
+        build_args: &opts.build_args,
+        labels: &opts.labels,
+        target: args.target.as_deref(),
+        dockerfile_name: &display_name,
+        dockerfile: &source,
+        context: &context,
+        secrets: &args.secrets,
+        ssh: &args.ssh,
+        started: source_date_epoch
+            .map(|e| exporter::format_rfc3339(e as i64))
+            .unwrap_or(started),
+        source_date_epoch,
+    };
+    let attestations = crate::attest::request(&attest_flags, &facts, &args.tags)?;
     let manifest = crate::output::export(crate::output::ExportRequest {
         root,
         solver: solver.clone(),
@@ -330,6 +364,7 @@ pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
         outputs,
         source_date_epoch,
         inline_cache,
+        attestations,
     })
     .await?;
     let mut cache_exports = Vec::new();

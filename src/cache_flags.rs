@@ -237,8 +237,7 @@ pub struct Metadata<'a> {
 
 /// Writes buildx-style build metadata (JSON) to `path`.
 pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<()> {
-    let manifest: exporter::image::Manifest =
-        serde_json::from_slice(&solver.content.read_blob(&meta.manifest.digest)?)?;
+    let manifest = image_manifest(solver, meta.manifest)?;
     let imported: Vec<_> = solver
         .cache_import_hits()
         .into_iter()
@@ -262,6 +261,25 @@ pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<(
     let json = serde_json::to_vec_pretty(&doc)?;
     solver::context::write_atomic_with_mode(path, &json, 0o644)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The manifest a descriptor names; for an index (several platforms, or attestations) the
+/// first image's.
+fn image_manifest(
+    solver: &Solver,
+    descriptor: &exporter::image::Descriptor,
+) -> Result<exporter::image::Manifest> {
+    let mut digest = descriptor.digest.clone();
+    if exporter::image::is_index_media_type(&descriptor.media_type) {
+        let index: exporter::Index = serde_json::from_slice(&solver.content.read_blob(&digest)?)?;
+        digest = index
+            .manifests
+            .iter()
+            .find(|d| !exporter::attestation::is_attestation(d))
+            .map(|d| d.digest.clone())
+            .ok_or_else(|| anyhow!("image index {digest} lists no image"))?;
+    }
+    Ok(serde_json::from_slice(&solver.content.read_blob(&digest)?)?)
 }
 
 /// A build id unique enough to tell builds apart (time + pid).

@@ -343,6 +343,8 @@ pub struct ExportRequest<'a> {
     /// `--cache-to type=inline`: the build graph and its results, whose cache records go
     /// into the image config.
     pub inline_cache: Option<InlineCache>,
+    /// Provenance/SBOM to attach to OCI images (an index is then always made).
+    pub attestations: Option<exporter::attestation::AttestationRequest>,
 }
 
 /// What an image with inline cache records is made from.
@@ -359,6 +361,7 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         mut outputs,
         source_date_epoch,
         inline_cache,
+        attestations,
     } = request;
     let targets = Arc::new(targets);
     let multi = targets.len() > 1;
@@ -403,8 +406,13 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         if made.contains_key(&format) {
             continue;
         }
-        let descriptor =
-            make_images(&solver, &targets, &created, format, inline_cache.as_ref()).await?;
+        let attest = attestations.as_ref().filter(|_| format.oci_media_types);
+        let images = Images {
+            created: &created,
+            inline_cache: inline_cache.as_ref(),
+            attestations: attest,
+        };
+        let descriptor = make_images(&solver, &targets, format, images).await?;
         made.insert(format, descriptor);
     }
 
@@ -542,14 +550,19 @@ fn format_of(output: &OutputSpec, source_date_epoch: Option<u64>) -> Result<Imag
 async fn make_images(
     solver: &Arc<Solver>,
     targets: &Arc<Vec<ExportTarget>>,
-    created: &Option<String>,
     format: ImageFormat,
-    inline_cache: Option<&InlineCache>,
+    images: Images<'_>,
 ) -> Result<Descriptor> {
+    let Images {
+        created,
+        inline_cache,
+        attestations,
+    } = images;
     let mut made = tokio::task::JoinSet::new();
     for position in 0..targets.len() {
         let (solver, targets) = (solver.clone(), targets.clone());
         let (created, inline_cache) = (created.clone(), inline_cache.cloned());
+        let attested = attestations.is_some();
         made.spawn_blocking(move || -> Result<(usize, Descriptor)> {
             let target = &targets[position];
             let mut manifest = make_image(
@@ -559,8 +572,13 @@ async fn make_images(
                 format,
                 inline_cache.as_ref(),
             )?;
-            if targets.len() > 1 {
-                manifest.platform = target.platform.clone();
+            if targets.len() > 1 || attested {
+                manifest.platform = Some(
+                    target
+                        .platform
+                        .clone()
+                        .unwrap_or_else(|| target.image.platform()),
+                );
             }
             Ok((position, manifest))
         });
@@ -571,10 +589,32 @@ async fn make_images(
         manifests[position] = Some(manifest);
     }
     let mut manifests: Vec<Descriptor> = manifests.into_iter().flatten().collect();
+    if let Some(request) = attestations.cloned() {
+        let content = solver.content.clone();
+        return tokio::task::spawn_blocking(move || {
+            exporter::attestation::attach(&content, &manifests, &request)
+        })
+        .await?
+        .context("attaching attestations");
+    }
     if manifests.len() == 1 {
         return Ok(manifests.remove(0));
     }
     Ok(exporter::write_index(&solver.content, &manifests)?)
+}
+
+/// What every image of one format is made with.
+struct Images<'a> {
+    created: &'a Option<String>,
+    inline_cache: Option<&'a InlineCache>,
+    attestations: Option<&'a exporter::attestation::AttestationRequest>,
+}
+
+/// Whether any output pushes to a registry.
+pub fn pushes(outputs: &[OutputSpec]) -> bool {
+    outputs
+        .iter()
+        .any(|o| matches!(o.kind, OutputKind::Image { push: true, .. }))
 }
 
 /// Dates each new history entry by the layer it made and the image by its last entry, as

@@ -2,6 +2,7 @@
 //! OCI layout and docker archives, and registry push/pull.
 
 mod archive;
+pub mod attestation;
 pub mod auth;
 pub mod compression;
 pub mod config;
@@ -9,8 +10,10 @@ pub mod image;
 mod layer;
 mod load;
 pub mod platform;
+pub mod provenance;
 pub mod reference;
 pub mod registry;
+pub mod sbom;
 mod sources;
 mod store;
 mod time;
