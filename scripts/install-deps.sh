@@ -16,8 +16,9 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   docker.io buildah
   # executor confinement (seccomp), container networking, rootless mode
   libseccomp-dev nftables iproute2 uidmap passt slirp4netns
-  # SBOM tests validate SPDX against its JSON schema; the GitHub Action runs under node
-  python3-jsonschema nodejs)
+  # SBOM tests validate SPDX against its JSON schema, GitLab template tests parse YAML; the
+  # GitHub Action runs under node
+  python3-jsonschema python3-yaml nodejs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
