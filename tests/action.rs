@@ -153,3 +153,64 @@ fn bad_input_fails_the_step_with_an_error_annotation() {
         stdout(&out)
     );
 }
+
+#[test]
+fn version_input_installs_the_release_binary_into_the_tool_cache() {
+    let store = Store::with_busybox();
+    let runner = tempfile::tempdir().unwrap();
+    let releases = tempfile::tempdir().unwrap();
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    std::fs::create_dir_all(releases.path().join("v9.9.9")).unwrap();
+    std::os::unix::fs::symlink(
+        BIN,
+        releases.path().join(format!("v9.9.9/builder-linux-{arch}")),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(releases.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_listener(&format!("127.0.0.1:{port}"));
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    let tool_cache = runner.path().join("tools");
+    let out = run_action(
+        &store,
+        runner.path(),
+        &[
+            ("context", ctx.path().to_str().unwrap()),
+            ("version", "v9.9.9"),
+        ],
+        &[
+            ("PATH", "/usr/bin:/bin"),
+            ("BUILDER_RELEASE_URL", &format!("http://127.0.0.1:{port}")),
+            ("RUNNER_TOOL_CACHE", tool_cache.to_str().unwrap()),
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "action: {}", stdout(&out));
+    let installed = tool_cache.join("builder/9.9.9/builder");
+    assert!(stdout(&out).contains(&format!("[command]{} build", installed.display())));
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().len(),
+        std::fs::metadata(BIN).unwrap().len()
+    );
+}

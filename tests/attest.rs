@@ -253,19 +253,27 @@ fn check_sbom(doc: &Value) {
 fn no_attestations_unless_asked_or_pushing() {
     let store = Store::with_busybox();
     let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
-    let top = |extra: &[&str]| -> String {
+    let top_entry = |extra: &[&str]| -> Value {
         let dir = tempfile::tempdir().unwrap();
         let dest = format!("type=oci,tar=false,dest={}", dir.path().join("l").display());
-        let out = store.build(ctx.path(), &[extra, &["-o", &dest]].concat());
+        let out = store
+            .cmd()
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["build", "--progress=plain", "-o", &dest])
+            .args(extra)
+            .arg(ctx.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "build: {}", stderr(&out));
         let index: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("l/index.json")).unwrap())
                 .unwrap();
-        index["manifests"][0]["mediaType"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        index["manifests"][0].clone()
     };
+    let top = |extra: &[&str]| top_entry(extra)["mediaType"].as_str().unwrap().to_string();
+    // Under SOURCE_DATE_EPOCH the attested index itself repeats.
+    let both = ["--provenance=true", "--sbom=true"];
+    assert_eq!(top_entry(&both)["digest"], top_entry(&both)["digest"]);
     let manifest = "application/vnd.oci.image.manifest.v1+json";
     assert_eq!(top(&[]), manifest);
     assert_eq!(

@@ -504,23 +504,26 @@ pub async fn load_cache(
             };
             (config, BlobSource::Registry(Box::new((client, r))))
         }
-        CacheFrom::Gha(settings) => {
-            let cache = GhaCache::new(settings)?;
-            let index = cache.download_index().await?.ok_or_else(|| {
-                anyhow!(
-                    "the cache service has no cache for scope {:?}",
-                    settings.scope
-                )
-            })?;
-            let config =
-                serde_json::from_slice::<CacheConfig>(&index).context("parsing the cache index")?;
-            (config, BlobSource::Gha(Box::new(cache)))
-        }
+        CacheFrom::Gha(settings) => load_gha(settings).await?,
     };
     config
         .validate()
         .with_context(|| format!("cache {}", from.describe()))?;
     Ok((config, ImportBlobs(blobs)))
+}
+
+/// The newest index of a `type=gha` scope.
+async fn load_gha(settings: &GhaSettings) -> Result<(CacheConfig, BlobSource)> {
+    let cache = GhaCache::new(settings)?;
+    let index = cache.download_index().await?.ok_or_else(|| {
+        anyhow!(
+            "the cache service has no cache for scope {:?}",
+            settings.scope
+        )
+    })?;
+    let config =
+        serde_json::from_slice::<CacheConfig>(&index).context("parsing the cache index")?;
+    Ok((config, BlobSource::Gha(Box::new(cache))))
 }
 
 /// Restores the cache mounts an import carries, unless this store has them already.
