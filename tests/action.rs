@@ -214,3 +214,33 @@ fn version_input_installs_the_release_binary_into_the_tool_cache() {
         std::fs::metadata(BIN).unwrap().len()
     );
 }
+
+#[test]
+fn load_input_puts_the_image_into_docker() {
+    let store = Store::with_busybox();
+    let runner = tempfile::tempdir().unwrap();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo loaded > /l\n")]);
+    let st = Command::new("bash")
+        .arg(repo().join("scripts/start-dockerd.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "start-dockerd.sh failed");
+    let tag = format!("builder-action-load:{}", std::process::id());
+    let out = run_action(
+        &store,
+        runner.path(),
+        &[
+            ("context", ctx.path().to_str().unwrap()),
+            ("tags", &tag),
+            ("load", "true"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "action: {}", stdout(&out));
+    let run = Command::new("docker")
+        .args(["run", "--rm", "--network", "host", &tag, "cat", "/l"])
+        .output()
+        .unwrap();
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!(stdout(&run), "loaded\n", "{}", stderr(&run));
+}
