@@ -782,9 +782,24 @@ async fn export_to_gha(
     settings: &GhaSettings,
     config: &CacheConfig,
 ) -> Result<()> {
+    const PARALLEL_UPLOADS: usize = 4;
     let cache = GhaCache::new(settings)?;
-    for l in &config.layers {
-        cache.upload_blob(content, &l.descriptor.digest).await?;
+    let mut digests: Vec<String> = config
+        .layers
+        .iter()
+        .map(|l| l.descriptor.digest.clone())
+        .collect();
+    digests.dedup();
+    let mut running = tokio::task::JoinSet::new();
+    for digest in digests {
+        if running.len() >= PARALLEL_UPLOADS {
+            running.join_next().await.expect("tasks running")??;
+        }
+        let (cache, content) = (cache.clone(), content.clone());
+        running.spawn(async move { cache.upload_blob(&content, &digest).await });
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
     }
     cache.upload_index(&serde_json::to_vec(config)?).await?;
     Ok(())

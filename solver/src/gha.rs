@@ -295,7 +295,7 @@ impl GhaCache {
     async fn upload(
         &self,
         key: &str,
-        open: &mut dyn FnMut() -> Result<Box<dyn Read + Send>>,
+        open: &mut (dyn FnMut() -> Result<Box<dyn Read + Send>> + Send),
     ) -> Result<bool> {
         for _ in 0..FRESH_URL_ATTEMPTS {
             let created: CreateResponse = match self
