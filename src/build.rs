@@ -48,12 +48,12 @@ pub struct BuildArgs {
     /// Write the image (config) digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
-    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline
-    /// [,mode=min|max][,mounts=true]; may be repeated.
+    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline |
+    /// type=gha[,scope=S][,url=U][,token=T][,timeout=10m] [,mode=min|max][,mounts=true]; may be repeated.
     #[arg(long = "cache-to")]
     pub cache_to: Vec<String>,
-    /// Import a build cache: type=local,src=DIR | type=registry,ref=REF (or just REF);
-    /// may be repeated.
+    /// Import a build cache: type=local,src=DIR | type=registry,ref=REF (or just REF) |
+    /// type=gha[,scope=S]; may be repeated.
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
     /// Do not use the cache for these stages (comma-separated; may be repeated).
@@ -108,6 +108,17 @@ pub struct BuildArgs {
     /// What to do: build (default), check, outline or targets [,format=json].
     #[arg(long = "call", value_name = "build|check|outline|targets")]
     pub call: Option<String>,
+    /// SLSA provenance attestation: true|false|mode=min|max[,builder-id=URI]
+    /// (default: mode=min when pushing).
+    #[arg(long)]
+    pub provenance: Option<String>,
+    /// SBOM attestation (SPDX 2.3 JSON of the packages in the image): true|false.
+    #[arg(long)]
+    pub sbom: Option<String>,
+    /// Attestation: type=provenance[,mode=min|max][,builder-id=URI] | type=sbom
+    /// [,disabled=true]; may be repeated.
+    #[arg(long = "attest")]
+    pub attest: Vec<String>,
     /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }
@@ -158,6 +169,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 
 pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     crate::output::check_push(args.push, &args.tags)?;
+    let started = exporter::now_rfc3339();
     // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
     let platforms = crate::platforms::requested(args.platform.as_deref())?
         .unwrap_or_else(|| vec![Platform::host()]);
@@ -172,15 +184,21 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         outputs.push(crate::output::parse_output("type=registry")?);
     }
     let build_args = parse_build_args(&args.build_args)?;
+    let attest_flags = crate::attest::parse(
+        args.provenance.as_deref(),
+        args.sbom.as_deref(),
+        &args.attest,
+        crate::output::pushes(&outputs),
+    )?;
     let cache_to = args
         .cache_to
         .iter()
-        .map(|s| crate::cache_flags::parse_cache_to(s))
+        .map(|s| crate::cache_flags::parse_cache_to(s, &args.tags))
         .collect::<Result<Vec<_>>>()?;
     let cache_from = args
         .cache_from
         .iter()
-        .map(|s| crate::cache_flags::parse_cache_from(s))
+        .map(|s| crate::cache_flags::parse_cache_from(s, &args.tags))
         .collect::<Result<Vec<_>>>()?;
     let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
     let exec_config =
@@ -361,6 +379,22 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
             image: t.lowered.image.clone(),
         })
         .collect();
+    let facts = crate::attest::BuildFacts {
+        graph: &plan.graph,
+        build_args: &opts.build_args,
+        labels: &opts.labels,
+        target: args.target.as_deref(),
+        dockerfile_name: &display_name,
+        dockerfile: &source,
+        context: &context,
+        secrets: &args.secrets,
+        ssh: &args.ssh,
+        started: source_date_epoch
+            .map(|e| exporter::format_rfc3339(e as i64))
+            .unwrap_or(started),
+        source_date_epoch,
+    };
+    let attestations = crate::attest::request(&attest_flags, &facts, &args.tags)?;
     let manifest = crate::output::export(crate::output::ExportRequest {
         root,
         solver: solver.clone(),
@@ -370,6 +404,7 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
         source_date_epoch,
         inline_cache,
         annotations: flags.annotations,
+        attestations,
     })
     .await?;
     let loaded = args

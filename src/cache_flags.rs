@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use solver::cache::{CacheExport, CacheFrom, CacheMode, CacheTo};
+use solver::gha::GhaSettings;
 use solver::Solver;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,8 +26,86 @@ fn required<'a>(flag: &str, spec: &str, kv: &HashMap<&str, &'a str>, key: &str) 
         .ok_or_else(|| anyhow!("{flag} {spec:?}: {key}= is required"))
 }
 
-/// Parses one `--cache-to`.
-pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
+/// Options of `type=gha` besides mode/mounts.
+const GHA_KEYS: &[&str] = &["type", "scope", "url", "url_v2", "token", "timeout"];
+
+/// `type=gha` settings: `url`/`token` default to the runner's `ACTIONS_RESULTS_URL` and
+/// `ACTIONS_RUNTIME_TOKEN`; `scope` to the first image name, so two images built in one
+/// repository do not overwrite each other's cache (build-push-action #497).
+fn gha_settings(
+    flag: &str,
+    spec: &str,
+    kv: &HashMap<&str, &str>,
+    tags: &[String],
+) -> Result<GhaSettings> {
+    let from = |key: &str, alt: Option<&str>, env: &str| -> Result<String> {
+        kv.get(key)
+            .or_else(|| alt.and_then(|a| kv.get(a)))
+            .map(|v| v.to_string())
+            .or_else(|| std::env::var(env).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{flag} {spec:?}: {key}= not given and {env} is not set \
+                     (it is set for JavaScript actions such as this repository's action.yml)"
+                )
+            })
+    };
+    let url = from("url_v2", Some("url"), "ACTIONS_RESULTS_URL")?;
+    let token = from("token", None, "ACTIONS_RUNTIME_TOKEN")?;
+    let scope = match kv.get("scope") {
+        Some(s) => s.to_string(),
+        None => default_gha_scope(tags),
+    };
+    if scope.is_empty() || scope.contains('#') {
+        bail!("{flag} {spec:?}: scope={scope:?} must be non-empty and without '#'");
+    }
+    let timeout = match kv.get("timeout") {
+        None => std::time::Duration::from_secs(600),
+        Some(t) => parse_duration(t)
+            .ok_or_else(|| anyhow!("{flag} {spec:?}: timeout={t:?} is not like 30s, 10m or 1h"))?,
+    };
+    Ok(GhaSettings {
+        url,
+        token,
+        scope,
+        timeout,
+    })
+}
+
+/// The image name of the first `-t` without tag or digest (`buildkit` without one, as BuildKit).
+fn default_gha_scope(tags: &[String]) -> String {
+    let Some(r) = tags
+        .first()
+        .and_then(|t| exporter::Reference::parse(t).ok())
+    else {
+        return "buildkit".into();
+    };
+    match r.repository.strip_prefix("library/") {
+        Some(short) if r.registry == "docker.io" => short.to_string(),
+        _ if r.registry == "docker.io" => r.repository,
+        _ => format!("{}/{}", r.registry, r.repository),
+    }
+}
+
+/// `30s`, `10m`, `1h` (or bare seconds).
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let (n, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n.parse().ok().filter(|&n| n > 0)?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
+/// Parses one `--cache-to`; `tags` (the `-t` names) give `type=gha` its default scope.
+pub fn parse_cache_to(spec: &str, tags: &[String]) -> Result<CacheTo> {
     const FLAG: &str = "--cache-to";
     let kv = crate::output::key_values(FLAG, spec)?;
     let mode = match kv.get("mode").copied() {
@@ -65,13 +144,23 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
             }
             Ok(CacheTo::Inline)
         }
-        Some(t) => bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry, inline"),
-        None => bail!("{FLAG} {spec:?}: type= is required (local, registry or inline)"),
+        Some("gha") => {
+            check_keys(FLAG, spec, &kv, &[GHA_KEYS, &["mode", "mounts"]].concat())?;
+            Ok(CacheTo::Gha {
+                settings: gha_settings(FLAG, spec, &kv, tags)?,
+                mode,
+                mounts,
+            })
+        }
+        Some(t) => {
+            bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry, inline, gha")
+        }
+        None => bail!("{FLAG} {spec:?}: type= is required (local, registry, inline or gha)"),
     }
 }
 
 /// Parses one `--cache-from`; a bare reference means `type=registry,ref=REF`.
-pub fn parse_cache_from(spec: &str) -> Result<CacheFrom> {
+pub fn parse_cache_from(spec: &str, tags: &[String]) -> Result<CacheFrom> {
     const FLAG: &str = "--cache-from";
     if !spec.contains('=') {
         exporter::Reference::parse(spec).map_err(|e| anyhow!("{FLAG} {spec:?}: {e}"))?;
@@ -95,8 +184,12 @@ pub fn parse_cache_from(spec: &str) -> Result<CacheFrom> {
                 reference: reference.to_string(),
             })
         }
-        Some(t) => bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry"),
-        None => bail!("{FLAG} {spec:?}: type= is required (local or registry)"),
+        Some("gha") => {
+            check_keys(FLAG, spec, &kv, GHA_KEYS)?;
+            Ok(CacheFrom::Gha(gha_settings(FLAG, spec, &kv, tags)?))
+        }
+        Some(t) => bail!("{FLAG} {spec:?}: unknown type {t:?}; supported: local, registry, gha"),
+        None => bail!("{FLAG} {spec:?}: type= is required (local, registry or gha)"),
     }
 }
 
@@ -144,8 +237,7 @@ pub struct Metadata<'a> {
 
 /// Writes buildx-style build metadata (JSON) to `path`.
 pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<()> {
-    let manifest: exporter::image::Manifest =
-        serde_json::from_slice(&solver.content.read_blob(&meta.manifest.digest)?)?;
+    let manifest = image_manifest(solver, meta.manifest)?;
     let imported: Vec<_> = solver
         .cache_import_hits()
         .into_iter()
@@ -171,6 +263,25 @@ pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<(
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The manifest a descriptor names; for an index (several platforms, or attestations) the
+/// first image's.
+fn image_manifest(
+    solver: &Solver,
+    descriptor: &exporter::image::Descriptor,
+) -> Result<exporter::image::Manifest> {
+    let mut digest = descriptor.digest.clone();
+    if exporter::image::is_index_media_type(&descriptor.media_type) {
+        let index: exporter::Index = serde_json::from_slice(&solver.content.read_blob(&digest)?)?;
+        digest = index
+            .manifests
+            .iter()
+            .find(|d| !exporter::attestation::is_attestation(d))
+            .map(|d| d.digest.clone())
+            .ok_or_else(|| anyhow!("image index {digest} lists no image"))?;
+    }
+    Ok(serde_json::from_slice(&solver.content.read_blob(&digest)?)?)
+}
+
 /// A build id unique enough to tell builds apart (time + pid).
 fn build_ref() -> String {
     let t = std::time::SystemTime::now()
@@ -184,10 +295,42 @@ fn build_ref() -> String {
 mod tests {
     use super::*;
 
+    fn parse_cache_to_(spec: &str) -> Result<CacheTo> {
+        parse_cache_to(spec, &[])
+    }
+
+    fn parse_cache_from_(spec: &str) -> Result<CacheFrom> {
+        parse_cache_from(spec, &[])
+    }
+
+    #[test]
+    fn gha_options_parse() {
+        let tags = ["localhost:5000/team/app:v1".to_string()];
+        let to =
+            parse_cache_to("type=gha,url=http://c/,token=t,mode=max,timeout=2m", &tags).unwrap();
+        let CacheTo::Gha { settings, mode, .. } = to else {
+            panic!("{to:?}")
+        };
+        assert_eq!(mode, CacheMode::Max);
+        assert_eq!(settings.scope, "localhost:5000/team/app");
+        assert_eq!(settings.timeout, std::time::Duration::from_secs(120));
+        assert_eq!(default_gha_scope(&["busybox:1".into()]), "busybox");
+        assert_eq!(default_gha_scope(&[]), "buildkit");
+        let from = parse_cache_from("type=gha,url=http://c/,token=t,scope=s", &tags).unwrap();
+        assert_eq!(from.describe(), "type=gha,scope=s");
+        for bad in [
+            "type=gha,url=http://c/,token=t,scope=a#b",
+            "type=gha,url=http://c/,token=t,timeout=5x",
+            "type=gha,url=http://c/,token=t,color=red",
+        ] {
+            assert!(parse_cache_to(bad, &tags).is_err(), "{bad} parsed");
+        }
+    }
+
     #[test]
     fn cache_to_parses() {
         assert_eq!(
-            parse_cache_to("type=local,dest=d,mode=max,mounts=true").unwrap(),
+            parse_cache_to_("type=local,dest=d,mode=max,mounts=true").unwrap(),
             CacheTo::Local {
                 dest: "d".into(),
                 mode: CacheMode::Max,
@@ -195,14 +338,14 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_cache_to("type=registry,ref=localhost:5000/c:x").unwrap(),
+            parse_cache_to_("type=registry,ref=localhost:5000/c:x").unwrap(),
             CacheTo::Registry {
                 reference: "localhost:5000/c:x".into(),
                 mode: CacheMode::Min,
                 mounts: false
             }
         );
-        assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
+        assert_eq!(parse_cache_to_("type=inline").unwrap(), CacheTo::Inline);
         for bad in [
             "type=local",
             "type=local,dest=d,mode=all",
@@ -213,26 +356,26 @@ mod tests {
             "type=inline,mode=max",
             "type=registry,ref=UPPER/Case",
         ] {
-            assert!(parse_cache_to(bad).is_err(), "{bad} parsed");
+            assert!(parse_cache_to_(bad).is_err(), "{bad} parsed");
         }
-        let e = parse_cache_to("type=local,dest=d,mode=all").unwrap_err();
+        let e = parse_cache_to_("type=local,dest=d,mode=all").unwrap_err();
         assert!(e.to_string().contains("--cache-to"), "{e}");
     }
 
     #[test]
     fn cache_from_parses() {
         assert_eq!(
-            parse_cache_from("type=local,src=d").unwrap(),
+            parse_cache_from_("type=local,src=d").unwrap(),
             CacheFrom::Local { src: "d".into() }
         );
         assert_eq!(
-            parse_cache_from("localhost:5000/app:cache").unwrap(),
+            parse_cache_from_("localhost:5000/app:cache").unwrap(),
             CacheFrom::Registry {
                 reference: "localhost:5000/app:cache".into()
             }
         );
-        assert!(parse_cache_from("type=local").is_err());
-        assert!(parse_cache_from("type=gha").is_err());
+        assert!(parse_cache_from_("type=local").is_err());
+        assert!(parse_cache_from_("type=s3").is_err());
     }
 
     #[test]

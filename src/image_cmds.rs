@@ -155,13 +155,27 @@ pub fn inspect(store: &ImageStore, name: &str) -> Result<i32> {
     let descriptor = resolve(store, name)?;
     let (manifest_descriptor, manifest, config) =
         store.load_image(&descriptor, &Platform::host())?;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "Name": Reference::parse(name)?.full_name(),
         "Descriptor": descriptor,
         "ManifestDescriptor": manifest_descriptor,
         "Manifest": manifest,
         "Config": config,
     });
+    if exporter::image::is_index_media_type(&descriptor.media_type) {
+        let index: exporter::Index =
+            serde_json::from_slice(&store.content().read_blob(&descriptor.digest)?)?;
+        let attestations: Vec<_> =
+            exporter::attestation::read_attestations(store.content(), &index)?
+                .into_iter()
+                .map(|(subject, kind, statement)| {
+                    serde_json::json!({ "Subject": subject, "PredicateType": kind, "Statement": statement })
+                })
+                .collect();
+        if !attestations.is_empty() {
+            report["Attestations"] = serde_json::Value::Array(attestations);
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! work happens in the `frontend`, `solver`, `snapshotter`, `executor` and
 //! `exporter` crates.
 
+mod attest;
 mod build;
 mod build_context;
 mod build_flags;

@@ -345,6 +345,8 @@ pub struct ExportRequest<'a> {
     pub inline_cache: Option<InlineCache>,
     /// `--annotation`s for the manifests, the index and their descriptors.
     pub annotations: exporter::Annotations,
+    /// Provenance/SBOM to attach to OCI images (an index is then always made).
+    pub attestations: Option<exporter::attestation::AttestationRequest>,
 }
 
 /// What an image with inline cache records is made from.
@@ -362,6 +364,7 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         source_date_epoch,
         inline_cache,
         annotations,
+        attestations,
     } = request;
     let annotations = Arc::new(annotations);
     let targets = Arc::new(targets);
@@ -407,8 +410,14 @@ pub async fn export(request: ExportRequest<'_>) -> Result<Descriptor> {
         if made.contains_key(&format) {
             continue;
         }
-        let made_from = (&solver, &targets, &annotations);
-        let descriptor = make_images(made_from, &created, format, inline_cache.as_ref()).await?;
+        let attest = attestations.as_ref().filter(|_| format.oci_media_types);
+        let images = Images {
+            created: &created,
+            inline_cache: inline_cache.as_ref(),
+            attestations: attest,
+            annotations: &annotations,
+        };
+        let descriptor = make_images(&solver, &targets, format, images).await?;
         made.insert(format, descriptor);
     }
 
@@ -544,15 +553,22 @@ fn format_of(output: &OutputSpec, source_date_epoch: Option<u64>) -> Result<Imag
 /// Writes each target's layers, config and manifest in `format`; returns the manifest
 /// descriptor, or for several targets the descriptor of an index over their manifests.
 async fn make_images(
-    (solver, targets, annotations): (&Arc<Solver>, &Arc<Vec<ExportTarget>>, &Arc<Annotations>),
-    created: &Option<String>,
+    solver: &Arc<Solver>,
+    targets: &Arc<Vec<ExportTarget>>,
     format: ImageFormat,
-    inline_cache: Option<&InlineCache>,
+    images: Images<'_>,
 ) -> Result<Descriptor> {
+    let Images {
+        created,
+        inline_cache,
+        attestations,
+        annotations,
+    } = images;
     let mut made = tokio::task::JoinSet::new();
     for position in 0..targets.len() {
         let (solver, targets, annotations) = (solver.clone(), targets.clone(), annotations.clone());
         let (created, inline_cache) = (created.clone(), inline_cache.cloned());
+        let attested = attestations.is_some();
         made.spawn_blocking(move || -> Result<(usize, Descriptor)> {
             let target = &targets[position];
             let mut manifest = make_image(
@@ -569,8 +585,13 @@ async fn make_images(
             let own = annotations.of(AnnotationKind::Manifest, platform);
             manifest = exporter::annotate_document(&solver.content, &manifest, &own)?;
             manifest.annotations = annotations.of(AnnotationKind::ManifestDescriptor, platform);
-            if targets.len() > 1 {
-                manifest.platform = target.platform.clone();
+            if targets.len() > 1 || attested {
+                manifest.platform = Some(
+                    target
+                        .platform
+                        .clone()
+                        .unwrap_or_else(|| target.image.platform()),
+                );
             }
             Ok((position, manifest))
         });
@@ -581,14 +602,47 @@ async fn make_images(
         manifests[position] = Some(manifest);
     }
     let mut manifests: Vec<Descriptor> = manifests.into_iter().flatten().collect();
+    if let Some(request) = attestations.cloned() {
+        let content = solver.content.clone();
+        let index = tokio::task::spawn_blocking(move || {
+            exporter::attestation::attach(&content, &manifests, &request)
+        })
+        .await?
+        .context("attaching attestations")?;
+        return annotate_index(solver, annotations, index);
+    }
     if manifests.len() == 1 {
         return Ok(manifests.remove(0));
     }
     let index = exporter::write_index(&solver.content, &manifests)?;
+    annotate_index(solver, annotations, index)
+}
+
+/// Applies the `index:` and `index-descriptor:` annotations to an index.
+fn annotate_index(
+    solver: &Solver,
+    annotations: &Annotations,
+    index: Descriptor,
+) -> Result<Descriptor> {
     let own = annotations.of(AnnotationKind::Index, None);
     let mut index = exporter::annotate_document(&solver.content, &index, &own)?;
     index.annotations = annotations.of(AnnotationKind::IndexDescriptor, None);
     Ok(index)
+}
+
+/// What every image of one format is made with.
+struct Images<'a> {
+    created: &'a Option<String>,
+    inline_cache: Option<&'a InlineCache>,
+    attestations: Option<&'a exporter::attestation::AttestationRequest>,
+    annotations: &'a Arc<Annotations>,
+}
+
+/// Whether any output pushes to a registry.
+pub fn pushes(outputs: &[OutputSpec]) -> bool {
+    outputs
+        .iter()
+        .any(|o| matches!(o.kind, OutputKind::Image { push: true, .. }))
 }
 
 /// Dates each new history entry by the layer it made and the image by its last entry, as

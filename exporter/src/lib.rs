@@ -3,6 +3,7 @@
 
 pub mod annotations;
 mod archive;
+pub mod attestation;
 pub mod auth;
 pub mod compression;
 pub mod config;
@@ -12,8 +13,10 @@ mod layer;
 mod lenient;
 mod load;
 pub mod platform;
+pub mod provenance;
 pub mod reference;
 pub mod registry;
+pub mod sbom;
 mod sources;
 mod store;
 mod time;

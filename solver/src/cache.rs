@@ -3,10 +3,12 @@
 //! A cache is a list of records, each a vertex's cache key and the layer chain (base first) of
 //! its result. It travels as an OCI manifest whose config blob is a [`CacheConfig`] and whose
 //! layers are the blobs the records name: in an OCI layout directory (`type=local`), in a
-//! registry (`type=registry`), or inside an image config (`type=inline`, the image's own layers
-//! being the blobs). Importing only reads the config; blobs are fetched when a build needs them.
+//! registry (`type=registry`), in the GitHub Actions cache service (`type=gha`: the config as a
+//! scope's index entry, each blob an entry of its own), or inside an image config
+//! (`type=inline`, the image's own layers being the blobs). Importing only reads the config; blobs are fetched when a build needs them.
 
 use crate::context::write_atomic;
+use crate::gha::{GhaCache, GhaSettings};
 use crate::graph::{Definition, Op};
 use crate::solve::{Ref, Solver};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -51,6 +53,12 @@ pub enum CacheTo {
     },
     /// Records (min mode) embedded in the built image's config.
     Inline,
+    /// The GitHub Actions cache service.
+    Gha {
+        settings: GhaSettings,
+        mode: CacheMode,
+        mounts: bool,
+    },
 }
 
 /// One `--cache-from`.
@@ -63,6 +71,7 @@ pub enum CacheFrom {
     Registry {
         reference: String,
     },
+    Gha(GhaSettings),
 }
 
 impl CacheFrom {
@@ -70,6 +79,7 @@ impl CacheFrom {
         match self {
             CacheFrom::Local { src } => format!("type=local,src={}", src.display()),
             CacheFrom::Registry { reference } => format!("type=registry,ref={reference}"),
+            CacheFrom::Gha(settings) => settings.describe(),
         }
     }
 }
@@ -192,6 +202,7 @@ enum BlobSource {
     /// An OCI layout directory.
     Dir(PathBuf),
     Registry(Box<(RegistryClient, Reference)>),
+    Gha(Box<GhaCache>),
 }
 
 /// An imported cache, with a count of the steps it answered.
@@ -228,6 +239,10 @@ impl ImportSource {
                     .block_on(client.pull_blob(reference, blob, content))
                     .with_context(|| format!("fetching cache blob {}", blob.digest))
             }
+            BlobSource::Gha(cache) => solver
+                .runtime()
+                .block_on(cache.download_blob(content, &blob.digest))
+                .with_context(|| format!("fetching cache blob {}", blob.digest)),
         }
     }
 }
@@ -489,11 +504,26 @@ pub async fn load_cache(
             };
             (config, BlobSource::Registry(Box::new((client, r))))
         }
+        CacheFrom::Gha(settings) => load_gha(settings).await?,
     };
     config
         .validate()
         .with_context(|| format!("cache {}", from.describe()))?;
     Ok((config, ImportBlobs(blobs)))
+}
+
+/// The newest index of a `type=gha` scope.
+async fn load_gha(settings: &GhaSettings) -> Result<(CacheConfig, BlobSource)> {
+    let cache = GhaCache::new(settings)?;
+    let index = cache.download_index().await?.ok_or_else(|| {
+        anyhow!(
+            "the cache service has no cache for scope {:?}",
+            settings.scope
+        )
+    })?;
+    let config =
+        serde_json::from_slice::<CacheConfig>(&index).context("parsing the cache index")?;
+    Ok((config, BlobSource::Gha(Box::new(cache))))
 }
 
 /// Restores the cache mounts an import carries, unless this store has them already.
@@ -504,6 +534,7 @@ pub fn restore_mounts(solver: &Solver, config: &CacheConfig, blobs: &ImportBlobs
             BlobSource::Content => BlobSource::Content,
             BlobSource::Dir(d) => BlobSource::Dir(d.clone()),
             BlobSource::Registry(b) => BlobSource::Registry(b.clone()),
+            BlobSource::Gha(c) => BlobSource::Gha(c.clone()),
         },
         hits: AtomicUsize::new(0),
     };
@@ -691,9 +722,9 @@ pub async fn export_cache(
     to: &CacheTo,
 ) -> Result<Option<CacheExport>> {
     let (mode, mounts) = match to {
-        CacheTo::Local { mode, mounts, .. } | CacheTo::Registry { mode, mounts, .. } => {
-            (*mode, *mounts)
-        }
+        CacheTo::Local { mode, mounts, .. }
+        | CacheTo::Registry { mode, mounts, .. }
+        | CacheTo::Gha { mode, mounts, .. } => (*mode, *mounts),
         CacheTo::Inline => return Ok(None),
     };
     let (s, d, r, o) = (
@@ -728,6 +759,12 @@ pub async fn export_cache(
                 .with_context(|| format!("pushing build cache to {reference}"))?;
             format!("type=registry,ref={reference}")
         }
+        CacheTo::Gha { settings, .. } => {
+            export_to_gha(&solver.content, settings, &config)
+                .await
+                .with_context(|| format!("exporting build cache to {}", settings.describe()))?;
+            settings.describe()
+        }
         CacheTo::Inline => unreachable!("handled above"),
     };
     Ok(Some(CacheExport {
@@ -736,6 +773,36 @@ pub async fn export_cache(
         records: config.records.len(),
         mounts: config.mounts.len(),
     }))
+}
+
+/// Uploads the blobs the service lacks, then the scope's new index (so an index never names
+/// a blob that is not there).
+async fn export_to_gha(
+    content: &ContentStore,
+    settings: &GhaSettings,
+    config: &CacheConfig,
+) -> Result<()> {
+    const PARALLEL_UPLOADS: usize = 4;
+    let cache = GhaCache::new(settings)?;
+    let mut digests: Vec<String> = config
+        .layers
+        .iter()
+        .map(|l| l.descriptor.digest.clone())
+        .collect();
+    digests.dedup();
+    let mut running = tokio::task::JoinSet::new();
+    for digest in digests {
+        if running.len() >= PARALLEL_UPLOADS {
+            running.join_next().await.expect("tasks running")??;
+        }
+        let (cache, content) = (cache.clone(), content.clone());
+        running.spawn(async move { cache.upload_blob(&content, &digest).await });
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
+    }
+    cache.upload_index(&serde_json::to_vec(config)?).await?;
+    Ok(())
 }
 
 fn config_dest_display(to: &CacheTo) -> String {

@@ -6,6 +6,7 @@ pub mod chmod;
 pub mod context;
 pub mod fileop;
 pub mod gc;
+pub mod gha;
 mod git;
 pub mod graph;
 mod http;
