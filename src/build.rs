@@ -552,4 +552,3 @@ fn solve_error(
         None => format!("{on}failed to solve: {e}"),
     }
 }
-

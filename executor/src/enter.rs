@@ -101,4 +101,3 @@ pub(crate) fn join_netns(path: &std::path::Path) -> Result<()> {
     setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("joining network namespace {}", path.display()))
 }
-
