@@ -57,6 +57,24 @@ fn registry_manifest(reference: &str) -> Vec<u8> {
     skopeo(&["inspect", "--raw", "--tls-verify=false", &src])
 }
 
+/// The pushed image's manifest; a push attaches provenance by default, so the result is an
+/// index whose one non-attestation entry is the image.
+fn pushed_image_manifest(reference: &str) -> Value {
+    let manifest = json(&registry_manifest(reference));
+    let Some(entries) = manifest["manifests"].as_array() else {
+        return manifest;
+    };
+    let image = entries
+        .iter()
+        .find(|e| e["platform"]["architecture"] != "unknown")
+        .unwrap();
+    let repo = reference.rsplit_once(':').unwrap().0;
+    json(&registry_manifest(&format!(
+        "{repo}@{}",
+        image["digest"].as_str().unwrap()
+    )))
+}
+
 fn registry_config(reference: &str) -> Value {
     let src = format!("docker://{reference}");
     serde_json::from_slice(&skopeo(&[
@@ -115,7 +133,7 @@ fn ok(out: &std::process::Output, what: &str) -> String {
 /// The pushed image starts with the base's layers (same blobs, same diff ids) and history.
 fn assert_keeps_base(name: &str, pushed: &str) {
     let (base_manifest, base_config) = fixture_image(name);
-    let manifest = json(&registry_manifest(pushed));
+    let manifest = pushed_image_manifest(pushed);
     let config = registry_config(pushed);
     let base_layers = digests(&base_manifest);
     assert_eq!(

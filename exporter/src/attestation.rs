@@ -146,8 +146,14 @@ pub fn read_attestations(
             .cloned()
             .unwrap_or_default();
         let manifest: Manifest = serde_json::from_slice(&content.read_blob(&entry.digest)?)?;
+        // Other tools may store a statement another way (a tar layer), or it may not have
+        // been pulled: such a layer is listed with a null statement rather than failing.
         for layer in &manifest.layers {
-            let statement: Value = serde_json::from_slice(&content.read_blob(&layer.digest)?)?;
+            let statement = (layer.media_type == MEDIA_TYPE_IN_TOTO)
+                .then(|| content.read_blob(&layer.digest).ok())
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or(Value::Null);
             let kind = layer
                 .annotations
                 .get(ANNOTATION_PREDICATE_TYPE)
