@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/start-dockerd.sh
 cargo test --workspace --no-fail-fast
-# A clone with no ../shared beside it must pass too (vendored data only); cheap, as it
-# reuses this checkout's target directory.
+# A fresh clone, with no conformance folder beside it, must pass too (vendored data only);
+# cheap, as it reuses this checkout's target directory.
 bash scripts/fresh-clone-check.sh

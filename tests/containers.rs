@@ -466,6 +466,21 @@ fn exec_joins_the_running_container() {
         assert!(Instant::now() < deadline, "{}", stderr(&out));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // An exec'd process is confined as the container is: docker's capabilities and seccomp.
+    let out = c.store.run(&[
+        "exec",
+        "box",
+        "grep",
+        "-E",
+        "^(CapEff|Seccomp):",
+        "/proc/self/status",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "CapEff:\t00000000a80425fb\nSeccomp:\t2\n",
+        "{}",
+        stderr(&out)
+    );
     let out = c.store.run(&[
         "exec",
         "-e",

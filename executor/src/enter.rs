@@ -3,10 +3,8 @@
 //! pid namespace applies to children only) and execs it as the requested user.
 
 use std::convert::Infallible;
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{setns, CloneFlags};
@@ -14,9 +12,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-use crate::helper::{
-    build_env, env_cstrings, find_program, report, reset_signals, to_cstrings, Confinement,
-};
+use crate::helper::{exec_program, report, Confinement};
 use crate::user::resolve_user;
 use crate::ExecSpec;
 
@@ -79,19 +75,9 @@ fn exec_in_container(spec: &ExecSpec) -> Result<Infallible> {
     } else {
         spec.cwd.as_str()
     };
-    nix::unistd::chdir(cwd).with_context(|| format!("changing to working directory {cwd}"))?;
     // An exec'd process is confined as the container is (docker exec keeps its caps and seccomp).
     let confinement = Confinement::of(spec)?;
-    let env = build_env(&spec.env, user.home.as_deref());
-    let program = find_program(&spec.args[0], &env)?;
-    let args = to_cstrings(&spec.args).context("invalid argument")?;
-    let env = env_cstrings(&env)?;
-    confinement.lock_down(&user)?;
-    reset_signals();
-    let program_c = CString::new(program.as_os_str().as_bytes())
-        .with_context(|| format!("invalid program path {}", program.display()))?;
-    let Err(err) = nix::unistd::execve(&program_c, &args, &env);
-    Err(anyhow!("exec {}: {err}", spec.args[0]))
+    exec_program(spec, cwd, &user, confinement)
 }
 
 /// Joins the network namespace bind-mounted at `path`.

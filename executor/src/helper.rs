@@ -271,15 +271,25 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         .create_dir_all(Path::new(cwd))
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
+    exec_program(spec, cwd, &user, confinement)
+}
+
+/// Enters the working directory, sets the rlimits, locks the process down and execs the
+/// program: the last steps of a container's PID 1 and of a process exec'd into it.
+pub(crate) fn exec_program(
+    spec: &ExecSpec,
+    cwd: &str,
+    user: &crate::user::ExecUser,
+    confinement: Confinement,
+) -> Result<Infallible> {
     enter_workdir(cwd)?;
     // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
     crate::rlimits::apply(&spec.rlimits)?;
-
     let env = build_env(&spec.env, user.home.as_deref());
     let program = find_program(&spec.args[0], &env)?;
     let args = to_cstrings(&spec.args).context("invalid argument")?;
     let env = env_cstrings(&env)?;
-    confinement.lock_down(&user)?;
+    confinement.lock_down(user)?;
     reset_signals();
     let program_c = CString::new(program.as_os_str().as_bytes())
         .with_context(|| format!("invalid program path {}", program.display()))?;
@@ -640,7 +650,7 @@ fn pivot_into(root: &Path) -> Result<()> {
 }
 
 /// The spec's environment plus `PATH` and `HOME` defaults when absent.
-pub(crate) fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
+fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
     let mut env = env.to_vec();
     let has = |env: &[String], key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
     if !has(&env, "PATH") {
@@ -653,7 +663,7 @@ pub(crate) fn build_env(env: &[String], home: Option<&str>) -> Vec<String> {
 }
 
 /// Finds `name` like `exec.LookPath` with the container's `PATH` (the last `PATH=` wins).
-pub(crate) fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
@@ -681,7 +691,7 @@ pub(crate) fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 /// Like [`to_cstrings`], but an error names only the variable: values may be secrets.
-pub(crate) fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
+fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
     env.iter()
         .map(|kv| {
             CString::new(kv.as_bytes()).map_err(|_| {
@@ -692,7 +702,7 @@ pub(crate) fn env_cstrings(env: &[String]) -> Result<Vec<CString>> {
         .collect()
 }
 
-pub(crate) fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
+fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
     items
         .iter()
         .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
@@ -701,7 +711,7 @@ pub(crate) fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
 
 /// Restores default dispositions and an empty mask: ignored signals survive exec, and Rust
 /// ignores SIGPIPE, which would break pipelines like `yes | head`.
-pub(crate) fn reset_signals() {
+fn reset_signals() {
     // SAFETY: plain signal-disposition and mask syscalls in a single-threaded process.
     unsafe {
         for signal in 1..libc::SIGRTMAX() {
