@@ -15,7 +15,7 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   # docker 20.10 and buildah: real-world fixtures, `--load`, and checking our images with docker
   docker.io buildah
   # executor confinement (seccomp), container networking, rootless mode
-  libseccomp-dev nftables iproute2 iptables uidmap passt slirp4netns
+  libseccomp-dev pkg-config nftables iproute2 iptables uidmap passt slirp4netns
   # SBOM tests validate SPDX against its JSON schema, GitLab template tests parse YAML; the
   # GitHub Action runs under node
   python3-jsonschema python3-yaml nodejs)
