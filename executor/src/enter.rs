@@ -12,8 +12,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-use crate::helper::{exec_program, report, Confinement};
-use crate::user::resolve_user;
+use crate::helper::{exec_program, report, user_and_workdir, Confinement};
 use crate::ExecSpec;
 
 /// Namespaces joined, in order; the mount namespace last, since joining it changes what
@@ -66,15 +65,7 @@ pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> R
 
 fn exec_in_container(spec: &ExecSpec) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
-    let passwd = std::fs::read_to_string("/etc/passwd").ok();
-    let group = std::fs::read_to_string("/etc/group").ok();
-    let user =
-        resolve_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| anyhow!(e))?;
-    let cwd = if spec.cwd.is_empty() {
-        "/"
-    } else {
-        spec.cwd.as_str()
-    };
+    let (user, cwd) = user_and_workdir(spec)?;
     // An exec'd process is confined as the container is (docker exec keeps its caps and seccomp).
     let confinement = Confinement::of(spec)?;
     exec_program(spec, cwd, &user, confinement)

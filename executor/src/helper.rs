@@ -256,22 +256,27 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     pivot_into(root)?;
     tracker.set_root(Path::new("/"));
 
-    // Names resolve against the container's own files, read after the pivot.
-    let passwd = std::fs::read_to_string("/etc/passwd").ok();
-    let group = std::fs::read_to_string("/etc/group").ok();
-    let user =
-        resolve_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| anyhow!(e))?;
-
-    let cwd = if spec.cwd.is_empty() {
-        "/"
-    } else {
-        spec.cwd.as_str()
-    };
+    let (user, cwd) = user_and_workdir(spec)?;
     tracker
         .create_dir_all(Path::new(cwd))
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
     exec_program(spec, cwd, &user, confinement)
+}
+
+/// The spec's user, resolved against the container's own `/etc/passwd` and `/etc/group` (so
+/// call it after entering the container's root), and its working directory (`/` when unset).
+pub(crate) fn user_and_workdir(spec: &ExecSpec) -> Result<(crate::user::ExecUser, &str)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let user =
+        resolve_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| anyhow!(e))?;
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    Ok((user, cwd))
 }
 
 /// Enters the working directory, sets the rlimits, locks the process down and execs the

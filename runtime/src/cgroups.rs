@@ -120,15 +120,7 @@ fn create_v1(id: &str, l: &Limits) -> Result<Vec<PathBuf>> {
     }
     if let Some(pids) = l.pids_limit {
         let dir = dir_for("pids")?;
-        set(
-            &dir,
-            "pids.max",
-            &if pids <= 0 {
-                "max".to_string()
-            } else {
-                pids.to_string()
-            },
-        )?;
+        set(&dir, "pids.max", &pids_max(pids))?;
     }
     Ok(dirs)
 }
@@ -169,15 +161,7 @@ fn create_v2(id: &str, l: &Limits) -> Result<Vec<PathBuf>> {
         set(&dir, "cpuset.cpus", cpus)?;
     }
     if let Some(pids) = l.pids_limit {
-        set(
-            &dir,
-            "pids.max",
-            &if pids <= 0 {
-                "max".to_string()
-            } else {
-                pids.to_string()
-            },
-        )?;
+        set(&dir, "pids.max", &pids_max(pids))?;
     }
     Ok(vec![dir])
 }
@@ -228,5 +212,14 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     match digits.parse::<f64>() {
         Ok(n) if n > 0.0 => Ok((n * mult as f64) as u64),
         _ => bail!("invalid size {s:?} (e.g. 512m, 1g)"),
+    }
+}
+
+/// `pids.max` for `--pids-limit`: zero or negative means unlimited, as in docker.
+fn pids_max(limit: i64) -> String {
+    if limit <= 0 {
+        "max".to_string()
+    } else {
+        limit.to_string()
     }
 }
