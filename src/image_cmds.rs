@@ -217,18 +217,9 @@ fn history(store: &ImageStore, name: &str, no_trunc: bool) -> Result<i32> {
         println!(
             "{id:<14} {:<22} {created_by:<50} {:>10}  {}",
             entry.created.as_deref().unwrap_or(""),
-            human_size(size),
+            solver::gc::human_size(size),
             entry.comment.as_deref().unwrap_or("")
         );
     }
     Ok(0)
-}
-
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        0 => "0B".to_string(),
-        b if b < 1000 => format!("{b}B"),
-        b if b < 1_000_000 => format!("{:.1}kB", b as f64 / 1e3),
-        b => format!("{:.1}MB", b as f64 / 1e6),
-    }
 }

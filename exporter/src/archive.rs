@@ -14,8 +14,8 @@ use crate::image::{
 };
 use crate::layer::open_layer;
 use crate::reference::Reference;
-use crate::store::{read_json, select_manifest};
 use crate::{Error, IoContext, Result};
+use distribution::blobs::{read_json, select_manifest};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -198,7 +198,7 @@ pub fn export_docker_archive_multi(
         let references = repo_tags
             .iter()
             .map(|tag| Reference::parse(tag))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
 
         if written.insert(image_manifest.config.digest.clone()) {
             archive.append_blob(content, &image_manifest.config)?;
@@ -356,10 +356,7 @@ impl Write for HashingSink {
 }
 
 fn digest_hex(digest: &str) -> Result<&str> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| Error::InvalidImage(format!("unsupported digest {digest:?}")))
+    Ok(oci::sha256_hex(digest)?)
 }
 
 fn blob_path(digest: &str) -> Result<String> {

@@ -34,7 +34,7 @@ struct DockerArchiveEntry {
     config: String,
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "crate::lenient::null_default")]
+    #[serde(default, deserialize_with = "oci::lenient::null_default")]
     layers: Vec<String>,
 }
 
@@ -120,7 +120,7 @@ fn load_docker(
     for entry in entries {
         let (config_digest, config_size) = file(&entry.config)?;
         let config_descriptor = Descriptor::new(MEDIA_TYPE_OCI_CONFIG, config_digest, *config_size);
-        let config: ImageConfig = crate::store::read_json(content, &config_descriptor)?;
+        let config: ImageConfig = distribution::blobs::read_json(content, &config_descriptor)?;
         if config.rootfs.diff_ids.len() != entry.layers.len() {
             return Err(Error::InvalidImage(format!(
                 "{}: config lists {} diff_ids but manifest.json {} layers",
@@ -152,7 +152,7 @@ fn load_docker(
             .unwrap_or_default()
             .iter()
             .map(|tag| Reference::parse(tag).map(|r| r.full_name()))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         images.push(LoadedImage { names, descriptor });
     }
     Ok(images)

@@ -4,7 +4,7 @@
 //! last matching pattern wins, and a pattern that matches a parent directory
 //! excludes everything below it.
 
-use solver::patterns::PatternMatcher;
+use llb::patterns::PatternMatcher;
 use std::path::{Path, PathBuf};
 
 /// A parsed ignore file.
@@ -76,7 +76,7 @@ impl ContextDir {
     }
 }
 
-impl solver::context::LocalSource for ContextDir {
+impl llb::LocalSource for ContextDir {
     fn root(&self) -> &Path {
         &self.root
     }

@@ -3,8 +3,8 @@
 use crate::checks::{CheckConfig, CheckWarning};
 use crate::parser::{Ast, Instruction};
 use crate::shell::Expander;
-use exporter::image::{EmptyObject, HealthConfig, History, ImageConfig};
-use solver::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
+use llb::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
+use oci::image::{EmptyObject, HealthConfig, History, ImageConfig};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;

@@ -1,7 +1,7 @@
 //! Build-wide settings for every `RUN` step, parsed from `docker build`'s flags with docker's
 //! syntax: `--network`, `--allow`, `--add-host`, `--ulimit`, `--shm-size`.
 
-use solver::graph::{NetworkMode, Ulimit};
+use llb::graph::{NetworkMode, Ulimit};
 use std::net::IpAddr;
 
 /// Docker's ulimit names (`docker run --ulimit`, go-units).

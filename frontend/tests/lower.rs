@@ -1,11 +1,11 @@
 //! Lowering Dockerfiles to the build graph: RUN flags and mounts, COPY/ADD flags,
 //! heredocs, ONBUILD triggers and named contexts, asserted on the Definition.
 
-use exporter::image::ImageConfig;
 use frontend::lower::{lower, BuildOptions, ImageResolver, Lowered, NamedContext};
-use solver::graph::{
+use llb::graph::{
     CacheSharing, ExecMount, ExecOp, FileAction, MountKind, MountOwner, NetworkMode, Op,
 };
+use oci::image::ImageConfig;
 use std::collections::BTreeMap;
 
 /// Resolves every image to a fixed digest; `onbuild` images carry triggers.

@@ -1,8 +1,8 @@
 //! Property test: lowering random Dockerfiles (valid instructions, flags and heredocs
 //! mixed with junk) never panics, and every graph it returns is well formed.
 
-use exporter::image::ImageConfig;
 use frontend::lower::{lower, BuildOptions, ImageResolver, NamedContext};
+use oci::image::ImageConfig;
 use proptest::prelude::*;
 
 struct Resolver;

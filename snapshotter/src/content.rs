@@ -30,19 +30,7 @@ struct Dirs {
 
 /// Returns the hex part of a well-formed "sha256:<64 lowercase hex>" digest.
 fn digest_hex(digest: &str) -> Result<&str> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
-        Error::Invalid(format!("unsupported digest {digest:?}: want sha256:<hex>"))
-    })?;
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(Error::Invalid(format!(
-            "malformed digest {digest:?}: want sha256 and 64 lowercase hex digits"
-        )));
-    }
-    Ok(hex)
+    oci::sha256_hex(digest).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 impl ContentStore {

@@ -12,11 +12,14 @@ use crate::gha::{GhaCache, GhaSettings};
 use crate::graph::{Definition, Op};
 use crate::solve::{Ref, Solver};
 use anyhow::{anyhow, bail, Context as _, Result};
-use exporter::image::{
+use distribution::RegistryClient;
+use exporter::LayerBlob;
+use oci::image::{
     is_index_media_type, Descriptor, Index, Manifest, Platform, MEDIA_TYPE_OCI_MANIFEST,
 };
-use exporter::{ContentStore, ImageConfig, LayerBlob, Reference, RegistryClient};
+use oci::{ImageConfig, Reference};
 use serde::{Deserialize, Serialize};
+use snapshotter::ContentStore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

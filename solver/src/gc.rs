@@ -20,8 +20,8 @@
 use crate::cache::{chain_id, mounts_dir, CacheLayer};
 use crate::solve::{LABEL_LAYER_DIFF_ID, LABEL_LAYER_DIGEST};
 use anyhow::{bail, Context as _, Result};
-use exporter::image::{is_index_media_type, is_manifest_media_type};
 use exporter::ImageStore;
+use oci::image::{is_index_media_type, is_manifest_media_type};
 use serde::Serialize;
 use snapshotter::{ContentStore, Kind, Snapshotter};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -981,21 +981,8 @@ pub fn parse_size(text: &str) -> Result<u64> {
     Ok((number * scale as f64) as u64)
 }
 
-/// Bytes as docker prints them: "0B", "4.1kB", "12.3MB", "1.2GB" (decimal units).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
+/// Bytes as docker prints them (one formatter for the whole project, in `oci`).
+pub use oci::human_size;
 
 #[cfg(test)]
 mod tests {
@@ -1104,13 +1091,5 @@ mod tests {
         for bad in ["", "ten", "5x", "-1"] {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
         }
-    }
-
-    #[test]
-    fn sizes_print_in_decimal_units() {
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(4100), "4.1kB");
-        assert_eq!(human_size(12_345_678), "12.3MB");
     }
 }

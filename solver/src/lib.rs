@@ -8,19 +8,19 @@ pub mod fileop;
 pub mod gc;
 pub mod gha;
 mod git;
-pub mod graph;
 mod http;
 mod merge;
 pub mod mounts;
 pub mod multi;
-pub mod patterns;
 pub mod progress;
 pub mod rebase;
 pub mod solve;
 mod ssh_proxy;
 mod staging;
 
-pub use graph::{Definition, Op, Vertex};
+// The graph types and the pattern matcher live in the `llb` leaf crate; these paths stay.
+pub use llb::{graph, patterns};
+pub use llb::{Definition, Op, Vertex};
 pub use mounts::{ExecConfig, SecretSource};
 pub use multi::MultiSolveOutput;
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

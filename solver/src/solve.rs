@@ -11,9 +11,9 @@ use crate::patterns::PatternMatcher;
 use crate::progress::{now, Event, Progress};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::{CancelToken, ExecSpec, Executor};
-use exporter::image::{Descriptor, ImageConfig, Manifest, Platform};
-use exporter::reference::Reference;
 use exporter::{ImageStore, LayerBlob};
+use oci::image::{Descriptor, ImageConfig, Manifest, Platform};
+use oci::reference::Reference;
 use sha2::{Digest as _, Sha256};
 use snapshotter::{ContentStore, Snapshotter};
 use std::collections::HashMap;
@@ -267,7 +267,7 @@ impl Solver {
             // Pinned to something already in the store (e.g. loaded from an OCI layout).
             None if stored.is_some() => self.stored_descriptor(stored.unwrap_or_default())?,
             None => {
-                let client = exporter::registry::RegistryClient::new();
+                let client = distribution::RegistryClient::new();
                 let d = client
                     .pull(&r, &platform, &self.content)
                     .await
@@ -840,7 +840,7 @@ impl Solver {
                 .parse()
                 .map_err(|e| anyhow!("invalid platform {platform:?}: {e:?}"))?;
             self.runtime
-                .block_on(exporter::registry::RegistryClient::new().pull(
+                .block_on(distribution::RegistryClient::new().pull(
                     &r,
                     &platform_parsed,
                     &self.content,

@@ -2,7 +2,7 @@
 //! They come from Go's `fmt` verbs (`%v`, `%q`, `%+v`), so Go's formatting is mirrored here.
 
 use crate::parser::go_quote;
-use exporter::image::HealthConfig;
+use oci::image::HealthConfig;
 use std::collections::BTreeSet;
 
 /// Go's `%v` of a `[]string`: `[a b c]`.

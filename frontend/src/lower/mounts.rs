@@ -1,7 +1,7 @@
 //! `RUN --mount=...` values, parsed with BuildKit's keys and defaults.
 
 use super::suggest;
-use solver::graph::{CacheSharing, ExecMount, MountKind, MountOwner};
+use llb::graph::{CacheSharing, ExecMount, MountKind, MountOwner};
 
 const MOUNT_KEYS: &[&str] = &[
     "type",

@@ -3,7 +3,7 @@
 use super::mounts::{parse_mount, MountInput};
 use super::sources::{http_filename, is_git_url, is_http_url, parse_git, validate_chmod};
 use super::*;
-use solver::graph::{ExecMount, MountKind};
+use llb::graph::{ExecMount, MountKind};
 
 /// What a stage's steps need to look up sources (`from=`) and mark vertices.
 pub(super) struct StageCtx<'c> {

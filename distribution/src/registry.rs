@@ -18,16 +18,16 @@ use snapshotter::ContentStore;
 use tokio::task::JoinSet;
 
 use crate::auth::{Credential, DockerConfig};
+use crate::blobs::{read_json, select_manifest};
 use crate::config::RegistryConfig;
-use crate::image::{
+use crate::sources::{known_sources, record_source};
+use crate::{Error, Result};
+use oci::image::{
     is_index_media_type, is_manifest_media_type, Descriptor, Index, Manifest, Platform,
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
 };
-use crate::reference::{Reference, DEFAULT_REGISTRY};
-use crate::sources::{known_sources, record_source};
-use crate::store::{read_json, select_manifest};
-use crate::{Error, Result};
+use oci::reference::{Reference, DEFAULT_REGISTRY};
 
 mod lazy;
 
@@ -363,7 +363,7 @@ impl RegistryClient {
             // The image and its attestations (BuildKit's provenance/SBOM manifests), so that
             // the index pushes again as it came.
             std::iter::once(chosen.clone())
-                .chain(crate::platform::attestations_of(&index.manifests, &chosen.digest).cloned())
+                .chain(oci::platform::attestations_of(&index.manifests, &chosen.digest).cloned())
                 .collect()
         } else if is_manifest_media_type(&top.media_type) {
             vec![top.clone()]
@@ -723,7 +723,7 @@ impl RegistryClient {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let digest = crate::sha256_digest(&bytes);
+        let digest = oci::sha256_digest(&bytes);
         if let Some(expected) = expected_digest {
             if expected != digest {
                 return Err(Error::DigestMismatch {
@@ -736,7 +736,7 @@ impl RegistryClient {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct MediaTypeField {
-            #[serde(default, deserialize_with = "crate::lenient::null_default")]
+            #[serde(default, deserialize_with = "oci::lenient::null_default")]
             media_type: String,
         }
         let body_media_type = serde_json::from_slice::<MediaTypeField>(&bytes)

@@ -2,9 +2,9 @@
 //! blobs on demand.
 
 use super::RegistryClient;
-use crate::image::Descriptor;
-use crate::reference::Reference;
 use crate::Result;
+use oci::image::Descriptor;
+use oci::reference::Reference;
 use snapshotter::ContentStore;
 
 impl RegistryClient {

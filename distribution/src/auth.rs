@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::lenient::null_default;
+use oci::lenient::null_default;
 use serde_json::{Map, Value};
 
 use crate::{Error, Result};

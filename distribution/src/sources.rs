@@ -12,10 +12,7 @@ use snapshotter::ContentStore;
 const MAX_SOURCES: usize = 16;
 
 fn sources_path(content: &ContentStore, digest: &str) -> Option<PathBuf> {
-    let hex = digest.strip_prefix("sha256:")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let hex = oci::sha256_hex(digest).ok()?;
     // blob_path = ROOT/content/blobs/sha256/<hex>
     let content_dir = content
         .blob_path(digest)

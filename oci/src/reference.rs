@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+pub use crate::digest::is_valid_digest;
 use crate::Error;
 
 /// Registry used when a reference names none.
@@ -153,27 +154,6 @@ impl std::str::FromStr for Reference {
     fn from_str(s: &str) -> Result<Self, Error> {
         Reference::parse(s)
     }
-}
-
-/// True for `sha256:<64 lowercase hex>` (and other algorithms with a plausible encoding).
-pub fn is_valid_digest(digest: &str) -> bool {
-    let Some((algorithm, encoded)) = digest.split_once(':') else {
-        return false;
-    };
-    if algorithm == "sha256" {
-        return encoded.len() == 64
-            && encoded
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    }
-    !algorithm.is_empty()
-        && algorithm
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-        && encoded.len() >= 32
-        && encoded
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
 }
 
 fn is_valid_tag(tag: &str) -> bool {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer};
 
 /// `#[serde(default, deserialize_with = "null_default")]`: `null` reads as `T::default()`.
-pub(crate) fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
