@@ -22,5 +22,5 @@ if git grep -n -E '\.\./shared|shared/conformance' -- '*.rs' '*.sh' '*.toml' ':!
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 cargo test -q -p frontend --test conformance
-cargo test -q -p exporter --test wild_decode
+cargo test -q -p oci --test wild_decode
 echo "fresh-clone-check: a clone of $head passes without ../shared"

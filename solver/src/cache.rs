@@ -192,10 +192,8 @@ impl CacheConfig {
 }
 
 fn check_digest(d: &str) -> Result<()> {
-    match d.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
-        _ => bail!("invalid digest {d:?} in cache"),
-    }
+    oci::sha256_hex(d).map_err(|e| anyhow!("{e} in cache"))?;
+    Ok(())
 }
 
 /// Where an imported record's blobs come from.

@@ -20,12 +20,7 @@ pub(crate) struct Fetched {
 
 /// Checks a `checksum` value (`sha256:<64 hex>`).
 pub(crate) fn validate_checksum(checksum: &str) -> Result<()> {
-    let hex = checksum.strip_prefix("sha256:").ok_or_else(|| {
-        anyhow!("invalid checksum {checksum:?}: only sha256:<hex> digests are supported")
-    })?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("invalid checksum {checksum:?}: expected 64 hex digits after sha256:");
-    }
+    oci::sha256_hex(checksum).map_err(|e| anyhow!("invalid checksum: {e}"))?;
     Ok(())
 }
 
@@ -186,5 +181,7 @@ mod tests {
         assert!(validate_checksum(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(validate_checksum("md5:abc").is_err());
         assert!(validate_checksum("sha256:xyz").is_err());
+        // As docker (go-digest): a sha256 digest is lowercase hex.
+        assert!(validate_checksum(&format!("sha256:{}", "A".repeat(64))).is_err());
     }
 }

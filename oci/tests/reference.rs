@@ -1,6 +1,6 @@
 //! Reference normalisation follows docker's rules.
 
-use exporter::Reference;
+use oci::Reference;
 
 /// input, full name, familiar name, repository, tag, digest
 type Case = (

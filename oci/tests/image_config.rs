@@ -1,6 +1,6 @@
 //! The config JSON uses docker's field names and omits empty fields.
 
-use exporter::{HealthConfig, ImageConfig};
+use oci::{HealthConfig, ImageConfig};
 
 #[test]
 fn config_round_trips_with_docker_field_names() {

@@ -1,6 +1,6 @@
 //! Platform parsing and matching follow containerd's normalisation.
 
-use exporter::Platform;
+use oci::Platform;
 
 #[test]
 fn parses_and_normalises_platforms() {

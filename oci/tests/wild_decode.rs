@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use exporter::image::{is_index_media_type, ImageConfig, Index, Manifest};
-use exporter::Platform;
+use oci::image::{is_index_media_type, ImageConfig, Index, Manifest};
+use oci::Platform;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,16 +108,15 @@ fn attestation_manifest_is_skipped_by_platform_selection() {
     let attestation = index
         .manifests
         .iter()
-        .find(|m| exporter::platform::is_attestation(m))
+        .find(|m| oci::platform::is_attestation(m))
         .expect("an attestation entry");
     assert_eq!(
         attestation.platform.as_ref().unwrap().to_string(),
         "unknown/unknown"
     );
     let chosen = index.find_platform(&Platform::host()).unwrap();
-    assert!(!exporter::platform::is_attestation(chosen));
-    let of: Vec<_> =
-        exporter::platform::attestations_of(&index.manifests, &chosen.digest).collect();
+    assert!(!oci::platform::is_attestation(chosen));
+    let of: Vec<_> = oci::platform::attestations_of(&index.manifests, &chosen.digest).collect();
     assert_eq!(of, [attestation]);
     let unknown: Platform = "unknown/unknown".parse().unwrap();
     assert!(index.find_platform(&unknown).is_none());
