@@ -20,8 +20,13 @@ pub(crate) struct Fetched {
 
 /// Checks a `checksum` value (`sha256:<64 hex>`).
 pub(crate) fn validate_checksum(checksum: &str) -> Result<()> {
-    oci::sha256_hex(checksum).map_err(|e| anyhow!("invalid checksum: {e}"))?;
-    Ok(())
+    match oci::sha256_hex(checksum) {
+        Ok(_) => Ok(()),
+        Err(oci::Error::InvalidDigest { reason, .. }) => {
+            bail!("invalid checksum {checksum:?}: {reason}")
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 fn validate_filename(filename: &str) -> Result<()> {
