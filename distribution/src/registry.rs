@@ -576,8 +576,10 @@ impl RegistryClient {
         let mount_from = known_sources(content, &blob.digest)
             .into_iter()
             .rev()
-            .find(|(registry, name)| *registry == repository.registry && *name != repository.name)
-            .map(|(_, name)| name);
+            .find(|source| {
+                source.registry == repository.registry && source.repository != repository.name
+            })
+            .map(|source| source.repository);
         let mut start_url = repository.url("blobs/uploads/")?;
         let mut start_scope = scope.to_string();
         if let Some(from) = &mount_from {

@@ -23,8 +23,17 @@ fn sources_path(content: &ContentStore, digest: &str) -> Option<PathBuf> {
     Some(content_dir.join("distribution-sources").join(hex))
 }
 
-/// `(registry, repository)` pairs known to hold `digest`.
-pub fn known_sources(content: &ContentStore, digest: &str) -> Vec<(String, String)> {
+/// A repository known to hold a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobSource {
+    /// Registry host, e.g. `127.0.0.1:5000`.
+    pub registry: String,
+    /// Repository path on that registry, e.g. `library/busybox`.
+    pub repository: String,
+}
+
+/// The repositories known to hold `digest`, oldest first.
+pub fn known_sources(content: &ContentStore, digest: &str) -> Vec<BlobSource> {
     let Some(path) = sources_path(content, digest) else {
         return Vec::new();
     };
@@ -33,7 +42,10 @@ pub fn known_sources(content: &ContentStore, digest: &str) -> Vec<(String, Strin
         .lines()
         .filter_map(|line| {
             let (registry, repository) = line.split_once('/')?;
-            Some((registry.to_string(), repository.to_string()))
+            Some(BlobSource {
+                registry: registry.to_string(),
+                repository: repository.to_string(),
+            })
         })
         .collect()
 }
@@ -88,10 +100,10 @@ mod tests {
         record_source(&content, &digest, "127.0.0.1:5000", "a/b");
         assert_eq!(
             known_sources(&content, &digest),
-            vec![
-                ("127.0.0.1:5000".to_string(), "c".to_string()),
-                ("127.0.0.1:5000".to_string(), "a/b".to_string())
-            ]
+            ["c", "a/b"].map(|repository| BlobSource {
+                registry: "127.0.0.1:5000".to_string(),
+                repository: repository.to_string(),
+            })
         );
         assert!(known_sources(&content, "sha256:../../x").is_empty());
         // The blob listing is unaffected.
