@@ -1,0 +1,177 @@
+//! Unprivileged CI mode: `builder build` inside a docker container run without privileges
+//! (default capabilities, Docker's default seccomp profile), as GitLab's docker executor runs
+//! jobs. The container is Debian (scripts/make-debian-rootfs.sh, `docker import`ed) with the
+//! test's builder binary and libseccomp bound in; the base image and the result live in a
+//! real docker-registry on a loopback port.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DOCKERFILE_BODY: &str = "\
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd \\
+ && echo 'app:x:1000:' >> /etc/group \\
+ && mkdir -p /home/app && echo owned > /home/app/data \\
+ && chown -R app:app /home/app && rm /bin/vi
+COPY note.txt /note.txt
+USER app
+RUN id -un > /home/app/whoami
+";
+
+fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// A Debian image in docker, imported once from the cached debootstrap tarball.
+fn debian_image() -> String {
+    run_ok(
+        Command::new("bash").arg(repo().join("scripts/start-dockerd.sh")),
+        "start-dockerd.sh",
+    );
+    let image = "builder-test-unpriv-debian:bookworm".to_string();
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .unwrap();
+    if !present.status.success() {
+        let made = run_ok(
+            Command::new("bash").arg(repo().join("scripts/make-debian-rootfs.sh")),
+            "make-debian-rootfs.sh",
+        );
+        let tarball = stdout(&made).trim().to_string();
+        run_ok(
+            Command::new("docker").args(["import", &tarball, &image]),
+            "docker import",
+        );
+    }
+    image
+}
+
+/// The host's libseccomp, which the builder binary links.
+fn libseccomp() -> PathBuf {
+    let ldd = run_ok(Command::new("ldd").arg(BIN), "ldd");
+    let line = stdout(&ldd)
+        .lines()
+        .find(|l| l.contains("libseccomp"))
+        .map(str::to_string)
+        .expect("builder links libseccomp");
+    let path = line.split("=>").nth(1).unwrap().split_whitespace().next();
+    PathBuf::from(path.unwrap())
+}
+
+/// Runs `builder ARGS...` in an unprivileged container with `ctx` at /ctx.
+fn builder_in_container(image: &str, ctx: &Path, args: &[&str]) -> Output {
+    let lib = libseccomp();
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--network", "host"])
+        .arg("-v")
+        .arg(format!("{BIN}:/usr/local/bin/builder:ro"))
+        .arg("-v")
+        .arg(format!("{}:{}:ro", lib.display(), lib.display()))
+        .arg("-v")
+        .arg(format!("{}:/ctx:ro", ctx.display()))
+        .arg(image)
+        .arg("builder")
+        .args(args);
+    cmd.output().unwrap()
+}
+
+/// Pushes busybox to the registry as the build's base image; returns its reference.
+fn push_base(registry: &Registry) -> String {
+    let store = Store::with_busybox();
+    let base = format!("{}/base/busybox:1", registry.addr);
+    let tagged = store.run(&["tag", "busybox:latest", &base]);
+    assert!(tagged.status.success(), "tag: {}", stderr(&tagged));
+    let pushed = store.run(&["push", &base]);
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    base
+}
+
+#[test]
+fn build_in_an_unprivileged_container_chroots_and_pushes() {
+    let image = debian_image();
+    let registry = Registry::start();
+    let base = push_base(&registry);
+    let dockerfile = format!("FROM {base}\n{DOCKERFILE_BODY}");
+    let ctx = context(&[("Dockerfile", &dockerfile), ("note.txt", "a note\n")]);
+    let target = format!("{}/out/app:1", registry.addr);
+
+    // No flag: the container's lack of namespaces is detected.
+    let out = builder_in_container(
+        &image,
+        ctx.path(),
+        &["build", "--progress=plain", "--push", "-t", &target, "/ctx"],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "build in container: {err}");
+    assert!(err.contains("using --isolation=chroot"), "{err}");
+    assert_eq!(
+        err.matches("RUN steps are not isolated").count(),
+        1,
+        "warned once: {err}"
+    );
+
+    // From the host, with other tools: the pushed image has the step's owner and files.
+    let layout = tempfile::tempdir().unwrap();
+    let oci = layout.path().join("oci");
+    run_ok(
+        Command::new("skopeo").args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{target}"),
+            &format!("oci:{}:latest", oci.display()),
+        ]),
+        "skopeo copy",
+    );
+    let rootfs = umoci_unpack(&oci, &layout.path().join("bundle"));
+    let data = rootfs.join("home/app/data");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "owned\n");
+    let md = std::fs::metadata(&data).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1000, 1000));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("home/app/whoami")).unwrap(),
+        "app\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("note.txt")).unwrap(),
+        "a note\n"
+    );
+    assert!(!rootfs.join("bin/vi").exists(), "the deletion reached the image");
+    assert!(rootfs.join("bin/sh").exists());
+    // What the executor provided without mounts stays out of the layers.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/hosts")).unwrap(),
+        ""
+    );
+    assert!(!rootfs.join("dev/null").exists());
+}
+
+#[test]
+fn oci_isolation_in_an_unprivileged_container_fails_clearly() {
+    let image = debian_image();
+    let registry = Registry::start();
+    let base = push_base(&registry);
+    let dockerfile = format!("FROM {base}\n{DOCKERFILE_BODY}");
+    let ctx = context(&[("Dockerfile", &dockerfile), ("note.txt", "a note\n")]);
+    let out = builder_in_container(
+        &image,
+        ctx.path(),
+        &["build", "--isolation=oci", "--progress=plain", "/ctx"],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(err.contains("build with --isolation=chroot"), "{err}");
+    assert!(!err.contains("not isolated"), "{err}");
+}
