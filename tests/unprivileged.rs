@@ -146,7 +146,10 @@ fn build_in_an_unprivileged_container_chroots_and_pushes() {
         std::fs::read_to_string(rootfs.join("note.txt")).unwrap(),
         "a note\n"
     );
-    assert!(!rootfs.join("bin/vi").exists(), "the deletion reached the image");
+    assert!(
+        !rootfs.join("bin/vi").exists(),
+        "the deletion reached the image"
+    );
     assert!(rootfs.join("bin/sh").exists());
     // What the executor provided without mounts stays out of the layers.
     assert_eq!(

@@ -185,8 +185,11 @@ impl Devices {
 /// A file of the rootfs replaced for the run; the image's bytes and times come back after.
 struct EtcFile {
     path: PathBuf,
-    original: Option<(Vec<u8>, (i64, i64), (i64, i64))>,
+    original: Option<Original>,
 }
+
+/// The image's bytes, atime and mtime of a replaced file.
+type Original = (Vec<u8>, (i64, i64), (i64, i64));
 
 impl EtcFile {
     fn provide(root: &Path, path: &str, content: &[u8], tracker: &mut Tracker) -> Result<EtcFile> {

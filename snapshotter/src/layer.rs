@@ -95,8 +95,23 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()
         .ctx(|| format!("listing {}", dir.display()))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    if crate::mountless::mountless() {
+        // Whiteout files sort as the 0/0 devices of an overlay upper dir would: by the name
+        // they delete (the opaque marker, written with its dir, first).
+        names.sort_by(|a, b| sort_key(a).cmp(sort_key(b)));
+    } else {
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    }
     Ok(names)
+}
+
+fn sort_key(name: &OsStr) -> &[u8] {
+    let name = name.as_bytes();
+    if name == OPAQUE_MARKER.as_bytes() {
+        return b"";
+    }
+    name.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        .unwrap_or(name)
 }
 
 /// A step of the diff walk. The walk keeps its own stack of these (a tree of any depth fits
