@@ -178,3 +178,56 @@ fn oci_isolation_in_an_unprivileged_container_fails_clearly() {
     assert!(err.contains("build with --isolation=chroot"), "{err}");
     assert!(!err.contains("not isolated"), "{err}");
 }
+
+/// `--isolation=chroot` forced on a host where namespaces work: the same layers come out,
+/// and a step cannot chroot again (the classic way out of a chroot needs CAP_SYS_CHROOT).
+#[test]
+fn forced_chroot_isolation_drops_sys_chroot_and_keeps_provided_files_out() {
+    let store = Store::with_busybox();
+    let dest = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN rm /bin/vi && echo kept > /kept && cat /etc/hosts > /hosts-seen \\\n\
+          && if chroot / /bin/true 2>/dev/null; then echo yes; else echo no; fi > /chroot\n",
+    )]);
+    let out = store.build(
+        ctx.path(),
+        &[
+            "--isolation=chroot",
+            "-o",
+            &format!("type=local,dest={}", dest.path().display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("RUN steps are not isolated"));
+    let read = |p: &str| std::fs::read_to_string(dest.path().join(p)).unwrap();
+    assert_eq!(read("chroot"), "no\n", "a step could chroot again");
+    assert_eq!(read("kept"), "kept\n");
+    assert!(read("hosts-seen").contains("localhost"));
+    assert_eq!(read("etc/hosts"), "", "the provided /etc/hosts stays out");
+    assert!(!dest.path().join("bin/vi").exists());
+    assert!(!dest.path().join("dev/null").exists());
+}
+
+#[test]
+fn chroot_isolation_refuses_mounts_and_network_namespaces_clearly() {
+    let store = Store::with_busybox();
+    for (step, expected) in [
+        (
+            "RUN --mount=type=tmpfs,target=/t true",
+            "RUN --mount is not supported with --isolation=chroot",
+        ),
+        (
+            "RUN --network=none true",
+            "RUN --network=none) needs namespaces",
+        ),
+    ] {
+        let ctx = context(&[("Dockerfile", &format!("FROM busybox\n{step}\n"))]);
+        let out = store.build(ctx.path(), &["--isolation=chroot"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{step}: {err}");
+        assert!(err.contains(expected), "{step}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
