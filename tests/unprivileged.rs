@@ -231,3 +231,33 @@ fn chroot_isolation_refuses_mounts_and_network_namespaces_clearly() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// After a step, chroot isolation puts back `/etc/hosts` and removes its `/dev` nodes; a step
+/// that turned `/etc` and `/dev` into links to a host directory must not make that cleanup
+/// write or delete there.
+#[test]
+fn chroot_cleanup_never_follows_links_a_step_planted() {
+    let store = Store::with_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path().display().to_string();
+    std::fs::write(host.path().join("hosts"), "host file\n").unwrap();
+    let mknod = Command::new("mknod")
+        .arg(host.path().join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(mknod.success());
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nRUN mv /etc /etc.moved && ln -s {h} /etc && rm -rf /dev && ln -s {h} /dev\n"
+        ),
+    )]);
+    let out = store.build(ctx.path(), &["--isolation=chroot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("hosts")).unwrap(),
+        "host file\n"
+    );
+    assert!(host.path().join("null").exists(), "a host node was removed");
+}

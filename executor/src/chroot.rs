@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::helper::{close_inherited_fds, exec_program, report, user_and_workdir, Confinement};
 use crate::paths::resolve_in_root;
@@ -45,10 +46,12 @@ pub(crate) fn run_chrooted(spec: &ExecSpec, state_dir: &Path, status_fd: &OwnedF
     }
     drop(tracker);
     let code = run_child(spec, &root, &created_file, status_fd);
+    // The step may have turned any directory on the way into a link out of the rootfs: what
+    // follows opens paths beneath the root without following symlinks.
     for file in stashed.into_iter().rev() {
-        file.restore();
+        file.restore(&root);
     }
-    devices.remove();
+    devices.remove(&root);
     code
 }
 
@@ -170,14 +173,22 @@ fn make_devices(root: &Path, tracker: &mut Tracker) -> Result<Devices> {
 }
 
 impl Devices {
-    fn remove(self) {
+    fn remove(self, root: &Path) {
+        let Ok(dev) = open_beneath(root, &self.dev, OFlags::RDONLY | OFlags::DIRECTORY) else {
+            return;
+        };
         for node in &self.made {
-            if std::fs::symlink_metadata(node).is_ok_and(|m| m.file_type().is_char_device()) {
-                let _ = std::fs::remove_file(node);
+            let Some(name) = node.file_name() else {
+                continue;
+            };
+            let is_node = rustix::fs::statat(&dev, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice);
+            if is_node {
+                let _ = rustix::fs::unlinkat(&dev, name, AtFlags::empty());
             }
         }
         if let Some((asec, ansec, msec, mnsec)) = self.times {
-            set_times(&self.dev, (asec, ansec), (msec, mnsec));
+            let _ = rustix::fs::futimens(&dev, &timestamps((asec, ansec), (msec, mnsec)));
         }
     }
 }
@@ -220,18 +231,37 @@ impl EtcFile {
 
     /// Puts the image's file back; a file the executor created is emptied, so that the
     /// caller's stub removal takes it out of the layer.
-    fn restore(self) {
-        match self.original {
-            Some((bytes, atime, mtime)) => {
-                if write_nofollow(&self.path, &bytes).is_ok() {
-                    set_times(&self.path, atime, mtime);
-                }
-            }
-            None => {
-                let _ = write_nofollow(&self.path, b"");
+    fn restore(self, root: &Path) {
+        let flags = OFlags::WRONLY | OFlags::TRUNC;
+        let Ok(fd) = open_beneath(root, &self.path, flags) else {
+            return;
+        };
+        let mut file = File::from(fd);
+        if let Some((bytes, atime, mtime)) = self.original {
+            if file.write_all(&bytes).is_ok() {
+                let _ = rustix::fs::futimens(&file, &timestamps(atime, mtime));
             }
         }
     }
+}
+
+/// Opens `path`, a host path under `root`, beneath `root` without following any symlink.
+fn open_beneath(root: &Path, path: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| std::io::Error::other("path outside the rootfs"))?;
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(rustix::fs::openat2(
+        &root_fd,
+        rel,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// Rewrites a regular file in place, never through a symlink the step may have put there.
@@ -245,9 +275,9 @@ fn write_nofollow(path: &Path, content: &[u8]) -> std::io::Result<()> {
     file.write_all(content)
 }
 
-fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) {
+fn timestamps(atime: (i64, i64), mtime: (i64, i64)) -> rustix::fs::Timestamps {
     use rustix::fs::{Timespec, Timestamps};
-    let times = Timestamps {
+    Timestamps {
         last_access: Timespec {
             tv_sec: atime.0,
             tv_nsec: atime.1 as _,
@@ -256,13 +286,7 @@ fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) {
             tv_sec: mtime.0,
             tv_nsec: mtime.1 as _,
         },
-    };
-    let _ = rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &times,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    );
+    }
 }
 
 /// Why this process cannot isolate a run with namespaces and mounts (e.g. a container
