@@ -185,12 +185,16 @@ fn oci_isolation_in_an_unprivileged_container_fails_clearly() {
 fn forced_chroot_isolation_drops_sys_chroot_and_keeps_provided_files_out() {
     let store = Store::with_busybox();
     let dest = tempfile::tempdir().unwrap();
-    let ctx = context(&[(
-        "Dockerfile",
-        "FROM busybox\n\
-         RUN rm /bin/vi && echo kept > /kept && cat /etc/hosts > /hosts-seen \\\n\
-          && if chroot / /bin/true 2>/dev/null; then echo yes; else echo no; fi > /chroot\n",
-    )]);
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN rm /bin/vi && echo kept > /kept && cat /etc/hosts > /hosts-seen \\\n\
+              && if chroot / /bin/true 2>/dev/null; then echo yes; else echo no; fi > /chroot\n\
+             COPY note /note\n",
+        ),
+        ("note", "copied\n"),
+    ]);
     let out = store.build(
         ctx.path(),
         &[
@@ -208,6 +212,11 @@ fn forced_chroot_isolation_drops_sys_chroot_and_keeps_provided_files_out() {
     assert_eq!(read("etc/hosts"), "", "the provided /etc/hosts stays out");
     assert!(!dest.path().join("bin/vi").exists());
     assert!(!dest.path().join("dev/null").exists());
+    assert_eq!(read("note"), "copied\n");
+    // Views are copies; whatever was really mounted (a staging tmpfs) is gone again.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = store.root().to_string_lossy().to_string();
+    assert!(!mounts.contains(&root), "{mounts}");
 }
 
 #[test]

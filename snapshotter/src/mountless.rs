@@ -46,23 +46,23 @@ pub(crate) fn copy_in(mounts: &[Mount], target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a writable view's changes to its upper dir, then empties `target`. A target that
-/// was never copied in is left alone.
-pub(crate) fn release(target: &Path) -> Result<()> {
+/// Writes a writable view's changes to its upper dir, then empties `target`; false (and
+/// nothing done) when `target` is not a copied view (it may be a real mount).
+pub(crate) fn release(target: &Path) -> Result<bool> {
     let view = VIEWS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .as_mut()
         .and_then(|views| views.remove(target));
     let Some(view) = view else {
-        return Ok(());
+        return Ok(false);
     };
     let written = match &view.upper {
         Some((upper, lowers)) => write_changes(&view.tree, target, upper, lowers.clone()),
         None => Ok(()),
     };
     let emptied = empty_dir(target);
-    written.and(emptied)
+    written.and(emptied).map(|()| true)
 }
 
 /// The layers a mount list stacks (nearest first) and its writable upper dir, if any.
