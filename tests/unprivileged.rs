@@ -270,3 +270,50 @@ fn chroot_cleanup_never_follows_links_a_step_planted() {
     );
     assert!(host.path().join("null").exists(), "a host node was removed");
 }
+
+/// The layers of one build are byte for byte the same under both isolations (times clamped to
+/// SOURCE_DATE_EPOCH): the walked diff writes what overlay's upper dir holds, deletions and
+/// owner changes included, and the same tar writer makes the layer.
+#[test]
+fn chroot_and_oci_isolation_give_the_same_layer_digests() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && mkdir -p /home/app \\\n\
+              && echo d > /home/app/d && chown -R 1000:1000 /home/app && rm /bin/vi && touch /etc\n\
+             COPY note /note\n",
+        ),
+        ("note", "n\n"),
+    ]);
+    let layers = |isolation: &str| -> Vec<serde_json::Value> {
+        let store = Store::with_busybox();
+        let out_dir = tempfile::tempdir().unwrap();
+        let archive = out_dir.path().join("image.tar");
+        let out = store
+            .cmd()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "--progress=quiet", "--isolation", isolation, "-o"])
+            .arg(format!(
+                "type=oci,dest={},rewrite-timestamp=true",
+                archive.display()
+            ))
+            .arg(ctx.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{isolation}: {}", stderr(&out));
+        let layout = out_dir.path().join("layout");
+        untar_into(&archive, &layout);
+        let blob = |digest: &str| {
+            let path = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap()
+        };
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+        manifest["layers"].as_array().unwrap().clone()
+    };
+    let oci = layers("oci");
+    assert_eq!(oci.len(), 3);
+    assert_eq!(layers("chroot"), oci);
+}
