@@ -157,6 +157,17 @@ fn build_in_an_unprivileged_container_chroots_and_pushes() {
         ""
     );
     assert!(!rootfs.join("dev/null").exists());
+
+    // The pushed image as a base, pulled in another such container: its whiteout holds.
+    let child =
+        format!("FROM {target}\nRUN test ! -e /bin/vi && test -e /bin/sh && cat /home/app/data\n");
+    let ctx = context(&[("Dockerfile", &child)]);
+    let out = builder_in_container(&image, ctx.path(), &["build", "--progress=plain", "/ctx"]);
+    assert!(
+        out.status.success(),
+        "build on the pushed image: {}",
+        stderr(&out)
+    );
 }
 
 #[test]

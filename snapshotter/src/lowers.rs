@@ -118,13 +118,14 @@ impl Lowers {
                 break;
             };
             let mountless = crate::mountless::mountless();
+            // A whiteout file deletes in the layers below its own only.
+            let mut whiteout_files = Vec::new();
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 if mountless {
                     if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-                        if name.as_bytes() != OPAQUE_MARKER.as_bytes() && !out.contains_key(hidden)
-                        {
-                            deleted.insert(OsString::from_vec(hidden.to_vec()));
+                        if name.as_bytes() != OPAQUE_MARKER.as_bytes() {
+                            whiteout_files.push(OsString::from_vec(hidden.to_vec()));
                         }
                         continue;
                     }
@@ -142,6 +143,7 @@ impl Lowers {
                     Err(_) => {}
                 }
             }
+            deleted.extend(whiteout_files);
             if is_opaque(&dir) {
                 break;
             }
