@@ -80,9 +80,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     if let Command::Compose(args) = cli.command {
         return crate::compose_cmd::run(args);
     }
-    if matches!(cli.command, Command::Build(_)) {
+    // Containers always need namespaces; everything else may read a chroot-mode store.
+    if !matches!(cli.command, Command::Run(_) | Command::Containers(_)) {
         // Before the runtime's threads: the probe forks.
-        crate::isolation::apply(cli.isolation)?;
+        crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
     }
     let root = storage_root(cli.root);
     std::fs::create_dir_all(&root)

@@ -14,28 +14,32 @@ pub enum IsolationFlag {
 
 /// Sets the process's isolation from the flag, or, without one, chroot when this process
 /// is root but may not create mount namespaces (an unprivileged container). Call before any
-/// thread starts. Chroot mode is announced once, with its warning.
-pub fn apply(flag: Option<IsolationFlag>) -> Result<()> {
+/// thread starts. With `announce` (a build), chroot mode is announced once, with its warning.
+pub fn apply(flag: Option<IsolationFlag>, announce: bool) -> Result<()> {
     let chroot = match flag {
         Some(IsolationFlag::Chroot) => true,
         Some(IsolationFlag::Oci) => false,
         None if !rustix::process::geteuid().is_root() => false,
         None => match executor::namespaces_unavailable() {
             Some(why) => {
-                eprintln!(
-                    "builder: namespaces and mounts are unavailable here ({why}); \
+                if announce {
+                    eprintln!(
+                        "builder: namespaces and mounts are unavailable here ({why}); \
                      using --isolation=chroot"
-                );
+                    );
+                }
                 true
             }
             None => false,
         },
     };
-    if chroot {
+    if chroot && announce {
         eprintln!(
             "warning: --isolation=chroot: RUN steps are not isolated from this container \
              (no namespaces, mounts or cgroups of their own); build only Dockerfiles you trust"
         );
+    }
+    if chroot {
         executor::set_default_isolation(executor::Isolation::Chroot);
         snapshotter::set_mountless(true);
     }

@@ -328,3 +328,21 @@ fn chroot_and_oci_isolation_give_the_same_layer_digests() {
     assert_eq!(oci.len(), 3);
     assert_eq!(layers("chroot"), oci);
 }
+
+/// A storage root whose snapshots were made mountless (whiteouts as files) is refused by an
+/// oci-isolated build, which would mount them with overlay and show the whiteouts as files.
+#[test]
+fn a_chroot_storage_root_is_refused_by_oci_isolation() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN rm /bin/vi\n")]);
+    let chroot = store.build(ctx.path(), &["--isolation=chroot"]);
+    assert!(chroot.status.success(), "{}", stderr(&chroot));
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN rm /bin/vi\nRUN true\n")]);
+    let oci = store.build(ctx.path(), &["--isolation=oci"]);
+    assert!(!oci.status.success());
+    assert!(
+        stderr(&oci).contains("use --isolation=chroot with this storage root"),
+        "{}",
+        stderr(&oci)
+    );
+}

@@ -33,6 +33,30 @@ pub fn mountless() -> bool {
     MOUNTLESS.load(Ordering::SeqCst)
 }
 
+/// Marker file in a snapshot dir whose snapshots were made mountless (whiteouts as files,
+/// which an overlay mount would show as plain files).
+const STORE_MARKER: &str = "mountless";
+
+/// Marks the snapshot dir `dir` as mountless when this process is, and refuses to mount
+/// snapshots from a dir so marked when it is not.
+pub(crate) fn check_store(dir: &Path) -> Result<()> {
+    let marker = dir.join(STORE_MARKER);
+    if mountless() {
+        if !marker.exists() {
+            crate::util::atomic_write(&marker, b"", 0o644)?;
+        }
+        return Ok(());
+    }
+    if marker.exists() {
+        return Err(Error::Invalid(format!(
+            "the snapshots in {} were made with --isolation=chroot (whiteouts as files, which \
+             overlay mounts would show); use --isolation=chroot with this storage root, or another --root",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Copies what `mounts` would show at `target` (an empty directory) into it.
 pub(crate) fn copy_in(mounts: &[Mount], target: &Path) -> Result<()> {
     let (layers, upper) = layers_of(mounts)?;
