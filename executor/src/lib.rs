@@ -4,7 +4,8 @@
 //! itself. [`Executor::run`] re-executes the builder binary with [`HELPER_ARG`] as its first
 //! argument; that single-threaded helper ([`helper_main`]) unshares a pid namespace, forks the
 //! container's PID 1, which sets up mounts, hostname, user and environment, pivots into the
-//! rootfs and execs the requested program.
+//! rootfs and execs the requested program. With [`Isolation::Chroot`] (containers that may
+//! neither mount nor unshare) the helper only chroots into a rootfs directory (`chroot.rs`).
 //!
 //! Protocol between caller and helper: fd 3 of the helper carries the JSON [`ExecSpec`]; fd 4 is
 //! a close-on-exec status pipe that stays empty when the program was exec'd, and otherwise holds
