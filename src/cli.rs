@@ -14,6 +14,10 @@ pub struct Cli {
     /// Storage root for images, layers and cache.
     #[arg(long, global = true, env = "BUILDER_ROOT")]
     pub root: Option<PathBuf>,
+    /// How `build` isolates RUN steps: `oci` (namespaces and mounts) or `chroot` (for
+    /// unprivileged containers). Default: `oci`, or `chroot` where namespaces are unavailable.
+    #[arg(long, global = true, env = "BUILDER_ISOLATION", value_enum)]
+    pub isolation: Option<crate::isolation::IsolationFlag>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -75,6 +79,11 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     if let Command::Compose(args) = cli.command {
         return crate::compose_cmd::run(args);
+    }
+    // Containers always need namespaces; everything else may read a chroot-mode store.
+    if !matches!(cli.command, Command::Run(_) | Command::Containers(_)) {
+        // Before the runtime's threads: the probe forks.
+        crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
     }
     let root = storage_root(cli.root);
     std::fs::create_dir_all(&root)

@@ -12,6 +12,7 @@ mod cli;
 mod compose_cmd;
 mod containers;
 mod image_cmds;
+mod isolation;
 mod login;
 mod output;
 mod platforms;

@@ -129,6 +129,9 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     let spec = request.spec;
+    if request.isolation == crate::Isolation::Chroot {
+        return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
+    }
     if let Some(pid) = spec.enter_pid {
         crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
         return crate::enter::enter_and_run(&spec, pid, status_fd);
@@ -148,7 +151,13 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
 
-    unshare(CloneFlags::CLONE_NEWPID).context("creating a pid namespace")?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| {
+        let hint = match e {
+            nix::errno::Errno::EPERM => " (namespaces are not permitted here: in a container without privileges, build with --isolation=chroot)",
+            _ => "",
+        };
+        anyhow!("creating a pid namespace: {e}{hint}")
+    })?;
     // SAFETY: the helper is single-threaded (the binary calls helper_main before any thread).
     match unsafe { fork() }.context("forking the container process")? {
         ForkResult::Child => {
@@ -175,7 +184,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
 }
 
 /// The container's `/etc/hosts`: loopback names, then the extra entries in order.
-fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+pub(crate) fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
     let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for (name, address) in extra {
@@ -184,7 +193,7 @@ fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
     hosts
 }
 
-fn hostname_of(spec: &ExecSpec) -> &str {
+pub(crate) fn hostname_of(spec: &ExecSpec) -> &str {
     if spec.hostname.is_empty() {
         DEFAULT_HOSTNAME
     } else {
@@ -483,6 +492,16 @@ impl Confinement {
         })
     }
 
+    /// For chroot isolation: no `SYS_CHROOT` (a second chroot is the classic way out of one)
+    /// and no filter of our own (an unprivileged container already has Docker's, and loading
+    /// one there would need no_new_privs, which breaks setuid programs in RUN).
+    pub(crate) fn for_chroot(mut self) -> Confinement {
+        const CAP_SYS_CHROOT: u32 = 18;
+        self.caps.0 &= !(1u64 << CAP_SYS_CHROOT);
+        self.filter = None;
+        self
+    }
+
     /// Bounding set, seccomp (loaded while CAP_SYS_ADMIN is still held, as runc does when
     /// no_new_privs is off), user and groups, then the capability sets the program keeps.
     pub(crate) fn lock_down(self, user: &crate::user::ExecUser) -> Result<()> {
@@ -518,7 +537,7 @@ impl Confinement {
 }
 
 /// Closes every descriptor from 3 up except `keep` (the status pipe).
-fn close_inherited_fds(keep: i32) -> Result<()> {
+pub(crate) fn close_inherited_fds(keep: i32) -> Result<()> {
     let keep = keep as u32;
     for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
         if first > last {

@@ -4,7 +4,8 @@
 //! itself. [`Executor::run`] re-executes the builder binary with [`HELPER_ARG`] as its first
 //! argument; that single-threaded helper ([`helper_main`]) unshares a pid namespace, forks the
 //! container's PID 1, which sets up mounts, hostname, user and environment, pivots into the
-//! rootfs and execs the requested program.
+//! rootfs and execs the requested program. With [`Isolation::Chroot`] (containers that may
+//! neither mount nor unshare) the helper only chroots into a rootfs directory (`chroot.rs`).
 //!
 //! Protocol between caller and helper: fd 3 of the helper carries the JSON [`ExecSpec`]; fd 4 is
 //! a close-on-exec status pipe that stays empty when the program was exec'd, and otherwise holds
@@ -14,6 +15,7 @@
 mod beneath;
 mod caps;
 mod cgroup;
+mod chroot;
 mod emulation;
 mod enter;
 mod helper;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use caps::{resolve as resolve_caps, CapSet};
 pub use cgroup::{sweep_stale_cgroups, CgroupSpec};
+pub use chroot::namespaces_unavailable;
 pub use helper::helper_main;
 pub use paths::resolve_in_root;
 pub use run::{sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
@@ -37,6 +40,36 @@ pub use stubs::{remove_stubs, CreatedPath};
 
 /// First argument that makes the builder binary act as the executor helper.
 pub const HELPER_ARG: &str = "__executor-helper";
+
+/// How a run is separated from the caller.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Isolation {
+    /// Namespaces, mounts and Docker's confinement (an OCI runtime's isolation).
+    #[default]
+    Oci,
+    /// Only chroot into a rootfs directory, in the caller's namespaces: for containers that
+    /// may neither mount nor unshare (unprivileged CI jobs). Not isolated from the caller.
+    Chroot,
+}
+
+static DEFAULT_ISOLATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the isolation of executors made from now on in this process.
+pub fn set_default_isolation(isolation: Isolation) {
+    DEFAULT_ISOLATION.store(
+        isolation == Isolation::Chroot,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// The isolation new executors get (see [`set_default_isolation`]).
+pub fn default_isolation() -> Isolation {
+    if DEFAULT_ISOLATION.load(std::sync::atomic::Ordering::SeqCst) {
+        Isolation::Chroot
+    } else {
+        Isolation::Oci
+    }
+}
 
 /// Default hostname inside the container, as in BuildKit.
 pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::RunCgroups;
 use crate::stubs::{read_created, CreatedPath};
-use crate::{ExecError, ExecSpec, OutputStream, Stdio, HELPER_ARG};
+use crate::{ExecError, ExecSpec, Isolation, OutputStream, Stdio, HELPER_ARG};
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -50,6 +50,7 @@ pub struct Executor {
     helper_program: PathBuf,
     helper_args: Vec<String>,
     state_parent: Option<PathBuf>,
+    isolation: Isolation,
 }
 
 /// What the caller sends the helper on [`SPEC_FD`].
@@ -62,6 +63,8 @@ pub(crate) struct HelperRequest {
     /// The run's cgroup directories, created and removed by the caller.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl Executor {
@@ -72,7 +75,19 @@ impl Executor {
             helper_program,
             helper_args,
             state_parent: None,
+            isolation: crate::default_isolation(),
         }
+    }
+
+    /// Runs with `isolation` instead of the process default.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// This executor's isolation.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
     }
 
     /// Puts each run's small state directory (rootfs mount point, generated `/etc/hosts` and
@@ -120,8 +135,17 @@ impl Executor {
         }
         let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
         sweep_stale_state_dirs_once(&state_parent);
-        let cgroups = RunCgroups::create(&spec.resources, spec.security.privileged)
-            .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?;
+        let cgroups = match self.isolation {
+            Isolation::Oci => RunCgroups::create(&spec.resources, spec.security.privileged)
+                .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
+            // No cgroupfs to write to; limits cannot be kept.
+            Isolation::Chroot if spec.resources != Default::default() => {
+                return Err(ExecError::Setup(
+                    "resource limits need cgroups, which chroot isolation cannot use".into(),
+                ))
+            }
+            Isolation::Chroot => RunCgroups::default(),
+        };
         let prefix = format!("{STATE_PREFIX}{}-", std::process::id());
         let state_dir = tempfile::Builder::new()
             .prefix(&prefix)
@@ -130,6 +154,7 @@ impl Executor {
             spec: spec.clone(),
             state_dir: state_dir.path().to_path_buf(),
             cgroups: cgroups.dirs.clone(),
+            isolation: self.isolation,
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 

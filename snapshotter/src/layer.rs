@@ -95,8 +95,23 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()
         .ctx(|| format!("listing {}", dir.display()))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    if crate::mountless::mountless() {
+        // Whiteout files sort as the 0/0 devices of an overlay upper dir would: by the name
+        // they delete (the opaque marker, written with its dir, first).
+        names.sort_by(|a, b| sort_key(a).cmp(sort_key(b)));
+    } else {
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    }
     Ok(names)
+}
+
+fn sort_key(name: &OsStr) -> &[u8] {
+    let name = name.as_bytes();
+    if name == OPAQUE_MARKER.as_bytes() {
+        return b"";
+    }
+    name.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        .unwrap_or(name)
 }
 
 /// A step of the diff walk. The walk keeps its own stack of these (a tree of any depth fits
@@ -182,6 +197,15 @@ impl<W: Write> DiffWriter<'_, W> {
             let mut wh = join_rel(parent_rel, WHITEOUT_PREFIX.as_bytes());
             wh.extend_from_slice(name.as_bytes());
             self.append_marker(wh, mtime)?;
+            return Ok(None);
+        }
+        if crate::mountless::mountless()
+            && meta.is_file()
+            && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())
+        {
+            // A mountless snapshot's whiteout or opaque marker file: already the tar's name.
+            let mtime = self.clamp(meta.mtime());
+            self.append_marker(rel, mtime)?;
             return Ok(None);
         }
         // None: lowers unknown; Some(None): the path is new.
@@ -496,7 +520,7 @@ impl Read for ExactReader<'_> {
 }
 
 /// All xattrs of `path` (not following symlinks); empty where the filesystem has none.
-fn list_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn list_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let names = loop {
         let size = match rustix::fs::llistxattr_query(path) {
             Ok(s) => s,
@@ -610,6 +634,11 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
         let meta = entry_meta(&mut entry, &display)?;
         let parent = open_dir_nofollow(&root, parents, true, &display)?;
 
+        if crate::mountless::mountless() && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())
+        {
+            mountless_marker(&parent, name, &meta, &display)?;
+            continue;
+        }
         if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
             rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
                 .ctx(|| format!("marking parent of {display} opaque"))?;
@@ -968,6 +997,27 @@ fn remove_existing(parent: &OwnedFd, name: &OsStr, keep_dir: bool, display: &str
 /// A path naming `name` inside the directory open as `parent`, for calls that have no *at form.
 fn proc_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name)
+}
+
+/// A whiteout or opaque marker kept as the empty file the tar names (mountless snapshots:
+/// no 0/0 devices or trusted xattrs in an unprivileged container); a whiteout also removes
+/// what the layer's own earlier entries put at the hidden name.
+fn mountless_marker(parent: &OwnedFd, name: &OsStr, meta: &EntryMeta, display: &str) -> Result<()> {
+    let hidden = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
+    if name.as_bytes() != OPAQUE_MARKER.as_bytes()
+        && !hidden.starts_with(WHITEOUT_PREFIX.as_bytes())
+    {
+        remove_existing(parent, OsStr::from_bytes(hidden), false, display)?;
+    }
+    remove_existing(parent, name, false, display)?;
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .ctx(|| format!("creating whiteout {display}"))?;
+    rustix::fs::futimens(&fd, &meta.times).ctx(|| format!("setting mtime of whiteout {display}"))
 }
 
 /// Owner, then mode (chown clears setuid bits), then xattrs, on an open file or dir.

@@ -6,11 +6,14 @@ mod gotar;
 pub mod layer;
 mod lowers;
 mod mount;
+mod mountless;
 mod snapshots;
 mod util;
+mod walkdiff;
 
 pub use content::{BlobWriter, ContentStore, Ingest};
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
+pub use mountless::{mountless, set_mountless};
 pub use snapshots::{Info, Kind, Snapshotter, Unpacker};
 pub use util::atomic_write;

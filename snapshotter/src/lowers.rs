@@ -15,8 +15,27 @@ pub(crate) fn is_whiteout(md: &std::fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
+/// Prefix of an aufs-style whiteout file (`.wh.NAME` deletes `NAME`), which mountless
+/// snapshots use instead of 0/0 devices: an overlay mount (a container's root) refuses those.
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+/// The aufs-style opaque marker file, likewise.
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Whether a mountless snapshot dir `dir` holds a whiteout file for `name`.
+fn has_whiteout_file(dir: &Path, name: &[u8]) -> bool {
+    if !crate::mountless::mountless() {
+        return false;
+    }
+    let mut file = WHITEOUT_PREFIX.as_bytes().to_vec();
+    file.extend_from_slice(name);
+    std::fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(&file))).is_ok()
+}
+
 /// Whether the directory at `path` is marked opaque.
 pub(crate) fn is_opaque(path: &Path) -> bool {
+    if crate::mountless::mountless() && path.join(OPAQUE_MARKER).exists() {
+        return true;
+    }
     OPAQUE_XATTRS.iter().any(|name| {
         let mut value = [0u8; 2];
         matches!(rustix::fs::lgetxattr(path, *name, &mut value), Ok(1) if value[0] == b'y')
@@ -47,6 +66,9 @@ impl Lowers {
         let mut path = layer.to_path_buf();
         let mut opaque_above = false;
         for (i, comp) in comps.iter().enumerate() {
+            if has_whiteout_file(&path, comp) {
+                return InLayer::Hidden;
+            }
             path.push(std::ffi::OsStr::from_bytes(comp));
             let Ok(md) = std::fs::symlink_metadata(&path) else {
                 return InLayer::Absent(opaque_above);
@@ -95,8 +117,19 @@ impl Lowers {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 break;
             };
+            let mountless = crate::mountless::mountless();
+            // A whiteout file deletes in the layers below its own only.
+            let mut whiteout_files = Vec::new();
             for entry in entries.flatten() {
                 let name = entry.file_name();
+                if mountless {
+                    if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+                        if name.as_bytes() != OPAQUE_MARKER.as_bytes() {
+                            whiteout_files.push(OsString::from_vec(hidden.to_vec()));
+                        }
+                        continue;
+                    }
+                }
                 if deleted.contains(&name) || out.contains_key(name.as_bytes()) {
                     continue;
                 }
@@ -110,6 +143,7 @@ impl Lowers {
                     Err(_) => {}
                 }
             }
+            deleted.extend(whiteout_files);
             if is_opaque(&dir) {
                 break;
             }

@@ -22,11 +22,30 @@ pub struct Mount {
 }
 
 /// Mounts each description onto `target`, in order (later ones stack on earlier ones).
+/// In mountless mode ([`crate::set_mountless`]) `target` gets a copy of what they show.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    if crate::mountless::mountless() {
+        return crate::mountless::copy_in(mounts, target);
+    }
     for m in mounts {
-        mount_one(m, target)?;
+        mount_one(m, target).map_err(permission_hint)?;
     }
     Ok(())
+}
+
+/// Says what to do when mounting is not permitted at all (a container without privileges).
+fn permission_hint(e: Error) -> Error {
+    match e {
+        Error::Io { context, source } if source.raw_os_error() == Some(libc_eperm()) => Error::Io {
+            context: format!("{context} (this process may not mount: in a container without privileges, build with --isolation=chroot)"),
+            source,
+        },
+        e => e,
+    }
+}
+
+fn libc_eperm() -> i32 {
+    rustix::io::Errno::PERM.raw_os_error()
 }
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
@@ -92,13 +111,21 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
 }
 
 /// Detaches every mount stacked on `target` (MNT_DETACH); Ok if nothing is mounted there.
+///
+/// In mountless mode, a copied-in writable view's changes go to its upper dir first, and the
+/// copy is removed.
 pub fn unmount(target: &Path) -> Result<()> {
+    if crate::mountless::mountless() && crate::mountless::release(target)? {
+        return Ok(());
+    }
     // Bounded so a pathological mount stack cannot loop forever.
     for _ in 0..64 {
         match rustix::mount::unmount(target, UnmountFlags::DETACH) {
             Ok(()) => continue,
             // EINVAL: not a mount point (any more).
             Err(rustix::io::Errno::INVAL) => return Ok(()),
+            // Mountless, where nothing can be mounted: nothing is.
+            Err(rustix::io::Errno::PERM) if crate::mountless::mountless() => return Ok(()),
             Err(e) => return Err(Error::io(format!("unmounting {}", target.display()), e)),
         }
     }

@@ -101,6 +101,7 @@ impl Snapshotter {
                 parsed: Default::default(),
             }),
         };
+        crate::mountless::check_store(&snap.inner.dir)?;
         snap.remove_orphans()?;
         Ok(snap)
     }

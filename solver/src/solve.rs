@@ -135,6 +135,15 @@ impl MountGuard {
             .with_context(|| format!("mounting {}", dir.display()))?;
         Ok(Self(dir))
     }
+
+    /// Unmounts now and reports failure; in mountless mode this is when a writable view's
+    /// changes are written to its snapshot.
+    pub(crate) fn release(mut self) -> Result<()> {
+        let dir = std::mem::take(&mut self.0);
+        snapshotter::unmount(&dir).with_context(|| format!("unmounting {}", dir.display()))?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    }
 }
 
 impl Drop for MountGuard {
@@ -994,8 +1003,17 @@ impl Solver {
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;
         let res = (|| -> Result<()> {
             let prepared = self.prepare_mounts(exec, inputs, cancel)?;
+            // chroot isolation runs in a directory: a copy of the rootfs where nothing may
+            // mount, whose changes reach the snapshot when it is released.
+            let rootfs_dir = match self.executor.isolation() {
+                executor::Isolation::Chroot => Some(MountGuard::mount(&self.root, &mounts)?),
+                executor::Isolation::Oci => None,
+            };
             let spec = ExecSpec {
-                rootfs: rootfs_mounts(&mounts),
+                rootfs: match &rootfs_dir {
+                    Some(dir) => vec![rootfs_bind(&dir.0)],
+                    None => rootfs_mounts(&mounts),
+                },
                 mounts: prepared.mounts.clone(),
                 args: exec.args.clone(),
                 env: prepared.environment(&exec.env),
@@ -1047,6 +1065,9 @@ impl Solver {
                     "process {:?} did not complete successfully: exit code: {code}",
                     exec.args.join(" ")
                 );
+            }
+            if let Some(dir) = rootfs_dir {
+                dir.release()?;
             }
             let upper = self.snapshots.upper_dir(&active)?;
             executor::remove_stubs(&upper, &outcome.created);
@@ -1163,7 +1184,11 @@ impl Solver {
                 mounts: mounts.clone(),
                 upper,
             };
-            self.apply_file_actions(file, inputs, &mut dest)
+            self.apply_file_actions(file, inputs, &mut dest)?;
+            if let FileDest::Overlay { view, .. } = dest {
+                view.release()?;
+            }
+            Ok(())
         })();
         match res {
             Ok(()) => self.commit_new(&active),
@@ -1227,7 +1252,7 @@ impl Solver {
                             .map_err(|(n, e)| anyhow!("invalid --exclude #{n}: {e}"))?,
                         parents: *parents,
                         unpack: *unpack,
-                        direct_upper: Some(dest.upper().to_path_buf()),
+                        direct_upper: dest.direct_upper(),
                     };
                     let wrote_direct = match inputs.get(*src_input) {
                         Some((Ref::Local(local), _)) => {
@@ -1479,6 +1504,16 @@ pub fn rootfs_mounts(mounts: &[snapshotter::Mount]) -> Vec<executor::Mount> {
         .collect()
 }
 
+/// A directory as the executor's root filesystem.
+fn rootfs_bind(dir: &Path) -> executor::Mount {
+    executor::Mount {
+        fstype: "bind".into(),
+        source: dir.to_string_lossy().into_owned(),
+        target: "/".into(),
+        options: vec!["rbind".into(), "rw".into()],
+    }
+}
+
 fn sha256_hex_plain(s: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(s.as_bytes())))
 }
@@ -1506,6 +1541,15 @@ impl FileDest {
         match self {
             FileDest::Overlay { upper, .. } => upper,
             FileDest::Plain(dir) => dir,
+        }
+    }
+
+    /// Where copies may write straight to the layer; not under a copied (mountless) view,
+    /// whose changes are found by diffing it.
+    fn direct_upper(&self) -> Option<PathBuf> {
+        match self {
+            FileDest::Overlay { .. } if snapshotter::mountless() => None,
+            _ => Some(self.upper().to_path_buf()),
         }
     }
 
