@@ -2,9 +2,7 @@
 //! them out, SPDX validated against the vendored SPDX 2.3 schema, in-toto checked by its
 //! fields, and the attested image pulled and run by docker 20.10.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

@@ -1,9 +1,7 @@
 //! Outputs (-o), layer compression, image commands (save/load/pull/inspect/history) and
 //! reproducible builds, each checked with a second tool (skopeo, umoci, zstd, gzip, tar).
 
-mod common;
-
-use common::{context, stderr, stdout, Registry, Store};
+use crate::common::{context, stderr, stdout, Registry, Store};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -508,7 +506,7 @@ fn reproducible_build(rayon_threads: Option<&str>) -> (String, String) {
     import
         .args([
             "import",
-            common::busybox_tar().to_str().unwrap(),
+            crate::common::busybox_tar().to_str().unwrap(),
             "busybox:latest",
         ])
         .env("SOURCE_DATE_EPOCH", "1700000000");

@@ -1,9 +1,7 @@
 //! Volumes: named ones outlive their containers and start with the image's content, anonymous
 //! ones go with `rm -v`, binds honour `ro`, tmpfs mounts are tmpfs.
 
-mod common;
-
-use common::{stderr, stdout, Store};
+use crate::common::{stderr, stdout, Store};
 
 fn ok(store: &Store, args: &[&str]) -> String {
     let out = store.run(args);

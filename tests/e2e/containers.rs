@@ -1,9 +1,7 @@
 //! Containers without a daemon: detached runs, monitors, logs, restart policies, stop/kill,
 //! and what is left after a monitor is killed. Real processes in real namespaces.
 
-mod common;
-
-use common::{stderr, stdout, Store};
+use crate::common::{stderr, stdout, Store};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

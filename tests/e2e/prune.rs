@@ -2,9 +2,7 @@
 //! what stays, and what a rebuild hits or misses; plus prune racing a build and a prune
 //! killed midway.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -4,11 +4,9 @@
 //! Results are checked in a local export, in the image's layer tars (with tar) and by
 //! running the image.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -300,18 +298,7 @@ RUN --mount=type=cache,target=/home/app/.cache,uid=999,gid=999 touch /home/app/.
 #[test]
 fn merged_usr_copies_land_through_the_symlinks() {
     let store = debian_store();
-    let tar_src = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tar_src.path().join("tool/bin")).unwrap();
-    std::fs::write(
-        tar_src.path().join("tool/bin/run"),
-        "#!/bin/sh\necho tool\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        tar_src.path().join("tool/bin/run"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    let tar_src = fixture(&[("tool/bin/run", "#!/bin/sh\necho tool\n", 0o755)]);
     let ctx = context(&[
         (
             "Dockerfile",
@@ -323,15 +310,13 @@ ADD tool.tar /opt/
 RUN hello.sh > /hello.out && helper > /helper.out && linked > /linked.out && /opt/tool/bin/run > /tool.out
 ",
         ),
-        ("hello.sh", "#!/bin/sh\necho hello\n"),
         ("helper.sh", "#!/bin/sh\necho helper\n"),
         ("linked.sh", "#!/bin/sh\necho linked\n"),
     ]);
-    std::fs::set_permissions(
-        ctx.path().join("hello.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    write_fixture(
+        ctx.path(),
+        &[("hello.sh", "#!/bin/sh\necho hello\n", 0o755)],
+    );
     let st = Command::new("tar")
         .arg("-cf")
         .arg(ctx.path().join("tool.tar"))

@@ -2,9 +2,7 @@
 //! (image → exec with mounts), solved by the real solver in a real store, with containers
 //! run by the builder binary as executor helper. Layers are checked with `tar`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use solver::context::{LocalSource, PlainDir};
 use solver::graph::{
     CacheSharing, Definition, ExecMount, ExecOp, FileAction, FileOp, MountKind, MountOwner,

@@ -1,9 +1,7 @@
 //! Filesystem results compared with BuildKit's: what COPY, ADD, RUN and
 //! .dockerignore leave in the image, checked in the layer tars with GNU tar.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

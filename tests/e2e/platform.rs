@@ -2,9 +2,7 @@
 //! with one manifest per platform (checked with tar and skopeo), `run --platform`, and
 //! `FROM --platform=$BUILDPLATFORM` stages shared between target platforms.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! made from Debian's busybox-static, and a real docker-registry process.
 #![allow(dead_code)]
 
+pub mod gha_server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -162,15 +164,37 @@ impl Drop for Registry {
     }
 }
 
-/// Writes files into a new temp dir: (relative path, content).
+/// Writes files into a new temp dir: (relative path, content), modes from the umask.
 pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for (p, c) in files {
-        let path = d.path().join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, c).unwrap();
+        write_file(d.path(), p, c.as_bytes(), None);
     }
     d
+}
+
+/// Writes a fixture tree into a new temp dir: (relative path, contents, mode).
+pub fn fixture<C: AsRef<[u8]>>(files: &[(&str, C, u32)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_fixture(d.path(), files);
+    d
+}
+
+/// Writes (relative path, contents, mode) entries under `dir`, making parent directories.
+pub fn write_fixture<C: AsRef<[u8]>>(dir: &Path, files: &[(&str, C, u32)]) {
+    for (p, c, mode) in files {
+        write_file(dir, p, c.as_ref(), Some(*mode));
+    }
+}
+
+fn write_file(dir: &Path, relative: &str, contents: &[u8], mode: Option<u32>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, contents).unwrap();
+    if let Some(mode) = mode {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 /// Every regular file under `dir`, recursively (not following symlinks).

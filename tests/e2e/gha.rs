@@ -1,13 +1,9 @@
 //! `--cache-to/--cache-from type=gha` against a cache service written from the Actions cache
-//! v2 protocol (tests/common/gha_server.rs): a round trip onto a fresh store, 429 retries,
+//! v2 protocol (tests/e2e/common/gha_server.rs): a round trip onto a fresh store, 429 retries,
 //! expired signed URLs, and scopes per image name.
 
-mod common;
-#[path = "common/gha_server.rs"]
-mod gha_server;
-
-use common::*;
-use gha_server::GhaServer;
+use crate::common::gha_server::GhaServer;
+use crate::common::*;
 use std::path::Path;
 use std::process::Output;
 

@@ -3,11 +3,7 @@
 //! from $GITHUB_STEP_SUMMARY; it builds, pushes to a real registry and exports a type=gha
 //! cache to the test cache service with the runner's ACTIONS_* variables.
 
-mod common;
-#[path = "common/gha_server.rs"]
-mod gha_server;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -75,7 +71,7 @@ fn registry_digest(registry: &Registry, repo_tag: &str) -> String {
 #[test]
 fn action_builds_pushes_caches_and_writes_outputs_and_summary() {
     let registry = Registry::start();
-    let cache = gha_server::GhaServer::start();
+    let cache = crate::common::gha_server::GhaServer::start();
     let store = Store::with_busybox();
     let runner = tempfile::tempdir().unwrap();
     let ctx = context(&[("Dockerfile", "FROM busybox\nARG A\nRUN echo $A > /a\n")]);

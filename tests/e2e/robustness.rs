@@ -1,9 +1,7 @@
 //! Inputs that broke builds before: archives holding FIFOs and device nodes, context file
 //! names that are not UTF-8, and context trees nested thousands of directories deep.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

@@ -8,9 +8,7 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_builder");
 
 fn write(dir: &Path, name: &str, text: &str) {
-    let path = dir.join(name);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
+    crate::common::write_fixture(dir, &[(name, text, 0o644)]);
 }
 
 fn compose(dir: &Path, args: &[&str]) -> Output {

@@ -2,12 +2,10 @@
 //! buildah and skopeo), put into a real docker-registry by skopeo: `FROM` each, `run` each,
 //! and check that what is pushed keeps the base's blobs byte for byte.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{context, stderr, stdout, Registry, Store};
+use crate::common::{context, stderr, stdout, Registry, Store};
 use serde_json::Value;
 
 /// Fixtures in `skopeo copy dir:` form, and a file each holds (with its content) besides
@@ -25,7 +23,7 @@ const FIXTURES: &[(&str, Option<(&str, &str)>)] = &[
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    common::repo().join("testdata/images").join(name)
+    crate::common::repo().join("testdata/images").join(name)
 }
 
 fn skopeo(args: &[&str]) -> Vec<u8> {

@@ -3,9 +3,7 @@
 //! inputs interpolated as GitLab does, is valid bash that logs in with CI_REGISTRY*, builds,
 //! and pushes the image and its registry cache to a real registry.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

@@ -1,9 +1,7 @@
 //! A copy stacked on a base and never run on (the usual last `COPY` of an image) is made
 //! straight into a layer blob; its files reach the disk only when a later build reads them.
 
-mod common;
-
-use common::{context, events, stderr, Store};
+use crate::common::{context, events, stderr, Store};
 use std::path::Path;
 
 fn ok(output: &std::process::Output, what: &str) {
@@ -296,7 +294,7 @@ fn running_or_building_on_a_just_built_image_unpacks_none_of_its_layers_again() 
     let before = snapshot_names(&store);
     let run = store.run(&["run", "--rm", "app", "cat", "/built", "/app/a.txt"]);
     ok(&run, "run");
-    assert_eq!(common::stdout(&run), "built\nalpha\n");
+    assert_eq!(crate::common::stdout(&run), "built\nalpha\n");
     // The built snapshots served as the rootfs: no unpacked twin of any layer was made.
     assert_eq!(snapshot_names(&store), before);
 

@@ -1,9 +1,7 @@
 //! Build-cache export and import end to end: OCI layout directories, a real registry, inline
 //! cache in a pushed image, mode=min vs max, cache mounts, and --metadata-file.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 

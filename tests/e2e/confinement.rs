@@ -4,9 +4,7 @@
 //! security.insecure`, `run --privileged/--cap-add/--cap-drop/--security-opt/--pids-limit`)
 //! widen exactly what they say.
 
-mod common;
-
-use common::{context, stderr, stdout, Store};
+use crate::common::{context, stderr, stdout, Store};
 
 /// Prints the capability and seccomp lines, then one `ESCAPE ...` line for every attempt
 /// that worked; a confined container prints the status lines and `end` only.

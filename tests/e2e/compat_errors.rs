@@ -2,9 +2,7 @@
 //! exit codes, the file:line and key phrase on stderr, no image or tag left behind, and a
 //! store that still builds afterwards.
 
-mod common;
-
-use common::{context, stderr, Store};
+use crate::common::{context, stderr, Store};
 use std::io::Write as _;
 use std::process::{Output, Stdio};
 
@@ -272,7 +270,7 @@ fn empty_continuation_line_is_a_build_check_warning() {
         .arg(ctx.path())
         .output()
         .unwrap();
-    let text = common::stdout(&out);
+    let text = crate::common::stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("NoEmptyContinuation"), "{text}");
     assert!(text.contains("Dockerfile:4"), "{text}");
@@ -435,7 +433,7 @@ fn check_mode_prints_rule_url_position_and_excerpt() {
     let ctx = context(&[("Dockerfile", "FROM busybox\nMAINTAINER me\nRUN true\n")]);
     let out = store.run(&["build", "--check", ctx.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let text = common::stdout(&out);
+    let text = crate::common::stdout(&out);
     assert!(
         text.starts_with("Check complete, 1 warning has been found!\n"),
         "{text}"

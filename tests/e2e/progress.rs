@@ -1,8 +1,6 @@
 //! Progress output modes, each checked on a real build.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Runs a build inside a pseudo-terminal (util-linux `script`), as a person at a terminal would.

@@ -1,9 +1,7 @@
 //! Image config and history compared with what BuildKit's Dockerfile frontend writes for the
 //! same Dockerfile: the expected texts follow dockerfile2llb's formatting (Go's `%v`/`%q`).
 
-mod common;
-
-use common::{context, skopeo_config, stderr, Store};
+use crate::common::{context, skopeo_config, stderr, Store};
 use serde_json::{json, Value};
 
 /// Builds the context as `app` and returns the image config JSON.

@@ -1,9 +1,7 @@
 //! Resource limits through cgroups (v1 hierarchies here, v2 where unified): the values land in
 //! the container's cgroup, the container runs in it, an OOM kill gives 137 and OOMKilled.
 
-mod common;
-
-use common::{stderr, stdout, Store};
+use crate::common::{stderr, stdout, Store};
 use std::path::{Path, PathBuf};
 
 fn ok(store: &Store, args: &[&str]) -> String {

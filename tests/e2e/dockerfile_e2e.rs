@@ -3,9 +3,7 @@
 //! each drives `builder build` exactly like a user and checks the exported files,
 //! the layers (with `tar`) and which steps ran (rawjson events).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -563,8 +561,6 @@ fn copy_chmod_symbolic_exclude_and_parents() {
              COPY --parents ./app/./one/conf.json /pivot/\n\
              COPY --chown=1000:2000 --chmod=640 tool.sh /owned\n",
         ),
-        ("tool.sh", "#!/bin/sh\n"),
-        ("src/main.c", "int main;\n"),
         ("src/debug.log", "log\n"),
         ("src/tmp/x", "x\n"),
         ("src/keep/y.log", "y\n"),
@@ -572,16 +568,13 @@ fn copy_chmod_symbolic_exclude_and_parents() {
         ("app/two/conf.json", "{2}\n"),
         ("app/two/other.json", "{}\n"),
     ]);
-    std::fs::set_permissions(
-        ctx.path().join("tool.sh"),
-        std::fs::Permissions::from_mode(0o666),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        ctx.path().join("src/main.c"),
-        std::fs::Permissions::from_mode(0o664),
-    )
-    .unwrap();
+    write_fixture(
+        ctx.path(),
+        &[
+            ("tool.sh", "#!/bin/sh\n", 0o666),
+            ("src/main.c", "int main;\n", 0o664),
+        ],
+    );
     let (dest, _) = build_local(&store, ctx.path(), &[]);
     let d = dest.path();
     assert_eq!(mode_of(&d.join("bin/tool")), 0o750);
@@ -806,24 +799,19 @@ fn copy_symbolic_chmod_with_capital_x_and_exclude_with_parents() {
              COPY --chmod=u=rwX,go=rX tree/ /tree/\n\
              COPY --parents --exclude=**/*.tmp pkgs/*/src /out/\n",
         ),
-        ("tree/plain.txt", "p\n"),
-        ("tree/run.sh", "r\n"),
         ("tree/sub/deep.txt", "d\n"),
         ("pkgs/a/src/lib.rs", "a\n"),
         ("pkgs/a/src/junk.tmp", "j\n"),
         ("pkgs/b/src/main.rs", "b\n"),
         ("pkgs/b/README", "readme\n"),
     ]);
-    std::fs::set_permissions(
-        ctx.path().join("tree/plain.txt"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        ctx.path().join("tree/run.sh"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    write_fixture(
+        ctx.path(),
+        &[
+            ("tree/plain.txt", "p\n", 0o600),
+            ("tree/run.sh", "r\n", 0o700),
+        ],
+    );
     let (dest, _) = build_local(&store, ctx.path(), &[]);
     let d = dest.path();
     assert_eq!(mode_of(&d.join("tree/plain.txt")), 0o644);

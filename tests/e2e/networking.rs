@@ -2,9 +2,7 @@
 //! reaching each other on the bridge, port conflicts, and what a killed monitor leaves.
 //! Traffic goes only to loopback and to addresses on our own bridge.
 
-mod common;
-
-use common::{stderr, stdout, Store};
+use crate::common::{stderr, stdout, Store};
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -3,12 +3,10 @@
 //! mounts, and retries. Each test sets BUILDER_CONFIG and DOCKER_CONFIG so the machine's own
 //! files never leak in.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{context, output_with_stdin, stderr, stdout, wait_for_listener, Store};
+use crate::common::{context, output_with_stdin, stderr, stdout, wait_for_listener, Store};
 
 /// A docker-registry with its own config; its log (stdout+stderr) is kept for assertions.
 struct TestRegistry {

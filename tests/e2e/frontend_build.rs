@@ -1,9 +1,7 @@
 //! End-to-end builds of Dockerfile language features: heredocs, ONBUILD, named
 //! contexts and image config instructions, checked on exported files and by skopeo.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 

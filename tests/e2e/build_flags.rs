@@ -2,9 +2,7 @@
 //! build: RUN's /etc/hosts, ulimits, /dev/shm, network; the image id on stdout; annotation
 //! bytes; `--load` into a real Docker engine; `--pull` against a real registry; `--call`.
 
-mod common;
-
-use common::{context, stderr, stdout, Registry, Store};
+use crate::common::{context, stderr, stdout, Registry, Store};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -156,7 +154,7 @@ fn quiet_prints_the_image_id_alone() {
     assert_eq!(stdout(&out), format!("{id}\n"));
     // As buildx: the image id is the digest of the image config.
     let layout = iid.path().join("layout");
-    common::untar_into(&archive, &layout);
+    crate::common::untar_into(&archive, &layout);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let manifest = blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
@@ -275,7 +273,7 @@ fn oci_layout(store: &Store, ctx: &Path, extra: &[&str]) -> (tempfile::TempDir, 
     let out = store.build(ctx, &args);
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     let layout = dir.path().join("layout");
-    common::untar_into(&archive, &layout);
+    crate::common::untar_into(&archive, &layout);
     let index = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     (dir, index)
 }
@@ -374,7 +372,7 @@ fn docker(args: &[&str]) -> Output {
 #[test]
 fn load_puts_the_image_into_docker() {
     let started = Command::new("bash")
-        .arg(common::repo().join("scripts/start-dockerd.sh"))
+        .arg(crate::common::repo().join("scripts/start-dockerd.sh"))
         .status()
         .unwrap();
     assert!(started.success(), "no Docker engine could be started");

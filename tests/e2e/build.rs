@@ -1,9 +1,7 @@
 //! End-to-end builds through the real binary: namespaces, overlay mounts, a
 //! real registry, and archives checked by skopeo, umoci and tar.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Names of the RUN and COPY steps a build really ran (not cached), sorted.
