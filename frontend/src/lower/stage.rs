@@ -346,7 +346,7 @@ fn lower_env_or_label(
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
     let kw = ins.keyword.as_str();
-    if ins.args.len() % 3 != 0 || ins.args.is_empty() {
+    if !ins.args.len().is_multiple_of(3) || ins.args.is_empty() {
         return Err(l.err(
             ins,
             format!("{} requires at least one key=value pair", kw.to_uppercase()),
