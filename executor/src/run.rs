@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio as ProcessStdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,58 +167,7 @@ impl Executor {
         let spec_read = dup_above(spec_read, 10)?;
         let status_write = dup_above(status_write, 10)?;
 
-        let mut command = Command::new(&self.helper_program);
-        command.args(&self.helper_args);
-        match spec.stdio {
-            Stdio::Piped => {
-                command
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped());
-            }
-            Stdio::Inherit => {
-                command
-                    .stdin(std::process::Stdio::inherit())
-                    .stdout(std::process::Stdio::inherit())
-                    .stderr(std::process::Stdio::inherit());
-            }
-            Stdio::Null => {
-                command
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
-        let spec_raw = spec_read.as_raw_fd();
-        let status_raw = status_write.as_raw_fd();
-        let parent_pid = std::process::id() as libc::pid_t;
-        // SAFETY: the closure only makes async-signal-safe system calls (dup2, prctl, getppid).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(spec_raw, SPEC_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The container must not outlive us; PDEATHSIG survives the exec.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent_pid {
-                    return Err(std::io::Error::other("executor caller exited"));
-                }
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "starting executor helper {}: {e}",
-                    self.helper_program.display()
-                ),
-            )
-        })?;
-        drop(spec_read);
-        drop(status_write);
+        let mut child = self.spawn_helper(spec.stdio, spec_read, status_write)?;
 
         // From here on the helper must be reaped whatever happens.
         let registration = match cancel.register(&child) {
@@ -255,19 +204,84 @@ impl Executor {
         if !message.is_empty() {
             return Err(ExecError::Setup(message.to_string()));
         }
-        let exit_code = match (status.code(), status.signal()) {
-            (Some(code), _) => code,
-            (None, Some(signal)) => 128 + signal,
-            (None, None) => {
-                return Err(ExecError::Setup(format!(
-                    "executor helper ended with unknown status {status}"
-                )))
-            }
-        };
         Ok(RunOutcome {
-            exit_code,
+            exit_code: exit_code_of(status)?,
             created: read_created(&state_dir.path().join(CREATED_FILE)),
         })
+    }
+
+    /// Starts the helper with the spec pipe's read end and the status pipe's write end
+    /// at [`SPEC_FD`] and [`STATUS_FD`]; it dies with us (PDEATHSIG).
+    fn spawn_helper(
+        &self,
+        stdio: Stdio,
+        spec_read: OwnedFd,
+        status_write: OwnedFd,
+    ) -> Result<Child, ExecError> {
+        let mut command = Command::new(&self.helper_program);
+        command.args(&self.helper_args);
+        let (stdin, stdout, stderr) = match stdio {
+            Stdio::Piped => (
+                ProcessStdio::null(),
+                ProcessStdio::piped(),
+                ProcessStdio::piped(),
+            ),
+            Stdio::Inherit => (
+                ProcessStdio::inherit(),
+                ProcessStdio::inherit(),
+                ProcessStdio::inherit(),
+            ),
+            Stdio::Null => (
+                ProcessStdio::null(),
+                ProcessStdio::null(),
+                ProcessStdio::null(),
+            ),
+        };
+        command.stdin(stdin).stdout(stdout).stderr(stderr);
+        let spec_raw = spec_read.as_raw_fd();
+        let status_raw = status_write.as_raw_fd();
+        let parent_pid = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only makes async-signal-safe system calls (dup2, prctl, getppid).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(spec_raw, SPEC_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The container must not outlive us; PDEATHSIG survives the exec.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent_pid {
+                    return Err(std::io::Error::other("executor caller exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "starting executor helper {}: {e}",
+                    self.helper_program.display()
+                ),
+            )
+        })?;
+        // Our copies of the helper's ends must close: an extra write end would keep the
+        // status pipe open.
+        drop(spec_read);
+        drop(status_write);
+        Ok(child)
+    }
+}
+
+/// The helper's exit code, or 128+signal if it was killed.
+fn exit_code_of(status: std::process::ExitStatus) -> Result<i32, ExecError> {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Ok(code),
+        (None, Some(signal)) => Ok(128 + signal),
+        (None, None) => Err(ExecError::Setup(format!(
+            "executor helper ended with unknown status {status}"
+        ))),
     }
 }
 

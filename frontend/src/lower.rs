@@ -8,12 +8,14 @@ use oci::image::{EmptyObject, HealthConfig, History, ImageConfig};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;
+mod copy;
 mod expose;
 mod history;
 mod mounts;
 mod onbuild;
 mod signal;
 mod sources;
+mod stage;
 mod steps;
 
 pub use contexts::NamedContext;
@@ -393,8 +395,68 @@ pub fn lower(
         declared_args: Default::default(),
     };
     let escape = ast.directives.escape;
+    let auto_args = automatic_args(ast, opts);
+    let ins = &ast.instructions;
+    // BuildKit parses every instruction before choosing stages: an unknown one fails the
+    // build even in a stage the target does not need.
+    if let Some(x) = ins
+        .iter()
+        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
+    {
+        return Err(unknown_instruction(&l, x));
+    }
+    let first_from = lower_global_args(&mut l, ins, &auto_args, escape)?;
+    let stages = split_stages(&l, ins, first_from)?;
+    l.stage_names = stages.iter().map(|s| s.name.clone()).collect();
+    let target = target_stage(&l, &stages)?;
+    // A name or index may refer to a stage defined later (BuildKit orders stages by
+    // their dependencies); a stage never to itself.
+    let stage_index = |reference: &str, current: usize| -> Option<usize> {
+        let r = reference.to_lowercase();
+        stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&r))
+            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
+            .filter(|&d| d != current)
+    };
+    let graph = StageGraph {
+        stages: &stages,
+        stage_index: &stage_index,
+        auto_args: &auto_args,
+        escape,
+    };
+    let (needed, deps) = graph.needed_stages(&l, target)?;
+    let order = crate::stage_order::dependency_order(&needed, &deps, |s| {
+        stages[s].name.clone().unwrap_or_else(|| s.to_string())
+    })
+    .map_err(|(message, ins)| l.err(ins, message))?;
+    let (states, built_names) = graph.lower_stages(&mut l, order, resolver)?;
+    let final_state = states[target]
+        .clone()
+        .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
+    let output = l.or_scratch(final_state.vertex);
+    l.def.output = Some(output);
+    let image = final_image(opts, final_state.config);
+    let check_config = CheckConfig::parse(ast.directives.check.as_deref());
+    let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
+        .into_iter()
+        .filter(|(stage, _)| stage.is_none_or(|s| needed.get(s).copied().unwrap_or(false)))
+        .map(|(_, w)| w)
+        .collect();
+    warnings.extend(l.warnings.take());
+    Ok(Lowered {
+        definition: l.def,
+        image,
+        locations: l.locations,
+        stages: built_names,
+        warnings: crate::checks::filter(warnings, &check_config),
+        check_config,
+    })
+}
 
-    // Automatic platform args, then global ARGs before the first FROM.
+/// The automatic platform ARGs and TARGETSTAGE; as in BuildKit, a build arg of the same
+/// name overrides an automatic value.
+fn automatic_args(ast: &Ast, opts: &BuildOptions) -> Vec<(String, String)> {
     let (os, arch, variant) = split_platform(&opts.platform);
     let (bos, barch, bvariant) = split_platform(&opts.build_platform);
     // TARGETSTAGE is the stage asked for, else the last one's name (empty if unnamed).
@@ -409,8 +471,7 @@ pub fn lower(
             })
             .unwrap_or_default()
     });
-    // As in BuildKit, a build arg of the same name overrides an automatic value.
-    let auto_args: Vec<(String, String)> = [
+    [
         ("BUILDPLATFORM", opts.build_platform.clone()),
         ("BUILDOS", bos),
         ("BUILDOSVERSION", String::new()),
@@ -428,18 +489,17 @@ pub fn lower(
         let v = opts.build_args.get(k).cloned().unwrap_or(v);
         (k.to_string(), v)
     })
-    .collect();
-    let mut stages: Vec<StageSource> = Vec::new();
+    .collect()
+}
+
+/// The ARGs before the first FROM; returns the index of that FROM.
+fn lower_global_args(
+    l: &mut Lowerer,
+    ins: &[Instruction],
+    auto_args: &[(String, String)],
+    escape: char,
+) -> Result<usize, DockerfileError> {
     let mut i = 0;
-    let ins = &ast.instructions;
-    // BuildKit parses every instruction before choosing stages: an unknown one fails the
-    // build even in a stage the target does not need.
-    if let Some(x) = ins
-        .iter()
-        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
-    {
-        return Err(unknown_instruction(&l, x));
-    }
     while i < ins.len() && ins[i].keyword != "from" {
         let x = &ins[i];
         if x.keyword != "arg" {
@@ -451,10 +511,10 @@ pub fn lower(
                 ),
             ));
         }
-        let mut env = auto_args.clone();
+        let mut env = auto_args.to_vec();
         env.extend(l.global_args.clone());
         for a in &x.args {
-            let (k, v) = declare_arg(&l, x, a, &env, escape)?;
+            let (k, v) = declare_arg(l, x, a, &env, escape)?;
             // `ARG TARGETARCH` before FROM brings the automatic value into scope.
             let automatic = || {
                 auto_args
@@ -462,7 +522,7 @@ pub fn lower(
                     .find(|(a, _)| *a == k)
                     .map(|(_, v)| v.clone())
             };
-            let v = opts.build_args.get(&k).cloned().or(v).or_else(automatic);
+            let v = l.opts.build_args.get(&k).cloned().or(v).or_else(automatic);
             if v.is_some() {
                 l.valueless_global_args.remove(&k);
             } else {
@@ -480,33 +540,25 @@ pub fn lower(
             "the Dockerfile has no FROM instruction; a build stage must start with FROM",
         ));
     }
+    Ok(i)
+}
+
+/// Cuts the instructions from `first_from` on into stages, checking their names.
+fn split_stages<'a>(
+    l: &Lowerer,
+    ins: &'a [Instruction],
+    first_from: usize,
+) -> Result<Vec<StageSource<'a>>, DockerfileError> {
+    let mut stages: Vec<StageSource> = Vec::new();
+    let mut i = first_from;
     while i < ins.len() {
         let from = &ins[i];
         let mut j = i + 1;
         while j < ins.len() && ins[j].keyword != "from" {
             j += 1;
         }
-        let name = match from.args.as_slice() {
-            [_] => None,
-            [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_lowercase()),
-            [] => {
-                return Err(l.err(
-                    from,
-                    "FROM requires the name of a base image, e.g. FROM debian:bookworm",
-                ))
-            }
-            _ => return Err(l.err(from, "FROM requires either one or three arguments")),
-        };
+        let name = stage_name(l, from)?;
         if let Some(n) = &name {
-            if !is_valid_stage_name(n) {
-                return Err(l.err(
-                    from,
-                    format!(
-                        "invalid name for build stage: {}, name can't start with a number or contain symbols",
-                        crate::parser::go_quote(&from.args[2])
-                    ),
-                ));
-            }
             if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(l.err(from, format!("duplicate stage name {n:?}")));
             }
@@ -518,147 +570,198 @@ pub fn lower(
         });
         i = j;
     }
+    Ok(stages)
+}
 
-    l.stage_names = stages.iter().map(|s| s.name.clone()).collect();
-    let target = match &opts.target {
-        None => stages.len() - 1,
-        Some(t) => {
-            let t = t.to_lowercase();
-            stages
-                .iter()
-                .position(|s| s.name.as_deref() == Some(&t))
-                .ok_or_else(|| {
-                    let names: Vec<&str> =
-                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
-                    let hint = suggest(&t, names.iter().copied())
-                        .map(|s| format!("; did you mean {s:?}?"))
-                        .unwrap_or_default();
-                    l.err_at(1, 1, format!("target stage {t:?} could not be found{hint}"))
-                })?
+/// The `AS name` of a FROM, lowercased and checked.
+fn stage_name(l: &Lowerer, from: &Instruction) -> Result<Option<String>, DockerfileError> {
+    let name = match from.args.as_slice() {
+        [_] => return Ok(None),
+        [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => name.to_lowercase(),
+        [] => {
+            return Err(l.err(
+                from,
+                "FROM requires the name of a base image, e.g. FROM debian:bookworm",
+            ))
         }
+        _ => return Err(l.err(from, "FROM requires either one or three arguments")),
     };
+    if !is_valid_stage_name(&name) {
+        return Err(l.err(
+            from,
+            format!(
+                "invalid name for build stage: {}, name can't start with a number or contain symbols",
+                crate::parser::go_quote(&from.args[2])
+            ),
+        ));
+    }
+    Ok(Some(name))
+}
 
-    // A name or index may refer to a stage defined later (BuildKit orders stages by
-    // their dependencies); a stage never to itself.
-    let stage_index = |reference: &str, current: usize| -> Option<usize> {
-        let r = reference.to_lowercase();
-        stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(&r))
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
-            .filter(|&d| d != current)
+/// The index of `--target`'s stage, else the last stage's.
+fn target_stage(l: &Lowerer, stages: &[StageSource]) -> Result<usize, DockerfileError> {
+    let Some(t) = &l.opts.target else {
+        return Ok(stages.len() - 1);
     };
-    let mut deps: Vec<Vec<(usize, &Instruction)>> = vec![Vec::new(); stages.len()];
+    let t = t.to_lowercase();
+    stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(&t))
+        .ok_or_else(|| {
+            let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+            let hint = suggest(&t, names.iter().copied())
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            l.err_at(1, 1, format!("target stage {t:?} could not be found{hint}"))
+        })
+}
 
-    // Which stages the target needs: FROM <stage> and COPY --from=<stage>.
-    let mut needed = vec![false; stages.len()];
-    let mut stack = if opts.lint_all_stages {
-        (0..stages.len()).collect()
-    } else {
-        vec![target]
-    };
-    while let Some(s) = stack.pop() {
-        if std::mem::replace(&mut needed[s], true) {
-            continue;
-        }
-        let mut global_env = auto_args.clone();
+/// The stages of a Dockerfile and what resolving references between them needs.
+struct StageGraph<'g> {
+    stages: &'g [StageSource<'g>],
+    stage_index: &'g dyn Fn(&str, usize) -> Option<usize>,
+    auto_args: &'g [(String, String)],
+    escape: char,
+}
+
+/// For each stage, the stages it depends on and the instruction that names them.
+type StageDeps<'a> = Vec<Vec<(usize, &'a Instruction)>>;
+
+impl<'g> StageGraph<'g> {
+    /// Which stages the target needs (FROM <stage>, COPY --from and RUN --mount=from),
+    /// and each stage's dependencies.
+    fn needed_stages(
+        &self,
+        l: &Lowerer,
+        target: usize,
+    ) -> Result<(Vec<bool>, StageDeps<'g>), DockerfileError> {
+        let opts = l.opts;
+        let mut deps: StageDeps<'g> = vec![Vec::new(); self.stages.len()];
+        let mut needed = vec![false; self.stages.len()];
+        let mut stack = if opts.lint_all_stages {
+            (0..self.stages.len()).collect()
+        } else {
+            vec![target]
+        };
+        let mut global_env = self.auto_args.to_vec();
         global_env.extend(l.global_args.clone());
-        let base = l.expand(stages[s].from, &global_env, &stages[s].from.args[0], escape)?;
-        // A named context of the same name replaces the stage.
-        if let Some(d) = stage_index(&base, s).filter(|_| {
-            !opts.named_contexts.contains_key(&base)
-                && !opts.named_contexts.contains_key(&base.to_lowercase())
-        }) {
-            stack.push(d);
-            deps[s].push((d, stages[s].from));
+        while let Some(s) = stack.pop() {
+            if std::mem::replace(&mut needed[s], true) {
+                continue;
+            }
+            let from = self.stages[s].from;
+            let base = l.expand(from, &global_env, &from.args[0], self.escape)?;
+            // A named context of the same name replaces the stage.
+            if let Some(d) = (self.stage_index)(&base, s).filter(|_| !is_named_context(opts, &base))
+            {
+                stack.push(d);
+                deps[s].push((d, from));
+            }
+            for (d, x) in self.body_dependencies(l, s, &global_env)? {
+                stack.push(d);
+                deps[s].push((d, x));
+            }
         }
-        for x in stages[s].body {
-            if x.keyword == "copy" || x.keyword == "run" {
-                for f in &x.flags {
-                    let from = match x.keyword.as_str() {
-                        "copy" => f.strip_prefix("--from="),
-                        _ => f.strip_prefix("--mount=").and_then(|m| {
-                            m.split(',').find_map(|kv| kv.trim().strip_prefix("from="))
-                        }),
-                    };
-                    if let Some(v) = from {
-                        if opts.named_contexts.contains_key(v)
-                            || opts.named_contexts.contains_key(&v.to_lowercase())
-                        {
-                            continue;
-                        }
-                        // Only a first guess (stage ARGs are not known yet): no warnings here.
-                        let v = Expander::new(&global_env, escape)
-                            .process_word(v)
-                            .unwrap_or_else(|_| v.to_string());
-                        match stage_index(&v, s) {
-                            Some(d) => {
-                                stack.push(d);
-                                deps[s].push((d, x));
-                            }
-                            None if stages[s].name.as_deref()
-                                == Some(v.to_lowercase().as_str()) =>
-                            {
-                                return Err(l.err(
-                                    x,
-                                    format!(
-                                        "circular dependency detected on stage: {}",
-                                        v.to_lowercase()
-                                    ),
-                                ));
-                            }
-                            None => {}
-                        }
+        Ok((needed, deps))
+    }
+
+    /// The stages stage `s`'s COPY --from and RUN --mount=from name.
+    fn body_dependencies(
+        &self,
+        l: &Lowerer,
+        s: usize,
+        global_env: &[(String, String)],
+    ) -> Result<Vec<(usize, &'g Instruction)>, DockerfileError> {
+        let mut found = Vec::new();
+        for x in self.stages[s].body {
+            if x.keyword != "copy" && x.keyword != "run" {
+                continue;
+            }
+            for f in &x.flags {
+                let from = match x.keyword.as_str() {
+                    "copy" => f.strip_prefix("--from="),
+                    _ => f
+                        .strip_prefix("--mount=")
+                        .and_then(|m| m.split(',').find_map(|kv| kv.trim().strip_prefix("from="))),
+                };
+                let Some(v) = from.filter(|v| !is_named_context(l.opts, v)) else {
+                    continue;
+                };
+                // Only a first guess (stage ARGs are not known yet): no warnings here.
+                let v = Expander::new(&global_env, self.escape)
+                    .process_word(v)
+                    .unwrap_or_else(|_| v.to_string());
+                match (self.stage_index)(&v, s) {
+                    Some(d) => found.push((d, x)),
+                    None if self.stages[s].name.as_deref() == Some(v.to_lowercase().as_str()) => {
+                        return Err(l.err(
+                            x,
+                            format!(
+                                "circular dependency detected on stage: {}",
+                                v.to_lowercase()
+                            ),
+                        ));
                     }
+                    None => {}
                 }
             }
         }
+        Ok(found)
     }
 
-    let multi = stages.len() > 1;
-    let mut states: Vec<Option<StageState>> = vec![None; stages.len()];
-    let mut built_names = Vec::new();
-    let order = crate::stage_order::dependency_order(&needed, &deps, |s| {
-        stages[s].name.clone().unwrap_or_else(|| s.to_string())
-    })
-    .map_err(|(message, ins)| l.err(ins, message))?;
-    for s in order {
-        let st = &stages[s];
-        let label = match (&st.name, multi) {
-            (Some(n), _) => n.clone(),
-            (None, true) => format!("stage-{s}"),
-            (None, false) => String::new(),
-        };
-        built_names.push(if label.is_empty() {
-            format!("stage-{s}")
-        } else {
-            label.clone()
-        });
-        let no_cache = opts.no_cache_stages.contains(&label)
-            || st
-                .name
-                .as_ref()
-                .is_some_and(|n| opts.no_cache_stages.contains(n));
-        let state = lower_stage(
-            &mut l,
-            st,
-            s,
-            &label,
-            &states,
-            &stage_index,
-            &auto_args,
-            escape,
-            resolver,
-            no_cache,
-        )?;
-        states[s] = Some(state);
+    /// Lowers the stages in `order`; returns each stage's state and the built stages' names.
+    fn lower_stages(
+        &self,
+        l: &mut Lowerer,
+        order: Vec<usize>,
+        resolver: &dyn ImageResolver,
+    ) -> Result<(Vec<Option<StageState>>, Vec<String>), DockerfileError> {
+        let opts = l.opts;
+        let multi = self.stages.len() > 1;
+        let mut states: Vec<Option<StageState>> = vec![None; self.stages.len()];
+        let mut built_names = Vec::new();
+        for s in order {
+            let st = &self.stages[s];
+            let label = match (&st.name, multi) {
+                (Some(n), _) => n.clone(),
+                (None, true) => format!("stage-{s}"),
+                (None, false) => String::new(),
+            };
+            built_names.push(if label.is_empty() {
+                format!("stage-{s}")
+            } else {
+                label.clone()
+            });
+            let no_cache = opts.no_cache_stages.contains(&label)
+                || st
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| opts.no_cache_stages.contains(n));
+            let input = stage::StageInputs {
+                index: s,
+                label: &label,
+                states: &states,
+                stage_index: self.stage_index,
+                auto_args: self.auto_args,
+                escape: self.escape,
+                resolver,
+                no_cache,
+            };
+            let state = stage::lower_stage(l, st, &input)?;
+            states[s] = Some(state);
+        }
+        Ok((states, built_names))
     }
-    let final_state = states[target]
-        .clone()
-        .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
-    let output = l.or_scratch(final_state.vertex);
-    l.def.output = Some(output);
-    let mut image = final_state.config;
+}
+
+/// `--build-context` has a context of this name (as written or lowercased).
+fn is_named_context(opts: &BuildOptions, name: &str) -> bool {
+    opts.named_contexts.contains_key(name) || opts.named_contexts.contains_key(&name.to_lowercase())
+}
+
+/// The target stage's config made the image's: `--label`s, the platform asked for, and
+/// no diff ids (the exporter fills them).
+fn final_image(opts: &BuildOptions, mut image: ImageConfig) -> ImageConfig {
     image.rootfs.diff_ids.clear();
     image.config.labels.extend(opts.labels.clone());
     if opts.platform_requested {
@@ -673,21 +776,7 @@ pub fn lower(
     let platform = image.platform().normalized();
     (image.os, image.architecture, image.variant) =
         (platform.os, platform.architecture, platform.variant);
-    let check_config = CheckConfig::parse(ast.directives.check.as_deref());
-    let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
-        .into_iter()
-        .filter(|(stage, _)| stage.is_none_or(|s| needed.get(s).copied().unwrap_or(false)))
-        .map(|(_, w)| w)
-        .collect();
-    warnings.extend(l.warnings.take());
-    Ok(Lowered {
-        definition: l.def,
-        image,
-        locations: l.locations,
-        stages: built_names,
-        warnings: crate::checks::filter(warnings, &check_config),
-        check_config,
-    })
+    image
 }
 
 /// BuildKit's rule for `AS name` (after lowercasing): `^[a-z][a-z0-9-_.]*$`.
@@ -731,470 +820,6 @@ fn declare_arg(
         Some((k, v)) => Ok((k.to_string(), Some(l.expand(ins, env, v, escape)?))),
         None => Ok((word.to_string(), None)),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn lower_stage(
-    l: &mut Lowerer,
-    st: &StageSource,
-    index: usize,
-    label: &str,
-    states: &[Option<StageState>],
-    stage_index: &dyn Fn(&str, usize) -> Option<usize>,
-    auto_args: &[(String, String)],
-    escape: char,
-    resolver: &dyn ImageResolver,
-    no_cache: bool,
-) -> Result<StageState, DockerfileError> {
-    let from = st.from;
-    let flags = parse_flags(from, &["platform"]).map_err(|e| l.err(from, e))?;
-    let mut global_env = auto_args.to_vec();
-    global_env.extend(l.global_args.clone());
-    let platform = match flags.get("platform") {
-        Some(p) => {
-            let spec = l.expand(from, &global_env, p, escape)?;
-            let host_arch = split_platform(&l.opts.build_platform).1;
-            crate::platform_spec::check(&spec, &host_arch).map_err(|e| l.err(from, e))?
-        }
-        None => l.opts.platform.clone(),
-    };
-    let base = l.expand(from, &global_env, &from.args[0], escape)?;
-    if base.is_empty() {
-        return Err(l.err(
-            from,
-            format!("base name ({}) should not be blank", from.args[0]),
-        ));
-    }
-    let counts_as_step =
-        |x: &Instruction| matches!(x.keyword.as_str(), "run" | "copy" | "add" | "workdir");
-    // Grows by the base image's ONBUILD triggers once they are known.
-    let total = std::cell::Cell::new(1 + st.body.iter().filter(|x| counts_as_step(x)).count());
-    let step_name = |step: usize, text: &str| {
-        let total = total.get();
-        if label.is_empty() {
-            format!("[{step}/{total}] {text}")
-        } else {
-            format!("[{label} {step}/{total}] {text}")
-        }
-    };
-    let named = l.named_context_stage_base(from, &base, &platform, resolver)?;
-    let mut state = if let Some((v, config)) = named {
-        let (os, arch, variant) = split_platform(&platform);
-        let config = config.unwrap_or_else(|| empty_image(os, arch, variant));
-        StageState {
-            vertex: Some(v),
-            config,
-            args: vec![],
-            declared_args: vec![],
-            args_over_env: BTreeSet::new(),
-            shell: vec![],
-            platform: platform.clone(),
-        }
-    } else if let Some(d) = stage_index(&base, index) {
-        // As in BuildKit, the stage keeps the base stage's ARGs (values and history prefix).
-        states[d]
-            .clone()
-            .ok_or_else(|| l.err(from, format!("stage {base:?} was not built")))?
-    } else if base.eq_ignore_ascii_case("scratch") {
-        let (os, arch, variant) = split_platform(&platform);
-        let config = empty_image(os, arch, variant);
-        StageState {
-            vertex: None,
-            config,
-            args: vec![],
-            declared_args: vec![],
-            args_over_env: BTreeSet::new(),
-            shell: vec![],
-            platform: platform.clone(),
-        }
-    } else {
-        let (pinned, config) = resolver
-            .resolve(&base, &platform)
-            .map_err(|e| l.err(from, format!("{e:#}")))?;
-        let v = l.add(
-            Vertex {
-                op: Op::Image {
-                    reference: pinned,
-                    platform: platform.clone(),
-                },
-                inputs: vec![],
-                name: step_name(1, &format!("FROM {base}")),
-                ignore_cache: false,
-            },
-            Some(from),
-        );
-        StageState {
-            vertex: Some(v),
-            config,
-            args: vec![],
-            declared_args: vec![],
-            args_over_env: BTreeSet::new(),
-            shell: vec![],
-            platform: platform.clone(),
-        }
-    };
-    // A base image made with SHELL runs this stage's shell forms through that shell too.
-    state.shell = state.config.config.shell.clone();
-    if env_get(&state.config.config.env, "PATH").is_none() {
-        env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
-    }
-    let cx = steps::StageCtx {
-        index,
-        states,
-        stage_index,
-        resolver,
-        escape,
-        no_cache,
-    };
-    // The base's ONBUILD triggers run first; the new image does not inherit them.
-    let triggers =
-        onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
-    total.set(total.get() + triggers.iter().filter(|x| counts_as_step(x)).count());
-    let mut step = 1;
-    let mut cmd_set_in_stage = false;
-    for (position, ins) in triggers.iter().chain(st.body).enumerate() {
-        l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
-        let kw = ins.keyword.as_str();
-        let created_by: String;
-        let mut empty_layer = true;
-        // Only steps that add a layer get BuildKit's " # buildkit" suffix; ONBUILD records nothing.
-        let mut buildkit_suffix = false;
-        let mut record_history = true;
-        let env = scope(&state);
-        l.declared_args.replace(state.declared_args.clone());
-        match kw {
-            "run" => {
-                step += 1;
-                // As BuildKit's progress does, the step name shows the flags (mounts, network).
-                let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
-                let name = step_name(step, &format!("RUN {flags}{}", display_cmd(ins)));
-                let (v, args) = steps::lower_run(l, &cx, &state, ins, &env, name)?;
-                state.vertex = Some(v);
-                created_by = history::run_text(&args, &run_history_args(&state));
-                empty_layer = false;
-                buildkit_suffix = true;
-            }
-            "copy" | "add" => {
-                step += 1;
-                let text = format!(
-                    "{} {}",
-                    kw.to_uppercase(),
-                    ins.original
-                        .split_once(char::is_whitespace)
-                        .map(|x| x.1.trim())
-                        .unwrap_or("")
-                );
-                let (v, text) =
-                    steps::lower_copy(l, &cx, &state, ins, &env, step_name(step, &text))?;
-                state.vertex = Some(v);
-                created_by = text;
-                empty_layer = false;
-                buildkit_suffix = true;
-            }
-            "workdir" => {
-                let arg = ins
-                    .args
-                    .first()
-                    .ok_or_else(|| l.err(ins, "WORKDIR requires exactly one argument"))?;
-                let dir = l.expand(ins, &env, arg, escape)?;
-                if dir.is_empty() {
-                    return Err(l.err(
-                        ins,
-                        format!("WORKDIR {arg}: the path is empty after expansion (normalizing workdir: cannot normalize nothing)"),
-                    ));
-                }
-                let cur = state
-                    .config
-                    .config
-                    .working_dir
-                    .clone()
-                    .unwrap_or_else(|| "/".into());
-                let dir = join_path(&cur, &dir, false);
-                state.config.config.working_dir = Some(dir.clone());
-                created_by = format!("WORKDIR {dir}");
-                // BuildKit makes no directory (and no layer) for the root.
-                if dir != "/" {
-                    step += 1;
-                    let base = l.or_scratch(state.vertex);
-                    let chown = state
-                        .config
-                        .config
-                        .user
-                        .clone()
-                        .filter(|u| !u.is_empty())
-                        .map(|u| parse_chown(&u));
-                    let v = l.add(
-                        Vertex {
-                            op: Op::File(FileOp {
-                                actions: vec![FileAction::Mkdir {
-                                    path: dir.clone(),
-                                    mode: 0o755,
-                                    chown,
-                                }],
-                            }),
-                            inputs: vec![base],
-                            name: step_name(step, &format!("WORKDIR {dir}")),
-                            ignore_cache: no_cache,
-                        },
-                        Some(ins),
-                    );
-                    state.vertex = Some(v);
-                    empty_layer = false;
-                }
-            }
-            "env" | "label" => {
-                if ins.args.len() % 3 != 0 || ins.args.is_empty() {
-                    return Err(l.err(
-                        ins,
-                        format!("{} requires at least one key=value pair", kw.to_uppercase()),
-                    ));
-                }
-                // Every pair sees the values from before the instruction, as in BuildKit
-                // (`ENV a=new b=$a` gives b the old a).
-                let mut pairs = Vec::new();
-                for triple in ins.args.chunks(3) {
-                    let k = l.expand(ins, &env, &triple[0], escape)?;
-                    let v = l.expand(ins, &env, &triple[1], escape)?;
-                    if kw == "env" {
-                        if k.is_empty() {
-                            return Err(l.err(ins, "ENV names can not be blank"));
-                        }
-                        state.args_over_env.remove(&k);
-                        env_set(&mut state.config.config.env, &k, &v);
-                    } else {
-                        state.config.config.labels.insert(k.clone(), v.clone());
-                    }
-                    pairs.push(format!("{k}={v}"));
-                }
-                created_by = format!("{} {}", kw.to_uppercase(), pairs.join(" "));
-            }
-            "arg" => {
-                let mut shown = Vec::new();
-                for a in &ins.args {
-                    // Unlike ENV, each ARG's default sees the ones declared before it.
-                    let env = scope(&state);
-                    let (k, default) = declare_arg(l, ins, a, &env, escape)?;
-                    let v = l
-                        .opts
-                        .build_args
-                        .get(&k)
-                        .cloned()
-                        .or(default)
-                        .or_else(|| {
-                            if l.valueless_global_args.contains(&k) {
-                                return None;
-                            }
-                            l.global_args
-                                .iter()
-                                .rev()
-                                .find(|(g, _)| *g == k)
-                                .map(|(_, v)| v.clone())
-                        })
-                        .or_else(|| {
-                            auto_args
-                                .iter()
-                                .find(|(g, _)| *g == k)
-                                .map(|(_, v)| v.clone())
-                        });
-                    state.declared_args.push(k.clone());
-                    l.declared_args.borrow_mut().push(k.clone());
-                    match v {
-                        Some(v) => {
-                            shown.push(format!("{k}={v}"));
-                            state.args.retain(|(n, _)| *n != k);
-                            state.args_over_env.insert(k.clone());
-                            state.args.push((k, v));
-                        }
-                        // Without a value the ARG stays unset (an earlier value is kept).
-                        None => shown.push(k),
-                    }
-                }
-                created_by = format!("ARG {}", shown.join(" "));
-            }
-            "cmd" | "entrypoint" => {
-                parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
-                let args = command_args(&state, ins);
-                created_by = format!("{} {}", kw.to_uppercase(), history::go_quoted_list(&args));
-                // An empty list is left out of the image, like Go's omitempty in BuildKit.
-                let args = (!args.is_empty()).then_some(args);
-                if kw == "cmd" {
-                    cmd_set_in_stage = true;
-                    state.config.config.cmd = args;
-                    // BuildKit marks every CMD as escaped (a Docker image spec compatibility flag).
-                    state.config.config.args_escaped = true;
-                } else {
-                    state.config.config.entrypoint = args;
-                    // An ENTRYPOINT resets a CMD inherited from the base image.
-                    if !cmd_set_in_stage {
-                        state.config.config.cmd = None;
-                    }
-                }
-            }
-            "user" => {
-                let u = ins
-                    .args
-                    .first()
-                    .ok_or_else(|| l.err(ins, "USER requires exactly one argument"))?;
-                let u = l.expand(ins, &env, u, escape)?;
-                created_by = format!("USER {u}");
-                // An empty user is left out of the image, like Go's omitempty in BuildKit.
-                state.config.config.user = (!u.is_empty()).then_some(u);
-            }
-            "expose" => {
-                if ins.args.is_empty() {
-                    return Err(l.err(ins, "EXPOSE requires at least one argument"));
-                }
-                let mut ports = BTreeSet::new();
-                for word in &ins.args {
-                    // Like BuildKit, a variable may expand to several ports.
-                    let words = Expander::new(&env, escape)
-                        .process_words(word)
-                        .map_err(|e| l.err(ins, format!("EXPOSE {word:?}: {e}")))?;
-                    for spec in words {
-                        let keys = expose::parse_port_spec(&spec)
-                            .map_err(|e| l.err(ins, format!("EXPOSE {spec}: {e}")))?;
-                        ports.extend(keys);
-                    }
-                }
-                for key in &ports {
-                    state
-                        .config
-                        .config
-                        .exposed_ports
-                        .insert(key.clone(), EmptyObject {});
-                }
-                created_by = format!("EXPOSE {}", history::go_port_map(&ports));
-            }
-            "volume" => {
-                if ins.args.is_empty() {
-                    return Err(l.err(ins, "VOLUME requires at least one argument"));
-                }
-                let mut volumes = Vec::new();
-                for v in &ins.args {
-                    // BuildKit trims each path before expanding it (`VOLUME [" /data "]`).
-                    let v = l.expand(ins, &env, v.trim(), escape)?;
-                    if v.is_empty() {
-                        return Err(l.err(ins, "VOLUME specified can not be an empty string"));
-                    }
-                    state
-                        .config
-                        .config
-                        .volumes
-                        .insert(v.clone(), EmptyObject {});
-                    volumes.push(v);
-                }
-                created_by = format!("VOLUME {}", history::go_list(&volumes));
-            }
-            "stopsignal" => {
-                let s = ins
-                    .args
-                    .first()
-                    .ok_or_else(|| l.err(ins, "STOPSIGNAL requires exactly one argument"))?;
-                let s = l.expand(ins, &env, s, escape)?;
-                if !signal::is_valid_signal(&s) {
-                    return Err(l.err(ins, format!("Invalid signal: {s}")));
-                }
-                created_by = format!("STOPSIGNAL {s}");
-                state.config.config.stop_signal = Some(s);
-            }
-            "shell" => {
-                if !ins.json {
-                    return Err(l.err(ins, "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]"));
-                }
-                state.shell = ins.args.clone();
-                state.config.config.shell = ins.args.clone();
-                created_by = format!("SHELL {}", history::go_list(&ins.args));
-            }
-            "maintainer" => {
-                state.config.author = ins.args.first().cloned();
-                created_by = format!("MAINTAINER {}", ins.args.join(" "));
-            }
-            "onbuild" => {
-                let inner = onbuild::trigger_text(l, ins)?;
-                state.config.config.on_build.push(inner);
-                created_by = String::new();
-                record_history = false;
-            }
-            "healthcheck" => {
-                let flags = parse_flags(
-                    ins,
-                    &[
-                        "interval",
-                        "timeout",
-                        "start-period",
-                        "start-interval",
-                        "retries",
-                    ],
-                )
-                .map_err(|e| l.err(ins, e))?;
-                let kind = ins
-                    .args
-                    .first()
-                    .map(|s| s.to_uppercase())
-                    .unwrap_or_default();
-                let mut hc = HealthConfig::default();
-                match kind.as_str() {
-                    "NONE" if ins.args.len() > 1 => {
-                        return Err(l.err(ins, "HEALTHCHECK NONE takes no arguments"))
-                    }
-                    "NONE" => hc.test = vec!["NONE".into()],
-                    "CMD" => {
-                        let rest: Vec<String> = ins.args[1..].to_vec();
-                        if rest.is_empty() {
-                            return Err(l.err(ins, "Missing command after HEALTHCHECK CMD"));
-                        }
-                        hc.test = if ins.json {
-                            std::iter::once("CMD".to_string()).chain(rest).collect()
-                        } else {
-                            vec!["CMD-SHELL".into(), rest.join(" ")]
-                        };
-                    }
-                    _ => return Err(l.err(ins, "HEALTHCHECK must be followed by CMD or NONE")),
-                }
-                for (name, slot) in [
-                    ("interval", &mut hc.interval),
-                    ("timeout", &mut hc.timeout),
-                    ("start-period", &mut hc.start_period),
-                    ("start-interval", &mut hc.start_interval),
-                ] {
-                    // BuildKit ignores the flags of HEALTHCHECK NONE.
-                    if let Some(v) = flags.get(name).filter(|_| kind == "CMD") {
-                        let ns = parse_duration_ns(v).ok_or_else(|| l.err(ins, format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s")))?;
-                        if ns != 0 && ns < 1_000_000 {
-                            return Err(
-                                l.err(ins, format!("Interval \"{name}\" cannot be less than 1ms"))
-                            );
-                        }
-                        *slot = ns;
-                    }
-                }
-                if let Some(r) = flags.get("retries").filter(|_| kind == "CMD") {
-                    hc.retries = r
-                        .parse::<i32>()
-                        .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?
-                        .into();
-                    if hc.retries < 0 {
-                        return Err(l.err(ins, format!("--retries cannot be negative ({r})")));
-                    }
-                }
-                created_by = history::healthcheck_text(&hc);
-                state.config.config.healthcheck = Some(hc);
-            }
-            "from" => unreachable!("stages are split at FROM"),
-            _ => return Err(unknown_instruction(l, ins)),
-        }
-        if record_history {
-            let suffix = if buildkit_suffix { " # buildkit" } else { "" };
-            state.config.history.push(History {
-                created_by: Some(format!("{created_by}{suffix}")),
-                comment: Some("buildkit.dockerfile.v0".into()),
-                empty_layer,
-                ..Default::default()
-            });
-        }
-    }
-    l.in_trigger = None;
-    Ok(state)
 }
 
 /// The stage's declared ARGs with their current values (ENV wins; unset ones are empty),

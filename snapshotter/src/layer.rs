@@ -633,127 +633,28 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
         };
         let meta = entry_meta(&mut entry, &display)?;
         let parent = open_dir_nofollow(&root, parents, true, &display)?;
-
-        if crate::mountless::mountless() && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())
-        {
-            mountless_marker(&parent, name, &meta, &display)?;
+        if apply_whiteout(&parent, name, &meta, &display)? {
             continue;
         }
-        if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
-            rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
-                .ctx(|| format!("marking parent of {display} opaque"))?;
-            continue;
-        }
-        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                // Other `.wh..wh.` names are aufs bookkeeping with no overlay meaning.
-                continue;
-            }
-            let hidden = OsStr::from_bytes(hidden);
-            remove_existing(&parent, hidden, false, &display)?;
-            rustix::fs::mknodat(
-                &parent,
-                hidden,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rustix::fs::makedev(0, 0),
-            )
-            .ctx(|| format!("creating whiteout for {display}"))?;
-            rustix::fs::utimensat(&parent, hidden, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
-                .ctx(|| format!("setting mtime of whiteout {display}"))?;
-            continue;
-        }
-
+        let at = EntryAt {
+            parent: &parent,
+            name,
+            meta: &meta,
+            display: &display,
+        };
         let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_existing(&parent, name, false, &display)?;
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .ctx(|| format!("creating {display}"))?;
-                let mut file = File::from(fd);
-                written +=
-                    std::io::copy(&mut entry, &mut file).ctx(|| format!("writing {display}"))?;
-                apply_fd_meta(file.as_fd(), &meta, &display)?;
-                rustix::fs::futimens(&file, &meta.times)
-                    .ctx(|| format!("setting mtime of {display}"))?;
+                written += at.write_file(&mut entry)?;
             }
             tar::EntryType::Directory => {
-                if !remove_existing(&parent, name, true, &display)? {
-                    rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
-                        .ctx(|| format!("creating dir {display}"))?;
-                }
-                let fd = open_child_dir(&parent, name, &display)?;
-                apply_fd_meta(fd.as_fd(), &meta, &display)?;
+                at.make_dir()?;
                 dir_times.push((comps.clone(), meta.times));
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .ctx(|| format!("reading symlink target of {display}"))?
-                    .ok_or_else(|| Error::Invalid(format!("symlink {display} has no target")))?
-                    .into_owned();
-                remove_existing(&parent, name, false, &display)?;
-                rustix::fs::symlinkat(&target, &parent, name.as_os_str())
-                    .ctx(|| format!("creating symlink {display}"))?;
-                apply_at_meta(&parent, name, &meta, false, &display)?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .ctx(|| format!("reading hardlink target of {display}"))?
-                    .ok_or_else(|| Error::Invalid(format!("hardlink {display} has no target")))?
-                    .into_owned();
-                let target_comps = safe_components(&target)?;
-                let Some((target_name, target_parents)) = target_comps.split_last() else {
-                    return Err(Error::Invalid(format!(
-                        "hardlink {display} points at the layer root"
-                    )));
-                };
-                let target_dir = open_dir_nofollow(&root, target_parents, false, &display)?;
-                remove_existing(&parent, name, false, &display)?;
-                // Flags empty: linkat does not follow a symlink target, so links stay inside the layer.
-                rustix::fs::linkat(
-                    &target_dir,
-                    target_name.as_os_str(),
-                    &parent,
-                    name.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .ctx(|| format!("hardlinking {display} to {}", target.display()))?;
-            }
+            tar::EntryType::Symlink => at.make_symlink(&entry)?,
+            tar::EntryType::Link => at.make_hardlink(&root, &entry)?,
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let header = entry.header();
-                let (file_type, dev) = if kind == tar::EntryType::Fifo {
-                    (FileType::Fifo, 0)
-                } else {
-                    let (major, minor) =
-                        device_numbers(header).ctx(|| format!("device number of {display}"))?;
-                    let ft = if kind == tar::EntryType::Char {
-                        FileType::CharacterDevice
-                    } else {
-                        FileType::BlockDevice
-                    };
-                    (ft, rustix::fs::makedev(major, minor))
-                };
-                remove_existing(&parent, name, false, &display)?;
-                rustix::fs::mknodat(
-                    &parent,
-                    name.as_os_str(),
-                    file_type,
-                    Mode::from_raw_mode(0o600),
-                    dev,
-                )
-                .ctx(|| format!("creating device node {display}"))?;
-                apply_at_meta(&parent, name, &meta, true, &display)?;
+                at.make_node(entry.header(), kind)?
             }
             tar::EntryType::XGlobalHeader => {}
             other => {
@@ -763,9 +664,155 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
             }
         }
     }
+    restore_dir_times(&root, &dir_times)?;
+    Ok(written)
+}
+
+/// An opaque marker or a whiteout (`.wh.NAME`) entry, made as overlay wants it; false for
+/// any other name.
+fn apply_whiteout(parent: &OwnedFd, name: &OsStr, meta: &EntryMeta, display: &str) -> Result<bool> {
+    if crate::mountless::mountless() && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+        mountless_marker(parent, name, meta, display)?;
+        return Ok(true);
+    }
+    if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+        rustix::fs::fsetxattr(parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
+            .ctx(|| format!("marking parent of {display} opaque"))?;
+        return Ok(true);
+    }
+    let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) else {
+        return Ok(false);
+    };
+    if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+        // Other `.wh..wh.` names are aufs bookkeeping with no overlay meaning.
+        return Ok(true);
+    }
+    let hidden = OsStr::from_bytes(hidden);
+    remove_existing(parent, hidden, false, display)?;
+    rustix::fs::mknodat(
+        parent,
+        hidden,
+        FileType::CharacterDevice,
+        Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
+    .ctx(|| format!("creating whiteout for {display}"))?;
+    rustix::fs::utimensat(parent, hidden, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+        .ctx(|| format!("setting mtime of whiteout {display}"))?;
+    Ok(true)
+}
+
+/// Where one tar entry lands: a name in an opened parent dir, with its metadata.
+struct EntryAt<'e> {
+    parent: &'e OwnedFd,
+    name: &'e OsStr,
+    meta: &'e EntryMeta,
+    display: &'e str,
+}
+
+impl EntryAt<'_> {
+    /// A regular file; returns the bytes written.
+    fn write_file(&self, contents: &mut impl Read) -> Result<u64> {
+        let display = self.display;
+        remove_existing(self.parent, self.name, false, display)?;
+        let fd = rustix::fs::openat(
+            self.parent,
+            self.name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx(|| format!("creating {display}"))?;
+        let mut file = File::from(fd);
+        let written = std::io::copy(contents, &mut file).ctx(|| format!("writing {display}"))?;
+        apply_fd_meta(file.as_fd(), self.meta, display)?;
+        rustix::fs::futimens(&file, &self.meta.times)
+            .ctx(|| format!("setting mtime of {display}"))?;
+        Ok(written)
+    }
+
+    /// A directory (an existing one is kept); its times are set at the end.
+    fn make_dir(&self) -> Result<()> {
+        if !remove_existing(self.parent, self.name, true, self.display)? {
+            rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(0o700))
+                .ctx(|| format!("creating dir {}", self.display))?;
+        }
+        let fd = open_child_dir(self.parent, self.name, self.display)?;
+        apply_fd_meta(fd.as_fd(), self.meta, self.display)
+    }
+
+    fn make_symlink<R: Read>(&self, entry: &tar::Entry<R>) -> Result<()> {
+        let display = self.display;
+        let target = entry
+            .link_name()
+            .ctx(|| format!("reading symlink target of {display}"))?
+            .ok_or_else(|| Error::Invalid(format!("symlink {display} has no target")))?
+            .into_owned();
+        remove_existing(self.parent, self.name, false, display)?;
+        rustix::fs::symlinkat(&target, self.parent, self.name)
+            .ctx(|| format!("creating symlink {display}"))?;
+        apply_at_meta(self.parent, self.name, self.meta, false, display)
+    }
+
+    /// A hard link to an entry already extracted under `root`.
+    fn make_hardlink<R: Read>(&self, root: &OwnedFd, entry: &tar::Entry<R>) -> Result<()> {
+        let display = self.display;
+        let target = entry
+            .link_name()
+            .ctx(|| format!("reading hardlink target of {display}"))?
+            .ok_or_else(|| Error::Invalid(format!("hardlink {display} has no target")))?
+            .into_owned();
+        let target_comps = safe_components(&target)?;
+        let Some((target_name, target_parents)) = target_comps.split_last() else {
+            return Err(Error::Invalid(format!(
+                "hardlink {display} points at the layer root"
+            )));
+        };
+        let target_dir = open_dir_nofollow(root, target_parents, false, display)?;
+        remove_existing(self.parent, self.name, false, display)?;
+        // Flags empty: linkat does not follow a symlink target, so links stay inside the layer.
+        rustix::fs::linkat(
+            &target_dir,
+            target_name.as_os_str(),
+            self.parent,
+            self.name,
+            AtFlags::empty(),
+        )
+        .ctx(|| format!("hardlinking {display} to {}", target.display()))
+    }
+
+    /// A character or block device, or a fifo.
+    fn make_node(&self, header: &tar::Header, kind: tar::EntryType) -> Result<()> {
+        let display = self.display;
+        let (file_type, dev) = if kind == tar::EntryType::Fifo {
+            (FileType::Fifo, 0)
+        } else {
+            let (major, minor) =
+                device_numbers(header).ctx(|| format!("device number of {display}"))?;
+            let ft = if kind == tar::EntryType::Char {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            (ft, rustix::fs::makedev(major, minor))
+        };
+        remove_existing(self.parent, self.name, false, display)?;
+        rustix::fs::mknodat(
+            self.parent,
+            self.name,
+            file_type,
+            Mode::from_raw_mode(0o600),
+            dev,
+        )
+        .ctx(|| format!("creating device node {display}"))?;
+        apply_at_meta(self.parent, self.name, self.meta, true, display)
+    }
+}
+
+/// Sets the directories' times, deepest last-made first, once nothing more lands in them.
+fn restore_dir_times(root: &OwnedFd, dir_times: &[(Vec<OsString>, Timestamps)]) -> Result<()> {
     for (comps, times) in dir_times.iter().rev() {
         let display = comps.join(OsStr::new("/")).to_string_lossy().into_owned();
-        match open_dir_nofollow(&root, comps, false, &display) {
+        match open_dir_nofollow(root, comps, false, &display) {
             Ok(fd) => rustix::fs::futimens(&fd, times)
                 .ctx(|| format!("setting mtime of dir {display}"))?,
             // Replaced by a later entry of the same layer.
@@ -773,7 +820,7 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
             Err(e) => return Err(e),
         }
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Normal components of an archive path; rejects absolute paths and `..`.

@@ -397,254 +397,282 @@ fn image_roots(images: &ImageStore, content: &ContentStore) -> Result<ImageRoots
     Ok((blobs, chains, layer_diff_ids))
 }
 
+/// Cache keys: key file → snapshot name.
+fn cache_keys(root: &Path) -> Result<KeysBySnapshot> {
+    let mut keys_by_snapshot = KeysBySnapshot::new();
+    for (_, path) in files_in(&cache_dir(root).join("keys"))? {
+        let Ok(name) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mtime = mtime_secs(&path);
+        keys_by_snapshot
+            .entry(name)
+            .or_default()
+            .push((path, mtime));
+    }
+    Ok(keys_by_snapshot)
+}
+
+/// Lineage, last use and live-process pins of every snapshot.
+fn snapshot_facts(all: &[snapshotter::Info], keys_by_snapshot: &KeysBySnapshot) -> SnapshotFacts {
+    let by_key: HashMap<&str, &snapshotter::Info> =
+        all.iter().map(|i| (i.key.as_str(), i)).collect();
+    let mut chain_of = HashMap::new();
+    let mut depth_of = HashMap::new();
+    for info in all {
+        // Ancestors, nearest first (metadata has no cycles: the snapshotter checks on mount).
+        let mut lineage = vec![info];
+        while let Some(parent) = lineage.last().and_then(|i| i.parent.as_deref()) {
+            match by_key.get(parent) {
+                Some(p) if lineage.len() <= all.len() => lineage.push(p),
+                _ => break,
+            }
+        }
+        depth_of.insert(info.key.clone(), lineage.len() - 1);
+        let diff_ids: Option<Vec<&String>> = lineage
+            .iter()
+            .rev()
+            .map(|i| i.labels.get(LABEL_LAYER_DIFF_ID))
+            .collect();
+        chain_of.insert(info.key.clone(), diff_ids.and_then(chain_id));
+    }
+    // Last use: creation, the cache keys naming it, and the last use of anything built on it.
+    let mut last_used: HashMap<String, u64> = all
+        .iter()
+        .map(|i| {
+            let keys = keys_by_snapshot.get(&i.key).into_iter().flatten();
+            let newest = keys.map(|(_, t)| *t).max().unwrap_or(0);
+            (i.key.clone(), i.created.max(newest))
+        })
+        .collect();
+    let mut deepest_first: Vec<&snapshotter::Info> = all.iter().collect();
+    deepest_first.sort_by_key(|i| std::cmp::Reverse(depth_of[&i.key]));
+    for info in &deepest_first {
+        if let Some(parent) = info.parent.as_deref() {
+            let t = last_used[&info.key];
+            if let Some(p) = last_used.get_mut(parent) {
+                *p = (*p).max(t);
+            }
+        }
+    }
+    // Ancestors of snapshots a live process uses stay.
+    let mut pinned_by_active: HashSet<String> = HashSet::new();
+    for info in all {
+        if info.kind != Kind::Committed && creator_alive(&info.key) {
+            let mut cur = info.parent.clone();
+            while let Some(k) = cur {
+                if !pinned_by_active.insert(k.clone()) {
+                    break;
+                }
+                cur = by_key.get(k.as_str()).and_then(|i| i.parent.clone());
+            }
+        }
+    }
+    SnapshotFacts {
+        chain_of,
+        depth_of,
+        last_used,
+        pinned_by_active,
+    }
+}
+
+/// Snapshots, each taking its cache key files out of `keys_by_snapshot`.
+fn snapshot_items(
+    snapshots: &Snapshotter,
+    keys_by_snapshot: &mut KeysBySnapshot,
+    (_, image_chains, image_diff_ids): &ImageRoots,
+) -> Result<Vec<Item>> {
+    let all = snapshots.walk()?;
+    let facts = snapshot_facts(&all, keys_by_snapshot);
+    let mut items = Vec::new();
+    for info in &all {
+        // A copy made on an empty tree (an automatic `--link`) holds one image layer on its
+        // own: the step's cache result, the same bytes as the layer stacked in the image.
+        let is_link_layer = info.parent.is_none()
+            && info
+                .labels
+                .get(LABEL_LAYER_DIFF_ID)
+                .is_some_and(|d| image_diff_ids.contains(d));
+        let is_image = is_link_layer
+            || facts.chain_of[&info.key]
+                .as_ref()
+                .is_some_and(|c| image_chains.contains(c));
+        let (kind, pinned) = match info.kind {
+            Kind::Committed if is_image => (EntryKind::ImageLayer, None),
+            Kind::Committed => (EntryKind::CacheResult, None),
+            _ if creator_alive(&info.key) => (EntryKind::Active, Some("in use")),
+            _ => (EntryKind::Active, None),
+        };
+        let pinned = pinned.or(facts
+            .pinned_by_active
+            .contains(&info.key)
+            .then_some("in use"));
+        let key_files = keys_by_snapshot
+            .remove(&info.key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let target = Target::Snapshot {
+            key: info.key.clone(),
+            parent: info.parent.clone(),
+            key_files,
+        };
+        let size = snapshots.usage(&info.key).unwrap_or(0);
+        let used = facts.last_used[&info.key];
+        let mut item = Item::plain(kind, info.key.clone(), size, used, target).pinned(pinned);
+        item.needs_all = kind == EntryKind::ImageLayer;
+        item.blobs = info
+            .labels
+            .get(LABEL_LAYER_DIGEST)
+            .cloned()
+            .into_iter()
+            .collect();
+        item.depth = facts.depth_of[&info.key];
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Records kept from imported caches.
+fn record_items(root: &Path, (_, image_chains, image_diff_ids): &ImageRoots) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for (name, path) in files_in(&cache_dir(root).join("records"))? {
+        let layers: Vec<CacheLayer> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let chain = chain_id(layers.iter().map(|l| &l.diff_id));
+        // As for snapshots: a whole image's stack, or one of its layers made on its own.
+        let is_link_layer = layers.len() == 1 && image_diff_ids.contains(&layers[0].diff_id);
+        let is_image = is_link_layer || chain.is_some_and(|c| image_chains.contains(&c));
+        let (size, used) = (disk_usage(&path), mtime_secs(&path));
+        let id = format!("sha256:{name}");
+        let mut item = Item::plain(EntryKind::CacheRecord, id, size, used, Target::Record(path));
+        item.needs_all = is_image;
+        item.blobs = layers.into_iter().map(|l| l.descriptor.digest).collect();
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Cache mounts; their lock file is touched on every use. A plain prune keeps them through
+/// `type_ok`, so that a type filter can name them.
+fn mount_items(root: &Path) -> Result<Vec<Item>> {
+    let locks = cache_dir(root).join("mount-locks");
+    let mut items = Vec::new();
+    for (name, path) in files_in(&mounts_dir(root))? {
+        let used = mtime_secs(&path).max(mtime_secs(&locks.join(&name)));
+        let target = Target::Mount(name.clone());
+        items.push(Item::plain(
+            EntryKind::CacheMount,
+            name,
+            disk_usage(&path),
+            used,
+            target,
+        ));
+    }
+    Ok(items)
+}
+
+/// Blobs; those a tagged image holds are pinned.
+fn blob_items(content: &ContentStore, image_blobs: &HashSet<String>) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for (digest, size) in content.list()? {
+        let pinned = image_blobs.contains(&digest).then_some("tagged image");
+        let used = mtime_secs(&content.blob_path(&digest));
+        let target = Target::Blob(digest.clone());
+        items.push(Item::plain(EntryKind::Blob, digest, size, used, target).pinned(pinned));
+    }
+    Ok(items)
+}
+
+/// Cache key files by the snapshot they name, with their mtimes.
+type KeysBySnapshot = HashMap<String, Vec<(PathBuf, u64)>>;
+
+impl Item {
+    /// An entry nothing pins, removed by a plain prune, naming no blobs.
+    fn plain(kind: EntryKind, id: String, size: u64, last_used: u64, target: Target) -> Self {
+        Item {
+            entry: Entry {
+                kind,
+                id,
+                size,
+                last_used,
+                reclaimable: false,
+                reclaimable_all: false,
+                kept_for: None,
+            },
+            target,
+            pinned: None,
+            needs_all: false,
+            blobs: Vec::new(),
+            depth: 0,
+        }
+    }
+
+    /// Pinned for `why` (also shown as the entry's `kept_for`).
+    fn pinned(mut self, why: Option<&'static str>) -> Self {
+        self.pinned = why;
+        self.entry.kept_for = why;
+        self
+    }
+}
+
+/// What the snapshot walk works out about each snapshot, by key.
+struct SnapshotFacts {
+    /// Chain id of the layers from the root to it (None when one has no diff id).
+    chain_of: HashMap<String, Option<String>>,
+    /// Number of ancestors.
+    depth_of: HashMap<String, usize>,
+    /// Newest of its creation, its cache keys and anything built on it.
+    last_used: HashMap<String, u64>,
+    /// Ancestors of snapshots a live process uses.
+    pinned_by_active: HashSet<String>,
+}
+
 impl Inventory {
     /// Looks at everything under `root`. Hold [`StoreLock`] (shared for a look, exclusive to prune).
     pub fn scan(root: &Path) -> Result<Self> {
         let content = ContentStore::open(root)?;
         let snapshots = Snapshotter::open(root)?;
         let images = ImageStore::open(root, content.clone())?;
-        let (image_blobs, image_chains, image_diff_ids) = image_roots(&images, &content)?;
-        let mut items = Vec::new();
-
-        // Cache keys: key file → snapshot name.
-        let mut keys_by_snapshot: HashMap<String, Vec<(PathBuf, u64)>> = HashMap::new();
-        for (_, path) in files_in(&cache_dir(root).join("keys"))? {
-            let Ok(name) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let mtime = mtime_secs(&path);
-            keys_by_snapshot
-                .entry(name)
-                .or_default()
-                .push((path, mtime));
-        }
-
-        // Snapshots.
-        let all = snapshots.walk()?;
-        let by_key: HashMap<&str, &snapshotter::Info> =
-            all.iter().map(|i| (i.key.as_str(), i)).collect();
-        let mut chain_of: HashMap<String, Option<String>> = HashMap::new();
-        let mut depth_of: HashMap<String, usize> = HashMap::new();
-        for info in &all {
-            // Ancestors, nearest first (metadata has no cycles: the snapshotter checks on mount).
-            let mut lineage = vec![info];
-            while let Some(parent) = lineage.last().and_then(|i| i.parent.as_deref()) {
-                match by_key.get(parent) {
-                    Some(p) if lineage.len() <= all.len() => lineage.push(p),
-                    _ => break,
-                }
-            }
-            depth_of.insert(info.key.clone(), lineage.len() - 1);
-            let diff_ids: Option<Vec<&String>> = lineage
-                .iter()
-                .rev()
-                .map(|i| i.labels.get(LABEL_LAYER_DIFF_ID))
-                .collect();
-            chain_of.insert(info.key.clone(), diff_ids.and_then(chain_id));
-        }
-        // Last use: creation, the cache keys naming it, and the last use of anything built on it.
-        let mut last_used: HashMap<String, u64> = all
-            .iter()
-            .map(|i| {
-                let keys = keys_by_snapshot.get(&i.key).into_iter().flatten();
-                let newest = keys.map(|(_, t)| *t).max().unwrap_or(0);
-                (i.key.clone(), i.created.max(newest))
-            })
-            .collect();
-        let mut deepest_first: Vec<&snapshotter::Info> = all.iter().collect();
-        deepest_first.sort_by_key(|i| std::cmp::Reverse(depth_of[&i.key]));
-        for info in &deepest_first {
-            if let Some(parent) = info.parent.as_deref() {
-                let t = last_used[&info.key];
-                if let Some(p) = last_used.get_mut(parent) {
-                    *p = (*p).max(t);
-                }
-            }
-        }
-        // Ancestors of snapshots a live process uses stay.
-        let mut pinned_by_active: HashSet<String> = HashSet::new();
-        for info in &all {
-            if info.kind != Kind::Committed && creator_alive(&info.key) {
-                let mut cur = info.parent.clone();
-                while let Some(k) = cur {
-                    if !pinned_by_active.insert(k.clone()) {
-                        break;
-                    }
-                    cur = by_key.get(k.as_str()).and_then(|i| i.parent.clone());
-                }
-            }
-        }
-        for info in &all {
-            // A copy made on an empty tree (an automatic `--link`) holds one image layer on its
-            // own: the step's cache result, the same bytes as the layer stacked in the image.
-            let is_link_layer = info.parent.is_none()
-                && info
-                    .labels
-                    .get(LABEL_LAYER_DIFF_ID)
-                    .is_some_and(|d| image_diff_ids.contains(d));
-            let is_image = is_link_layer
-                || chain_of[&info.key]
-                    .as_ref()
-                    .is_some_and(|c| image_chains.contains(c));
-            let (kind, pinned) = match info.kind {
-                Kind::Committed if is_image => (EntryKind::ImageLayer, None),
-                Kind::Committed => (EntryKind::CacheResult, None),
-                _ if creator_alive(&info.key) => (EntryKind::Active, Some("in use")),
-                _ => (EntryKind::Active, None),
-            };
-            let pinned = pinned.or(pinned_by_active.contains(&info.key).then_some("in use"));
-            let key_files = keys_by_snapshot
-                .remove(&info.key)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
-            items.push(Item {
-                entry: Entry {
-                    kind,
-                    id: info.key.clone(),
-                    size: snapshots.usage(&info.key).unwrap_or(0),
-                    last_used: last_used[&info.key],
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: pinned,
-                },
-                target: Target::Snapshot {
-                    key: info.key.clone(),
-                    parent: info.parent.clone(),
-                    key_files,
-                },
-                pinned,
-                needs_all: kind == EntryKind::ImageLayer,
-                blobs: info
-                    .labels
-                    .get(LABEL_LAYER_DIGEST)
-                    .cloned()
-                    .into_iter()
-                    .collect(),
-                depth: depth_of[&info.key],
-            });
-        }
+        let roots = image_roots(&images, &content)?;
+        let mut keys_by_snapshot = cache_keys(root)?;
+        let mut items = snapshot_items(&snapshots, &mut keys_by_snapshot, &roots)?;
         let dangling_keys = keys_by_snapshot
             .into_values()
             .flatten()
             .map(|(p, _)| p)
             .collect();
-
-        // Records kept from imported caches.
-        for (name, path) in files_in(&cache_dir(root).join("records"))? {
-            let layers: Vec<CacheLayer> = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            let chain = chain_id(layers.iter().map(|l| &l.diff_id));
-            // As for snapshots: a whole image's stack, or one of its layers made on its own.
-            let is_link_layer = layers.len() == 1 && image_diff_ids.contains(&layers[0].diff_id);
-            let is_image = is_link_layer || chain.is_some_and(|c| image_chains.contains(&c));
-            items.push(Item {
-                entry: Entry {
-                    kind: EntryKind::CacheRecord,
-                    id: format!("sha256:{name}"),
-                    size: disk_usage(&path),
-                    last_used: mtime_secs(&path),
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: None,
-                },
-                target: Target::Record(path),
-                pinned: None,
-                needs_all: is_image,
-                blobs: layers.into_iter().map(|l| l.descriptor.digest).collect(),
-                depth: 0,
-            });
-        }
-
-        // Cache mounts; their lock file is touched on every use.
-        let mounts = mounts_dir(root);
-        let locks = cache_dir(root).join("mount-locks");
-        for (name, path) in files_in(&mounts)? {
-            let used = mtime_secs(&path).max(mtime_secs(&locks.join(&name)));
-            items.push(Item {
-                entry: Entry {
-                    kind: EntryKind::CacheMount,
-                    id: name.clone(),
-                    size: disk_usage(&path),
-                    last_used: used,
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: None,
-                },
-                target: Target::Mount(name),
-                pinned: None,
-                // Kept by a plain prune through `type_ok`, so that a type filter can name them.
-                needs_all: false,
-                blobs: Vec::new(),
-                depth: 0,
-            });
-        }
-
+        items.extend(record_items(root, &roots)?);
+        items.extend(mount_items(root)?);
         // Build-context stat caches, rewritten by every build of that context.
         for (name, path) in files_in(&cache_dir(root).join("stat"))? {
-            items.push(Item {
-                entry: Entry {
-                    kind: EntryKind::ContextIndex,
-                    id: name,
-                    size: disk_usage(&path),
-                    last_used: mtime_secs(&path),
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: None,
-                },
-                target: Target::ContextIndex(path),
-                pinned: None,
-                needs_all: false,
-                blobs: Vec::new(),
-                depth: 0,
-            });
+            let (size, used) = (disk_usage(&path), mtime_secs(&path));
+            let target = Target::ContextIndex(path);
+            items.push(Item::plain(
+                EntryKind::ContextIndex,
+                name,
+                size,
+                used,
+                target,
+            ));
         }
-
-        // Blobs.
-        for (digest, size) in content.list()? {
-            let pinned = image_blobs.contains(&digest).then_some("tagged image");
-            items.push(Item {
-                entry: Entry {
-                    kind: EntryKind::Blob,
-                    last_used: mtime_secs(&content.blob_path(&digest)),
-                    id: digest.clone(),
-                    size,
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: pinned,
-                },
-                target: Target::Blob(digest),
-                pinned,
-                needs_all: false,
-                blobs: Vec::new(),
-                depth: 0,
-            });
-        }
-
+        items.extend(blob_items(&content, &roots.0)?);
         // Uploads; a killed process's are reclaimable, a live writer's are not.
         for upload in content.ingests() {
-            let pinned = upload.live.then_some("in use");
-            items.push(Item {
-                entry: Entry {
-                    kind: EntryKind::Upload,
-                    id: upload.name.clone(),
-                    size: upload.size,
-                    last_used: unix_secs(upload.modified),
-                    reclaimable: false,
-                    reclaimable_all: false,
-                    kept_for: pinned,
-                },
-                target: Target::Upload(upload.name),
-                pinned,
-                needs_all: false,
-                blobs: Vec::new(),
-                depth: 0,
-            });
+            let used = unix_secs(upload.modified);
+            let (id, size) = (upload.name.clone(), upload.size);
+            let item = Item::plain(
+                EntryKind::Upload,
+                id,
+                size,
+                used,
+                Target::Upload(upload.name),
+            );
+            items.push(item.pinned(upload.live.then_some("in use")));
         }
-
         let mut inventory = Inventory {
             root: root.to_path_buf(),
             snapshots,

@@ -4,7 +4,7 @@
 use crate::chmod::ModeSpec;
 use crate::context::{index_context, write_atomic, ContextIndex, LocalSource};
 use crate::fileop::{self, CopyOptions, Owner, SourceTree};
-use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op};
+use crate::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
 use crate::mounts::ExecConfig;
 use crate::multi::MultiSolveOutput;
 use crate::patterns::PatternMatcher;
@@ -122,6 +122,59 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Each output must be a valid root of `def` (no cycles, inputs in range).
+fn validate_outputs(def: &Definition, outputs: &[usize]) -> Result<(), SolveError> {
+    let mut checked = def.clone();
+    for &o in outputs {
+        checked.output = Some(o);
+        checked.validate().map_err(|e| SolveError {
+            vertex: None,
+            error: anyhow!(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// For each needed vertex, how many distinct inputs it waits for; for each vertex, the
+/// needed vertices that wait for it.
+fn dependency_counts(def: &Definition, needed: &[usize]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let n = def.vertices.len();
+    let mut pending: Vec<usize> = vec![0; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &i in needed {
+        let mut inputs = def.vertices[i].inputs.clone();
+        inputs.sort_unstable();
+        inputs.dedup();
+        pending[i] = inputs.len();
+        for j in inputs {
+            dependents[j].push(i);
+        }
+    }
+    (pending, dependents)
+}
+
+/// Steps run and steps answered from the cache.
+#[derive(Default)]
+struct StepTally {
+    executed: usize,
+    cached: usize,
+}
+
+impl StepTally {
+    /// Counts what progress shows as steps, not the empty tree, the context or the
+    /// stacking of a rebased copy.
+    fn count(&mut self, op: &Op, was_cached: bool) {
+        if matches!(op, Op::Scratch | Op::Local { .. } | Op::Rebase) {
+            return;
+        }
+        if was_cached {
+            self.cached += 1;
+        } else {
+            self.executed += 1;
+        }
+    }
 }
 
 /// Removes a mount point and its mount when dropped, so errors never leak mounts.
@@ -390,30 +443,12 @@ impl Solver {
         outputs: &[usize],
         cancel: &CancelToken,
     ) -> Result<MultiSolveOutput, SolveError> {
-        let mut checked = def.clone();
-        for &o in outputs {
-            checked.output = Some(o);
-            checked.validate().map_err(|e| SolveError {
-                vertex: None,
-                error: anyhow!(e),
-            })?;
-        }
+        validate_outputs(def, outputs)?;
         let def = Arc::new(def.clone());
         let needed = def.reachable_from(outputs);
-        let n = def.vertices.len();
-        let mut pending: Vec<usize> = vec![0; n];
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for &i in &needed {
-            let mut inputs = def.vertices[i].inputs.clone();
-            inputs.sort_unstable();
-            inputs.dedup();
-            pending[i] = inputs.len();
-            for j in inputs {
-                dependents[j].push(i);
-            }
-        }
-        let mut results: Vec<Option<(Ref, String)>> = vec![None; n];
-        let (mut executed, mut cached) = (0, 0);
+        let (mut pending, dependents) = dependency_counts(&def, &needed);
+        let mut results: Vec<Option<(Ref, String)>> = vec![None; def.vertices.len()];
+        let mut tally = StepTally::default();
         let mut set = tokio::task::JoinSet::new();
         let mut first_error: Option<SolveError> = None;
         let as_blob = Arc::new(self.layers_made_as_blobs(&def, &needed, &dependents));
@@ -451,24 +486,9 @@ impl Solver {
             };
             match res {
                 Ok((r, key, was_cached)) => {
-                    // Count what progress shows as steps, not the empty tree, the context
-                    // or the stacking of a rebased copy.
-                    let is_step = !matches!(
-                        def.vertices[i].op,
-                        Op::Scratch | Op::Local { .. } | Op::Rebase
-                    );
-                    match (is_step, was_cached) {
-                        (false, _) => {}
-                        (true, true) => cached += 1,
-                        (true, false) => executed += 1,
-                    }
-                    if !was_cached
-                        && self.layer_export.mtime_clamp.is_none()
-                        && self.layer_is_stacked_later(&def, i, &dependents[i])
-                    {
-                        // Compress the layer while the steps its stacking waits for still run.
-                        let (this, r) = (self.clone(), r.clone());
-                        tokio::task::spawn_blocking(move || this.export_layers(&r));
+                    tally.count(&def.vertices[i].op, was_cached);
+                    if !was_cached {
+                        self.export_early_if_stacked(&def, i, &dependents[i], &r);
                     }
                     results[i] = Some((r, key));
                     if first_error.is_some() {
@@ -508,10 +528,27 @@ impl Solver {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MultiSolveOutput {
             outputs,
-            executed,
-            cached,
+            executed: tally.executed,
+            cached: tally.cached,
             results,
         })
+    }
+
+    /// Compresses a fresh layer that a dependent stacks (`COPY --link`, a rebased copy)
+    /// while the steps its stacking waits for still run.
+    fn export_early_if_stacked(
+        self: &Arc<Self>,
+        def: &Definition,
+        i: usize,
+        dependents: &[usize],
+        r: &Ref,
+    ) {
+        if self.layer_export.mtime_clamp.is_none()
+            && self.layer_is_stacked_later(def, i, dependents)
+        {
+            let (this, r) = (self.clone(), r.clone());
+            tokio::task::spawn_blocking(move || this.export_layers(&r));
+        }
     }
 
     /// Whether vertex `i`'s layer will be stacked onto another tree by a dependent
@@ -566,7 +603,6 @@ impl Solver {
         }
         let v = &def.vertices[i];
         let name = v.name.clone();
-        let progress = &self.progress;
         match &v.op {
             Op::Scratch => Ok((Ref::Scratch, "scratch".into(), true)),
             Op::Local { name: local } => {
@@ -579,30 +615,7 @@ impl Solver {
             Op::Image {
                 reference,
                 platform,
-            } => {
-                let started = now();
-                let (r, key, was_cached) = self.unpack_image(reference, platform)?;
-                if was_cached {
-                    progress.send(Event::Cached {
-                        vertex: i,
-                        name,
-                        time: started,
-                    });
-                } else {
-                    progress.send(Event::Started {
-                        vertex: i,
-                        name: name.clone(),
-                        time: started,
-                    });
-                    progress.send(Event::Completed {
-                        vertex: i,
-                        name,
-                        time: now(),
-                        error: None,
-                    });
-                }
-                Ok((r, key, was_cached))
-            }
+            } => self.run_image_vertex(i, name, reference, platform),
             Op::Exec(exec) => {
                 let op_json = serde_json::to_vec(&v.op)?;
                 let input_keys = self.exec_input_keys(exec, inputs)?;
@@ -613,28 +626,7 @@ impl Solver {
                     self.run_exec(i, exec, inputs, cancel)
                 })
             }
-            Op::File(file) => {
-                let op_json = serde_json::to_vec(&v.op)?;
-                let mut input_keys = Vec::new();
-                for (n, (r, k)) in inputs.iter().enumerate() {
-                    input_keys.push(match r {
-                        Ref::Local(local) => self.local_sources_checksum(local, file, n)?,
-                        _ => k.clone(),
-                    });
-                }
-                let mut parts: Vec<&[u8]> = vec![b"file", &op_json];
-                parts.extend(input_keys.iter().map(|k| k.as_bytes()));
-                let key = sha256_hex(&parts);
-                self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
-                    if as_blob {
-                        // Anything the staging area cannot hold (size, xattrs) is copied on disk.
-                        if let Ok(made) = self.run_file_as_blob(file, inputs) {
-                            return Ok(made);
-                        }
-                    }
-                    self.run_file(file, inputs)
-                })
-            }
+            Op::File(file) => self.run_file_vertex(v, i, file, inputs, as_blob),
             Op::Rebase => {
                 let (base, layer) = match inputs {
                     [base, layer, ..] => (base, layer),
@@ -658,43 +650,7 @@ impl Solver {
                 url,
                 filename,
                 checksum,
-            } => {
-                // A pinned checksum is the key; otherwise the content is, so download first.
-                let (key, fetched) = match checksum {
-                    Some(c) => {
-                        crate::http::validate_checksum(c)?;
-                        (
-                            sha256_hex(&[b"http", filename.as_bytes(), c.as_bytes()]),
-                            None,
-                        )
-                    }
-                    None => {
-                        let f = crate::http::fetch(self, url, filename)?;
-                        let mtime = f.mtime.unwrap_or(-1).to_string();
-                        let key = sha256_hex(&[
-                            b"http",
-                            filename.as_bytes(),
-                            f.digest.as_bytes(),
-                            mtime.as_bytes(),
-                        ]);
-                        (key, Some(f))
-                    }
-                };
-                let unused = fetched.as_ref().map(|f| f.active.clone());
-                let mut fetched = fetched;
-                let res = self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
-                    let f = match fetched.take() {
-                        Some(f) => f,
-                        None => crate::http::fetch(self, url, filename)?,
-                    };
-                    crate::http::commit(self, f, url, checksum.as_deref())
-                });
-                if let (Some(active), Some(_)) = (unused, fetched) {
-                    // Answered from the cache: the download was not needed.
-                    let _ = self.snapshots.remove(&active);
-                }
-                res
-            }
+            } => self.run_http_vertex(v, i, inputs, url, filename, checksum.as_deref()),
             Op::Git {
                 remote,
                 reference,
@@ -714,6 +670,116 @@ impl Solver {
                 })
             }
         }
+    }
+
+    /// Pulls and unpacks a base image; its progress is the pull, or a cache hit.
+    fn run_image_vertex(
+        &self,
+        i: usize,
+        name: String,
+        reference: &str,
+        platform: &str,
+    ) -> Result<(Ref, String, bool)> {
+        let started = now();
+        let (r, key, was_cached) = self.unpack_image(reference, platform)?;
+        if was_cached {
+            self.progress.send(Event::Cached {
+                vertex: i,
+                name,
+                time: started,
+            });
+        } else {
+            self.progress.send(Event::Started {
+                vertex: i,
+                name: name.clone(),
+                time: started,
+            });
+            self.progress.send(Event::Completed {
+                vertex: i,
+                name,
+                time: now(),
+                error: None,
+            });
+        }
+        Ok((r, key, was_cached))
+    }
+
+    /// A file op, keyed by its inputs' keys (a context input by the sources it reads).
+    fn run_file_vertex(
+        &self,
+        v: &Vertex,
+        i: usize,
+        file: &FileOp,
+        inputs: &[(Ref, String)],
+        as_blob: bool,
+    ) -> Result<(Ref, String, bool)> {
+        let op_json = serde_json::to_vec(&v.op)?;
+        let mut input_keys = Vec::new();
+        for (n, (r, k)) in inputs.iter().enumerate() {
+            input_keys.push(match r {
+                Ref::Local(local) => self.local_sources_checksum(local, file, n)?,
+                _ => k.clone(),
+            });
+        }
+        let mut parts: Vec<&[u8]> = vec![b"file", &op_json];
+        parts.extend(input_keys.iter().map(|k| k.as_bytes()));
+        let key = sha256_hex(&parts);
+        self.cached_or_run(i, &v.name, &key, v.ignore_cache, inputs, || {
+            if as_blob {
+                // Anything the staging area cannot hold (size, xattrs) is copied on disk.
+                if let Ok(made) = self.run_file_as_blob(file, inputs) {
+                    return Ok(made);
+                }
+            }
+            self.run_file(file, inputs)
+        })
+    }
+
+    /// A download. A pinned checksum is the key; otherwise the content is, so it is
+    /// downloaded first (and dropped if the cache answers).
+    fn run_http_vertex(
+        &self,
+        v: &Vertex,
+        i: usize,
+        inputs: &[(Ref, String)],
+        url: &str,
+        filename: &str,
+        checksum: Option<&str>,
+    ) -> Result<(Ref, String, bool)> {
+        let (key, fetched) = match checksum {
+            Some(c) => {
+                crate::http::validate_checksum(c)?;
+                (
+                    sha256_hex(&[b"http", filename.as_bytes(), c.as_bytes()]),
+                    None,
+                )
+            }
+            None => {
+                let f = crate::http::fetch(self, url, filename)?;
+                let mtime = f.mtime.unwrap_or(-1).to_string();
+                let key = sha256_hex(&[
+                    b"http",
+                    filename.as_bytes(),
+                    f.digest.as_bytes(),
+                    mtime.as_bytes(),
+                ]);
+                (key, Some(f))
+            }
+        };
+        let unused = fetched.as_ref().map(|f| f.active.clone());
+        let mut fetched = fetched;
+        let res = self.cached_or_run(i, &v.name, &key, v.ignore_cache, inputs, || {
+            let f = match fetched.take() {
+                Some(f) => f,
+                None => crate::http::fetch(self, url, filename)?,
+            };
+            crate::http::commit(self, f, url, checksum)
+        });
+        if let (Some(active), Some(_)) = (unused, fetched) {
+            // Answered from the cache: the download was not needed.
+            let _ = self.snapshots.remove(&active);
+        }
+        res
     }
 
     /// Reports a step's progress; steps without a name are internal and not shown.

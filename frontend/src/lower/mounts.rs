@@ -109,6 +109,26 @@ pub fn parse_size(value: &str) -> Option<u64> {
     (n >= 0.0 && n.is_finite()).then_some((n * mult as f64) as u64)
 }
 
+/// The fields of one `--mount` value, expanded and checked one by one.
+#[derive(Default)]
+struct MountFields {
+    kind: String,
+    target: Option<String>,
+    source: Option<String>,
+    from: Option<String>,
+    readonly: Option<bool>,
+    id: Option<String>,
+    sharing: Option<CacheSharing>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u32>,
+    size: Option<u64>,
+    required: bool,
+    env: Option<String>,
+    /// Every key given, to check against the mount type's keys.
+    seen_keys: Vec<String>,
+}
+
 /// Parses one `--mount` value. `expand` expands variables in a value; `ssh_count`
 /// numbers the default targets of ssh mounts in one RUN.
 pub fn parse_mount(
@@ -116,101 +136,45 @@ pub fn parse_mount(
     expand: &dyn Fn(&str) -> Result<String, String>,
     ssh_count: &mut usize,
 ) -> Result<ParsedMount, String> {
-    let mut kind = "bind".to_string();
-    let mut target = None;
-    let mut source = None;
-    let mut from = None;
-    let mut readonly: Option<bool> = None;
-    let mut id = None;
-    let mut sharing = None;
-    let (mut uid, mut gid, mut mode) = (None, None, None);
-    let mut size = None;
-    let mut required = false;
-    let mut env = None;
-    let mut seen_keys = Vec::new();
+    let mut fields = MountFields {
+        kind: "bind".to_string(),
+        ..Default::default()
+    };
     for field in csv_fields(value)? {
         let field = field.trim();
-        if field.is_empty() {
-            continue;
-        }
-        let (key, raw) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
-            None => (field.to_ascii_lowercase(), None),
-        };
-        if !MOUNT_KEYS.contains(&key.as_str()) {
-            let hint = suggest(&key, MOUNT_KEYS.iter().copied())
-                .map(|s| format!("; did you mean {s}?"))
-                .unwrap_or_default();
-            return Err(format!("unexpected key '{key}' in '{field}'{hint}"));
-        }
-        seen_keys.push(key.clone());
-        // Keys that are flags may stand alone (`ro`, `required`); others need a value.
-        let is_flag = matches!(
-            key.as_str(),
-            "ro" | "readonly" | "rw" | "readwrite" | "required"
-        );
-        let value = match raw {
-            Some(v) => expand(v)?,
-            None if is_flag => String::new(),
-            None => return Err(format!("invalid field '{field}': {key} requires a value")),
-        };
-        match key.as_str() {
-            "type" => {
-                let t = value.to_ascii_lowercase();
-                if !MOUNT_TYPES.contains(&t.as_str()) {
-                    let hint = suggest(&t, MOUNT_TYPES.iter().copied())
-                        .map(|s| format!("; did you mean {s}?"))
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "unsupported mount type {value:?} (use bind, cache, tmpfs, secret or ssh){hint}"
-                    ));
-                }
-                kind = t;
-            }
-            "target" | "dst" | "destination" => target = Some(value),
-            "source" | "src" => source = Some(value),
-            "from" => from = Some(value),
-            "ro" | "readonly" => readonly = Some(parse_bool(&key, &value)?),
-            "rw" | "readwrite" => readonly = Some(!parse_bool(&key, &value)?),
-            "required" => required = parse_bool(&key, &value)?,
-            "id" => id = Some(value),
-            "sharing" => {
-                sharing = Some(match value.to_ascii_lowercase().as_str() {
-                    "shared" => CacheSharing::Shared,
-                    "private" => CacheSharing::Private,
-                    "locked" => CacheSharing::Locked,
-                    _ => {
-                        return Err(format!(
-                            "unsupported sharing value {value:?} (use shared, private or locked)"
-                        ))
-                    }
-                })
-            }
-            "uid" | "gid" => {
-                let n: u32 = value
-                    .parse()
-                    .map_err(|_| format!("invalid {key} {value:?}: expected a number"))?;
-                if key == "uid" {
-                    uid = Some(n);
-                } else {
-                    gid = Some(n);
-                }
-            }
-            "mode" => {
-                mode = Some(u32::from_str_radix(&value, 8).map_err(|_| {
-                    format!("invalid mode {value:?}: expected an octal mode such as 0755")
-                })?)
-            }
-            "size" => {
-                size = Some(parse_size(&value).ok_or_else(|| {
-                    format!("invalid size {value:?}: expected bytes, e.g. 64m or 1g")
-                })?)
-            }
-            "env" => env = Some(value),
-            _ => unreachable!("keys are checked above"),
+        if !field.is_empty() {
+            fields.read(field, expand)?;
         }
     }
-    let allowed: &[&str] = match kind.as_str() {
+    let allowed = keys_of_type(&fields.kind);
+    if let Some(k) = fields
+        .seen_keys
+        .iter()
+        .find(|k| !allowed.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unexpected key '{k}' for mount type {}",
+            fields.kind
+        ));
+    }
+    match fields.kind.as_str() {
+        "bind" => fields.bind(),
+        "tmpfs" => Ok(ParsedMount {
+            mount: ExecMount {
+                target: fields.need_target()?,
+                kind: MountKind::Tmpfs { size: fields.size },
+            },
+            input: MountInput::None,
+        }),
+        "cache" => fields.cache(),
+        "secret" => fields.secret(),
+        _ => Ok(fields.ssh(ssh_count)),
+    }
+}
+
+/// The keys a mount type takes.
+fn keys_of_type(kind: &str) -> &'static [&'static str] {
+    match kind {
         "bind" => &[
             "type",
             "target",
@@ -266,113 +230,212 @@ pub fn parse_mount(
             "gid",
             "mode",
         ],
-    };
-    if let Some(k) = seen_keys.iter().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(format!("unexpected key '{k}' for mount type {kind}"));
     }
-    let owner = |default_mode: u32| MountOwner {
-        uid: uid.unwrap_or(0),
-        gid: gid.unwrap_or(0),
-        mode: mode.unwrap_or(default_mode),
-    };
-    let need_target = |t: Option<String>| {
-        t.filter(|t| !t.is_empty())
-            .ok_or_else(|| format!("mount type {kind} requires a target (target=/path)"))
-    };
-    let (target, kind, input) = match kind.as_str() {
-        "bind" => {
-            let input = match from {
-                Some(f) => MountInput::From(f),
-                None => MountInput::Context,
-            };
-            (
-                need_target(target)?,
-                MountKind::Bind {
-                    input: 0,
-                    source: source.unwrap_or_else(|| "/".into()),
-                    readonly: readonly.unwrap_or(true),
-                },
-                input,
-            )
+}
+
+impl MountFields {
+    /// One `key=value` (or lone flag key) field.
+    fn read(
+        &mut self,
+        field: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let (key, raw) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        if !MOUNT_KEYS.contains(&key.as_str()) {
+            let hint = suggest(&key, MOUNT_KEYS.iter().copied())
+                .map(|s| format!("; did you mean {s}?"))
+                .unwrap_or_default();
+            return Err(format!("unexpected key '{key}' in '{field}'{hint}"));
         }
-        "tmpfs" => (
-            need_target(target)?,
-            MountKind::Tmpfs { size },
-            MountInput::None,
-        ),
-        "cache" => {
-            let target = need_target(target)?;
-            let (base, input) = match from {
-                Some(f) => (
-                    Some((0, source.unwrap_or_else(|| "/".into()))),
-                    MountInput::From(f),
-                ),
-                None => (None, MountInput::None),
-            };
-            (
-                target.clone(),
-                MountKind::Cache {
-                    id: id.filter(|i| !i.is_empty()).unwrap_or(target),
-                    sharing: sharing.unwrap_or_default(),
-                    readonly: readonly.unwrap_or(false),
-                    base,
-                    owner: owner(0o755),
-                },
-                input,
-            )
-        }
-        "secret" => {
-            let id = match (id.filter(|i| !i.is_empty()), &target) {
-                (Some(i), _) => i,
-                (None, Some(t)) if !t.is_empty() => t
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-                _ => {
-                    return Err(
-                        "secret mount requires an id or a target (id=mysecret or target=/path)"
-                            .into(),
-                    )
+        self.seen_keys.push(key.clone());
+        // Keys that are flags may stand alone (`ro`, `required`); others need a value.
+        let is_flag = matches!(
+            key.as_str(),
+            "ro" | "readonly" | "rw" | "readwrite" | "required"
+        );
+        let value = match raw {
+            Some(v) => expand(v)?,
+            None if is_flag => String::new(),
+            None => return Err(format!("invalid field '{field}': {key} requires a value")),
+        };
+        self.set(&key, value)
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<(), String> {
+        match key {
+            "type" => self.kind = mount_type(&value)?,
+            "target" | "dst" | "destination" => self.target = Some(value),
+            "source" | "src" => self.source = Some(value),
+            "from" => self.from = Some(value),
+            "ro" | "readonly" => self.readonly = Some(parse_bool(key, &value)?),
+            "rw" | "readwrite" => self.readonly = Some(!parse_bool(key, &value)?),
+            "required" => self.required = parse_bool(key, &value)?,
+            "id" => self.id = Some(value),
+            "sharing" => self.sharing = Some(cache_sharing(&value)?),
+            "uid" | "gid" => {
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| format!("invalid {key} {value:?}: expected a number"))?;
+                if key == "uid" {
+                    self.uid = Some(n);
+                } else {
+                    self.gid = Some(n);
                 }
-            };
-            let target = match (target, &env) {
-                (Some(t), _) => t,
-                (None, Some(_)) => String::new(),
-                (None, None) => format!("/run/secrets/{id}"),
-            };
-            (
-                target,
-                MountKind::Secret {
-                    id,
-                    required,
-                    env,
-                    owner: owner(0o400),
-                },
-                MountInput::None,
-            )
+            }
+            "mode" => {
+                self.mode = Some(u32::from_str_radix(&value, 8).map_err(|_| {
+                    format!("invalid mode {value:?}: expected an octal mode such as 0755")
+                })?)
+            }
+            "size" => {
+                self.size = Some(parse_size(&value).ok_or_else(|| {
+                    format!("invalid size {value:?}: expected bytes, e.g. 64m or 1g")
+                })?)
+            }
+            "env" => self.env = Some(value),
+            _ => unreachable!("keys are checked before"),
         }
-        _ => {
-            let target = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_count}"));
-            *ssh_count += 1;
-            (
-                target,
-                MountKind::Ssh {
-                    id: id
-                        .filter(|i| !i.is_empty())
-                        .unwrap_or_else(|| "default".into()),
-                    required,
-                    owner: owner(0o600),
-                },
-                MountInput::None,
-            )
+        Ok(())
+    }
+
+    fn owner(&self, default_mode: u32) -> MountOwner {
+        MountOwner {
+            uid: self.uid.unwrap_or(0),
+            gid: self.gid.unwrap_or(0),
+            mode: self.mode.unwrap_or(default_mode),
         }
-    };
-    Ok(ParsedMount {
-        mount: ExecMount { target, kind },
-        input,
-    })
+    }
+
+    fn need_target(&self) -> Result<String, String> {
+        self.target
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("mount type {} requires a target (target=/path)", self.kind))
+    }
+
+    fn bind(self) -> Result<ParsedMount, String> {
+        let target = self.need_target()?;
+        let input = match self.from {
+            Some(f) => MountInput::From(f),
+            None => MountInput::Context,
+        };
+        let kind = MountKind::Bind {
+            input: 0,
+            source: self.source.unwrap_or_else(|| "/".into()),
+            readonly: self.readonly.unwrap_or(true),
+        };
+        Ok(ParsedMount {
+            mount: ExecMount { target, kind },
+            input,
+        })
+    }
+
+    fn cache(self) -> Result<ParsedMount, String> {
+        let target = self.need_target()?;
+        let owner = self.owner(0o755);
+        let (base, input) = match self.from {
+            Some(f) => (
+                Some((0, self.source.unwrap_or_else(|| "/".into()))),
+                MountInput::From(f),
+            ),
+            None => (None, MountInput::None),
+        };
+        let kind = MountKind::Cache {
+            id: self
+                .id
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| target.clone()),
+            sharing: self.sharing.unwrap_or_default(),
+            readonly: self.readonly.unwrap_or(false),
+            base,
+            owner,
+        };
+        Ok(ParsedMount {
+            mount: ExecMount { target, kind },
+            input,
+        })
+    }
+
+    fn secret(self) -> Result<ParsedMount, String> {
+        let owner = self.owner(0o400);
+        let id = match (self.id.filter(|i| !i.is_empty()), &self.target) {
+            (Some(i), _) => i,
+            (None, Some(t)) if !t.is_empty() => t
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            _ => {
+                return Err(
+                    "secret mount requires an id or a target (id=mysecret or target=/path)".into(),
+                )
+            }
+        };
+        let target = match (self.target, &self.env) {
+            (Some(t), _) => t,
+            (None, Some(_)) => String::new(),
+            (None, None) => format!("/run/secrets/{id}"),
+        };
+        let kind = MountKind::Secret {
+            id,
+            required: self.required,
+            env: self.env,
+            owner,
+        };
+        Ok(ParsedMount {
+            mount: ExecMount { target, kind },
+            input: MountInput::None,
+        })
+    }
+
+    fn ssh(self, ssh_count: &mut usize) -> ParsedMount {
+        let owner = self.owner(0o600);
+        let target = self
+            .target
+            .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_count}"));
+        *ssh_count += 1;
+        let kind = MountKind::Ssh {
+            id: self
+                .id
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            required: self.required,
+            owner,
+        };
+        ParsedMount {
+            mount: ExecMount { target, kind },
+            input: MountInput::None,
+        }
+    }
+}
+
+/// `type=`, lowercased, one of [`MOUNT_TYPES`].
+fn mount_type(value: &str) -> Result<String, String> {
+    let t = value.to_ascii_lowercase();
+    if !MOUNT_TYPES.contains(&t.as_str()) {
+        let hint = suggest(&t, MOUNT_TYPES.iter().copied())
+            .map(|s| format!("; did you mean {s}?"))
+            .unwrap_or_default();
+        return Err(format!(
+            "unsupported mount type {value:?} (use bind, cache, tmpfs, secret or ssh){hint}"
+        ));
+    }
+    Ok(t)
+}
+
+fn cache_sharing(value: &str) -> Result<CacheSharing, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "shared" => Ok(CacheSharing::Shared),
+        "private" => Ok(CacheSharing::Private),
+        "locked" => Ok(CacheSharing::Locked),
+        _ => Err(format!(
+            "unsupported sharing value {value:?} (use shared, private or locked)"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
-//! Lowering of RUN (flags, mounts, heredocs) and COPY/ADD (flags, heredocs, remote sources).
+//! Lowering of RUN (flags, mounts, heredocs) and what COPY/ADD share with it.
 
 use super::mounts::{parse_mount, MountInput};
-use super::sources::{http_filename, is_git_url, is_http_url, parse_git, validate_chmod};
 use super::*;
 use llb::graph::{ExecMount, MountKind};
 
@@ -47,7 +46,7 @@ pub(super) fn collect_flags(
     Ok(out)
 }
 
-fn flag_bool(name: &str, value: &str) -> Result<bool, String> {
+pub(super) fn flag_bool(name: &str, value: &str) -> Result<bool, String> {
     match value {
         "true" | "" => Ok(true),
         "false" => Ok(false),
@@ -143,7 +142,11 @@ impl Lowerer<'_> {
         ))
     }
 
-    fn mkfile_vertex(&mut self, files: Vec<(String, Vec<u8>, u32)>, name: &str) -> usize {
+    pub(super) fn mkfile_vertex(
+        &mut self,
+        files: Vec<(String, Vec<u8>, u32)>,
+        name: &str,
+    ) -> usize {
         self.add(
             Vertex {
                 op: Op::File(FileOp {
@@ -201,6 +204,14 @@ fn run_command(state: &StageState, ins: &Instruction) -> (Vec<String>, Option<(S
     (args, None)
 }
 
+/// RUN's flags, expanded: the mounts with the inputs they read, network and security.
+struct RunFlags {
+    inputs: Vec<usize>,
+    mounts: Vec<ExecMount>,
+    network: NetworkMode,
+    insecure: bool,
+}
+
 pub(super) fn lower_run(
     l: &mut Lowerer,
     cx: &StageCtx,
@@ -212,11 +223,13 @@ pub(super) fn lower_run(
     let flags = collect_flags(ins, &["mount", "network", "security"])
         .map_err(|e| l.err_near(ins, "--", e))?;
     let root = l.or_scratch(state.vertex);
-    let mut inputs = vec![root];
-    let mut mounts: Vec<ExecMount> = Vec::new();
     let defaults = &l.opts.run;
-    let mut network = defaults.network.unwrap_or(NetworkMode::Host);
-    let mut insecure = false;
+    let mut run = RunFlags {
+        inputs: vec![root],
+        mounts: Vec::new(),
+        network: defaults.network.unwrap_or(NetworkMode::Host),
+        insecure: false,
+    };
     let mut ssh_count = 0;
     for (flag, raw) in &flags {
         let needle = format!("--{flag}");
@@ -224,83 +237,9 @@ pub(super) fn lower_run(
             .expand(ins, env, raw, cx.escape)
             .map_err(|e| l.err_near(ins, &needle, e.message))?;
         match flag.as_str() {
-            "network" => {
-                network = match value.as_str() {
-                    "default" => NetworkMode::Host,
-                    "host" if defaults.entitlements.network_host => NetworkMode::Host,
-                    "host" => {
-                        return Err(l.err_near(
-                            ins,
-                            &needle,
-                            "network.host is not allowed: RUN --network=host needs the network.host entitlement (build flag --allow network.host)",
-                        ))
-                    }
-                    "none" => NetworkMode::None,
-                    other => {
-                        let hint = suggest(other, ["default", "none", "host"])
-                            .map(|s| format!("; did you mean {s}?"))
-                            .unwrap_or_default();
-                        return Err(l.err_near(
-                            ins,
-                            &needle,
-                            format!("unsupported network mode {other:?}; use default, none or host{hint}"),
-                        ));
-                    }
-                }
-            }
-            "security" => match value.as_str() {
-                "sandbox" => {}
-                "insecure" if defaults.entitlements.security_insecure => insecure = true,
-                "insecure" => {
-                    return Err(l.err_near(
-                        ins,
-                        &needle,
-                        "security.insecure is not allowed: RUN --security=insecure needs the security.insecure entitlement (build flag --allow security.insecure)",
-                    ))
-                }
-                other => {
-                    return Err(l.err_near(
-                        ins,
-                        &needle,
-                        format!("unsupported security mode {other:?}; use sandbox or insecure"),
-                    ))
-                }
-            },
-            _ => {
-                let expand = |s: &str| -> Result<String, String> {
-                    l.expand(ins, env, s, cx.escape).map_err(|e| e.message)
-                };
-                // The whole value is expanded per field, so quotes inside fields survive.
-                let mut parsed = parse_mount(raw, &expand, &mut ssh_count)
-                    .map_err(|e| l.err_near(ins, &needle, format!("--mount: {e}")))?;
-                let input = match &parsed.input {
-                    MountInput::None => None,
-                    MountInput::Context => Some(l.context_vertex()),
-                    MountInput::From(f) => {
-                        Some(l.source_for_from(cx, ins, "--mount from", f, &state.platform)?)
-                    }
-                };
-                if let Some(v) = input {
-                    inputs.push(v);
-                    parsed.set_input(inputs.len() - 1);
-                }
-                // A relative target is below the working directory (a cache id keeps the raw text).
-                let target = &mut parsed.mount.target;
-                if !target.is_empty() && !target.starts_with('/') {
-                    let workdir = state.config.config.working_dir.as_deref().unwrap_or("/");
-                    *target = join_path(workdir, target, false);
-                }
-                if mounts.iter().any(|m| {
-                    m.target == parsed.mount.target && !parsed.mount.target.is_empty()
-                }) {
-                    return Err(l.err_near(
-                        ins,
-                        &needle,
-                        format!("--mount: two mounts share the target {}", parsed.mount.target),
-                    ));
-                }
-                mounts.push(parsed.mount);
-            }
+            "network" => run.network = network_mode(l, ins, &value)?,
+            "security" => run.insecure = insecure_mode(l, ins, &value)?,
+            _ => add_mount(l, cx, state, ins, env, raw, &mut run, &mut ssh_count)?,
         }
     }
     let (args, script) = run_command(state, ins);
@@ -309,16 +248,140 @@ pub(super) fn lower_run(
             vec![(format!("/{file}"), data.into_bytes(), 0o755)],
             "[internal] preparing inline document",
         );
-        inputs.push(v);
-        mounts.push(ExecMount {
+        run.inputs.push(v);
+        run.mounts.push(ExecMount {
             target: "/dev/pipes/".into(),
             kind: MountKind::Bind {
-                input: inputs.len() - 1,
+                input: run.inputs.len() - 1,
                 source: "/".into(),
                 readonly: true,
             },
         });
     }
+    let defaults = &l.opts.run;
+    let config = &state.config.config;
+    let exec = ExecOp {
+        args: args.clone(),
+        env: run_env(l, state),
+        cwd: config.working_dir.clone().unwrap_or_else(|| "/".into()),
+        user: config.user.clone().unwrap_or_default(),
+        network: run.network,
+        mounts: run.mounts,
+        insecure: run.insecure,
+        extra_hosts: defaults.extra_hosts.clone(),
+        ulimits: defaults.ulimits.clone(),
+        shm_size: defaults.shm_size,
+    };
+    let vertex = l.add(
+        Vertex {
+            op: Op::Exec(exec),
+            inputs: run.inputs,
+            name,
+            ignore_cache: cx.no_cache,
+        },
+        Some(ins),
+    );
+    Ok((vertex, args))
+}
+
+/// `RUN --network=`: default (the host's, as the sandbox has no other), none, or host
+/// with the entitlement.
+fn network_mode(
+    l: &Lowerer,
+    ins: &Instruction,
+    value: &str,
+) -> Result<NetworkMode, DockerfileError> {
+    match value {
+        "default" => Ok(NetworkMode::Host),
+        "host" if l.opts.run.entitlements.network_host => Ok(NetworkMode::Host),
+        "host" => Err(l.err_near(
+            ins,
+            "--network",
+            "network.host is not allowed: RUN --network=host needs the network.host entitlement (build flag --allow network.host)",
+        )),
+        "none" => Ok(NetworkMode::None),
+        other => {
+            let hint = suggest(other, ["default", "none", "host"])
+                .map(|s| format!("; did you mean {s}?"))
+                .unwrap_or_default();
+            Err(l.err_near(
+                ins,
+                "--network",
+                format!("unsupported network mode {other:?}; use default, none or host{hint}"),
+            ))
+        }
+    }
+}
+
+/// `RUN --security=`: sandbox, or insecure with the entitlement (true).
+fn insecure_mode(l: &Lowerer, ins: &Instruction, value: &str) -> Result<bool, DockerfileError> {
+    match value {
+        "sandbox" => Ok(false),
+        "insecure" if l.opts.run.entitlements.security_insecure => Ok(true),
+        "insecure" => Err(l.err_near(
+            ins,
+            "--security",
+            "security.insecure is not allowed: RUN --security=insecure needs the security.insecure entitlement (build flag --allow security.insecure)",
+        )),
+        other => Err(l.err_near(
+            ins,
+            "--security",
+            format!("unsupported security mode {other:?}; use sandbox or insecure"),
+        )),
+    }
+}
+
+/// One `--mount=`: parsed, its input added, its target made absolute and unique.
+#[allow(clippy::too_many_arguments)]
+fn add_mount(
+    l: &mut Lowerer,
+    cx: &StageCtx,
+    state: &StageState,
+    ins: &Instruction,
+    env: &[(String, String)],
+    raw: &str,
+    run: &mut RunFlags,
+    ssh_count: &mut usize,
+) -> Result<(), DockerfileError> {
+    let needle = "--mount";
+    let expand = |s: &str| -> Result<String, String> {
+        l.expand(ins, env, s, cx.escape).map_err(|e| e.message)
+    };
+    // The whole value is expanded per field, so quotes inside fields survive.
+    let mut parsed = parse_mount(raw, &expand, ssh_count)
+        .map_err(|e| l.err_near(ins, needle, format!("--mount: {e}")))?;
+    let input = match &parsed.input {
+        MountInput::None => None,
+        MountInput::Context => Some(l.context_vertex()),
+        MountInput::From(f) => {
+            Some(l.source_for_from(cx, ins, "--mount from", f, &state.platform)?)
+        }
+    };
+    if let Some(v) = input {
+        run.inputs.push(v);
+        parsed.set_input(run.inputs.len() - 1);
+    }
+    // A relative target is below the working directory (a cache id keeps the raw text).
+    let target = &mut parsed.mount.target;
+    if !target.is_empty() && !target.starts_with('/') {
+        let workdir = state.config.config.working_dir.as_deref().unwrap_or("/");
+        *target = join_path(workdir, target, false);
+    }
+    let target = &parsed.mount.target;
+    if !target.is_empty() && run.mounts.iter().any(|m| m.target == *target) {
+        return Err(l.err_near(
+            ins,
+            needle,
+            format!("--mount: two mounts share the target {target}"),
+        ));
+    }
+    run.mounts.push(parsed.mount);
+    Ok(())
+}
+
+/// The step's environment: the image's ENV, with ARGs (over ENV where set after it) and
+/// the proxy build args.
+fn run_env(l: &Lowerer, state: &StageState) -> Vec<String> {
     let mut run_env = state.config.config.env.clone();
     for (k, v) in &state.args {
         if state.args_over_env.contains(k) {
@@ -328,33 +391,7 @@ pub(super) fn lower_run(
         }
     }
     add_proxy_env(&mut run_env, &l.opts.build_args);
-    let exec = ExecOp {
-        args: args.clone(),
-        env: run_env,
-        cwd: state
-            .config
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".into()),
-        user: state.config.config.user.clone().unwrap_or_default(),
-        network,
-        mounts,
-        insecure,
-        extra_hosts: defaults.extra_hosts.clone(),
-        ulimits: defaults.ulimits.clone(),
-        shm_size: defaults.shm_size,
-    };
-    let vertex = l.add(
-        Vertex {
-            op: Op::Exec(exec),
-            inputs,
-            name,
-            ignore_cache: cx.no_cache,
-        },
-        Some(ins),
-    );
-    Ok((vertex, args))
+    run_env
 }
 
 /// BuildKit's predefined proxy args: given as build args, they reach every RUN (in both
@@ -383,306 +420,4 @@ fn add_proxy_env(run_env: &mut Vec<String>, build_args: &BTreeMap<String, String
             }
         }
     }
-}
-
-/// One group of COPY/ADD sources read from the same input.
-struct SourceGroup {
-    vertex: usize,
-    sources: Vec<String>,
-    unpack: bool,
-}
-
-pub(super) fn lower_copy(
-    l: &mut Lowerer,
-    cx: &StageCtx,
-    state: &StageState,
-    ins: &Instruction,
-    env: &[(String, String)],
-    name: String,
-) -> Result<(usize, String), DockerfileError> {
-    let kw = ins.keyword.as_str();
-    let allowed: &[&str] = if kw == "add" {
-        &[
-            "chown",
-            "chmod",
-            "link",
-            "exclude",
-            "checksum",
-            "keep-git-dir",
-            "unpack",
-        ]
-    } else {
-        &["from", "chown", "chmod", "link", "exclude", "parents"]
-    };
-    let flags = collect_flags(ins, allowed).map_err(|e| l.err_near(ins, "--", e))?;
-    let upper = kw.to_uppercase();
-    if ins.args.len() < 2 {
-        return Err(l.err(
-            ins,
-            format!(
-                "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
-            ),
-        ));
-    }
-    let (mut from, mut chown, mut chmod, mut checksum) = (None, None, None, None);
-    let mut chown_text = None;
-    let (mut link, mut parents, mut keep_git_dir, mut unpack_flag) = (false, false, false, None);
-    let mut exclude = Vec::new();
-    for (flag, raw) in &flags {
-        let needle = format!("--{flag}");
-        let value = l
-            .expand(ins, env, raw, cx.escape)
-            .map_err(|e| l.err_near(ins, &needle, e.message))?;
-        let as_bool = |v: &str| flag_bool(flag, v).map_err(|e| l.err_near(ins, &needle, e));
-        match flag.as_str() {
-            "from" => from = Some(value),
-            "chown" => {
-                chown = Some(parse_chown(&value));
-                chown_text = Some(value);
-            }
-            "chmod" => {
-                validate_chmod(&value).map_err(|e| l.err_near(ins, &needle, e))?;
-                chmod = Some(value);
-            }
-            "checksum" => checksum = Some(value),
-            "exclude" => exclude.push(value),
-            "link" => link = as_bool(&value)?,
-            "parents" => parents = as_bool(&value)?,
-            "keep-git-dir" => keep_git_dir = as_bool(&value)?,
-            _ => unpack_flag = Some(as_bool(&value)?),
-        }
-    }
-
-    // Sources: heredocs (`<<EOF`) take the next body; other words are expanded.
-    let mut heredocs = ins.heredocs.iter();
-    let (raw_sources, raw_dest) = ins.args.split_at(ins.args.len() - 1);
-    let mut words = Vec::new();
-    let mut docs = Vec::new();
-    for a in raw_sources {
-        if !ins.json && a.starts_with("<<") {
-            if let Some(doc) = heredocs.next() {
-                docs.push(doc);
-                continue;
-            }
-        }
-        // BuildKit expands the JSON form's words too.
-        words.push(l.expand(ins, env, a, cx.escape)?);
-    }
-    let dest_word = l.expand(ins, env, &raw_dest[0], cx.escape)?;
-    let docs_names: Vec<String> = docs.iter().map(|d| d.name.clone()).collect();
-    // BuildKit reads a destination of "." (or "") as a directory, like one ending in '/'.
-    let dest_names_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.is_empty();
-    if words.len() + docs.len() > 1 && !dest_names_dir {
-        return Err(l.err(ins, format!("when using {upper} with more than one source file, the destination must be a directory and end with a /")));
-    }
-    let workdir = state
-        .config
-        .config
-        .working_dir
-        .clone()
-        .unwrap_or_else(|| "/".into());
-    let mut dest = if dest_word.starts_with('/') {
-        dest_word.clone()
-    } else {
-        join_path(&workdir, &dest_word, true)
-    };
-    if dest_names_dir && !dest.ends_with('/') {
-        dest.push('/');
-    }
-
-    let is_remote = |w: &String| kw == "add" && (is_git_url(w) || is_http_url(w));
-    let http_count = words
-        .iter()
-        .filter(|w| kw == "add" && is_http_url(w))
-        .count();
-    let git_count = words
-        .iter()
-        .filter(|w| kw == "add" && is_git_url(w))
-        .count();
-    if checksum.is_some() && (http_count == 0 || http_count != words.len() || !docs.is_empty()) {
-        return Err(l.err_near(
-            ins,
-            "--checksum",
-            "ADD --checksum can only be used with HTTP(S) sources",
-        ));
-    }
-    if keep_git_dir && git_count == 0 {
-        return Err(l.err_near(
-            ins,
-            "--keep-git-dir",
-            "ADD --keep-git-dir can only be used with a git source",
-        ));
-    }
-    if let Some(c) = &checksum {
-        let valid = c.split_once(':').is_some_and(|(algo, hex)| {
-            matches!(algo, "sha256" | "sha384" | "sha512")
-                && !hex.is_empty()
-                && hex.chars().all(|c| c.is_ascii_hexdigit())
-        });
-        if !valid {
-            return Err(l.err_near(
-                ins,
-                "--checksum",
-                format!("invalid --checksum={c}: expected sha256:<hex digest>"),
-            ));
-        }
-    }
-
-    let mut groups: Vec<SourceGroup> = Vec::new();
-    let local: Vec<String> = words.iter().filter(|w| !is_remote(w)).cloned().collect();
-    if !local.is_empty() {
-        let vertex = match &from {
-            Some(f) => l.source_for_from(cx, ins, "COPY --from", f, &state.platform)?,
-            None => l.context_vertex(),
-        };
-        groups.push(SourceGroup {
-            vertex,
-            sources: local,
-            unpack: kw == "add" && unpack_flag.unwrap_or(true),
-        });
-    }
-    for w in words.iter().filter(|w| is_remote(w)) {
-        let (op, sources, unpack) = if is_git_url(w) {
-            let g = parse_git(w);
-            (
-                Op::Git {
-                    remote: g.remote,
-                    reference: g.reference,
-                    subdir: g.subdir,
-                    keep_git_dir,
-                },
-                vec!["/".to_string()],
-                false,
-            )
-        } else {
-            let filename = http_filename(w, &dest_word);
-            (
-                Op::Http {
-                    url: w.clone(),
-                    filename: filename.clone(),
-                    checksum: checksum.clone(),
-                },
-                vec![format!("/{filename}")],
-                unpack_flag.unwrap_or(false),
-            )
-        };
-        let vertex = l.add(
-            Vertex {
-                op,
-                inputs: vec![],
-                name: format!("[internal] fetch {w}"),
-                ignore_cache: false,
-            },
-            Some(ins),
-        );
-        groups.push(SourceGroup {
-            vertex,
-            sources,
-            unpack,
-        });
-    }
-    if !docs.is_empty() {
-        let mut files = Vec::new();
-        let mut sources = Vec::new();
-        for doc in docs {
-            let data = if doc.expand {
-                let env_vec = env.to_vec();
-                Expander::new(&env_vec, cx.escape)
-                    .with_raw_quotes(true)
-                    .with_raw_escapes(true)
-                    .process_word(&doc.content)
-                    .map_err(|e| l.err(ins, format!("heredoc {}: {e}", doc.name)))?
-            } else {
-                doc.content.clone()
-            };
-            files.push((format!("/{}", doc.name), data.into_bytes(), 0o644));
-            sources.push(format!("/{}", doc.name));
-        }
-        let vertex = l.mkfile_vertex(files, "[internal] preparing inline document");
-        groups.push(SourceGroup {
-            vertex,
-            sources,
-            unpack: false,
-        });
-    }
-
-    let base = l.or_scratch(state.vertex);
-    // A COPY whose result cannot depend on the base beyond where its files land (no owner
-    // names to look up in the base's /etc/passwd) is made on an empty tree ahead of the base
-    // and rebased onto it: it runs in parallel with earlier steps and survives base changes.
-    let numeric = |s: &str| s.parse::<u32>().is_ok();
-    let owner_is_numeric = chown
-        .as_ref()
-        .is_none_or(|c| numeric(&c.user) && c.group.as_deref().is_none_or(numeric));
-    let rebase = !link && kw == "copy" && owner_is_numeric && state.vertex.is_some();
-    // With --link (or a rebase) the files land on an empty tree that is then layered onto the base.
-    let target = if link || rebase {
-        l.or_scratch(None)
-    } else {
-        base
-    };
-    let mut inputs = vec![target];
-    let mut actions = Vec::new();
-    for g in &groups {
-        inputs.push(g.vertex);
-        actions.push(FileAction::Copy {
-            src_input: inputs.len() - 1,
-            sources: g.sources.clone(),
-            dest: dest.clone(),
-            chown: chown.clone(),
-            chmod: chmod.clone(),
-            exclude: exclude.clone(),
-            parents,
-            unpack: g.unpack,
-        });
-    }
-    let copied = l.add(
-        Vertex {
-            op: Op::File(FileOp { actions }),
-            inputs,
-            name: name.clone(),
-            ignore_cache: cx.no_cache,
-        },
-        Some(ins),
-    );
-    let result = if link {
-        l.add(
-            Vertex {
-                op: Op::Merge,
-                inputs: vec![base, copied],
-                name: format!("{name} (link)"),
-                ignore_cache: cx.no_cache,
-            },
-            Some(ins),
-        )
-    } else if rebase {
-        let mut inputs = vec![base, copied];
-        inputs.extend(groups.iter().map(|g| g.vertex));
-        l.add(
-            Vertex {
-                op: Op::Rebase,
-                inputs,
-                name,
-                ignore_cache: cx.no_cache,
-            },
-            Some(ins),
-        )
-    } else {
-        copied
-    };
-    // The history text, as BuildKit writes it: flags that change the files, sources, destination.
-    let mut shown = vec![kw.to_uppercase()];
-    if parents {
-        shown.push("--parents".into());
-    }
-    if let Some(c) = chown_text.filter(|c| !c.is_empty()) {
-        shown.push(format!("--chown={c}"));
-    }
-    if let Some(c) = chmod.filter(|c| !c.is_empty()) {
-        shown.push(format!("--chmod={c}"));
-    }
-    shown.extend(words);
-    shown.extend(docs_names.iter().map(|name| format!("<<{name}")));
-    shown.push(dest_word);
-    Ok((result, shown.join(" ")))
 }

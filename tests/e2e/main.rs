@@ -1,0 +1,34 @@
+//! The end-to-end tests: one test binary (one link) with a module per area, as
+//! ripgrep's tests/. Run one area with `cargo test --test e2e AREA::`.
+
+mod common;
+
+mod action;
+mod attest;
+mod blob_layers;
+mod build;
+mod build_flags;
+mod cache;
+mod compat_config;
+mod compat_errors;
+mod compat_fs;
+mod compose_config;
+mod confinement;
+mod containers;
+mod dockerfile_e2e;
+mod frontend_build;
+mod gha;
+mod gitlab;
+mod limits;
+mod mounts;
+mod networking;
+mod outputs;
+mod platform;
+mod progress;
+mod prune;
+mod realworld;
+mod registry;
+mod robustness;
+mod unprivileged;
+mod volumes;
+mod wild_images;
