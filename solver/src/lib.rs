@@ -21,6 +21,6 @@ mod ssh_proxy;
 mod staging;
 
 pub use graph::{Definition, Op, Vertex};
-pub use mounts::{ExecConfig, SecretSource};
+pub use mounts::{ExecConfig, ProvidedSecret, SecretSource};
 pub use multi::MultiSolveOutput;
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

@@ -1,9 +1,104 @@
-//! `--secret` and `--ssh` flags of `builder build`, in BuildKit's syntax.
+//! Secret and SSH-agent providers of a build, and the `--secret`/`--ssh` specs in
+//! BuildKit's syntax that make the local ones.
 
 use anyhow::{bail, Result};
 use solver::SecretSource;
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Gives `RUN --mount=type=secret` its values. A value is read only when a step mounts it.
+pub trait SecretProvider: Send + Sync {
+    /// The ids provided, in the order given (provenance records ids, never values).
+    fn ids(&self) -> Vec<String>;
+    /// Where the value of `id` comes from; None when this provider has no such secret.
+    fn source(&self, id: &str) -> Option<SecretSource>;
+}
+
+/// Gives `RUN --mount=type=ssh` its agents: a socket on this machine per id (a remote
+/// client's agent is forwarded to such a socket by whoever serves the build).
+pub trait SshProvider: Send + Sync {
+    /// The ids provided, in the order given.
+    fn ids(&self) -> Vec<String>;
+    fn socket(&self, id: &str) -> Option<PathBuf>;
+}
+
+/// Provides nothing.
+pub struct NoSecrets;
+
+impl SecretProvider for NoSecrets {
+    fn ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn source(&self, _id: &str) -> Option<SecretSource> {
+        None
+    }
+}
+
+impl SshProvider for NoSecrets {
+    fn ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn socket(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Secrets from files and environment variables of this process (`--secret`).
+pub struct LocalSecrets(Vec<(String, SecretSource)>);
+
+impl LocalSecrets {
+    /// Parses `--secret` values; a later one for the same id wins.
+    pub fn parse(specs: &[String]) -> Result<Self> {
+        Ok(Self(
+            specs
+                .iter()
+                .map(|s| parse_secret(s))
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+impl SecretProvider for LocalSecrets {
+    fn ids(&self) -> Vec<String> {
+        self.0.iter().map(|(id, _)| id.clone()).collect()
+    }
+    fn source(&self, id: &str) -> Option<SecretSource> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .map(|(_, s)| s.clone())
+    }
+}
+
+/// SSH agents of this machine (`--ssh`).
+pub struct LocalSsh(Vec<(String, PathBuf)>);
+
+impl LocalSsh {
+    /// Parses `--ssh` values; `default` (or a bare id) is `$SSH_AUTH_SOCK`.
+    pub fn parse(specs: &[String]) -> Result<Self> {
+        let auth_sock = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
+        Ok(Self(
+            specs
+                .iter()
+                .map(|s| parse_ssh(s, auth_sock.clone()))
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+impl SshProvider for LocalSsh {
+    fn ids(&self) -> Vec<String> {
+        self.0.iter().map(|(id, _)| id.clone()).collect()
+    }
+    fn socket(&self, id: &str) -> Option<PathBuf> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .map(|(_, p)| p.clone())
+    }
+}
 
 /// Parses one `--secret` value: `id=X[,type=file|env][,src=PATH|source=PATH][,env=VAR]`.
 /// `id=X` alone means the environment variable `X` if set, else the file `X`.
@@ -83,36 +178,41 @@ pub fn parse_ssh(spec: &str, auth_sock: Option<PathBuf>) -> Result<(String, Path
     Ok((id.to_string(), path))
 }
 
-/// All `--secret` flags; a later flag for the same id wins.
-pub fn parse_secrets(specs: &[String]) -> Result<HashMap<String, SecretSource>> {
-    specs.iter().map(|s| parse_secret(s)).collect()
+/// The solver's exec settings from the providers (SSH sockets are looked up now, secret
+/// values when a step mounts them).
+pub(crate) fn exec_config(
+    secrets: &[Arc<dyn SecretProvider>],
+    ssh: &[Arc<dyn SshProvider>],
+    on_error_shell: bool,
+) -> solver::ExecConfig {
+    let mut config = solver::ExecConfig {
+        on_error_shell,
+        ..Default::default()
+    };
+    for provider in secrets {
+        for id in provider.ids() {
+            if let Some(source) = provider.source(&id) {
+                config.secrets.insert(id, source);
+            }
+        }
+    }
+    for provider in ssh {
+        for id in provider.ids() {
+            if let Some(socket) = provider.socket(&id) {
+                config.ssh.insert(id, socket);
+            }
+        }
+    }
+    config
 }
 
-/// All `--ssh` flags.
-pub fn parse_ssh_flags(specs: &[String]) -> Result<HashMap<String, PathBuf>> {
-    let auth_sock = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
-    specs
-        .iter()
-        .map(|s| parse_ssh(s, auth_sock.clone()))
-        .collect()
-}
-
-/// The solver's client config from `--secret`, `--ssh` and `--on-error`; shared by
-/// single- and multi-platform builds so neither drops a flag.
-pub fn exec_config(
-    secrets: &[String],
-    ssh: &[String],
-    on_error: Option<&str>,
-) -> Result<solver::ExecConfig> {
-    Ok(solver::ExecConfig {
-        secrets: parse_secrets(secrets)?,
-        ssh: parse_ssh_flags(ssh)?,
-        on_error_shell: match on_error {
-            None | Some("fail") => false,
-            Some("shell") => true,
-            Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
-        },
-    })
+/// `--on-error=fail|shell`: whether to open a shell in a failed step's container.
+pub fn parse_on_error(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("fail") => Ok(false),
+        Some("shell") => Ok(true),
+        Some(other) => bail!("--on-error {other:?}: expected fail or shell"),
+    }
 }
 
 #[cfg(test)]
