@@ -668,9 +668,15 @@ fn platform_images(
                     .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
                     .cloned(),
             };
+            let config_digest = manifest.as_ref().and_then(|m| {
+                let bytes = content.read_blob(&m.digest).ok()?;
+                let manifest: exporter::Manifest = serde_json::from_slice(&bytes).ok()?;
+                Some(manifest.config.digest)
+            });
             PlatformImage {
                 platform: platform.clone(),
                 manifest,
+                config_digest,
             }
         })
         .collect()

@@ -133,6 +133,8 @@ pub struct PlatformImage {
     pub platform: Platform,
     /// The manifest's descriptor (None when nothing was exported as an image).
     pub manifest: Option<Descriptor>,
+    /// The digest of the image config the manifest names.
+    pub config_digest: Option<String>,
 }
 
 /// What a build made.

@@ -317,26 +317,7 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
             flag()
         );
     }
-    let mut compression = Compression::default();
-    if let Some(value) = kv.get("compression") {
-        compression.kind = value.parse().map_err(|e| anyhow!("{}: {e}", flag()))?;
-    }
-    if let Some(value) = kv.get("compression-level") {
-        let level: i32 = value
-            .parse()
-            .map_err(|_| anyhow!("{}: compression-level={value:?} is not a number", flag()))?;
-        let range = compression.kind.level_range();
-        if !range.contains(&level) {
-            bail!(
-                "{}: compression-level={level} is out of range for {} ({}..={})",
-                flag(),
-                compression.kind,
-                range.start(),
-                range.end()
-            );
-        }
-        compression.level = Some(level);
-    }
+    let mut compression = compression(&flag(), &kv)?;
     compression.force = boolean("force-compression")?.unwrap_or(false);
     let oci_media_types = boolean("oci-mediatypes")?;
     if compression.kind == CompressionKind::Zstd && oci_media_types == Some(false) {
@@ -373,6 +354,30 @@ pub fn check_push(push: bool, tags: &[String]) -> Result<()> {
         bail!("--push needs a name to push to; add -t registry.example.com/repo:tag");
     }
     Ok(())
+}
+
+/// `compression=` and `compression-level=` of an `--output` (`flag` names it in errors).
+fn compression(flag: &str, kv: &HashMap<&str, &str>) -> Result<Compression> {
+    let mut compression = Compression::default();
+    if let Some(value) = kv.get("compression") {
+        compression.kind = value.parse().map_err(|e| anyhow!("{flag}: {e}"))?;
+    }
+    if let Some(value) = kv.get("compression-level") {
+        let level: i32 = value
+            .parse()
+            .map_err(|_| anyhow!("{flag}: compression-level={value:?} is not a number"))?;
+        let range = compression.kind.level_range();
+        if !range.contains(&level) {
+            bail!(
+                "{flag}: compression-level={level} is out of range for {} ({}..={})",
+                compression.kind,
+                range.start(),
+                range.end()
+            );
+        }
+        compression.level = Some(level);
+    }
+    Ok(compression)
 }
 
 /// Checks what can be checked before building: each output's own rules, and
