@@ -262,6 +262,52 @@ mod tests {
         }
     }
 
+    /// A client's own provider (e.g. a build server's session) reaches the solver, read lazily.
+    struct Session(std::sync::atomic::AtomicUsize);
+
+    impl SecretProvider for Arc<Session> {
+        fn ids(&self) -> Vec<String> {
+            vec!["token".into()]
+        }
+        fn source(&self, _id: &str) -> Option<SecretSource> {
+            let me = self.clone();
+            Some(SecretSource::Provided(solver::ProvidedSecret(Arc::new(
+                move || {
+                    me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(Some(b"value".to_vec()))
+                },
+            ))))
+        }
+    }
+
+    #[test]
+    fn providers_become_the_solver_settings() {
+        let session = Arc::new(Session(Default::default()));
+        let local = LocalSecrets::parse(&["id=a,env=X".into(), "id=a,env=Y".into()]).unwrap();
+        let secrets: Vec<Arc<dyn SecretProvider>> =
+            vec![Arc::new(local), Arc::new(session.clone())];
+        let ssh: Vec<Arc<dyn SshProvider>> =
+            vec![Arc::new(LocalSsh::parse(&["gh=/s".into()]).unwrap())];
+        let config = exec_config(&secrets, &ssh, true);
+        assert_eq!(
+            config.secrets["a"],
+            SecretSource::Env("Y".into()),
+            "a later --secret wins"
+        );
+        assert_eq!(
+            session.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "read only when used"
+        );
+        assert_eq!(
+            config.secrets["token"].read().unwrap(),
+            Some(b"value".to_vec())
+        );
+        assert_eq!(session.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(config.ssh["gh"], PathBuf::from("/s"));
+        assert!(config.on_error_shell);
+    }
+
     #[test]
     fn ssh_forms() {
         let sock = Some(PathBuf::from("/tmp/agent.sock"));
