@@ -213,20 +213,7 @@ impl Job {
             &format!("{CONTEXT_NAME}{suffix}"),
         )?;
         locals.push((main_local.clone(), request.context.clone()));
-        let host = Platform::host();
-        let opts = BuildOptions {
-            dockerfile_name: file.clone(),
-            build_args: request.build_args.clone(),
-            target: request.target.clone(),
-            platform: platforms[0].to_string(),
-            platform_requested: !request.platforms.is_empty(),
-            labels: request.labels.clone(),
-            build_platform: format!("{}/{}", host.os, host.architecture),
-            no_cache_stages: request.no_cache_stages.clone(),
-            named_contexts,
-            lint_all_stages: request.call == Call::Check && request.target.is_none(),
-            run: request.run.clone(),
-        };
+        let opts = lowering_options(&request, &file, &platforms[0], named_contexts);
         Ok(Prepared::Job(Box::new(Job {
             index,
             request,
@@ -313,6 +300,29 @@ impl Job {
             }
         }
         lowered
+    }
+}
+
+/// What lowering needs from a request (for its first platform).
+fn lowering_options(
+    request: &BuildRequest,
+    file: &str,
+    platform: &Platform,
+    named_contexts: std::collections::BTreeMap<String, frontend::lower::NamedContext>,
+) -> BuildOptions {
+    let host = Platform::host();
+    BuildOptions {
+        dockerfile_name: file.to_string(),
+        build_args: request.build_args.clone(),
+        target: request.target.clone(),
+        platform: platform.to_string(),
+        platform_requested: !request.platforms.is_empty(),
+        labels: request.labels.clone(),
+        build_platform: format!("{}/{}", host.os, host.architecture),
+        no_cache_stages: request.no_cache_stages.clone(),
+        named_contexts,
+        lint_all_stages: request.call == Call::Check && request.target.is_none(),
+        run: request.run.clone(),
     }
 }
 
@@ -596,12 +606,7 @@ impl Job {
             attestations,
         })
         .await?;
-        let mut cache_exports = Vec::new();
-        for to in &request.cache_to {
-            let exported =
-                solver::cache::export_cache(solver, &plan.graph, &plan.outputs, &part.results, to);
-            cache_exports.extend(exported.await?);
-        }
+        let cache_exports = self.export_caches(solver, plan, &part).await?;
         let metadata = crate::cache::metadata(
             solver,
             &crate::cache::Metadata {
@@ -621,6 +626,22 @@ impl Job {
             cached,
             notes: done.notes,
         })
+    }
+
+    /// Performs each `--cache-to`.
+    async fn export_caches(
+        &self,
+        solver: &Arc<Solver>,
+        plan: &Plan,
+        part: &SolvedPart,
+    ) -> Result<Vec<solver::cache::CacheExport>> {
+        let mut done = Vec::new();
+        for to in &self.request.cache_to {
+            let exported =
+                solver::cache::export_cache(solver, &plan.graph, &plan.outputs, &part.results, to);
+            done.extend(exported.await?);
+        }
+        Ok(done)
     }
 
     /// What the provenance records about this build.
