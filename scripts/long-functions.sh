@@ -8,7 +8,9 @@ limit="${1:-120}"
 shift || true
 dirs=("$@")
 if [ ${#dirs[@]} -eq 0 ]; then
-  dirs=(frontend/src solver/src snapshotter/src exporter/src executor/src runtime/src compose/src)
+  # Every workspace member's src/ and the CLI's own.
+  mapfile -t dirs < <(sed -n 's/^members = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '" ' | tr ',' '\n' | sed 's|$|/src|')
+  dirs+=(src)
 fi
 python3 - "$limit" "${dirs[@]}" <<'PY'
 import os, re, sys

@@ -1,11 +1,12 @@
-//! `builder build`: parse, lower, solve, export.
+//! `builder build`: the flags become an `engine::BuildRequest`; the engine's events are
+//! rendered and its outcome printed.
 
+use crate::checks_output::WarningSummary;
 use crate::progress::{render, ProgressMode};
-use anyhow::{anyhow, bail, Context as _, Result};
-use exporter::image::{ImageConfig, Platform};
-use frontend::lower::{BuildOptions, ImageResolver};
-use solver::{Solver, SolverConfig};
-use std::collections::{BTreeMap, HashMap};
+use anyhow::{bail, Context as _, Result};
+use engine::output::{parse_output, DockerLoad, Exporter};
+use engine::{BuildError, BuildRequest, BuildResult, Outcome};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -123,19 +124,6 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-/// Resolves base images through the solver (local store first, then registries).
-pub(crate) struct SolverResolver {
-    pub(crate) solver: Arc<Solver>,
-    pub(crate) runtime: tokio::runtime::Handle,
-}
-
-impl ImageResolver for SolverResolver {
-    fn resolve(&self, reference: &str, platform: &str) -> Result<(String, ImageConfig)> {
-        self.runtime
-            .block_on(self.solver.resolve_image(reference, platform))
-    }
-}
-
 pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in args {
@@ -168,172 +156,13 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
-    crate::output::check_push(args.push, &args.tags)?;
-    let started = exporter::now_rfc3339();
-    // Normalised, so `linux/aarch64` gives TARGETARCH=arm64.
-    let platforms = crate::platforms::requested(args.platform.as_deref())?
-        .unwrap_or_else(|| vec![Platform::host()]);
-    let multi = platforms.len() > 1;
-    let flags = crate::build_flags::prepare(&mut args, platforms.len())?;
-    let mut outputs = args
-        .outputs
-        .iter()
-        .map(|o| crate::output::parse_output(o))
-        .collect::<Result<Vec<_>>>()?;
-    if args.push {
-        outputs.push(crate::output::parse_output("type=registry")?);
+    let (request, _stdin) = request(root, &args)?;
+    if args.quiet {
+        args.progress = ProgressMode::Quiet;
     }
-    let build_args = parse_build_args(&args.build_args)?;
-    let attest_flags = crate::attest::parse(
-        args.provenance.as_deref(),
-        args.sbom.as_deref(),
-        &args.attest,
-        crate::output::pushes(&outputs),
-    )?;
-    let cache_to = args
-        .cache_to
-        .iter()
-        .map(|s| crate::cache_flags::parse_cache_to(s, &args.tags))
-        .collect::<Result<Vec<_>>>()?;
-    let cache_from = args
-        .cache_from
-        .iter()
-        .map(|s| crate::cache_flags::parse_cache_from(s, &args.tags))
-        .collect::<Result<Vec<_>>>()?;
-    let no_cache_stages = crate::cache_flags::parse_no_cache_filter(&args.no_cache_filter)?;
-    let exec_config =
-        crate::secrets::exec_config(&args.secrets, &args.ssh, args.on_error.as_deref())?;
-    let source_date_epoch = crate::output::source_date_epoch(&build_args)?;
-    crate::output::check_outputs(&outputs, source_date_epoch, platforms.len())?;
-    let inputs = crate::stdin_input::resolve(&args.context, args.file.as_deref())?;
-    let dockerfile_path = inputs.file.clone();
-    let context = inputs.context.canonicalize().map_err(|_| {
-        anyhow!(
-            "unable to prepare context: path {:?} not found",
-            inputs.context.display().to_string()
-        )
-    })?;
-    if !context.is_dir() {
-        bail!(
-            "unable to prepare context: path {:?} is not a directory",
-            context.display().to_string()
-        );
-    }
-    let (ast, source, display_name) = match read_dockerfile(&context, dockerfile_path.as_deref())? {
-        Ok(parsed) => parsed,
-        Err((err, source)) => {
-            eprintln!(
-                "error: {}",
-                crate::source_excerpt::dockerfile_error(&err, &source)
-            );
-            return Ok(1);
-        }
-    };
-
-    if crate::build_flags::print_call(flags.call, &ast, &source, &args.target, &build_args)? {
-        return Ok(0);
-    }
-    let host = Platform::host();
-    let mut opts = BuildOptions {
-        dockerfile_name: display_name.clone(),
-        build_args,
-        target: args.target.clone(),
-        platform: platforms[0].to_string(),
-        platform_requested: args.platform.is_some(),
-        labels: parse_labels(&args.labels)?,
-        build_platform: format!("{}/{}", host.os, host.architecture),
-        no_cache_stages,
-        named_contexts: Default::default(),
-        lint_all_stages: args.check && args.target.is_none(),
-        run: flags.run,
-    };
-
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let warning_tx = tx.clone();
     let terminal = solver::progress::Terminal::default();
     let renderer = tokio::spawn(render(rx, args.progress, terminal.clone()));
-    let default_dockerfile = context.join("Dockerfile");
-    let dockerfile = dockerfile_path.as_deref().unwrap_or(&default_dockerfile);
-    let context_dir =
-        frontend::ignore::ContextDir::open(&context, Some(dockerfile)).map_err(|e| anyhow!(e))?;
-    let mut locals: HashMap<String, Arc<dyn solver::context::LocalSource>> = HashMap::new();
-    locals.insert(frontend::lower::CONTEXT_NAME.into(), Arc::new(context_dir));
-    opts.named_contexts =
-        crate::build_context::parse_build_contexts(root, &args.build_contexts, &mut locals)?;
-    let solver = Arc::new(
-        Solver::new(SolverConfig {
-            root: root.to_path_buf(),
-            executor: executor::Executor::current_exe()?,
-            locals,
-            no_cache: args.no_cache,
-            progress: solver::progress::Progress::new(tx).with_terminal(terminal),
-            exec: exec_config,
-            layer_export: crate::output::built_layer_options(&outputs, source_date_epoch)?,
-        })?
-        .with_pull_always(args.pull),
-    );
-
-    if !args.no_cache {
-        crate::cache_flags::import_caches(&solver, &cache_from).await;
-    }
-
-    let (ast, source) = (Arc::new(ast), Arc::new(source));
-    let lowerings = lower_for_platforms(&solver, &ast, &source, &opts, &platforms);
-    let mut lowered_all = Vec::new();
-    for (platform, lowering) in platforms.iter().zip(lowerings) {
-        match lowering.await? {
-            Ok(l) => lowered_all.push(l),
-            Err(e) => {
-                drop((solver, warning_tx));
-                let _ = renderer.await;
-                if args.check {
-                    crate::checks_output::print_check(
-                        &crate::checks_output::ast_warnings(&source),
-                        &display_name,
-                        &source,
-                    );
-                }
-                let on = if multi {
-                    format!(" (platform {platform})")
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "error: {}{on}",
-                    crate::source_excerpt::dockerfile_error(&e, &source)
-                );
-                return Ok(1);
-            }
-        }
-    }
-    // Checks look at the Dockerfile, not at a platform: report them once.
-    let first = &lowered_all[0];
-    if args.check {
-        drop((solver, warning_tx));
-        let _ = renderer.await;
-        let code = crate::checks_output::print_check(&first.warnings, &display_name, &source);
-        return Ok(code);
-    }
-    let warning_summary =
-        crate::checks_output::report(&first.warnings, &display_name, args.progress, &warning_tx);
-    drop(warning_tx);
-    if first.check_config.error && !first.warnings.is_empty() {
-        drop(solver);
-        let _ = renderer.await;
-        eprintln!(
-            "error: {}",
-            crate::checks_output::error_message(&first.warnings)
-        );
-        return Ok(1);
-    }
-    let plan = crate::platforms::Plan::new(&platforms, lowered_all);
-    if args.print.as_deref() == Some("graph") {
-        print!("{}", plan.render_graph());
-        return Ok(0);
-    } else if let Some(p) = &args.print {
-        bail!("--print {p:?}: unknown; supported: graph");
-    }
-
     let cancel = executor::CancelToken::new();
     let ctrl_c = {
         let cancel = cancel.clone();
@@ -343,212 +172,162 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
             }
         })
     };
-    let solved = solver
-        .solve_outputs(&plan.graph, &plan.outputs, &cancel)
-        .await;
+    let events = engine::EventSink::new(tx, terminal);
+    let outcome = engine::build(root, request, events, &cancel).await;
     ctrl_c.abort();
-    let solved = match solved {
-        Ok(s) => s,
-        Err(e) => {
-            drop(solver);
-            let _ = renderer.await;
-            if cancel.is_cancelled() && e.vertex.is_none() {
-                eprintln!("error: build cancelled");
-                return Ok(130);
-            }
-            // buildx lists the warnings before the error.
-            drop(warning_summary);
-            eprintln!(
-                "error: {}",
-                solve_error(&plan, &e, &source, &display_name, multi)
-            );
-            return Ok(1);
-        }
+    let summary = WarningSummary {
+        lines: renderer.await.unwrap_or_default(),
     };
-
-    let inline_cache = cache_to
-        .contains(&solver::cache::CacheTo::Inline)
-        .then(|| (plan.graph.clone(), solved.results.clone()));
-    let targets = plan
-        .targets
-        .iter()
-        .zip(&solved.outputs)
-        .map(|(t, result)| crate::output::ExportTarget {
-            platform: multi.then(|| t.platform.clone()),
-            result: result.clone(),
-            image: t.lowered.image.clone(),
-        })
-        .collect();
-    let facts = crate::attest::BuildFacts {
-        graph: &plan.graph,
-        build_args: &opts.build_args,
-        labels: &opts.labels,
-        target: args.target.as_deref(),
-        dockerfile_name: &display_name,
-        dockerfile: &source,
-        context: &context,
-        secrets: &args.secrets,
-        ssh: &args.ssh,
-        started: source_date_epoch
-            .map(|e| exporter::format_rfc3339(e as i64))
-            .unwrap_or(started),
-        source_date_epoch,
-    };
-    let attestations = crate::attest::request(&attest_flags, &facts, &args.tags)?;
-    let manifest = crate::output::export(crate::output::ExportRequest {
-        root,
-        solver: solver.clone(),
-        targets,
-        tags: &args.tags,
-        outputs,
-        source_date_epoch,
-        inline_cache,
-        annotations: flags.annotations,
-        attestations,
-    })
-    .await?;
-    let loaded = args
-        .load
-        .then(|| crate::build_flags::load_into_docker(root, &solver.content, &manifest, &args.tags))
-        .transpose()?;
-    let mut cache_exports = Vec::new();
-    for to in &cache_to {
-        if let Some(done) =
-            solver::cache::export_cache(&solver, &plan.graph, &plan.outputs, &solved.results, to)
-                .await?
-        {
-            cache_exports.push(done);
-        }
+    match outcome {
+        Ok(outcome) => print_outcome(outcome, &args, summary),
+        Err(e) => Ok(print_error(e, summary)?),
     }
-    let image_id = crate::build_flags::image_id(&solver.content, &manifest);
+}
+
+/// The request the flags describe, and the spool of what came from stdin (kept until the
+/// build ends).
+fn request(root: &Path, args: &BuildArgs) -> Result<(BuildRequest, engine::stdin::BuildInputs)> {
+    engine::output::check_push(args.push, &args.tags)?;
+    let platforms = engine::platforms::requested(args.platform.as_deref())?.unwrap_or_default();
+    let call = engine::settings::parse_call(args.call.as_deref(), args.check)?;
+    let annotations = engine::settings::parse_annotations(&args.annotations, platforms.len())?;
+    let run = engine::settings::run_defaults(&engine::settings::RunFlags {
+        network: args.network.as_deref(),
+        allow: &args.allow,
+        add_hosts: &args.add_hosts,
+        ulimits: &args.ulimits,
+        shm_size: args.shm_size.as_deref(),
+    })?;
+    let outputs = outputs(args)?;
+    let build_args = parse_build_args(&args.build_args)?;
+    let attestations = engine::attest::parse(
+        args.provenance.as_deref(),
+        args.sbom.as_deref(),
+        &args.attest,
+        engine::output::pushes(&outputs),
+    )?;
+    let cache = |spec: &String| engine::cache::parse_cache_to(spec, &args.tags);
+    let cache_to = args.cache_to.iter().map(cache).collect::<Result<_>>()?;
+    let cache = |spec: &String| engine::cache::parse_cache_from(spec, &args.tags);
+    let cache_from = args.cache_from.iter().map(cache).collect::<Result<_>>()?;
+    let no_cache_stages = engine::cache::parse_no_cache_filter(&args.no_cache_filter)?;
+    let secrets = Arc::new(engine::secrets::LocalSecrets::parse(&args.secrets)?);
+    let ssh = Arc::new(engine::secrets::LocalSsh::parse(&args.ssh)?);
+    let on_error_shell = engine::secrets::parse_on_error(args.on_error.as_deref())?;
+    let inputs = engine::stdin::resolve(&args.context, args.file.as_deref())?;
+    let context = engine::context::local_dir(&inputs.context, inputs.file.as_deref())?;
+    let dockerfile = inputs
+        .file
+        .clone()
+        .unwrap_or_else(|| context.root().join("Dockerfile"));
+    let mut request = BuildRequest::new(engine::Dockerfile::Path(dockerfile), context);
+    request.named_contexts = engine::context::parse_build_contexts(root, &args.build_contexts)?;
+    request.print_graph = match args.print.as_deref() {
+        None => false,
+        Some("graph") => true,
+        Some(p) => bail!("--print {p:?}: unknown; supported: graph"),
+    };
+    request.labels = parse_labels(&args.labels)?;
+    (request.build_args, request.platforms, request.call) = (build_args, platforms, call);
+    (request.outputs, request.annotations, request.run) = (outputs, annotations, run);
+    (request.cache_to, request.cache_from) = (cache_to, cache_from);
+    (request.no_cache_stages, request.attestations) = (no_cache_stages, attestations);
+    (request.secrets, request.ssh, request.on_error_shell) = (secrets, ssh, on_error_shell);
+    (request.tags, request.target) = (args.tags.clone(), args.target.clone());
+    (request.no_cache, request.pull) = (args.no_cache, args.pull);
+    Ok((request, inputs))
+}
+
+/// `-o` values, `--push` and `--load` as exporters.
+fn outputs(args: &BuildArgs) -> Result<Vec<Arc<dyn Exporter>>> {
+    let mut outputs = args
+        .outputs
+        .iter()
+        .map(|o| Ok(parse_output(o)?.into_exporter()))
+        .collect::<Result<Vec<_>>>()?;
+    if args.push {
+        outputs.push(parse_output("type=registry")?.into_exporter());
+    }
+    if args.load {
+        outputs.push(Arc::new(DockerLoad));
+    }
+    Ok(outputs)
+}
+
+fn print_outcome(outcome: Outcome, args: &BuildArgs, summary: WarningSummary) -> Result<i32> {
+    match outcome {
+        Outcome::Answer(text) | Outcome::Graph(text) => print!("{text}"),
+        Outcome::Checked(report) => {
+            return Ok(crate::checks_output::print_check(
+                &report.warnings,
+                &report.file,
+                &report.source,
+            ))
+        }
+        Outcome::Built(result) => print_built(&result, args)?,
+    }
+    drop(summary);
+    Ok(0)
+}
+
+fn print_built(result: &BuildResult, args: &BuildArgs) -> Result<()> {
     if let Some(p) = &args.iidfile {
-        std::fs::write(p, &image_id)
+        std::fs::write(p, &result.image_id)
             .with_context(|| format!("--iidfile: writing {}", p.display()))?;
     }
     if let Some(p) = &args.metadata_file {
-        let meta = crate::cache_flags::Metadata {
-            manifest: &manifest,
-            tags: &args.tags,
-            cache_exports: &cache_exports,
-        };
-        crate::cache_flags::write_metadata(p, &solver, &meta)?;
+        result.write_metadata(p)?;
     }
-    drop(solver);
-    let _ = renderer.await;
     if args.quiet {
-        println!("{image_id}");
-        return Ok(0);
+        println!("{}", result.image_id);
+        return Ok(());
     }
-    if let Some(loaded) = loaded {
-        eprintln!("loaded into the Docker engine: {loaded}");
+    for note in &result.notes {
+        eprintln!("{note}");
     }
-    let for_platforms = if multi {
-        let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+    let for_platforms = if result.multi_platform {
+        let names: Vec<String> = result
+            .platforms
+            .iter()
+            .map(|p| p.platform.to_string())
+            .collect();
         format!(" for {}", names.join(", "))
     } else {
         String::new()
     };
     eprintln!(
         "built {}{for_platforms} ({} steps run, {} cached)",
-        manifest.digest, solved.executed, solved.cached
+        result.image.digest, result.executed, result.cached
     );
     for t in &args.tags {
         eprintln!("naming to {t}");
     }
-    Ok(0)
+    Ok(())
 }
 
-/// Reads and parses the Dockerfile; a parse error comes back as the message to show.
-#[allow(clippy::type_complexity)]
-fn read_dockerfile(
-    context: &Path,
-    file: Option<&Path>,
-) -> Result<Result<(frontend::Ast, Vec<u8>, String), (frontend::lower::DockerfileError, Vec<u8>)>> {
-    let path = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    let source = std::fs::read(&path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-            _ => e.to_string(),
-        };
-        anyhow!("failed to read dockerfile: open {}: {why}", path.display())
-    })?;
-    if source.is_empty() {
-        bail!("the Dockerfile cannot be empty");
-    }
-    let display_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "Dockerfile".into());
-    Ok(match frontend::parse(&source) {
-        Ok(ast) => Ok((ast, source, display_name)),
-        Err(e) => Err((
-            frontend::lower::DockerfileError {
-                source_line: String::from_utf8_lossy(&source)
-                    .lines()
-                    .nth(e.line.saturating_sub(1))
-                    .map(str::to_string),
-                file: display_name,
-                line: e.line,
-                column: e.column,
-                message: e.message.clone(),
-            },
-            source,
-        )),
-    })
-}
-
-/// Lowers the Dockerfile once per target platform, concurrently: each lowering may pull
-/// its own base images.
-fn lower_for_platforms(
-    solver: &Arc<Solver>,
-    ast: &Arc<frontend::Ast>,
-    source: &Arc<Vec<u8>>,
-    opts: &BuildOptions,
-    platforms: &[Platform],
-) -> Vec<tokio::task::JoinHandle<Result<frontend::lower::Lowered, frontend::lower::DockerfileError>>>
-{
-    platforms
-        .iter()
-        .map(|platform| {
-            let mut opts = opts.clone();
-            opts.platform = platform.to_string();
-            let resolver = SolverResolver {
-                solver: solver.clone(),
-                runtime: tokio::runtime::Handle::current(),
-            };
-            let (ast, source) = (ast.clone(), source.clone());
-            tokio::task::spawn_blocking(move || {
-                frontend::lower::lower(&ast, &source, &opts, &resolver)
-            })
-        })
-        .collect()
-}
-
-/// A failed step, with its Dockerfile line (and platforms, for several).
-fn solve_error(
-    plan: &crate::platforms::Plan,
-    e: &solver::SolveError,
-    source: &[u8],
-    display_name: &str,
-    multi: bool,
-) -> String {
-    let (location, failed_for) = plan.locate(e.vertex);
-    let on = if multi {
-        format!("[{failed_for}] ")
-    } else {
-        String::new()
-    };
-    match location {
-        Some(loc) => {
-            format!(
-                "{on}{display_name}:{}: {}\n{}\nfailed to solve: {e}",
-                loc.line,
-                loc.text,
-                crate::source_excerpt::excerpt(source, loc.line, loc.line)
-            )
+/// Prints a failed build the way buildx does (warnings listed before a step's error, after
+/// a lint error); the exit code, or the error for `main` to print.
+fn print_error(error: BuildError, summary: WarningSummary) -> Result<i32> {
+    match error {
+        BuildError::Dockerfile { message, check } => {
+            if let Some(report) = check {
+                crate::checks_output::print_check(&report.warnings, &report.file, &report.source);
+            }
+            eprintln!("error: {message}");
         }
-        None => format!("{on}failed to solve: {e}"),
+        BuildError::Lint(message) => {
+            eprintln!("error: {message}");
+            drop(summary);
+        }
+        BuildError::Solve(message) => {
+            drop(summary);
+            eprintln!("error: {message}");
+        }
+        BuildError::Cancelled => {
+            eprintln!("error: build cancelled");
+            return Ok(130);
+        }
+        BuildError::Other(e) => return Err(e),
     }
+    Ok(1)
 }

@@ -1,15 +1,12 @@
-//! Build-check warnings in build output (`WARN: Rule: message (line N)`, rawjson
-//! warning events) and the `builder build --check` report.
+//! Build-check warnings after a build (the summary) and the `builder build --check` report.
 
-use crate::progress::ProgressMode;
-use frontend::checks::{check_ast, filter, CheckConfig, CheckWarning};
-use solver::progress::Event;
+use frontend::checks::CheckWarning;
 
 /// Prints, when dropped (the build's end, success or failure), the summary docker buildx
 /// prints after a build: `N warning(s) found:` and ` - Rule: message (line N)` each.
 #[must_use = "the summary prints when this is dropped"]
 pub struct WarningSummary {
-    lines: Vec<String>,
+    pub lines: Vec<String>,
 }
 
 impl Drop for WarningSummary {
@@ -23,34 +20,6 @@ impl Drop for WarningSummary {
             eprintln!(" - {line}");
         }
     }
-}
-
-/// Shows warnings during a build: a line each, or a warning event in rawjson mode; the
-/// returned summary repeats them once at the end.
-pub fn report(
-    warnings: &[CheckWarning],
-    file: &str,
-    mode: ProgressMode,
-    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
-) -> WarningSummary {
-    let summarize = !matches!(mode, ProgressMode::Quiet | ProgressMode::Rawjson);
-    let lines = warnings
-        .iter()
-        .filter(|_| summarize)
-        .map(|w| format!("{}: {} (line {})", w.rule, w.message, w.line))
-        .collect();
-    for w in warnings {
-        match mode {
-            ProgressMode::Quiet => {}
-            ProgressMode::Rawjson => {
-                let _ = tx.send(Event::Warning {
-                    message: format!("{file}:{}:{}: {}: {}", w.line, w.column, w.rule, w.message),
-                });
-            }
-            _ => eprintln!("{}", w.display()),
-        }
-    }
-    WarningSummary { lines }
 }
 
 /// The `--check` report on stdout, laid out as `docker build --check` does (the count,
@@ -69,7 +38,7 @@ pub fn print_check(warnings: &[CheckWarning], file: &str, source: &[u8]) -> i32 
     for w in warnings {
         println!("\nWARNING: {} - {}", w.rule, rule_url(w.rule));
         println!("{file}:{}:{}: {}", w.line, w.column, w.display());
-        let excerpt = crate::source_excerpt::excerpt(source, w.line, w.line);
+        let excerpt = engine::excerpt::excerpt(source, w.line, w.line);
         if !excerpt.is_empty() {
             println!("{excerpt}");
         }
@@ -97,27 +66,6 @@ fn rule_url(rule: &str) -> String {
         slug.push(c.to_ascii_lowercase());
     }
     format!("https://docs.docker.com/go/dockerfile/rule/{slug}/")
-}
-
-/// The syntax-only warnings, for `--check` when lowering itself failed.
-pub fn ast_warnings(source: &[u8]) -> Vec<CheckWarning> {
-    match frontend::parse(source) {
-        Ok(ast) => {
-            let cfg = CheckConfig::parse(ast.directives.check.as_deref());
-            filter(check_ast(&ast), &cfg)
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-/// The message for a build stopped by `# check=error=true`.
-pub fn error_message(warnings: &[CheckWarning]) -> String {
-    let mut rules: Vec<&str> = warnings.iter().map(|w| w.rule).collect();
-    rules.dedup();
-    format!(
-        "lint violation found for rules: {} (the Dockerfile sets check=error=true)",
-        rules.join(", ")
-    )
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let file = std::fs::File::open(&tarball)
                 .with_context(|| format!("opening {}", tarball.display()))?;
             // SOURCE_DATE_EPOCH makes imports reproducible too.
-            let created = crate::output::source_date_epoch(&Default::default())?
+            let created = engine::output::source_date_epoch(&Default::default())?
                 .map(|epoch| exporter::format_rfc3339(epoch as i64));
             let desc = exporter::import_rootfs_tar(
                 store.content(),

@@ -2,11 +2,7 @@
 //! work happens in the `frontend`, `solver`, `snapshotter`, `executor` and
 //! `exporter` crates.
 
-mod attest;
 mod build;
-mod build_context;
-mod build_flags;
-mod cache_flags;
 mod checks_output;
 mod cli;
 mod compose_cmd;
@@ -14,15 +10,9 @@ mod containers;
 mod image_cmds;
 mod isolation;
 mod login;
-mod output;
-mod platforms;
 mod progress;
 mod prune;
-mod rootfs_tar;
 mod run;
-mod secrets;
-mod source_excerpt;
-mod stdin_input;
 
 use clap::Parser as _;
 

@@ -30,36 +30,54 @@ impl ProgressMode {
     }
 }
 
-/// Prints events to stderr until the channel closes.
+/// Prints events to stderr until the channel closes; returns the check warnings' summary
+/// lines (`Rule: message (line N)`) for the end of the build.
 pub async fn render(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
     mode: ProgressMode,
     terminal: solver::progress::Terminal,
-) {
-    match mode.resolve() {
-        ProgressMode::Tty => {
-            let mut view = tty::TtyView::new();
-            terminal.set_suspend(view.suspender());
-            while let Some(ev) = rx.recv().await {
-                view.handle(ev);
+) -> Vec<String> {
+    let mode = mode.resolve();
+    let mut summary = Vec::new();
+    let mut view = (mode == ProgressMode::Tty).then(tty::TtyView::new);
+    if let Some(view) = &view {
+        terminal.set_suspend(view.suspender());
+    }
+    let mut plain = Plain::default();
+    while let Some(ev) = rx.recv().await {
+        let step = match ev {
+            engine::Event::Step(step) => step,
+            engine::Event::Message(line) => {
+                eprintln!("{line}");
+                continue;
             }
-            view.finish();
-        }
-        mode => {
-            let mut plain = Plain::default();
-            while let Some(ev) = rx.recv().await {
-                let mut out = std::io::stderr().lock();
-                match mode {
-                    ProgressMode::Quiet => {}
-                    ProgressMode::Rawjson => {
-                        let _ = serde_json::to_writer(&mut out, &ev);
-                        let _ = writeln!(out);
-                    }
-                    _ => plain.handle(&mut out, ev),
+            engine::Event::CheckWarning { file, warning: w } => match mode {
+                ProgressMode::Quiet => continue,
+                ProgressMode::Rawjson => Event::Warning {
+                    message: format!("{file}:{}:{}: {}: {}", w.line, w.column, w.rule, w.message),
+                },
+                _ => {
+                    summary.push(format!("{}: {} (line {})", w.rule, w.message, w.line));
+                    eprintln!("{}", w.display());
+                    continue;
                 }
+            },
+        };
+        match (&mut view, mode) {
+            (Some(view), _) => view.handle(step),
+            (None, ProgressMode::Quiet) => {}
+            (None, ProgressMode::Rawjson) => {
+                let mut out = std::io::stderr().lock();
+                let _ = serde_json::to_writer(&mut out, &step);
+                let _ = writeln!(out);
             }
+            (None, _) => plain.handle(&mut std::io::stderr().lock(), step),
         }
     }
+    if let Some(view) = view {
+        view.finish();
+    }
+    summary
 }
 
 /// Step numbers in order of first appearance, as BuildKit numbers them.

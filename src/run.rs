@@ -3,11 +3,8 @@
 //! and leaves nothing behind; otherwise it becomes a managed container (see `runtime`).
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use solver::graph::{Definition, Op, Vertex};
-use solver::{Ref, Solver, SolverConfig};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -216,60 +213,12 @@ impl RunArgs {
     }
 }
 
-/// An image ready to run: its config and a snapshot to base the rootfs on.
-struct PreparedImage {
-    solver: Arc<Solver>,
-    image_id: String,
-    config: exporter::image::ImageConfig,
-    parent: Option<String>,
-}
-
-async fn prepare_image(root: &Path, image: &str, platform: Option<&str>) -> Result<PreparedImage> {
-    let solver = Arc::new(Solver::new(SolverConfig {
-        root: root.to_path_buf(),
-        executor: executor::Executor::current_exe()?,
-        locals: HashMap::new(),
-        no_cache: false,
-        progress: solver::progress::Progress::discard(),
-        exec: Default::default(),
-        layer_export: Default::default(),
-    })?);
-    let target = solver
-        .images
-        .resolve(image)?
-        .ok_or_else(|| anyhow!("no such image: {image} (see `builder images`)"))?;
-    let wanted = crate::platforms::run_platform(platform)?;
-    let (manifest, _, config) = solver.images.load_image(&target, &wanted)?;
-    crate::platforms::check_image_platform(image, &config, &wanted, platform.is_some())?;
-    let reference = exporter::reference::Reference::parse(image)
-        .map(|r| exporter::reference::Reference { digest: None, ..r }.full_name())
-        .unwrap_or(image.to_string());
-    let def = Definition {
-        vertices: vec![Vertex {
-            op: Op::Image {
-                reference: format!("{reference}@{}", manifest.digest),
-                platform: config.platform().to_string(),
-            },
-            inputs: vec![],
-            name: "image".into(),
-            ignore_cache: false,
-        }],
-        output: Some(0),
-    };
-    let solved = solver
-        .solve(&def, &executor::CancelToken::new())
-        .await
-        .map_err(|e| anyhow!("preparing {image}: {e}"))?;
-    let parent = match &solved.output {
-        Ref::Snapshot(s) => Some(s.clone()),
-        _ => None,
-    };
-    Ok(PreparedImage {
-        solver,
-        image_id: manifest.digest.clone(),
-        config,
-        parent,
-    })
+async fn prepare_image(
+    root: &Path,
+    image: &str,
+    platform: Option<&str>,
+) -> Result<engine::images::PreparedImage> {
+    engine::images::prepare(root, image, platform).await
 }
 
 /// The process spec from the image config and the flags (rootfs left empty).
@@ -369,8 +318,8 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         std::process::id(),
         solver::progress::now() as u64
     );
-    let solver = prepared.solver;
-    let mounts = solver.snapshots.prepare(&key, prepared.parent.as_deref())?;
+    let snapshots = prepared.snapshots;
+    let mounts = snapshots.prepare(&key, prepared.parent.as_deref())?;
     spec.rootfs = solver::solve::rootfs_mounts(&mounts);
     if spec.hostname.is_empty() {
         spec.hostname = key.chars().rev().take(12).collect();
@@ -389,7 +338,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         .context("container task")?;
     ctrl_c.abort();
     // A foreground run without a name leaves nothing to reuse: its filesystem always goes.
-    solver.snapshots.remove(&key)?;
+    snapshots.remove(&key)?;
     match result {
         Ok(code) => Ok(code),
         Err(executor::ExecError::Setup(msg)) => {
@@ -451,11 +400,11 @@ pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Co
         bail!("conflicting options: cannot specify both --restart and --rm");
     }
     let store = runtime::ContainerStore::open(root)?;
-    let solver = prepared.solver.clone();
+    let snapshots = prepared.snapshots.clone();
     let parent = prepared.parent.clone();
     runtime::create(&store, request, |id| {
         let key = format!("ctr-{id}");
-        let mounts = solver.snapshots.prepare(&key, parent.as_deref())?;
+        let mounts = snapshots.prepare(&key, parent.as_deref())?;
         Ok((solver::solve::rootfs_mounts(&mounts), key))
     })
 }

@@ -21,6 +21,6 @@ mod staging;
 // The graph types and the pattern matcher live in the `llb` leaf crate; these paths stay.
 pub use llb::{graph, patterns};
 pub use llb::{Definition, Op, Vertex};
-pub use mounts::{ExecConfig, SecretSource};
+pub use mounts::{ExecConfig, ProvidedSecret, SecretSource};
 pub use multi::MultiSolveOutput;
 pub use solve::{Ref, SolveError, SolveOutput, Solver, SolverConfig};

@@ -25,7 +25,27 @@ pub enum SecretSource {
     /// BuildKit's shorthand `--secret id=X`: the environment variable `X` if set,
     /// otherwise the file `X`.
     EnvOrFile(String),
+    /// A value a client provides when asked (e.g. over a build server's session).
+    Provided(ProvidedSecret),
 }
+
+/// Reads a provided secret's value; `None` when the client has none.
+#[derive(Clone)]
+pub struct ProvidedSecret(pub std::sync::Arc<dyn Fn() -> Result<Option<Vec<u8>>> + Send + Sync>);
+
+impl std::fmt::Debug for ProvidedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProvidedSecret")
+    }
+}
+
+impl PartialEq for ProvidedSecret {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ProvidedSecret {}
 
 impl SecretSource {
     /// The secret's value; `None` when the variable (or the shorthand's file) does not
@@ -47,6 +67,7 @@ impl SecretSource {
                 Some(v) => Ok(Some(v.into_encoded_bytes())),
                 None => read_file(Path::new(name)),
             },
+            SecretSource::Provided(read) => (read.0)(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `--provenance`, `--sbom` and `--attest` of `builder build`: which attestations to attach,
-//! and the provenance facts gathered from the build.
+//! Attestations: the `--provenance`, `--sbom` and `--attest` specs (which to attach), and
+//! the provenance facts gathered from the build.
 
 use anyhow::{bail, Result};
 use exporter::attestation::{AttestationRequest, Predicate, PREDICATE_SLSA_V1};
@@ -85,8 +85,9 @@ pub struct BuildFacts<'a> {
     pub dockerfile_name: &'a str,
     pub dockerfile: &'a [u8],
     pub context: &'a Path,
-    pub secrets: &'a [String],
-    pub ssh: &'a [String],
+    /// Ids of the secrets and SSH agents provided (never their sources or values).
+    pub secret_ids: Vec<String>,
+    pub ssh_ids: Vec<String>,
     pub started: String,
     pub source_date_epoch: Option<u64>,
 }
@@ -142,12 +143,8 @@ fn provenance_input(
         invocation_id: invocation_id(&attrs, &materials, facts.source_date_epoch),
         frontend_attrs: attrs,
         dockerfile_path: facts.dockerfile_name.to_string(),
-        secret_ids: ids(facts.secrets, |s| {
-            s.split(',')
-                .find_map(|p| p.strip_prefix("id="))
-                .unwrap_or(s)
-        }),
-        ssh_ids: ids(facts.ssh, |s| s.split_once('=').map_or(s, |(id, _)| id)),
+        secret_ids: facts.secret_ids.clone(),
+        ssh_ids: facts.ssh_ids.clone(),
         materials,
         git: exporter::provenance::git_source(facts.context),
         builder_platform: format!("{}/{}", host.os, host.architecture),
@@ -165,11 +162,6 @@ fn provenance_input(
             vec![]
         },
     }
-}
-
-/// Only ids: a secret's source (file, env var) and value never reach the provenance.
-fn ids(specs: &[String], id: impl Fn(&str) -> &str) -> Vec<String> {
-    specs.iter().map(|s| id(s).to_string()).collect()
 }
 
 /// The base images of the build, pinned by digest.

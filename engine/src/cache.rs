@@ -1,11 +1,12 @@
-//! `--cache-to`, `--cache-from`, `--no-cache-filter` and `--metadata-file` of `builder build`.
+//! Build caches: the `--cache-to`, `--cache-from` and `--no-cache-filter` specs, importing
+//! caches into a solve, and the build's metadata document (`--metadata-file`).
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use solver::cache::{CacheExport, CacheFrom, CacheMode, CacheTo};
 use solver::gha::GhaSettings;
 use solver::Solver;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn check_keys(flag: &str, spec: &str, kv: &HashMap<&str, &str>, allowed: &[&str]) -> Result<()> {
     for k in kv.keys() {
@@ -209,34 +210,35 @@ pub fn parse_no_cache_filter(values: &[String]) -> Result<BTreeSet<String>> {
 
 /// Loads every `--cache-from` into the solver and restores the cache mounts they carry.
 /// A cache that cannot be read is a warning, as in BuildKit: the build just runs uncached.
-pub async fn import_caches(solver: &Solver, from: &[CacheFrom]) {
+pub(crate) async fn import_caches(solver: &Solver, from: &[CacheFrom], events: &crate::EventSink) {
+    let warn = |message: String| events.send(crate::Event::Message(message));
     for f in from {
         match solver::cache::load_cache(&solver.content, f).await {
             Ok((config, blobs)) => {
                 if !config.mounts.is_empty() {
                     if let Err(e) = solver::cache::restore_mounts(solver, &config, &blobs) {
-                        eprintln!(
+                        warn(format!(
                             "warning: restoring cache mounts from {}: {e:#}",
                             f.describe()
-                        );
+                        ));
                     }
                 }
                 solver.add_cache_import(f.describe(), config, blobs);
             }
-            Err(e) => eprintln!("warning: importing cache {}: {e:#}", f.describe()),
+            Err(e) => warn(format!("warning: importing cache {}: {e:#}", f.describe())),
         }
     }
 }
 
 /// What `--metadata-file` records about a build.
-pub struct Metadata<'a> {
+pub(crate) struct Metadata<'a> {
     pub manifest: &'a exporter::image::Descriptor,
     pub tags: &'a [String],
     pub cache_exports: &'a [CacheExport],
 }
 
-/// Writes buildx-style build metadata (JSON) to `path`.
-pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<()> {
+/// buildx-style build metadata: digests, descriptor, names, caches.
+pub(crate) fn metadata(solver: &Solver, meta: &Metadata) -> Result<serde_json::Value> {
     let manifest = image_manifest(solver, meta.manifest)?;
     let imported: Vec<_> = solver
         .cache_import_hits()
@@ -258,9 +260,7 @@ pub fn write_metadata(path: &Path, solver: &Solver, meta: &Metadata) -> Result<(
     if !meta.tags.is_empty() {
         doc["image.name"] = serde_json::Value::String(meta.tags.join(","));
     }
-    let json = serde_json::to_vec_pretty(&doc)?;
-    solver::context::write_atomic_with_mode(path, &json, 0o644)
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(doc)
 }
 
 /// The manifest a descriptor names; for an index (several platforms, or attestations) the
