@@ -17,6 +17,7 @@ mod output;
 mod platforms;
 mod progress;
 mod prune;
+mod remote_cmd;
 mod rootfs_tar;
 mod run;
 mod secrets;
