@@ -237,6 +237,9 @@ fn write(dir: &Path, rel: &str, data: &[u8]) {
     std::fs::write(p, data).unwrap();
 }
 
+/// SOURCE_DATE_EPOCH alone leaves the times COPY and RUN give files; this clamps them too.
+const REPRODUCIBLE: &str = "type=image,rewrite-timestamp=true";
+
 const DOCKERFILE: &str = "FROM busybox:latest\nCOPY . /app\nRUN cat /app/a.txt > /copied.txt\n";
 
 #[test]
@@ -259,7 +262,7 @@ fn remote_build_matches_local_and_sends_only_changed_files() {
     let out = local
         .cmd()
         .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args(["build", "--progress=plain", "--iidfile"])
+        .args(["build", "--progress=plain", "-o", REPRODUCIBLE, "--iidfile"])
         .arg(&local_iid)
         .arg(ctx.path())
         .output()

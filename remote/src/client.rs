@@ -213,7 +213,14 @@ fn is_unreachable(e: &tonic::transport::Error) -> bool {
 /// A TLS failure said in terms of the flags that fix it.
 fn explain_tls(node: &Address, tls: &TlsFiles, text: &str) -> Option<String> {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("certificaterequired") || lower.contains("certificate required") {
+    // Plain HTTP/2 to a TLS listener fails on the TLS record it gets back.
+    let plain_to_tls = tls.is_empty()
+        && matches!(node, Address::Tcp { .. })
+        && (lower.contains("frame with invalid size") || lower.contains("frame_size"));
+    if plain_to_tls
+        || lower.contains("certificaterequired")
+        || lower.contains("certificate required")
+    {
         return Some(format!(
             "{node} requires a client certificate (mutual TLS) and none was given: set \
              BUILDER_CERT_PATH to a directory with ca.pem, cert.pem and key.pem, or use a \
@@ -392,7 +399,10 @@ impl ClientSession {
         };
         match dest {
             Some(Dest::File(path)) => {
-                std::fs::copy(file.path(), &path)
+                // A new file as a local build makes it (not the temporary file's 0600).
+                let mut out = std::fs::File::create(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                std::io::copy(&mut std::fs::File::open(file.path())?, &mut out)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Some(Dest::Dir(dir)) => {
