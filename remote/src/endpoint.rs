@@ -119,7 +119,7 @@ pub fn order_nodes<'a>(nodes: &'a [Address], key: &str) -> Vec<&'a Address> {
             (u64::from_be_bytes(h[..8].try_into().expect("8 bytes")), n)
         })
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.into_iter().map(|(_, n)| n).collect()
 }
 
