@@ -611,3 +611,72 @@ fn kubernetes_manifests_validate_strictly() {
         "strict mode accepted an unknown field"
     );
 }
+
+#[test]
+fn a_disconnected_client_cancels_its_build() {
+    let certs = Certs::generate();
+    let metrics_port = free_port();
+    let server = Server::start(
+        &certs,
+        &["--metrics-addr", &format!("127.0.0.1:{metrics_port}")],
+    );
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest\nRUN sleep 60\n")]);
+    let mut client = remote_cmd(&certs, "client", &server.url(), ctx.path(), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&metrics).contains("builder_builds_running 1") {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The build stops (as on Ctrl-C) long before its 60 s sleep would end.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while !http_get(&metrics).contains("builder_builds_running 0") {
+        assert!(Instant::now() < deadline, "the build was not cancelled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(http_get(&metrics).contains("builder_builds_failed_total 1"));
+}
+
+#[test]
+fn sigterm_lets_running_builds_finish_then_exits() {
+    let certs = Certs::generate();
+    let mut server = Server::start(&certs, &[]);
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest\nRUN sleep 4\n")]);
+    let client = remote_cmd(
+        &certs,
+        "client",
+        &server.url(),
+        ctx.path(),
+        &["--progress=plain"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut child = server.child.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // No new connections once stopping.
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = remote_build(&certs, &server.url(), ctx.path(), &[]);
+    assert!(!refused.status.success());
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the running build was cut: {}",
+        stderr(&out)
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "server exit: {status}");
+}
