@@ -680,3 +680,44 @@ fn sigterm_lets_running_builds_finish_then_exits() {
     let status = child.wait().unwrap();
     assert!(status.success(), "server exit: {status}");
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    all_files(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+        .collect()
+}
+
+#[test]
+fn secrets_reach_the_build_but_not_the_servers_disk() {
+    let certs = Certs::generate();
+    let server = Server::start(&certs, &[]);
+    let value = "s3cr3t-value-7f1c2e";
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nRUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len\n",
+    )]);
+    let secret_file = ctx.path().join("tok.txt");
+    std::fs::write(&secret_file, value).unwrap();
+    std::fs::write(ctx.path().join(".dockerignore"), "tok.txt\n").unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = remote_build(
+        &certs,
+        &server.url(),
+        ctx.path(),
+        &[
+            "--secret",
+            &format!("id=tok,src={}", secret_file.display()),
+            "-o",
+            &format!("type=local,dest={}", dest.path().display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let len = std::fs::read_to_string(dest.path().join("len")).unwrap();
+    assert_eq!(len.trim(), value.len().to_string());
+    assert_eq!(
+        files_containing(server.store.root(), value.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+}
