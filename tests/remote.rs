@@ -297,11 +297,8 @@ fn remote_build_matches_local_and_sends_only_changed_files() {
     assert!(metrics.contains("builder_builds_running 0"), "{metrics}");
 }
 
-/// Known to fail (see the lead's report): the cold remote build exports its COPY layer
-/// without the rewrite-timestamp clamp inside this harness, though the same commands by hand
-/// (and every warm rebuild) give the local digest.
+/// A remote build gives the image a local build gives (SOURCE_DATE_EPOCH, rewrite-timestamp).
 #[test]
-#[ignore = "cold remote COPY layer escapes rewrite-timestamp under the test harness"]
 fn remote_image_digest_equals_local() {
     let certs = Certs::generate();
     let server = Server::start(&certs, &[]);
@@ -332,6 +329,8 @@ fn remote_image_digest_equals_local() {
         ctx.path(),
         &[
             "--progress=rawjson",
+            "-o",
+            REPRODUCIBLE,
             "--iidfile",
             remote_iid.to_str().unwrap(),
         ],
