@@ -147,6 +147,8 @@ async fn connect(node: &Address, tls: &TlsFiles) -> Result<Channel, tonic::trans
             let path = path.clone();
             Endpoint::from_static("http://localhost")
                 .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(16 << 20)
+                .initial_connection_window_size(32 << 20)
                 .connect_with_connector(tower::service_fn(move |_| {
                     let path = path.clone();
                     async move {
@@ -166,6 +168,10 @@ async fn connect(node: &Address, tls: &TlsFiles) -> Result<Channel, tonic::trans
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_part}:{port}"))?
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(20))
+                // HTTP/2's default 64 KiB windows cap a bulk upload at a few dozen MB/s.
+                .initial_stream_window_size(16 << 20)
+                .initial_connection_window_size(32 << 20)
+                .tcp_nodelay(true)
                 .keep_alive_while_idle(true);
             if !tls.is_empty() {
                 let mut config = ClientTlsConfig::new().domain_name(host.clone());

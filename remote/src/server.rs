@@ -92,7 +92,11 @@ pub async fn serve(opts: ServeOptions, backend: Arc<dyn BuildBackend>) -> Result
     let shutdown_timeout = service.shutdown_timeout();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BuilderServer<Service>>().await;
-    let mut builder = Server::builder();
+    // Large HTTP/2 windows: context uploads are bulk transfers.
+    let mut builder = Server::builder()
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20)
+        .tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
