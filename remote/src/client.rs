@@ -90,7 +90,7 @@ pub async fn build(conn: &Connection, mut build: RemoteBuild) -> Result<Outcome>
     let response = client
         .build(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| explain_status(&node, &conn.tls, s))?;
+        .map_err(|s| explain_first_call(&node, &conn.tls, s))?;
     let mut session = ClientSession {
         build,
         manifests,
@@ -219,10 +219,20 @@ fn is_unreachable(e: &tonic::transport::Error) -> bool {
 /// A TLS failure said in terms of the flags that fix it.
 fn explain_tls(node: &Address, tls: &TlsFiles, text: &str) -> Option<String> {
     let lower = text.to_ascii_lowercase();
-    // Plain HTTP/2 to a TLS listener fails on the TLS record it gets back.
+    // Plain HTTP/2 to a TLS listener fails on the TLS record it gets back, or on the
+    // connection the server drops.
     let plain_to_tls = tls.is_empty()
         && matches!(node, Address::Tcp { .. })
-        && (lower.contains("frame with invalid size") || lower.contains("frame_size"));
+        && [
+            "frame with invalid size",
+            "frame_size",
+            "broken pipe",
+            "connection error",
+            "connection closed",
+            "operation was canceled",
+        ]
+        .iter()
+        .any(|p| lower.contains(p));
     if plain_to_tls
         || lower.contains("certificaterequired")
         || lower.contains("certificate required")
@@ -265,6 +275,30 @@ fn explain_connect(node: &Address, tls: &TlsFiles, e: &tonic::transport::Error) 
         Some(msg) => anyhow!("{msg}"),
         None => anyhow!("connecting to the builder at {node}: {text}"),
     }
+}
+
+/// The first call on a TLS connection is where a refused client certificate shows: TLS 1.3
+/// reports it after the client's side of the handshake, and the alert may be lost when the
+/// server closes the connection first.
+fn explain_first_call(node: &Address, tls: &TlsFiles, s: tonic::Status) -> anyhow::Error {
+    let e = explain_status(node, tls, s);
+    let text = format!("{e:#}");
+    let lower = text.to_ascii_lowercase();
+    let closed = [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "operation was canceled",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    if tls.cert.is_some() && matches!(node, Address::Tcp { .. }) && closed {
+        return anyhow!(
+            "{node} refused this client's certificate (it is not signed by the CA the server \
+             trusts) or closed the connection during the TLS handshake ({text})"
+        );
+    }
+    e
 }
 
 fn explain_status(node: &Address, tls: &TlsFiles, s: tonic::Status) -> anyhow::Error {
@@ -333,7 +367,6 @@ impl ClientSession {
 
     /// Sends the files the server asked for, 1 MiB at a time.
     async fn upload(&mut self) -> Result<()> {
-        let mut files = 0usize;
         let total: usize = self
             .manifests
             .iter()
@@ -353,16 +386,20 @@ impl ClientSession {
         self.bytes_sent += manifest_bytes as u64;
         let mut contexts: Vec<u32> = self.needs.keys().copied().collect();
         contexts.sort();
+        let mut wanted = Vec::new();
         for c in contexts {
             let root = self.build.contexts[c as usize].source.root().to_path_buf();
             for &i in &self.needs[&c] {
                 let entry = self.manifests[c as usize]
                     .get(i as usize)
                     .ok_or_else(|| anyhow!("the builder asked for a file not in the manifest"))?;
-                self.bytes_sent += send_file(&self.tx, c, i, root.join(&entry.path)).await?;
-                files += 1;
+                wanted.push((c, i, root.join(&entry.path)));
             }
         }
+        let files = wanted.len();
+        let tx = self.tx.clone();
+        // One thread reads the files in order (no hop to a blocking pool per file).
+        self.bytes_sent += tokio::task::spawn_blocking(move || send_files(&tx, wanted)).await??;
         send(&self.tx, In::UploadDone(UploadDone {})).await?;
         if self.build.json_progress {
             eprintln!(
@@ -426,44 +463,34 @@ impl ClientSession {
     }
 }
 
-async fn send_file(
-    tx: &mpsc::Sender<ClientMessage>,
-    context: u32,
-    index: u32,
-    path: PathBuf,
-) -> Result<u64> {
-    use tokio::io::AsyncReadExt as _;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
+/// Sends each file in 1 MiB chunks; returns the bytes sent.
+fn send_files(tx: &mpsc::Sender<ClientMessage>, files: Vec<(u32, u32, PathBuf)>) -> Result<u64> {
+    use std::io::Read as _;
     let mut sent = 0u64;
-    loop {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read(&mut buf[filled..]).await?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
-        let eof = filled < (1 << 20);
-        sent += filled as u64;
-        send(
-            tx,
-            In::File(FileChunk {
+    for (context, index, path) in files {
+        let mut file =
+            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        loop {
+            let mut buf = Vec::with_capacity(1 << 20);
+            let n = (&mut file).take(1 << 20).read_to_end(&mut buf)?;
+            let eof = n < (1 << 20);
+            sent += n as u64;
+            let chunk = FileChunk {
                 context,
                 index,
                 data: buf,
                 eof,
-            }),
-        )
-        .await?;
-        if eof {
-            return Ok(sent);
+            };
+            tx.blocking_send(ClientMessage {
+                msg: Some(In::File(chunk)),
+            })
+            .map_err(|_| anyhow!("the connection to the builder closed"))?;
+            if eof {
+                break;
+            }
         }
     }
+    Ok(sent)
 }
 
 fn human(bytes: u64) -> String {
