@@ -18,7 +18,9 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   libseccomp-dev pkg-config nftables iproute2 iptables uidmap passt slirp4netns
   # SBOM tests validate SPDX against its JSON schema, GitLab template tests parse YAML; the
   # GitHub Action runs under node
-  python3-jsonschema python3-yaml nodejs)
+  python3-jsonschema python3-yaml nodejs
+  # the remote crate's gRPC code is generated from proto/ by protoc at build time
+  protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,4 +61,9 @@ if [ -e /proc/sys/fs/binfmt_misc/register ]; then
   for arch in aarch64 arm; do
     ensure_qemu_handler "$arch"
   done
+fi
+# deploy/kubernetes/ is checked by kubernetes-validate (its schemas ship in the package).
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install -q kubernetes-validate==1.37.0 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0
 fi

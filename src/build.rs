@@ -120,6 +120,10 @@ pub struct BuildArgs {
     /// [,disabled=true]; may be repeated.
     #[arg(long = "attest")]
     pub attest: Vec<String>,
+    /// Build on a remote builder: tcp://HOST:PORT[,tcp://HOST2:PORT2...], unix:///PATH, or the
+    /// name of one made with `builder builder create`.
+    #[arg(long, env = "BUILDER_HOST")]
+    pub builder: Option<String>,
     /// The build context directory; `-` reads a tar context (or a lone Dockerfile) from stdin.
     pub context: PathBuf,
 }

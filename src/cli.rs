@@ -60,6 +60,11 @@ pub enum Command {
     Containers(crate::containers::ContainerCommand),
     /// Compose projects: `config` prints the normalised model.
     Compose(crate::compose_cmd::ComposeArgs),
+    /// Serve builds to remote clients (gRPC; mutual TLS on TCP).
+    Serve(crate::remote_cmd::ServeArgs),
+    /// Named remote builders: create, ls, rm.
+    #[command(subcommand)]
+    Builder(crate::remote_cmd::BuilderCommand),
 }
 
 /// The storage root: `--root`, `BUILDER_ROOT`, or the default for the user.
@@ -77,9 +82,15 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
 }
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
-    if let Command::Compose(args) = cli.command {
-        return crate::compose_cmd::run(args);
-    }
+    let cli = match cli.command {
+        Command::Compose(args) => return crate::compose_cmd::run(args),
+        Command::Builder(command) => return crate::remote_cmd::builder_command(command),
+        Command::Build(args) if args.builder.is_some() => {
+            let builder = args.builder.clone().unwrap_or_default();
+            return crate::remote_cmd::remote_build(&builder, *args);
+        }
+        command => Cli { command, ..cli },
+    };
     // Containers always need namespaces; everything else may read a chroot-mode store.
     if !matches!(cli.command, Command::Run(_) | Command::Containers(_)) {
         // Before the runtime's threads: the probe forks.
@@ -94,6 +105,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Command::Serve(args) = cli.command {
+        // Each build takes the store lock itself: a server holds none (its GC must run).
+        return crate::remote_cmd::serve(&root, args);
+    }
     let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
@@ -104,7 +119,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune(args) => crate::prune::prune(&root, args),
         Command::Du(args) => crate::prune::du(&root, args),
         Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
-        Command::Compose(args) => crate::compose_cmd::run(args),
+        Command::Compose(_) | Command::Builder(_) | Command::Serve(_) => {
+            unreachable!("handled above")
+        }
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

@@ -12,6 +12,7 @@ mod isolation;
 mod login;
 mod progress;
 mod prune;
+mod remote_cmd;
 mod run;
 
 use clap::Parser as _;

@@ -100,8 +100,16 @@ struct HelperCredential {
 
 impl DockerConfig {
     /// Loads `config.json` from [`docker_config_dir`]; a missing file is an empty config.
+    /// `DOCKER_AUTH_CONFIG` (a config.json's text) wins: a remote builder hands a client's
+    /// credentials to one build that way, never writing them to its disk.
     pub fn load() -> Result<Self> {
-        Self::load_from(&docker_config_dir().join("config.json"))
+        let path = docker_config_dir().join("config.json");
+        if let Some(text) = std::env::var_os("DOCKER_AUTH_CONFIG").filter(|t| !t.is_empty()) {
+            let raw = serde_json::from_slice(text.as_encoded_bytes())
+                .map_err(|e| Error::Config(format!("DOCKER_AUTH_CONFIG: {e}")))?;
+            return Ok(DockerConfig { path, raw });
+        }
+        Self::load_from(&path)
     }
 
     pub fn load_from(path: &Path) -> Result<Self> {

@@ -28,6 +28,7 @@ mod progress;
 mod prune;
 mod realworld;
 mod registry;
+mod remote;
 mod robustness;
 mod unprivileged;
 mod volumes;
