@@ -18,7 +18,9 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   libseccomp-dev pkg-config nftables iproute2 iptables uidmap passt slirp4netns
   # SBOM tests validate SPDX against its JSON schema, GitLab template tests parse YAML; the
   # GitHub Action runs under node
-  python3-jsonschema python3-yaml nodejs)
+  python3-jsonschema python3-yaml nodejs
+  # compose tests: a Redis image made from the host's redis-server and redis-cli
+  redis-server redis-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

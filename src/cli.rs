@@ -54,7 +54,7 @@ pub enum Command {
     Du(crate::prune::DuArgs),
     #[command(flatten)]
     Containers(crate::containers::ContainerCommand),
-    /// Compose projects: `config` prints the normalised model.
+    /// Compose projects: `up`, `down`, `ps`, `logs`, ... and `config`.
     Compose(crate::compose_cmd::ComposeArgs),
 }
 
@@ -72,16 +72,21 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
     data.unwrap_or_else(|| PathBuf::from(".")).join("builder")
 }
 
-pub fn dispatch(cli: Cli) -> Result<i32> {
-    if let Command::Compose(args) = cli.command {
-        return crate::compose_cmd::run(args);
-    }
-    let root = storage_root(cli.root);
+/// The storage root, created and made absolute.
+pub fn prepared_root(flag: Option<PathBuf>) -> Result<PathBuf> {
+    let root = storage_root(flag);
     std::fs::create_dir_all(&root)
         .with_context(|| format!("creating storage root {}", root.display()))?;
     // Container monitors outlive this process and its working directory.
-    let root = std::fs::canonicalize(&root)
-        .with_context(|| format!("resolving storage root {}", root.display()))?;
+    std::fs::canonicalize(&root)
+        .with_context(|| format!("resolving storage root {}", root.display()))
+}
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    if let Command::Compose(args) = cli.command {
+        return crate::compose_cmd::run(args, cli.root);
+    }
+    let root = prepared_root(cli.root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -95,7 +100,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune(args) => crate::prune::prune(&root, args),
         Command::Du(args) => crate::prune::du(&root, args),
         Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
-        Command::Compose(args) => crate::compose_cmd::run(args),
+        Command::Compose(args) => crate::compose_cmd::run(args, Some(root)),
         Command::Images => {
             let store = open_images(&root)?;
             println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");

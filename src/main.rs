@@ -10,6 +10,8 @@ mod cache_flags;
 mod checks_output;
 mod cli;
 mod compose_cmd;
+mod compose_stack;
+mod compose_verbs;
 mod containers;
 mod image_cmds;
 mod login;
