@@ -408,7 +408,8 @@ fn watch(containers: &[runtime::Container], abort_on_exit: bool, interrupts: &At
             stopping = true;
             eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
             // Each in its own thread, so that a second Ctrl-C is seen meanwhile.
-            for c in containers.iter().cloned() {
+            for c in containers.iter() {
+                let c = c.clone();
                 std::thread::spawn(move || runtime::stop(&c, None));
             }
         }
