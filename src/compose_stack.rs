@@ -362,7 +362,12 @@ fn up(stack: &stack::Stack, images: &CliImages, args: UpArgs) -> Result<i32> {
     if !(args.detach || args.wait) {
         // Before any container starts: a Ctrl-C from now on stops the stack gracefully.
         // SAFETY: the handler only increments an atomic.
-        unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as *const () as libc::sighandler_t,
+            )
+        };
     }
     let services = stack::up(stack, images, &opts)?;
     if args.detach || args.wait {

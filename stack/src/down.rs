@@ -1,6 +1,9 @@
 //! `down`: stop and remove the project's containers (dependents first, each with its
 //! stop_signal and grace period), then its networks, and with `-v` its volumes.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Condvar, Mutex};
+
 use anyhow::Result;
 
 use crate::{labels, Stack};
@@ -14,43 +17,40 @@ pub struct DownOptions {
 }
 
 pub fn down(stack: &Stack, opts: &DownOptions) -> Result<()> {
-    let mut order = stack.order()?;
-    order.reverse();
-    let all = stack.containers()?;
-    // Dependents first, then one-offs and orphans.
-    let mut ranked: Vec<(usize, runtime::Container)> = all
-        .into_iter()
-        .map(|c| {
-            let service = c
-                .config
-                .labels
-                .get(labels::SERVICE)
-                .cloned()
-                .unwrap_or_default();
-            let rank = order.iter().position(|s| *s == service).unwrap_or(0);
-            (rank, c)
-        })
-        .collect();
-    ranked.sort_by_key(|(r, _)| *r);
-    let mut groups: Vec<Vec<runtime::Container>> = Vec::new();
-    for (rank, c) in ranked {
-        match groups.last_mut() {
-            Some(g) if g.first().map(|f| rank_of(&order, f)) == Some(rank) => g.push(c),
-            _ => groups.push(vec![c]),
-        }
+    let mut by_service: BTreeMap<String, Vec<runtime::Container>> = BTreeMap::new();
+    for c in stack.containers()? {
+        let service = c
+            .config
+            .labels
+            .get(labels::SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        by_service.entry(service).or_default().push(c);
     }
-    for group in groups {
-        // One service's replicas stop together.
-        std::thread::scope(|s| {
-            let handles: Vec<_> = group
-                .iter()
-                .map(|c| s.spawn(move || stop_and_remove(stack, c, opts.timeout)))
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("stop thread"))
-        })?;
-    }
+    let stopped: (Mutex<BTreeSet<String>>, Condvar) = Default::default();
+    // Every service in its own thread, waiting until the services that depend on it stopped.
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = by_service
+            .iter()
+            .map(|(service, containers)| {
+                let (stopped, by_service) = (&stopped, &by_service);
+                s.spawn(move || {
+                    wait_dependents(stack, service, by_service, stopped);
+                    let result = containers
+                        .iter()
+                        .try_for_each(|c| stop_and_remove(stack, c, opts.timeout));
+                    stopped.0.lock().unwrap().insert(service.clone());
+                    stopped.1.notify_all();
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stop thread"))
+            .collect()
+    });
+    results.into_iter().collect::<Result<()>>()?;
     remove_networks(stack)?;
     if opts.volumes {
         remove_volumes(stack)?;
@@ -58,14 +58,23 @@ pub fn down(stack: &Stack, opts: &DownOptions) -> Result<()> {
     Ok(())
 }
 
-fn rank_of(order: &[String], c: &runtime::Container) -> usize {
-    let service = c
-        .config
-        .labels
-        .get(labels::SERVICE)
-        .cloned()
-        .unwrap_or_default();
-    order.iter().position(|s| *s == service).unwrap_or(0)
+fn wait_dependents(
+    stack: &Stack,
+    service: &str,
+    running: &BTreeMap<String, Vec<runtime::Container>>,
+    stopped: &(Mutex<BTreeSet<String>>, Condvar),
+) {
+    let dependents: Vec<&String> = stack
+        .model
+        .services
+        .iter()
+        .filter(|(name, s)| s.depends_on.contains_key(service) && running.contains_key(*name))
+        .map(|(name, _)| name)
+        .collect();
+    let mut done = stopped.0.lock().unwrap();
+    while !dependents.iter().all(|d| done.contains(*d)) {
+        done = stopped.1.wait(done).unwrap();
+    }
 }
 
 fn stop_and_remove(stack: &Stack, c: &runtime::Container, timeout: Option<u32>) -> Result<()> {
