@@ -505,7 +505,7 @@ const TRAPPING: &str = r#"
 services:
   trap:
     image: busybox
-    command: ["sh", "-c", "echo hello-fg; trap 'echo got-usr1 > /out/signal; exit 0' USR1; while true; do sleep 0.1; done"]
+    command: ["sh", "-c", "trap 'echo got-usr1 > /out/signal; exit 0' USR1; echo hello-fg; while true; do sleep 0.1; done"]
     stop_signal: SIGUSR1
     stop_grace_period: 20s
     volumes: ["./out:/out"]
@@ -540,7 +540,8 @@ fn foreground_up_streams_prefixed_logs_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !stdout(&store.run(&["ps"])).contains("cs8-trap-1") {
+    // Once it logged, the trap is set.
+    while !stdout(&store.run(&["logs", "cs8-trap-1"])).contains("hello-fg") {
         assert!(Instant::now() < deadline, "the container never started");
         std::thread::sleep(Duration::from_millis(50));
     }
