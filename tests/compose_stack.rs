@@ -351,6 +351,18 @@ fn init_job_gates_scaled_replicas_and_up_recreates_only_what_changed() {
         let now = &again.iter().find(|(m, _)| m == n).unwrap().1;
         assert_eq!(now == id, n != "cs2-other-1", "{n}: {id} -> {now}");
     }
+    // Peers resolve the recreated service to its new container.
+    let hosts = ok(
+        &store,
+        dir.path(),
+        name,
+        &["exec", "-T", "worker", "cat", "/etc/hosts"],
+    );
+    let line = hosts
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == "other"));
+    let ip = line.and_then(|l| l.split_whitespace().next());
+    assert_eq!(ip, Some(ip_of(&store, "cs2-other-1").as_str()), "{hosts}");
     ok(&store, dir.path(), name, &["down", "-v"]);
     assert_clean(&store, name);
 }
@@ -488,7 +500,14 @@ services:
         stderr(&out)
     );
     ok(&store, dir.path(), "cs6", &["down"]);
-    let dying = "services:\n  dying: {image: busybox, command: [\"sh\", \"-c\", \"exit 4\"]}\n";
+    // Still starting (its first probe is 30 s away) when it exits.
+    let dying = r#"
+services:
+  dying:
+    image: busybox
+    command: ["sh", "-c", "sleep 1; exit 4"]
+    healthcheck: {test: ["CMD", "true"], interval: 30s}
+"#;
     std::fs::write(dir.path().join("compose.yaml"), dying).unwrap();
     let out = compose(&store, dir.path(), "cs6", &["up", "-d", "--wait"]);
     assert!(!out.status.success());
