@@ -40,7 +40,6 @@ pub fn run(
     images: &dyn stack::ImageProvider,
     command: StackCommand,
 ) -> Result<i32> {
-    let store = &stack.store;
     match command {
         StackCommand::Ps {
             all,
@@ -54,24 +53,14 @@ pub fn run(
             timestamps,
             no_log_prefix,
             services,
-        } => {
-            let tail = match tail.as_deref() {
-                None | Some("all") => None,
-                Some(n) => Some(
-                    n.parse()
-                        .map_err(|_| anyhow::anyhow!("--tail {n:?}: want a number or all"))?,
-                ),
-            };
-            let opts = stack::LogOptions {
-                follow,
-                tail,
-                timestamps,
-                color: std::io::stdout().is_terminal(),
-                no_prefix: no_log_prefix,
-            };
-            stack::stream_logs(&containers_of(stack, &services)?, &opts)?;
-            Ok(0)
-        }
+        } => logs(
+            stack,
+            &services,
+            follow,
+            tail.as_deref(),
+            timestamps,
+            no_log_prefix,
+        ),
         StackCommand::Exec {
             index,
             env,
@@ -97,92 +86,136 @@ pub fn run(
             service,
             command,
         } => one_off(stack, images, &service, command, rm, detach),
-        StackCommand::Start { services } => Ok(each(&containers_of(stack, &services)?, |c| {
-            runtime::start(store, c)
-        })),
-        StackCommand::Stop { timeout, services } => {
-            let mut cs = containers_of(stack, &services)?;
-            cs.reverse();
-            Ok(each(&cs, |c| runtime::stop(c, timeout)))
-        }
-        StackCommand::Restart { timeout, services } => {
-            Ok(each(&containers_of(stack, &services)?, |c| {
-                runtime::restart(store, c, timeout)
-            }))
-        }
-        StackCommand::Kill { signal, services } => {
-            Ok(each(&containers_of(stack, &services)?, |c| {
-                runtime::kill(c, &signal)
-            }))
-        }
-        StackCommand::Rm {
-            force,
-            stop,
-            volumes,
-            services,
-        } => Ok(each(&containers_of(stack, &services)?, |c| {
-            if stop {
-                runtime::stop(c, None)?;
-            }
-            runtime::remove(store, c, force, volumes)
-        })),
         StackCommand::Top { services } => top(stack, &services),
         StackCommand::Port {
             index,
             service,
             private_port,
         } => port(stack, &service, index, &private_port),
-        StackCommand::Images => {
-            println!("{:<28} {:<40} IMAGE ID", "CONTAINER", "IMAGE");
-            for c in stack.containers()? {
-                let id = c.config.image_id.trim_start_matches("sha256:");
-                println!(
-                    "{:<28} {:<40} {}",
-                    c.config.name,
-                    c.config.image,
-                    &id[..id.len().min(12)]
-                );
-            }
-            Ok(0)
-        }
-        StackCommand::Wait { services } => {
-            let mut code = 0;
-            for c in containers_of(stack, &services)? {
-                let exit = runtime::wait_exit(&c)?;
-                println!("{exit}");
-                code = code.max(exit);
-            }
-            Ok(code)
-        }
-        StackCommand::Pull { services } => {
-            for s in stack.selected(&services, true)? {
-                if stack.model.services[&s].image.is_some() {
-                    images.pull(&stack.image_of(&s))?;
-                }
-            }
-            Ok(0)
-        }
+        StackCommand::Images => list_images(stack),
+        StackCommand::Wait { services } => wait(stack, &services),
+        StackCommand::Pull { services } => pull(stack, images, &services),
         StackCommand::Push { services } => push(stack, &services),
-        StackCommand::Build { services } => {
-            let requests: Vec<stack::BuildRequest> = stack
-                .selected(&services, true)?
-                .into_iter()
-                .filter_map(|s| {
-                    let build = stack.model.services[&s].build.clone()?;
-                    Some(stack::BuildRequest {
-                        tag: stack.image_of(&s),
-                        service: s,
-                        build,
-                    })
-                })
-                .collect();
-            images.build(&requests)?;
-            Ok(0)
+        StackCommand::Build { services } => build(stack, images, &services),
+        other => lifecycle(stack, other),
+    }
+}
+
+/// start, stop, restart, kill, rm.
+fn lifecycle(stack: &stack::Stack, command: StackCommand) -> Result<i32> {
+    let store = &stack.store;
+    let code = match command {
+        StackCommand::Start { services } => each(&containers_of(stack, &services)?, |c| {
+            runtime::start(store, c)
+        }),
+        StackCommand::Stop { timeout, services } => {
+            let mut cs = containers_of(stack, &services)?;
+            cs.reverse();
+            each(&cs, |c| runtime::stop(c, timeout))
         }
-        StackCommand::Up(_) | StackCommand::Down { .. } | StackCommand::Ls { .. } => {
-            unreachable!("handled by the caller")
+        StackCommand::Restart { timeout, services } => {
+            each(&containers_of(stack, &services)?, |c| {
+                runtime::restart(store, c, timeout)
+            })
+        }
+        StackCommand::Kill { signal, services } => each(&containers_of(stack, &services)?, |c| {
+            runtime::kill(c, &signal)
+        }),
+        StackCommand::Rm {
+            force,
+            stop,
+            volumes,
+            services,
+        } => each(&containers_of(stack, &services)?, |c| {
+            if stop {
+                runtime::stop(c, None)?;
+            }
+            runtime::remove(store, c, force, volumes)
+        }),
+        _ => unreachable!("up, down and ls are handled by the caller"),
+    };
+    Ok(code)
+}
+
+fn logs(
+    stack: &stack::Stack,
+    services: &[String],
+    follow: bool,
+    tail: Option<&str>,
+    timestamps: bool,
+    no_prefix: bool,
+) -> Result<i32> {
+    let tail = match tail {
+        None | Some("all") => None,
+        Some(n) => Some(
+            n.parse()
+                .map_err(|_| anyhow::anyhow!("--tail {n:?}: want a number or all"))?,
+        ),
+    };
+    let opts = stack::LogOptions {
+        follow,
+        tail,
+        timestamps,
+        color: std::io::stdout().is_terminal(),
+        no_prefix,
+    };
+    stack::stream_logs(&containers_of(stack, services)?, &opts)?;
+    Ok(0)
+}
+
+fn list_images(stack: &stack::Stack) -> Result<i32> {
+    println!("{:<28} {:<40} IMAGE ID", "CONTAINER", "IMAGE");
+    for c in stack.containers()? {
+        let id = c.config.image_id.trim_start_matches("sha256:");
+        let short = &id[..id.len().min(12)];
+        println!("{:<28} {:<40} {short}", c.config.name, c.config.image);
+    }
+    Ok(0)
+}
+
+/// Prints each container's exit code; returns the highest.
+fn wait(stack: &stack::Stack, services: &[String]) -> Result<i32> {
+    let mut code = 0;
+    for c in containers_of(stack, services)? {
+        let exit = runtime::wait_exit(&c)?;
+        println!("{exit}");
+        code = code.max(exit);
+    }
+    Ok(code)
+}
+
+fn pull(
+    stack: &stack::Stack,
+    images: &dyn stack::ImageProvider,
+    services: &[String],
+) -> Result<i32> {
+    for s in stack.selected(services, true)? {
+        if stack.model.services[&s].image.is_some() {
+            images.pull(&stack.image_of(&s))?;
         }
     }
+    Ok(0)
+}
+
+fn build(
+    stack: &stack::Stack,
+    images: &dyn stack::ImageProvider,
+    services: &[String],
+) -> Result<i32> {
+    let requests: Vec<stack::BuildRequest> = stack
+        .selected(services, true)?
+        .into_iter()
+        .filter_map(|s| {
+            let build = stack.model.services[&s].build.clone()?;
+            Some(stack::BuildRequest {
+                tag: stack.image_of(&s),
+                service: s,
+                build,
+            })
+        })
+        .collect();
+    images.build(&requests)?;
+    Ok(0)
 }
 
 fn ps(
