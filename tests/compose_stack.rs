@@ -110,6 +110,29 @@ fn curl(url: &str) -> String {
     }
 }
 
+/// `down` (with `args`), then nothing of the project is left: no container, network, veth
+/// or nftables rule of its containers.
+fn down_clean(store: &Store, dir: &Path, name: &str, args: &[&str]) {
+    let before: Vec<String> = ids(&ps(store, dir, name))
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    ok(store, dir, name, args);
+    assert_clean(store, name);
+    let rules = Command::new("nft")
+        .args(["list", "table", "inet", "builder"])
+        .output()
+        .unwrap();
+    let rules = stdout(&rules);
+    for id in before {
+        assert!(
+            !Path::new(&format!("/sys/class/net/vb{}", &id[..11])).exists(),
+            "veth of {id} left"
+        );
+        assert!(!rules.contains(&id), "nft rules of {id} left: {rules}");
+    }
+}
+
 /// What a project leaves in the store after `down`: its containers and networks.
 fn assert_clean(store: &Store, name: &str) {
     let ps = stdout(&store.run(&["ps", "-a", "--format", "{{.Names}}"]));
@@ -253,8 +276,7 @@ volumes: {{data: {{}}}}
         ],
     );
     assert_eq!(set.trim(), "OK");
-    ok(&store, dir.path(), name, &["down"]);
-    assert_clean(&store, name);
+    down_clean(&store, dir.path(), name, &["down"]);
     ok(&store, dir.path(), name, &["up", "-d", "--wait"]);
     let get = ok(
         &store,
@@ -272,8 +294,7 @@ volumes: {{data: {{}}}}
         ],
     );
     assert_eq!(get.trim(), "kept", "the named volume survives down/up");
-    ok(&store, dir.path(), name, &["down", "-v"]);
-    assert_clean(&store, name);
+    down_clean(&store, dir.path(), name, &["down", "-v"]);
     let volumes = stdout(&store.run(&["volume", "ls"]));
     assert!(
         !volumes.contains("cs1_data"),
@@ -363,8 +384,7 @@ fn init_job_gates_scaled_replicas_and_up_recreates_only_what_changed() {
         .find(|l| l.split_whitespace().any(|w| w == "other"));
     let ip = line.and_then(|l| l.split_whitespace().next());
     assert_eq!(ip, Some(ip_of(&store, "cs2-other-1").as_str()), "{hosts}");
-    ok(&store, dir.path(), name, &["down", "-v"]);
-    assert_clean(&store, name);
+    down_clean(&store, dir.path(), name, &["down", "-v"]);
 }
 
 #[test]
@@ -384,8 +404,7 @@ fn a_failed_init_job_keeps_its_dependents_from_starting() {
         .map(|(n, _)| n)
         .collect();
     assert!(!names.iter().any(|n| n.contains("worker")), "{names:?}");
-    ok(&store, dir.path(), "cs3", &["down", "-v"]);
-    assert_clean(&store, "cs3");
+    down_clean(&store, dir.path(), "cs3", &["down", "-v"]);
 }
 
 #[test]
@@ -423,8 +442,7 @@ networks: {front: {}, back: {}}
         "b",
         &format!("ping -c1 -W1 {}", ip_of(&store, "cs4-a-1"))
     ));
-    ok(&store, dir.path(), name, &["down"]);
-    assert_clean(&store, name);
+    down_clean(&store, dir.path(), name, &["down"]);
 }
 
 #[test]
@@ -477,8 +495,7 @@ services:
         &["--profile", "debug", "up", "-d"],
     );
     assert_eq!(names(), ["cs5-app-1", "cs5-debug-1"]);
-    ok(&store, dir.path(), name, &["--profile", "debug", "down"]);
-    assert_clean(&store, name);
+    down_clean(&store, dir.path(), name, &["--profile", "debug", "down"]);
 }
 
 #[test]
@@ -516,8 +533,7 @@ services:
         "{}",
         stderr(&out)
     );
-    ok(&store, dir.path(), "cs6", &["down"]);
-    assert_clean(&store, "cs6");
+    down_clean(&store, dir.path(), "cs6", &["down"]);
 }
 
 const TRAPPING: &str = r#"
@@ -577,6 +593,5 @@ fn foreground_up_streams_prefixed_logs_and_stops_on_ctrl_c() {
     assert_eq!(got, "got-usr1\n", "Ctrl-C stopped with the stop signal");
     let state = inspect(&store, "cs8-trap-1")["State"]["Status"].clone();
     assert_eq!(state, "exited");
-    ok(&store, dir.path(), "cs8", &["down"]);
-    assert_clean(&store, "cs8");
+    down_clean(&store, dir.path(), "cs8", &["down"]);
 }
