@@ -595,3 +595,45 @@ fn foreground_up_streams_prefixed_logs_and_stops_on_ctrl_c() {
     assert_eq!(state, "exited");
     down_clean(&store, dir.path(), "cs8", &["down"]);
 }
+
+#[test]
+fn a_recreated_dependency_restarts_dependents_that_ask_for_it() {
+    let store = Store::with_busybox();
+    let file = r#"
+services:
+  db: {image: busybox, stop_grace_period: 1s, command: ["sleep", "1000"]}
+  app:
+    image: busybox
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+    depends_on: {db: {condition: service_started, restart: true}}
+  other:
+    image: busybox
+    command: ["sleep", "1000"]
+    depends_on: [db]
+"#;
+    let dir = project(&[("compose.yaml", file)]);
+    let name = "cs9";
+    ok(&store, dir.path(), name, &["up", "-d"]);
+    let started = |c: &str| {
+        inspect(&store, c)["State"]["StartedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = ids(&ps(&store, dir.path(), name));
+    let (app, other) = (started("cs9-app-1"), started("cs9-other-1"));
+    let changed = file.replacen("\"1000\"]}", "\"1001\"]}", 1);
+    std::fs::write(dir.path().join("compose.yaml"), changed).unwrap();
+    ok(&store, dir.path(), name, &["up", "-d"]);
+    let after = ids(&ps(&store, dir.path(), name));
+    assert_ne!(before[1], after[1], "db recreated: {after:?}");
+    assert_eq!(
+        (&before[0], &before[2]),
+        (&after[0], &after[2]),
+        "dependents kept"
+    );
+    assert_ne!(started("cs9-app-1"), app, "app (restart: true) restarted");
+    assert_eq!(started("cs9-other-1"), other, "other left alone");
+    down_clean(&store, dir.path(), name, &["down"]);
+}

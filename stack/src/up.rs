@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use runtime::PreparedImage;
 
 use crate::wait::{wait_service, Goal};
@@ -169,8 +169,8 @@ fn remove_orphans(stack: &Stack) -> Result<()> {
     Ok(())
 }
 
-/// Which services are done converging, and how.
-type Progress = (Mutex<BTreeMap<String, Result<(), String>>>, Condvar);
+/// Which services are done converging, and how (Ok(true): a container was recreated).
+type Progress = (Mutex<BTreeMap<String, Result<bool, String>>>, Condvar);
 
 /// Every service in its own thread, each waiting for its dependencies' conditions first.
 fn start_in_order(
@@ -187,14 +187,14 @@ fn start_in_order(
                 let progress = &progress;
                 s.spawn(move || {
                     let result = wait_dependencies(stack, name, selected, progress)
-                        .and_then(|_| converge(stack, name, &prepared[name], opts));
+                        .and_then(|restart| converge(stack, name, &prepared[name], opts, restart));
                     let (done, cv) = progress;
                     done.lock().unwrap().insert(
                         name.clone(),
-                        result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+                        result.as_ref().map(|r| *r).map_err(|e| format!("{e:#}")),
                     );
                     cv.notify_all();
-                    result
+                    result.map(|_| ())
                 })
             })
             .collect();
@@ -211,8 +211,10 @@ fn wait_dependencies(
     name: &str,
     selected: &[String],
     progress: &Progress,
-) -> Result<()> {
+) -> Result<bool> {
     let service = &stack.model.services[name];
+    // A dependency with `restart: true` that was recreated restarts this service.
+    let mut restart = false;
     for (dep, dependency) in &service.depends_on {
         if !selected.contains(dep) {
             continue;
@@ -222,10 +224,9 @@ fn wait_dependencies(
         while !map.contains_key(dep) {
             map = cv.wait(map).unwrap();
         }
-        if let Err(e) = &map[dep] {
-            return Err(anyhow!(
-                "service {name:?} depends on {dep:?}, which failed: {e}"
-            ));
+        match &map[dep] {
+            Err(e) => bail!("service {name:?} depends on {dep:?}, which failed: {e}"),
+            Ok(recreated) => restart |= *recreated && dependency.restart,
         }
         drop(map);
         let goal = Goal::of_condition(&dependency.condition);
@@ -235,12 +236,20 @@ fn wait_dependencies(
             }
         }
     }
-    Ok(())
+    Ok(restart)
 }
 
 /// Makes the service's containers match the model: keeps those whose config hash matches,
-/// recreates the others, adds or removes replicas, starts what is not running.
-fn converge(stack: &Stack, name: &str, image: &PreparedImage, opts: &UpOptions) -> Result<()> {
+/// recreates the others, adds or removes replicas, starts what is not running (and restarts
+/// what is, with `restart`). Returns whether a container was recreated.
+fn converge(
+    stack: &Stack,
+    name: &str,
+    image: &PreparedImage,
+    opts: &UpOptions,
+    restart: bool,
+) -> Result<bool> {
+    let mut recreated = false;
     let hash = crate::config_hash(&stack.service_json[name], &image.image_id);
     let want = opts
         .scale
@@ -256,12 +265,16 @@ fn converge(stack: &Stack, name: &str, image: &PreparedImage, opts: &UpOptions) 
             eprintln!(" Container {}  Recreate", c.config.name);
             runtime::stop(&c, None)?;
             runtime::remove(&stack.store, &c, false, false)?;
+            recreated = true;
             continue;
         }
         present.push(number);
         if !c.live_state()?.status.is_active() {
             runtime::start(&stack.store, &c)?;
             eprintln!(" Container {}  Started", c.config.name);
+        } else if restart {
+            runtime::restart(&stack.store, &c, None)?;
+            eprintln!(" Container {}  Restarted", c.config.name);
         } else {
             eprintln!(" Container {}  Running", c.config.name);
         }
@@ -279,5 +292,5 @@ fn converge(stack: &Stack, name: &str, image: &PreparedImage, opts: &UpOptions) 
         runtime::start(&stack.store, &c)?;
         eprintln!(" Container {}  Started", c.config.name);
     }
-    Ok(())
+    Ok(recreated)
 }
