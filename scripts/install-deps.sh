@@ -20,7 +20,11 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   # GitHub Action runs under node
   python3-jsonschema python3-yaml nodejs
   # the remote crate's gRPC code is generated from proto/ by protoc at build time
-  protobuf-compiler)
+  protobuf-compiler
+  # compose tests: a Redis image made from the host's redis-server and redis-cli
+  redis-server redis-tools
+  # scripts/bench-compose.sh compares with docker-compose v1 against dockerd
+  docker-compose)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

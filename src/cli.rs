@@ -58,7 +58,7 @@ pub enum Command {
     Du(crate::prune::DuArgs),
     #[command(flatten)]
     Containers(crate::containers::ContainerCommand),
-    /// Compose projects: `config` prints the normalised model.
+    /// Compose projects: `up`, `down`, `ps`, `logs`, ... and `config`.
     Compose(crate::compose_cmd::ComposeArgs),
     /// Serve builds to remote clients (gRPC; mutual TLS on TCP).
     Serve(crate::remote_cmd::ServeArgs),
@@ -81,9 +81,19 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
     data.unwrap_or_else(|| PathBuf::from(".")).join("builder")
 }
 
+/// The storage root, created and made absolute.
+pub fn prepared_root(flag: Option<PathBuf>) -> Result<PathBuf> {
+    let root = storage_root(flag);
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("creating storage root {}", root.display()))?;
+    // Container monitors outlive this process and its working directory.
+    std::fs::canonicalize(&root)
+        .with_context(|| format!("resolving storage root {}", root.display()))
+}
+
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let cli = match cli.command {
-        Command::Compose(args) => return crate::compose_cmd::run(args),
+        Command::Compose(args) => return crate::compose_cmd::run(args, cli.root),
         Command::Builder(command) => return crate::remote_cmd::builder_command(command),
         Command::Build(args) if args.builder.is_some() => {
             let builder = args.builder.clone().unwrap_or_default();
@@ -96,12 +106,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         // Before the runtime's threads: the probe forks.
         crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
     }
-    let root = storage_root(cli.root);
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("creating storage root {}", root.display()))?;
-    // Container monitors outlive this process and its working directory.
-    let root = std::fs::canonicalize(&root)
-        .with_context(|| format!("resolving storage root {}", root.display()))?;
+    let root = prepared_root(cli.root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -43,9 +43,11 @@ enum ComposeCommand {
         #[arg(short, long)]
         quiet: bool,
     },
+    #[command(flatten)]
+    Stack(crate::compose_stack::StackCommand),
 }
 
-pub fn run(args: ComposeArgs) -> Result<i32> {
+pub fn run(args: ComposeArgs, root: Option<PathBuf>) -> Result<i32> {
     let stdin = if args.files.iter().any(|f| f.as_os_str() == "-") {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -62,13 +64,18 @@ pub fn run(args: ComposeArgs) -> Result<i32> {
         working_dir: std::env::current_dir()?,
         environ: std::env::vars().collect(),
     };
-    let ComposeCommand::Config {
-        format,
-        services,
-        volumes,
-        profiles,
-        quiet,
-    } = args.command;
+    let (format, services, volumes, profiles, quiet) = match args.command {
+        ComposeCommand::Config {
+            format,
+            services,
+            volumes,
+            profiles,
+            quiet,
+        } => (format, services, volumes, profiles, quiet),
+        ComposeCommand::Stack(command) => {
+            return crate::compose_stack::run(&opts, crate::cli::prepared_root(root)?, command)
+        }
+    };
     if profiles {
         // Profiles are listed over every service, enabled or not.
         let mut all = opts.clone();

@@ -145,36 +145,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// The confinement asked for by `--privileged`, `--cap-add/--cap-drop` and `--security-opt`.
-fn security_of(args: &RunArgs) -> Result<executor::Security> {
-    let mut security = executor::Security {
-        privileged: args.privileged,
-        cap_add: args.cap_add.clone(),
-        cap_drop: args.cap_drop.clone(),
-        ..Default::default()
-    };
-    // Checked here so that a typo is a flag error, not a container setup error.
-    executor::resolve_caps(false, &security.cap_add, &security.cap_drop)?;
-    for opt in &args.security_opt {
-        let (key, value) = opt.split_once(['=', ':']).unwrap_or((opt.as_str(), ""));
-        match (key, value) {
-            ("seccomp", "unconfined") => security.seccomp = executor::Seccomp::Unconfined,
-            ("seccomp", "") => bail!("--security-opt seccomp needs a file or unconfined"),
-            ("seccomp", file) => {
-                let json = std::fs::read_to_string(file)
-                    .with_context(|| format!("--security-opt seccomp={file}"))?;
-                security.seccomp = executor::Seccomp::Profile(json);
-            }
-            ("no-new-privileges", "" | "true") => security.no_new_privileges = true,
-            ("no-new-privileges", "false") => security.no_new_privileges = false,
-            _ => bail!(
-                "--security-opt {opt:?}: supported are seccomp=FILE, seccomp=unconfined and no-new-privileges"
-            ),
-        }
-    }
-    Ok(security)
-}
-
 impl RunArgs {
     /// Whether this run is a managed container rather than a one-off foreground process.
     fn managed(&self) -> bool {
@@ -213,75 +183,60 @@ impl RunArgs {
     }
 }
 
-async fn prepare_image(
+/// The runtime's view of a prepared image: defaults from its config, rootfs made as a
+/// snapshot on the image's.
+pub fn into_prepared(
+    image: engine::images::PreparedImage,
+    reference: &str,
+) -> runtime::PreparedImage {
+    let defaults = image_defaults(&image.config);
+    let engine::images::PreparedImage {
+        snapshots,
+        image_id,
+        parent,
+        ..
+    } = image;
+    runtime::PreparedImage {
+        reference: reference.to_string(),
+        image_id,
+        defaults,
+        make_rootfs: Box::new(move |key| {
+            let mounts = snapshots.prepare(key, parent.as_deref())?;
+            Ok(solver::solve::rootfs_mounts(&mounts))
+        }),
+    }
+}
+
+/// What an image config gives a container by default.
+pub fn image_defaults(image: &exporter::image::ImageConfig) -> runtime::ImageDefaults {
+    let c = &image.config;
+    runtime::ImageDefaults {
+        entrypoint: c.entrypoint.clone().unwrap_or_default(),
+        cmd: c.cmd.clone().unwrap_or_default(),
+        env: c.env.clone(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        user: c.user.clone().unwrap_or_default(),
+        labels: c.labels.clone(),
+        stop_signal: c.stop_signal.clone(),
+        healthcheck: c.healthcheck.as_ref().map(|h| runtime::HealthConfig {
+            test: h.test.clone(),
+            interval: h.interval.max(0) as u64,
+            timeout: h.timeout.max(0) as u64,
+            start_period: h.start_period.max(0) as u64,
+            retries: h.retries.max(0) as u32,
+        }),
+        exposed_ports: c.exposed_ports.keys().cloned().collect(),
+        volumes: c.volumes.keys().cloned().collect(),
+    }
+}
+
+/// Resolves and unpacks a stored image (see `engine::images::prepare`).
+pub async fn prepare_image(
     root: &Path,
     image: &str,
     platform: Option<&str>,
 ) -> Result<engine::images::PreparedImage> {
     engine::images::prepare(root, image, platform).await
-}
-
-/// The process spec from the image config and the flags (rootfs left empty).
-fn process_spec(
-    args: &RunArgs,
-    image: &exporter::image::ImageConfig,
-) -> Result<executor::ExecSpec> {
-    let c = &image.config;
-    let mut argv: Vec<String> = match &args.entrypoint {
-        Some(e) if e.is_empty() => vec![],
-        Some(e) => vec![e.clone()],
-        None => c.entrypoint.clone().unwrap_or_default(),
-    };
-    if args.command.is_empty() {
-        if args.entrypoint.is_none() {
-            argv.extend(c.cmd.clone().unwrap_or_default());
-        }
-    } else {
-        argv.extend(args.command.clone());
-    }
-    if argv.is_empty() {
-        bail!("no command specified: the image has no ENTRYPOINT or CMD; give one after the image name");
-    }
-    let mut env = c.env.clone();
-    let mut assignments = Vec::new();
-    for file in &args.env_file {
-        assignments.extend(read_env_file(file)?);
-    }
-    assignments.extend(args.env.iter().cloned());
-    for kv in &assignments {
-        let (k, v) = match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
-        };
-        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
-    // A bridge container joins the namespace its monitor sets up; until then (and should
-    // that ever be missing) it is isolated, never on the host's network.
-    let network = match args.network_mode()? {
-        "host" => executor::Network::Host,
-        _ => executor::Network::None,
-    };
-    Ok(executor::ExecSpec {
-        args: argv,
-        env,
-        cwd: args
-            .workdir
-            .clone()
-            .or_else(|| c.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        user: args
-            .user
-            .clone()
-            .or_else(|| c.user.clone())
-            .unwrap_or_default(),
-        hostname: args.hostname.clone().unwrap_or_default(),
-        network,
-        readonly_rootfs: args.read_only,
-        security: security_of(args)?,
-        ..Default::default()
-    })
 }
 
 /// docker's `--env-file`: `KEY=VALUE` or `KEY` lines; blank lines and `#` comments skipped.
@@ -312,7 +267,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         return crate::containers::run_managed(root, args).await;
     }
     let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
-    let mut spec = process_spec(&args, &prepared.config)?;
+    let mut spec = container_spec(&args)?.exec_spec(&image_defaults(&prepared.config))?;
     let key = format!(
         "container-{}-{}",
         std::process::id(),
@@ -351,88 +306,93 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
 
 /// Creates a managed container from the flags (`create`, and `run -d`).
 pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Container> {
-    let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
-    let spec = process_spec(args, &prepared.config)?;
-    let image = &prepared.config.config;
-    let mut labels: BTreeMap<String, String> = image.labels.clone();
-    for l in &args.label {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        labels.insert(k.to_string(), v.to_string());
-    }
-    let request = runtime::CreateRequest {
-        name: args.name.clone(),
-        image: args.image.clone(),
-        image_id: prepared.image_id.clone(),
-        spec,
-        restart: runtime::RestartPolicy::parse(&args.restart)?,
-        stop_signal: args
-            .stop_signal
-            .clone()
-            .or_else(|| image.stop_signal.clone())
-            .unwrap_or_else(|| "SIGTERM".into()),
-        stop_timeout: args.stop_timeout,
-        labels,
-        auto_remove: args.rm,
-        log: runtime::LogOptions::parse(&args.log_opt)?,
-        entrypoint: image.entrypoint.clone().unwrap_or_default(),
-        cmd: image.cmd.clone().unwrap_or_default(),
-        health: health_config(args, image.healthcheck.as_ref())?,
-        network_mode: args.network_mode()?.to_string(),
-        ports: published_ports(args, image)?,
-        network_aliases: args.network_alias.clone(),
-        mounts: container_mounts(args, image)?,
-        limits: limits(args)?,
-        extra_hosts: extra_hosts(&args.add_host)?,
-        dns: args
-            .dns
-            .iter()
-            .map(|d| {
-                d.parse::<std::net::IpAddr>()
-                    .map(|_| d.clone())
-                    .map_err(|_| anyhow!("--dns {d:?}: not an IP address"))
-            })
-            .collect::<Result<_>>()?,
-    };
     if args.interactive || args.tty {
         bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
     }
-    if args.rm && args.restart != "no" {
-        bail!("conflicting options: cannot specify both --restart and --rm");
+    let spec = container_spec(args)?;
+    let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
+    let image = into_prepared(prepared, &args.image);
+    runtime::ContainerStore::open(root)?.create(&spec, &image)
+}
+
+/// The flags as a typed container spec.
+fn container_spec(args: &RunArgs) -> Result<runtime::ContainerSpec> {
+    let mut env = Vec::new();
+    let mut assignments = Vec::new();
+    for file in &args.env_file {
+        assignments.extend(read_env_file(file)?);
     }
-    let store = runtime::ContainerStore::open(root)?;
-    let snapshots = prepared.snapshots.clone();
-    let parent = prepared.parent.clone();
-    runtime::create(&store, request, |id| {
-        let key = format!("ctr-{id}");
-        let mounts = snapshots.prepare(&key, parent.as_deref())?;
-        Ok((solver::solve::rootfs_mounts(&mounts), key))
+    assignments.extend(args.env.iter().cloned());
+    for kv in &assignments {
+        env.push(match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
+        });
+    }
+    let mut security = executor::Security {
+        privileged: args.privileged,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        ..Default::default()
+    };
+    runtime::apply_security_opts(&mut security, &args.security_opt)?;
+    let labels: BTreeMap<String, String> = args
+        .label
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    Ok(runtime::ContainerSpec {
+        name: args.name.clone(),
+        entrypoint: args.entrypoint.as_ref().map(|e| match e.as_str() {
+            "" => vec![],
+            e => vec![e.to_string()],
+        }),
+        command: Some(args.command.clone()).filter(|c| !c.is_empty()),
+        env,
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        hostname: args.hostname.clone(),
+        network_mode: args.network_mode()?.to_string(),
+        network_aliases: args.network_alias.clone(),
+        extra_hosts: runtime::parse_extra_hosts(&args.add_host)?,
+        dns: dns_servers(&args.dns)?,
+        ports: args
+            .publish
+            .iter()
+            .map(|p| runtime::PortMapping::parse(p))
+            .collect::<Result<_>>()?,
+        publish_all: args.publish_all,
+        mounts: mounts(args)?,
+        limits: limits(args)?,
+        rlimits: vec![],
+        restart: runtime::RestartPolicy::parse(&args.restart)?,
+        auto_remove: args.rm,
+        labels,
+        stop_signal: args.stop_signal.clone(),
+        stop_timeout: args.stop_timeout,
+        log: runtime::LogOptions::parse(&args.log_opt)?,
+        health: health_override(args)?,
+        read_only: args.read_only,
+        security,
     })
 }
 
-/// The healthcheck: the image's, overridden field by field by the `--health-*` flags.
-fn health_config(
-    args: &RunArgs,
-    image: Option<&exporter::image::HealthConfig>,
-) -> Result<Option<runtime::HealthConfig>> {
-    if args.no_healthcheck {
-        if args.health_cmd.is_some() {
-            bail!("--no-healthcheck conflicts with --health-cmd");
-        }
-        return Ok(None);
-    }
-    let mut config = match image {
-        Some(h) => runtime::HealthConfig {
-            test: h.test.clone(),
-            interval: h.interval.max(0) as u64,
-            timeout: h.timeout.max(0) as u64,
-            start_period: h.start_period.max(0) as u64,
-            retries: h.retries.max(0) as u32,
-        },
-        None => runtime::HealthConfig::default(),
-    };
-    if let Some(cmd) = &args.health_cmd {
-        config.test = vec!["CMD-SHELL".into(), cmd.clone()];
-    }
+fn dns_servers(flags: &[String]) -> Result<Vec<String>> {
+    flags
+        .iter()
+        .map(|d| {
+            d.parse::<std::net::IpAddr>()
+                .map(|_| d.clone())
+                .map_err(|_| anyhow!("--dns {d:?}: not an IP address"))
+        })
+        .collect()
+}
+
+/// The `--health-*` and `--no-healthcheck` flags.
+fn health_override(args: &RunArgs) -> Result<runtime::HealthOverride> {
     let nanos = |flag: &str, value: &Option<String>| -> Result<Option<u64>> {
         value
             .as_deref()
@@ -443,66 +403,21 @@ fn health_config(
             })
             .transpose()
     };
-    if let Some(n) = nanos("health-interval", &args.health_interval)? {
-        config.interval = n;
-    }
-    if let Some(n) = nanos("health-timeout", &args.health_timeout)? {
-        config.timeout = n;
-    }
-    if let Some(n) = nanos("health-start-period", &args.health_start_period)? {
-        config.start_period = n;
-    }
-    if let Some(r) = args.health_retries {
-        config.retries = r;
-    }
-    Ok(config.command().map(|_| config))
+    Ok(runtime::HealthOverride {
+        disable: args.no_healthcheck,
+        test: args
+            .health_cmd
+            .as_ref()
+            .map(|cmd| vec!["CMD-SHELL".into(), cmd.clone()]),
+        interval: nanos("health-interval", &args.health_interval)?,
+        timeout: nanos("health-timeout", &args.health_timeout)?,
+        start_period: nanos("health-start-period", &args.health_start_period)?,
+        retries: args.health_retries,
+    })
 }
 
-/// `-p` mappings, plus every `EXPOSE`d port on a free host port with `-P`.
-fn published_ports(
-    args: &RunArgs,
-    image: &exporter::image::ContainerConfig,
-) -> Result<Vec<runtime::PortMapping>> {
-    let mut ports = args
-        .publish
-        .iter()
-        .map(|p| runtime::PortMapping::parse(p))
-        .collect::<Result<Vec<_>>>()?;
-    if args.publish_all {
-        for exposed in image.exposed_ports.keys() {
-            ports.push(runtime::PortMapping::parse(exposed)?);
-        }
-    }
-    if !ports.is_empty() && args.network_mode()? != "bridge" {
-        bail!(
-            "-p/-P need the bridge network (not --network {})",
-            args.network_mode()?
-        );
-    }
-    Ok(ports)
-}
-
-/// `--add-host NAME:IP` (docker also takes `NAME=IP`).
-fn extra_hosts(flags: &[String]) -> Result<Vec<(String, String)>> {
-    flags
-        .iter()
-        .map(|h| {
-            let (name, ip) = h
-                .split_once('=')
-                .or_else(|| h.split_once(':'))
-                .ok_or_else(|| anyhow!("--add-host {h:?}: want NAME:IP"))?;
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| anyhow!("--add-host {h:?}: {ip:?} is not an IP address"))?;
-            Ok((name.to_string(), ip.to_string()))
-        })
-        .collect()
-}
-
-/// `-v`, `--mount`, `--tmpfs`, plus an anonymous volume for each image `VOLUME` no mount covers.
-fn container_mounts(
-    args: &RunArgs,
-    image: &exporter::image::ContainerConfig,
-) -> Result<Vec<runtime::MountSpec>> {
+/// `-v`, `--mount`, `--tmpfs`.
+fn mounts(args: &RunArgs) -> Result<Vec<runtime::MountSpec>> {
     let mut mounts = Vec::new();
     for v in &args.volume {
         mounts.push(runtime::MountSpec::parse_volume_flag(v)?);
@@ -513,38 +428,13 @@ fn container_mounts(
     for t in &args.tmpfs {
         mounts.push(runtime::MountSpec::parse_tmpfs_flag(t)?);
     }
-    for path in image.volumes.keys() {
-        let target = path.trim_end_matches('/');
-        if !mounts
-            .iter()
-            .any(|m| m.target.trim_end_matches('/') == target)
-        {
-            mounts.push(runtime::MountSpec::parse_volume_flag(path)?);
-        }
-    }
     Ok(mounts)
 }
 
 /// `--memory`, `--memory-swap`, `--cpus`, `--cpu-shares`, `--cpuset-cpus`, `--pids-limit`.
 fn limits(args: &RunArgs) -> Result<runtime::Limits> {
-    let memory = args
-        .memory
-        .as_deref()
-        .map(|m| runtime::parse_bytes(m).with_context(|| format!("--memory {m:?}")))
-        .transpose()?;
-    let memory_swap = match (args.memory_swap.as_deref(), memory) {
-        (Some("-1"), _) => Some(-1),
-        (Some(s), Some(m)) => {
-            let swap = runtime::parse_bytes(s).with_context(|| format!("--memory-swap {s:?}"))?;
-            if swap < m {
-                bail!("--memory-swap {s:?}: must be at least --memory");
-            }
-            Some(swap as i64)
-        }
-        (Some(_), None) => bail!("--memory-swap needs --memory"),
-        (None, Some(m)) => Some(2 * m as i64),
-        (None, None) => None,
-    };
+    let (memory, memory_swap) =
+        runtime::memory_limits(args.memory.as_deref(), args.memory_swap.as_deref())?;
     if let Some(c) = args.cpus {
         if c <= 0.0 {
             bail!("--cpus {c}: must be more than 0");

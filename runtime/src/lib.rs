@@ -16,6 +16,7 @@ mod names;
 mod network;
 mod networks;
 mod procs;
+mod spec;
 mod store;
 pub mod template;
 mod time;
@@ -35,6 +36,10 @@ pub use monitor::monitor_main;
 pub use network::{PortMapping, BRIDGE};
 pub use networks::{NetworkRecord, NetworkStore};
 pub use procs::{container_processes, usage, ProcessInfo};
+pub use spec::{
+    apply_security_opts, memory_limits, parse_extra_hosts, ContainerSpec, HealthOverride,
+    ImageDefaults, PreparedImage, RootfsMaker,
+};
 pub use store::{Config, Container, ContainerStore, RestartPolicy, State, Status};
 pub use view::{inspect_json, ps_rows, PsFilter};
 pub use volumes::{MountSpec, VolumeRecord, VolumeStore};

@@ -335,13 +335,35 @@ flush chain inet {TABLE} forward
 add rule inet {TABLE} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
 add rule inet {TABLE} postrouting oifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 masquerade
 add rule inet {TABLE} postrouting oifname \"{user}\" ip saddr 127.0.0.0/8 masquerade
-add rule inet {TABLE} forward iifname \"{BRIDGE}\" accept
+{isolation}add rule inet {TABLE} forward iifname \"{BRIDGE}\" accept
 add rule inet {TABLE} forward oifname \"{BRIDGE}\" accept
 add rule inet {TABLE} forward iifname \"{user}\" accept
 add rule inet {TABLE} forward oifname \"{user}\" accept
-"
+",
+        isolation = isolation_rules()
     );
     run_stdin("nft", &["-f", "-"], &script)
+}
+
+/// Drops traffic routed from one of our bridges to another, as docker isolates networks:
+/// containers meet only on a network they share.
+fn isolation_rules() -> String {
+    let mut bridges = vec![BRIDGE.to_string()];
+    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(USER_BRIDGE_PREFIX) {
+                bridges.push(name);
+            }
+        }
+    }
+    let ours = format!("{{ \"{BRIDGE}\", \"{USER_BRIDGE_PREFIX}*\" }}");
+    bridges
+        .iter()
+        .map(|b| {
+            format!("add rule inet {TABLE} forward iifname \"{b}\" oifname != \"{b}\" oifname {ours} drop\n")
+        })
+        .collect()
 }
 
 fn add_port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<()> {

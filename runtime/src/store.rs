@@ -381,15 +381,17 @@ impl ContainerStore {
     pub(crate) fn insert(&self, config: &Config) -> Result<Container> {
         let dir = self.dir.join(&config.id);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(
-            &dir.join("config.json"),
-            &serde_json::to_vec_pretty(config)?,
-        )?;
         let container = Container {
             dir,
             config: config.clone(),
         };
+        // State first: `list` shows a container once its config exists, and a listed
+        // container must have a state to read (compose creates containers concurrently).
         container.save_state(&State::default())?;
+        write_atomic(
+            &container.dir.join("config.json"),
+            &serde_json::to_vec_pretty(config)?,
+        )?;
         Ok(container)
     }
 }

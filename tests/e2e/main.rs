@@ -13,6 +13,7 @@ mod compat_config;
 mod compat_errors;
 mod compat_fs;
 mod compose_config;
+mod compose_stack;
 mod confinement;
 mod containers;
 mod dockerfile_e2e;

@@ -1,7 +1,6 @@
 //! The remote build farm end to end: real `builder serve` processes on loopback ports (each
 //! with its own root), certificates made by `openssl` at test time, and real clients.
 
-
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -4,7 +4,6 @@
 //! test's builder binary and libseccomp bound in; the base image and the result live in a
 //! real docker-registry on a loopback port.
 
-
 use crate::common::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,383 @@
+//! `builder compose up/down/ps/logs/...`: flags mapped onto the `stack` crate; images are
+//! prepared, built and pulled here (through [`CliImages`]), since that is the CLI's pipeline.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Run containers in the background.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Build images before starting containers.
+    #[arg(long)]
+    build: bool,
+    /// Don't build images, even when missing.
+    #[arg(long = "no-build")]
+    no_build: bool,
+    /// Wait for services to be running (and healthy); implies -d.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds --wait waits.
+    #[arg(long = "wait-timeout")]
+    wait_timeout: Option<u64>,
+    /// SERVICE=N replicas (repeatable).
+    #[arg(long)]
+    scale: Vec<String>,
+    /// Recreate containers even when their configuration is unchanged.
+    #[arg(long = "force-recreate")]
+    force_recreate: bool,
+    /// Don't start the named services' dependencies.
+    #[arg(long = "no-deps")]
+    no_deps: bool,
+    /// Remove containers of services no longer in the file.
+    #[arg(long = "remove-orphans")]
+    remove_orphans: bool,
+    /// Stop every container when one exits (foreground).
+    #[arg(long = "abort-on-container-exit")]
+    abort_on_container_exit: bool,
+    /// Return this service's exit code (implies --abort-on-container-exit).
+    #[arg(long = "exit-code-from")]
+    exit_code_from: Option<String>,
+    services: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StackCommand {
+    /// Create and start the project's containers.
+    Up(UpArgs),
+    /// Stop and remove the project's containers and networks (-v: volumes too).
+    Down {
+        #[arg(short = 'v', long)]
+        volumes: bool,
+        /// Remove images: `all` or `local` (built ones).
+        #[arg(long)]
+        rmi: Option<String>,
+        #[arg(long = "remove-orphans")]
+        remove_orphans: bool,
+        #[arg(short = 't', long)]
+        timeout: Option<u32>,
+    },
+    /// List the project's containers.
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        services: Vec<String>,
+    },
+    /// Print the services' logs, prefixed by container.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end of each log.
+        #[arg(long)]
+        tail: Option<String>,
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        #[arg(long = "no-log-prefix")]
+        no_log_prefix: bool,
+        services: Vec<String>,
+    },
+    /// Run a command in a service's running container.
+    Exec {
+        /// Don't allocate a terminal (accepted; output is never a terminal here).
+        #[arg(short = 'T')]
+        no_tty: bool,
+        #[arg(long, default_value_t = 1)]
+        index: u32,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a one-off command in a new container of a service.
+    Run {
+        #[arg(long)]
+        rm: bool,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Start the services' existing containers.
+    Start { services: Vec<String> },
+    /// Stop the services' containers.
+    Stop {
+        #[arg(short = 't', long)]
+        timeout: Option<u32>,
+        services: Vec<String>,
+    },
+    /// Restart the services' containers.
+    Restart {
+        #[arg(short = 't', long)]
+        timeout: Option<u32>,
+        services: Vec<String>,
+    },
+    /// Send a signal to the services' containers.
+    Kill {
+        #[arg(short = 's', long, default_value = "SIGKILL")]
+        signal: String,
+        services: Vec<String>,
+    },
+    /// Remove stopped containers of the services.
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(short = 's', long)]
+        stop: bool,
+        #[arg(short = 'v', long)]
+        volumes: bool,
+        services: Vec<String>,
+    },
+    /// The processes of the services' containers.
+    Top { services: Vec<String> },
+    /// The host address of a service's published port.
+    Port {
+        #[arg(long, default_value_t = 1)]
+        index: u32,
+        service: String,
+        private_port: String,
+    },
+    /// The images the project's containers use.
+    Images,
+    /// The projects with containers in the store.
+    Ls {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Wait for the services' containers to exit; prints their exit codes.
+    Wait { services: Vec<String> },
+    /// Pull the services' images.
+    Pull { services: Vec<String> },
+    /// Push the services' images.
+    Push { services: Vec<String> },
+    /// Build the services that have a `build:` section.
+    Build { services: Vec<String> },
+}
+
+/// Images through the CLI's pipeline: the image store, `build` and `pull`.
+struct CliImages {
+    root: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+/// `builder build`'s flags, parsed as the command line would be.
+#[derive(Parser)]
+struct BuildCommandLine {
+    #[command(flatten)]
+    args: crate::build::BuildArgs,
+}
+
+impl stack::ImageProvider for CliImages {
+    fn exists(&self, image: &str) -> bool {
+        crate::cli::open_images(&self.root)
+            .and_then(|s| Ok(s.resolve(image)?))
+            .is_ok_and(|d| d.is_some())
+    }
+
+    fn build(&self, requests: &[stack::BuildRequest]) -> Result<()> {
+        for r in requests {
+            eprintln!(" Service {}  Building", r.service);
+            let code = self
+                .rt
+                .block_on(crate::build::build(&self.root, build_args(r)?))?;
+            if code != 0 {
+                bail!("service {:?}: build failed (exit {code})", r.service);
+            }
+        }
+        Ok(())
+    }
+
+    fn pull(&self, image: &str) -> Result<()> {
+        let store = crate::cli::open_images(&self.root)?;
+        let pull = crate::image_cmds::ImageCommand::Pull {
+            name: image.to_string(),
+            platform: None,
+        };
+        match crate::image_cmds::run(&store, pull)? {
+            0 => Ok(()),
+            code => bail!("pulling {image} failed (exit {code})"),
+        }
+    }
+
+    fn prepare(&self, image: &str) -> Result<runtime::PreparedImage> {
+        let snapshot = self
+            .rt
+            .block_on(crate::run::prepare_image(&self.root, image, None))?;
+        Ok(crate::run::into_prepared(snapshot, image))
+    }
+}
+
+/// A compose `build:` section as `builder build` flags.
+fn build_args(r: &stack::BuildRequest) -> Result<crate::build::BuildArgs> {
+    let b = &r.build;
+    let mut argv = vec!["build".to_string(), "-t".into(), r.tag.clone()];
+    if let Some(f) = &b.dockerfile {
+        argv.push("-f".into());
+        argv.push(Path::new(&b.context).join(f).display().to_string());
+    }
+    if let Some(t) = &b.target {
+        argv.push(format!("--target={t}"));
+    }
+    for (k, v) in &b.args {
+        argv.push("--build-arg".into());
+        argv.push(match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        });
+    }
+    for t in &b.tags {
+        argv.push("-t".into());
+        argv.push(t.clone());
+    }
+    if b.dockerfile_inline.is_some() {
+        bail!(
+            "service {:?}: build.dockerfile_inline is not supported yet",
+            r.service
+        );
+    }
+    argv.push(b.context.clone());
+    BuildCommandLine::try_parse_from(&argv)
+        .map(|c| c.args)
+        .map_err(|e| anyhow!("service {:?}: build: {e}", r.service))
+}
+
+pub fn run(opts: &compose::Options, root: PathBuf, command: StackCommand) -> Result<i32> {
+    if let StackCommand::Ls { all, quiet } = command {
+        return ls(&root, all, quiet);
+    }
+    let project = compose::load(opts)?;
+    for w in &project.warnings {
+        eprintln!("WARN[0000] {w}");
+    }
+    let _store_lock = solver::gc::StoreLock::shared(&root, || {})?;
+    let stack = stack::Stack::new(&root, &project)?;
+    let images = CliImages {
+        root,
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    match command {
+        StackCommand::Up(args) => up(&stack, &images, args),
+        StackCommand::Down {
+            volumes,
+            rmi,
+            remove_orphans,
+            timeout,
+        } => {
+            let o = stack::DownOptions {
+                volumes,
+                remove_orphans,
+                timeout,
+            };
+            stack::down(&stack, &o)?;
+            if let Some(which) = rmi {
+                remove_images(&stack, &images, &which)?;
+            }
+            Ok(0)
+        }
+        other => crate::compose_verbs::run(&stack, &images, other),
+    }
+}
+
+fn ls(root: &Path, all: bool, quiet: bool) -> Result<i32> {
+    let store = runtime::ContainerStore::open(root)?;
+    let projects = stack::list_projects(&store)?;
+    if !quiet {
+        println!("{:<24} {:<16} CONFIG DIR", "NAME", "STATUS");
+    }
+    for (name, (running, total, dir)) in projects {
+        if running == 0 && !all {
+            continue;
+        }
+        match quiet {
+            true => println!("{name}"),
+            false => println!(
+                "{name:<24} {:<16} {dir}",
+                format!("running({running}/{total})")
+            ),
+        }
+    }
+    Ok(0)
+}
+
+fn remove_images(stack: &stack::Stack, images: &CliImages, which: &str) -> Result<()> {
+    let store = crate::cli::open_images(&images.root)?;
+    for (name, service) in &stack.model.services {
+        let local = service.build.is_some();
+        if which == "all" || (which == "local" && local) {
+            let image = stack.image_of(name);
+            if store.untag(&image)? {
+                eprintln!(" Image {image}  Removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C presses seen (the first stops gracefully, the second kills).
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn up(stack: &stack::Stack, images: &CliImages, args: UpArgs) -> Result<i32> {
+    let mut scale = BTreeMap::new();
+    for s in &args.scale {
+        let (name, n) = s.split_once('=').context("--scale: want SERVICE=N")?;
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("--scale {s:?}: N must be a number"))?;
+        scale.insert(name.to_string(), n);
+    }
+    let opts = stack::UpOptions {
+        services: args.services.clone(),
+        no_deps: args.no_deps,
+        force_recreate: args.force_recreate,
+        build: args.build,
+        no_build: args.no_build,
+        scale,
+        remove_orphans: args.remove_orphans,
+        wait: args.wait,
+        wait_timeout: args.wait_timeout.map(Duration::from_secs),
+    };
+    if !(args.detach || args.wait) {
+        // Before any container starts: a Ctrl-C from now on stops the stack gracefully.
+        // SAFETY: the handler only increments an atomic.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as *const () as libc::sighandler_t,
+            )
+        };
+    }
+    let services = stack::up(stack, images, &opts)?;
+    if args.detach || args.wait {
+        return Ok(0);
+    }
+    crate::compose_verbs::foreground(
+        stack,
+        &services,
+        args.abort_on_container_exit || args.exit_code_from.is_some(),
+        args.exit_code_from.as_deref(),
+        &INTERRUPTS,
+    )
+}
