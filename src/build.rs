@@ -164,27 +164,78 @@ pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
     if args.quiet {
         args.progress = ProgressMode::Quiet;
     }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let terminal = solver::progress::Terminal::default();
-    let renderer = tokio::spawn(render(rx, args.progress, terminal.clone()));
-    let cancel = executor::CancelToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
-    let events = engine::EventSink::new(tx, terminal);
-    let outcome = engine::build(root, request, events, &cancel).await;
-    ctrl_c.abort();
-    let summary = WarningSummary {
-        lines: renderer.await.unwrap_or_default(),
-    };
+    let (session, events) = Session::start(args.progress);
+    let outcome = engine::build(root, request, events, &session.cancel).await;
+    let summary = session.finish().await;
     match outcome {
         Ok(outcome) => print_outcome(outcome, &args, summary),
         Err(e) => Ok(print_error(e, summary)?),
+    }
+}
+
+/// Several builds in one solve (`compose build`): steps they share run once, one renderer
+/// shows them all, and each result is printed with its own flags.
+pub async fn build_all(root: &Path, all: Vec<BuildArgs>) -> Result<i32> {
+    let mut requests = Vec::new();
+    let mut _spools = Vec::new();
+    for args in &all {
+        let (request, spool) = request(root, args)?;
+        requests.push(request);
+        _spools.push(spool);
+    }
+    let progress = all.first().map_or(ProgressMode::Auto, |a| a.progress);
+    let (session, events) = Session::start(progress);
+    let outcomes = engine::build_many(root, requests, events, &session.cancel).await;
+    let summary = session.finish().await;
+    match outcomes {
+        Ok(outcomes) => {
+            for (outcome, args) in outcomes.into_iter().zip(&all) {
+                if let Outcome::Built(result) = outcome {
+                    print_built(&result, args)?;
+                }
+            }
+            drop(summary);
+            Ok(0)
+        }
+        Err(e) => Ok(print_error(e, summary)?),
+    }
+}
+
+/// A build's progress renderer and its Ctrl-C watch.
+struct Session {
+    cancel: executor::CancelToken,
+    ctrl_c: tokio::task::JoinHandle<()>,
+    renderer: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Session {
+    fn start(progress: ProgressMode) -> (Session, engine::EventSink) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let terminal = solver::progress::Terminal::default();
+        let renderer = tokio::spawn(render(rx, progress, terminal.clone()));
+        let cancel = executor::CancelToken::new();
+        let ctrl_c = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    cancel.cancel();
+                }
+            })
+        };
+        let session = Session {
+            cancel,
+            ctrl_c,
+            renderer,
+        };
+        (session, engine::EventSink::new(tx, terminal))
+    }
+
+    /// Waits for the renderer to drain (the engine has dropped its sink).
+    async fn finish(self) -> WarningSummary {
+        self.ctrl_c.abort();
+        WarningSummary {
+            lines: self.renderer.await.unwrap_or_default(),
+        }
     }
 }
 
