@@ -24,6 +24,8 @@ mod run;
 mod seccomp;
 mod stubs;
 mod user;
+pub mod userns;
+mod usernet;
 
 use serde::{Deserialize, Serialize};
 
