@@ -24,8 +24,8 @@ mod run;
 mod seccomp;
 mod stubs;
 mod user;
-pub mod userns;
 mod usernet;
+pub mod userns;
 
 use serde::{Deserialize, Serialize};
 

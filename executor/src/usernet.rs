@@ -30,11 +30,13 @@ impl Backend {
     /// The backend a run needs: rootless, a "host" network, no namespace given; `None` when
     /// the run needs none. Errors when neither program is installed.
     pub(crate) fn for_spec(spec: &ExecSpec) -> Result<Option<Backend>> {
-        if !crate::userns::is_rootless() || spec.network != Network::Host || spec.netns.is_some()
-        {
+        if !crate::userns::is_rootless() || spec.network != Network::Host || spec.netns.is_some() {
             return Ok(None);
         }
-        for (backend, program) in [(Backend::Slirp4netns, "slirp4netns"), (Backend::Pasta, "pasta")] {
+        for (backend, program) in [
+            (Backend::Slirp4netns, "slirp4netns"),
+            (Backend::Pasta, "pasta"),
+        ] {
             if find_in_path(program).is_some() {
                 return Ok(Some(backend));
             }

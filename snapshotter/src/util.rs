@@ -107,8 +107,7 @@ impl FileLock {
 pub(crate) fn in_user_namespace() -> bool {
     static IN_USERNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *IN_USERNS.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
-            map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"]
-        })
+        std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
     })
 }
