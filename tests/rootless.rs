@@ -255,6 +255,29 @@ fn rootless_user_builds_with_chown_and_user_pushes_and_runs() {
     ]);
     assert!(ran.status.success(), "run failed: {}", stderr(&ran));
     assert_eq!(stdout(&ran), "1000\nhello from the host\n");
+    // --network none: no route to the host, and no name for it.
+    let url = format!("http://10.0.2.2:{port}/");
+    let isolated = user.builder(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &reference,
+        "wget",
+        "-q",
+        "-O-",
+        &url,
+    ]);
+    assert!(
+        !isolated.status.success(),
+        "reached the host: {}",
+        stdout(&isolated)
+    );
+    assert!(
+        stderr(&isolated).contains("unreachable"),
+        "{}",
+        stderr(&isolated)
+    );
     assert_no_processes_left(&user);
 }
 
