@@ -363,3 +363,28 @@ fn rootless_run_step_and_run_are_confined() {
     assert_eq!(stdout(&ran), expected);
     assert_no_processes_left(&user);
 }
+
+#[test]
+fn user_without_subordinate_ids_is_told_what_to_add() {
+    let user = RootlessUser::create("n");
+    let range = format!("{}-{}", user.subuid_start, user.subuid_start + 65_535);
+    let removed = Command::new("usermod")
+        .args(["--del-subuids", &range, &user.name])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "usermod: {}", stderr(&removed));
+    let out = user.builder(&["images"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: rootless mode: /etc/subuid: no range of at least 65536 ids for user {} \
+             (add one with usermod --add-subuids/--add-subgids)",
+            user.name
+        )
+    );
+    assert!(
+        !user.data_home().join("builder").exists(),
+        "a store was made"
+    );
+}
