@@ -278,6 +278,16 @@ fn rootless_user_builds_with_chown_and_user_pushes_and_runs() {
         "{}",
         stderr(&isolated)
     );
+
+    // Later commands join the namespace of the first: a detached container can be reached.
+    let started = user.builder(&["run", "-d", "--name", "rl", &reference, "sleep", "60"]);
+    assert!(started.status.success(), "run -d: {}", stderr(&started));
+    let exec = user.builder(&["exec", "rl", "id", "-u"]);
+    assert_eq!(stdout(&exec), "1000\n", "exec: {}", stderr(&exec));
+    for step in [&["stop", "-t", "1", "rl"][..], &["rm", "rl"]] {
+        let out = user.builder(step);
+        assert!(out.status.success(), "{step:?}: {}", stderr(&out));
+    }
     assert_no_processes_left(&user);
 }
 
@@ -299,17 +309,17 @@ fn walk_find(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Nothing the builder started (containers, slirp4netns, pasta) outlives it (zombies are
-/// left to this machine's init to reap).
+/// Nothing the builder started (containers, slirp4netns, pasta) outlives it but the one
+/// pause process that keeps the user's namespace (zombies are left to this machine's init).
 fn assert_no_processes_left(user: &RootlessUser) {
     let out = Command::new("ps")
-        .args(["-u", &user.name, "-o", "stat=,args="])
+        .args(["-u", &user.name, "-o", "stat=,comm=,args="])
         .output()
         .unwrap();
     let live: Vec<&str> = std::str::from_utf8(&out.stdout)
         .unwrap()
         .lines()
-        .filter(|line| !line.trim_start().starts_with('Z'))
+        .filter(|line| !line.trim_start().starts_with('Z') && !line.contains("builder-pause"))
         .collect();
     assert!(live.is_empty(), "processes left behind: {live:?}");
 }

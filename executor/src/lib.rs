@@ -26,6 +26,7 @@ mod stubs;
 mod user;
 mod usernet;
 pub mod userns;
+mod userns_pause;
 
 use serde::{Deserialize, Serialize};
 

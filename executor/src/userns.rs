@@ -60,6 +60,9 @@ fn enter() -> Result<()> {
     let name = user_name(uid);
     let subuid = subordinate_range(Path::new("/etc/subuid"), &name, uid)?;
     let subgid = subordinate_range(Path::new("/etc/subgid"), &name, uid)?;
+    if crate::userns_pause::join_existing(uid) {
+        return become_root();
+    }
     let (go_read, go_write) = nix::unistd::pipe().context("creating a pipe")?;
     let pid = std::process::id();
     // The id maps must be written from outside the new namespace, so a child made before
@@ -90,7 +93,9 @@ fn enter() -> Result<()> {
             if !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
                 bail!("mapping ids with newuidmap/newgidmap failed (see above)");
             }
-            become_root()
+            become_root()?;
+            crate::userns_pause::start(uid);
+            Ok(())
         }
     }
 }
