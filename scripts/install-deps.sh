@@ -10,6 +10,9 @@ fi
 if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
 fi
+# Rootless networking (slirp4netns, pasta) opens /dev/net/tun as the user; Debian's udev
+# makes it 0666, a machine without udev leaves it 0600.
+if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi
 pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip bzip2 xz-utils zstd
   qemu-user-static binfmt-support openssh-client openssl apache2-utils debootstrap curl
   # docker 20.10 and buildah: real-world fixtures, `--load`, and checking our images with docker

@@ -72,7 +72,8 @@ pub fn storage_root(flag: Option<PathBuf>) -> PathBuf {
     if let Some(r) = flag {
         return r;
     }
-    if rustix::process::geteuid().is_root() {
+    // In rootless mode the process is root of its own user namespace, but the store is the user's.
+    if rustix::process::geteuid().is_root() && !executor::userns::is_rootless() {
         return PathBuf::from("/var/lib/builder");
     }
     let data = std::env::var_os("XDG_DATA_HOME")

@@ -28,6 +28,8 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some(runtime::MONITOR_ARG) {
         runtime::monitor_main();
     }
+    // A non-root user builds in a user namespace of its own; entering it needs one thread.
+    executor::userns::enter_rootless_namespace();
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_bad_args(e));
     let code = match cli::dispatch(cli) {
         Ok(code) => code,

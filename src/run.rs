@@ -166,10 +166,16 @@ impl RunArgs {
     /// The network mode, with docker's default for managed containers.
     fn network_mode(&self) -> Result<&str> {
         let mode = match self.network.as_deref() {
-            Some("default") | None if self.managed() => "bridge",
+            // Rootless, "host" is a user-mode network of the container's own (executor).
+            Some("default") | None if self.managed() && !executor::userns::is_rootless() => {
+                "bridge"
+            }
             Some("default") | None => "host",
             Some(m) => m,
         };
+        if executor::userns::is_rootless() && !matches!(mode, "host" | "none") {
+            bail!("--network {mode}: rootless mode has no bridge networks; containers get a user-mode network (the default) or none");
+        }
         match mode {
             "host" | "none" => Ok(mode),
             _ if !self.managed() => bail!(

@@ -56,6 +56,24 @@ impl RunCgroups {
     /// Creates the run's cgroups: a device allow-list unless `privileged`, and a pids
     /// cgroup when `spec` limits pids. Nothing is created when neither applies.
     pub(crate) fn create(spec: &CgroupSpec, privileged: bool) -> Result<RunCgroups> {
+        match Self::create_dirs(spec, privileged) {
+            // Without a delegated cgroup a rootless user cannot write cgroupfs: run without
+            // limits and say so once, as podman does.
+            Err(e) if crate::userns::is_rootless() => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: rootless mode: cgroups are not writable ({e:#}); the device \
+                         allow-list and resource limits are not applied"
+                    )
+                });
+                Ok(RunCgroups::default())
+            }
+            result => result,
+        }
+    }
+
+    fn create_dirs(spec: &CgroupSpec, privileged: bool) -> Result<RunCgroups> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "{}-{}",
@@ -208,8 +226,11 @@ pub(crate) fn mount_cgroupfs(target: &Path, writable: bool) -> Result<()> {
         let dir = target.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let data = (!data.is_empty()).then_some(data.as_str());
-        mount(Some("cgroup"), &dir, Some(fstype.as_str()), base | ro, data)
-            .with_context(|| format!("mounting cgroup {name}"))?;
+        let mounted = mount(Some("cgroup"), &dir, Some(fstype.as_str()), base | ro, data);
+        // A user namespace may not mount cgroup v1 hierarchies; rootless containers go without.
+        if !crate::userns::is_rootless() {
+            mounted.with_context(|| format!("mounting cgroup {name}"))?;
+        }
     }
     mount(
         None::<&str>,

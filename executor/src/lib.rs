@@ -26,6 +26,9 @@ mod run;
 mod seccomp;
 mod stubs;
 mod user;
+mod usernet;
+pub mod userns;
+mod userns_pause;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +97,8 @@ pub struct Mount {
 /// Network mode of the container.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub enum Network {
-    /// Share the host's network namespace.
+    /// Share the host's network namespace; in rootless mode (see [`userns`]), where that
+    /// namespace is not ours, a namespace of its own with a user-mode network instead.
     #[default]
     Host,
     /// A fresh network namespace with only a loopback interface (down).

@@ -52,7 +52,14 @@ pub fn create(id: &str, limits: &Limits) -> Result<Vec<PathBuf>> {
     if result.is_err() {
         remove(id);
     }
-    result
+    match result {
+        // Without a delegated cgroup a rootless user cannot write cgroupfs (as podman warns).
+        Err(e) if executor::userns::is_rootless() => {
+            eprintln!("warning: rootless mode: resource limits are not applied ({e:#})");
+            Ok(Vec::new())
+        }
+        result => result,
+    }
 }
 
 fn create_v1(id: &str, l: &Limits) -> Result<Vec<PathBuf>> {

@@ -45,7 +45,14 @@ pub fn container_pid(state: &State) -> Option<u32> {
         return None;
     }
     let helper = *children(state.monitor_pid).first()?;
-    children(helper).first().copied()
+    // The helper may have another child (rootless mode's slirp4netns); PID 1 is the one in a
+    // pid namespace of its own.
+    let helper_ns = std::fs::read_link(format!("/proc/{helper}/ns/pid")).ok();
+    let kids = children(helper);
+    kids.iter()
+        .copied()
+        .find(|kid| std::fs::read_link(format!("/proc/{kid}/ns/pid")).ok() != helper_ns)
+        .or_else(|| kids.first().copied())
 }
 
 /// Whether `pid` has exec'd something other than `our_exe` (the helper before its exec).

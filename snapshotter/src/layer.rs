@@ -19,13 +19,23 @@ use crate::lowers::{is_whiteout, same_entry, Lowers};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// Overlay metadata xattrs: `trusted.` as root, `user.` for an overlay mounted with
+/// `userxattr` in a user namespace (rootless mode).
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// The one xattr written into layers.
 const LAYER_XATTR: &[u8] = b"security.capability";
 /// Largest id the 8-byte octal ustar field holds; larger ones go into PAX records.
 const USTAR_MAX_ID: u64 = 0o7777777;
+
+/// The xattr that marks a directory opaque for the overlay mounts of this process.
+fn opaque_xattr() -> &'static str {
+    if crate::util::in_user_namespace() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
 
 /// Options for [`write_diff_tar`].
 #[derive(Clone, Debug, Default)]
@@ -218,7 +228,7 @@ impl<W: Write> DiffWriter<'_, W> {
         if !meta.is_dir() {
             return Ok(None);
         }
-        let opaque = get_xattr(&path, OPAQUE_XATTR)?.as_deref() == Some(b"y".as_slice());
+        let opaque = crate::lowers::is_opaque(&path);
         Ok(Some(match lower {
             // BuildKit walks an opaque dir against what it hides: whiteouts for what is gone.
             Some(Some((_, lmd))) if opaque && lmd.is_dir() => DiffStep::Hidden {
@@ -676,7 +686,7 @@ fn apply_whiteout(parent: &OwnedFd, name: &OsStr, meta: &EntryMeta, display: &st
         return Ok(true);
     }
     if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
-        rustix::fs::fsetxattr(parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
+        rustix::fs::fsetxattr(parent, opaque_xattr(), b"y", XattrFlags::empty())
             .ctx(|| format!("marking parent of {display} opaque"))?;
         return Ok(true);
     }
@@ -869,7 +879,10 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<E
             let value = ext.value_bytes();
             if let Some(xname) = key.strip_prefix(PAX_XATTR_PREFIX) {
                 // A layer must not plant overlay metadata such as redirects; opaque dirs use the marker.
-                if !xname.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+                let overlay_meta = OVERLAY_XATTR_PREFIXES
+                    .iter()
+                    .any(|prefix| xname.as_bytes().starts_with(prefix));
+                if !overlay_meta {
                     xattrs.push((xname.to_string(), value.to_vec()));
                 }
                 continue;

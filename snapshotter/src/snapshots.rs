@@ -477,12 +477,15 @@ impl Snapshotter {
                     options: vec!["rbind".into(), "ro".into()],
                 }]);
             }
-            let options = vec!["ro".to_string(), lowerdir];
+            let mut options = vec!["ro".to_string(), lowerdir];
+            if crate::util::in_user_namespace() {
+                options.push("userxattr".into());
+            }
             check_option_length(&options)?;
             return Ok(vec![overlay(options)]);
         }
         let dir = self.id_dir(record.id);
-        let options = vec![
+        let mut options = vec![
             // Our diff code reads plain upper dirs; these features would store changes elsewhere.
             "index=off".to_string(),
             "metacopy=off".to_string(),
@@ -491,6 +494,12 @@ impl Snapshotter {
             format!("upperdir={}", path_str(&dir.join("fs"))?),
             format!("workdir={}", path_str(&dir.join("work"))?),
         ];
+        if crate::util::in_user_namespace() {
+            // Overlay in a user namespace cannot use trusted.* xattrs (kernel >= 5.11), and
+            // with user.* xattrs it refuses to follow redirects ("off" means follow them).
+            options[2] = "redirect_dir=nofollow".into();
+            options.push("userxattr".into());
+        }
         check_option_length(&options)?;
         Ok(vec![overlay(options)])
     }

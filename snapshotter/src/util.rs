@@ -101,3 +101,13 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 }
+
+/// Whether this process runs in a user namespace (rootless mode), where overlay is mounted
+/// with `userxattr` and keeps its metadata in `user.overlay.*` xattrs.
+pub(crate) fn in_user_namespace() -> bool {
+    static IN_USERNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_USERNS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+    })
+}

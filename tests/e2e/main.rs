@@ -31,6 +31,7 @@ mod realworld;
 mod registry;
 mod remote;
 mod robustness;
+mod rootless;
 mod unprivileged;
 mod volumes;
 mod wild_images;
