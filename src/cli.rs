@@ -128,71 +128,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Compose(_) | Command::Builder(_) | Command::Serve(_) => {
             unreachable!("handled above")
         }
-        Command::Images => {
-            let store = open_images(&root)?;
-            println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
-            for (name, desc) in store.list()? {
-                let short = desc
-                    .digest
-                    .trim_start_matches("sha256:")
-                    .chars()
-                    .take(12)
-                    .collect::<String>();
-                let familiar = exporter::reference::Reference::parse(&name)
-                    .map(|r| r.familiar_name())
-                    .unwrap_or(name);
-                println!(
-                    "{familiar:<50} {short:<20} {:>10}",
-                    image_size(&store, &desc)
-                );
-            }
-            Ok(0)
-        }
+        Command::Images => crate::image_cmds::list(&open_images(&root)?),
         Command::Import {
             tarball,
             name,
             platform,
-        } => {
-            let store = open_images(&root)?;
-            let platform: exporter::image::Platform = match platform {
-                Some(p) => p
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--platform {p:?}: {e:?}"))?,
-                None => exporter::image::Platform::host(),
-            };
-            let file = std::fs::File::open(&tarball)
-                .with_context(|| format!("opening {}", tarball.display()))?;
-            // SOURCE_DATE_EPOCH makes imports reproducible too.
-            let created = engine::output::source_date_epoch(&Default::default())?
-                .map(|epoch| exporter::format_rfc3339(epoch as i64));
-            let desc = exporter::import_rootfs_tar(
-                store.content(),
-                std::io::BufReader::new(file),
-                &platform,
-                created.as_deref(),
-            )?;
-            store.tag(&name, &desc)?;
-            println!("{}", desc.digest);
-            Ok(0)
-        }
-        Command::Push { name } => {
-            let store = open_images(&root)?;
-            let desc = store
-                .resolve(&name)?
-                .with_context(|| format!("no such image: {name}"))?;
-            let reference = exporter::Reference::parse(&name)?;
-            let report = rt.block_on(exporter::RegistryClient::new().push_reporting(
-                &reference,
-                &desc,
-                store.content(),
-            ))?;
-            println!(
-                "pushed {} {} ({report})",
-                reference.full_name(),
-                desc.digest
-            );
-            Ok(0)
-        }
+        } => crate::image_cmds::import(&open_images(&root)?, &tarball, &name, platform),
+        Command::Push { name } => rt.block_on(crate::image_cmds::push(&open_images(&root)?, &name)),
         Command::Tag { source, target } => {
             let store = open_images(&root)?;
             let desc = store
@@ -220,16 +162,4 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 pub fn open_images(root: &std::path::Path) -> Result<exporter::ImageStore> {
     let content = snapshotter::ContentStore::open(root)?;
     Ok(exporter::ImageStore::open(root, content)?)
-}
-
-fn image_size(store: &exporter::ImageStore, desc: &exporter::image::Descriptor) -> String {
-    let size: u64 = store
-        .load_image(desc, &exporter::image::Platform::host())
-        .map(|(_, m, _)| m.layers.iter().map(|l| l.size).sum())
-        .unwrap_or(0);
-    if size > 1 << 20 {
-        format!("{:.1}MB", size as f64 / 1e6)
-    } else {
-        format!("{:.1}kB", size as f64 / 1e3)
-    }
 }

@@ -223,3 +223,80 @@ fn history(store: &ImageStore, name: &str, no_trunc: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `builder images`: every tag in the store with its short id and layer size.
+pub fn list(store: &ImageStore) -> Result<i32> {
+    println!("{:<50} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
+    for (name, desc) in store.list()? {
+        let short = desc
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>();
+        let familiar = Reference::parse(&name)
+            .map(|r| r.familiar_name())
+            .unwrap_or(name);
+        println!(
+            "{familiar:<50} {short:<20} {:>10}",
+            image_size(store, &desc)
+        );
+    }
+    Ok(0)
+}
+
+fn image_size(store: &ImageStore, desc: &Descriptor) -> String {
+    let size: u64 = store
+        .load_image(desc, &Platform::host())
+        .map(|(_, m, _)| m.layers.iter().map(|l| l.size).sum())
+        .unwrap_or(0);
+    if size > 1 << 20 {
+        format!("{:.1}MB", size as f64 / 1e6)
+    } else {
+        format!("{:.1}kB", size as f64 / 1e3)
+    }
+}
+
+/// `builder import TARBALL NAME`: a root filesystem tar as a one-layer image.
+pub fn import(
+    store: &ImageStore,
+    tarball: &Path,
+    name: &str,
+    platform: Option<String>,
+) -> Result<i32> {
+    let platform: Platform = match platform {
+        Some(p) => p.parse().map_err(|e| anyhow!("--platform {p:?}: {e:?}"))?,
+        None => Platform::host(),
+    };
+    let file =
+        std::fs::File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
+    // SOURCE_DATE_EPOCH makes imports reproducible too.
+    let created = engine::output::source_date_epoch(&Default::default())?
+        .map(|epoch| exporter::format_rfc3339(epoch as i64));
+    let desc = exporter::import_rootfs_tar(
+        store.content(),
+        std::io::BufReader::new(file),
+        &platform,
+        created.as_deref(),
+    )?;
+    store.tag(name, &desc)?;
+    println!("{}", desc.digest);
+    Ok(0)
+}
+
+/// `builder push NAME`: a stored image to its registry.
+pub async fn push(store: &ImageStore, name: &str) -> Result<i32> {
+    let desc = store
+        .resolve(name)?
+        .with_context(|| format!("no such image: {name}"))?;
+    let reference = Reference::parse(name)?;
+    let report = exporter::RegistryClient::new()
+        .push_reporting(&reference, &desc, store.content())
+        .await?;
+    println!(
+        "pushed {} {} ({report})",
+        reference.full_name(),
+        desc.digest
+    );
+    Ok(0)
+}
