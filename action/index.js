@@ -64,13 +64,9 @@ function buildArgs(files) {
   single('--provenance', 'provenance');
   single('--sbom', 'sbom');
   if (boolInput('no-cache')) args.push('--no-cache');
-  // Remote build farm: passed through for a builder that has `serve` (a later release).
-  for (const [flag, name] of [['--builder', 'builder'], ['--builder-ca', 'builder-ca'],
-    ['--builder-cert', 'builder-cert'], ['--builder-key', 'builder-key']]) {
-    single(flag, name);
-  }
-  if (listInput('annotations').length) warning('annotations: not supported by builder yet; ignored');
-  if (boolInput('pull')) warning('pull: builder resolves FROM in its store, then the registry; ignored');
+  single('--builder', 'builder');
+  repeat('--annotation', listInput('annotations'));
+  if (boolInput('pull')) args.push('--pull');
   args.push(input('context') || '.');
   return args;
 }
@@ -112,11 +108,28 @@ async function builderBinary() {
   return dest;
 }
 
+// The farm's TLS files (PEM text, or a path to one) as the directory BUILDER_CERT_PATH names:
+// ca.pem, cert.pem, key.pem. Returns the environment for the build.
+function farmEnv(dir) {
+  const env = { ...process.env };
+  const pems = [['builder-ca', 'ca.pem'], ['builder-cert', 'cert.pem'], ['builder-key', 'key.pem']]
+    .filter(([name]) => input(name));
+  if (!pems.length) return env;
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  for (const [name, file] of pems) {
+    const value = input(name);
+    const text = value.includes('-----BEGIN') ? `${value}\n` : fs.readFileSync(value, 'utf8');
+    fs.writeFileSync(path.join(dir, file), text, { mode: 0o600 });
+  }
+  env.BUILDER_CERT_PATH = dir;
+  return env;
+}
+
 // Runs the build, echoing its progress as text and keeping the rawjson events.
-function runBuild(bin, args) {
+function runBuild(bin, args, env) {
   process.stdout.write(`[command]${bin} ${args.join(' ')}\n`);
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'inherit', 'pipe'] });
+    const child = spawn(bin, args, { stdio: ['ignore', 'inherit', 'pipe'], env });
     const events = [];
     let pending = '';
     const line = (l) => {
@@ -172,7 +185,8 @@ async function main() {
   };
   try {
     const args = buildArgs(files);
-    const { code, events } = await runBuild(await builderBinary(), args);
+    const env = farmEnv(path.join(tmp, 'farm-tls'));
+    const { code, events } = await runBuild(await builderBinary(), args, env);
     appendFileVar('GITHUB_STEP_SUMMARY', summary(events, code));
     if (code !== 0) throw new Error(`builder build exited with ${code}`);
     const metadata = fs.existsSync(files.metadata) ? fs.readFileSync(files.metadata, 'utf8') : '{}';

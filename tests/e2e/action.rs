@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// `node action/index.js` with the given inputs, the runner's files, and builder on PATH.
-fn run_action(
+pub(crate) fn run_action(
     store: &Store,
     runner: &Path,
     inputs: &[(&str, &str)],
@@ -36,7 +36,7 @@ fn run_action(
 }
 
 /// Parses `name<<DELIM\nvalue\nDELIM` blocks of $GITHUB_OUTPUT.
-fn outputs(file: &Path) -> HashMap<String, String> {
+pub(crate) fn outputs(file: &Path) -> HashMap<String, String> {
     let text = std::fs::read_to_string(file).unwrap();
     let mut out = HashMap::new();
     let mut lines = text.lines();

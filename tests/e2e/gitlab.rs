@@ -116,3 +116,45 @@ fn component_script_is_bash_that_logs_in_builds_and_pushes() {
         assert!(out.status.success(), "{tag} not pushed: {}", stderr(&out));
     }
 }
+
+/// GitLab's docker executor runs the job in a container without privileges: the component's
+/// script, run there with the builder binary, detects it, builds in chroot mode (a RUN that
+/// chowns) and pushes the image and its cache.
+#[test]
+fn component_script_passes_in_an_unprivileged_container() {
+    use crate::unprivileged::{debian_image, libseccomp, push_base, run_ok};
+    let image = debian_image();
+    let registry = Registry::start();
+    let base = push_base(&registry);
+    let dockerfile = format!("FROM {base}\nRUN echo gitlab > /from && chown 1000:1000 /from\n");
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let target = format!("{}/group/app", registry.addr);
+    let inputs = serde_json::json!({ "context": "/ctx", "image": target, "tags": "t1" });
+    std::fs::write(ctx.path().join("job.sh"), interpolated_script(&inputs)).unwrap();
+    let lib = libseccomp();
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "host"])
+        .arg("-v")
+        .arg(format!("{BIN}:/usr/local/bin/builder:ro"))
+        .arg("-v")
+        .arg(format!("{}:{}:ro", lib.display(), lib.display()))
+        .arg("-v")
+        .arg(format!("{}:/ctx:ro", ctx.path().display()))
+        .args(["-e", "BUILDER_ROOT=/tmp/builder-root", "-e", "DOCKER_CONFIG=/tmp/docker"])
+        .args(["-e", &format!("CI_REGISTRY={}", registry.addr)])
+        .args(["-e", "CI_REGISTRY_USER=gitlab-ci-token", "-e", "CI_REGISTRY_PASSWORD=t"])
+        .arg(&image)
+        .args(["bash", "/ctx/job.sh"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "job: {}{err}", stdout(&out));
+    assert!(err.contains("using --isolation=chroot"), "{err}");
+    for tag in ["t1", "buildcache"] {
+        let reference = format!("docker://{target}:{tag}");
+        run_ok(
+            Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &reference]),
+            &format!("{tag} pushed"),
+        );
+    }
+}

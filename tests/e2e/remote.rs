@@ -718,3 +718,50 @@ fn secrets_reach_the_build_but_not_the_servers_disk() {
         Vec::<PathBuf>::new()
     );
 }
+
+#[test]
+fn the_github_action_builds_on_the_farm_with_its_certificate_inputs() {
+    let certs = Certs::generate();
+    let server = Server::start(&certs, &[]);
+    let ctx = context(&[("Dockerfile", DOCKERFILE), ("a.txt", "from the action\n")]);
+    let runner = tempfile::tempdir().unwrap();
+    let client = Store::new();
+    let out_dir = runner.path().join("out");
+    let pem = |name: &str| std::fs::read_to_string(certs.path(name)).unwrap();
+    let (ca, cert) = (pem("client/ca.pem"), pem("client/cert.pem"));
+    let key_path = certs.path("client/key.pem");
+    let url = server.url();
+    let output = format!("type=local,dest={}", out_dir.display());
+    let inputs = [
+        ("context", ctx.path().to_str().unwrap()),
+        ("builder", url.as_str()),
+        // PEM text for two inputs and a file path for the third: both forms work.
+        ("builder-ca", ca.as_str()),
+        ("builder-cert", cert.as_str()),
+        ("builder-key", key_path.to_str().unwrap()),
+        ("outputs", output.as_str()),
+    ];
+    let out = crate::action::run_action(&client, runner.path(), &inputs, &[]);
+    assert!(
+        out.status.success(),
+        "action: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let copied = std::fs::read_to_string(out_dir.join("copied.txt")).unwrap();
+    assert_eq!(copied, "from the action\n");
+    let outputs = crate::action::outputs(&runner.path().join("output"));
+    assert!(outputs["imageid"].starts_with("sha256:"), "{outputs:?}");
+    // The PEMs were written for the build only.
+    let left: Vec<_> = std::fs::read_dir(runner.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("builder-action-"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+
+    // Without the certificate inputs the farm refuses the action's build.
+    let bare = [inputs[0], inputs[1], inputs[5]];
+    let refused = crate::action::run_action(&client, runner.path(), &bare, &[]);
+    assert!(!refused.status.success(), "built without a client certificate");
+}

@@ -19,7 +19,7 @@ USER app
 RUN id -un > /home/app/whoami
 ";
 
-fn run_ok(cmd: &mut Command, what: &str) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -31,7 +31,7 @@ fn run_ok(cmd: &mut Command, what: &str) -> Output {
 }
 
 /// A Debian image in docker, imported once from the cached debootstrap tarball.
-fn debian_image() -> String {
+pub(crate) fn debian_image() -> String {
     run_ok(
         Command::new("bash").arg(repo().join("scripts/start-dockerd.sh")),
         "start-dockerd.sh",
@@ -56,7 +56,7 @@ fn debian_image() -> String {
 }
 
 /// The host's libseccomp, which the builder binary links.
-fn libseccomp() -> PathBuf {
+pub(crate) fn libseccomp() -> PathBuf {
     let ldd = run_ok(Command::new("ldd").arg(BIN), "ldd");
     let line = stdout(&ldd)
         .lines()
@@ -85,7 +85,7 @@ fn builder_in_container(image: &str, ctx: &Path, args: &[&str]) -> Output {
 }
 
 /// Pushes busybox to the registry as the build's base image; returns its reference.
-fn push_base(registry: &Registry) -> String {
+pub(crate) fn push_base(registry: &Registry) -> String {
     let store = Store::with_busybox();
     let base = format!("{}/base/busybox:1", registry.addr);
     let tagged = store.run(&["tag", "busybox:latest", &base]);
