@@ -140,9 +140,19 @@ fn component_script_passes_in_an_unprivileged_container() {
         .arg(format!("{}:{}:ro", lib.display(), lib.display()))
         .arg("-v")
         .arg(format!("{}:/ctx:ro", ctx.path().display()))
-        .args(["-e", "BUILDER_ROOT=/tmp/builder-root", "-e", "DOCKER_CONFIG=/tmp/docker"])
+        .args([
+            "-e",
+            "BUILDER_ROOT=/tmp/builder-root",
+            "-e",
+            "DOCKER_CONFIG=/tmp/docker",
+        ])
         .args(["-e", &format!("CI_REGISTRY={}", registry.addr)])
-        .args(["-e", "CI_REGISTRY_USER=gitlab-ci-token", "-e", "CI_REGISTRY_PASSWORD=t"])
+        .args([
+            "-e",
+            "CI_REGISTRY_USER=gitlab-ci-token",
+            "-e",
+            "CI_REGISTRY_PASSWORD=t",
+        ])
         .arg(&image)
         .args(["bash", "/ctx/job.sh"])
         .output()

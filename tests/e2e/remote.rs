@@ -756,12 +756,19 @@ fn the_github_action_builds_on_the_farm_with_its_certificate_inputs() {
     let left: Vec<_> = std::fs::read_dir(runner.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("builder-action-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("builder-action-")
+        })
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
 
     // Without the certificate inputs the farm refuses the action's build.
     let bare = [inputs[0], inputs[1], inputs[5]];
     let refused = crate::action::run_action(&client, runner.path(), &bare, &[]);
-    assert!(!refused.status.success(), "built without a client certificate");
+    assert!(
+        !refused.status.success(),
+        "built without a client certificate"
+    );
 }
