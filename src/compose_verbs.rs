@@ -318,7 +318,7 @@ fn port(stack: &stack::Stack, service: &str, index: u32, private: &str) -> Resul
 }
 
 fn push(stack: &stack::Stack, services: &[String]) -> Result<i32> {
-    let exe = std::env::current_exe()?;
+    let exe = executor::self_exe()?;
     let root = stack.root().to_path_buf();
     for s in stack.selected(services, true)? {
         if stack.model.services[&s].build.is_none() {

@@ -73,7 +73,7 @@ pub fn serve(root: &Path, args: ServeArgs) -> Result<i32> {
         root: root.to_path_buf(),
     };
     let backend = Arc::new(remote::ProcessBackend {
-        program: std::env::current_exe()?,
+        program: executor::self_exe()?,
         root: root.to_path_buf(),
     });
     let rt = tokio::runtime::Runtime::new()?;

@@ -37,7 +37,7 @@ pub use cgroup::{sweep_stale_cgroups, CgroupSpec};
 pub use chroot::namespaces_unavailable;
 pub use helper::helper_main;
 pub use paths::resolve_in_root;
-pub use run::{sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
+pub use run::{self_exe, sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
 pub use seccomp::DOCKER_DEFAULT_PROFILE;
 pub use stubs::{remove_stubs, CreatedPath};
 

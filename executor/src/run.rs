@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio as ProcessStdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,10 +99,7 @@ impl Executor {
 
     /// An executor that re-executes the current binary with [`HELPER_ARG`].
     pub fn current_exe() -> std::io::Result<Self> {
-        Ok(Executor::new(
-            std::env::current_exe()?,
-            vec![HELPER_ARG.to_string()],
-        ))
+        Ok(Executor::new(self_exe()?, vec![HELPER_ARG.to_string()]))
     }
 
     /// Runs `spec` and returns the process's exit code (128+signal if it was killed).
@@ -515,5 +512,16 @@ impl Drop for Registration {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.id);
+    }
+}
+
+/// This binary, to re-execute: `/proc/self/exe` names the running image even after the file on
+/// disk was replaced (an upgrade, a relink), where its path would start another binary or none.
+pub fn self_exe() -> std::io::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        Ok(running.to_path_buf())
+    } else {
+        std::env::current_exe()
     }
 }

@@ -147,7 +147,7 @@ pub fn start(store: &ContainerStore, container: &Container) -> Result<()> {
 }
 
 fn spawn_monitor(store: &ContainerStore, container: &Container) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the builder binary")?;
+    let exe = executor::self_exe().context("finding the builder binary")?;
     let mut command = Command::new(&exe);
     command
         .arg(crate::MONITOR_ARG)
@@ -175,7 +175,7 @@ fn spawn_monitor(store: &ContainerStore, container: &Container) -> Result<()> {
 }
 
 fn wait_started(container: &Container) -> Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = executor::self_exe()?;
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         let state = container.live_state()?;

@@ -229,3 +229,32 @@ fn a_context_nested_1000_deep_builds_and_10000_deep_fails_clearly() {
         stderr(&out)
     );
 }
+
+/// A binary replaced while it runs (an upgrade, a relink) still re-executes itself for later
+/// RUN steps: the helper is started from `/proc/self/exe`, not from a path that now names
+/// another file or none.
+#[test]
+fn a_build_whose_binary_is_deleted_mid_build_still_runs_its_later_steps() {
+    let store = Store::with_busybox();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let copy = bin_dir.path().join("builder");
+    std::fs::copy(BIN, &copy).unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN sleep 2\nRUN echo later > /later\n",
+    )]);
+    let child = Command::new(&copy)
+        .arg("--root")
+        .arg(store.root())
+        .args(["build", "--progress=plain", "-t", "deleted:1"])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::fs::remove_file(&copy).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    assert!(!copy.exists());
+}
