@@ -15,12 +15,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
+use anyhow::{bail, Context, Result};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::helper::{close_inherited_fds, exec_program, report, user_and_workdir, Confinement};
+use crate::helper::{close_inherited_fds, exec_program, user_and_workdir, Confinement};
 use crate::paths::resolve_in_root;
 use crate::stubs::Tracker;
 use crate::{ExecSpec, Network};
@@ -83,32 +81,13 @@ fn run_child(
     created_file: &Path,
     status_fd: &OwnedFd,
 ) -> Result<i32> {
-    // SAFETY: the helper is single-threaded (the binary calls helper_main before any thread).
-    match unsafe { fork() }.context("forking the step's process")? {
-        ForkResult::Child => {
-            let error = match child(spec, root, created_file, status_fd) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            report(status_fd, &error);
-            // SAFETY: _exit skips destructors and buffered output, which belong to the parent.
-            unsafe { libc::_exit(1) }
-        }
-        ForkResult::Parent { child } => {
-            let code = loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break code,
-                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(anyhow!(e).context("waiting for the step's process")),
-                }
-            };
-            // What the step left running in its process group goes with it (there is no pid
-            // namespace to end them).
-            let _ = nix::sys::signal::killpg(child, nix::sys::signal::Signal::SIGKILL);
-            Ok(code)
-        }
-    }
+    let (code, child_pid) = crate::helper::fork_and_wait("the step's process", status_fd, || {
+        child(spec, root, created_file, status_fd)
+    })?;
+    // What the step left running in its process group goes with it (there is no pid namespace
+    // to end them).
+    let _ = nix::sys::signal::killpg(child_pid, nix::sys::signal::Signal::SIGKILL);
+    Ok(code)
 }
 
 fn child(

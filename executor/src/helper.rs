@@ -171,10 +171,23 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         };
         anyhow!("creating a pid namespace: {e}{hint}")
     })?;
+    fork_and_wait("the container process", status_fd, || {
+        container_init(&spec, &paths, status_fd)
+    })
+    .map(|(code, _)| code)
+}
+
+/// Forks; the child runs `body` (which execs or fails: its error goes to `status_fd`), the
+/// parent reaps it and returns its exit code (128+signal when killed) and its pid.
+pub(crate) fn fork_and_wait(
+    what: &str,
+    status_fd: &OwnedFd,
+    body: impl FnOnce() -> Result<Infallible>,
+) -> Result<(i32, nix::unistd::Pid)> {
     // SAFETY: the helper is single-threaded (the binary calls helper_main before any thread).
-    match unsafe { fork() }.context("forking the container process")? {
+    match unsafe { fork() }.with_context(|| format!("forking {what}"))? {
         ForkResult::Child => {
-            let error = match container_init(&spec, &paths, status_fd) {
+            let error = match body() {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -182,17 +195,14 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
             // SAFETY: _exit skips destructors and buffered output, which belong to the parent.
             unsafe { libc::_exit(1) }
         }
-        ForkResult::Parent { child } => {
-            let code = loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break code,
-                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(anyhow!(e).context("waiting for the container process")),
-                }
-            };
-            Ok(code)
-        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok((code, child)),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok((128 + signal as i32, child)),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(anyhow!(e).context(format!("waiting for {what}"))),
+            }
+        },
     }
 }
 
