@@ -30,6 +30,7 @@ fn main() {
     }
     // A non-root user builds in a user namespace of its own; entering it needs one thread.
     executor::userns::enter_rootless_namespace();
+    quiet_on_broken_pipe();
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_bad_args(e));
     let code = match cli::dispatch(cli) {
         Ok(code) => code,
@@ -39,6 +40,23 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `builder images | head`: when the reader has gone, `println!` panics on EPIPE (Rust ignores
+/// SIGPIPE, and restoring it would let a registry that drops a connection kill a push). End
+/// quietly instead, with the status a shell gives a process SIGPIPE ended (128+13).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map_or("", String::as_str);
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Bad command-line arguments: an unknown flag is named the way docker names it

@@ -258,3 +258,21 @@ fn a_build_whose_binary_is_deleted_mid_build_still_runs_its_later_steps() {
     assert!(out.status.success(), "build: {}", stderr(&out));
     assert!(!copy.exists());
 }
+
+/// `builder images | head` with the reader gone: no panic, the status of a process SIGPIPE
+/// ended, as `cat` gives.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let store = Store::with_busybox();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = store
+        .cmd()
+        .arg("images")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
