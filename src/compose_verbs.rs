@@ -227,7 +227,9 @@ fn ps(
 ) -> Result<i32> {
     let mut rows = Vec::new();
     for c in containers_of(stack, services)? {
-        let state = c.live_state()?;
+        let Some(state) = c.live_state_if_present()? else {
+            continue;
+        };
         if all || state.status.is_active() {
             rows.push((c, state));
         }

@@ -457,7 +457,9 @@ fn container_sub(store: &runtime::ContainerStore, sub: ContainerSubcommand) -> R
         ContainerSubcommand::Ls(args) => ps(store, &args),
         ContainerSubcommand::Prune { force: _ } => {
             for c in store.list()? {
-                let state = c.live_state()?;
+                let Some(state) = c.live_state_if_present()? else {
+                    continue;
+                };
                 if matches!(
                     state.status,
                     runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
@@ -505,7 +507,9 @@ fn ps(store: &runtime::ContainerStore, args: &PsArgs) -> Result<i32> {
     let filter = runtime::PsFilter::parse(&args.filter)?;
     let mut selected = Vec::new();
     for c in store.list()? {
-        let state = c.live_state()?;
+        let Some(state) = c.live_state_if_present()? else {
+            continue;
+        };
         let shown = args.all || filter.has_status() || state.status.is_active();
         if shown && filter.matches(&c, &state) {
             selected.push((c, state));
@@ -795,7 +799,9 @@ fn container_path(arg: &str) -> Option<(&str, &str)> {
 fn stats(store: &runtime::ContainerStore, names: &[String]) -> Result<i32> {
     let mut selected = Vec::new();
     for c in store.list()? {
-        let state = c.live_state()?;
+        let Some(state) = c.live_state_if_present()? else {
+            continue;
+        };
         let wanted = names.is_empty()
             || names
                 .iter()

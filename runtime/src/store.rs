@@ -263,6 +263,16 @@ impl Container {
         self.live_state_locked()
     }
 
+    /// [`Container::live_state`] of a listed container; `None` when it was removed since it was
+    /// listed (`run --rm` ending, another `rm`), so listings race no removal.
+    pub fn live_state_if_present(&self) -> Result<Option<State>> {
+        match self.live_state() {
+            Ok(state) => Ok(Some(state)),
+            Err(_) if !self.dir.join("state.json").exists() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Container::live_state`] for a caller that holds the lock.
     pub fn live_state_locked(&self) -> Result<State> {
         let mut state = self.state()?;
