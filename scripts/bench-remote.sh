@@ -43,26 +43,7 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
 export BUILDER_CERT_PATH=$certs/client
 
 ctx=$work/ctx
-mkdir -p "$ctx"
-python3 - "$ctx" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(200):
-    os.makedirs(f"{root}/src/d{d}", exist_ok=True)
-    for f in range(100):
-        with open(f"{root}/src/d{d}/f{f}.bin", "wb") as fh:
-            fh.write(os.urandom(9000))
-PY
-cat >"$ctx/Dockerfile" <<'D'
-FROM busybox AS a
-RUN sleep 2 && echo a > /a
-FROM busybox AS b
-RUN sleep 2 && echo b > /b
-FROM busybox
-COPY --from=a /a /a
-COPY --from=b /b /b
-COPY src /src
-D
+bash scripts/make-w1-context.sh "$ctx"
 ms() { echo $((($2 - $1) / 1000000)); }
 # t LABEL CONTEXT: one local and one remote build; prints both times and the bytes sent.
 t() {

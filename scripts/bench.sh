@@ -20,26 +20,7 @@ bin=$work/builder
 bash scripts/make-busybox-rootfs.sh "$work/busybox.tar"
 chmod 644 "$work/busybox.tar"
 ctx=$work/ctx
-mkdir -p "$ctx"
-python3 - "$ctx" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(200):
-    os.makedirs(f"{root}/src/d{d}", exist_ok=True)
-    for f in range(100):
-        with open(f"{root}/src/d{d}/f{f}.bin", "wb") as fh:
-            fh.write(os.urandom(9000))
-PY
-cat > "$ctx/Dockerfile" <<'D'
-FROM busybox AS a
-RUN sleep 2 && echo a > /a
-FROM busybox AS b
-RUN sleep 2 && echo b > /b
-FROM busybox
-COPY --from=a /a /a
-COPY --from=b /b /b
-COPY src /src
-D
+bash scripts/make-w1-context.sh "$ctx"
 # as_runner COMMAND...: runs the builder as root, or as the rootless user with its own store.
 as_runner() {
   if [ -n "${runner_user:-}" ]; then
