@@ -165,7 +165,22 @@ fn lines_of(source: &[u8]) -> Vec<String> {
         .collect()
 }
 
-impl Lowerer<'_> {
+impl<'a> Lowerer<'a> {
+    fn new(opts: &'a BuildOptions, source: &[u8]) -> Self {
+        Lowerer {
+            opts,
+            source: lines_of(source),
+            def: Definition::default(),
+            locations: BTreeMap::new(),
+            global_args: Vec::new(),
+            valueless_global_args: BTreeSet::new(),
+            stage_names: Vec::new(),
+            in_trigger: None,
+            warnings: Default::default(),
+            declared_args: Default::default(),
+        }
+    }
+
     /// The instruction parsed into its typed command.
     fn command(&self, ins: &Instruction) -> Result<Command, DockerfileError> {
         Command::parse(ins, &self.source).map_err(|e| self.command_error(e))
@@ -347,50 +362,26 @@ fn scope(state: &StageState) -> Vec<(String, String)> {
     v
 }
 
-/// Lowers a Dockerfile (already parsed) to a build graph.
+/// Lowers a Dockerfile (already parsed) to a build graph, in phases: the instructions
+/// checked, the global ARGs, the stages split, the target, the stages it needs in
+/// dependency order lowered, the final image.
 pub fn lower(
     ast: &Ast,
     source: &[u8],
     opts: &BuildOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<Lowered, DockerfileError> {
-    let mut l = Lowerer {
-        opts,
-        source: lines_of(source),
-        def: Definition::default(),
-        locations: BTreeMap::new(),
-        global_args: Vec::new(),
-        valueless_global_args: BTreeSet::new(),
-        stage_names: Vec::new(),
-        in_trigger: None,
-        warnings: Default::default(),
-        declared_args: Default::default(),
-    };
+    let mut l = Lowerer::new(opts, source);
     let escape = ast.directives.escape;
     let auto_args = automatic_args(ast, opts);
     let ins = &ast.instructions;
-    // BuildKit parses every instruction before choosing stages: an unknown one fails the
-    // build even in a stage the target does not need.
-    if let Some(x) = ins
-        .iter()
-        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
-    {
-        return Err(l.command_error(command::unknown_instruction(x)));
-    }
+    check_instructions(&l, ins)?;
     let first_from = lower_global_args(&mut l, ins, &auto_args, escape)?;
     let stages = split_stages(&l, ins, first_from)?;
     l.stage_names = stages.iter().map(|s| s.name.clone()).collect();
     let target = target_stage(&l, &stages)?;
-    // A name or index may refer to a stage defined later (BuildKit orders stages by
-    // their dependencies); a stage never to itself.
-    let stage_index = |reference: &str, current: usize| -> Option<usize> {
-        let r = reference.to_lowercase();
-        stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(&r))
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
-            .filter(|&d| d != current)
-    };
+    let stage_index =
+        |reference: &str, current: usize| stage_by_reference(&stages, reference, current);
     let graph = StageGraph {
         stages: &stages,
         stage_index: &stage_index,
@@ -406,9 +397,43 @@ pub fn lower(
     let final_state = states[target]
         .clone()
         .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
+    Ok(finish(l, ast, final_state, &needed, built_names))
+}
+
+/// BuildKit parses every instruction before choosing stages: an unknown one fails the
+/// build even in a stage the target does not need.
+fn check_instructions(l: &Lowerer, ins: &[Instruction]) -> Result<(), DockerfileError> {
+    match ins
+        .iter()
+        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
+    {
+        Some(x) => Err(l.command_error(command::unknown_instruction(x))),
+        None => Ok(()),
+    }
+}
+
+/// A stage by name or index. It may be defined later (BuildKit orders stages by their
+/// dependencies); a stage never refers to itself.
+fn stage_by_reference(stages: &[StageSource], reference: &str, current: usize) -> Option<usize> {
+    let r = reference.to_lowercase();
+    stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(&r))
+        .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
+        .filter(|&d| d != current)
+}
+
+/// The graph's output, the final image, and the check warnings of the stages built.
+fn finish(
+    mut l: Lowerer,
+    ast: &Ast,
+    final_state: StageState,
+    needed: &[bool],
+    built_names: Vec<String>,
+) -> Lowered {
     let output = l.or_scratch(final_state.vertex);
     l.def.output = Some(output);
-    let image = final_image(opts, final_state.config);
+    let image = final_image(l.opts, final_state.config);
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
     let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
         .into_iter()
@@ -416,14 +441,14 @@ pub fn lower(
         .map(|(_, w)| w)
         .collect();
     warnings.extend(l.warnings.take());
-    Ok(Lowered {
+    Lowered {
         definition: l.def,
         image,
         locations: l.locations,
         stages: built_names,
         warnings: crate::checks::filter(warnings, &check_config),
         check_config,
-    })
+    }
 }
 
 /// The automatic platform ARGs and TARGETSTAGE; as in BuildKit, a build arg of the same

@@ -73,6 +73,20 @@ impl HistoryEntry {
             buildkit_suffix: true,
         })
     }
+
+    fn into_history(self) -> History {
+        let suffix = if self.buildkit_suffix {
+            " # buildkit"
+        } else {
+            ""
+        };
+        History {
+            created_by: Some(format!("{}{suffix}", self.created_by)),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: self.empty_layer,
+            ..Default::default()
+        }
+    }
 }
 
 /// Per-stage state of the instruction walk besides the [`StageState`].
@@ -105,14 +119,7 @@ pub(super) fn lower_stage(
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
-    let cx = StageCtx {
-        index: input.index,
-        states: input.states,
-        stage_index: input.stage_index,
-        resolver: input.resolver,
-        escape: input.escape,
-        no_cache: input.no_cache,
-    };
+    let cx = stage_ctx(input);
     // The base's ONBUILD triggers run first; the new image does not inherit them.
     let triggers =
         onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
@@ -129,21 +136,22 @@ pub(super) fn lower_stage(
         l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         l.declared_args.replace(state.declared_args.clone());
         if let Some(entry) = lower_instruction(l, &cx, &mut state, &mut walk, ins)? {
-            let suffix = if entry.buildkit_suffix {
-                " # buildkit"
-            } else {
-                ""
-            };
-            state.config.history.push(History {
-                created_by: Some(format!("{}{suffix}", entry.created_by)),
-                comment: Some("buildkit.dockerfile.v0".into()),
-                empty_layer: entry.empty_layer,
-                ..Default::default()
-            });
+            state.config.history.push(entry.into_history());
         }
     }
     l.in_trigger = None;
     Ok(state)
+}
+
+fn stage_ctx<'c>(input: &StageInputs<'c>) -> StageCtx<'c> {
+    StageCtx {
+        index: input.index,
+        states: input.states,
+        stage_index: input.stage_index,
+        resolver: input.resolver,
+        escape: input.escape,
+        no_cache: input.no_cache,
+    }
 }
 
 /// FROM's `--platform` and base name, expanded with the global ARGs.

@@ -156,6 +156,8 @@ struct RunFlags {
     insecure: bool,
 }
 
+/// RUN in phases: its flags (the root and mounts with their inputs), the command line
+/// (a heredoc script mounted at /dev/pipes), the exec op.
 pub(super) fn lower_run(
     l: &mut Lowerer,
     cx: &StageCtx,
@@ -165,41 +167,10 @@ pub(super) fn lower_run(
     env: &[(String, String)],
     name: String,
 ) -> Result<(usize, Vec<String>), DockerfileError> {
-    let root = l.or_scratch(state.vertex);
-    let defaults = &l.opts.run;
-    let mut run = RunFlags {
-        inputs: vec![root],
-        mounts: Vec::new(),
-        network: defaults.network.unwrap_or(NetworkMode::Host),
-        insecure: false,
-    };
-    let mut ssh_count = 0;
-    for flag in &cmd.flags {
-        // Every value is expanded whole first (a mount's fields again one by one).
-        let value = l
-            .expand(ins, env, &flag.value, cx.escape)
-            .map_err(|e| l.err_at(flag.span.line, flag.span.column, e.message))?;
-        match flag.name {
-            RunFlag::Network => run.network = network_mode(l, flag, &value)?,
-            RunFlag::Security => run.insecure = insecure_mode(l, flag, &value)?,
-            RunFlag::Mount => add_mount(l, cx, state, ins, env, flag, &mut run, &mut ssh_count)?,
-        }
-    }
+    let mut run = run_flags(l, cx, state, ins, cmd, env)?;
     let (args, script) = run_command(state, cmd);
     if let Some((file, data)) = script {
-        let v = l.mkfile_vertex(
-            vec![(format!("/{file}"), data.into_bytes(), 0o755)],
-            "[internal] preparing inline document",
-        );
-        run.inputs.push(v);
-        run.mounts.push(ExecMount {
-            target: "/dev/pipes/".into(),
-            kind: MountKind::Bind {
-                input: run.inputs.len() - 1,
-                source: "/".into(),
-                readonly: true,
-            },
-        });
+        mount_script(l, &mut run, file, data);
     }
     let defaults = &l.opts.run;
     let config = &state.config.config;
@@ -225,6 +196,54 @@ pub(super) fn lower_run(
         Some(ins),
     );
     Ok((vertex, args))
+}
+
+/// The root (input 0) and RUN's flags in source order, each value expanded whole first
+/// (a mount's fields again one by one).
+fn run_flags(
+    l: &mut Lowerer,
+    cx: &StageCtx,
+    state: &StageState,
+    ins: &Instruction,
+    cmd: &RunCommand,
+    env: &[(String, String)],
+) -> Result<RunFlags, DockerfileError> {
+    let root = l.or_scratch(state.vertex);
+    let mut run = RunFlags {
+        inputs: vec![root],
+        mounts: Vec::new(),
+        network: l.opts.run.network.unwrap_or(NetworkMode::Host),
+        insecure: false,
+    };
+    let mut ssh_count = 0;
+    for flag in &cmd.flags {
+        let value = l
+            .expand(ins, env, &flag.value, cx.escape)
+            .map_err(|e| l.err_at(flag.span.line, flag.span.column, e.message))?;
+        match flag.name {
+            RunFlag::Network => run.network = network_mode(l, flag, &value)?,
+            RunFlag::Security => run.insecure = insecure_mode(l, flag, &value)?,
+            RunFlag::Mount => add_mount(l, cx, state, ins, env, flag, &mut run, &mut ssh_count)?,
+        }
+    }
+    Ok(run)
+}
+
+/// A heredoc script with a shebang, written to a file and mounted read-only at /dev/pipes.
+fn mount_script(l: &mut Lowerer, run: &mut RunFlags, file: String, data: String) {
+    let v = l.mkfile_vertex(
+        vec![(format!("/{file}"), data.into_bytes(), 0o755)],
+        "[internal] preparing inline document",
+    );
+    run.inputs.push(v);
+    run.mounts.push(ExecMount {
+        target: "/dev/pipes/".into(),
+        kind: MountKind::Bind {
+            input: run.inputs.len() - 1,
+            source: "/".into(),
+            readonly: true,
+        },
+    });
 }
 
 /// `RUN --network=`: default (the host's, as the sandbox has no other), none, or host
