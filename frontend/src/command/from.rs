@@ -25,6 +25,7 @@ impl FromCommand {
     pub(super) fn parse(ins: &Instruction) -> Result<Self, CommandError> {
         let name = Self::stage_name(ins)?;
         let known = [("platform", FromFlag::Platform)];
+        // No source lines: FROM's errors, `--platform`'s included, point at the keyword.
         let flags = parse_flags(ins, &[], &known, UnknownAt::Keyword)?;
         Ok(FromCommand {
             platform: flags.into_iter().next_back(),

@@ -30,6 +30,7 @@ pub struct HealthcheckCommand {
 
 impl HealthcheckCommand {
     pub(super) fn parse(ins: &Instruction) -> Result<Self, CommandError> {
+        // No source lines: HEALTHCHECK's errors point at the keyword.
         let flags = parse_flags(ins, &[], HEALTH_FLAGS, UnknownAt::Keyword)?;
         let kind = ins
             .args
