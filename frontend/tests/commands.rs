@@ -422,3 +422,80 @@ fn stage_references_are_read_from_copy_and_run_mounts() {
         .collect();
     assert_eq!(refs, [vec![], vec!["b"], vec!["c"], vec![]]);
 }
+
+/// Resolves every image; `trig` carries an ONBUILD trigger with a bad flag.
+struct Images;
+
+impl frontend::lower::ImageResolver for Images {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &str,
+    ) -> anyhow::Result<(String, oci::image::ImageConfig)> {
+        let mut config = oci::image::ImageConfig::default();
+        if reference == "trig" {
+            config.config.on_build = vec!["COPY --chmod=999 a /b".into()];
+        }
+        Ok((format!("{reference}@sha256:{}", "a".repeat(64)), config))
+    }
+}
+
+/// The first line of the lowering error: `Dockerfile:line:column: message`.
+fn lowering_error(src: &str) -> String {
+    let ast = frontend::parse(src.as_bytes()).unwrap();
+    let opts = frontend::lower::BuildOptions {
+        dockerfile_name: "Dockerfile".into(),
+        platform: "linux/amd64".into(),
+        build_platform: "linux/amd64".into(),
+        ..Default::default()
+    };
+    match frontend::lower::lower(&ast, src.as_bytes(), &opts, &Images) {
+        Ok(_) => panic!("expected an error for {src:?}"),
+        Err(e) => e.to_string().lines().next().unwrap().to_string(),
+    }
+}
+
+#[test]
+fn flag_errors_found_while_lowering_name_the_flag() {
+    for (src, expected) in [
+        (
+            "FROM a\nADD --chown=1 --checksum=sha256:aa a /b\n",
+            "Dockerfile:2:15: ADD --checksum can only be used with HTTP(S) sources",
+        ),
+        (
+            "FROM a\nADD --checksum=md5:aa https://e.com/a /b\n",
+            "Dockerfile:2:5: invalid --checksum=md5:aa: expected sha256:<hex digest>",
+        ),
+        (
+            "FROM a\nADD --keep-git-dir a /b\n",
+            "Dockerfile:2:5: ADD --keep-git-dir can only be used with a git source",
+        ),
+        (
+            "FROM a\nRUN --security=sandbox --network=host true\n",
+            "Dockerfile:2:24: network.host is not allowed: RUN --network=host needs the network.host entitlement (build flag --allow network.host)",
+        ),
+        (
+            "FROM a\nRUN --network=hots true\n",
+            "Dockerfile:2:5: unsupported network mode \"hots\"; use default, none or host; did you mean host?",
+        ),
+        (
+            "FROM a\nRUN --security=insecure true\n",
+            "Dockerfile:2:5: security.insecure is not allowed: RUN --security=insecure needs the security.insecure entitlement (build flag --allow security.insecure)",
+        ),
+        (
+            "FROM a\nRUN --network=none \\\n  --mount=type=tmpfs,target=/x --mount=type=cache,target=/x true\n",
+            "Dockerfile:3:3: --mount: two mounts share the target /x",
+        ),
+        (
+            "FROM a\nRUN --network=${NET:?unset} true\n",
+            "Dockerfile:2:5: RUN \"${NET:?unset}\": failed to process \"${NET:?unset}\": NET: unset",
+        ),
+        // A base image's trigger fails at the FROM that runs it.
+        (
+            "FROM a\n\nFROM trig\n",
+            "Dockerfile:3:1: ONBUILD trigger \"COPY --chmod=999 a /b\" of the base image: invalid --chmod=999: octal modes use digits 0-7 and are at most 7777",
+        ),
+    ] {
+        assert_eq!(lowering_error(src), expected, "{src}");
+    }
+}
