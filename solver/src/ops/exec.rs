@@ -5,6 +5,7 @@ pub mod mounts;
 mod ssh_proxy;
 
 use crate::graph::{ExecOp, NetworkMode, Op};
+use crate::mounts::PreparedMounts;
 use crate::ops::{commit_new, parent_of, Input, Produced, SolveOp, Step};
 use crate::progress::Event;
 use crate::worker::{sha256_hex, unique, MountGuard, Worker};
@@ -33,6 +34,7 @@ impl SolveOp for Exec<'_> {
     }
 }
 
+/// Runs the op on a new active snapshot of input 0 and commits it; returns its name.
 fn run_exec(
     w: &Worker,
     i: usize,
@@ -43,90 +45,120 @@ fn run_exec(
     let parent = parent_of(inputs)?;
     let active = unique("active");
     let mounts = w.snapshots.prepare(&active, parent.as_deref())?;
-    let res = (|| -> Result<()> {
-        let prepared = w.prepare_mounts(exec, inputs, cancel)?;
-        // chroot isolation runs in a directory: a copy of the rootfs where nothing may
-        // mount, whose changes reach the snapshot when it is released.
-        let rootfs_dir = match w.executor.isolation() {
-            executor::Isolation::Chroot => Some(MountGuard::mount(&w.root, &mounts)?),
-            executor::Isolation::Oci => None,
-        };
-        let spec = ExecSpec {
-            rootfs: match &rootfs_dir {
-                Some(dir) => vec![rootfs_bind(&dir.0)],
-                None => rootfs_mounts(&mounts),
-            },
-            mounts: prepared.mounts.clone(),
-            args: exec.args.clone(),
-            env: prepared.environment(&exec.env),
-            cwd: exec.cwd.clone(),
-            user: exec.user.clone(),
-            network: match exec.network {
-                NetworkMode::Host => executor::Network::Host,
-                NetworkMode::None => executor::Network::None,
-            },
-            security: executor::Security {
-                privileged: exec.insecure,
-                ..Default::default()
-            },
-            extra_hosts: exec.extra_hosts.clone(),
-            rlimits: exec
-                .ulimits
-                .iter()
-                .map(|u| executor::Rlimit {
-                    name: u.name.clone(),
-                    soft: u.soft,
-                    hard: u.hard,
-                })
-                .collect(),
-            shm_size: exec.shm_size,
-            ..Default::default()
-        };
-        let progress = w.progress.clone();
-        let mut on_output = |stream: executor::OutputStream, data: &[u8]| {
-            let stream = match stream {
-                executor::OutputStream::Stdout => 1,
-                executor::OutputStream::Stderr => 2,
-            };
-            progress.send(Event::Log {
-                vertex: i,
-                stream,
-                data: String::from_utf8_lossy(data).into_owned(),
-            });
-        };
-        let outcome = w
-            .executor
-            .run_tracked(&spec, cancel, &mut on_output)
-            .map_err(|e| anyhow!("{e}"))?;
-        let code = outcome.exit_code;
-        if code != 0 {
-            if w.exec_config.on_error_shell && !cancel.is_cancelled() {
-                w.debug_shell(&spec, cancel);
-            }
-            bail!(
-                "process {:?} did not complete successfully: exit code: {code}",
-                exec.args.join(" ")
-            );
-        }
-        if let Some(dir) = rootfs_dir {
-            dir.release()?;
-        }
-        let upper = w.snapshots.upper_dir(&active)?;
-        executor::remove_stubs(&upper, &outcome.created);
-        crate::mounts::prune_copied_up_dirs(
-            &upper,
-            &crate::mounts::lower_dirs(&mounts),
-            &outcome.created,
-        );
-        Ok(())
-    })();
-    match res {
+    match run_on(w, i, exec, inputs, &active, &mounts, cancel) {
         Ok(()) => commit_new(w, &active),
         Err(e) => {
             let _ = w.snapshots.remove(&active);
             Err(e)
         }
     }
+}
+
+/// Runs the op's process on the active snapshot `active` (mounted by `mounts`), leaving in
+/// its upper dir only what the process changed.
+fn run_on(
+    w: &Worker,
+    i: usize,
+    exec: &ExecOp,
+    inputs: &[Input],
+    active: &str,
+    mounts: &[snapshotter::Mount],
+    cancel: &CancelToken,
+) -> Result<()> {
+    let prepared = w.prepare_mounts(exec, inputs, cancel)?;
+    // chroot isolation runs in a directory: a copy of the rootfs where nothing may
+    // mount, whose changes reach the snapshot when it is released.
+    let rootfs_dir = match w.executor.isolation() {
+        executor::Isolation::Chroot => Some(MountGuard::mount(&w.root, mounts)?),
+        executor::Isolation::Oci => None,
+    };
+    let rootfs = match &rootfs_dir {
+        Some(dir) => vec![rootfs_bind(&dir.0)],
+        None => rootfs_mounts(mounts),
+    };
+    let spec = exec_spec(exec, rootfs, &prepared);
+    let outcome = run_process(w, i, exec, &spec, cancel)?;
+    if let Some(dir) = rootfs_dir {
+        dir.release()?;
+    }
+    let upper = w.snapshots.upper_dir(active)?;
+    executor::remove_stubs(&upper, &outcome.created);
+    crate::mounts::prune_copied_up_dirs(
+        &upper,
+        &crate::mounts::lower_dirs(mounts),
+        &outcome.created,
+    );
+    Ok(())
+}
+
+/// What the executor runs for `exec` on `rootfs` with its prepared extra mounts.
+fn exec_spec(exec: &ExecOp, rootfs: Vec<executor::Mount>, prepared: &PreparedMounts) -> ExecSpec {
+    ExecSpec {
+        rootfs,
+        mounts: prepared.mounts.clone(),
+        args: exec.args.clone(),
+        env: prepared.environment(&exec.env),
+        cwd: exec.cwd.clone(),
+        user: exec.user.clone(),
+        network: match exec.network {
+            NetworkMode::Host => executor::Network::Host,
+            NetworkMode::None => executor::Network::None,
+        },
+        security: executor::Security {
+            privileged: exec.insecure,
+            ..Default::default()
+        },
+        extra_hosts: exec.extra_hosts.clone(),
+        rlimits: exec
+            .ulimits
+            .iter()
+            .map(|u| executor::Rlimit {
+                name: u.name.clone(),
+                soft: u.soft,
+                hard: u.hard,
+            })
+            .collect(),
+        shm_size: exec.shm_size,
+        ..Default::default()
+    }
+}
+
+/// Runs the process, its output sent as the step's log; a non-zero exit is an error (after
+/// the debug shell, with `--on-error=shell`).
+fn run_process(
+    w: &Worker,
+    i: usize,
+    exec: &ExecOp,
+    spec: &ExecSpec,
+    cancel: &CancelToken,
+) -> Result<executor::RunOutcome> {
+    let progress = w.progress.clone();
+    let mut on_output = |stream: executor::OutputStream, data: &[u8]| {
+        let stream = match stream {
+            executor::OutputStream::Stdout => 1,
+            executor::OutputStream::Stderr => 2,
+        };
+        progress.send(Event::Log {
+            vertex: i,
+            stream,
+            data: String::from_utf8_lossy(data).into_owned(),
+        });
+    };
+    let outcome = w
+        .executor
+        .run_tracked(spec, cancel, &mut on_output)
+        .map_err(|e| anyhow!("{e}"))?;
+    let code = outcome.exit_code;
+    if code != 0 {
+        if w.exec_config.on_error_shell && !cancel.is_cancelled() {
+            w.debug_shell(spec, cancel);
+        }
+        bail!(
+            "process {:?} did not complete successfully: exit code: {code}",
+            exec.args.join(" ")
+        );
+    }
+    Ok(outcome)
 }
 
 /// A snapshot's mounts as the executor's root filesystem mounts.
