@@ -5,7 +5,7 @@ pub mod mounts;
 mod ssh_proxy;
 
 use crate::graph::{ExecOp, NetworkMode, Op};
-use crate::mounts::PreparedMounts;
+use crate::mounts::{ExecMounts, PreparedMounts};
 use crate::ops::{commit_new, parent_of, Input, Produced, SolveOp, Step};
 use crate::progress::Event;
 use crate::worker::{sha256_hex, unique, MountGuard, Worker};
@@ -23,7 +23,7 @@ impl SolveOp for Exec<'_> {
     /// The op and its inputs' keys, a local input read by mounts only by what they read.
     fn cache_key(&mut self, w: &Worker, _: &Step, inputs: &[Input]) -> Result<String> {
         let op_json = serde_json::to_vec(self.op)?;
-        let input_keys = w.exec_input_keys(self.exec, inputs)?;
+        let input_keys = ExecMounts(w).exec_input_keys(self.exec, inputs)?;
         let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
         parts.extend(input_keys.iter().map(|k| k.as_bytes()));
         Ok(sha256_hex(&parts))
@@ -65,7 +65,7 @@ fn run_on(
     mounts: &[snapshotter::Mount],
     cancel: &CancelToken,
 ) -> Result<()> {
-    let prepared = w.prepare_mounts(exec, inputs, cancel)?;
+    let prepared = ExecMounts(w).prepare_mounts(exec, inputs, cancel)?;
     // chroot isolation runs in a directory: a copy of the rootfs where nothing may
     // mount, whose changes reach the snapshot when it is released.
     let rootfs_dir = match w.executor.isolation() {
@@ -151,7 +151,7 @@ fn run_process(
     let code = outcome.exit_code;
     if code != 0 {
         if w.exec_config.on_error_shell && !cancel.is_cancelled() {
-            w.debug_shell(spec, cancel);
+            ExecMounts(w).debug_shell(spec, cancel);
         }
         bail!(
             "process {:?} did not complete successfully: exit code: {code}",

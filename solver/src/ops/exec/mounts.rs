@@ -259,7 +259,19 @@ pub(crate) fn sweep_stale(root: &Path) {
     }
 }
 
-impl Worker {
+/// The exec op's view of the worker for its mounts: what they read (inputs, the build's
+/// local sources, secrets, SSH agents) and where they live (the storage root).
+pub(crate) struct ExecMounts<'a>(pub &'a Worker);
+
+impl std::ops::Deref for ExecMounts<'_> {
+    type Target = Worker;
+
+    fn deref(&self) -> &Worker {
+        self.0
+    }
+}
+
+impl ExecMounts<'_> {
     /// The keys of an exec op's inputs for its cache key: a local input read by bind or
     /// cache-base mounts counts only with the checksum of the subtrees they read.
     pub(crate) fn exec_input_keys(
