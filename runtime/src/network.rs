@@ -337,6 +337,8 @@ fn remove_iptables_forward_if_unused() {
 }
 
 /// Creates our table and its chains, and (re)writes its static rules in one transaction.
+/// Outbound NAT matches our address range and, for networks given another subnet
+/// (`--subnet`, compose `ipam`), anything routed from one of our bridges to the outside.
 fn ensure_table() -> Result<()> {
     let (subnet, user) = (ALL_SUBNETS, format!("{USER_BRIDGE_PREFIX}*"));
     let script = format!(
@@ -348,6 +350,7 @@ add chain inet {TABLE} forward {{ type filter hook forward priority filter; }}
 flush chain inet {TABLE} postrouting
 flush chain inet {TABLE} forward
 add rule inet {TABLE} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
+add rule inet {TABLE} postrouting iifname {{ \"{BRIDGE}\", \"{user}\" }} oifname != {{ \"{BRIDGE}\", \"{user}\" }} masquerade
 add rule inet {TABLE} postrouting oifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 masquerade
 add rule inet {TABLE} postrouting oifname \"{user}\" ip saddr 127.0.0.0/8 masquerade
 {isolation}add rule inet {TABLE} forward iifname \"{BRIDGE}\" accept
