@@ -483,7 +483,23 @@ fn port_ranges_publish_every_port_and_a_range_partly_in_use_fails_cleanly() {
         "differ in length",
     );
 
+    // Disconnected from the network its ports pointed at, the container keeps serving them
+    // through the next interface, which also takes the default route.
+    let extra = format!("mnp{}", std::process::id());
+    ok(&store, &["network", "create", &extra]);
+    ok(&store, &["network", "connect", &extra, "pr"]);
+    ok(&store, &["network", "disconnect", "bridge", "pr"]);
+    assert_eq!(curl(&format!("http://127.0.0.1:{}/", port + 1)), "port81\n");
+    let (_, gateway) = subnet_host(&store, &extra, 1);
+    let routes = ok(&store, &["exec", "pr", "ip", "route"]);
+    assert!(
+        routes.contains(&format!("default via {gateway}")),
+        "{routes}"
+    );
+    assert_eq!(traces(&id), (1, 6, 1));
+
     ok(&store, &["rm", "-f", "pr", "clash", "hr"]);
+    ok(&store, &["network", "rm", &extra]);
     assert_eq!(traces(&id), (0, 0, 0));
     assert_eq!(traces(&id2), (0, 0, 0));
     assert!(
