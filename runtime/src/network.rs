@@ -205,6 +205,9 @@ fn remove_interface(id: &str, index: u8, bridge: &str) {
         leases.retain(|_, who| !who.ends_with(&format!(" {id}")));
         Ok(())
     });
+    if let Ok(_lock) = crate::store::FileLock::exclusive(&Path::new(IPAM_DIR).join("ipam.lock")) {
+        remove_iptables_forward_if_unused();
+    }
 }
 
 /// Makes `eth<index>` (through `gateway`) the default route, after the interface that had
