@@ -617,3 +617,42 @@ networks:
     assert_eq!(traces(&api), (0, 0, 0));
     assert!(!stdout(&store.run(&["network", "ls"])).contains("mn_"));
 }
+
+/// A network with its own subnet (outside builder's 10.88.0.0/15) still reaches the outside:
+/// traffic from our bridges is masqueraded whatever its source range. Runs in a private
+/// network namespace with an "outside" namespace at 192.0.2.2 behind a veth, which has no
+/// route back to the container's subnet.
+#[test]
+fn a_network_with_its_own_subnet_reaches_the_outside_through_nat() {
+    let store = Store::with_busybox();
+    let script = r#"
+set -e
+ip link set lo up
+ip netns add "$OUTSIDE"
+trap '"$BIN" --root "$ROOT" rm -f probe >/dev/null 2>&1; ip netns del "$OUTSIDE"' EXIT
+ip link add vout type veth peer name vin netns "$OUTSIDE"
+ip addr add 192.0.2.1/24 dev vout && ip link set vout up
+ip -n "$OUTSIDE" addr add 192.0.2.2/24 dev vin
+ip -n "$OUTSIDE" link set vin up && ip -n "$OUTSIDE" link set lo up
+"$BIN" --root "$ROOT" network create --subnet 172.30.250.0/24 own >/dev/null
+"$BIN" --root "$ROOT" run -d --name probe --network own busybox sleep 60 >/dev/null
+"$BIN" --root "$ROOT" exec probe ip -o -4 addr show eth0
+"$BIN" --root "$ROOT" exec probe ping -c1 -W2 192.0.2.2 >/dev/null && echo reached
+# Without the bridge-wide masquerade rule the reply has no way back: that rule is what works.
+handle=$(nft -a list chain inet builder postrouting | grep 'iifname' | sed 's/.*# handle //')
+nft delete rule inet builder postrouting handle "$handle"
+"$BIN" --root "$ROOT" exec probe ping -c1 -W1 192.0.2.2 >/dev/null || echo dropped
+"#;
+    let out = Command::new("unshare")
+        .args(["--net", "bash", "-c", script])
+        .env("OUTSIDE", format!("builder-own-{}", std::process::id()))
+        .env("BIN", env!("CARGO_BIN_EXE_builder"))
+        .env("ROOT", store.root())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("inet 172.30.250."), "{text}");
+    assert!(text.contains("reached"), "{text}");
+    assert!(text.contains("dropped"), "{text}");
+}
