@@ -1,8 +1,9 @@
 //! Container records on disk: `ROOT/containers/ID/{config.json,state.json,lock,ID-json.log}`.
 //!
-//! `config.json` is written once at create; `state.json` is rewritten atomically (temp name,
-//! fsync, rename) while holding the container's `lock` file (flock), so the monitor and any
-//! number of `builder` commands can update it concurrently.
+//! `config.json` is written at create and again only when `network connect`/`disconnect`
+//! change its endpoints; `state.json` is rewritten atomically (temp name, fsync, rename) while
+//! holding the container's `lock` file (flock), so the monitor and any number of `builder`
+//! commands can update it concurrently. Both rewrites happen under that lock.
 
 use std::collections::BTreeMap;
 use std::fs::File;
