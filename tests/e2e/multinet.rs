@@ -207,60 +207,88 @@ fn connect_and_disconnect_update_names_on_both_sides_and_leave_nothing() {
         "{nets}"
     );
     assert_eq!(traces(&cli).0, 2, "one veth per network");
+    let members = ok(&store, &["network", "inspect", &a]);
+    let prefix = subnet.split('/').nth(1).unwrap();
+    assert!(
+        members.contains(&format!("\"{fixed}/{prefix}\"")),
+        "{members}"
+    );
 
-    fails(
-        &store,
-        &["network", "connect", &a, "cli"],
-        "already exists in network",
-    );
-    fails(
-        &store,
-        &["network", "connect", "--ip", "10.1.2.3", &b, "web"],
-        &format!("outside network {b}'s subnet"),
-    );
-    fails(
-        &store,
-        &["network", "connect", "--ip", &fixed, &a, "web"],
-        "already exists",
-    );
-    let c2 = ok(
-        &store,
-        &["create", "--name", "c2", "--network", &b, "busybox", "true"],
-    );
-    ok(&store, &["network", "connect", "--ip", &fixed, &a, "c2"]);
-    fails(
-        &store,
-        &["start", "c2"],
-        &format!("address {fixed} on network {a} is already in use by container cli"),
-    );
-    assert_eq!(traces(&c2), (0, 0, 0), "the failed start left nothing");
-    assert!(subnet.ends_with("/24"), "{subnet}");
+    let c2 = connect_errors(&store, &a, &b, &fixed);
 
-    ok(&store, &["network", "disconnect", &a, "cli"]);
+    disconnect_forgets_the_name(&store, &a, &a_id, &cli);
+    fails(&store, &["network", "rm", &b], "is used by containers");
+
+    let udp = udp_range_echoes(&store);
+    ok(&store, &["rm", "-f", "cli", "web", "udp", "c2"]);
+    for id in [&cli, &web, &udp, &c2] {
+        assert_eq!(traces(id), (0, 0, 0), "rm -f leaves nothing of {id}");
+    }
+}
+
+/// After `network disconnect`, neither side resolves the other's name on that network, and
+/// the interface and its lease are gone.
+fn disconnect_forgets_the_name(store: &Store, a: &str, a_id: &str, cli: &str) {
+    let getent = |name: &str| store.run(&["exec", "cli", "getent", "hosts", name]);
+    ok(store, &["network", "disconnect", a, "cli"]);
     assert_eq!(getent("web").status.code(), Some(2), "web is unknown again");
-    let hosts = ok(&store, &["exec", "web", "cat", "/etc/hosts"]);
+    let hosts = ok(store, &["exec", "web", "cat", "/etc/hosts"]);
     assert!(
         !hosts.contains("cli"),
         "a disconnected name never resolves: {hosts}"
     );
-    assert_eq!(traces(&cli).0, 1);
+    assert_eq!(traces(cli).0, 1);
     let lease_file = format!("/run/builder/bn-{}-ipam.json", &a_id[..12]);
     assert!(
-        !std::fs::read_to_string(&lease_file).unwrap().contains(&cli),
+        !std::fs::read_to_string(&lease_file).unwrap().contains(cli),
         "the lease went"
     );
     fails(
-        &store,
-        &["network", "disconnect", &a, "cli"],
+        store,
+        &["network", "disconnect", a, "cli"],
         "is not connected to network",
     );
-    ok(&store, &["network", "disconnect", "-f", &a, "cli"]);
-    fails(&store, &["network", "rm", &b], "is used by containers");
+    ok(store, &["network", "disconnect", "-f", a, "cli"]);
+}
 
+/// Connecting twice, outside the subnet, or to an address another container holds: clear
+/// errors, and a start that fails on a taken address leaves nothing. Returns that container.
+fn connect_errors(store: &Store, a: &str, b: &str, fixed: &str) -> String {
+    fails(
+        store,
+        &["network", "connect", a, "cli"],
+        "already exists in network",
+    );
+    fails(
+        store,
+        &["network", "connect", "--ip", "10.1.2.3", b, "web"],
+        &format!("outside network {b}'s subnet"),
+    );
+    fails(
+        store,
+        &["network", "connect", "--ip", fixed, a, "web"],
+        "already exists",
+    );
+    let c2 = ok(
+        store,
+        &["create", "--name", "c2", "--network", b, "busybox", "true"],
+    );
+    ok(store, &["network", "connect", "--ip", fixed, a, "c2"]);
+    fails(
+        store,
+        &["start", "c2"],
+        &format!("address {fixed} on network {a} is already in use by container cli"),
+    );
+    assert_eq!(traces(&c2), (0, 0, 0), "the failed start left nothing");
+    c2
+}
+
+/// A UDP port range from the host to a Debian perl echo server; returns its id.
+fn udp_range_echoes(store: &Store) -> String {
     // UDP port range from the host to a Debian perl echo server.
     let port = free_ports(2);
     let spec = format!("127.0.0.1:{port}-{}:9000-9001/udp", port + 1);
-    let udp = ok(&store, &["run", "-d", "--name", "udp", "-p", &spec, "debian:bookworm", "perl",
+    let udp = ok(store, &["run", "-d", "--name", "udp", "-p", &spec, "debian:bookworm", "perl",
         "-MIO::Socket::INET", "-e",
         "my @s = map { IO::Socket::INET->new(LocalPort => $_, Proto => 'udp') or die } 9000, 9001; \
          while (1) { for my $s (@s) { my $m; $s->send(\"echo:$m\") if $s->recv($m, 99, 0x40) } \
@@ -281,10 +309,7 @@ fn connect_and_disconnect_update_names_on_both_sides_and_leave_nothing() {
         };
         assert_eq!(&buf[..n], format!("echo:to{p}").as_bytes());
     }
-    ok(&store, &["rm", "-f", "cli", "web", "udp", "c2"]);
-    for id in [&cli, &web, &udp, &c2] {
-        assert_eq!(traces(id), (0, 0, 0), "rm -f leaves nothing of {id}");
-    }
+    udp
 }
 
 #[test]
