@@ -224,6 +224,8 @@ fn connect_and_disconnect_update_names_on_both_sides_and_leave_nothing() {
     for id in [&cli, &web, &udp, &c2] {
         assert_eq!(traces(id), (0, 0, 0), "rm -f leaves nothing of {id}");
     }
+    ok(&store, &["network", "rm", &a, &b]);
+    assert!(!Path::new(&format!("/sys/class/net/bn-{}", &a_id[..12])).exists());
 }
 
 /// After `network disconnect`, neither side resolves the other's name on that network, and
