@@ -39,9 +39,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// Network: bridge (default for -d/--name/--restart containers), host (default for a
-    /// plain foreground run) or none.
+    /// plain foreground run), none or a network name; repeat to join several networks.
     #[arg(long)]
-    pub network: Option<String>,
+    pub network: Vec<String>,
+    /// Static IPv4 address on the (first) user-defined network.
+    #[arg(long)]
+    pub ip: Option<String>,
     /// Memory limit (e.g. 512m).
     #[arg(short = 'm', long)]
     pub memory: Option<String>,
@@ -165,7 +168,7 @@ impl RunArgs {
 
     /// The network mode, with docker's default for managed containers.
     fn network_mode(&self) -> Result<&str> {
-        let mode = match self.network.as_deref() {
+        let mode = match self.network.first().map(String::as_str) {
             // Rootless, "host" is a user-mode network of the container's own (executor).
             Some("default") | None if self.managed() && !executor::userns::is_rootless() => {
                 "bridge"
@@ -363,13 +366,11 @@ fn container_spec(args: &RunArgs) -> Result<runtime::ContainerSpec> {
         hostname: args.hostname.clone(),
         network_mode: args.network_mode()?.to_string(),
         network_aliases: args.network_alias.clone(),
+        ipv4_address: args.ip.clone(),
+        extra_networks: runtime::Endpoint::named(args.network.get(1..).unwrap_or_default()),
         extra_hosts: runtime::parse_extra_hosts(&args.add_host)?,
         dns: dns_servers(&args.dns)?,
-        ports: args
-            .publish
-            .iter()
-            .map(|p| runtime::PortMapping::parse(p))
-            .collect::<Result<_>>()?,
+        ports: runtime::PortMapping::parse_list(&args.publish)?,
         publish_all: args.publish_all,
         mounts: mounts(args)?,
         limits: limits(args)?,

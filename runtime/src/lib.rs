@@ -6,7 +6,9 @@
 //! binary calls [`monitor_main`] before starting any thread.
 
 mod cgroups;
+mod connect;
 mod copy;
+mod endpoints;
 mod exec;
 mod health;
 mod lifecycle;
@@ -15,6 +17,7 @@ mod monitor;
 mod names;
 mod network;
 mod networks;
+mod ports;
 mod procs;
 mod spec;
 mod store;
@@ -24,7 +27,9 @@ mod view;
 mod volumes;
 
 pub use cgroups::{parse_bytes, Limits};
+pub use connect::{connect, disconnect, network_members, ConnectOptions};
 pub use copy::{copy_in, copy_out};
+pub use endpoints::{check_static_ip, Attached, Endpoint};
 pub use exec::{exec, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
 pub use lifecycle::{
