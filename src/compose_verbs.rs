@@ -62,6 +62,7 @@ pub fn run(
             no_log_prefix,
         ),
         StackCommand::Exec {
+            no_tty,
             index,
             env,
             user,
@@ -71,14 +72,16 @@ pub fn run(
             ..
         } => {
             let c = stack.service_container(&service, index)?;
+            let (inherit_stdio, stdin) = runtime::compose_exec_stdio(no_tty);
             let request = runtime::ExecRequest {
                 args: command,
                 env,
                 user,
                 workdir,
-                inherit_stdio: true,
+                inherit_stdio,
+                stdin,
             };
-            runtime::exec(&c, &request, &executor::CancelToken::new(), &mut |_, _| {})
+            runtime::exec_to_stdio(&c, &request)
         }
         StackCommand::Run {
             rm,
@@ -205,15 +208,8 @@ fn build(
     let requests: Vec<stack::BuildRequest> = stack
         .selected(services, true)?
         .into_iter()
-        .filter_map(|s| {
-            let build = stack.model.services[&s].build.clone()?;
-            Some(stack::BuildRequest {
-                tag: stack.image_of(&s),
-                service: s,
-                build,
-            })
-        })
-        .collect();
+        .filter_map(|s| stack.build_request(&s).transpose())
+        .collect::<Result<_>>()?;
     images.build(&requests)?;
     Ok(0)
 }

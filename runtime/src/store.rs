@@ -112,6 +112,18 @@ pub struct Config {
     /// cgroup limits.
     #[serde(default)]
     pub limits: crate::Limits,
+    /// `-i`: the monitor keeps the container's stdin open for clients to attach to.
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The first attached client's end of file closes the container's stdin (`run -i`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// `-t`: the container's stdio is a terminal (output logged as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// `--init`: an init process (tini) runs as PID 1 and starts the command.
+    #[serde(default)]
+    pub init: bool,
 }
 
 fn default_network() -> String {

@@ -33,12 +33,6 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     runtime::apply_security_opts(&mut security, &s.security_opt)
         .with_context(|| at("security_opt"))?;
     let limits = s.deploy.as_ref().and_then(|d| d.resources.limits.as_ref());
-    if s.init == Some(true) {
-        eprintln!(
-            "WARN[0000] service {:?}: init is not supported yet; ignored",
-            cx.service
-        );
-    }
     Ok(ContainerSpec {
         name: Some(if cx.oneoff {
             format!("{}-{}-run-{}", cx.stack.name, cx.service, &runtime_suffix())
@@ -80,6 +74,10 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
         health: health(s).with_context(|| at("healthcheck"))?,
         read_only: s.read_only.unwrap_or(false),
         security,
+        stdio: runtime::StdioConfig {
+            init: s.init == Some(true),
+            ..Default::default()
+        },
     })
 }
 

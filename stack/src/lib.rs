@@ -3,6 +3,7 @@
 //! effects); containers, networks and volumes from `runtime`. Images are the caller's
 //! concern, through [`ImageProvider`].
 
+mod build_secrets;
 mod convert;
 mod down;
 mod labels;
@@ -25,6 +26,8 @@ pub struct BuildRequest {
     /// The tag the built image gets (`image:` or `PROJECT-SERVICE`).
     pub tag: String,
     pub build: compose::model::Build,
+    /// `--secret` values from `build.secrets` (see [`Stack::build_request`]).
+    pub secrets: Vec<String>,
 }
 
 /// Images for a stack: the CLI prepares (and builds, pulls) them; the stack makes containers.

@@ -32,6 +32,7 @@ mod registry;
 mod remote;
 mod robustness;
 mod rootless;
+mod stdio;
 mod unprivileged;
 mod volumes;
 mod wild_images;
