@@ -372,7 +372,7 @@ fn run_in_container(store: &runtime::ContainerStore, command: ContainerCommand) 
                 stdin: !no_stdin,
                 tail: Some(0),
             };
-            runtime::attach(&store.find(&container)?, &options)
+            runtime::attach_running(&store.find(&container)?, &options)
         }
         ContainerCommand::Logs {
             follow,

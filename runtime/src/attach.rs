@@ -221,6 +221,14 @@ pub fn attach(container: &Container, options: &AttachOptions) -> Result<i32> {
     crate::wait_exit(container)
 }
 
+/// `attach`: as [`attach`], for a running container only (docker's error otherwise).
+pub fn attach_running(container: &Container, options: &AttachOptions) -> Result<i32> {
+    if !container.live_state()?.status.is_active() {
+        anyhow::bail!("You cannot attach to a stopped container, start it first");
+    }
+    attach(container, options)
+}
+
 fn connect(container: &Container, kind: u8) -> Result<UnixStream> {
     let dir = File::open(&container.dir).context("opening the container's directory")?;
     let mut stream = UnixStream::connect(socket_path(&dir)).with_context(|| {
@@ -239,7 +247,8 @@ fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
     let mut stream = connect(container, STDIN_STREAM)?;
     let on_terminal = nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
     let raw = if container.config.tty && on_terminal {
-        send_size(container);
+        let watched = container.clone();
+        std::thread::spawn(move || follow_size(&watched));
         RawMode::enter()
     } else {
         None
@@ -251,16 +260,29 @@ fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
     Ok(raw)
 }
 
-fn send_size(container: &Container) {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
-    if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } < 0 || ws.ws_row == 0 {
-        return;
-    }
-    if let Ok(mut stream) = connect(container, RESIZE) {
-        let mut msg = ws.ws_row.to_le_bytes().to_vec();
-        msg.extend_from_slice(&ws.ws_col.to_le_bytes());
-        let _ = stream.write_all(&msg);
+/// Passes this terminal's size on, then every change of it (looked at 4 times a second:
+/// cheaper to get right than a SIGWINCH handler in a multi-threaded process).
+fn follow_size(container: &Container) {
+    let mut sent = (0, 0);
+    loop {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
+        let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
+        if ok && ws.ws_row != 0 && (ws.ws_row, ws.ws_col) != sent {
+            let Ok(mut stream) = connect(container, RESIZE) else {
+                return; // the container is gone
+            };
+            let mut msg = ws.ws_row.to_le_bytes().to_vec();
+            msg.extend_from_slice(&ws.ws_col.to_le_bytes());
+            let _ = stream.write_all(&msg);
+            sent = (ws.ws_row, ws.ws_col);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 

@@ -76,7 +76,9 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
         security,
         stdio: runtime::StdioConfig {
             init: s.init == Some(true),
-            ..Default::default()
+            tty: s.tty == Some(true),
+            stdin_open: s.stdin_open == Some(true),
+            stdin_once: false,
         },
     })
 }

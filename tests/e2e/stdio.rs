@@ -167,17 +167,28 @@ fn detached_stdin_stays_open_across_attaches_and_start_a_i_feeds_a_created_one()
     let out = b.with_input(&["attach", "noinput"], "x\n");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("-i or -t"), "{}", stderr(&out));
+    b.ok(&["stop", "-t", "0", "noinput"]);
+    let out = b.with_input(&["attach", "noinput"], "x\n");
+    assert!(
+        stderr(&out).contains("stopped container"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn run_it_gives_the_container_a_terminal_under_a_real_pty() {
     let b = Boxes::new();
-    let out = under_pty(
-        &b.line("run -it --rm busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM'"),
-        "",
+    // The client's terminal size reaches the container's terminal.
+    let probe = "sleep 1; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM; stty size";
+    let line = format!(
+        "stty rows 31 cols 97; {}",
+        b.line(&format!("run -it --rm busybox sh -c '{probe}'"))
     );
+    let out = under_pty(&line, "");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("IS-A-TTY xterm"), "{out:?}");
+    assert!(text.contains("31 97"), "{out:?}");
     // An interactive shell reads what is typed and exits with its status.
     let out = under_pty(
         &b.line("run -it --name sh busybox sh"),
@@ -215,7 +226,9 @@ fn init_runs_tini_as_pid_1_which_reaps_zombies_and_forwards_stop() {
     b.ok(&[
         "run", "-d", "--init", "--name", "withinit", "busybox", "sh", "-c", orphan,
     ]);
-    b.ok(&["run", "-d", "--name", "noinit", "busybox", "sh", "-c", orphan]);
+    b.ok(&[
+        "run", "-d", "--name", "noinit", "busybox", "sh", "-c", orphan,
+    ]);
     std::thread::sleep(Duration::from_millis(800));
     let pid1 = b.ok(&["exec", "withinit", "cat", "/proc/1/cmdline"]);
     assert!(pid1.starts_with("/sbin/docker-init\0--\0"), "{pid1:?}");
@@ -266,6 +279,11 @@ const COMPOSE: &str = "services:
           target: other
     init: true
     command: [sleep, '1000']
+  shell:
+    image: busybox
+    tty: true
+    stdin_open: true
+    command: [sh, -c, 'read x; echo got:$$x; [ -t 0 ] && echo TTY']
 secrets:
   tok:
     file: ./token.txt
@@ -346,6 +364,10 @@ fn compose_init_exec_terminal_and_build_secrets() {
     );
     let no_tty = String::from_utf8_lossy(&under_pty(&line("-T"), "").stdout).to_string();
     assert!(no_tty.contains("NO-TTY"), "{no_tty:?}");
+    // tty and stdin_open: a compose container to attach to, with a terminal of its own.
+    let out = b.with_input(&["attach", "stdio-shell-1"], "typed\n");
+    assert!(stdout(&out).contains("got:typed"), "{out:?}");
+    assert!(stdout(&out).contains("TTY"), "{out:?}");
     let out = compose(&b, d, &["down"], None);
     assert!(out.status.success(), "{}", stderr(&out));
 }
