@@ -67,8 +67,10 @@ pub fn exec(
     let spec = exec_spec(container, pid, request);
     let mut executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
     if request.stdin && !request.inherit_stdio {
-        let stdin = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned()?;
-        executor = executor.with_stdin(stdin);
+        // A caller without stdin (fd 0 closed) gives the process an empty one.
+        if let Ok(stdin) = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned() {
+            executor = executor.with_stdin(stdin);
+        }
     }
     match executor.run(&spec, cancel, on_output) {
         Ok(code) => Ok(code),
