@@ -43,7 +43,7 @@ pub(crate) fn prepare(
     let dir = File::open(&container.dir).context("opening the container's directory")?;
     let _ = std::fs::remove_file(container.dir.join(SOCKET));
     let listener = UnixListener::bind(socket_path(&dir)).context("creating attach.sock")?;
-    let (input, executor) = if config.tty {
+    let (input, master, executor) = if config.tty {
         let size = nix::pty::Winsize {
             ws_row: 24,
             ws_col: 80,
@@ -58,14 +58,15 @@ pub(crate) fn prepare(
             )?;
         }
         let input = pty.master.try_clone()?;
-        (input, executor.with_terminal(pty.master, pty.slave))
+        let master = Some(File::from(pty.master.try_clone()?));
+        (input, master, executor.with_terminal(pty.master, pty.slave))
     } else {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        (write, executor.with_stdin(read))
+        (write, None, executor.with_stdin(read))
     };
     let relay = Relay {
         input: config.stdin_open.then(|| File::from(input)),
-        terminal: config.tty,
+        master,
         stdin_once: config.stdin_once,
     };
     std::thread::Builder::new()
@@ -83,7 +84,8 @@ pub(crate) fn cleanup(container: &Container) {
 struct Relay {
     /// The container's stdin (pipe's write end, or the terminal's master); `None` once closed.
     input: Option<File>,
-    terminal: bool,
+    /// The terminal's master, for window sizes (`-t`).
+    master: Option<File>,
     stdin_once: bool,
 }
 
@@ -136,7 +138,7 @@ impl Relay {
     fn read_from(&mut self, client: &mut Client, buf: &mut [u8]) -> bool {
         let n = match client.stream.read(buf) {
             Ok(0) | Err(_) => {
-                if client.kind == Some(STDIN_STREAM) && self.stdin_once && !self.terminal {
+                if client.kind == Some(STDIN_STREAM) && self.stdin_once && self.master.is_none() {
                     self.input = None; // end of file for the container
                 }
                 return false;
@@ -170,7 +172,7 @@ impl Relay {
     }
 
     fn resize(&self, size: &[u8]) {
-        let (Some(master), true) = (&self.input, self.terminal) else {
+        let Some(master) = &self.master else {
             return;
         };
         let ws = libc::winsize {
@@ -197,6 +199,10 @@ pub struct AttachOptions {
 /// prints the container's output until it stops and returns its exit code. On a terminal
 /// with a `-t` container, this terminal is raw meanwhile and its size is passed on.
 pub fn attach(container: &Container, options: &AttachOptions) -> Result<i32> {
+    if container.config.tty && nix::unistd::isatty(std::io::stdout().as_fd()).unwrap_or(false) {
+        let watched = container.clone();
+        std::thread::spawn(move || follow_size(&watched));
+    }
     let _raw = if options.stdin {
         match send_stdin(container) {
             Ok(raw) => raw,
@@ -242,13 +248,11 @@ fn connect(container: &Container, kind: u8) -> Result<UnixStream> {
 }
 
 /// Starts a thread copying stdin to the container; on a terminal with a `-t` container,
-/// sends the window size and returns the guard that keeps the terminal raw.
+/// returns the guard that keeps the terminal raw.
 fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
     let mut stream = connect(container, STDIN_STREAM)?;
     let on_terminal = nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
     let raw = if container.config.tty && on_terminal {
-        let watched = container.clone();
-        std::thread::spawn(move || follow_size(&watched));
         RawMode::enter()
     } else {
         None
@@ -272,7 +276,7 @@ fn follow_size(container: &Container) {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
-        let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
+        let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
         if ok && ws.ws_row != 0 && (ws.ws_row, ws.ws_col) != sent {
             let Ok(mut stream) = connect(container, RESIZE) else {
                 return; // the container is gone
