@@ -4,7 +4,7 @@
 #   1. `run -d -p` until the published port accepts a connection (docker: `run -d --network
 #      host` until its port accepts one)
 #   2. throughput of a published port vs a direct loopback connection: HTTP (busybox httpd,
-#      curl) and raw TCP (busybox nc in the container, a Python sender on the host)
+#      curl) and raw TCP (the host's python3 receiving in the container, a Python sender)
 #   3. 50 detached containers: monitor RSS and private memory each, and `ps` time (docker:
 #      containerd-shim RSS each, `docker ps` time)
 #   4. `run --rm IMAGE true` on the default bridge vs `docker run --rm`
@@ -64,12 +64,24 @@ b run -d --name web -v "$work/www:/www:ro" -p "127.0.0.1:$port:80" busybox httpd
 b run -d --name hostweb --network host -v "$work/www:/www:ro" busybox httpd -f -p "127.0.0.1:$direct" -h /www >/dev/null
 sleep 0.5
 speed() { curl -s -o /dev/null -w '%{speed_download}' "$1"; }
-for i in 1 2; do
+for i in 1 2 3; do
   p=$(speed "http://127.0.0.1:$port/blob"); d=$(speed "http://127.0.0.1:$direct/blob")
   python3 -c "p,d=$p,$d; print(f'published {p/2**20:.0f} MiB/s, direct {d/2**20:.0f} MiB/s, ratio {p/d:.2f}')"
 done
 b rm -f web hostweb >/dev/null
-echo "-- raw TCP, 1 GiB: busybox nc in the container, a Python sender on the host"
+echo "-- raw TCP, 1 GiB: the host's python3 (chroot into the host's root, bound"
+echo "   read-only) receives in the container; a Python sender on the host"
+sink_py='import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", PORT))
+s.listen()
+buf = bytearray(1 << 20)
+while True:
+    c, _ = s.accept()
+    while c.recv_into(buf):
+        pass
+    c.close()'
 send_gib() {
   python3 - "$1" <<'PY'
 import socket, sys, time
@@ -83,15 +95,17 @@ s.recv(1)  # the receiver closes once it has read everything
 print(1024 / (time.monotonic() - t0))
 PY
 }
-for i in 1 2; do
-  port=$(free_port); direct=$(free_port)
-  b run -d --name sink -p "127.0.0.1:$port:5001" busybox sh -c 'nc -l -p 5001 >/dev/null' >/dev/null
-  b run -d --name hostsink --network host busybox sh -c "nc -l -p $direct >/dev/null" >/dev/null
-  sleep 0.5
+port=$(free_port); direct=$(free_port)
+b run -d --name sink -v /:/host:ro -p "127.0.0.1:$port:5001" busybox \
+  chroot /host python3 -c "${sink_py//PORT/5001}" >/dev/null
+b run -d --name hostsink --network host -v /:/host:ro busybox \
+  chroot /host python3 -c "${sink_py//PORT/$direct}" >/dev/null
+sleep 1
+for i in 1 2 3; do
   p=$(send_gib "$port"); d=$(send_gib "$direct")
   python3 -c "p,d=$p,$d; print(f'published {p:.0f} MiB/s, direct {d:.0f} MiB/s, ratio {p/d:.2f}')"
-  b rm -f sink hostsink >/dev/null
 done
+b rm -f sink hostsink >/dev/null
 
 echo "== 3. 50 detached containers: monitor RSS and ps time"
 t0=$(now_ms)
