@@ -292,7 +292,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         spec.hostname = key.chars().rev().take(12).collect();
     }
     spec.stdio = executor::Stdio::Inherit;
-    let exec = executor::Executor::current_exe()?;
+    let exec = runtime::foreground_stdin(executor::Executor::current_exe()?, args.interactive)?;
     let cancel = executor::CancelToken::new();
     let run_cancel = cancel.clone();
     let ctrl_c = tokio::spawn(async move {

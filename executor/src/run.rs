@@ -86,7 +86,8 @@ impl Executor {
     }
 
     /// Runs with [`Stdio::Piped`] read their stdin from `fd` (e.g. a pipe the caller
-    /// writes to) instead of `/dev/null`.
+    /// writes to) instead of `/dev/null`, and runs with [`Stdio::Inherit`] instead of the
+    /// caller's stdin.
     pub fn with_stdin(mut self, fd: OwnedFd) -> Self {
         self.stdin = Some(Arc::new(fd));
         self
@@ -263,7 +264,10 @@ impl Executor {
                 )
             }
             Stdio::Inherit => (
-                ProcessStdio::inherit(),
+                match &self.stdin {
+                    Some(fd) => ProcessStdio::from(fd.try_clone()?),
+                    None => ProcessStdio::inherit(),
+                },
                 ProcessStdio::inherit(),
                 ProcessStdio::inherit(),
             ),

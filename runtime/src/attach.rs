@@ -314,3 +314,17 @@ impl Drop for RawMode {
         );
     }
 }
+
+/// A plain foreground `run` passes the caller's terminal through; without `-i` the container
+/// gets an empty stdin instead of the caller's, as docker's (`echo x | run IMAGE cat` prints
+/// nothing).
+pub fn foreground_stdin(
+    executor: executor::Executor,
+    interactive: bool,
+) -> Result<executor::Executor> {
+    if interactive {
+        return Ok(executor);
+    }
+    let null = File::open("/dev/null").context("opening /dev/null")?;
+    Ok(executor.with_stdin(null.into()))
+}

@@ -25,7 +25,7 @@ mod time;
 mod view;
 mod volumes;
 
-pub use attach::{attach, attach_running, AttachOptions};
+pub use attach::{attach, attach_running, foreground_stdin, AttachOptions};
 pub use cgroups::{parse_bytes, Limits};
 pub use copy::{copy_in, copy_out};
 pub use exec::{compose_exec_stdio, exec, exec_to_stdio, ExecRequest};

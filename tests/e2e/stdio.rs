@@ -101,12 +101,20 @@ fn piped_stdin_reaches_run_i_and_its_end_closes_it() {
     let out = b.with_input(&["run", "--name", "quiet", "busybox", "cat"], "lost\n");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
-    // A published, removed container takes its input the same way and gives its exit code.
+    // So does a plain foreground run (no monitor): the caller's stdin only with -i.
+    let out = b.with_input(&["run", "--rm", "busybox", "cat"], "lost\n");
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    let out = b.with_input(&["run", "-i", "--rm", "busybox", "cat"], "kept\n");
+    assert_eq!(stdout(&out), "kept\n", "{}", stderr(&out));
+    // A managed --rm container on the bridge takes its input the same way and gives its
+    // exit code.
     let out = b.with_input(
         &[
             "run",
             "-i",
             "--rm",
+            "--name",
+            "removed",
             "busybox",
             "sh",
             "-c",
