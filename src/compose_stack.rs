@@ -109,6 +109,9 @@ pub enum StackCommand {
         rm: bool,
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Don't give the container a terminal (by default it gets one when stdin is one).
+        #[arg(short = 'T')]
+        no_tty: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,

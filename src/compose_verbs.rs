@@ -86,9 +86,10 @@ pub fn run(
         StackCommand::Run {
             rm,
             detach,
+            no_tty,
             service,
             command,
-        } => one_off(stack, images, &service, command, rm, detach),
+        } => one_off(stack, images, &service, command, rm, detach, no_tty),
         StackCommand::Top { services } => top(stack, &services),
         StackCommand::Port {
             index,
@@ -343,6 +344,7 @@ fn one_off(
     command: Vec<String>,
     rm: bool,
     detach: bool,
+    no_tty: bool,
 ) -> Result<i32> {
     let deps: Vec<String> = stack
         .model
@@ -374,6 +376,7 @@ fn one_off(
         spec.command = Some(command);
     }
     spec.auto_remove = rm && detach;
+    spec.stdio = stack::one_off_stdio(spec.stdio, detach, no_tty);
     spec.restart = runtime::RestartPolicy::No;
     let c = stack.store.create(&spec, &image)?;
     runtime::start(&stack.store, &c)?;
@@ -381,13 +384,13 @@ fn one_off(
         println!("{}", c.config.name);
         return Ok(0);
     }
-    let opts = stack::LogOptions {
-        follow: true,
-        no_prefix: true,
-        ..Default::default()
-    };
-    stack::stream_logs(std::slice::from_ref(&c), &opts)?;
-    let code = runtime::wait_exit(&c)?;
+    let code = runtime::attach(
+        &c,
+        &runtime::AttachOptions {
+            stdin: true,
+            tail: None,
+        },
+    )?;
     if rm {
         runtime::remove(&stack.store, &c, false, true)?;
     }

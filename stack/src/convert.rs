@@ -18,6 +18,22 @@ pub struct SpecContext<'a> {
     pub oneoff: bool,
 }
 
+/// docker compose `run`: stdin attached in the foreground (its end closes the container's)
+/// and a terminal when this process's stdin is one, unless `-T`.
+pub fn one_off_stdio(
+    base: runtime::StdioConfig,
+    detach: bool,
+    no_tty: bool,
+) -> runtime::StdioConfig {
+    use std::io::IsTerminal;
+    runtime::StdioConfig {
+        stdin_open: base.stdin_open || !detach,
+        stdin_once: !detach,
+        tty: !no_tty && (base.tty || (!detach && std::io::stdin().is_terminal())),
+        init: base.init,
+    }
+}
+
 /// The container spec of one replica of a service.
 pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     let s = &cx.stack.model.services[cx.service];

@@ -12,7 +12,7 @@ mod project;
 mod up;
 mod wait;
 
-pub use convert::{service_spec, SpecContext};
+pub use convert::{one_off_stdio, service_spec, SpecContext};
 pub use down::{down, DownOptions};
 pub use labels::{config_hash, CONFIG_HASH, CONTAINER_NUMBER, ONEOFF, PROJECT, SERVICE};
 pub use logs::{stream_logs, LogOptions};

@@ -372,6 +372,22 @@ fn compose_init_exec_terminal_and_build_secrets() {
     );
     let no_tty = String::from_utf8_lossy(&under_pty(&line("-T"), "").stdout).to_string();
     assert!(no_tty.contains("NO-TTY"), "{no_tty:?}");
+    // `run` takes stdin, and a terminal when it has one (not with -T).
+    let out = compose(
+        &b,
+        d,
+        &["run", "--rm", "-T", "app", "cat"],
+        Some("one-off\n"),
+    );
+    assert_eq!(stdout(&out), "one-off\n", "{}", stderr(&out));
+    let run_line = format!(
+        "cd {} && BUILD_TOKEN=x {} --root {} compose -p stdio run --rm app sh -c '[ -t 0 ] && echo ON-TTY'",
+        d.display(),
+        env!("CARGO_BIN_EXE_builder"),
+        b.store.root().display()
+    );
+    let on_pty = String::from_utf8_lossy(&under_pty(&run_line, "").stdout).to_string();
+    assert!(on_pty.contains("ON-TTY"), "{on_pty:?}");
     // tty and stdin_open: a compose container to attach to, with a terminal of its own.
     let out = b.with_input(&["attach", "stdio-shell-1"], "typed\n");
     assert!(stdout(&out).contains("got:typed"), "{out:?}");
