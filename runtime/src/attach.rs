@@ -44,9 +44,10 @@ pub(crate) fn prepare(
     let _ = std::fs::remove_file(container.dir.join(SOCKET));
     let listener = UnixListener::bind(socket_path(&dir)).context("creating attach.sock")?;
     let (input, master, executor) = if config.tty {
+        let (rows, cols) = config.console_size.unwrap_or((24, 80));
         let size = nix::pty::Winsize {
-            ws_row: 24,
-            ws_col: 80,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -264,27 +265,33 @@ fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
     Ok(raw)
 }
 
+/// This process's terminal's size (rows, columns), if its stdout is a terminal.
+pub(crate) fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
+    let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_row != 0).then_some((ws.ws_row, ws.ws_col))
+}
+
 /// Passes this terminal's size on, then every change of it (looked at 4 times a second:
 /// cheaper to get right than a SIGWINCH handler in a multi-threaded process).
 fn follow_size(container: &Container) {
-    let mut sent = (0, 0);
+    let mut sent = container.config.console_size;
     loop {
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
-        let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
-        if ok && ws.ws_row != 0 && (ws.ws_row, ws.ws_col) != sent {
+        let size = terminal_size();
+        if let Some((rows, cols)) = size.filter(|s| Some(*s) != sent) {
             let Ok(mut stream) = connect(container, RESIZE) else {
                 return; // the container is gone
             };
-            let mut msg = ws.ws_row.to_le_bytes().to_vec();
-            msg.extend_from_slice(&ws.ws_col.to_le_bytes());
+            let mut msg = rows.to_le_bytes().to_vec();
+            msg.extend_from_slice(&cols.to_le_bytes());
             let _ = stream.write_all(&msg);
-            sent = (ws.ws_row, ws.ws_col);
+            sent = size;
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }

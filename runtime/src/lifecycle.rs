@@ -127,6 +127,11 @@ pub fn create(
         stdin_open: request.stdio.stdin_open,
         stdin_once: request.stdio.stdin_once,
         tty: request.stdio.tty,
+        console_size: request
+            .stdio
+            .tty
+            .then(crate::attach::terminal_size)
+            .flatten(),
         init: request.stdio.init,
     };
     store.insert(&config)

@@ -121,6 +121,10 @@ pub struct Config {
     /// `-t`: the container's stdio is a terminal (output logged as stdout).
     #[serde(default)]
     pub tty: bool,
+    /// The terminal's first size (rows, columns): the creating command's terminal's, so a
+    /// program that reads it at once sees the right one.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
     /// `--init`: an init process (tini) runs as PID 1 and starts the command.
     #[serde(default)]
     pub init: bool,

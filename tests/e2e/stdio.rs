@@ -187,16 +187,23 @@ fn detached_stdin_stays_open_across_attaches_and_start_a_i_feeds_a_created_one()
 #[test]
 fn run_it_gives_the_container_a_terminal_under_a_real_pty() {
     let b = Boxes::new();
-    // The client's terminal size reaches the container's terminal.
-    let probe = "sleep 1; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM; stty size";
+    // The client's terminal size reaches the container's terminal from the start, and a
+    // change of it while attached follows.
+    let probe = "stty size; sleep 2; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM; stty size";
     let line = format!(
-        "stty rows 31 cols 97; {}",
+        "stty rows 31 cols 97; (sleep 1; stty rows 40 cols 120 </dev/tty) & {}",
         b.line(&format!("run -it --rm busybox sh -c '{probe}'"))
     );
     let out = under_pty(&line, "");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("IS-A-TTY xterm"), "{out:?}");
-    assert!(text.contains("31 97"), "{out:?}");
+    let sizes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(' '))
+        .map(str::trim)
+        .collect();
+    assert!(sizes.first() == Some(&"31 97"), "{out:?}");
+    assert!(sizes.last() == Some(&"40 120"), "{out:?}");
     // An interactive shell reads what is typed and exits with its status.
     let out = under_pty(
         &b.line("run -it --name sh busybox sh"),
