@@ -269,6 +269,29 @@ fn init_runs_tini_as_pid_1_which_reaps_zombies_and_forwards_stop() {
         "cat /proc/1/comm; echo x > /sbin/docker-init || echo read-only",
     ]);
     assert_eq!(stdout(&out), "docker-init\nread-only\n", "{}", stderr(&out));
+    // No init binary: a clear error naming where it was looked for, before anything runs.
+    let out = b
+        .store
+        .cmd()
+        .env("BUILDER_INIT", "/nonexistent/tini")
+        .args([
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            "noinitbin",
+            "busybox",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("BUILDER_INIT=/nonexistent/tini"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(b.store.run(&["inspect", "noinitbin"]).status.code() != Some(0));
 }
 
 /// `builder compose -p NAME ARGS` in `dir`.
