@@ -416,9 +416,10 @@ fn pump_output(
         if watch_pid {
             fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
-        // After the exit, an idle terminal has nothing more to give.
+        // After the exit, a terminal idle for a moment has nothing more to give (the kernel
+        // hands what the program wrote to the master asynchronously, so not at once).
         let draining_terminal = !watch_pid && streams[2].0.is_some();
-        let timeout = if draining_terminal { 0u16 } else { 250 };
+        let timeout = if draining_terminal { 50u16 } else { 250 };
         match poll(&mut fds, PollTimeout::from(timeout)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
