@@ -271,6 +271,9 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
     setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
+    if spec.stdio == crate::Stdio::Terminal {
+        bind_console(root)?;
+    }
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
         mask_paths(root)?;
@@ -362,6 +365,24 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
         None::<&str>,
     )
     .context("mounting /proc")
+}
+
+/// Binds the terminal (stdin, a host pty's slave) at `/dev/console`, as runc does, so a
+/// program that writes to the console reaches it.
+fn bind_console(root: &Path) -> Result<()> {
+    // /dev is the tmpfs setup_dev just mounted: nothing in the image can redirect this path.
+    let target = root.join("dev/console");
+    File::create(&target).context("creating /dev/console")?;
+    // By its path in this mount namespace: the descriptor's mount belongs to the caller's.
+    let slave = std::fs::read_link("/proc/self/fd/0").context("finding the terminal")?;
+    mount(
+        Some(&slave),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("binding the terminal at /dev/console")
 }
 
 fn setup_dev(

@@ -432,7 +432,7 @@ fn given_stdin_and_terminal_reach_the_program() {
         .with_terminal(pty.master, pty.slave);
     // Field 7 of stat is the controlling terminal (0: none).
     let script =
-        "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; set -- $(cat /proc/self/stat); echo ctty=$7";
+        "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; set -- $(cat /proc/self/stat); echo ctty=$7";
     let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
     spec.stdio = executor::Stdio::Terminal;
     let mut output = Vec::new();
@@ -443,7 +443,7 @@ fn given_stdin_and_terminal_reach_the_program() {
         .expect("run");
     let text = String::from_utf8_lossy(&output);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("on-a-tty\r\n"), "{text:?}");
+    assert!(text.contains("on-a-tty\r\nconsole\r\n"), "{text:?}");
     assert!(text.contains(&format!("ctty={tty_nr}\r\n")), "{text:?}");
 }
 
