@@ -88,7 +88,7 @@ pub enum StackCommand {
     },
     /// Run a command in a service's running container.
     Exec {
-        /// Don't allocate a terminal (accepted; output is never a terminal here).
+        /// Don't give the command this terminal (by default it gets it when stdin is one).
         #[arg(short = 'T')]
         no_tty: bool,
         #[arg(long, default_value_t = 1)]
@@ -109,6 +109,9 @@ pub enum StackCommand {
         rm: bool,
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Don't give the container a terminal (by default it gets one when stdin is one).
+        #[arg(short = 'T')]
+        no_tty: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -289,12 +292,11 @@ fn build_args(
     for ssh in ssh_specs(b.ssh.as_ref()).ok_or_else(|| fail("ssh"))? {
         argv.extend(["--ssh".into(), ssh]);
     }
-    if !b.secrets.is_empty() {
-        bail!(
-            "service {:?}: build.secrets is not supported yet",
-            r.service
-        );
-    }
+    argv.extend(
+        r.secrets
+            .iter()
+            .flat_map(|s| ["--secret".into(), s.clone()]),
+    );
     argv.push(b.context.clone());
     let args = BuildCommandLine::try_parse_from(&argv)
         .map(|c| c.args)

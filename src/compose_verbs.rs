@@ -62,6 +62,7 @@ pub fn run(
             no_log_prefix,
         ),
         StackCommand::Exec {
+            no_tty,
             index,
             env,
             user,
@@ -71,21 +72,24 @@ pub fn run(
             ..
         } => {
             let c = stack.service_container(&service, index)?;
+            let (inherit_stdio, stdin) = runtime::compose_exec_stdio(no_tty);
             let request = runtime::ExecRequest {
                 args: command,
                 env,
                 user,
                 workdir,
-                inherit_stdio: true,
+                inherit_stdio,
+                stdin,
             };
-            runtime::exec(&c, &request, &executor::CancelToken::new(), &mut |_, _| {})
+            runtime::exec_to_stdio(&c, &request)
         }
         StackCommand::Run {
             rm,
             detach,
+            no_tty,
             service,
             command,
-        } => one_off(stack, images, &service, command, rm, detach),
+        } => one_off(stack, images, &service, command, rm, detach, no_tty),
         StackCommand::Top { services } => top(stack, &services),
         StackCommand::Port {
             index,
@@ -205,15 +209,8 @@ fn build(
     let requests: Vec<stack::BuildRequest> = stack
         .selected(services, true)?
         .into_iter()
-        .filter_map(|s| {
-            let build = stack.model.services[&s].build.clone()?;
-            Some(stack::BuildRequest {
-                tag: stack.image_of(&s),
-                service: s,
-                build,
-            })
-        })
-        .collect();
+        .filter_map(|s| stack.build_request(&s).transpose())
+        .collect::<Result<_>>()?;
     images.build(&requests)?;
     Ok(0)
 }
@@ -347,6 +344,7 @@ fn one_off(
     command: Vec<String>,
     rm: bool,
     detach: bool,
+    no_tty: bool,
 ) -> Result<i32> {
     let deps: Vec<String> = stack
         .model
@@ -378,6 +376,7 @@ fn one_off(
         spec.command = Some(command);
     }
     spec.auto_remove = rm && detach;
+    spec.stdio = stack::one_off_stdio(spec.stdio, detach, no_tty);
     spec.restart = runtime::RestartPolicy::No;
     let c = stack.store.create(&spec, &image)?;
     runtime::start(&stack.store, &c)?;
@@ -385,13 +384,13 @@ fn one_off(
         println!("{}", c.config.name);
         return Ok(0);
     }
-    let opts = stack::LogOptions {
-        follow: true,
-        no_prefix: true,
-        ..Default::default()
-    };
-    stack::stream_logs(std::slice::from_ref(&c), &opts)?;
-    let code = runtime::wait_exit(&c)?;
+    let code = runtime::attach(
+        &c,
+        &runtime::AttachOptions {
+            stdin: true,
+            tail: None,
+        },
+    )?;
     if rm {
         runtime::remove(&stack.store, &c, false, true)?;
     }

@@ -14,6 +14,9 @@ pub enum ContainerCommand {
         /// Attach to the container's output and wait for it.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach stdin too (a container created with -i).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -97,6 +100,13 @@ pub enum ContainerCommand {
         container: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Attach this terminal's stdin and output to a running container (made with -i/-t).
+    Attach {
+        /// Do not attach stdin.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        container: String,
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
     Cp { source: String, dest: String },
@@ -277,14 +287,24 @@ fn run_command(
             println!("{}", c.id());
             Ok(0)
         }
-        ContainerCommand::Start { attach, containers } => {
-            if attach {
+        ContainerCommand::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
+            if attach || interactive {
                 let [one] = containers.as_slice() else {
                     bail!("you cannot start and attach multiple containers at once");
                 };
                 let c = store.find(one)?;
                 runtime::start(&store, &c)?;
-                return attach_and_wait(&c);
+                return runtime::attach(
+                    &c,
+                    &runtime::AttachOptions {
+                        stdin: interactive,
+                        tail: None,
+                    },
+                );
             }
             each(&containers, |name| {
                 runtime::start(&store, &store.find(name)?)
@@ -358,20 +378,20 @@ fn run_in_container(store: &runtime::ContainerStore, command: ContainerCommand) 
                     .collect(),
                 user,
                 workdir,
-                inherit_stdio: interactive || tty,
+                inherit_stdio: tty,
+                stdin: interactive,
             };
-            runtime::exec(
-                &c,
-                &request,
-                &executor::CancelToken::new(),
-                &mut |stream, data| {
-                    use std::io::Write as _;
-                    let _ = match stream {
-                        executor::OutputStream::Stdout => std::io::stdout().write_all(data),
-                        executor::OutputStream::Stderr => std::io::stderr().write_all(data),
-                    };
-                },
-            )
+            runtime::exec_to_stdio(&c, &request)
+        }
+        ContainerCommand::Attach {
+            no_stdin,
+            container,
+        } => {
+            let options = runtime::AttachOptions {
+                stdin: !no_stdin,
+                tail: Some(0),
+            };
+            runtime::attach_running(&store.find(&container)?, &options)
         }
         ContainerCommand::Logs {
             follow,
@@ -513,15 +533,6 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
     Ok(code)
 }
 
-fn attach_and_wait(c: &runtime::Container) -> Result<i32> {
-    let query = runtime::LogsQuery {
-        follow: true,
-        ..Default::default()
-    };
-    runtime::follow_logs(c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
-    runtime::wait_exit(c)
-}
-
 fn ps(store: &runtime::ContainerStore, args: &PsArgs) -> Result<i32> {
     let filter = runtime::PsFilter::parse(&args.filter)?;
     let mut selected = Vec::new();
@@ -632,6 +643,7 @@ pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
     let remove_after = args.rm && !args.detach;
     let mut args = args;
     args.rm = args.rm && args.detach;
+    args.stdin_once = args.interactive && !args.detach;
     let c = match crate::run::create_container(root, &args).await {
         Ok(c) => c,
         Err(e) => return Ok(report(e)),
@@ -645,7 +657,11 @@ pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     let code = tokio::task::spawn_blocking(move || {
-        let code = attach_and_wait(&c)?;
+        let options = runtime::AttachOptions {
+            stdin: args.interactive,
+            tail: None,
+        };
+        let code = runtime::attach(&c, &options)?;
         if remove_after {
             runtime::remove(&store, &c, false, true)?;
         }

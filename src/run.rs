@@ -123,6 +123,12 @@ pub struct RunArgs {
     /// Disable the image's HEALTHCHECK.
     #[arg(long = "no-healthcheck")]
     pub no_healthcheck: bool,
+    /// Run tini as PID 1 (reaps zombies, forwards signals), bound at /sbin/docker-init.
+    #[arg(long)]
+    pub init: bool,
+    /// Set by a foreground `run -i`: the client's end of file closes the container's stdin.
+    #[arg(skip)]
+    pub stdin_once: bool,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -289,7 +295,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         spec.hostname = key.chars().rev().take(12).collect();
     }
     spec.stdio = executor::Stdio::Inherit;
-    let exec = executor::Executor::current_exe()?;
+    let exec = runtime::foreground_stdin(executor::Executor::current_exe()?, args.interactive)?;
     let cancel = executor::CancelToken::new();
     let run_cancel = cancel.clone();
     let ctrl_c = tokio::spawn(async move {
@@ -315,9 +321,6 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
 
 /// Creates a managed container from the flags (`create`, and `run -d`).
 pub async fn create_container(root: &Path, args: &RunArgs) -> Result<runtime::Container> {
-    if args.interactive || args.tty {
-        bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
-    }
     let spec = container_spec(args)?;
     let prepared = prepare_image(root, &args.image, args.platform.as_deref()).await?;
     let image = into_prepared(prepared, &args.image);
@@ -384,6 +387,12 @@ fn container_spec(args: &RunArgs) -> Result<runtime::ContainerSpec> {
         health: health_override(args)?,
         read_only: args.read_only,
         security,
+        stdio: runtime::StdioConfig {
+            stdin_open: args.interactive,
+            stdin_once: args.stdin_once,
+            tty: args.tty,
+            init: args.init,
+        },
     })
 }
 

@@ -3,6 +3,7 @@
 //! effects); containers, networks and volumes from `runtime`. Images are the caller's
 //! concern, through [`ImageProvider`].
 
+mod build_secrets;
 mod convert;
 mod down;
 mod labels;
@@ -11,7 +12,7 @@ mod project;
 mod up;
 mod wait;
 
-pub use convert::{service_spec, SpecContext};
+pub use convert::{one_off_stdio, service_spec, SpecContext};
 pub use down::{down, DownOptions};
 pub use labels::{config_hash, CONFIG_HASH, CONTAINER_NUMBER, ONEOFF, PROJECT, SERVICE};
 pub use logs::{stream_logs, LogOptions};
@@ -25,6 +26,8 @@ pub struct BuildRequest {
     /// The tag the built image gets (`image:` or `PROJECT-SERVICE`).
     pub tag: String,
     pub build: compose::model::Build,
+    /// `--secret` values from `build.secrets` (see [`Stack::build_request`]).
+    pub secrets: Vec<String>,
 }
 
 /// Images for a stack: the CLI prepares (and builds, pulls) them; the stack makes containers.
