@@ -108,6 +108,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
     }
     let root = prepared_root(cli.root)?;
+    executor::set_seccomp_cache_dir(Some(executor::seccomp_cache_in_store(&root)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

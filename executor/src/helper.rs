@@ -128,6 +128,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         .context("reading the exec spec")?;
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
+    crate::seccomp_cache::set_cache_dir(request.seccomp_cache.clone());
     let spec = request.spec;
     if request.isolation == crate::Isolation::Chroot {
         return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
@@ -489,7 +490,8 @@ fn mask_paths(root: &Path) -> Result<()> {
 /// that a bad profile or capability name is a setup error before anything is mounted.
 pub(crate) struct Confinement {
     caps: CapSet,
-    filter: Option<libseccomp::ScmpFilterContext>,
+    /// The seccomp BPF program (compiled or from the cache).
+    filter: Option<Vec<u8>>,
     no_new_privs: bool,
 }
 
@@ -506,7 +508,7 @@ impl Confinement {
         };
         let target = crate::seccomp::Target::native(caps);
         let filter = profile
-            .map(|json| crate::seccomp::compile(json, &target))
+            .map(|json| crate::seccomp_cache::program_for(json, &target))
             .transpose()?;
         Ok(Confinement {
             caps,
@@ -544,8 +546,8 @@ impl Confinement {
             }
         }
         crate::caps::drop_bounding(self.caps)?;
-        if let Some(filter) = &self.filter {
-            crate::seccomp::load(filter)?;
+        if let Some(program) = &self.filter {
+            crate::seccomp_cache::load(program)?;
         }
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).context("setting supplementary groups")?;

@@ -24,6 +24,7 @@ mod paths;
 mod rlimits;
 mod run;
 mod seccomp;
+mod seccomp_cache;
 mod stubs;
 mod user;
 mod usernet;
@@ -39,6 +40,10 @@ pub use helper::helper_main;
 pub use paths::resolve_in_root;
 pub use run::{self_exe, sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
 pub use seccomp::DOCKER_DEFAULT_PROFILE;
+pub use seccomp_cache::{
+    cache_dir as seccomp_cache_dir, dir_in_store as seccomp_cache_in_store,
+    set_cache_dir as set_seccomp_cache_dir,
+};
 pub use stubs::{remove_stubs, CreatedPath};
 
 /// First argument that makes the builder binary act as the executor helper.

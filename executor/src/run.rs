@@ -51,6 +51,7 @@ pub struct Executor {
     helper_args: Vec<String>,
     state_parent: Option<PathBuf>,
     isolation: Isolation,
+    seccomp_cache: Option<PathBuf>,
 }
 
 /// What the caller sends the helper on [`SPEC_FD`].
@@ -65,6 +66,9 @@ pub(crate) struct HelperRequest {
     pub cgroups: Vec<PathBuf>,
     #[serde(default)]
     pub isolation: Isolation,
+    /// Where compiled seccomp programs are cached (see `seccomp_cache`).
+    #[serde(default)]
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl Executor {
@@ -76,12 +80,20 @@ impl Executor {
             helper_args,
             state_parent: None,
             isolation: crate::default_isolation(),
+            seccomp_cache: crate::seccomp_cache_dir(),
         }
     }
 
     /// Runs with `isolation` instead of the process default.
     pub fn with_isolation(mut self, isolation: Isolation) -> Self {
         self.isolation = isolation;
+        self
+    }
+
+    /// Caches compiled seccomp programs in `dir` (`None`: compile each run) instead of the
+    /// process default ([`crate::set_seccomp_cache_dir`]).
+    pub fn with_seccomp_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.seccomp_cache = dir;
         self
     }
 
@@ -152,6 +164,7 @@ impl Executor {
             state_dir: state_dir.path().to_path_buf(),
             cgroups: cgroups.dirs.clone(),
             isolation: self.isolation,
+            seccomp_cache: self.seccomp_cache.clone(),
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 

@@ -833,6 +833,67 @@ fn clone3_is_enosys_under_the_default_profile() {
     );
 }
 
+/// A filter loaded from the seccomp cache confines as a freshly compiled one does; a damaged
+/// cache file is recompiled and replaced, never loaded.
+fn cached_seccomp_filter_confines_like_a_fresh_one() {
+    let rootfs = Rootfs::new();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_seccomp_cache(Some(cache.path().to_path_buf()));
+    let probe = |security: executor::Security, script: &str| {
+        let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
+        spec.network = Network::None;
+        spec.security = security;
+        let mut stdout = Vec::new();
+        let code = executor.run(&spec, &CancelToken::new(), &mut |stream, chunk| {
+            if stream == OutputStream::Stdout {
+                stdout.extend_from_slice(chunk)
+            }
+        });
+        assert_eq!(code.expect("run"), 0);
+        String::from_utf8_lossy(&stdout).into_owned()
+    };
+    let status = "grep -E '^(CapEff|Seccomp):' /proc/self/status; unshare -U true 2>/dev/null && echo ESCAPE; true";
+    let expected = "CapEff:\t00000000a80425fb\nSeccomp:\t2\n";
+    assert_eq!(probe(Default::default(), status), expected, "compiled");
+    let files: Vec<PathBuf> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one program cached: {files:?}");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&files[0]).unwrap());
+    let first = inode();
+    assert_eq!(probe(Default::default(), status), expected, "cached");
+    assert_eq!(
+        inode(),
+        first,
+        "the cached program was loaded, not rewritten"
+    );
+    // Flip a bit of the program: the run recompiles and still confines.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(probe(Default::default(), status), expected, "damaged");
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        bytes,
+        "damaged file replaced"
+    );
+    // A custom profile's program is cached under its own key and still denies.
+    let deny_mkdir = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+        {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+    let security = executor::Security {
+        seccomp: executor::Seccomp::Profile(deny_mkdir.into()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let out = probe(security.clone(), "mkdir /x 2>/dev/null || echo refused");
+        assert_eq!(out, "refused\n");
+    }
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -1028,6 +1089,10 @@ fn main() {
         (
             "clone3_is_enosys_under_the_default_profile",
             Box::new(clone3_is_enosys_under_the_default_profile),
+        ),
+        (
+            "cached_seccomp_filter_confines_like_a_fresh_one",
+            Box::new(cached_seccomp_filter_confines_like_a_fresh_one),
         ),
         (
             "nothing_stays_mounted_on_the_host",
