@@ -134,7 +134,8 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
     }
     if let Some(pid) = spec.enter_pid {
-        crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+        // The run's own cgroups hold the device allow-list: an exec'd process is kept to it.
+        crate::cgroup::join_all(&request.cgroups, &spec.cgroup_paths)?;
         return crate::enter::enter_and_run(&spec, pid, status_fd);
     }
     let paths = StatePaths {
@@ -232,8 +233,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     // be a way out through /proc/self/fd, CVE-2024-21626).
     close_inherited_fds(status_fd.as_raw_fd())?;
     let confinement = Confinement::of(spec)?;
-    crate::cgroup::join(&paths.cgroups).context("joining the run's cgroups")?;
-    crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+    crate::cgroup::join_all(&paths.cgroups, &spec.cgroup_paths)?;
     let mut namespaces = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC

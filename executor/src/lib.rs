@@ -16,6 +16,7 @@ mod beneath;
 mod caps;
 mod cgroup;
 mod chroot;
+mod devices_bpf;
 mod emulation;
 mod enter;
 mod helper;
@@ -34,7 +35,10 @@ mod userns_pause;
 use serde::{Deserialize, Serialize};
 
 pub use caps::{resolve as resolve_caps, CapSet};
-pub use cgroup::{sweep_stale_cgroups, CgroupSpec};
+pub use cgroup::{
+    attach_device_filter, device_filters_attached, sweep_stale_cgroups, CgroupSpec,
+    DEVICE_FILTER_ENV,
+};
 pub use chroot::namespaces_unavailable;
 pub use helper::helper_main;
 pub use paths::resolve_in_root;

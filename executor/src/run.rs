@@ -145,8 +145,12 @@ impl Executor {
         let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
         sweep_stale_state_dirs_once(&state_parent);
         let cgroups = match self.isolation {
-            Isolation::Oci => RunCgroups::create(&spec.resources, spec.security.privileged)
-                .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
+            Isolation::Oci => RunCgroups::create(
+                &spec.resources,
+                spec.security.privileged,
+                &spec.cgroup_paths,
+            )
+            .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
             // No cgroupfs to write to; limits cannot be kept.
             Isolation::Chroot if spec.resources != Default::default() => {
                 return Err(ExecError::Setup(

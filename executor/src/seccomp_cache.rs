@@ -104,7 +104,8 @@ pub(crate) fn cache_key(profile_json: &str, target: &Target) -> String {
 
 fn check_shape(program: &[u8]) -> Result<()> {
     let instructions = program.len() / INSTRUCTION_SIZE;
-    if program.is_empty() || !program.len().is_multiple_of(INSTRUCTION_SIZE) || instructions > 4096 {
+    if program.is_empty() || !program.len().is_multiple_of(INSTRUCTION_SIZE) || instructions > 4096
+    {
         bail!("seccomp: a BPF program of {} bytes", program.len());
     }
     Ok(())
