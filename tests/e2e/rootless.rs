@@ -68,8 +68,14 @@ impl RootlessUser {
 
     /// `builder ARGS` as the user, with a clean environment and XDG_DATA_HOME set.
     fn builder(&self, args: &[&str]) -> Output {
+        self.builder_with(&[], args)
+    }
+
+    /// Like [`RootlessUser::builder`], with `extra` (`NAME=VALUE`) in the environment.
+    fn builder_with(&self, extra: &[&str], args: &[&str]) -> Output {
         Command::new("runuser")
             .args(["-u", &self.name, "--", "env", "-i"])
+            .args(extra)
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("XDG_DATA_HOME={}", self.data_home().display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
@@ -395,4 +401,59 @@ fn user_without_subordinate_ids_is_told_what_to_add() {
         !user.data_home().join("builder").exists(),
         "a store was made"
     );
+}
+
+/// The copying fallback (overlay not mountable in the user namespace, kernels < 5.11), forced:
+/// a build with chown, USER and a deleted file, then `run --rm`, confined as ever; the store
+/// keeps copying afterwards; containers that outlive the command are refused clearly.
+#[test]
+fn rootless_copying_fallback_builds_and_runs() {
+    let user = RootlessUser::create("f");
+    let copy = ["BUILDER_SNAPSHOTTER=copy"];
+    let imported = user.builder_with(
+        &copy,
+        &["import", busybox_tar().to_str().unwrap(), "busybox:latest"],
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stderr(&imported).contains("snapshots are copied, not mounted"),
+        "{}",
+        stderr(&imported)
+    );
+    let ctx = user.context(&[(
+        "Dockerfile",
+        "FROM busybox:latest
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && mkdir /data \\
+ && chown 1000:1000 /data && rm /bin/ls
+USER app
+RUN id -u > /data/uid
+",
+    )]);
+    let built = user.builder_with(&copy, &["build", "-t", "fb:1", ctx.to_str().unwrap()]);
+    assert!(built.status.success(), "build failed: {}", stderr(&built));
+    let store = user.data_home().join("builder");
+    assert!(
+        store.join("snapshots/mountless").exists(),
+        "not made with copies"
+    );
+
+    let script = "id -u; cat /data/uid; stat -c %u /data; test -e /bin/ls || echo ls-gone
+                  grep -E '^(CapEff|Seccomp):' /proc/self/status";
+    let expected = "1000\n1000\n1000\nls-gone\nCapEff:\t0000000000000000\nSeccomp:\t2\n";
+    let ran = user.builder_with(&copy, &["run", "--rm", "fb:1", "sh", "-c", script]);
+    assert!(ran.status.success(), "run failed: {}", stderr(&ran));
+    assert_eq!(stdout(&ran), expected);
+    // Without the variable the store, made with copies, is still used with copies.
+    let ran = user.builder(&["run", "--rm", "fb:1", "sh", "-c", script]);
+    assert!(ran.status.success(), "run failed: {}", stderr(&ran));
+    assert_eq!(stdout(&ran), expected);
+
+    let detached = user.builder_with(&copy, &["run", "-d", "fb:1", "sleep", "60"]);
+    assert!(!detached.status.success());
+    assert!(
+        stderr(&detached).contains("copying fallback"),
+        "{}",
+        stderr(&detached)
+    );
+    assert_no_processes_left(&user);
 }
