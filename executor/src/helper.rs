@@ -147,25 +147,19 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         cgroups: request.cgroups,
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
-    let usernet = crate::usernet::Backend::for_spec(&spec)?;
+    // Started before the pid namespace exists, so the network program stays outside it.
+    let network = crate::usernet::connect(&spec, &paths.state.join("network.log"))
+        .context("rootless network")?;
     let mut extra_hosts = spec.extra_hosts.clone();
     let mut resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    if let Some(backend) = usernet {
-        extra_hosts.push((crate::usernet::HOST_NAME.into(), backend.host_address()));
-        resolv = backend.resolv_conf(resolv);
+    if let Some(net) = &network {
+        extra_hosts.push((crate::usernet::HOST_NAME.into(), net.backend.host_address()));
+        resolv = net.backend.resolv_conf(resolv);
     }
     let hostname = hostname_of(&spec);
     std::fs::write(&paths.hosts, hosts_file(hostname, &extra_hosts))
         .context("writing hosts file")?;
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
-
-    // Started before the pid namespace exists, so the network program stays outside it.
-    let _network = usernet
-        .map(|backend| {
-            crate::usernet::enter_connected_namespace(backend, &paths.state.join("network.log"))
-        })
-        .transpose()
-        .context("rootless network")?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| {
         let hint = match e {
             nix::errno::Errno::EPERM => " (namespaces are not permitted here: in a container without privileges, build with --isolation=chroot)",

@@ -49,6 +49,7 @@ pub use seccomp_cache::{
     set_cache_dir as set_seccomp_cache_dir,
 };
 pub use stubs::{remove_stubs, CreatedPath};
+pub use usernet::USERNET_ENV;
 
 /// First argument that makes the builder binary act as the executor helper.
 pub const HELPER_ARG: &str = "__executor-helper";

@@ -457,3 +457,48 @@ RUN id -u > /data/uid
     );
     assert_no_processes_left(&user);
 }
+
+/// Both user-mode networks reach the host's loopback as `host.containers.internal`; pasta is
+/// the default. (Debian 12's pasta drops its capabilities before it opens
+/// `/proc/PID/ns/net`, which fails unless that namespace's holder has none either.)
+#[test]
+fn rootless_network_through_pasta_and_slirp4netns() {
+    let user = RootlessUser::create("p");
+    let imported = user.builder(&["import", busybox_tar().to_str().unwrap(), "busybox:latest"]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let port = loopback_server("through the user-mode network\n");
+    let script = format!(
+        "grep host.containers.internal /etc/hosts | cut -f1
+         wget -q -O- http://host.containers.internal:{port}/"
+    );
+    let through = |backend: &str| -> (String, String) {
+        let env = format!("BUILDER_USERNET={backend}");
+        let ran = user.builder_with(&[&env], &["run", "--rm", "busybox", "sh", "-c", &script]);
+        assert!(ran.status.success(), "{backend}: {}", stderr(&ran));
+        let out = stdout(&ran);
+        let (address, body) = out.split_once('\n').unwrap();
+        (address.to_string(), body.to_string())
+    };
+    let body = "through the user-mode network\n";
+    let pasta = through("pasta");
+    assert_eq!(pasta.1, body);
+    assert_ne!(
+        pasta.0, "10.0.2.2",
+        "pasta answers at the host's gateway address"
+    );
+    assert_eq!(
+        through("slirp4netns"),
+        ("10.0.2.2".to_string(), body.to_string())
+    );
+    assert_eq!(through(""), pasta, "pasta is the default");
+    let bad = user.builder_with(
+        &["BUILDER_USERNET=vde"],
+        &["run", "--rm", "busybox", "true"],
+    );
+    assert!(
+        stderr(&bad).contains("BUILDER_USERNET=vde: expected pasta or slirp4netns"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_no_processes_left(&user);
+}
