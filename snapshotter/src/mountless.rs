@@ -54,9 +54,9 @@ pub(crate) fn check_store(dir: &Path) -> Result<()> {
     }
     if marker.exists() {
         return Err(Error::Invalid(format!(
-            "the snapshots in {} were made with copies instead of mounts (--isolation=chroot, or \
-             BUILDER_SNAPSHOTTER=copy; whiteouts as files, which overlay mounts would show); use \
-             the same mode with this storage root, or another --root",
+            "the snapshots in {} were made with copies instead of mounts (whiteouts as files, \
+             which overlay mounts would show); use --isolation=chroot with this storage root (or, \
+             in rootless mode, BUILDER_SNAPSHOTTER=copy), or another --root",
             dir.display()
         )));
     }
