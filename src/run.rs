@@ -217,7 +217,7 @@ pub fn into_prepared(
         defaults,
         make_rootfs: Box::new(move |key| {
             let mounts = snapshots.prepare(key, parent.as_deref())?;
-            Ok(solver::solve::rootfs_mounts(&mounts))
+            solver::solve::managed_rootfs(&mounts)
         }),
     }
 }
@@ -290,7 +290,8 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
     );
     let snapshots = prepared.snapshots;
     let mounts = snapshots.prepare(&key, prepared.parent.as_deref())?;
-    spec.rootfs = solver::solve::rootfs_mounts(&mounts);
+    let rootfs = solver::solve::RootfsView::new(root, &mounts)?;
+    spec.rootfs = rootfs.mounts();
     if spec.hostname.is_empty() {
         spec.hostname = key.chars().rev().take(12).collect();
     }
@@ -307,6 +308,7 @@ pub async fn run(root: &Path, args: RunArgs) -> Result<i32> {
         .await
         .context("container task")?;
     ctrl_c.abort();
+    drop(rootfs);
     // A foreground run without a name leaves nothing to reuse: its filesystem always goes.
     snapshots.remove(&key)?;
     match result {
