@@ -499,3 +499,27 @@ fn flag_errors_found_while_lowering_name_the_flag() {
         assert_eq!(lowering_error(src), expected, "{src}");
     }
 }
+
+/// BuildKit (docker 20.10's, run by scripts/compat-buildkit.sh on testdata/compat/error-flag-*)
+/// fails every one of these with `dockerfile parse error line 2: Unknown flag: NAME`; builder
+/// used to drop the flag and build.
+#[test]
+fn instructions_without_flags_reject_any() {
+    let cases = [
+        ("ENV --foo=bar A=1", "--foo", "ENV"),
+        ("LABEL --x a=b", "--x", "LABEL"),
+        ("ARG --a B=1", "--a", "ARG"),
+        ("WORKDIR --chown=1 /x", "--chown", "WORKDIR"),
+        ("USER --g=1 root", "--g", "USER"),
+        ("EXPOSE --p 80", "--p", "EXPOSE"),
+        ("VOLUME --v /x", "--v", "VOLUME"),
+        ("STOPSIGNAL --s 9", "--s", "STOPSIGNAL"),
+        ("SHELL --s [\"/bin/sh\", \"-c\"]", "--s", "SHELL"),
+        ("MAINTAINER --m me", "--m", "MAINTAINER"),
+        ("ONBUILD --o RUN true", "--o", "ONBUILD"),
+    ];
+    for (line, flag, keyword) in cases {
+        let want = format!("unknown flag: {flag} for {keyword} (known flags: none)");
+        assert_eq!(error(&format!("FROM a\n{line}\n")), (2, 1, want), "{line}");
+    }
+}
