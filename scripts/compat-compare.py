@@ -82,8 +82,10 @@ def read(path):
 
 
 def last_error(log):
+    """builder's `error: ...` line (a source excerpt follows it), else the log's last line."""
     lines = [l for l in log.splitlines() if l.strip()]
-    return lines[-1] if lines else ""
+    errors = [l for l in lines if l.startswith("error:")]
+    return (errors or lines or [""])[-1]
 
 
 def main():
