@@ -10,6 +10,8 @@
 #   build-args  extra `--build-arg K=V` / `--target T` words for both builds
 # A Dockerfile whose first line is `# compat: modern` uses syntax the reference's bundled
 # Dockerfile frontend (BuildKit v0.8 era) predates; it is built with builder only.
+# mtimes are compared where either side's is before 2021 (context files, times set by
+# `prepare`), not where both come from a build (RUN outputs, cached or not).
 #
 # usage: scripts/compat-buildkit.sh [NAME...]     (BUILDER=path, COMPAT_WORK=dir to override)
 set -uo pipefail
@@ -54,11 +56,13 @@ run_fixture() { # name
   rm -rf "$dir" && mkdir -p "$dir"
   cp -a "$fixtures/$name" "$dir/ctx"
   rm -f "$dir/ctx/prepare" "$dir/ctx/build-args"
+  # Context mtimes are fixed (git checkouts do not keep them), so both sides' copies can be
+  # compared; `prepare` may set others.
+  find "$dir/ctx" -exec touch -h -d '2020-01-01 00:00:00' {} +
   if [ -f "$fixtures/$name/prepare" ]; then
     (cd "$dir/ctx" && bash "$fixtures/$name/prepare") || { echo "$name: prepare failed"; return 1; }
   fi
   [ -f "$fixtures/$name/build-args" ] && read -r -a args <"$fixtures/$name/build-args"
-  date +%s >"$dir/start"
   if head -n1 "$fixtures/$name/Dockerfile" | grep -q '^# compat: modern'; then
     build_builder "$dir" "$name" "${args[@]}"
     echo "$name: builder-only (exit $(cat "$dir/b.rc")); the reference frontend predates it"

@@ -143,16 +143,15 @@ pub const INSTRUCTIONS: &[&str] = &[
 ];
 
 /// Instructions that take no `--flags`: BuildKit rejects any given to them (`ENV --x=1 A=b`
-/// is an error there, not a variable named `--x`).
+/// is an error there, not a variable named `--x`). Not ARG and STOPSIGNAL: BuildKit's parser
+/// takes their flags off and never checks them (`ARG --a B=1` builds as `ARG B=1`).
 const FLAGLESS: &[&str] = &[
-    "arg",
     "env",
     "expose",
     "label",
     "maintainer",
     "onbuild",
     "shell",
-    "stopsignal",
     "user",
     "volume",
     "workdir",
