@@ -69,6 +69,9 @@ def compare_configs(bk, ours, diffs):
     for key in CONFIG_KEYS:
         if (a.get(key) or None) != (b.get(key) or None):
             diffs.append(f"config {key}: buildkit={a.get(key)!r} builder={b.get(key)!r}")
+    for key in ["author", "os", "architecture", "variant"]:
+        if bk.get(key) != ours.get(key):
+            diffs.append(f"image {key}: buildkit={bk.get(key)!r} builder={ours.get(key)!r}")
     ha, hb = history(bk), history(ours)
     if ha != hb:
         diffs.append("history:\n  buildkit=" + "\n           ".join(map(repr, ha))
