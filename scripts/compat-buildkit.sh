@@ -8,6 +8,8 @@
 #   prepare     shell script run inside the copied context (tars, hard links, setuid modes and
 #               other things git cannot store)
 #   build-args  extra `--build-arg K=V` / `--target T` words for both builds
+# Fixtures listed in testdata/compat/KNOWN differ in ways README.md there explains; they are
+# printed but not counted.
 # A Dockerfile whose first line is `# compat: modern` uses syntax the reference's bundled
 # Dockerfile frontend (BuildKit v0.8 era) predates; it is built with builder only.
 # mtimes are compared where either side's is before 2021 (context files, times set by
@@ -70,14 +72,19 @@ run_fixture() { # name
   fi
   build_buildkit "$dir" "$name" "${args[@]}"
   build_builder "$dir" "$name" "${args[@]}"
-  python3 "$repo/scripts/compat-compare.py" "$name" "$dir"
+  python3 "$repo/scripts/compat-compare.py" "$name" "$dir" && return 0
+  if grep -qx "$name" "$fixtures/KNOWN"; then
+    echo "$name: known difference (testdata/compat/README.md)"
+    return 0
+  fi
+  return 1
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || mapfile -t names < <(ls "$fixtures" | grep -v README)
+[ ${#names[@]} -gt 0 ] || mapfile -t names < <(cd "$fixtures" && ls -d */ | tr -d /)
 failed=0
 for n in "${names[@]}"; do
   run_fixture "$n" || failed=$((failed + 1))
 done
-echo "compat: ${#names[@]} fixtures, $failed with divergences (details under $work/NAME)"
+echo "compat: ${#names[@]} fixtures, $failed with new divergences (details under $work/NAME)"
 [ "$failed" = 0 ]
