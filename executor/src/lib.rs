@@ -23,6 +23,7 @@ mod mounts;
 mod paths;
 mod rlimits;
 mod run;
+mod sealed_exe;
 mod seccomp;
 mod stubs;
 mod user;
