@@ -945,6 +945,32 @@ fn detached_background_processes_end_with_the_run() {
         !any_process_with_cmdline("731907"),
         "a detached process outlived its run"
     );
+    // Cancelled (Ctrl-C) while its detached processes run.
+    let script =
+        "setsid sh -c 'sleep 731908 & sleep 731908 &' </dev/null >/dev/null 2>&1; sleep 100";
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !any_process_with_cmdline("731908") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cancel.cancel();
+        })
+    };
+    let out = run_with(&rootfs.bind_spec(&["sh", "-c", script]), &cancel);
+    canceller.join().expect("join");
+    assert!(
+        matches!(out.result, Err(ExecError::Cancelled)),
+        "{:?}",
+        out.result
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !any_process_with_cmdline("731908"),
+        "a detached process outlived its cancelled run"
+    );
 }
 
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
