@@ -218,10 +218,8 @@ impl Executor {
         // Started from a read-only view of the program: a container must not be able to
         // reopen the helper's executable for writing (CVE-2019-5736).
         let program = crate::sealed_exe::sealed_program(&self.helper_program).map_err(|e| {
-            ExecError::Setup(format!(
-                "sealing executor helper {}: {e}",
-                self.helper_program.display()
-            ))
+            let helper = self.helper_program.display();
+            std::io::Error::new(e.kind(), format!("starting executor helper {helper}: {e}"))
         })?;
         let mut command = Command::new(crate::sealed_exe::exec_path(&program));
         command.arg0(&self.helper_program).args(&self.helper_args);

@@ -61,14 +61,24 @@ fn cache_ids_secret_targets_and_volume_names_cannot_climb_out() {
         .collect();
     assert_eq!(names, vec!["secret"], "a mount wrote outside its place");
 
-    let out = store.run(&["volume", "create", "../../escaped-volume"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid volume name"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!store.root().join("../escaped-volume").exists());
+    let volume_attempts: [&[&str]; 2] = [
+        &["volume", "create", "../../escaped-volume"],
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "../../escaped-volume:/v",
+            "busybox",
+            "true",
+        ],
+    ];
+    for args in volume_attempts {
+        let out = store.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("invalid volume name"), "{args:?}: {err}");
+        assert!(!store.root().join("../escaped-volume").exists());
+    }
 }
 
 /// A second `-o type=local` export into a directory holding the symlinks of a first one must
