@@ -24,6 +24,7 @@ mod mounts;
 mod paths;
 mod rlimits;
 mod run;
+mod sealed_exe;
 mod seccomp;
 mod seccomp_cache;
 mod stubs;

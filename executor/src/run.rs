@@ -249,6 +249,18 @@ impl Executor {
         })
     }
 
+    /// The helper's command, started from a read-only view of the program: a container must
+    /// not be able to reopen the helper's executable for writing (CVE-2019-5736).
+    fn helper_command(&self) -> std::io::Result<Command> {
+        let program = crate::sealed_exe::sealed_program(&self.helper_program).map_err(|e| {
+            let helper = self.helper_program.display();
+            std::io::Error::new(e.kind(), format!("starting executor helper {helper}: {e}"))
+        })?;
+        let mut command = Command::new(crate::sealed_exe::exec_path(&program));
+        command.arg0(&self.helper_program).args(&self.helper_args);
+        Ok(command)
+    }
+
     /// Starts the helper with the spec pipe's read end and the status pipe's write end
     /// at [`SPEC_FD`] and [`STATUS_FD`]; it dies with us (PDEATHSIG).
     fn spawn_helper(
@@ -257,8 +269,7 @@ impl Executor {
         spec_read: OwnedFd,
         status_write: OwnedFd,
     ) -> Result<Child, ExecError> {
-        let mut command = Command::new(&self.helper_program);
-        command.args(&self.helper_args);
+        let mut command = self.helper_command()?;
         let (stdin, stdout, stderr) = match stdio {
             Stdio::Piped => (
                 match &self.stdin {

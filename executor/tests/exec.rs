@@ -1060,6 +1060,146 @@ fn containers_get_the_v2_device_filter_when_selected() {
     assert!(left.is_empty(), "v2 run cgroups left: {left:?}");
 }
 
+/// Hidden argument: stay alive a while (the process a `#!/proc/self/exe` trap started).
+const HOLD_ARG: &str = "__hold";
+
+/// Binds of the host's libraries, so that the (dynamically linked) test binary runs inside.
+fn host_library_binds() -> Vec<Mount> {
+    ["/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|dir| Path::new(dir).exists())
+        .map(|dir| Mount {
+            fstype: "bind".into(),
+            source: dir.to_string(),
+            target: dir.to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        })
+        .collect()
+}
+
+/// Waits for a process running something other than busybox, keeps its `/proc/PID/exe` open,
+/// and once it exited reopens that for writing: CVE-2019-5736's way to the host's binary.
+const EXE_ATTACK: &str = r#"touch /ready
+for i in $(seq 100); do
+  for d in /proc/[0-9]*; do
+    exe=$(readlink $d/exe 2>/dev/null) || continue
+    [ -n "$exe" ] && [ "$exe" != /bin/busybox ] || continue
+    exec 3< $d/exe
+    while [ -e $d/exe ] && [ "$(readlink $d/exe)" = "$exe" ]; do sleep 0.05; done
+    if echo pwned > /proc/self/fd/3; then echo WROTE; fi > /result 2>&1
+    exit 0
+  done
+  sleep 0.05
+done
+echo NOT-FOUND > /result"#;
+
+/// A container process waits for `exec` to run the helper binary inside it (a `#!/proc/self/exe`
+/// trap) and then tries to overwrite that binary through `/proc/PID/exe`. The helper here is a
+/// writable copy, not running anywhere else (as after an upgrade of the binary).
+fn helper_binary_cannot_be_overwritten_from_a_container() {
+    let rootfs = Rootfs::new();
+    let root = rootfs.path().to_path_buf();
+    for applet in ["seq", "readlink"] {
+        symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    let trap = root.join("trap");
+    std::fs::write(&trap, format!("#!/proc/self/exe {HOLD_ARG}\n")).expect("trap");
+    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("helper-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &victim).expect("copy");
+    let original = std::fs::read(&victim).expect("read");
+
+    let mut attacker = rootfs.bind_spec(&["sh", "-c", EXE_ATTACK]);
+    attacker.mounts = host_library_binds();
+    // The host's /usr is bound in for the libraries; its programs must not be found first.
+    attacker.env = vec!["PATH=/bin".into()];
+    let attacker_run = std::thread::spawn(move || run(&attacker));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.join("ready").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(pid) = container_pid_running(EXE_ATTACK) else {
+        panic!(
+            "attacker not found: {:?}",
+            attacker_run.join().map(|o| (o.result, o.stderr))
+        );
+    };
+    let exec = ExecSpec {
+        args: vec!["/trap".into()],
+        enter_pid: Some(pid),
+        ..Default::default()
+    };
+    let executor = Executor::new(victim.clone(), vec![HELPER_ARG.to_string()]);
+    let entered = executor.run(&exec, &CancelToken::new(), &mut |_, _| {});
+    assert_eq!(entered.expect("exec of the trap"), 0);
+    let attacked = attacker_run.join().expect("attacker thread");
+    assert_eq!(attacked.result.expect("attacker"), 0, "{}", attacked.stderr);
+    let result = std::fs::read_to_string(root.join("result")).expect("result");
+    assert!(result.contains("Read-only file system"), "{result}");
+    assert!(
+        std::fs::read(&victim).expect("read") == original,
+        "helper binary was overwritten"
+    );
+}
+
+/// Host pid of a container's PID 1 whose command line contains `needle`.
+fn container_pid_running(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let is_pid_1 = status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"));
+            (is_pid_1 && String::from_utf8_lossy(&cmdline).contains(needle)).then_some(pid)
+        })
+}
+
+/// A RUN that detaches a background process (setsid, double fork) must not leave it behind.
+fn detached_background_processes_end_with_the_run() {
+    let rootfs = Rootfs::new();
+    symlink("busybox", rootfs.path().join("bin/setsid")).expect("symlink");
+    let script = "setsid sh -c 'sleep 731907 & sleep 731907 &' </dev/null >/dev/null 2>&1; exit 0";
+    let out = run(&rootfs.bind_spec(&["sh", "-c", script]));
+    assert_eq!(out.result.expect("run"), 0, "{}", out.stderr);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !any_process_with_cmdline("731907"),
+        "a detached process outlived its run"
+    );
+    // Cancelled (Ctrl-C) while its detached processes run.
+    let script =
+        "setsid sh -c 'sleep 731908 & sleep 731908 &' </dev/null >/dev/null 2>&1; sleep 100";
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !any_process_with_cmdline("731908") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cancel.cancel();
+        })
+    };
+    let out = run_with(&rootfs.bind_spec(&["sh", "-c", script]), &cancel);
+    canceller.join().expect("join");
+    assert!(
+        matches!(out.result, Err(ExecError::Cancelled)),
+        "{:?}",
+        out.result
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !any_process_with_cmdline("731908"),
+        "a detached process outlived its cancelled run"
+    );
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -1143,6 +1283,10 @@ type TestFn = Box<dyn Fn()>;
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(HELPER_ARG) {
         helper_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(HOLD_ARG) {
+        std::thread::sleep(Duration::from_millis(1500));
+        std::process::exit(0);
     }
     if std::env::args().nth(1).as_deref() == Some(CLONE3_ARG) {
         // SAFETY: clone3 with a null argument only reads (and faults on) that pointer.
@@ -1271,6 +1415,14 @@ fn main() {
         (
             "containers_get_the_v2_device_filter_when_selected",
             Box::new(containers_get_the_v2_device_filter_when_selected),
+        ),
+        (
+            "helper_binary_cannot_be_overwritten_from_a_container",
+            Box::new(helper_binary_cannot_be_overwritten_from_a_container),
+        ),
+        (
+            "detached_background_processes_end_with_the_run",
+            Box::new(detached_background_processes_end_with_the_run),
         ),
         (
             "nothing_stays_mounted_on_the_host",

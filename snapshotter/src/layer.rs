@@ -681,6 +681,14 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
 /// An opaque marker or a whiteout (`.wh.NAME`) entry, made as overlay wants it; false for
 /// any other name.
 fn apply_whiteout(parent: &OwnedFd, name: &OsStr, meta: &EntryMeta, display: &str) -> Result<bool> {
+    if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        // `.wh..` and `.wh...` would delete the directory itself or its parent, outside the layer.
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(Error::Invalid(format!(
+                "tar whiteout of {display} names no entry"
+            )));
+        }
+    }
     if crate::mountless::mountless() && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
         mountless_marker(parent, name, meta, display)?;
         return Ok(true);

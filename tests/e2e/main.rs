@@ -17,6 +17,7 @@ mod compose_stack;
 mod confinement;
 mod containers;
 mod dockerfile_e2e;
+mod escapes;
 mod frontend_build;
 mod gha;
 mod gitlab;
