@@ -53,8 +53,8 @@ pub struct Executor {
     isolation: Isolation,
     /// The container's stdin for [`Stdio::Piped`] (instead of `/dev/null`).
     stdin: Option<Arc<OwnedFd>>,
-    /// (master, slave) of the terminal for [`Stdio::Terminal`].
-    terminal: Option<(Arc<OwnedFd>, Arc<OwnedFd>)>,
+    /// The master of the terminal for [`Stdio::Terminal`]; each run opens its own slave.
+    terminal: Option<Arc<OwnedFd>>,
     seccomp_cache: Option<PathBuf>,
 }
 
@@ -99,9 +99,11 @@ impl Executor {
     }
 
     /// The terminal of runs with [`Stdio::Terminal`]: the caller keeps using `master` (input,
-    /// window size); output read from it goes to `on_output`.
-    pub fn with_terminal(mut self, master: OwnedFd, slave: OwnedFd) -> Self {
-        self.terminal = Some((Arc::new(master), Arc::new(slave)));
+    /// window size); output read from it goes to `on_output`. Each run opens the slave afresh
+    /// (TIOCGPTPEER) and nobody else keeps it open, so once the run's processes are gone the
+    /// master reads to the end of their output (EIO) instead of guessing when it is drained.
+    pub fn with_terminal(mut self, master: OwnedFd) -> Self {
+        self.terminal = Some(Arc::new(master));
         self
     }
 
@@ -219,7 +221,7 @@ impl Executor {
         drop(spec_write);
 
         let terminal = match (spec.stdio, &self.terminal) {
-            (Stdio::Terminal, Some((master, _))) => Some(std::fs::File::from(master.try_clone()?)),
+            (Stdio::Terminal, Some(master)) => Some(std::fs::File::from(master.try_clone()?)),
             _ => None,
         };
         let pump_result = pump_output(&mut child, terminal, &registration.pidfd, on_output);
@@ -280,11 +282,12 @@ impl Executor {
                 ProcessStdio::piped(),
             ),
             Stdio::Terminal => {
-                let Some((_, slave)) = &self.terminal else {
+                let Some(master) = &self.terminal else {
                     return Err(ExecError::Setup(
                         "a terminal run needs Executor::with_terminal".into(),
                     ));
                 };
+                let slave = open_terminal_slave(master)?;
                 (
                     ProcessStdio::from(slave.try_clone()?),
                     ProcessStdio::from(slave.try_clone()?),
@@ -444,11 +447,8 @@ fn pump_output(
         if watch_pid {
             fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
-        // After the exit, a terminal idle for a moment has nothing more to give (the kernel
-        // hands what the program wrote to the master asynchronously, so not at once).
-        let draining_terminal = !watch_pid && streams[2].0.is_some();
-        let timeout = if draining_terminal { 50u16 } else { 250 };
-        match poll(&mut fds, PollTimeout::from(timeout)) {
+        // After the exit no slave is open: the master reads what is left, then EIO.
+        match poll(&mut fds, PollTimeout::from(250u16)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -464,9 +464,6 @@ fn pump_output(
             exited_at = Some(Instant::now());
         }
         drop(fds);
-        if draining_terminal && !ready_streams[2] {
-            streams[2].0 = None;
-        }
         for ((pipe, stream), is_ready) in streams.iter_mut().zip(ready_streams) {
             if is_ready {
                 read_chunk(pipe, *stream, &mut buf, on_output)?;
@@ -494,6 +491,18 @@ fn read_chunk<R: Read>(
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// A new descriptor of the terminal's slave, from its master (Linux >= 4.13).
+fn open_terminal_slave(master: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a fresh descriptor that nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -429,7 +429,8 @@ fn given_stdin_and_terminal_reach_the_program() {
     let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
     let executor = Executor::current_exe()
         .expect("current_exe")
-        .with_terminal(pty.master, pty.slave);
+        .with_terminal(pty.master);
+    drop(pty.slave);
     // Field 7 of stat is the controlling terminal (0: none).
     let script =
         "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; set -- $(cat /proc/self/stat); echo ctty=$7";

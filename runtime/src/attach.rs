@@ -52,15 +52,15 @@ pub(crate) fn prepare(
             ws_ypixel: 0,
         };
         let pty = nix::pty::openpty(Some(&size), None).context("opening a terminal")?;
-        for fd in [&pty.master, &pty.slave] {
-            nix::fcntl::fcntl(
-                fd.as_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )?;
-        }
+        nix::fcntl::fcntl(
+            pty.master.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        // Each run opens its own slave; this one must not stay open (see with_terminal).
+        drop(pty.slave);
         let input = pty.master.try_clone()?;
         let master = Some(File::from(pty.master.try_clone()?));
-        (input, master, executor.with_terminal(pty.master, pty.slave))
+        (input, master, executor.with_terminal(pty.master))
     } else {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         (write, None, executor.with_stdin(read))

@@ -191,8 +191,8 @@ fn spawn_monitor(store: &ContainerStore, container: &Container) -> Result<()> {
 }
 
 fn wait_started(container: &Container) -> Result<()> {
-    // What `/proc/PID/exe` of a helper that has not exec'd yet reads: this binary's real path.
-    let exe = std::fs::read_link("/proc/self/exe").context("finding the builder binary")?;
+    // What `/proc/PID/exe` of a helper that has not exec'd yet is: this binary.
+    let exe = std::fs::metadata("/proc/self/exe").context("finding the builder binary")?;
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         let state = container.live_state()?;
