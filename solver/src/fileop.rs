@@ -299,8 +299,6 @@ struct Plan {
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Copy every xattr (overlay markers too), for replaying layer dirs verbatim.
     all_xattrs: bool,
-    /// Hard-link regular files instead of copying them (both trees immutable once committed).
-    link_files: bool,
     /// A directory replaces a non-directory in its way (replaying a layer), rather than
     /// failing as a COPY does.
     replace_non_dirs: bool,
@@ -460,24 +458,16 @@ pub fn copy(
 
 /// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,
 /// every xattr and device node (overlay whiteouts and opaque markers included).
+///
+/// Regular files are real copies (copy_file_range: a reflink where the filesystem has them),
+/// never hard links to the source: a build would see the shared inode's link count.
 pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
-    replay_tree(src_dir, dest_dir, false)
-}
-
-/// Like [`copy_tree_verbatim`], but regular files are hard links to the source's: for
-/// replaying a committed layer dir, whose files are never written in place again.
-pub fn link_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
-    replay_tree(src_dir, dest_dir, true)
-}
-
-fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> {
     let src = SourceTree {
         root: src_dir,
         index: None,
     };
     let mut plan = Plan {
         all_xattrs: true,
-        link_files,
         replace_non_dirs: true,
         ..Default::default()
     };
@@ -667,11 +657,6 @@ fn copy_entry(
         all_xattrs: plan.all_xattrs,
     };
     let ft = md.file_type();
-    if plan.link_files && ft.is_file() {
-        remove_existing(dest)?;
-        return std::fs::hard_link(src, dest)
-            .with_context(|| format!("linking {}", dest.display()));
-    }
     if ft.is_file() {
         use std::os::unix::fs::OpenOptionsExt;
         let mut from = std::fs::OpenOptions::new()
