@@ -280,7 +280,14 @@ pub struct CopyOptions {
     /// contents of directories this copy creates are written there directly, which
     /// skips overlay's per-file cost; the caller must remount before looking at them.
     pub direct_upper: Option<PathBuf>,
+    /// For a tree that is only ever written out as a layer tar: regular files are created
+    /// sparse at their size (no data written) and their sources recorded here, for the tar
+    /// writer to read the data from (see `snapshotter::layer::DiffOptions::data_sources`).
+    pub sparse_data_from: Option<DataSources>,
 }
+
+/// Destination path of a sparse copy → the source file holding its data.
+pub type DataSources = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, PathBuf>>>;
 
 /// One entry to create in the destination.
 struct Item {
@@ -302,6 +309,8 @@ struct Plan {
     /// A directory replaces a non-directory in its way (replaying a layer), rather than
     /// failing as a COPY does.
     replace_non_dirs: bool,
+    /// Regular files get their size, not their data (see [`CopyOptions::sparse_data_from`]).
+    sparse_files: bool,
 }
 
 impl Plan {
@@ -383,7 +392,10 @@ pub fn copy(
         .chmod
         .as_ref()
         .map_or(0o755, |c| c.apply(0o755, true) & 0o777);
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        sparse_files: opts.sparse_data_from.is_some(),
+        ..Default::default()
+    };
     let mut wrote_direct = false;
     let mut current_source = 0;
     for (source_index, rel, kept) in matched {
@@ -453,6 +465,12 @@ pub fn copy(
         plan.push(src_path, target, md);
     }
     execute(&plan, owner, opts.chmod.as_ref())?;
+    if let Some(sources) = &opts.sparse_data_from {
+        let files = plan.items.into_iter().filter(|i| i.md.is_file());
+        let mut sources = sources.lock().unwrap_or_else(|e| e.into_inner());
+        // In plan order: where two matches share a destination, the last one is the file.
+        sources.extend(files.map(|i| (i.dest, i.src)));
+    }
     Ok(wrote_direct)
 }
 
@@ -681,8 +699,12 @@ fn copy_entry(
             other => other,
         }
         .with_context(|| format!("creating {}", dest.display()))?;
-        copy_data(&mut from, &mut to, md.len())
-            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        if plan.sparse_files {
+            to.set_len(md.len())
+        } else {
+            copy_data(&mut from, &mut to, md.len())
+        }
+        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
         return apply_meta(src, dest, md, Some((&from, &to)), &meta);
     }
     remove_existing(dest)?;

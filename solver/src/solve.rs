@@ -1250,7 +1250,7 @@ impl Solver {
                 mounts: mounts.clone(),
                 upper,
             };
-            self.apply_file_actions(file, inputs, &mut dest)?;
+            self.apply_file_actions(file, inputs, &mut dest, None)?;
             if let FileDest::Overlay { view, .. } = dest {
                 view.release()?;
             }
@@ -1270,10 +1270,26 @@ impl Solver {
     fn run_file_as_blob(&self, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
         let staging = crate::staging::Tmpfs::mount(&self.root)?;
         let mut dest = FileDest::Plain(staging.path().to_path_buf());
-        self.apply_file_actions(file, inputs, &mut dest)?;
+        // A copy of client files alone stages them sparse: the tar reads their data from the
+        // context, so the data is read once instead of copied and read again.
+        let sparse = match file.actions.as_slice() {
+            [FileAction::Copy {
+                src_input,
+                unpack: false,
+                ..
+            }] if matches!(inputs.get(*src_input), Some((Ref::Local(_), _))) => {
+                Some(fileop::DataSources::default())
+            }
+            _ => None,
+        };
+        self.apply_file_actions(file, inputs, &mut dest, sparse.as_ref())?;
+        let diff_options = snapshotter::layer::DiffOptions {
+            data_sources: sparse.map(|s| Arc::new(std::mem::take(&mut *s.lock().unwrap()))),
+            ..Default::default()
+        };
         let compression = self.layer_export.compression;
         let blob = exporter::write_layer_with(&self.content, &compression, &mut |w| {
-            snapshotter::layer::write_diff_tar(staging.path(), w, &Default::default())
+            snapshotter::layer::write_diff_tar(staging.path(), w, &diff_options)
                 .map_err(std::io::Error::other)
         })?;
         let name = unique("layer");
@@ -1289,12 +1305,14 @@ impl Solver {
         Ok(name)
     }
 
-    /// Applies a file op's actions to `dest`.
+    /// Applies a file op's actions to `dest` (copies sparse, their sources recorded in
+    /// `sparse`, when given).
     fn apply_file_actions(
         &self,
         file: &FileOp,
         inputs: &[(Ref, String)],
         dest: &mut FileDest,
+        sparse: Option<&fileop::DataSources>,
     ) -> Result<()> {
         // Source views stay mounted across actions; dropped (even on error) at the end.
         let mut views: HashMap<usize, MountedView> = HashMap::new();
@@ -1319,6 +1337,7 @@ impl Solver {
                         parents: *parents,
                         unpack: *unpack,
                         direct_upper: dest.direct_upper(),
+                        sparse_data_from: sparse.cloned(),
                     };
                     let wrote_direct = match inputs.get(*src_input) {
                         Some((Ref::Local(local), _)) => {
