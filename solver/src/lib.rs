@@ -1,6 +1,7 @@
 //! The solver: build-graph types, scheduling, cache keys and the cache index.
 
 pub mod archive;
+mod background;
 pub mod cache;
 pub mod chmod;
 pub mod context;

@@ -101,6 +101,8 @@ pub struct Solver {
     /// `--pull`: base images named by tag are resolved against their registry even when
     /// the store has the tag.
     pull_always: bool,
+    /// Compresses the layers below the outputs while the build goes on (image outputs only).
+    background: Option<crate::background::BackgroundLayers>,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -258,6 +260,7 @@ impl Solver {
             layer_export: cfg.layer_export,
             blob_listings: Default::default(),
             pull_always: false,
+            background: None,
         };
         solver.remove_stale_snapshots();
         crate::mounts::sweep_stale(&solver.root);
@@ -268,6 +271,23 @@ impl Solver {
     pub fn with_pull_always(mut self, pull: bool) -> Self {
         self.pull_always = pull;
         self
+    }
+
+    /// Compress built layers in the background, in the image output's compression, while
+    /// the steps above them run (for builds whose outputs are images).
+    pub fn with_background_layers(mut self, on: bool) -> Self {
+        let wanted = on && self.layer_export.mtime_clamp.is_none();
+        self.background = wanted
+            .then(crate::background::BackgroundLayers::new)
+            .flatten();
+        self
+    }
+
+    /// Waits until the background has compressed every layer queued so far.
+    pub fn wait_background_layers(&self) {
+        if let Some(background) = &self.background {
+            background.wait();
+        }
     }
 
     pub(crate) fn cache_state(&self) -> &crate::cache::CacheState {
@@ -452,6 +472,7 @@ impl Solver {
         let mut set = tokio::task::JoinSet::new();
         let mut first_error: Option<SolveError> = None;
         let as_blob = Arc::new(self.layers_made_as_blobs(&def, &needed, &dependents));
+        let below_outputs = crate::background::layers_below_outputs(&def, outputs);
 
         let spawn = |set: &mut tokio::task::JoinSet<_>,
                      i: usize,
@@ -489,6 +510,9 @@ impl Solver {
                     tally.count(&def.vertices[i].op, was_cached);
                     if !was_cached {
                         self.export_early_if_stacked(&def, i, &dependents[i], &r);
+                    }
+                    if let (true, Some(background)) = (below_outputs[i], &self.background) {
+                        background.queue(self, &r);
                     }
                     results[i] = Some((r, key));
                     if first_error.is_some() {
