@@ -346,18 +346,16 @@ fn split_pivot(source: &str) -> Option<(String, String)> {
         .map(|i| (clean_rel(&s[..i]), clean_rel(&s[i + 3..])))
 }
 
-/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
-/// rules. Returns whether anything was written through `opts.direct_upper`.
-pub fn copy(
+/// One match of a COPY source: (source index, matched path, path kept below the destination).
+type SourceMatch = (usize, Vec<u8>, Vec<u8>);
+
+/// Each source's matches, in order.
+fn match_sources(
     src: &SourceTree,
     sources: &[String],
-    dest_root: &Path,
-    dest: &str,
     opts: &CopyOptions,
-) -> Result<bool> {
-    // (matched path relative to the source root, path kept below the destination)
-    // (source index, matched path, path kept below the destination)
-    let mut matched: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+) -> Result<Vec<SourceMatch>> {
+    let mut matched: Vec<SourceMatch> = Vec::new();
     for (source_index, s) in sources.iter().enumerate() {
         let pivot = if opts.parents { split_pivot(s) } else { None };
         // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
@@ -376,6 +374,19 @@ pub fn copy(
             matched.push((source_index, rel, kept));
         }
     }
+    Ok(matched)
+}
+
+/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
+/// rules. Returns whether anything was written through `opts.direct_upper`.
+pub fn copy(
+    src: &SourceTree,
+    sources: &[String],
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+) -> Result<bool> {
+    let matched = match_sources(src, sources, opts)?;
     // Like BuildKit, several wildcard matches do not make a destination a directory:
     // each is copied to it in turn (matched files replace each other, the last wins).
     let dest_is_dir =
