@@ -3,6 +3,7 @@
 //! import/export.
 
 pub mod archive;
+mod background;
 pub mod cache;
 pub mod chmod;
 pub mod context;

@@ -75,6 +75,8 @@ pub struct SolverConfig {
 pub struct Solver {
     worker: Worker,
     no_cache: bool,
+    /// Compresses the layers below the outputs while the build goes on (image outputs only).
+    background: Option<crate::background::BackgroundLayers>,
 }
 
 impl std::ops::Deref for Solver {
@@ -145,7 +147,25 @@ impl Solver {
         Ok(Self {
             worker: Worker::open(cfg)?,
             no_cache,
+            background: None,
         })
+    }
+
+    /// Compress built layers in the background, in the image output's compression, while
+    /// the steps above them run (for builds whose outputs are images).
+    pub fn with_background_layers(mut self, on: bool) -> Self {
+        let wanted = on && self.layer_export.mtime_clamp.is_none();
+        self.background = wanted
+            .then(crate::background::BackgroundLayers::new)
+            .flatten();
+        self
+    }
+
+    /// Waits until the background has compressed every layer queued so far.
+    pub fn wait_background_layers(&self) {
+        if let Some(background) = &self.background {
+            background.wait();
+        }
     }
 
     /// `--pull`: re-resolve tagged base images against their registry.
@@ -212,6 +232,7 @@ impl Solver {
         let mut set = tokio::task::JoinSet::new();
         let mut first_error: Option<SolveError> = None;
         let as_blob = Arc::new(self.layers_made_as_blobs(&def, &needed, &dependents));
+        let below_outputs = crate::background::layers_below_outputs(&def, outputs);
 
         let spawn = |set: &mut tokio::task::JoinSet<_>,
                      i: usize,
@@ -249,6 +270,9 @@ impl Solver {
                     tally.count(&def.vertices[i].op, was_cached);
                     if !was_cached {
                         self.export_early_if_stacked(&def, i, &dependents[i], &r);
+                    }
+                    if let (true, Some(background)) = (below_outputs[i], &self.background) {
+                        background.queue(self, &r);
                     }
                     results[i] = Some((r, key));
                     if first_error.is_some() {

@@ -348,8 +348,8 @@ impl Worker {
         Ok(times)
     }
 
-    /// The layers of a result, base first, creating (and remembering) gzip blobs for built
-    /// snapshots.
+    /// The layers of a result, base first, creating (and remembering) blobs for built
+    /// snapshots in the build's layer compression (the first image output's).
     pub fn export_layers(&self, r: &Ref) -> Result<Vec<LayerBlob>> {
         let options = exporter::LayerExportOptions {
             compression: self.layer_export.compression,

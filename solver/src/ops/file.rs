@@ -108,7 +108,7 @@ pub(crate) fn run_file(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> R
             mounts: mounts.clone(),
             upper,
         };
-        apply_file_actions(w, file, inputs, &mut dest)?;
+        apply_file_actions(w, file, inputs, &mut dest, None)?;
         if let FileDest::Overlay { view, .. } = dest {
             view.release()?;
         }
@@ -128,10 +128,26 @@ pub(crate) fn run_file(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> R
 fn run_file_as_blob(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
     let staging = crate::staging::Tmpfs::mount(&w.root)?;
     let mut dest = FileDest::Plain(staging.path().to_path_buf());
-    apply_file_actions(w, file, inputs, &mut dest)?;
+    // A copy of client files alone stages them sparse: the tar reads their data from the
+    // context, so the data is read once instead of copied and read again.
+    let sparse = match file.actions.as_slice() {
+        [FileAction::Copy {
+            src_input,
+            unpack: false,
+            ..
+        }] if matches!(inputs.get(*src_input), Some((Ref::Local(_), _))) => {
+            Some(fileop::DataSources::default())
+        }
+        _ => None,
+    };
+    apply_file_actions(w, file, inputs, &mut dest, sparse.as_ref())?;
+    let diff_options = snapshotter::layer::DiffOptions {
+        data_sources: sparse.map(|s| Arc::new(std::mem::take(&mut *s.lock().unwrap()))),
+        ..Default::default()
+    };
     let compression = w.layer_export.compression;
     let blob = exporter::write_layer_with(&w.content, &compression, &mut |w| {
-        snapshotter::layer::write_diff_tar(staging.path(), w, &Default::default())
+        snapshotter::layer::write_diff_tar(staging.path(), w, &diff_options)
             .map_err(std::io::Error::other)
     })?;
     let name = unique("layer");
@@ -147,12 +163,14 @@ fn run_file_as_blob(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> Resu
     Ok(name)
 }
 
-/// Applies a file op's actions to `dest`.
+/// Applies a file op's actions to `dest` (copies sparse, their sources recorded in
+/// `sparse`, when given).
 fn apply_file_actions(
     w: &Worker,
     file: &FileOp,
     inputs: &[(Ref, String)],
     dest: &mut FileDest,
+    sparse: Option<&fileop::DataSources>,
 ) -> Result<()> {
     // Source views stay mounted across actions; dropped (even on error) at the end.
     let mut views: HashMap<usize, MountedView> = HashMap::new();
@@ -177,6 +195,7 @@ fn apply_file_actions(
                     parents: *parents,
                     unpack: *unpack,
                     direct_upper: dest.direct_upper(),
+                    sparse_data_from: sparse.cloned(),
                 };
                 let wrote_direct = match inputs.get(*src_input) {
                     Some((Ref::Local(local), _)) => {

@@ -2,7 +2,7 @@
 //! layers replayed on top, each keeping its own layer blob. A changed base thus
 //! leaves the linked layers' cache entries and blob digests untouched.
 
-use crate::fileop::link_tree_verbatim;
+use crate::fileop::copy_tree_verbatim;
 use crate::ops::{Input, Produced, SolveOp, Step};
 use crate::solve::Ref;
 use crate::worker::{sha256_hex, unique, Worker};
@@ -70,8 +70,8 @@ pub(crate) fn run_merge(w: &Worker, inputs: &[(Ref, String)]) -> Result<String> 
     }
 }
 
-/// Commits a copy of `layer`'s own dir (files hard-linked) on top of `parent`, with
-/// `layer`'s blob labels.
+/// Commits a copy of `layer`'s own dir on top of `parent`, with `layer`'s blob labels. Files are
+/// copied, not hard-linked: a RUN on the result would see the shared inode's link count.
 fn replay(w: &Worker, parent: Option<&str>, layer: &str) -> Result<String> {
     let snapshots = &w.snapshots;
     let info = snapshots.stat(layer)?;
@@ -92,7 +92,7 @@ fn replay(w: &Worker, parent: Option<&str>, layer: &str) -> Result<String> {
     let res = (|| -> Result<String> {
         let from = snapshots.upper_dir(layer)?;
         let to = snapshots.upper_dir(&active)?;
-        link_tree_verbatim(&from, &to)?;
+        copy_tree_verbatim(&from, &to)?;
         let name = unique("layer");
         snapshots.commit(&name, &active)?;
         snapshots.set_labels(&name, blob_labels())?;
