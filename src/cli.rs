@@ -159,6 +159,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Flags (a clap struct) read into a crate's typed options by field name. Both sides deny
+/// unknown fields, so a flag added on one side only fails on first use instead of vanishing.
+pub fn typed<T: serde::de::DeserializeOwned>(flags: impl serde::Serialize) -> Result<T> {
+    let value = serde_json::to_value(flags).context("reading the flags")?;
+    serde_json::from_value(value).context("internal error: flags and options differ")
+}
+
 pub fn open_images(root: &std::path::Path) -> Result<exporter::ImageStore> {
     let content = snapshotter::ContentStore::open(root)?;
     Ok(exporter::ImageStore::open(root, content)?)

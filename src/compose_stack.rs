@@ -3,12 +3,9 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct UpArgs {
     /// Run containers in the background.
     #[arg(short = 'd', long)]
@@ -46,7 +43,7 @@ pub struct UpArgs {
     services: Vec<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, serde::Serialize)]
 pub enum StackCommand {
     /// Create and start the project's containers.
     Up(UpArgs),
@@ -225,6 +222,10 @@ impl stack::ImageProvider for CliImages {
         }
     }
 
+    fn untag(&self, image: &str) -> Result<bool> {
+        Ok(crate::cli::open_images(&self.root)?.untag(image)?)
+    }
+
     fn prepare(&self, image: &str) -> Result<runtime::PreparedImage> {
         let snapshot = self
             .rt
@@ -330,9 +331,9 @@ fn ssh_specs(value: Option<&serde_json::Value>) -> Option<Vec<String>> {
     }
 }
 
-pub fn run(opts: &compose::Options, root: PathBuf, command: StackCommand) -> Result<i32> {
-    if let StackCommand::Ls { all, quiet } = command {
-        return ls(&root, all, quiet);
+pub fn run(opts: &compose::Options, root: PathBuf, command: stack::Command) -> Result<i32> {
+    if let stack::Command::Ls { all, quiet } = command {
+        return stack::verbs::ls(&root, all, quiet);
     }
     let project = compose::load(opts)?;
     for w in &project.warnings {
@@ -346,110 +347,5 @@ pub fn run(opts: &compose::Options, root: PathBuf, command: StackCommand) -> Res
             .enable_all()
             .build()?,
     };
-    match command {
-        StackCommand::Up(args) => up(&stack, &images, args),
-        StackCommand::Down {
-            volumes,
-            rmi,
-            remove_orphans,
-            timeout,
-        } => {
-            let o = stack::DownOptions {
-                volumes,
-                remove_orphans,
-                timeout,
-            };
-            stack::down(&stack, &o)?;
-            if let Some(which) = rmi {
-                remove_images(&stack, &images, &which)?;
-            }
-            Ok(0)
-        }
-        other => crate::compose_verbs::run(&stack, &images, other),
-    }
-}
-
-fn ls(root: &Path, all: bool, quiet: bool) -> Result<i32> {
-    let store = runtime::ContainerStore::open(root)?;
-    let projects = stack::list_projects(&store)?;
-    if !quiet {
-        println!("{:<24} {:<16} CONFIG DIR", "NAME", "STATUS");
-    }
-    for (name, (running, total, dir)) in projects {
-        if running == 0 && !all {
-            continue;
-        }
-        match quiet {
-            true => println!("{name}"),
-            false => println!(
-                "{name:<24} {:<16} {dir}",
-                format!("running({running}/{total})")
-            ),
-        }
-    }
-    Ok(0)
-}
-
-fn remove_images(stack: &stack::Stack, images: &CliImages, which: &str) -> Result<()> {
-    let store = crate::cli::open_images(&images.root)?;
-    for (name, service) in &stack.model.services {
-        let local = service.build.is_some();
-        if which == "all" || (which == "local" && local) {
-            let image = stack.image_of(name);
-            if store.untag(&image)? {
-                eprintln!(" Image {image}  Removed");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Ctrl-C presses seen (the first stops gracefully, the second kills).
-static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-}
-
-fn up(stack: &stack::Stack, images: &CliImages, args: UpArgs) -> Result<i32> {
-    let mut scale = BTreeMap::new();
-    for s in &args.scale {
-        let (name, n) = s.split_once('=').context("--scale: want SERVICE=N")?;
-        let n: u32 = n
-            .parse()
-            .with_context(|| format!("--scale {s:?}: N must be a number"))?;
-        scale.insert(name.to_string(), n);
-    }
-    let opts = stack::UpOptions {
-        services: args.services.clone(),
-        no_deps: args.no_deps,
-        force_recreate: args.force_recreate,
-        build: args.build,
-        no_build: args.no_build,
-        scale,
-        remove_orphans: args.remove_orphans,
-        wait: args.wait,
-        wait_timeout: args.wait_timeout.map(Duration::from_secs),
-    };
-    if !(args.detach || args.wait) {
-        // Before any container starts: a Ctrl-C from now on stops the stack gracefully.
-        // SAFETY: the handler only increments an atomic.
-        unsafe {
-            libc::signal(
-                libc::SIGINT,
-                on_interrupt as *const () as libc::sighandler_t,
-            )
-        };
-    }
-    let services = stack::up(stack, images, &opts)?;
-    if args.detach || args.wait {
-        return Ok(0);
-    }
-    crate::compose_verbs::foreground(
-        stack,
-        &services,
-        args.abort_on_container_exit || args.exit_code_from.is_some(),
-        args.exit_code_from.as_deref(),
-        &INTERRUPTS,
-    )
+    stack::verbs::run(&stack, &images, command)
 }

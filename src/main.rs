@@ -7,7 +7,6 @@ mod checks_output;
 mod cli;
 mod compose_cmd;
 mod compose_stack;
-mod compose_verbs;
 mod containers;
 mod image_cmds;
 mod isolation;
