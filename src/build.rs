@@ -1,16 +1,10 @@
-//! `builder build`: the flags become an `engine::BuildRequest`; the engine's events are
-//! rendered and its outcome printed.
+//! `builder build`'s flags; `engine::command` turns them into a request and renders the
+//! build.
 
-use crate::checks_output::WarningSummary;
-use crate::progress::{render, ProgressMode};
-use anyhow::{bail, Context as _, Result};
-use engine::output::{parse_output, DockerLoad, Exporter};
-use engine::{BuildError, BuildRequest, BuildResult, Outcome};
-use std::collections::BTreeMap;
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct BuildArgs {
     /// Name (and tag) for the image; may be repeated.
     #[arg(short = 't', long = "tag")]
@@ -128,261 +122,22 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-pub(crate) fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for a in args {
-        match a.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            Some(_) => bail!("--build-arg {a:?}: the name is empty"),
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    out.insert(a.clone(), v);
-                }
-            }
-        }
-    }
-    Ok(out)
+/// `--progress`'s values (read by `engine::render::ProgressMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Rawjson,
+    Quiet,
 }
 
-/// `--label` values as buildx reads them: `KEY=VALUE`, or `KEY` for an empty value.
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for label in labels {
-        let (k, v) = label.split_once('=').unwrap_or((label, ""));
-        if k.is_empty() {
-            bail!("--label {label:?}: the name is empty");
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
+pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
+    engine::command::build(root, crate::cli::typed(args)?).await
 }
 
-pub async fn build(root: &Path, mut args: BuildArgs) -> Result<i32> {
-    let (request, _stdin) = request(root, &args)?;
-    if args.quiet {
-        args.progress = ProgressMode::Quiet;
-    }
-    let (session, events) = Session::start(args.progress);
-    let outcome = engine::build(root, request, events, &session.cancel).await;
-    let summary = session.finish().await;
-    match outcome {
-        Ok(outcome) => print_outcome(outcome, &args, summary),
-        Err(e) => Ok(print_error(e, summary)?),
-    }
-}
-
-/// Several builds in one solve (`compose build`): steps they share run once, one renderer
-/// shows them all, and each result is printed with its own flags.
+/// Several builds in one solve (`compose build`).
 pub async fn build_all(root: &Path, all: Vec<BuildArgs>) -> Result<i32> {
-    let mut requests = Vec::new();
-    let mut _spools = Vec::new();
-    for args in &all {
-        let (request, spool) = request(root, args)?;
-        requests.push(request);
-        _spools.push(spool);
-    }
-    let progress = all.first().map_or(ProgressMode::Auto, |a| a.progress);
-    let (session, events) = Session::start(progress);
-    let outcomes = engine::build_many(root, requests, events, &session.cancel).await;
-    let summary = session.finish().await;
-    match outcomes {
-        Ok(outcomes) => {
-            for (outcome, args) in outcomes.into_iter().zip(&all) {
-                if let Outcome::Built(result) = outcome {
-                    print_built(&result, args)?;
-                }
-            }
-            drop(summary);
-            Ok(0)
-        }
-        Err(e) => Ok(print_error(e, summary)?),
-    }
-}
-
-/// A build's progress renderer and its Ctrl-C watch.
-struct Session {
-    cancel: executor::CancelToken,
-    ctrl_c: tokio::task::JoinHandle<()>,
-    renderer: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Session {
-    fn start(progress: ProgressMode) -> (Session, engine::EventSink) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let terminal = solver::progress::Terminal::default();
-        let renderer = tokio::spawn(render(rx, progress, terminal.clone()));
-        let cancel = executor::CancelToken::new();
-        let ctrl_c = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    cancel.cancel();
-                }
-            })
-        };
-        let session = Session {
-            cancel,
-            ctrl_c,
-            renderer,
-        };
-        (session, engine::EventSink::new(tx, terminal))
-    }
-
-    /// Waits for the renderer to drain (the engine has dropped its sink).
-    async fn finish(self) -> WarningSummary {
-        self.ctrl_c.abort();
-        WarningSummary {
-            lines: self.renderer.await.unwrap_or_default(),
-        }
-    }
-}
-
-/// The request the flags describe, and the spool of what came from stdin (kept until the
-/// build ends).
-fn request(root: &Path, args: &BuildArgs) -> Result<(BuildRequest, engine::stdin::BuildInputs)> {
-    engine::output::check_push(args.push, &args.tags)?;
-    let platforms = engine::platforms::requested(args.platform.as_deref())?.unwrap_or_default();
-    let call = engine::settings::parse_call(args.call.as_deref(), args.check)?;
-    let annotations = engine::settings::parse_annotations(&args.annotations, platforms.len())?;
-    let run = engine::settings::run_defaults(&engine::settings::RunFlags {
-        network: args.network.as_deref(),
-        allow: &args.allow,
-        add_hosts: &args.add_hosts,
-        ulimits: &args.ulimits,
-        shm_size: args.shm_size.as_deref(),
-    })?;
-    let outputs = outputs(args)?;
-    let build_args = parse_build_args(&args.build_args)?;
-    let attestations = engine::attest::parse(
-        args.provenance.as_deref(),
-        args.sbom.as_deref(),
-        &args.attest,
-        engine::output::pushes(&outputs),
-    )?;
-    let cache = |spec: &String| engine::cache::parse_cache_to(spec, &args.tags);
-    let cache_to = args.cache_to.iter().map(cache).collect::<Result<_>>()?;
-    let cache = |spec: &String| engine::cache::parse_cache_from(spec, &args.tags);
-    let cache_from = args.cache_from.iter().map(cache).collect::<Result<_>>()?;
-    let no_cache_stages = engine::cache::parse_no_cache_filter(&args.no_cache_filter)?;
-    let secrets = Arc::new(engine::secrets::LocalSecrets::parse(&args.secrets)?);
-    let ssh = Arc::new(engine::secrets::LocalSsh::parse(&args.ssh)?);
-    let on_error_shell = engine::secrets::parse_on_error(args.on_error.as_deref())?;
-    let inputs = engine::stdin::resolve(&args.context, args.file.as_deref())?;
-    let context = engine::context::local_dir(&inputs.context, inputs.file.as_deref())?;
-    let dockerfile = inputs
-        .file
-        .clone()
-        .unwrap_or_else(|| context.root().join("Dockerfile"));
-    let mut request = BuildRequest::new(engine::Dockerfile::Path(dockerfile), context);
-    request.named_contexts = engine::context::parse_build_contexts(root, &args.build_contexts)?;
-    request.print_graph = match args.print.as_deref() {
-        None => false,
-        Some("graph") => true,
-        Some(p) => bail!("--print {p:?}: unknown; supported: graph"),
-    };
-    request.labels = parse_labels(&args.labels)?;
-    (request.build_args, request.platforms, request.call) = (build_args, platforms, call);
-    (request.outputs, request.annotations, request.run) = (outputs, annotations, run);
-    (request.cache_to, request.cache_from) = (cache_to, cache_from);
-    (request.no_cache_stages, request.attestations) = (no_cache_stages, attestations);
-    (request.secrets, request.ssh, request.on_error_shell) = (secrets, ssh, on_error_shell);
-    (request.tags, request.target) = (args.tags.clone(), args.target.clone());
-    (request.no_cache, request.pull) = (args.no_cache, args.pull);
-    Ok((request, inputs))
-}
-
-/// `-o` values, `--push` and `--load` as exporters.
-fn outputs(args: &BuildArgs) -> Result<Vec<Arc<dyn Exporter>>> {
-    let mut outputs = args
-        .outputs
-        .iter()
-        .map(|o| Ok(parse_output(o)?.into_exporter()))
-        .collect::<Result<Vec<_>>>()?;
-    if args.push {
-        outputs.push(parse_output("type=registry")?.into_exporter());
-    }
-    if args.load {
-        outputs.push(Arc::new(DockerLoad));
-    }
-    Ok(outputs)
-}
-
-fn print_outcome(outcome: Outcome, args: &BuildArgs, summary: WarningSummary) -> Result<i32> {
-    match outcome {
-        Outcome::Answer(text) | Outcome::Graph(text) => print!("{text}"),
-        Outcome::Checked(report) => {
-            return Ok(crate::checks_output::print_check(
-                &report.warnings,
-                &report.file,
-                &report.source,
-            ))
-        }
-        Outcome::Built(result) => print_built(&result, args)?,
-    }
-    drop(summary);
-    Ok(0)
-}
-
-fn print_built(result: &BuildResult, args: &BuildArgs) -> Result<()> {
-    if let Some(p) = &args.iidfile {
-        std::fs::write(p, &result.image_id)
-            .with_context(|| format!("--iidfile: writing {}", p.display()))?;
-    }
-    if let Some(p) = &args.metadata_file {
-        result.write_metadata(p)?;
-    }
-    if args.quiet {
-        println!("{}", result.image_id);
-        return Ok(());
-    }
-    for note in &result.notes {
-        eprintln!("{note}");
-    }
-    let for_platforms = if result.multi_platform {
-        let names: Vec<String> = result
-            .platforms
-            .iter()
-            .map(|p| p.platform.to_string())
-            .collect();
-        format!(" for {}", names.join(", "))
-    } else {
-        String::new()
-    };
-    eprintln!(
-        "built {}{for_platforms} ({} steps run, {} cached)",
-        result.image.digest, result.executed, result.cached
-    );
-    for t in &args.tags {
-        eprintln!("naming to {t}");
-    }
-    Ok(())
-}
-
-/// Prints a failed build the way buildx does (warnings listed before a step's error, after
-/// a lint error); the exit code, or the error for `main` to print.
-fn print_error(error: BuildError, summary: WarningSummary) -> Result<i32> {
-    match error {
-        BuildError::Dockerfile { message, check } => {
-            if let Some(report) = check {
-                crate::checks_output::print_check(&report.warnings, &report.file, &report.source);
-            }
-            eprintln!("error: {message}");
-        }
-        BuildError::Lint(message) => {
-            eprintln!("error: {message}");
-            drop(summary);
-        }
-        BuildError::Solve(message) => {
-            drop(summary);
-            eprintln!("error: {message}");
-        }
-        BuildError::Cancelled => {
-            eprintln!("error: build cancelled");
-            return Ok(130);
-        }
-        BuildError::Other(e) => return Err(e),
-    }
-    Ok(1)
+    engine::command::build_all(root, crate::cli::typed(all)?).await
 }

@@ -3,7 +3,6 @@
 //! `exporter` crates.
 
 mod build;
-mod checks_output;
 mod cli;
 mod compose_cmd;
 mod compose_stack;
@@ -11,7 +10,6 @@ mod containers;
 mod image_cmds;
 mod isolation;
 mod login;
-mod progress;
 mod prune;
 mod remote_cmd;
 mod run;

@@ -11,6 +11,8 @@
 
 pub mod attest;
 pub mod cache;
+pub mod checks_output;
+pub mod command;
 pub mod context;
 mod events;
 pub mod excerpt;
@@ -18,6 +20,7 @@ pub mod images;
 pub mod output;
 mod pipeline;
 pub mod platforms;
+pub mod render;
 mod request;
 mod rootfs_tar;
 pub mod secrets;
