@@ -118,7 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
-        Command::Run(args) => rt.block_on(crate::run::run(&root, *args)),
+        Command::Run(args) => crate::run::run(&root, &rt, *args),
         Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
         Command::Login(args) => rt.block_on(crate::login::login(args)),
         Command::Logout(args) => crate::login::logout(args),

@@ -229,7 +229,7 @@ impl stack::ImageProvider for CliImages {
     fn prepare(&self, image: &str) -> Result<runtime::PreparedImage> {
         let snapshot = self
             .rt
-            .block_on(crate::run::prepare_image(&self.root, image, None))?;
+            .block_on(engine::images::prepare(&self.root, image, None))?;
         Ok(crate::run::into_prepared(snapshot, image))
     }
 }

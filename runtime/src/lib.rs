@@ -6,6 +6,7 @@
 //! binary calls [`monitor_main`] before starting any thread.
 
 mod cgroups;
+pub mod command;
 mod copy;
 mod exec;
 mod health;
@@ -16,6 +17,7 @@ mod names;
 mod network;
 mod networks;
 mod procs;
+mod run_flags;
 mod spec;
 mod store;
 pub mod template;
@@ -36,6 +38,7 @@ pub use monitor::monitor_main;
 pub use network::{PortMapping, BRIDGE};
 pub use networks::{NetworkRecord, NetworkStore};
 pub use procs::{container_processes, usage, ProcessInfo};
+pub use run_flags::{container_spec, RunFlags};
 pub use spec::{
     apply_security_opts, memory_limits, parse_extra_hosts, ContainerSpec, HealthOverride,
     ImageDefaults, PreparedImage, RootfsMaker,
