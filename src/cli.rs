@@ -105,7 +105,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     // Containers always need namespaces; everything else may read a chroot-mode store.
     if !matches!(cli.command, Command::Run(_) | Command::Containers(_)) {
         // Before the runtime's threads: the probe forks.
-        crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
+        engine::isolation::apply(
+            typed(cli.isolation)?,
+            matches!(cli.command, Command::Build(_)),
+        )?;
     }
     let root = prepared_root(cli.root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,43 +122,30 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
         Command::Run(args) => crate::run::run(&root, &rt, *args),
-        Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
-        Command::Login(args) => rt.block_on(crate::login::login(args)),
-        Command::Logout(args) => crate::login::logout(args),
-        Command::Prune(args) => crate::prune::prune(&root, args),
-        Command::Du(args) => crate::prune::du(&root, args),
+        Command::Image(command) => {
+            engine::image_command::run(&open_images(&root)?, typed(command)?)
+        }
+        Command::Login(args) => rt.block_on(distribution::login::login(typed(args)?)),
+        Command::Logout(args) => distribution::login::logout(typed(args)?),
+        Command::Prune(args) => engine::prune_command::prune(&root, typed(args)?),
+        Command::Du(args) => engine::prune_command::du(&root, typed(args)?),
         Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
         Command::Compose(_) | Command::Builder(_) | Command::Serve(_) => {
             unreachable!("handled above")
         }
-        Command::Images => crate::image_cmds::list(&open_images(&root)?),
+        Command::Images => engine::image_command::list(&open_images(&root)?),
         Command::Import {
             tarball,
             name,
             platform,
-        } => crate::image_cmds::import(&open_images(&root)?, &tarball, &name, platform),
-        Command::Push { name } => rt.block_on(crate::image_cmds::push(&open_images(&root)?, &name)),
+        } => engine::image_command::import(&open_images(&root)?, &tarball, &name, platform),
+        Command::Push { name } => {
+            rt.block_on(engine::image_command::push(&open_images(&root)?, &name))
+        }
         Command::Tag { source, target } => {
-            let store = open_images(&root)?;
-            let desc = store
-                .resolve(&source)?
-                .with_context(|| format!("no such image: {source}"))?;
-            store.tag(&target, &desc)?;
-            Ok(0)
+            engine::image_command::tag(&open_images(&root)?, &source, &target)
         }
-        Command::Rmi { names } => {
-            let store = open_images(&root)?;
-            let mut code = 0;
-            for n in names {
-                if store.untag(&n)? {
-                    println!("Untagged: {n}");
-                } else {
-                    eprintln!("error: no such image: {n}");
-                    code = 1;
-                }
-            }
-            Ok(code)
-        }
+        Command::Rmi { names } => engine::image_command::rmi(&open_images(&root)?, &names),
     }
 }
 

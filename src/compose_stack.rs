@@ -212,11 +212,7 @@ impl stack::ImageProvider for CliImages {
 
     fn pull(&self, image: &str) -> Result<()> {
         let store = crate::cli::open_images(&self.root)?;
-        let pull = crate::image_cmds::ImageCommand::Pull {
-            name: image.to_string(),
-            platform: None,
-        };
-        match crate::image_cmds::run(&store, pull)? {
+        match engine::image_command::pull(&store, image, None)? {
             0 => Ok(()),
             code => bail!("pulling {image} failed (exit {code})"),
         }

@@ -246,7 +246,7 @@ impl runtime::command::ImageSource for CliImages<'_> {
     }
 
     fn inspect_image(&self, name: &str) -> Result<i32> {
-        crate::image_cmds::inspect(&crate::cli::open_images(self.root)?, name)
+        engine::image_command::inspect(&crate::cli::open_images(self.root)?, name)
     }
 }
 
