@@ -136,8 +136,3 @@ pub enum ProgressMode {
 pub async fn build(root: &Path, args: BuildArgs) -> Result<i32> {
     engine::command::build(root, crate::cli::typed(args)?).await
 }
-
-/// Several builds in one solve (`compose build`).
-pub async fn build_all(root: &Path, all: Vec<BuildArgs>) -> Result<i32> {
-    engine::command::build_all(root, crate::cli::typed(all)?).await
-}

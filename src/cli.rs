@@ -157,6 +157,5 @@ pub fn typed<T: serde::de::DeserializeOwned>(flags: impl serde::Serialize) -> Re
 }
 
 pub fn open_images(root: &std::path::Path) -> Result<exporter::ImageStore> {
-    let content = snapshotter::ContentStore::open(root)?;
-    Ok(exporter::ImageStore::open(root, content)?)
+    engine::image_command::open_store(root)
 }

@@ -144,28 +144,18 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// The runtime's view of a prepared image: defaults from its config, rootfs made as a
-/// snapshot on the image's.
+/// The runtime's view of a prepared image (see `runtime::PreparedImage::on_snapshot`).
 pub fn into_prepared(
     image: engine::images::PreparedImage,
     reference: &str,
 ) -> runtime::PreparedImage {
-    let defaults = runtime::ImageDefaults::from_config(&image.config);
     let engine::images::PreparedImage {
         snapshots,
         image_id,
+        config,
         parent,
-        ..
     } = image;
-    runtime::PreparedImage {
-        reference: reference.to_string(),
-        image_id,
-        defaults,
-        make_rootfs: Box::new(move |key| {
-            let mounts = snapshots.prepare(key, parent.as_deref())?;
-            Ok(solver::solve::rootfs_mounts(&mounts))
-        }),
-    }
+    runtime::PreparedImage::on_snapshot(reference, image_id, &config, snapshots, parent)
 }
 
 pub fn run(root: &Path, rt: &tokio::runtime::Runtime, args: RunArgs) -> Result<i32> {

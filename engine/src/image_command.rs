@@ -58,6 +58,12 @@ pub fn run(store: &ImageStore, command: ImageCommand) -> Result<i32> {
     }
 }
 
+/// The image store under `root`.
+pub fn open_store(root: &Path) -> Result<ImageStore> {
+    let content = snapshotter::ContentStore::open(root)?;
+    Ok(ImageStore::open(root, content)?)
+}
+
 fn resolve(store: &ImageStore, name: &str) -> Result<Descriptor> {
     store
         .resolve(name)?

@@ -8,9 +8,10 @@ use std::io::{IsTerminal as _, Write};
 mod tty;
 
 /// `--progress`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProgressMode {
+    #[default]
     Auto,
     Tty,
     Plain,

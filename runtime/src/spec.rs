@@ -323,3 +323,33 @@ impl ImageDefaults {
         }
     }
 }
+
+impl PreparedImage {
+    /// An image unpacked into the snapshot `parent` (None: an empty image): defaults from its
+    /// config, each container's rootfs a new snapshot on `parent`.
+    pub fn on_snapshot(
+        reference: &str,
+        image_id: String,
+        config: &oci::ImageConfig,
+        snapshots: snapshotter::Snapshotter,
+        parent: Option<String>,
+    ) -> PreparedImage {
+        PreparedImage {
+            reference: reference.to_string(),
+            image_id,
+            defaults: ImageDefaults::from_config(config),
+            make_rootfs: Box::new(move |key| {
+                let mounts = snapshots.prepare(key, parent.as_deref())?;
+                Ok(mounts
+                    .into_iter()
+                    .map(|m| executor::Mount {
+                        fstype: m.fstype,
+                        source: m.source,
+                        target: "/".into(),
+                        options: m.options,
+                    })
+                    .collect())
+            }),
+        }
+    }
+}

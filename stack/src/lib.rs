@@ -7,6 +7,7 @@ mod command;
 pub mod config;
 mod convert;
 mod down;
+pub mod images;
 mod labels;
 mod logs;
 mod project;
