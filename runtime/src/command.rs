@@ -232,19 +232,7 @@ fn run_command(root: &Path, command: ContainerCommand, images: &dyn ImageSource)
         } => each(&containers, |name| {
             crate::remove(&store, &store.find(name)?, force, volumes)
         }),
-        ContainerCommand::Wait { containers } => {
-            let mut failed = false;
-            for name in &containers {
-                match store.find(name).and_then(|c| crate::wait_exit(&c)) {
-                    Ok(code) => println!("{code}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { 1 } else { 0 })
-        }
+        ContainerCommand::Wait { containers } => wait(&store, &containers),
         ContainerCommand::Ps(args) => ps(&store, &args),
         ContainerCommand::Inspect { format, containers } => {
             if let [one] = containers.as_slice() {
@@ -272,32 +260,14 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
             container,
             command,
         } => {
-            let c = store.find(&container)?;
             let request = crate::ExecRequest {
                 args: command,
-                env: env
-                    .iter()
-                    .map(|kv| match kv.split_once('=') {
-                        Some(_) => kv.clone(),
-                        None => format!("{kv}={}", std::env::var(kv).unwrap_or_default()),
-                    })
-                    .collect(),
+                env: env.iter().map(|kv| with_value(kv)).collect(),
                 user,
                 workdir,
                 inherit_stdio: interactive || tty,
             };
-            crate::exec(
-                &c,
-                &request,
-                &executor::CancelToken::new(),
-                &mut |stream, data| {
-                    use std::io::Write as _;
-                    let _ = match stream {
-                        executor::OutputStream::Stdout => std::io::stdout().write_all(data),
-                        executor::OutputStream::Stderr => std::io::stderr().write_all(data),
-                    };
-                },
-            )
+            exec_in(&store.find(&container)?, &request)
         }
         ContainerCommand::Logs {
             follow,
@@ -306,50 +276,21 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
             timestamps,
             container,
         } => {
-            let query =
-                crate::LogsQuery {
-                    follow,
-                    tail: match tail.as_str() {
-                        "all" => None,
-                        n => Some(n.parse().map_err(|_| {
-                            anyhow::anyhow!("--tail {n:?}: want a number or \"all\"")
-                        })?),
-                    },
-                    since: since
-                        .as_deref()
-                        .map(crate::LogsQuery::parse_since)
-                        .transpose()?,
-                    timestamps,
-                };
+            let query = crate::LogsQuery {
+                follow,
+                tail: parse_tail(&tail)?,
+                since: since
+                    .as_deref()
+                    .map(crate::LogsQuery::parse_since)
+                    .transpose()?,
+                timestamps,
+            };
             let c = store.find(&container)?;
             crate::follow_logs(&c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
             Ok(0)
         }
-        ContainerCommand::Cp { source, dest } => {
-            match (container_path(&source), container_path(&dest)) {
-                (Some((name, path)), None) => {
-                    crate::copy_out(&store.find(name)?, path, Path::new(&dest))?
-                }
-                (None, Some((name, path))) => {
-                    crate::copy_in(&store.find(name)?, Path::new(&source), path)?
-                }
-                _ => bail!("cp: exactly one of SOURCE and DEST must be CONTAINER:PATH"),
-            }
-            Ok(0)
-        }
-        ContainerCommand::Top { container } => {
-            let c = store.find(&container)?;
-            let state = c.live_state()?;
-            if state.status != crate::Status::Running {
-                bail!("container {container} is not running");
-            }
-            let mut lines = vec!["UID\tPID\tPPID\tCMD".to_string()];
-            for p in crate::container_processes(&state) {
-                lines.push(format!("{}\t{}\t{}\t{}", p.uid, p.pid, p.ppid, p.command));
-            }
-            print!("{}", align_columns(&lines));
-            Ok(0)
-        }
+        ContainerCommand::Cp { source, dest } => cp(store, &source, &dest),
+        ContainerCommand::Top { container } => top(store, &container),
         ContainerCommand::Port {
             container,
             private_port,
@@ -358,6 +299,76 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
         ContainerCommand::Stats { containers, .. } => stats(store, &containers),
         _ => bail!("internal error: command not handled"),
     }
+}
+
+/// `wait NAME...`: each exit code; 1 when a container was not found.
+fn wait(store: &crate::ContainerStore, containers: &[String]) -> Result<i32> {
+    let mut failed = false;
+    for name in containers {
+        match store.find(name).and_then(|c| crate::wait_exit(&c)) {
+            Ok(code) => println!("{code}"),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `KEY` alone takes its value from this process's environment, as docker does.
+fn with_value(kv: &str) -> String {
+    match kv.split_once('=') {
+        Some(_) => kv.to_string(),
+        None => format!("{kv}={}", std::env::var(kv).unwrap_or_default()),
+    }
+}
+
+/// `exec`: the command's output goes to ours.
+fn exec_in(c: &crate::Container, request: &crate::ExecRequest) -> Result<i32> {
+    let cancel = executor::CancelToken::new();
+    crate::exec(c, request, &cancel, &mut |stream, data| {
+        use std::io::Write as _;
+        let _ = match stream {
+            executor::OutputStream::Stdout => std::io::stdout().write_all(data),
+            executor::OutputStream::Stderr => std::io::stderr().write_all(data),
+        };
+    })
+}
+
+/// `logs --tail`: a number of lines, or `all`.
+fn parse_tail(tail: &str) -> Result<Option<usize>> {
+    match tail {
+        "all" => Ok(None),
+        n => Ok(Some(n.parse().map_err(|_| {
+            anyhow::anyhow!("--tail {n:?}: want a number or \"all\"")
+        })?)),
+    }
+}
+
+/// `cp NAME:PATH HOSTPATH` or `cp HOSTPATH NAME:PATH`.
+fn cp(store: &crate::ContainerStore, source: &str, dest: &str) -> Result<i32> {
+    match (container_path(source), container_path(dest)) {
+        (Some((name, path)), None) => crate::copy_out(&store.find(name)?, path, Path::new(dest))?,
+        (None, Some((name, path))) => crate::copy_in(&store.find(name)?, Path::new(source), path)?,
+        _ => bail!("cp: exactly one of SOURCE and DEST must be CONTAINER:PATH"),
+    }
+    Ok(0)
+}
+
+/// `top NAME`: the container's processes (host pids).
+fn top(store: &crate::ContainerStore, container: &str) -> Result<i32> {
+    let c = store.find(container)?;
+    let state = c.live_state()?;
+    if state.status != crate::Status::Running {
+        bail!("container {container} is not running");
+    }
+    let mut lines = vec!["UID\tPID\tPPID\tCMD".to_string()];
+    for p in crate::container_processes(&state) {
+        lines.push(format!("{}\t{}\t{}\t{}", p.uid, p.pid, p.ppid, p.command));
+    }
+    print!("{}", align_columns(&lines));
+    Ok(0)
 }
 
 /// `port NAME [PORT[/PROTO]]`.
@@ -603,13 +614,7 @@ fn network(store: &crate::ContainerStore, command: NetworkCommand) -> Result<i32
             if driver != "bridge" {
                 bail!("--driver {driver:?}: only the bridge driver is supported");
             }
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
+            let labels = parse_labels(&label);
             println!("{}", networks.create(&name, subnet.as_deref(), labels)?.id);
             Ok(0)
         }
@@ -631,34 +636,8 @@ fn network(store: &crate::ContainerStore, command: NetworkCommand) -> Result<i32
             format,
             networks: names,
         } => {
-            let mut values = Vec::new();
-            for name in &names {
-                let n = networks.get(name)?;
-                let members: serde_json::Map<String, serde_json::Value> = store
-                    .list()?
-                    .into_iter()
-                    .filter(|c| c.config.network_mode == n.name)
-                    .filter_map(|c| {
-                        let state = c.state().ok()?;
-                        let value =
-                            serde_json::json!({"Name": c.config.name, "IPv4Address": state.ip});
-                        Some((c.config.id, value))
-                    })
-                    .collect();
-                values.push(serde_json::json!({"Name": n.name, "Id": n.id, "Created": n.created,
-                    "Driver": "bridge", "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                    "Options": {"com.docker.network.bridge.name": n.bridge}, "Labels": n.labels,
-                    "Containers": members}));
-            }
-            match format {
-                Some(f) => {
-                    for v in &values {
-                        println!("{}", crate::template::render(&f, v)?);
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&values)?),
-            }
-            Ok(0)
+            let values = network_values(store, &networks, &names)?;
+            print_values(format.as_deref(), &values)
         }
         NetworkCommand::Rm { networks: names } => each(&names, |name| networks.remove(store, name)),
         NetworkCommand::Prune { force: _ } => {
@@ -677,17 +656,64 @@ fn network(store: &crate::ContainerStore, command: NetworkCommand) -> Result<i32
     }
 }
 
+/// `network inspect`'s documents, docker's fields.
+fn network_values(
+    store: &crate::ContainerStore,
+    networks: &crate::NetworkStore,
+    names: &[String],
+) -> Result<Vec<serde_json::Value>> {
+    let mut values = Vec::new();
+    for name in names {
+        let n = networks.get(name)?;
+        let members: serde_json::Map<String, serde_json::Value> = store
+            .list()?
+            .into_iter()
+            .filter(|c| c.config.network_mode == n.name)
+            .filter_map(|c| {
+                let state = c.state().ok()?;
+                let value = serde_json::json!({"Name": c.config.name, "IPv4Address": state.ip});
+                Some((c.config.id, value))
+            })
+            .collect();
+        values.push(
+            serde_json::json!({"Name": n.name, "Id": n.id, "Created": n.created,
+            "Driver": "bridge", "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+            "Options": {"com.docker.network.bridge.name": n.bridge}, "Labels": n.labels,
+            "Containers": members}),
+        );
+    }
+    Ok(values)
+}
+
+/// Inspect documents through a Go template (`-f`), or as a JSON array.
+fn print_values(format: Option<&str>, values: &[serde_json::Value]) -> Result<i32> {
+    match format {
+        Some(f) => {
+            for v in values {
+                println!("{}", crate::template::render(f, v)?);
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(values)?),
+    }
+    Ok(0)
+}
+
+/// `--label KEY=VALUE` (KEY alone: an empty value).
+fn parse_labels(labels: &[String]) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
 fn volume(store: &crate::ContainerStore, command: VolumeCommand) -> Result<i32> {
     let volumes = crate::VolumeStore::open(&store.root)?;
     match command {
         VolumeCommand::Create { label, name } => {
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
+            let labels = parse_labels(&label);
             println!("{}", volumes.create(name.as_deref(), labels)?.name);
             Ok(0)
         }
@@ -718,15 +744,7 @@ fn volume(store: &crate::ContainerStore, command: VolumeCommand) -> Result<i32> 
                     "Options": {}, "Anonymous": v.anonymous}),
                 );
             }
-            match format {
-                Some(f) => {
-                    for v in &values {
-                        println!("{}", crate::template::render(&f, v)?);
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&values)?),
-            }
-            Ok(0)
+            print_values(format.as_deref(), &values)
         }
         VolumeCommand::Rm {
             force: _,

@@ -53,11 +53,7 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
                 remove_orphans,
                 timeout,
             };
-            crate::down(stack, &o)?;
-            if let Some(which) = rmi {
-                remove_images(stack, images, &which)?;
-            }
-            Ok(0)
+            down(stack, images, &o, rmi.as_deref())
         }
         StackCommand::Ls { .. } => bail!("compose ls lists projects: call stack::verbs::ls"),
         StackCommand::Ps {
@@ -89,7 +85,6 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
             command,
             ..
         } => {
-            let c = stack.service_container(&service, index)?;
             let request = runtime::ExecRequest {
                 args: command,
                 env,
@@ -97,6 +92,7 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
                 workdir,
                 inherit_stdio: true,
             };
+            let c = stack.service_container(&service, index)?;
             runtime::exec(&c, &request, &executor::CancelToken::new(), &mut |_, _| {})
         }
         StackCommand::Run {
@@ -118,6 +114,20 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
         StackCommand::Build { services } => build(stack, images, &services),
         other => lifecycle(stack, other),
     }
+}
+
+/// `down`, then `--rmi`'s images.
+fn down(
+    stack: &Stack,
+    images: &dyn crate::ImageProvider,
+    options: &crate::DownOptions,
+    rmi: Option<&str>,
+) -> Result<i32> {
+    crate::down(stack, options)?;
+    if let Some(which) = rmi {
+        remove_images(stack, images, which)?;
+    }
+    Ok(0)
 }
 
 /// start, stop, restart, kill, rm.
