@@ -4,6 +4,9 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Parser)]
 #[command(
     name = "builder",

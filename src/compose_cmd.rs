@@ -20,11 +20,11 @@ pub struct ComposeArgs {
     #[arg(long = "env-file")]
     env_files: Vec<PathBuf>,
     #[command(subcommand)]
-    command: ComposeCommand,
+    pub(crate) command: ComposeCommand,
 }
 
 #[derive(Subcommand, Debug, serde::Serialize)]
-enum ComposeCommand {
+pub(crate) enum ComposeCommand {
     /// Print the normalised model (as `docker compose config`).
     Config {
         /// Output format: yaml or json.
