@@ -199,6 +199,25 @@ pub enum NetworkCommand {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// Connect a container to a network (a running one at once).
+    Connect {
+        /// Extra name of the container on the network.
+        #[arg(long = "alias")]
+        alias: Vec<String>,
+        /// Static IPv4 address in the network's subnet.
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        /// Do not fail when the container is not connected; release what it holds there.
+        #[arg(short = 'f', long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
 }
 
 #[derive(clap::Args, serde::Serialize)]

@@ -38,9 +38,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// Network: bridge (default for -d/--name/--restart containers), host (default for a
-    /// plain foreground run) or none.
+    /// plain foreground run), none or a network name; repeat to join several networks.
     #[arg(long)]
-    pub network: Option<String>,
+    pub network: Vec<String>,
+    /// Static IPv4 address on the (first) user-defined network.
+    #[arg(long)]
+    pub ip: Option<String>,
     /// Memory limit (e.g. 512m).
     #[arg(short = 'm', long)]
     pub memory: Option<String>,

@@ -152,6 +152,22 @@ pub enum NetworkCommand {
     Rm { networks: Vec<String> },
     /// Remove networks no container uses.
     Prune { force: bool },
+    /// Connect a container to a network (a running one at once).
+    Connect {
+        /// Extra name of the container on the network.
+        alias: Vec<String>,
+        /// Static IPv4 address in the network's subnet.
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        /// Do not fail when the container is not connected; release what it holds there.
+        force: bool,
+        network: String,
+        container: String,
+    },
 }
 
 #[derive(Deserialize, Debug)]
@@ -640,12 +656,26 @@ fn network(store: &crate::ContainerStore, command: NetworkCommand) -> Result<i32
             print_values(format.as_deref(), &values)
         }
         NetworkCommand::Rm { networks: names } => each(&names, |name| networks.remove(store, name)),
+        NetworkCommand::Connect {
+            alias,
+            ip,
+            network,
+            container,
+        } => {
+            let opts = crate::ConnectOptions {
+                aliases: alias,
+                ipv4_address: ip,
+            };
+            crate::connect(store, &store.find(&container)?, &network, &opts).map(|()| 0)
+        }
+        NetworkCommand::Disconnect {
+            force,
+            network,
+            container,
+        } => crate::disconnect(store, &store.find(&container)?, &network, force).map(|()| 0),
         NetworkCommand::Prune { force: _ } => {
             for n in networks.list()? {
-                let used = store
-                    .list()?
-                    .iter()
-                    .any(|c| c.config.network_mode == n.name);
+                let used = store.list()?.iter().any(|c| c.on_network(&n.name));
                 if n.is_user_defined() && !used {
                     networks.remove(store, &n.name)?;
                     println!("{}", n.name);
@@ -665,16 +695,7 @@ fn network_values(
     let mut values = Vec::new();
     for name in names {
         let n = networks.get(name)?;
-        let members: serde_json::Map<String, serde_json::Value> = store
-            .list()?
-            .into_iter()
-            .filter(|c| c.config.network_mode == n.name)
-            .filter_map(|c| {
-                let state = c.state().ok()?;
-                let value = serde_json::json!({"Name": c.config.name, "IPv4Address": state.ip});
-                Some((c.config.id, value))
-            })
-            .collect();
+        let members = crate::network_members(store, &n.name)?;
         values.push(
             serde_json::json!({"Name": n.name, "Id": n.id, "Created": n.created,
             "Driver": "bridge", "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},

@@ -7,7 +7,9 @@
 
 mod cgroups;
 pub mod command;
+mod connect;
 mod copy;
+mod endpoints;
 mod exec;
 mod health;
 mod lifecycle;
@@ -16,6 +18,7 @@ mod monitor;
 mod names;
 mod network;
 mod networks;
+mod ports;
 mod procs;
 mod run_flags;
 mod spec;
@@ -26,7 +29,9 @@ mod view;
 mod volumes;
 
 pub use cgroups::{parse_bytes, Limits};
+pub use connect::{connect, disconnect, network_members, ConnectOptions};
 pub use copy::{copy_in, copy_out};
+pub use endpoints::{check_static_ip, Attached, Endpoint};
 pub use exec::{exec, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
 pub use lifecycle::{

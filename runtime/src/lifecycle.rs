@@ -36,6 +36,8 @@ pub struct CreateRequest {
     pub network_mode: String,
     pub ports: Vec<crate::PortMapping>,
     pub network_aliases: Vec<String>,
+    /// Every network joined, primary first (None: host, none, container:).
+    pub endpoints: Option<Vec<crate::Endpoint>>,
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
     pub mounts: Vec<crate::MountSpec>,
@@ -69,7 +71,6 @@ pub fn create(
     }
     crate::procs::parse_signal(&request.stop_signal)
         .with_context(|| format!("--stop-signal {:?}", request.stop_signal))?;
-    check_network(store, &request.network_mode, &request.network_aliases)?;
     let _names = store.names_lock()?;
     let existing = store.list()?;
     let name = match request.name {
@@ -115,6 +116,7 @@ pub fn create(
         network_mode: request.network_mode,
         ports: request.ports,
         network_aliases: request.network_aliases,
+        endpoints: request.endpoints,
         extra_hosts: request.extra_hosts,
         dns: request.dns,
         mounts,
@@ -361,23 +363,4 @@ pub fn start_restartable(store: &ContainerStore) -> Result<Vec<String>> {
         }
     }
     Ok(started)
-}
-
-/// An unknown network, or a `container:` network naming no container, is a clear error.
-fn check_network(store: &ContainerStore, mode: &str, aliases: &[String]) -> Result<()> {
-    let user_defined = match mode {
-        "host" | "none" | "bridge" => false,
-        m if m.starts_with("container:") => {
-            store.find(&m["container:".len()..])?;
-            false
-        }
-        name => {
-            crate::networks::NetworkStore::open(&store.root)?.get(name)?;
-            true
-        }
-    };
-    if !aliases.is_empty() && !user_defined {
-        bail!("--network-alias needs a user-defined network (see `builder network create`)");
-    }
-    Ok(())
 }

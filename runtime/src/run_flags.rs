@@ -32,8 +32,10 @@ pub struct RunFlags {
     /// Override the image's entrypoint.
     pub entrypoint: Option<String>,
     /// Network: bridge (default for -d/--name/--restart containers), host (default for a
-    /// plain foreground run) or none.
-    pub network: Option<String>,
+    /// plain foreground run), none or a network name; repeat to join several networks.
+    pub network: Vec<String>,
+    /// Static IPv4 address on the (first) user-defined network.
+    pub ip: Option<String>,
     /// Memory limit (e.g. 512m).
     pub memory: Option<String>,
     /// Memory plus swap limit (-1: unlimited; default twice --memory).
@@ -124,7 +126,7 @@ impl RunFlags {
 
     /// The network mode, with docker's default for managed containers.
     fn network_mode(&self) -> Result<&str> {
-        let mode = match self.network.as_deref() {
+        let mode = match self.network.first().map(String::as_str) {
             // Rootless, "host" is a user-mode network of the container's own (executor).
             Some("default") | None if self.managed() && !executor::userns::is_rootless() => {
                 "bridge"
@@ -213,13 +215,11 @@ pub fn container_spec(args: &RunFlags) -> Result<crate::ContainerSpec> {
         hostname: args.hostname.clone(),
         network_mode: args.network_mode()?.to_string(),
         network_aliases: args.network_alias.clone(),
+        ipv4_address: args.ip.clone(),
+        extra_networks: crate::Endpoint::named(args.network.get(1..).unwrap_or_default()),
         extra_hosts: crate::parse_extra_hosts(&args.add_host)?,
         dns: dns_servers(&args.dns)?,
-        ports: args
-            .publish
-            .iter()
-            .map(|p| crate::PortMapping::parse(p))
-            .collect::<Result<_>>()?,
+        ports: crate::PortMapping::parse_list(&args.publish)?,
         publish_all: args.publish_all,
         mounts: mounts(args)?,
         limits: limits(args)?,

@@ -70,6 +70,10 @@ pub struct ContainerSpec {
     /// `bridge`, `host`, `none`, `container:NAME` or a network name.
     pub network_mode: String,
     pub network_aliases: Vec<String>,
+    /// A static address on the primary network (`--ip`, compose `ipv4_address`).
+    pub ipv4_address: Option<String>,
+    /// More networks to join (`--network` repeated, a compose service's other networks).
+    pub extra_networks: Vec<crate::Endpoint>,
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
     pub ports: Vec<crate::PortMapping>,
@@ -108,6 +112,14 @@ impl ContainerSpec {
         for (k, v) in &self.env {
             env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
             env.push(format!("{k}={v}"));
+        }
+        if !crate::endpoints::own_network(&self.network_mode)
+            && (!self.extra_networks.is_empty() || self.ipv4_address.is_some())
+        {
+            bail!(
+                "--network {} cannot be combined with other networks or --ip",
+                self.network_mode
+            );
         }
         // A bridge container joins the namespace its monitor sets up; until then (and should
         // that ever be missing) it is isolated, never on the host's network.
@@ -160,7 +172,7 @@ impl ContainerSpec {
         let mut ports = self.ports.clone();
         if self.publish_all {
             for exposed in &image.exposed_ports {
-                ports.push(crate::PortMapping::parse(exposed)?);
+                ports.extend(crate::PortMapping::parse_range(exposed)?);
             }
         }
         if !ports.is_empty() && matches!(self.network_mode.as_str(), "host" | "none") {
@@ -187,7 +199,21 @@ impl ContainerSpec {
         Ok(mounts)
     }
 
-    fn request(&self, image: &PreparedImage) -> Result<crate::CreateRequest> {
+    /// Every network the container joins, checked (None: host, none, container:).
+    fn endpoints(&self, store: &ContainerStore) -> Result<Option<Vec<crate::Endpoint>>> {
+        let primary = crate::Endpoint {
+            network: self.network_mode.clone(),
+            aliases: self.network_aliases.clone(),
+            ipv4_address: self.ipv4_address.clone(),
+        };
+        crate::endpoints::resolve(store, &self.network_mode, primary, &self.extra_networks)
+    }
+
+    fn request(
+        &self,
+        store: &ContainerStore,
+        image: &PreparedImage,
+    ) -> Result<crate::CreateRequest> {
         let defaults = &image.defaults;
         if self.auto_remove && self.restart != RestartPolicy::No {
             bail!("conflicting options: cannot specify both --restart and --rm");
@@ -215,6 +241,7 @@ impl ContainerSpec {
             network_mode: self.network_mode.clone(),
             ports: self.all_ports(defaults)?,
             network_aliases: self.network_aliases.clone(),
+            endpoints: self.endpoints(store)?,
             mounts: self.all_mounts(defaults)?,
             limits: self.limits.clone(),
             extra_hosts: self.extra_hosts.clone(),
@@ -226,7 +253,7 @@ impl ContainerSpec {
 impl ContainerStore {
     /// Creates (does not start) a container from a spec and a prepared image.
     pub fn create(&self, spec: &ContainerSpec, image: &PreparedImage) -> Result<Container> {
-        let request = spec.request(image)?;
+        let request = spec.request(self, image)?;
         crate::lifecycle::create(self, request, |id| {
             let key = format!("ctr-{id}");
             let rootfs = (image.make_rootfs)(&key)

@@ -86,18 +86,26 @@ fn network_settings(c: &crate::Config, state: &State) -> Value {
             list.push(entry);
         }
     }
-    let attached = !state.ip.is_empty();
-    let default = c.network_mode == "bridge";
+    let attached = state.attachments(c);
     let mut networks = serde_json::Map::new();
-    if attached {
+    for e in c.endpoints() {
+        let a = attached.get(&e.network).cloned().unwrap_or_default();
         networks.insert(
-            c.network_mode.clone(),
-            json!({"IPAddress": state.ip, "Aliases": c.network_aliases}),
+            e.network.clone(),
+            json!({
+                "IPAddress": a.ip,
+                "IPPrefixLen": a.prefix,
+                "Gateway": a.gateway,
+                "Aliases": e.aliases,
+                "IPAMConfig": e.ipv4_address.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
         );
     }
+    // Docker fills the top-level fields from the default bridge only.
+    let bridge = attached.get("bridge");
     json!({
-        "IPAddress": if default { state.ip.as_str() } else { "" },
-        "Gateway": if default && attached { "10.88.0.1" } else { "" },
+        "IPAddress": bridge.map_or("", |a| a.ip.as_str()),
+        "Gateway": bridge.map_or("", |a| if a.gateway.is_empty() { "10.88.0.1" } else { a.gateway.as_str() }),
         "Ports": ports,
         "Networks": networks,
     })

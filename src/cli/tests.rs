@@ -29,7 +29,7 @@ fn check(line: &str) {
 fn every_command_reads_into_its_crates_type() {
     for line in [
         "--isolation chroot build --progress plain -t a --load .",
-        "run -d --cpus 1.5 -p 80:80 --health-cmd true img cmd",
+        "run -d --cpus 1.5 -p 80:80 --network a --network b --ip 10.0.0.9 img cmd",
         "pull img",
         "save -o f --format oci img",
         "load -i f",
@@ -63,6 +63,8 @@ fn every_command_reads_into_its_crates_type() {
         "network inspect n",
         "network rm n",
         "network prune -f",
+        "network connect --alias a --ip 10.0.0.5 n c",
+        "network disconnect -f n c",
         "container prune -f",
         "container ls -a",
         "container start-restartable",

@@ -22,6 +22,7 @@ mod gha;
 mod gitlab;
 mod limits;
 mod mounts;
+mod multinet;
 mod networking;
 mod outputs;
 mod platform;

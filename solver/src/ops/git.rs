@@ -3,10 +3,59 @@
 //! plus the options: a moved branch is a new result, an unchanged one is cached.
 
 use crate::fileop::{copy_tree_verbatim, resolve_in_root};
-use crate::solve::{unique, Solver};
+use crate::ops::{Input, Produced, SolveOp, Step};
+use crate::worker::{sha256_hex, unique, Worker};
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::path::Path;
 use std::process::Command;
+
+/// A repository at a reference, optionally one subdirectory, optionally with `.git`.
+pub(crate) struct Git<'a> {
+    remote: &'a str,
+    reference: Option<&'a str>,
+    subdir: Option<&'a str>,
+    keep_git_dir: bool,
+    /// The commit the reference names, once the key is known.
+    resolved: Option<Resolved>,
+}
+
+impl<'a> Git<'a> {
+    pub fn new(
+        remote: &'a str,
+        reference: Option<&'a str>,
+        subdir: Option<&'a str>,
+        keep_git_dir: bool,
+    ) -> Self {
+        Git {
+            remote,
+            reference,
+            subdir,
+            keep_git_dir,
+            resolved: None,
+        }
+    }
+}
+
+impl SolveOp for Git<'_> {
+    fn cache_key(&mut self, _: &Worker, _: &Step, _: &[Input]) -> Result<String> {
+        let resolved = self.resolved.insert(resolve(self.remote, self.reference)?);
+        let keep = if self.keep_git_dir { self.remote } else { "" };
+        Ok(sha256_hex(&[
+            b"git",
+            resolved.commit.as_bytes(),
+            self.subdir.unwrap_or("").as_bytes(),
+            keep.as_bytes(),
+        ]))
+    }
+
+    fn run(&mut self, w: &Worker, _: &Step, _: &[Input]) -> Result<Produced> {
+        let resolved = self
+            .resolved
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: run before its key", self.remote))?;
+        checkout(w, self.remote, resolved, self.subdir, self.keep_git_dir).map(Produced::built)
+    }
+}
 
 /// A reference resolved on the remote.
 pub(crate) struct Resolved {
@@ -94,7 +143,7 @@ pub(crate) fn resolve(remote: &str, reference: Option<&str>) -> Result<Resolved>
 
 /// Checks out `resolved` into a new committed snapshot; returns its name.
 pub(crate) fn checkout(
-    solver: &Solver,
+    w: &Worker,
     remote: &str,
     resolved: &Resolved,
     subdir: Option<&str>,
@@ -162,16 +211,16 @@ pub(crate) fn checkout(
         }
     };
     let active = unique("git");
-    solver.snapshots.prepare(&active, None)?;
+    w.snapshots.prepare(&active, None)?;
     let res = (|| -> Result<String> {
-        let dest = solver.snapshots.upper_dir(&active)?;
+        let dest = w.snapshots.upper_dir(&active)?;
         copy_tree_verbatim(&source, &dest).context("copying the checkout")?;
         let name = unique("layer");
-        solver.snapshots.commit(&name, &active)?;
+        w.snapshots.commit(&name, &active)?;
         Ok(name)
     })();
     if res.is_err() {
-        let _ = solver.snapshots.remove(&active);
+        let _ = w.snapshots.remove(&active);
     }
     res
 }

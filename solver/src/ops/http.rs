@@ -3,11 +3,69 @@
 //! `Last-Modified`. The body is streamed into a new snapshot while hashing it, so
 //! the cache key can come from the content when no checksum was pinned.
 
-use crate::solve::{unique, Solver};
+use crate::ops::{Input, Produced, SolveOp, Step};
+use crate::worker::{sha256_hex, unique, Worker};
 use anyhow::{anyhow, bail, Context as _, Result};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+
+/// A download. A pinned checksum is the key; otherwise the content is, so it is
+/// downloaded first (and dropped if the cache answers).
+pub(crate) struct Http<'a> {
+    url: &'a str,
+    filename: &'a str,
+    checksum: Option<&'a str>,
+    /// Downloaded to compute the key, not yet committed.
+    fetched: Option<Fetched>,
+}
+
+impl<'a> Http<'a> {
+    pub fn new(url: &'a str, filename: &'a str, checksum: Option<&'a str>) -> Self {
+        Http {
+            url,
+            filename,
+            checksum,
+            fetched: None,
+        }
+    }
+}
+
+impl SolveOp for Http<'_> {
+    fn cache_key(&mut self, w: &Worker, _: &Step, _: &[Input]) -> Result<String> {
+        if let Some(c) = self.checksum {
+            validate_checksum(c)?;
+            return Ok(sha256_hex(&[
+                b"http",
+                self.filename.as_bytes(),
+                c.as_bytes(),
+            ]));
+        }
+        let f = self.fetched.insert(fetch(w, self.url, self.filename)?);
+        let mtime = f.mtime.unwrap_or(-1).to_string();
+        Ok(sha256_hex(&[
+            b"http",
+            self.filename.as_bytes(),
+            f.digest.as_bytes(),
+            mtime.as_bytes(),
+        ]))
+    }
+
+    fn run(&mut self, w: &Worker, _: &Step, _: &[Input]) -> Result<Produced> {
+        let f = match self.fetched.take() {
+            Some(f) => f,
+            None => fetch(w, self.url, self.filename)?,
+        };
+        commit(w, f, self.url, self.checksum).map(Produced::built)
+    }
+
+    /// Answered from the cache: the download was not needed.
+    fn release(&mut self, w: &Worker) {
+        if let Some(f) = self.fetched.take() {
+            let _ = w.snapshots.remove(&f.active);
+        }
+    }
+}
 
 /// A download sitting in an active (uncommitted) snapshot.
 pub(crate) struct Fetched {
@@ -37,12 +95,12 @@ fn validate_filename(filename: &str) -> Result<()> {
 }
 
 /// Downloads `url` into `/<filename>` of a new active snapshot.
-pub(crate) fn fetch(solver: &Solver, url: &str, filename: &str) -> Result<Fetched> {
+pub(crate) fn fetch(w: &Worker, url: &str, filename: &str) -> Result<Fetched> {
     validate_filename(filename)?;
     let active = unique("http");
-    solver.snapshots.prepare(&active, None)?;
+    w.snapshots.prepare(&active, None)?;
     let res = (|| -> Result<Fetched> {
-        let dir = solver.snapshots.upper_dir(&active)?;
+        let dir = w.snapshots.upper_dir(&active)?;
         let path = dir.join(filename);
         let url_owned = url.to_string();
         // reqwest's blocking client runs its own runtime; keep it off the solver's threads.
@@ -61,7 +119,7 @@ pub(crate) fn fetch(solver: &Solver, url: &str, filename: &str) -> Result<Fetche
         })
     })();
     if res.is_err() {
-        let _ = solver.snapshots.remove(&active);
+        let _ = w.snapshots.remove(&active);
     }
     res
 }
@@ -145,14 +203,14 @@ pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
 
 /// Commits a fetched download after checking it against `checksum`; returns the snapshot.
 pub(crate) fn commit(
-    solver: &Solver,
+    w: &Worker,
     fetched: Fetched,
     url: &str,
     checksum: Option<&str>,
 ) -> Result<String> {
     if let Some(expected) = checksum {
         if expected != fetched.digest {
-            let _ = solver.snapshots.remove(&fetched.active);
+            let _ = w.snapshots.remove(&fetched.active);
             bail!(
                 "checksum mismatch for {url}: expected {expected}, got {}",
                 fetched.digest
@@ -160,8 +218,8 @@ pub(crate) fn commit(
         }
     }
     let name = unique("layer");
-    if let Err(e) = solver.snapshots.commit(&name, &fetched.active) {
-        let _ = solver.snapshots.remove(&fetched.active);
+    if let Err(e) = w.snapshots.commit(&name, &fetched.active) {
+        let _ = w.snapshots.remove(&fetched.active);
         return Err(e.into());
     }
     Ok(name)

@@ -3,18 +3,35 @@
 //! leaves the linked layers' cache entries and blob digests untouched.
 
 use crate::fileop::link_tree_verbatim;
-use crate::solve::{unique, Ref, Solver};
+use crate::ops::{Input, Produced, SolveOp, Step};
+use crate::solve::Ref;
+use crate::worker::{sha256_hex, unique, Worker};
 use anyhow::{bail, Result};
+
+/// Input 0 with every other input's layers replayed on top.
+pub(crate) struct Merge;
+
+impl SolveOp for Merge {
+    fn cache_key(&mut self, _: &Worker, _: &Step, inputs: &[Input]) -> Result<String> {
+        let mut parts: Vec<&[u8]> = vec![b"merge"];
+        parts.extend(inputs.iter().map(|(_, k)| k.as_bytes()));
+        Ok(sha256_hex(&parts))
+    }
+
+    fn run(&mut self, w: &Worker, _: &Step, inputs: &[Input]) -> Result<Produced> {
+        run_merge(w, inputs).map(Produced::built)
+    }
+}
 
 /// Labels that carry a snapshot's layer blob; a replayed layer keeps them.
 const LAYER_LABEL_PREFIX: &str = "builder.layer.";
 
 /// The committed snapshots of a chain, base first.
-fn chain(solver: &Solver, top: &str) -> Result<Vec<String>> {
+fn chain(w: &Worker, top: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut cur = Some(top.to_string());
     while let Some(key) = cur {
-        cur = solver.snapshots.stat(&key)?.parent;
+        cur = w.snapshots.stat(&key)?.parent;
         out.push(key);
     }
     out.reverse();
@@ -22,7 +39,7 @@ fn chain(solver: &Solver, top: &str) -> Result<Vec<String>> {
 }
 
 /// Produces the merged snapshot of `inputs` (input 0 first); returns its name.
-pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<String> {
+pub(crate) fn run_merge(w: &Worker, inputs: &[(Ref, String)]) -> Result<String> {
     let mut top: Option<String> = match inputs.first() {
         None | Some((Ref::Scratch, _)) => None,
         Some((Ref::Snapshot(s), _)) => Some(s.clone()),
@@ -35,9 +52,9 @@ pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<Str
             Ref::Local(n) => bail!("local directory {n:?} cannot be merged"),
         };
         // Make sure every layer has its blob (and labels) before replaying it.
-        solver.export_layers(r)?;
-        for layer in chain(solver, layer_top)? {
-            top = Some(replay(solver, top.as_deref(), &layer)?);
+        w.export_layers(r)?;
+        for layer in chain(w, layer_top)? {
+            top = Some(replay(w, top.as_deref(), &layer)?);
         }
     }
     match top {
@@ -45,9 +62,9 @@ pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<Str
         None => {
             // Nothing to merge at all: an empty committed snapshot.
             let active = unique("merge");
-            solver.snapshots.prepare(&active, None)?;
+            w.snapshots.prepare(&active, None)?;
             let name = unique("layer");
-            solver.snapshots.commit(&name, &active)?;
+            w.snapshots.commit(&name, &active)?;
             Ok(name)
         }
     }
@@ -55,8 +72,8 @@ pub(crate) fn run_merge(solver: &Solver, inputs: &[(Ref, String)]) -> Result<Str
 
 /// Commits a copy of `layer`'s own dir (files hard-linked) on top of `parent`, with
 /// `layer`'s blob labels.
-fn replay(solver: &Solver, parent: Option<&str>, layer: &str) -> Result<String> {
-    let snapshots = &solver.snapshots;
+fn replay(w: &Worker, parent: Option<&str>, layer: &str) -> Result<String> {
+    let snapshots = &w.snapshots;
     let info = snapshots.stat(layer)?;
     let blob_labels = || {
         info.labels

@@ -6,11 +6,17 @@
 //! made on that base. The solver uses this to run such copies before their base is built
 //! (as an automatic `--link`) and falls back to a plain copy when this returns false.
 
+use crate::graph::{Definition, Op, Vertex};
+use crate::ops::{Input, Produced, SolveOp, Step};
+use crate::solve::Ref;
+use crate::worker::{labelled_layer, sha256_hex, Worker};
+use anyhow::{anyhow, bail};
 use std::collections::HashSet;
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One entry of a layer, as far as stacking it matters.
 #[derive(Clone, Debug)]
@@ -129,6 +135,137 @@ pub fn entries_stack_exactly(base: &Path, entries: &[LayerEntry]) -> io::Result<
         }
     }
     Ok(true)
+}
+
+/// A copy made on an empty tree (input 1) applied to its base (input 0): its layer is
+/// stacked when that is exact, else the copy runs again on the base. Inputs 2.. are the
+/// copy's other inputs (its sources).
+pub(crate) struct Rebase<'a> {
+    name: &'a str,
+    /// The copy's vertex, run again when stacking is not exact.
+    copy: Option<&'a Vertex>,
+}
+
+impl<'a> Rebase<'a> {
+    pub fn new(def: &'a Definition, i: usize) -> Self {
+        let v = &def.vertices[i];
+        Rebase {
+            name: &v.name,
+            copy: v.inputs.get(1).map(|&j| &def.vertices[j]),
+        }
+    }
+}
+
+impl SolveOp for Rebase<'_> {
+    /// The copy itself was reported as the step; stacking it is bookkeeping.
+    fn shown(&self) -> bool {
+        false
+    }
+
+    fn cache_key(&mut self, _: &Worker, _: &Step, inputs: &[Input]) -> anyhow::Result<String> {
+        let (base, layer) = match inputs {
+            [base, layer, ..] => (base, layer),
+            _ => bail!("{}: a rebase needs a base and a layer", self.name),
+        };
+        Ok(sha256_hex(&[
+            b"rebase",
+            base.1.as_bytes(),
+            layer.1.as_bytes(),
+        ]))
+    }
+
+    fn run(&mut self, w: &Worker, step: &Step, inputs: &[Input]) -> anyhow::Result<Produced> {
+        run_rebase(w, step.vertex, self.copy, inputs).map(Produced::built)
+    }
+}
+
+/// Applies a copy made on an empty tree (input 1) to the base (input 0): by stacking its
+/// layer when that is exact, else by running the copy again on the base.
+fn run_rebase(
+    w: &Worker,
+    i: usize,
+    copy: Option<&Vertex>,
+    inputs: &[Input],
+) -> anyhow::Result<String> {
+    let layer_top = match &inputs[1].0 {
+        Ref::Snapshot(s) => s.clone(),
+        other => bail!("a rebase layer must be a snapshot, not {other:?}"),
+    };
+    let exact = match &inputs[0].0 {
+        Ref::Scratch => true,
+        Ref::Snapshot(base) => {
+            let view = w.mount_view(base)?;
+            stacks_exactly_on(w, view.path(), &layer_top)?
+        }
+        Ref::Local(n) => bail!("local directory {n:?} cannot be a base"),
+    };
+    if exact {
+        return crate::ops::merge::run_merge(w, &inputs[..2]);
+    }
+    let Some((copy, Op::File(file))) = copy.map(|c| (c, &c.op)) else {
+        bail!("a rebase layer must come from a file op");
+    };
+    let mut file_inputs = vec![inputs[0].clone()];
+    file_inputs.extend(inputs[2..].iter().cloned());
+    // The copy really runs again: show it as the step it is.
+    w.run_step(i, &copy.name, || {
+        crate::ops::file::run_file(w, file, &file_inputs)
+    })
+}
+
+/// Whether stacking the layer of snapshot `layer` on the tree at `base` gives what copying
+/// onto it would.
+fn stacks_exactly_on(w: &Worker, base: &Path, layer: &str) -> anyhow::Result<bool> {
+    let info = w.snapshots.stat(layer)?;
+    if !info.pending {
+        let upper = w.snapshots.upper_dir(layer)?;
+        return Ok(stacks_exactly(base, &upper)?);
+    }
+    // Made as a blob: its listing, kept from making it or read from the blob.
+    let known = w
+        .blob_listings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(layer)
+        .cloned();
+    let entries = match known {
+        Some(listing) => listing,
+        None => match layer_entries(w, &info)? {
+            Some(listing) => Arc::new(listing),
+            None => return Ok(false),
+        },
+    };
+    Ok(entries_stack_exactly(base, &entries)?)
+}
+
+/// The entries of a snapshot's own layer, read from its blob; None if the layer deletes
+/// anything (whiteouts), which stacking cannot be checked for.
+fn layer_entries(w: &Worker, info: &snapshotter::Info) -> anyhow::Result<Option<Vec<LayerEntry>>> {
+    let layer = labelled_layer(&info.labels)
+        .ok_or_else(|| anyhow!("snapshot {} names no layer blob", info.key))?;
+    let mut archive = tar::Archive::new(exporter::open_layer(&w.content, &layer)?);
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        // Rebuilt from components: a directory's trailing slash would make lstat follow
+        // a symlink of the base at that path.
+        let path: PathBuf = entry.path()?.components().collect();
+        if path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b".wh."))
+        {
+            return Ok(None);
+        }
+        let header = entry.header();
+        out.push(LayerEntry {
+            path,
+            is_dir: header.entry_type().is_dir(),
+            mode: header.mode()? & 0o7777,
+            uid: header.uid()? as u32,
+            gid: header.gid()? as u32,
+        });
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `RUN --mount=...` values, parsed with BuildKit's keys and defaults.
 
-use super::suggest;
+use crate::lower::suggest;
 use llb::graph::{CacheSharing, ExecMount, MountKind, MountOwner};
 
 const MOUNT_KEYS: &[&str] = &[

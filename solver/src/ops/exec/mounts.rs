@@ -1,11 +1,12 @@
 //! Extra mounts of exec ops (`RUN --mount`): binds of other inputs, persistent cache
 //! directories, tmpfs, secrets and SSH agent sockets; and the cache-key rules for them.
 
+use super::ssh_proxy::{SshProxy, SSH_DIR_PREFIX};
 use crate::context::ContextIndex;
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{CacheSharing, ExecOp, MountKind, MountOwner};
-use crate::solve::{unique, MountGuard, Ref, Solver};
-use crate::ssh_proxy::{SshProxy, SSH_DIR_PREFIX};
+use crate::solve::Ref;
+use crate::worker::{unique, MountGuard, Worker};
 use anyhow::{anyhow, bail, Context as _, Result};
 use executor::CancelToken;
 use sha2::{Digest as _, Sha256};
@@ -258,7 +259,19 @@ pub(crate) fn sweep_stale(root: &Path) {
     }
 }
 
-impl Solver {
+/// The exec op's view of the worker for its mounts: what they read (inputs, the build's
+/// local sources, secrets, SSH agents) and where they live (the storage root).
+pub(crate) struct ExecMounts<'a>(pub &'a Worker);
+
+impl std::ops::Deref for ExecMounts<'_> {
+    type Target = Worker;
+
+    fn deref(&self) -> &Worker {
+        self.0
+    }
+}
+
+impl ExecMounts<'_> {
     /// The keys of an exec op's inputs for its cache key: a local input read by bind or
     /// cache-base mounts counts only with the checksum of the subtrees they read.
     pub(crate) fn exec_input_keys(
