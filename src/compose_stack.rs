@@ -85,7 +85,7 @@ pub enum StackCommand {
     },
     /// Run a command in a service's running container.
     Exec {
-        /// Don't allocate a terminal (accepted; output is never a terminal here).
+        /// Don't give the command this terminal (by default it gets it when stdin is one).
         #[arg(short = 'T')]
         no_tty: bool,
         #[arg(long, default_value_t = 1)]
@@ -106,6 +106,9 @@ pub enum StackCommand {
         rm: bool,
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Don't give the container a terminal (by default it gets one when stdin is one).
+        #[arg(short = 'T')]
+        no_tty: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,

@@ -15,6 +15,9 @@ pub enum ContainerCommand {
         /// Attach to the container's output and wait for it.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach stdin too (a container created with -i).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -98,6 +101,13 @@ pub enum ContainerCommand {
         container: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Attach this terminal's stdin and output to a running container (made with -i/-t).
+    Attach {
+        /// Do not attach stdin.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        container: String,
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
     Cp { source: String, dest: String },

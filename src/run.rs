@@ -122,6 +122,12 @@ pub struct RunArgs {
     /// Disable the image's HEALTHCHECK.
     #[arg(long = "no-healthcheck")]
     pub no_healthcheck: bool,
+    /// Run tini as PID 1 (reaps zombies, forwards signals), bound at /sbin/docker-init.
+    #[arg(long)]
+    pub init: bool,
+    /// Set by a foreground `run -i`: the client's end of file closes the container's stdin.
+    #[arg(skip)]
+    pub stdin_once: bool,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -185,7 +191,7 @@ async fn foreground(root: &Path, args: RunArgs) -> Result<i32> {
         spec.hostname = key.chars().rev().take(12).collect();
     }
     spec.stdio = executor::Stdio::Inherit;
-    let exec = executor::Executor::current_exe()?;
+    let exec = runtime::foreground_stdin(executor::Executor::current_exe()?, args.interactive)?;
     let cancel = executor::CancelToken::new();
     let run_cancel = cancel.clone();
     let ctrl_c = tokio::spawn(async move {

@@ -227,6 +227,9 @@ pub(crate) fn hostname_of(spec: &ExecSpec) -> &str {
 /// Runs in the container's PID 1: sets everything up and execs the program.
 fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    if spec.stdio == crate::Stdio::Terminal {
+        take_terminal()?;
+    }
     // Nothing the caller leaked may reach the container (a host directory's descriptor would
     // be a way out through /proc/self/fd, CVE-2024-21626).
     close_inherited_fds(status_fd.as_raw_fd())?;
@@ -268,6 +271,9 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
     setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
+    if spec.stdio == crate::Stdio::Terminal {
+        bind_console(root)?;
+    }
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
         mask_paths(root)?;
@@ -294,6 +300,17 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
     exec_program(spec, cwd, &user, confinement)
+}
+
+/// Makes this process lead a new session whose controlling terminal is its stdin (a
+/// terminal's slave), so the shell in it gets job control and ^C reaches it.
+fn take_terminal() -> Result<()> {
+    nix::unistd::setsid().context("starting the container's session")?;
+    // SAFETY: TIOCSCTTY on fd 0 takes no pointer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("taking the terminal");
+    }
+    Ok(())
 }
 
 /// The spec's user, resolved against the container's own `/etc/passwd` and `/etc/group` (so
@@ -348,6 +365,24 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
         None::<&str>,
     )
     .context("mounting /proc")
+}
+
+/// Binds the terminal (stdin, a host pty's slave) at `/dev/console`, as runc does, so a
+/// program that writes to the console reaches it.
+fn bind_console(root: &Path) -> Result<()> {
+    // /dev is the tmpfs setup_dev just mounted: nothing in the image can redirect this path.
+    let target = root.join("dev/console");
+    File::create(&target).context("creating /dev/console")?;
+    // By its path in this mount namespace: the descriptor's mount belongs to the caller's.
+    let slave = std::fs::read_link("/proc/self/fd/0").context("finding the terminal")?;
+    mount(
+        Some(&slave),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("binding the terminal at /dev/console")
 }
 
 fn setup_dev(

@@ -115,6 +115,10 @@ pub enum Stdio {
     Inherit,
     /// All three streams are `/dev/null`.
     Null,
+    /// All three streams are a terminal's slave given with [`Executor::with_terminal`]; the
+    /// container's PID 1 leads a new session with it as the controlling terminal, and what
+    /// the master reads is delivered to `on_output` as stdout.
+    Terminal,
 }
 
 /// Everything needed to run one process.

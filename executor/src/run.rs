@@ -51,6 +51,10 @@ pub struct Executor {
     helper_args: Vec<String>,
     state_parent: Option<PathBuf>,
     isolation: Isolation,
+    /// The container's stdin for [`Stdio::Piped`] (instead of `/dev/null`).
+    stdin: Option<Arc<OwnedFd>>,
+    /// (master, slave) of the terminal for [`Stdio::Terminal`].
+    terminal: Option<(Arc<OwnedFd>, Arc<OwnedFd>)>,
 }
 
 /// What the caller sends the helper on [`SPEC_FD`].
@@ -76,7 +80,24 @@ impl Executor {
             helper_args,
             state_parent: None,
             isolation: crate::default_isolation(),
+            stdin: None,
+            terminal: None,
         }
+    }
+
+    /// Runs with [`Stdio::Piped`] read their stdin from `fd` (e.g. a pipe the caller
+    /// writes to) instead of `/dev/null`, and runs with [`Stdio::Inherit`] instead of the
+    /// caller's stdin.
+    pub fn with_stdin(mut self, fd: OwnedFd) -> Self {
+        self.stdin = Some(Arc::new(fd));
+        self
+    }
+
+    /// The terminal of runs with [`Stdio::Terminal`]: the caller keeps using `master` (input,
+    /// window size); output read from it goes to `on_output`.
+    pub fn with_terminal(mut self, master: OwnedFd, slave: OwnedFd) -> Self {
+        self.terminal = Some((Arc::new(master), Arc::new(slave)));
+        self
     }
 
     /// Runs with `isolation` instead of the process default.
@@ -180,7 +201,11 @@ impl Executor {
         let _ = spec_write.write_all(&spec_json);
         drop(spec_write);
 
-        let pump_result = pump_output(&mut child, &registration.pidfd, on_output);
+        let terminal = match (spec.stdio, &self.terminal) {
+            (Stdio::Terminal, Some((master, _))) => Some(std::fs::File::from(master.try_clone()?)),
+            _ => None,
+        };
+        let pump_result = pump_output(&mut child, terminal, &registration.pidfd, on_output);
         if pump_result.is_err() {
             // We can no longer deliver output; do not leave the container running unobserved.
             let _ = rustix::process::pidfd_send_signal(
@@ -219,12 +244,30 @@ impl Executor {
         command.args(&self.helper_args);
         let (stdin, stdout, stderr) = match stdio {
             Stdio::Piped => (
-                ProcessStdio::null(),
+                match &self.stdin {
+                    Some(fd) => ProcessStdio::from(fd.try_clone()?),
+                    None => ProcessStdio::null(),
+                },
                 ProcessStdio::piped(),
                 ProcessStdio::piped(),
             ),
+            Stdio::Terminal => {
+                let Some((_, slave)) = &self.terminal else {
+                    return Err(ExecError::Setup(
+                        "a terminal run needs Executor::with_terminal".into(),
+                    ));
+                };
+                (
+                    ProcessStdio::from(slave.try_clone()?),
+                    ProcessStdio::from(slave.try_clone()?),
+                    ProcessStdio::from(slave.try_clone()?),
+                )
+            }
             Stdio::Inherit => (
-                ProcessStdio::inherit(),
+                match &self.stdin {
+                    Some(fd) => ProcessStdio::from(fd.try_clone()?),
+                    None => ProcessStdio::inherit(),
+                },
                 ProcessStdio::inherit(),
                 ProcessStdio::inherit(),
             ),
@@ -334,63 +377,78 @@ fn has_mount_below(dir: &std::path::Path) -> bool {
     })
 }
 
-/// Reads stdout/stderr of the helper (if piped) until they close and the helper has exited.
+/// Reads stdout/stderr of the helper (if piped) and the terminal's master (if any) until
+/// they close and the helper has exited. The caller keeps the terminal's slave open, so the
+/// master never ends by itself: once the helper has exited, what is buffered is drained.
 fn pump_output(
     child: &mut Child,
+    terminal: Option<std::fs::File>,
     pidfd: &OwnedFd,
     on_output: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> std::io::Result<()> {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let mut streams: [(Option<std::fs::File>, OutputStream); 3] = [
+        (
+            child.stdout.take().map(|o| OwnedFd::from(o).into()),
+            OutputStream::Stdout,
+        ),
+        (
+            child.stderr.take().map(|e| OwnedFd::from(e).into()),
+            OutputStream::Stderr,
+        ),
+        (terminal, OutputStream::Stdout),
+    ];
     let mut exited_at: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Some(at) = exited_at {
-            if (stdout.is_none() && stderr.is_none()) || at.elapsed() > DRAIN_GRACE {
+            if streams.iter().all(|(s, _)| s.is_none()) || at.elapsed() > DRAIN_GRACE {
                 return Ok(());
             }
         }
-        let mut fds = Vec::with_capacity(3);
-        if let Some(out) = &stdout {
-            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(err) = &stderr {
-            fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
-        }
         let watch_pid = exited_at.is_none();
+        let mut fds: Vec<PollFd> = streams
+            .iter()
+            .flat_map(|(s, _)| {
+                s.as_ref()
+                    .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            })
+            .collect();
         if watch_pid {
             fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::from(250u16)) {
+        // After the exit, a terminal idle for a moment has nothing more to give (the kernel
+        // hands what the program wrote to the master asynchronously, so not at once).
+        let draining_terminal = !watch_pid && streams[2].0.is_some();
+        let timeout = if draining_terminal { 50u16 } else { 250 };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<bool> = fds
+        let mut ready = fds
             .iter()
-            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+        let ready_streams: Vec<bool> = streams
+            .iter()
+            .map(|(s, _)| s.is_some() && ready.next().unwrap_or(false))
             .collect();
-        drop(fds);
-        let mut index = 0;
-        if stdout.is_some() {
-            if ready[index] {
-                read_chunk(&mut stdout, OutputStream::Stdout, &mut buf, on_output)?;
-            }
-            index += 1;
-        }
-        if stderr.is_some() {
-            if ready[index] {
-                read_chunk(&mut stderr, OutputStream::Stderr, &mut buf, on_output)?;
-            }
-            index += 1;
-        }
-        if watch_pid && ready[index] {
+        if watch_pid && ready.next().unwrap_or(false) {
             exited_at = Some(Instant::now());
+        }
+        drop(fds);
+        if draining_terminal && !ready_streams[2] {
+            streams[2].0 = None;
+        }
+        for ((pipe, stream), is_ready) in streams.iter_mut().zip(ready_streams) {
+            if is_ready {
+                read_chunk(pipe, *stream, &mut buf, on_output)?;
+            }
         }
     }
 }
 
-/// Reads once from a ready pipe; closes it (sets `None`) at end of file.
+/// Reads once from a ready pipe; closes it (sets `None`) at end of file, and a terminal's
+/// master when no slave is open any more (EIO).
 fn read_chunk<R: Read>(
     pipe: &mut Option<R>,
     stream: OutputStream,
@@ -404,6 +462,7 @@ fn read_chunk<R: Read>(
         Ok(0) => *pipe = None,
         Ok(n) => on_output(stream, &buf[..n]),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => *pipe = None,
         Err(e) => return Err(e),
     }
     Ok(())

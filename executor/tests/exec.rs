@@ -401,6 +401,52 @@ fn null_stdio_delivers_no_output() {
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
 }
 
+/// `with_stdin` feeds a piped run; `Stdio::Terminal` makes the terminal the program's stdio
+/// and controlling terminal, and what it writes comes back from the master.
+fn given_stdin_and_terminal_reach_the_program() {
+    use std::io::Write;
+    let rootfs = Rootfs::new();
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    std::fs::File::from(write)
+        .write_all(b"piped\n")
+        .expect("write");
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_stdin(read);
+    let mut stdout = Vec::new();
+    let code = executor
+        .run(
+            &rootfs.bind_spec(&["cat"]),
+            &CancelToken::new(),
+            &mut |_, d| stdout.extend_from_slice(d),
+        )
+        .expect("run");
+    assert_eq!((code, stdout.as_slice()), (0, b"piped\n".as_slice()));
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let rdev = nix::sys::stat::fstat(&pty.slave).expect("fstat").st_rdev;
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_terminal(pty.master, pty.slave);
+    // Field 7 of stat is the controlling terminal (0: none).
+    let script =
+        "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; set -- $(cat /proc/self/stat); echo ctty=$7";
+    let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
+    spec.stdio = executor::Stdio::Terminal;
+    let mut output = Vec::new();
+    let code = executor
+        .run(&spec, &CancelToken::new(), &mut |_, d| {
+            output.extend_from_slice(d)
+        })
+        .expect("run");
+    let text = String::from_utf8_lossy(&output);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("on-a-tty\r\nconsole\r\n"), "{text:?}");
+    assert!(text.contains(&format!("ctty={tty_nr}\r\n")), "{text:?}");
+}
+
 fn overlay_with_many_long_lowerdirs() {
     let base = Rootfs::new();
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -1028,6 +1074,10 @@ fn main() {
         (
             "clone3_is_enosys_under_the_default_profile",
             Box::new(clone3_is_enosys_under_the_default_profile),
+        ),
+        (
+            "given_stdin_and_terminal_reach_the_program",
+            Box::new(given_stdin_and_terminal_reach_the_program),
         ),
         (
             "nothing_stays_mounted_on_the_host",

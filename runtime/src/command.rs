@@ -25,6 +25,8 @@ pub enum ContainerCommand {
     Start {
         /// Attach to the container's output and wait for it.
         attach: bool,
+        /// Attach stdin too (a container created with -i).
+        interactive: bool,
         containers: Vec<String>,
     },
     /// Stop running containers (stop signal, then SIGKILL after the timeout).
@@ -83,6 +85,12 @@ pub enum ContainerCommand {
         workdir: Option<String>,
         container: String,
         command: Vec<String>,
+    },
+    /// Attach this terminal's stdin and output to a running container (made with -i/-t).
+    Attach {
+        /// Do not attach stdin.
+        no_stdin: bool,
+        container: String,
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
     Cp { source: String, dest: String },
@@ -221,14 +229,22 @@ fn run_command(root: &Path, command: ContainerCommand, images: &dyn ImageSource)
             println!("{}", c.id());
             Ok(0)
         }
-        ContainerCommand::Start { attach, containers } => {
-            if attach {
+        ContainerCommand::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
+            if attach || interactive {
                 let [one] = containers.as_slice() else {
                     bail!("you cannot start and attach multiple containers at once");
                 };
                 let c = store.find(one)?;
                 crate::start(&store, &c)?;
-                return attach_and_wait(&c);
+                let options = crate::AttachOptions {
+                    stdin: interactive,
+                    tail: None,
+                };
+                return crate::attach(&c, &options);
             }
             each(&containers, |name| crate::start(&store, &store.find(name)?))
         }
@@ -281,9 +297,20 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
                 env: env.iter().map(|kv| with_value(kv)).collect(),
                 user,
                 workdir,
-                inherit_stdio: interactive || tty,
+                inherit_stdio: tty,
+                stdin: interactive,
             };
-            exec_in(&store.find(&container)?, &request)
+            crate::exec_to_stdio(&store.find(&container)?, &request)
+        }
+        ContainerCommand::Attach {
+            no_stdin,
+            container,
+        } => {
+            let options = crate::AttachOptions {
+                stdin: !no_stdin,
+                tail: Some(0),
+            };
+            crate::attach_running(&store.find(&container)?, &options)
         }
         ContainerCommand::Logs {
             follow,
@@ -338,18 +365,6 @@ fn with_value(kv: &str) -> String {
         Some(_) => kv.to_string(),
         None => format!("{kv}={}", std::env::var(kv).unwrap_or_default()),
     }
-}
-
-/// `exec`: the command's output goes to ours.
-fn exec_in(c: &crate::Container, request: &crate::ExecRequest) -> Result<i32> {
-    let cancel = executor::CancelToken::new();
-    crate::exec(c, request, &cancel, &mut |stream, data| {
-        use std::io::Write as _;
-        let _ = match stream {
-            executor::OutputStream::Stdout => std::io::stdout().write_all(data),
-            executor::OutputStream::Stderr => std::io::stderr().write_all(data),
-        };
-    })
 }
 
 /// `logs --tail`: a number of lines, or `all`.
@@ -466,15 +481,6 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
     Ok(code)
 }
 
-fn attach_and_wait(c: &crate::Container) -> Result<i32> {
-    let query = crate::LogsQuery {
-        follow: true,
-        ..Default::default()
-    };
-    crate::follow_logs(c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
-    crate::wait_exit(c)
-}
-
 fn ps(store: &crate::ContainerStore, args: &PsArgs) -> Result<i32> {
     let filter = crate::PsFilter::parse(&args.filter)?;
     let mut selected = Vec::new();
@@ -585,6 +591,7 @@ pub fn run_managed(root: &Path, args: RunFlags, images: &dyn ImageSource) -> Res
     let remove_after = args.rm && !args.detach;
     let mut args = args;
     args.rm = args.rm && args.detach;
+    args.stdin_once = args.interactive && !args.detach;
     let c = match create_container(root, &args, images) {
         Ok(c) => c,
         Err(e) => return Ok(report(e)),
@@ -597,7 +604,11 @@ pub fn run_managed(root: &Path, args: RunFlags, images: &dyn ImageSource) -> Res
         println!("{}", c.id());
         return Ok(0);
     }
-    let code = attach_and_wait(&c)?;
+    let options = crate::AttachOptions {
+        stdin: args.interactive,
+        tail: None,
+    };
+    let code = crate::attach(&c, &options)?;
     if remove_after {
         crate::remove(&store, &c, false, true)?;
     }
@@ -610,9 +621,6 @@ pub fn create_container(
     args: &RunFlags,
     images: &dyn ImageSource,
 ) -> Result<crate::Container> {
-    if args.interactive || args.tty {
-        bail!("-i/-t are supported for foreground runs without --name/--restart only (a managed container's stdin is not attached yet)");
-    }
     let spec = crate::container_spec(args)?;
     let image = images.prepare(&args.image, args.platform.as_deref())?;
     crate::ContainerStore::open(root)?.create(&spec, &image)

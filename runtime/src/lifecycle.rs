@@ -42,6 +42,7 @@ pub struct CreateRequest {
     pub dns: Vec<String>,
     pub mounts: Vec<crate::MountSpec>,
     pub limits: crate::Limits,
+    pub stdio: crate::StdioConfig,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -95,7 +96,11 @@ pub fn create(
     if spec.hostname.is_empty() {
         spec.hostname = id[..12].to_string();
     }
-    spec.stdio = executor::Stdio::Piped;
+    spec.stdio = if request.stdio.tty {
+        executor::Stdio::Terminal
+    } else {
+        executor::Stdio::Piped
+    };
     let config = Config {
         id,
         name,
@@ -121,6 +126,15 @@ pub fn create(
         dns: request.dns,
         mounts,
         limits: request.limits,
+        stdin_open: request.stdio.stdin_open,
+        stdin_once: request.stdio.stdin_once,
+        tty: request.stdio.tty,
+        console_size: request
+            .stdio
+            .tty
+            .then(crate::attach::terminal_size)
+            .flatten(),
+        init: request.stdio.init,
     };
     store.insert(&config)
 }

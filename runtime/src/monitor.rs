@@ -78,10 +78,13 @@ fn run(root: &Path, id: &str) -> Result<()> {
     })?;
     let mut spec = container.config.spec.clone();
     // Before any thread starts: filling a fresh volume forks.
+    let own_mounts = std::mem::take(&mut spec.mounts); // --init's, over the volumes
     spec.mounts = crate::volumes::exec_mounts(&store.root, &container)?;
+    spec.mounts.extend(own_mounts);
     let mut attachment = attach_network(&store, &container, &mut spec)?;
     spec.cgroup_paths = crate::cgroups::create(container.id(), &container.config.limits)?;
     let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    let executor = crate::attach::prepare(&container, executor)?;
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -119,6 +122,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
             Err(e) => return Err(release(&container, &mut attachment, e)),
         }
     }
+    crate::attach::cleanup(&container);
     if container.config.auto_remove {
         crate::lifecycle::destroy(&store, &container, true)?;
     }

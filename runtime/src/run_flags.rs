@@ -88,6 +88,10 @@ pub struct RunFlags {
     pub health_start_period: Option<String>,
     /// Disable the image's HEALTHCHECK.
     pub no_healthcheck: bool,
+    /// Run tini as PID 1 (reaps zombies, forwards signals), bound at /sbin/docker-init.
+    pub init: bool,
+    /// Set by a foreground `run -i`: the client's end of file closes the container's stdin.
+    pub stdin_once: bool,
     /// Mount the container's root filesystem read-only.
     pub read_only: bool,
     /// Platform of the image to run, from a multi-platform image (default: this machine's).
@@ -233,6 +237,12 @@ pub fn container_spec(args: &RunFlags) -> Result<crate::ContainerSpec> {
         health: health_override(args)?,
         read_only: args.read_only,
         security,
+        stdio: crate::StdioConfig {
+            stdin_open: args.interactive,
+            stdin_once: args.stdin_once,
+            tty: args.tty,
+            init: args.init,
+        },
     })
 }
 

@@ -91,6 +91,22 @@ pub struct ContainerSpec {
     pub health: HealthOverride,
     pub read_only: bool,
     pub security: executor::Security,
+    /// `-i`, `-t` and `--init`.
+    pub stdio: StdioConfig,
+}
+
+/// A container's stdin, terminal and init process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    /// `-i`: keep stdin open for attached clients.
+    pub stdin_open: bool,
+    /// Close the container's stdin at the first attached client's end of file (docker sets
+    /// this for `run -i` without `-d`).
+    pub stdin_once: bool,
+    /// `-t`: a pseudo-terminal for the container's stdio.
+    pub tty: bool,
+    /// `--init`: tini as PID 1 (see [`crate::init_mount`]).
+    pub init: bool,
 }
 
 impl ContainerSpec {
@@ -123,6 +139,14 @@ impl ContainerSpec {
         }
         // A bridge container joins the namespace its monitor sets up; until then (and should
         // that ever be missing) it is isolated, never on the host's network.
+        if self.stdio.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        let mut mounts = Vec::new();
+        if self.stdio.init {
+            mounts.push(crate::init::init_mount()?);
+            argv.splice(0..0, crate::init::init_args());
+        }
         let network = match self.network_mode.as_str() {
             "host" => executor::Network::Host,
             _ => executor::Network::None,
@@ -143,6 +167,7 @@ impl ContainerSpec {
             readonly_rootfs: self.read_only,
             security: self.security.clone(),
             rlimits: self.rlimits.clone(),
+            mounts,
             ..Default::default()
         })
     }
@@ -246,6 +271,7 @@ impl ContainerSpec {
             limits: self.limits.clone(),
             extra_hosts: self.extra_hosts.clone(),
             dns: self.dns.clone(),
+            stdio: self.stdio,
         })
     }
 }

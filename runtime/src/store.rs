@@ -117,6 +117,22 @@ pub struct Config {
     /// [`Config::endpoints`]). Changed by `network connect`/`disconnect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<crate::Endpoint>>,
+    /// `-i`: the monitor keeps the container's stdin open for clients to attach to.
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The first attached client's end of file closes the container's stdin (`run -i`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// `-t`: the container's stdio is a terminal (output logged as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's first size (rows, columns): the creating command's terminal's, so a
+    /// program that reads it at once sees the right one.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
+    /// `--init`: an init process (tini) runs as PID 1 and starts the command.
+    #[serde(default)]
+    pub init: bool,
 }
 
 fn default_network() -> String {

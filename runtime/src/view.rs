@@ -53,6 +53,7 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "CpuShares": c.limits.cpu_shares.unwrap_or(0),
             "CpusetCpus": c.limits.cpuset_cpus.clone().unwrap_or_default(),
             "PidsLimit": c.limits.pids_limit,
+            "Init": c.init,
         },
         "Config": {
             "Hostname": c.spec.hostname,
@@ -65,6 +66,9 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "Labels": c.labels,
             "StopSignal": c.stop_signal,
             "StopTimeout": c.stop_timeout,
+            "OpenStdin": c.stdin_open,
+            "StdinOnce": c.stdin_once,
+            "Tty": c.tty,
             "Healthcheck": c.health.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval,
                 "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
         },

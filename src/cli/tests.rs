@@ -29,7 +29,7 @@ fn check(line: &str) {
 fn every_command_reads_into_its_crates_type() {
     for line in [
         "--isolation chroot build --progress plain -t a --load .",
-        "run -d --cpus 1.5 -p 80:80 --network a --network b --ip 10.0.0.9 img cmd",
+        "run -d --init --cpus 1.5 -p 80:80 --network a --network b --ip 10.0.0.9 img cmd",
         "pull img",
         "save -o f --format oci img",
         "load -i f",
@@ -39,7 +39,8 @@ fn every_command_reads_into_its_crates_type() {
         "prune -a -f --filter until=1h",
         "du --format json",
         "create --name n img",
-        "start -a c",
+        "start -a -i c",
+        "attach --no-stdin c",
         "stop -t 1 c",
         "restart c",
         "kill -s TERM c",
@@ -74,7 +75,7 @@ fn every_command_reads_into_its_crates_type() {
         "compose ps -a --format json",
         "compose logs -f --tail 3 --no-log-prefix",
         "compose exec -T --index 1 -e A=1 s sh",
-        "compose run --rm s sh",
+        "compose run --rm -T s sh",
         "compose start s",
         "compose stop -t 1",
         "compose restart",

@@ -76,6 +76,8 @@ pub enum Command {
     Run {
         rm: bool,
         detach: bool,
+        /// Don't give the container a terminal (by default it gets one when stdin is one).
+        no_tty: bool,
         service: String,
         command: Vec<String>,
     },

@@ -18,6 +18,22 @@ pub struct SpecContext<'a> {
     pub oneoff: bool,
 }
 
+/// docker compose `run`: stdin attached in the foreground (its end closes the container's)
+/// and a terminal when this process's stdin is one, unless `-T`.
+pub fn one_off_stdio(
+    base: runtime::StdioConfig,
+    detach: bool,
+    no_tty: bool,
+) -> runtime::StdioConfig {
+    use std::io::IsTerminal;
+    runtime::StdioConfig {
+        stdin_open: base.stdin_open || !detach,
+        stdin_once: !detach,
+        tty: !no_tty && (base.tty || (!detach && std::io::stdin().is_terminal())),
+        init: base.init,
+    }
+}
+
 /// The container spec of one replica of a service.
 pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     let s = &cx.stack.model.services[cx.service];
@@ -34,12 +50,6 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     runtime::apply_security_opts(&mut security, &s.security_opt)
         .with_context(|| at("security_opt"))?;
     let limits = s.deploy.as_ref().and_then(|d| d.resources.limits.as_ref());
-    if s.init == Some(true) {
-        eprintln!(
-            "WARN[0000] service {:?}: init is not supported yet; ignored",
-            cx.service
-        );
-    }
     Ok(ContainerSpec {
         name: Some(if cx.oneoff {
             format!("{}-{}-run-{}", cx.stack.name, cx.service, &runtime_suffix())
@@ -83,6 +93,12 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
         health: health(s).with_context(|| at("healthcheck"))?,
         read_only: s.read_only.unwrap_or(false),
         security,
+        stdio: runtime::StdioConfig {
+            init: s.init == Some(true),
+            tty: s.tty == Some(true),
+            stdin_open: s.stdin_open == Some(true),
+            stdin_once: false,
+        },
     })
 }
 

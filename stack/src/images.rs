@@ -113,12 +113,7 @@ fn build_args(r: &crate::BuildRequest) -> Result<(BuildFlags, Option<tempfile::N
         flags.platform = Some(b.platforms.join(","));
     }
     flags.ssh = ssh_specs(b.ssh.as_ref()).ok_or_else(|| fail("ssh"))?;
-    if !b.secrets.is_empty() {
-        bail!(
-            "service {:?}: build.secrets is not supported yet",
-            r.service
-        );
-    }
+    flags.secrets = r.secrets.clone();
     Ok((flags, inline))
 }
 

@@ -3,6 +3,7 @@
 //! effects); containers, networks and volumes from `runtime`. Images are the caller's
 //! concern, through [`ImageProvider`].
 
+mod build_secrets;
 mod command;
 pub mod config;
 mod convert;
@@ -16,7 +17,7 @@ pub mod verbs;
 mod wait;
 
 pub use command::{Command, ComposeCommand, UpArgs};
-pub use convert::{service_spec, SpecContext};
+pub use convert::{one_off_stdio, service_spec, SpecContext};
 pub use down::{down, DownOptions};
 pub use labels::{config_hash, CONFIG_HASH, CONTAINER_NUMBER, ONEOFF, PROJECT, SERVICE};
 pub use logs::{stream_logs, LogOptions};
@@ -30,6 +31,8 @@ pub struct BuildRequest {
     /// The tag the built image gets (`image:` or `PROJECT-SERVICE`).
     pub tag: String,
     pub build: compose::model::Build,
+    /// `--secret` values from `build.secrets` (see [`Stack::build_request`]).
+    pub secrets: Vec<String>,
 }
 
 /// Images for a stack: the CLI prepares (and builds, pulls) them; the stack makes containers.

@@ -54,12 +54,8 @@ fn ensure_images(
     for name in selected {
         let image = stack.image_of(name);
         match &stack.model.services[name].build {
-            Some(build) if !opts.no_build && (opts.build || !images.exists(&image)) => {
-                builds.push(BuildRequest {
-                    service: name.clone(),
-                    tag: image,
-                    build: build.clone(),
-                })
+            Some(_) if !opts.no_build && (opts.build || !images.exists(&image)) => {
+                builds.extend(stack.build_request(name)?)
             }
             Some(_) if !images.exists(&image) => {
                 return Err(anyhow!(

@@ -55,7 +55,7 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
             };
             down(stack, images, &o, rmi.as_deref())
         }
-        StackCommand::Ls { .. } => bail!("compose ls lists projects: call stack::verbs::ls"),
+        StackCommand::Ls { .. } => bail!("compose ls lists projects: call crate::verbs::ls"),
         StackCommand::Ps {
             all,
             quiet,
@@ -77,6 +77,7 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
             no_log_prefix,
         ),
         StackCommand::Exec {
+            no_tty,
             index,
             env,
             user,
@@ -85,22 +86,25 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
             command,
             ..
         } => {
+            let c = stack.service_container(&service, index)?;
+            let (inherit_stdio, stdin) = runtime::compose_exec_stdio(no_tty);
             let request = runtime::ExecRequest {
                 args: command,
                 env,
                 user,
                 workdir,
-                inherit_stdio: true,
+                inherit_stdio,
+                stdin,
             };
-            let c = stack.service_container(&service, index)?;
-            runtime::exec(&c, &request, &executor::CancelToken::new(), &mut |_, _| {})
+            runtime::exec_to_stdio(&c, &request)
         }
         StackCommand::Run {
             rm,
             detach,
+            no_tty,
             service,
             command,
-        } => one_off(stack, images, &service, command, rm, detach),
+        } => one_off(stack, images, &service, command, rm, detach, no_tty),
         StackCommand::Top { services } => top(stack, &services),
         StackCommand::Port {
             index,
@@ -226,15 +230,8 @@ fn build(stack: &Stack, images: &dyn crate::ImageProvider, services: &[String]) 
     let requests: Vec<crate::BuildRequest> = stack
         .selected(services, true)?
         .into_iter()
-        .filter_map(|s| {
-            let build = stack.model.services[&s].build.clone()?;
-            Some(crate::BuildRequest {
-                tag: stack.image_of(&s),
-                service: s,
-                build,
-            })
-        })
-        .collect();
+        .filter_map(|s| stack.build_request(&s).transpose())
+        .collect::<Result<_>>()?;
     images.build(&requests)?;
     Ok(0)
 }
@@ -362,6 +359,7 @@ fn one_off(
     command: Vec<String>,
     rm: bool,
     detach: bool,
+    no_tty: bool,
 ) -> Result<i32> {
     let deps: Vec<String> = stack
         .model
@@ -393,6 +391,7 @@ fn one_off(
         spec.command = Some(command);
     }
     spec.auto_remove = rm && detach;
+    spec.stdio = crate::one_off_stdio(spec.stdio, detach, no_tty);
     spec.restart = runtime::RestartPolicy::No;
     let c = stack.store.create(&spec, &image)?;
     runtime::start(&stack.store, &c)?;
@@ -400,13 +399,13 @@ fn one_off(
         println!("{}", c.config.name);
         return Ok(0);
     }
-    let opts = crate::LogOptions {
-        follow: true,
-        no_prefix: true,
-        ..Default::default()
-    };
-    crate::stream_logs(std::slice::from_ref(&c), &opts)?;
-    let code = runtime::wait_exit(&c)?;
+    let code = runtime::attach(
+        &c,
+        &runtime::AttachOptions {
+            stdin: true,
+            tail: None,
+        },
+    )?;
     if rm {
         runtime::remove(&stack.store, &c, false, true)?;
     }

@@ -33,6 +33,7 @@ mod registry;
 mod remote;
 mod robustness;
 mod rootless;
+mod stdio;
 mod unprivileged;
 mod volumes;
 mod wild_images;
