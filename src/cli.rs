@@ -114,6 +114,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         )?;
     }
     let root = prepared_root(cli.root)?;
+    executor::set_seccomp_cache_dir(Some(executor::seccomp_cache_in_store(&root)));
+    snapshotter::choose_views(&root, executor::userns::is_rootless())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -164,7 +164,8 @@ pub fn into_prepared(
         config,
         parent,
     } = image;
-    runtime::PreparedImage::on_snapshot(reference, image_id, &config, snapshots, parent)
+    let make_rootfs = engine::images::managed_rootfs(snapshots, parent);
+    runtime::PreparedImage::new(reference, image_id, &config, make_rootfs)
 }
 
 pub fn run(root: &Path, rt: &tokio::runtime::Runtime, args: RunArgs) -> Result<i32> {
@@ -186,7 +187,8 @@ async fn foreground(root: &Path, args: RunArgs) -> Result<i32> {
     );
     let snapshots = prepared.snapshots;
     let mounts = snapshots.prepare(&key, prepared.parent.as_deref())?;
-    spec.rootfs = solver::solve::rootfs_mounts(&mounts);
+    let rootfs = solver::solve::RootfsView::new(root, &mounts)?;
+    spec.rootfs = rootfs.mounts();
     if spec.hostname.is_empty() {
         spec.hostname = key.chars().rev().take(12).collect();
     }
@@ -203,6 +205,7 @@ async fn foreground(root: &Path, args: RunArgs) -> Result<i32> {
         .await
         .context("container task")?;
     ctrl_c.abort();
+    drop(rootfs);
     // A foreground run without a name leaves nothing to reuse: its filesystem always goes.
     snapshots.remove(&key)?;
     match result {

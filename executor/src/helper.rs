@@ -128,12 +128,14 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         .context("reading the exec spec")?;
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
+    crate::seccomp_cache::set_cache_dir(request.seccomp_cache.clone());
     let spec = request.spec;
     if request.isolation == crate::Isolation::Chroot {
         return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
     }
     if let Some(pid) = spec.enter_pid {
-        crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+        // The run's own cgroups hold the device allow-list: an exec'd process is kept to it.
+        crate::cgroup::join_all(&request.cgroups, &spec.cgroup_paths)?;
         return crate::enter::enter_and_run(&spec, pid, status_fd);
     }
     let paths = StatePaths {
@@ -145,25 +147,19 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         cgroups: request.cgroups,
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
-    let usernet = crate::usernet::Backend::for_spec(&spec)?;
+    // Started before the pid namespace exists, so the network program stays outside it.
+    let network = crate::usernet::connect(&spec, &paths.state.join("network.log"))
+        .context("rootless network")?;
     let mut extra_hosts = spec.extra_hosts.clone();
     let mut resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    if let Some(backend) = usernet {
-        extra_hosts.push((crate::usernet::HOST_NAME.into(), backend.host_address()));
-        resolv = backend.resolv_conf(resolv);
+    if let Some(net) = &network {
+        extra_hosts.push((crate::usernet::HOST_NAME.into(), net.backend.host_address()));
+        resolv = net.backend.resolv_conf(resolv);
     }
     let hostname = hostname_of(&spec);
     std::fs::write(&paths.hosts, hosts_file(hostname, &extra_hosts))
         .context("writing hosts file")?;
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
-
-    // Started before the pid namespace exists, so the network program stays outside it.
-    let _network = usernet
-        .map(|backend| {
-            crate::usernet::enter_connected_namespace(backend, &paths.state.join("network.log"))
-        })
-        .transpose()
-        .context("rootless network")?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| {
         let hint = match e {
             nix::errno::Errno::EPERM => " (namespaces are not permitted here: in a container without privileges, build with --isolation=chroot)",
@@ -234,8 +230,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     // be a way out through /proc/self/fd, CVE-2024-21626).
     close_inherited_fds(status_fd.as_raw_fd())?;
     let confinement = Confinement::of(spec)?;
-    crate::cgroup::join(&paths.cgroups).context("joining the run's cgroups")?;
-    crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+    crate::cgroup::join_all(&paths.cgroups, &spec.cgroup_paths)?;
     let mut namespaces = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -524,7 +519,8 @@ fn mask_paths(root: &Path) -> Result<()> {
 /// that a bad profile or capability name is a setup error before anything is mounted.
 pub(crate) struct Confinement {
     caps: CapSet,
-    filter: Option<libseccomp::ScmpFilterContext>,
+    /// The seccomp BPF program (compiled or from the cache).
+    filter: Option<Vec<u8>>,
     no_new_privs: bool,
 }
 
@@ -541,7 +537,7 @@ impl Confinement {
         };
         let target = crate::seccomp::Target::native(caps);
         let filter = profile
-            .map(|json| crate::seccomp::compile(json, &target))
+            .map(|json| crate::seccomp_cache::program_for(json, &target))
             .transpose()?;
         Ok(Confinement {
             caps,
@@ -579,8 +575,8 @@ impl Confinement {
             }
         }
         crate::caps::drop_bounding(self.caps)?;
-        if let Some(filter) = &self.filter {
-            crate::seccomp::load(filter)?;
+        if let Some(program) = &self.filter {
+            crate::seccomp_cache::load(program)?;
         }
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).context("setting supplementary groups")?;

@@ -55,6 +55,7 @@ pub struct Executor {
     stdin: Option<Arc<OwnedFd>>,
     /// (master, slave) of the terminal for [`Stdio::Terminal`].
     terminal: Option<(Arc<OwnedFd>, Arc<OwnedFd>)>,
+    seccomp_cache: Option<PathBuf>,
 }
 
 /// What the caller sends the helper on [`SPEC_FD`].
@@ -69,6 +70,9 @@ pub(crate) struct HelperRequest {
     pub cgroups: Vec<PathBuf>,
     #[serde(default)]
     pub isolation: Isolation,
+    /// Where compiled seccomp programs are cached (see `seccomp_cache`).
+    #[serde(default)]
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl Executor {
@@ -82,6 +86,7 @@ impl Executor {
             isolation: crate::default_isolation(),
             stdin: None,
             terminal: None,
+            seccomp_cache: crate::seccomp_cache_dir(),
         }
     }
 
@@ -103,6 +108,13 @@ impl Executor {
     /// Runs with `isolation` instead of the process default.
     pub fn with_isolation(mut self, isolation: Isolation) -> Self {
         self.isolation = isolation;
+        self
+    }
+
+    /// Caches compiled seccomp programs in `dir` (`None`: compile each run) instead of the
+    /// process default ([`crate::set_seccomp_cache_dir`]).
+    pub fn with_seccomp_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.seccomp_cache = dir;
         self
     }
 
@@ -154,8 +166,12 @@ impl Executor {
         let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
         sweep_stale_state_dirs_once(&state_parent);
         let cgroups = match self.isolation {
-            Isolation::Oci => RunCgroups::create(&spec.resources, spec.security.privileged)
-                .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
+            Isolation::Oci => RunCgroups::create(
+                &spec.resources,
+                spec.security.privileged,
+                &spec.cgroup_paths,
+            )
+            .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
             // No cgroupfs to write to; limits cannot be kept.
             Isolation::Chroot if spec.resources != Default::default() => {
                 return Err(ExecError::Setup(
@@ -173,6 +189,7 @@ impl Executor {
             state_dir: state_dir.path().to_path_buf(),
             cgroups: cgroups.dirs.clone(),
             isolation: self.isolation,
+            seccomp_cache: self.seccomp_cache.clone(),
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 

@@ -879,6 +879,187 @@ fn clone3_is_enosys_under_the_default_profile() {
     );
 }
 
+/// A filter loaded from the seccomp cache confines as a freshly compiled one does; a damaged
+/// cache file is recompiled and replaced, never loaded.
+fn cached_seccomp_filter_confines_like_a_fresh_one() {
+    let rootfs = Rootfs::new();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_seccomp_cache(Some(cache.path().to_path_buf()));
+    let probe = |security: executor::Security, script: &str| {
+        let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
+        spec.network = Network::None;
+        spec.security = security;
+        let mut stdout = Vec::new();
+        let code = executor.run(&spec, &CancelToken::new(), &mut |stream, chunk| {
+            if stream == OutputStream::Stdout {
+                stdout.extend_from_slice(chunk)
+            }
+        });
+        assert_eq!(code.expect("run"), 0);
+        String::from_utf8_lossy(&stdout).into_owned()
+    };
+    let status = "grep -E '^(CapEff|Seccomp):' /proc/self/status; unshare -U true 2>/dev/null && echo ESCAPE; true";
+    let expected = "CapEff:\t00000000a80425fb\nSeccomp:\t2\n";
+    assert_eq!(probe(Default::default(), status), expected, "compiled");
+    let files: Vec<PathBuf> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one program cached: {files:?}");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&files[0]).unwrap());
+    let first = inode();
+    assert_eq!(probe(Default::default(), status), expected, "cached");
+    assert_eq!(
+        inode(),
+        first,
+        "the cached program was loaded, not rewritten"
+    );
+    // Flip a bit of the program: the run recompiles and still confines.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(probe(Default::default(), status), expected, "damaged");
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        bytes,
+        "damaged file replaced"
+    );
+    // A custom profile's program is cached under its own key and still denies.
+    let deny_mkdir = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+        {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+    let security = executor::Security {
+        seccomp: executor::Seccomp::Profile(deny_mkdir.into()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let out = probe(security.clone(), "mkdir /x 2>/dev/null || echo refused");
+        assert_eq!(out, "refused\n");
+    }
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
+/// The cgroup v2 hierarchy (a pure v2 host's root, or a hybrid host's `unified`).
+fn cgroup_v2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+}
+
+/// Opens devices from a shell in the v2 cgroup `dir`; prints each open's outcome.
+fn open_devices_in_cgroup(dir: &Path, nodes: &Path) -> String {
+    let script = format!(
+        "echo $$ > {cg}/cgroup.procs || exit 9
+         mknod {n}/kmsg c 1 11 && mknod {n}/disk b 8 0 && mknod {n}/null c 1 3 || exit 8
+         for d in /dev/kmsg {n}/kmsg {n}/disk {n}/null /dev/null /dev/zero /dev/full \
+                  /dev/random /dev/urandom /dev/tty; do
+           if err=$( (: < $d) 2>&1); then echo \"$d ok\"; else echo \"$d ${{err##*: }}\"; fi
+         done",
+        cg = dir.display(),
+        n = nodes.display()
+    );
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("busybox sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).replace(&nodes.display().to_string(), "N")
+}
+
+/// The eBPF device filter (used when the run's cgroup is on v2): a process in a cgroup with
+/// the filter cannot open a made or a host node outside Docker's list, on a filesystem
+/// without nodev; the listed devices open. A sibling cgroup without it opens them all.
+fn cgroup_v2_device_filter_refuses_devices_outside_the_list() {
+    let Some(root) = cgroup_v2_root() else {
+        println!("no cgroup v2 hierarchy here; skipped");
+        return;
+    };
+    let filtered = root.join(format!("builder-devtest-{}", std::process::id()));
+    let open = root.join(format!("builder-devtest-open-{}", std::process::id()));
+    std::fs::create_dir(&filtered).unwrap();
+    std::fs::create_dir(&open).unwrap();
+    executor::attach_device_filter(&filtered).expect("attach");
+    let nodes = tempfile::tempdir_in("/dev/shm").expect("tempdir");
+    let refused = open_devices_in_cgroup(&filtered, nodes.path());
+    std::fs::remove_dir_all(nodes.path()).unwrap();
+    std::fs::create_dir(nodes.path()).unwrap();
+    let allowed = open_devices_in_cgroup(&open, nodes.path());
+    let _ = std::fs::remove_dir(&filtered);
+    let _ = std::fs::remove_dir(&open);
+    let tty = "/dev/tty No such device or address\n"; // no controlling terminal
+    let common = format!(
+        "N/null ok\n/dev/null ok\n/dev/zero ok\n/dev/full ok\n/dev/random ok\n/dev/urandom ok\n{tty}"
+    );
+    let eperm = "Operation not permitted";
+    assert_eq!(
+        refused,
+        format!("/dev/kmsg {eperm}\nN/kmsg {eperm}\nN/disk {eperm}\n{common}")
+    );
+    assert!(
+        allowed.starts_with("/dev/kmsg ok\nN/kmsg ok\n") && allowed.ends_with(&common),
+        "{allowed}"
+    );
+}
+
+/// With the device filter forced onto cgroup v2, a container runs with the listed devices
+/// usable, its v1 devices cgroup unrestricted (so the v2 program is what guards), and its
+/// v2 cgroup gone afterwards.
+fn containers_get_the_v2_device_filter_when_selected() {
+    let Some(root) = cgroup_v2_root() else {
+        println!("no cgroup v2 hierarchy here; skipped");
+        return;
+    };
+    let rootfs = Rootfs::new();
+    std::env::set_var(executor::DEVICE_FILTER_ENV, "v2");
+    let spec = rootfs.bind_spec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/devices/devices.list
+         for d in null zero full random urandom; do (: < /dev/$d) && echo $d; done
+         mknod /dev/kmsg2 c 1 11 && (: < /dev/kmsg2) 2>/dev/null || echo kmsg2 refused
+         sleep 1",
+    ]);
+    let running = std::thread::spawn(move || run(&spec));
+    let prefix = format!("{}-", std::process::id());
+    let run_cgroups = || -> Vec<PathBuf> {
+        std::fs::read_dir(root.join("builder"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.is_empty() && Instant::now() < deadline {
+        seen = run_cgroups();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 1, "the run's v2 cgroup: {seen:?}");
+    assert_eq!(
+        executor::device_filters_attached(&seen[0]).expect("query"),
+        1
+    );
+    let out = running.join().expect("run thread");
+    std::env::set_var(executor::DEVICE_FILTER_ENV, "bogus");
+    let bogus = run(&rootfs.bind_spec(&["true"]));
+    std::env::remove_var(executor::DEVICE_FILTER_ENV);
+    assert_eq!(out.result.expect("run"), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "a *:* rwm\nnull\nzero\nfull\nrandom\nurandom\nkmsg2 refused\n"
+    );
+    match bogus.result {
+        Err(ExecError::Setup(m)) => assert!(m.contains("BUILDER_CGROUP_DEVICES=bogus"), "{m}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+    let left = run_cgroups();
+    assert!(left.is_empty(), "v2 run cgroups left: {left:?}");
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -1078,6 +1259,18 @@ fn main() {
         (
             "given_stdin_and_terminal_reach_the_program",
             Box::new(given_stdin_and_terminal_reach_the_program),
+        ),
+        (
+            "cached_seccomp_filter_confines_like_a_fresh_one",
+            Box::new(cached_seccomp_filter_confines_like_a_fresh_one),
+        ),
+        (
+            "cgroup_v2_device_filter_refuses_devices_outside_the_list",
+            Box::new(cgroup_v2_device_filter_refuses_devices_outside_the_list),
+        ),
+        (
+            "containers_get_the_v2_device_filter_when_selected",
+            Box::new(containers_get_the_v2_device_filter_when_selected),
         ),
         (
             "nothing_stays_mounted_on_the_host",

@@ -499,3 +499,43 @@ fn flag_errors_found_while_lowering_name_the_flag() {
         assert_eq!(lowering_error(src), expected, "{src}");
     }
 }
+
+/// BuildKit (docker 20.10's, run by scripts/compat-buildkit.sh on testdata/compat/error-flag-*)
+/// fails every one of these with `dockerfile parse error line 2: Unknown flag: NAME`; builder
+/// used to drop the flag and build. ARG and STOPSIGNAL are the exceptions (below).
+#[test]
+fn instructions_without_flags_reject_any() {
+    let cases = [
+        ("ENV --foo=bar A=1", "--foo", "ENV"),
+        ("LABEL --x a=b", "--x", "LABEL"),
+        ("WORKDIR --chown=1 /x", "--chown", "WORKDIR"),
+        ("USER --g=1 root", "--g", "USER"),
+        ("EXPOSE --p 80", "--p", "EXPOSE"),
+        ("VOLUME --v /x", "--v", "VOLUME"),
+        ("SHELL --s [\"/bin/sh\", \"-c\"]", "--s", "SHELL"),
+        ("MAINTAINER --m me", "--m", "MAINTAINER"),
+        ("ONBUILD --o RUN true", "--o", "ONBUILD"),
+    ];
+    for (line, flag, keyword) in cases {
+        let want = format!("unknown flag: {flag} for {keyword} (known flags: none)");
+        assert_eq!(error(&format!("FROM a\n{line}\n")), (2, 1, want), "{line}");
+    }
+}
+
+/// The same run built `ARG --a B=1` as `ARG B=1` and `STOPSIGNAL --s 9` as StopSignal `9`:
+/// BuildKit's parser drops their flags unchecked.
+#[test]
+fn arg_and_stopsignal_flags_are_dropped_as_in_buildkit() {
+    let Command::Arg(arg) = parse_last("FROM a\nARG --a B=1\n").unwrap() else {
+        panic!("not ARG")
+    };
+    assert_eq!(arg.args.len(), 1);
+    assert_eq!(
+        (arg.args[0].name.as_str(), arg.args[0].default.as_deref()),
+        ("B", Some("1"))
+    );
+    let Command::StopSignal(stop) = parse_last("FROM a\nSTOPSIGNAL --s 9\n").unwrap() else {
+        panic!("not STOPSIGNAL")
+    };
+    assert_eq!(stop.signal, "9");
+}

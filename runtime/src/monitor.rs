@@ -83,7 +83,9 @@ fn run(root: &Path, id: &str) -> Result<()> {
     spec.mounts.extend(own_mounts);
     let mut attachment = attach_network(&store, &container, &mut spec)?;
     spec.cgroup_paths = crate::cgroups::create(container.id(), &container.config.limits)?;
-    let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    let executor = executor::Executor::current_exe()?
+        .with_state_dir(container.dir.clone())
+        .with_seccomp_cache(Some(executor::seccomp_cache_in_store(root)));
     let executor = crate::attach::prepare(&container, executor)?;
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;

@@ -378,31 +378,19 @@ impl ImageDefaults {
 }
 
 impl PreparedImage {
-    /// An image unpacked into the snapshot `parent` (None: an empty image): defaults from its
-    /// config, each container's rootfs a new snapshot on `parent`.
-    pub fn on_snapshot(
+    /// An image whose containers' root filesystems `make_rootfs` makes (e.g. a snapshot on the
+    /// image's unpacked layers); defaults from its config.
+    pub fn new(
         reference: &str,
         image_id: String,
         config: &oci::ImageConfig,
-        snapshots: snapshotter::Snapshotter,
-        parent: Option<String>,
+        make_rootfs: Box<RootfsMaker>,
     ) -> PreparedImage {
         PreparedImage {
             reference: reference.to_string(),
             image_id,
             defaults: ImageDefaults::from_config(config),
-            make_rootfs: Box::new(move |key| {
-                let mounts = snapshots.prepare(key, parent.as_deref())?;
-                Ok(mounts
-                    .into_iter()
-                    .map(|m| executor::Mount {
-                        fstype: m.fstype,
-                        source: m.source,
-                        target: "/".into(),
-                        options: m.options,
-                    })
-                    .collect())
-            }),
+            make_rootfs,
         }
     }
 }

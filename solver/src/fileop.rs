@@ -72,8 +72,21 @@ pub fn join_rel(base: &[u8], name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a COPY source is a wildcard: an unescaped `*`, `?` or `[`, as BuildKit's
+/// `containsWildcards` decides. Without one the source is a literal path, backslashes
+/// included (`x\[1\].txt` names a file called that, not `x[1].txt`).
 fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Resolves `path` inside `root`, following symlinks as if `root` were `/`.

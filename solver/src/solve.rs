@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use crate::ops::exec::rootfs_mounts;
+pub use crate::ops::exec::{managed_rootfs, rootfs_mounts, RootfsView};
 
 /// The result of one vertex.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -73,8 +73,12 @@ impl crate::ImageProvider for EngineImages {
             config,
             parent,
         } = snapshot;
-        Ok(runtime::PreparedImage::on_snapshot(
-            image, image_id, &config, snapshots, parent,
+        let make_rootfs = engine::images::managed_rootfs(snapshots, parent);
+        Ok(runtime::PreparedImage::new(
+            image,
+            image_id,
+            &config,
+            make_rootfs,
         ))
     }
 }

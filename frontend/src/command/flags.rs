@@ -56,6 +56,11 @@ pub(super) fn parse_flags<N: Copy>(
     Ok(out)
 }
 
+/// Fails on the first flag of an instruction that takes none, as BuildKit does.
+pub(super) fn reject_flags(ins: &Instruction) -> Result<(), CommandError> {
+    parse_flags::<()>(ins, &[], &[], UnknownAt::Keyword).map(|_| ())
+}
+
 /// `unknown flag: --x for COPY (known flags: --from, ...); did you mean --from?`
 fn unknown_flag<N>(ins: &Instruction, name: &str, known: &[(&str, N)]) -> String {
     let names = || known.iter().map(|(k, _)| *k);

@@ -142,6 +142,21 @@ pub const INSTRUCTIONS: &[&str] = &[
     "workdir",
 ];
 
+/// Instructions that take no `--flags`: BuildKit rejects any given to them (`ENV --x=1 A=b`
+/// is an error there, not a variable named `--x`). Not ARG and STOPSIGNAL: BuildKit's parser
+/// takes their flags off and never checks them (`ARG --a B=1` builds as `ARG B=1`).
+const FLAGLESS: &[&str] = &[
+    "env",
+    "expose",
+    "label",
+    "maintainer",
+    "onbuild",
+    "shell",
+    "user",
+    "volume",
+    "workdir",
+];
+
 /// Instructions that may not be ONBUILD triggers, as in BuildKit.
 pub const NOT_TRIGGERS: &[&str] = &["onbuild", "from", "maintainer"];
 
@@ -149,6 +164,9 @@ impl Command {
     /// Parses one instruction; `source` is the Dockerfile's lines (flag positions are
     /// looked up there).
     pub fn parse(ins: &Instruction, source: &[String]) -> Result<Command, CommandError> {
+        if FLAGLESS.contains(&ins.keyword.as_str()) {
+            flags::reject_flags(ins)?;
+        }
         Ok(match ins.keyword.as_str() {
             "from" => Command::From(FromCommand::parse(ins)?),
             "run" => Command::Run(RunCommand::parse(ins, source)?),

@@ -141,7 +141,7 @@ impl ArgCommand {
 
 impl ExecCommand {
     pub(super) fn parse(ins: &Instruction) -> Result<Self, CommandError> {
-        super::flags::parse_flags::<()>(ins, &[], &[], super::flags::UnknownAt::Keyword)?;
+        super::flags::reject_flags(ins)?;
         Ok(ExecCommand {
             line: CommandLine {
                 args: ins.args.clone(),

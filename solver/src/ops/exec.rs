@@ -67,10 +67,12 @@ fn run_on(
 ) -> Result<()> {
     let prepared = ExecMounts(w).prepare_mounts(exec, inputs, cancel)?;
     // chroot isolation runs in a directory: a copy of the rootfs where nothing may
-    // mount, whose changes reach the snapshot when it is released.
-    let rootfs_dir = match w.executor.isolation() {
-        executor::Isolation::Chroot => Some(MountGuard::mount(&w.root, mounts)?),
-        executor::Isolation::Oci => None,
+    // mount, whose changes reach the snapshot when it is released. So does the copying
+    // fallback of rootless mode (overlay not mountable there).
+    let copied = w.executor.isolation() == executor::Isolation::Chroot || snapshotter::mountless();
+    let rootfs_dir = match copied {
+        true => Some(MountGuard::mount(&w.root, mounts)?),
+        false => None,
     };
     let rootfs = match &rootfs_dir {
         Some(dir) => vec![rootfs_bind(&dir.0)],
@@ -172,6 +174,53 @@ pub fn rootfs_mounts(mounts: &[snapshotter::Mount]) -> Vec<executor::Mount> {
             options: m.options.clone(),
         })
         .collect()
+}
+
+/// A container's root filesystem for the executor: the snapshot's mounts, or, when views
+/// are copies (the copying fallback), a bind of a copy whose changes reach the snapshot when
+/// it is released (or dropped).
+pub struct RootfsView {
+    mounts: Vec<executor::Mount>,
+    copy: Option<MountGuard>,
+}
+
+impl RootfsView {
+    /// `store_root` holds the copy, if one is made.
+    pub fn new(store_root: &Path, mounts: &[snapshotter::Mount]) -> Result<RootfsView> {
+        if !snapshotter::mountless() {
+            return Ok(RootfsView {
+                mounts: rootfs_mounts(mounts),
+                copy: None,
+            });
+        }
+        let copy = MountGuard::mount(store_root, mounts)?;
+        Ok(RootfsView {
+            mounts: vec![rootfs_bind(&copy.0)],
+            copy: Some(copy),
+        })
+    }
+
+    pub fn mounts(&self) -> Vec<executor::Mount> {
+        self.mounts.clone()
+    }
+
+    /// Writes a copy's changes to the snapshot and removes the copy.
+    pub fn release(self) -> Result<()> {
+        self.copy.map_or(Ok(()), MountGuard::release)
+    }
+}
+
+/// The root filesystem of a managed container (`run -d`, compose), which outlives this
+/// process: mounts only, as a copy would have no owner to write it back.
+pub fn managed_rootfs(mounts: &[snapshotter::Mount]) -> Result<Vec<executor::Mount>> {
+    if snapshotter::mountless() {
+        anyhow::bail!(
+            "containers that outlive this command (run -d, --name, limits, volumes, compose) \
+             need overlay mounts, which the copying fallback (BUILDER_SNAPSHOTTER=copy, or \
+             overlay not mountable in the user namespace) does not make; use run --rm"
+        );
+    }
+    Ok(rootfs_mounts(mounts))
 }
 
 /// A directory as the executor's root filesystem.
