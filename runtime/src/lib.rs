@@ -7,6 +7,7 @@
 
 mod attach;
 mod cgroups;
+pub mod command;
 mod connect;
 mod copy;
 mod endpoints;
@@ -21,6 +22,7 @@ mod network;
 mod networks;
 mod ports;
 mod procs;
+mod run_flags;
 mod spec;
 mod store;
 pub mod template;
@@ -45,6 +47,7 @@ pub use monitor::monitor_main;
 pub use network::{PortMapping, BRIDGE};
 pub use networks::{NetworkRecord, NetworkStore};
 pub use procs::{container_processes, usage, ProcessInfo};
+pub use run_flags::{container_spec, RunFlags};
 pub use spec::{
     apply_security_opts, memory_limits, parse_extra_hosts, ContainerSpec, HealthOverride,
     ImageDefaults, PreparedImage, RootfsMaker, StdioConfig,

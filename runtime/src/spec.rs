@@ -351,3 +351,46 @@ pub fn memory_limits(
     };
     Ok((memory, memory_swap))
 }
+
+/// What an image config gives a container by default.
+impl ImageDefaults {
+    pub fn from_config(image: &oci::ImageConfig) -> ImageDefaults {
+        let c = &image.config;
+        ImageDefaults {
+            entrypoint: c.entrypoint.clone().unwrap_or_default(),
+            cmd: c.cmd.clone().unwrap_or_default(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone().unwrap_or_default(),
+            user: c.user.clone().unwrap_or_default(),
+            labels: c.labels.clone(),
+            stop_signal: c.stop_signal.clone(),
+            healthcheck: c.healthcheck.as_ref().map(|h| crate::HealthConfig {
+                test: h.test.clone(),
+                interval: h.interval.max(0) as u64,
+                timeout: h.timeout.max(0) as u64,
+                start_period: h.start_period.max(0) as u64,
+                retries: h.retries.max(0) as u32,
+            }),
+            exposed_ports: c.exposed_ports.keys().cloned().collect(),
+            volumes: c.volumes.keys().cloned().collect(),
+        }
+    }
+}
+
+impl PreparedImage {
+    /// An image whose containers' root filesystems `make_rootfs` makes (e.g. a snapshot on the
+    /// image's unpacked layers); defaults from its config.
+    pub fn new(
+        reference: &str,
+        image_id: String,
+        config: &oci::ImageConfig,
+        make_rootfs: Box<RootfsMaker>,
+    ) -> PreparedImage {
+        PreparedImage {
+            reference: reference.to_string(),
+            image_id,
+            defaults: ImageDefaults::from_config(config),
+            make_rootfs,
+        }
+    }
+}

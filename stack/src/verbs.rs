@@ -1,16 +1,19 @@
 //! The per-service verbs of `builder compose` (ps, logs, exec, run, start, stop, ...) and
 //! the foreground part of `up`: thin mappings onto `stack` and `runtime`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::compose_stack::StackCommand;
+use crate::command::{Command as StackCommand, UpArgs};
+use crate::Stack;
 
 /// The containers of the named services; when none are named, all the project's, including
 /// those of services a profile now hides.
-fn containers_of(stack: &stack::Stack, services: &[String]) -> Result<Vec<runtime::Container>> {
+fn containers_of(stack: &Stack, services: &[String]) -> Result<Vec<runtime::Container>> {
     if services.is_empty() {
         let mut all = stack.containers()?;
         all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
@@ -35,12 +38,24 @@ fn each(containers: &[runtime::Container], f: impl Fn(&runtime::Container) -> Re
     code
 }
 
-pub fn run(
-    stack: &stack::Stack,
-    images: &dyn stack::ImageProvider,
-    command: StackCommand,
-) -> Result<i32> {
+/// Runs one compose command on a loaded project (`ls` needs none: see [`ls`]).
+pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackCommand) -> Result<i32> {
     match command {
+        StackCommand::Up(args) => up(stack, images, args),
+        StackCommand::Down {
+            volumes,
+            rmi,
+            remove_orphans,
+            timeout,
+        } => {
+            let o = crate::DownOptions {
+                volumes,
+                remove_orphans,
+                timeout,
+            };
+            down(stack, images, &o, rmi.as_deref())
+        }
+        StackCommand::Ls { .. } => bail!("compose ls lists projects: call crate::verbs::ls"),
         StackCommand::Ps {
             all,
             quiet,
@@ -105,8 +120,22 @@ pub fn run(
     }
 }
 
+/// `down`, then `--rmi`'s images.
+fn down(
+    stack: &Stack,
+    images: &dyn crate::ImageProvider,
+    options: &crate::DownOptions,
+    rmi: Option<&str>,
+) -> Result<i32> {
+    crate::down(stack, options)?;
+    if let Some(which) = rmi {
+        remove_images(stack, images, which)?;
+    }
+    Ok(0)
+}
+
 /// start, stop, restart, kill, rm.
-fn lifecycle(stack: &stack::Stack, command: StackCommand) -> Result<i32> {
+fn lifecycle(stack: &Stack, command: StackCommand) -> Result<i32> {
     let store = &stack.store;
     let code = match command {
         StackCommand::Start { services } => each(&containers_of(stack, &services)?, |c| {
@@ -142,7 +171,7 @@ fn lifecycle(stack: &stack::Stack, command: StackCommand) -> Result<i32> {
 }
 
 fn logs(
-    stack: &stack::Stack,
+    stack: &Stack,
     services: &[String],
     follow: bool,
     tail: Option<&str>,
@@ -156,18 +185,18 @@ fn logs(
                 .map_err(|_| anyhow::anyhow!("--tail {n:?}: want a number or all"))?,
         ),
     };
-    let opts = stack::LogOptions {
+    let opts = crate::LogOptions {
         follow,
         tail,
         timestamps,
         color: std::io::stdout().is_terminal(),
         no_prefix,
     };
-    stack::stream_logs(&containers_of(stack, services)?, &opts)?;
+    crate::stream_logs(&containers_of(stack, services)?, &opts)?;
     Ok(0)
 }
 
-fn list_images(stack: &stack::Stack) -> Result<i32> {
+fn list_images(stack: &Stack) -> Result<i32> {
     println!("{:<28} {:<40} IMAGE ID", "CONTAINER", "IMAGE");
     for c in stack.containers()? {
         let id = c.config.image_id.trim_start_matches("sha256:");
@@ -178,7 +207,7 @@ fn list_images(stack: &stack::Stack) -> Result<i32> {
 }
 
 /// Prints each container's exit code; returns the highest.
-fn wait(stack: &stack::Stack, services: &[String]) -> Result<i32> {
+fn wait(stack: &Stack, services: &[String]) -> Result<i32> {
     let mut code = 0;
     for c in containers_of(stack, services)? {
         let exit = runtime::wait_exit(&c)?;
@@ -188,11 +217,7 @@ fn wait(stack: &stack::Stack, services: &[String]) -> Result<i32> {
     Ok(code)
 }
 
-fn pull(
-    stack: &stack::Stack,
-    images: &dyn stack::ImageProvider,
-    services: &[String],
-) -> Result<i32> {
+fn pull(stack: &Stack, images: &dyn crate::ImageProvider, services: &[String]) -> Result<i32> {
     for s in stack.selected(services, true)? {
         if stack.model.services[&s].image.is_some() {
             images.pull(&stack.image_of(&s))?;
@@ -201,12 +226,8 @@ fn pull(
     Ok(0)
 }
 
-fn build(
-    stack: &stack::Stack,
-    images: &dyn stack::ImageProvider,
-    services: &[String],
-) -> Result<i32> {
-    let requests: Vec<stack::BuildRequest> = stack
+fn build(stack: &Stack, images: &dyn crate::ImageProvider, services: &[String]) -> Result<i32> {
+    let requests: Vec<crate::BuildRequest> = stack
         .selected(services, true)?
         .into_iter()
         .filter_map(|s| stack.build_request(&s).transpose())
@@ -215,13 +236,7 @@ fn build(
     Ok(0)
 }
 
-fn ps(
-    stack: &stack::Stack,
-    services: &[String],
-    all: bool,
-    quiet: bool,
-    format: &str,
-) -> Result<i32> {
+fn ps(stack: &Stack, services: &[String], all: bool, quiet: bool, format: &str) -> Result<i32> {
     let mut rows = Vec::new();
     for c in containers_of(stack, services)? {
         let Some(state) = c.live_state_if_present()? else {
@@ -240,7 +255,7 @@ fn ps(
         row["Service"] = c
             .config
             .labels
-            .get(stack::SERVICE)
+            .get(crate::SERVICE)
             .cloned()
             .unwrap_or_default()
             .into();
@@ -278,7 +293,7 @@ fn ps(
     Ok(0)
 }
 
-fn top(stack: &stack::Stack, services: &[String]) -> Result<i32> {
+fn top(stack: &Stack, services: &[String]) -> Result<i32> {
     for c in containers_of(stack, services)? {
         let state = c.live_state()?;
         println!("{}", c.config.name);
@@ -291,7 +306,7 @@ fn top(stack: &stack::Stack, services: &[String]) -> Result<i32> {
     Ok(0)
 }
 
-fn port(stack: &stack::Stack, service: &str, index: u32, private: &str) -> Result<i32> {
+fn port(stack: &Stack, service: &str, index: u32, private: &str) -> Result<i32> {
     let c = stack.service_container(service, index)?;
     let (port, proto) = private.split_once('/').unwrap_or((private, "tcp"));
     let port: u16 = port
@@ -316,7 +331,7 @@ fn port(stack: &stack::Stack, service: &str, index: u32, private: &str) -> Resul
     }
 }
 
-fn push(stack: &stack::Stack, services: &[String]) -> Result<i32> {
+fn push(stack: &Stack, services: &[String]) -> Result<i32> {
     let exe = executor::self_exe()?;
     let root = stack.root().to_path_buf();
     for s in stack.selected(services, true)? {
@@ -338,8 +353,8 @@ fn push(stack: &stack::Stack, services: &[String]) -> Result<i32> {
 
 /// `compose run`: a one-off container of the service, its dependencies brought up first.
 fn one_off(
-    stack: &stack::Stack,
-    images: &dyn stack::ImageProvider,
+    stack: &Stack,
+    images: &dyn crate::ImageProvider,
     service: &str,
     command: Vec<String>,
     rm: bool,
@@ -353,30 +368,30 @@ fn one_off(
         .map(|s| s.depends_on.keys().cloned().collect())
         .unwrap_or_default();
     if !deps.is_empty() {
-        stack::up(
+        crate::up(
             stack,
             images,
-            &stack::UpOptions {
+            &crate::UpOptions {
                 services: deps,
                 ..Default::default()
             },
         )?;
     }
     let image = images.prepare(&stack.image_of(service))?;
-    let hash = stack::config_hash(&stack.service_json[service], &image.image_id);
-    let cx = stack::SpecContext {
+    let hash = crate::config_hash(&stack.service_json[service], &image.image_id);
+    let cx = crate::SpecContext {
         stack,
         service,
         number: 1,
         config_hash: &hash,
         oneoff: true,
     };
-    let mut spec = stack::service_spec(&cx)?;
+    let mut spec = crate::service_spec(&cx)?;
     if !command.is_empty() {
         spec.command = Some(command);
     }
     spec.auto_remove = rm && detach;
-    spec.stdio = stack::one_off_stdio(spec.stdio, detach, no_tty);
+    spec.stdio = crate::one_off_stdio(spec.stdio, detach, no_tty);
     spec.restart = runtime::RestartPolicy::No;
     let c = stack.store.create(&spec, &image)?;
     runtime::start(&stack.store, &c)?;
@@ -399,22 +414,22 @@ fn one_off(
 
 /// Foreground `up`: prefixed logs until every container stops. The first Ctrl-C stops them
 /// gracefully (stop_signal, stop_grace_period), a second kills them.
-pub fn foreground(
-    stack: &stack::Stack,
+fn foreground(
+    stack: &Stack,
     services: &[String],
     abort_on_exit: bool,
     exit_code_from: Option<&str>,
     interrupts: &'static AtomicUsize,
 ) -> Result<i32> {
     let containers = containers_of(stack, services)?;
-    let opts = stack::LogOptions {
+    let opts = crate::LogOptions {
         follow: true,
         color: std::io::stdout().is_terminal(),
         ..Default::default()
     };
     std::thread::scope(|s| {
         s.spawn(|| watch(&containers, abort_on_exit, interrupts));
-        stack::stream_logs(&containers, &opts)
+        crate::stream_logs(&containers, &opts)
     })?;
     match exit_code_from {
         Some(service) => Ok(stack.service_container(service, 1)?.live_state()?.exit_code),
@@ -449,4 +464,89 @@ fn watch(containers: &[runtime::Container], abort_on_exit: bool, interrupts: &At
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `compose ls`: the projects with containers in the store.
+pub fn ls(root: &Path, all: bool, quiet: bool) -> Result<i32> {
+    let store = runtime::ContainerStore::open(root)?;
+    let projects = crate::list_projects(&store)?;
+    if !quiet {
+        println!("{:<24} {:<16} CONFIG DIR", "NAME", "STATUS");
+    }
+    for (name, (running, total, dir)) in projects {
+        if running == 0 && !all {
+            continue;
+        }
+        match quiet {
+            true => println!("{name}"),
+            false => println!(
+                "{name:<24} {:<16} {dir}",
+                format!("running({running}/{total})")
+            ),
+        }
+    }
+    Ok(0)
+}
+
+fn remove_images(stack: &Stack, images: &dyn crate::ImageProvider, which: &str) -> Result<()> {
+    for (name, service) in &stack.model.services {
+        let local = service.build.is_some();
+        if which == "all" || (which == "local" && local) {
+            let image = stack.image_of(name);
+            if images.untag(&image)? {
+                eprintln!(" Image {image}  Removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C presses seen (the first stops gracefully, the second kills).
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn up(stack: &Stack, images: &dyn crate::ImageProvider, args: UpArgs) -> Result<i32> {
+    let mut scale = BTreeMap::new();
+    for s in &args.scale {
+        let (name, n) = s.split_once('=').context("--scale: want SERVICE=N")?;
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("--scale {s:?}: N must be a number"))?;
+        scale.insert(name.to_string(), n);
+    }
+    let opts = crate::UpOptions {
+        services: args.services.clone(),
+        no_deps: args.no_deps,
+        force_recreate: args.force_recreate,
+        build: args.build,
+        no_build: args.no_build,
+        scale,
+        remove_orphans: args.remove_orphans,
+        wait: args.wait,
+        wait_timeout: args.wait_timeout.map(Duration::from_secs),
+    };
+    if !(args.detach || args.wait) {
+        // Before any container starts: a Ctrl-C from now on stops the stack gracefully.
+        // SAFETY: the handler only increments an atomic.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as *const () as libc::sighandler_t,
+            )
+        };
+    }
+    let services = crate::up(stack, images, &opts)?;
+    if args.detach || args.wait {
+        return Ok(0);
+    }
+    foreground(
+        stack,
+        &services,
+        args.abort_on_container_exit || args.exit_code_from.is_some(),
+        args.exit_code_from.as_deref(),
+        &INTERRUPTS,
+    )
 }

@@ -1,13 +1,17 @@
 //! Renders solver progress events for people (tty, plain) or tools (rawjson).
 
+use serde::Deserialize;
 use solver::progress::Event;
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write};
 
 mod tty;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// `--progress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum ProgressMode {
+    #[default]
     Auto,
     Tty,
     Plain,
@@ -33,7 +37,7 @@ impl ProgressMode {
 /// Prints events to stderr until the channel closes; returns the check warnings' summary
 /// lines (`Rule: message (line N)`) for the end of the build.
 pub async fn render(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<engine::Event>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::Event>,
     mode: ProgressMode,
     terminal: solver::progress::Terminal,
 ) -> Vec<String> {
@@ -46,12 +50,12 @@ pub async fn render(
     let mut plain = Plain::default();
     while let Some(ev) = rx.recv().await {
         let step = match ev {
-            engine::Event::Step(step) => step,
-            engine::Event::Message(line) => {
+            crate::Event::Step(step) => step,
+            crate::Event::Message(line) => {
                 eprintln!("{line}");
                 continue;
             }
-            engine::Event::CheckWarning { file, warning: w } => match mode {
+            crate::Event::CheckWarning { file, warning: w } => match mode {
                 ProgressMode::Quiet => continue,
                 ProgressMode::Rawjson => Event::Warning {
                     message: format!("{file}:{}:{}: {}: {}", w.line, w.column, w.rule, w.message),

@@ -38,7 +38,7 @@ pub fn print_check(warnings: &[CheckWarning], file: &str, source: &[u8]) -> i32 
     for w in warnings {
         println!("\nWARNING: {} - {}", w.rule, rule_url(w.rule));
         println!("{file}:{}:{}: {}", w.line, w.column, w.display());
-        let excerpt = engine::excerpt::excerpt(source, w.line, w.line);
+        let excerpt = crate::excerpt::excerpt(source, w.line, w.line);
         if !excerpt.is_empty() {
             println!("{excerpt}");
         }
