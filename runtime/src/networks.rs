@@ -129,14 +129,24 @@ impl NetworkStore {
             bail!("network name {name} is reserved (built in)");
         }
         let _lock = crate::store::FileLock::exclusive(&self.dir.join(".lock"))?;
+        // Best effort: a rootless user cannot write /run/builder (and makes no bridges).
+        let _host_lock = std::fs::create_dir_all(SUBNET_CLAIMS).ok().and_then(|()| {
+            crate::store::FileLock::exclusive(&Path::new(SUBNET_CLAIMS).join(".lock")).ok()
+        });
         let existing = self.list()?;
+        let claimed = claimed_subnets();
         if existing.iter().any(|n| n.name == name) {
             bail!("network with name {name} already exists");
         }
         let (subnet, default_gateway) = match subnet {
             Some(s) => explicit_subnet(s)?,
-            None => free_subnet(&existing)?,
+            None => free_subnet(&existing, &claimed)?,
         };
+        if let Some(other) = claimed.iter().find(|c| overlaps(c, &subnet)) {
+            bail!(
+                "--subnet {subnet}: overlaps subnet {other} of a network of another builder store"
+            );
+        }
         if let Some(other) = existing.iter().find(|n| overlaps(&n.subnet, &subnet)) {
             bail!(
                 "--subnet {subnet}: overlaps network {}'s subnet {}",
@@ -164,10 +174,9 @@ impl NetworkStore {
             created: crate::time::now_rfc3339(),
             labels,
         };
-        crate::store::write_atomic(
-            &self.dir.join(format!("{name}.json")),
-            &serde_json::to_vec_pretty(&record)?,
-        )?;
+        let path = self.dir.join(format!("{name}.json"));
+        crate::store::write_atomic(&path, &serde_json::to_vec_pretty(&record)?)?;
+        let _ = claim_subnet(&record.subnet, &path);
         Ok(record)
     }
 
@@ -192,6 +201,7 @@ impl NetworkStore {
         }
         crate::network::remove_bridge(&net);
         std::fs::remove_file(self.dir.join(format!("{}.json", net.name)))?;
+        let _ = std::fs::remove_file(claim_path(&net.subnet));
         Ok(())
     }
 }
@@ -262,7 +272,39 @@ fn checked_gateway(subnet: &str, gateway: &str) -> Result<String> {
     Ok(gateway.to_string())
 }
 
-fn free_subnet(existing: &[NetworkRecord]) -> Result<(String, String)> {
+/// User networks' subnets are host-wide (their bridges share the host's routes) while their
+/// records live per store, so stores claim subnets here, under one host-wide lock; each claim
+/// names the record holding it and lapses when that record is gone (a deleted store).
+const SUBNET_CLAIMS: &str = "/run/builder/subnets";
+
+fn claim_path(subnet: &str) -> PathBuf {
+    Path::new(SUBNET_CLAIMS).join(subnet.replace('/', "_"))
+}
+
+fn claim_subnet(subnet: &str, record: &Path) -> Result<()> {
+    crate::store::write_atomic(&claim_path(subnet), record.as_os_str().as_encoded_bytes())
+}
+
+/// The subnets claimed by records that still exist.
+fn claimed_subnets() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(SUBNET_CLAIMS) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let subnet = e.file_name().to_str()?.replace('_', "/");
+            let record = PathBuf::from(std::fs::read_to_string(e.path()).ok()?);
+            let held = std::fs::read(&record)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<NetworkRecord>(&b).ok())
+                .is_some_and(|r| r.subnet == subnet);
+            held.then_some(subnet)
+        })
+        .collect()
+}
+
+fn free_subnet(existing: &[NetworkRecord], claimed: &[String]) -> Result<(String, String)> {
     let host_addrs = std::process::Command::new("ip")
         .args(["-4", "-o", "addr"])
         .output()
@@ -272,7 +314,9 @@ fn free_subnet(existing: &[NetworkRecord]) -> Result<(String, String)> {
         let subnet = format!("10.89.{n}.0/24");
         let gateway = format!("10.89.{n}.1");
         let in_host = host_addrs.contains(&format!("inet 10.89.{n}."));
-        if !in_host && !existing.iter().any(|e| overlaps(&e.subnet, &subnet)) {
+        let taken = existing.iter().any(|e| overlaps(&e.subnet, &subnet))
+            || claimed.iter().any(|c| overlaps(c, &subnet));
+        if !in_host && !taken {
             return Ok((subnet, gateway));
         }
     }
