@@ -72,10 +72,10 @@ pub fn serve(root: &Path, args: ServeArgs) -> Result<i32> {
         },
         root: root.to_path_buf(),
     };
-    let backend = Arc::new(remote::ProcessBackend {
-        program: executor::self_exe()?,
-        root: root.to_path_buf(),
-    });
+    let backend = Arc::new(remote::InProcessBackend::new(
+        executor::self_exe()?,
+        root.to_path_buf(),
+    ));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(remote::server::serve(opts, backend))?;
     Ok(0)

@@ -5,8 +5,10 @@ pub mod backend;
 pub mod builders;
 pub mod client;
 pub mod endpoint;
+pub mod inprocess;
 pub mod manifest;
 pub mod metrics;
+pub mod render;
 pub mod server;
 pub mod session;
 pub mod sync;
@@ -17,3 +19,4 @@ pub mod proto {
 
 pub use backend::{BuildBackend, BuildJob, ProcessBackend};
 pub use endpoint::{Address, TlsFiles};
+pub use inprocess::InProcessBackend;

@@ -242,6 +242,7 @@ impl Session {
             let value = String::from_utf8(s.value.clone())
                 .map_err(|_| anyhow!("--secret {}: only UTF-8 values can be forwarded", s.id))?;
             job.secrets.push(format!("id={},env={var}", s.id));
+            job.provided_secrets.push((s.id.clone(), s.value.clone()));
             job.env.push((var, value));
         }
         if !start.registry_auth.is_empty() {

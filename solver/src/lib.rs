@@ -9,6 +9,7 @@ pub mod gc;
 pub mod gha;
 mod git;
 mod http;
+pub mod inflight;
 mod merge;
 pub mod mounts;
 pub mod multi;

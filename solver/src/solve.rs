@@ -622,6 +622,7 @@ impl Solver {
                 let mut parts: Vec<&[u8]> = vec![b"exec", &op_json];
                 parts.extend(input_keys.iter().map(|k| k.as_bytes()));
                 let key = sha256_hex(&parts);
+                let _claim = crate::inflight::claim(&self.root, &key, cancel)?;
                 self.cached_or_run(i, &name, &key, v.ignore_cache, inputs, || {
                     self.run_exec(i, exec, inputs, cancel)
                 })
@@ -1064,6 +1065,7 @@ impl Solver {
         inputs: &[(Ref, String)],
         cancel: &CancelToken,
     ) -> Result<String> {
+        crate::inflight::count_exec_step();
         let parent = Self::parent_of(inputs)?;
         let active = unique("active");
         let mounts = self.snapshots.prepare(&active, parent.as_deref())?;

@@ -772,3 +772,54 @@ fn the_github_action_builds_on_the_farm_with_its_certificate_inputs() {
         "built without a client certificate"
     );
 }
+
+/// Two clients start the same slow RUN at once: the server's shared solver runs it once
+/// (its metrics count one RUN executed) and both get the same image, although the step
+/// writes a random value.
+#[test]
+fn identical_steps_of_concurrent_clients_run_once() {
+    let certs = Certs::generate();
+    let metrics_port = free_port();
+    let server = Server::start(
+        &certs,
+        &["--metrics-addr", &format!("127.0.0.1:{metrics_port}")],
+    );
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let dockerfile = "FROM busybox:latest\nRUN sleep 3 && cat /proc/sys/kernel/random/uuid > /id\n";
+    let dirs = [
+        context(&[("Dockerfile", dockerfile)]),
+        context(&[("Dockerfile", dockerfile)]),
+    ];
+    let start = |d: &tempfile::TempDir| {
+        let iid = d.path().join("iid");
+        remote_cmd(
+            &certs,
+            "client",
+            &server.url(),
+            d.path(),
+            &["--progress=plain", "--iidfile", iid.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = start(&dirs[0]);
+    let second = start(&dirs[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&metrics).contains("builder_builds_running 2") {
+        assert!(
+            Instant::now() < deadline,
+            "the two builds never ran at once"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in [first, second] {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let iid = |d: &tempfile::TempDir| std::fs::read_to_string(d.path().join("iid")).unwrap();
+    assert_eq!(iid(&dirs[0]), iid(&dirs[1]), "the step ran once per client");
+    let m = http_get(&metrics);
+    assert!(m.contains("builder_exec_steps_run_total 1\n"), "{m}");
+}
