@@ -381,16 +381,7 @@ fn secrets(specs: &[String]) -> Result<Vec<Secret>> {
     Ok(out)
 }
 
-/// The `auths` of this client's docker config, forwarded for the build's pulls and pushes.
+/// This client's registry credentials (helpers resolved here), forwarded per build.
 fn registry_auth() -> Result<Vec<u8>> {
-    let path = exporter::auth::docker_config_dir().join("config.json");
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(Vec::new());
-    };
-    let config: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
-    match config.get("auths") {
-        Some(auths) => Ok(serde_json::to_vec(&serde_json::json!({ "auths": auths }))?),
-        None => Ok(Vec::new()),
-    }
+    remote::credentials::forwarded(&exporter::auth::docker_config_dir())
 }

@@ -1,9 +1,9 @@
 //! [`InProcessBackend`]: the server runs builds through `engine::build` in its own process.
 //! Every build opens its solver over the one store, and the solver's steps in flight are
 //! shared across builds (`solver::inflight`), so identical steps of concurrent clients run
-//! once. Builds that need what only a child process can scope (a client's registry
-//! credentials, which the registry client reads from the environment; `--call`, `--check`,
-//! `--print` answers) still run as `builder build` children.
+//! once. A client's forwarded registry credentials are seen only by the threads of its
+//! build's runtime. `--call`, `--check` and `--print` (answers printed by the CLI) still run
+//! as `builder build` children.
 
 use crate::backend::{BoxFuture, BuildBackend, BuildEvent, BuildJob, ProcessBackend};
 use crate::render::{self, Mode};
@@ -51,8 +51,7 @@ impl BuildBackend for InProcessBackend {
 }
 
 fn needs_child(job: &BuildJob) -> bool {
-    job.env.iter().any(|(k, _)| k == "DOCKER_AUTH_CONFIG")
-        || Flags(&job.flags).has_any(&["call", "check", "print"])
+    Flags(&job.flags).has_any(&["call", "check", "print"])
 }
 
 /// The job's `--name[=value]` flags.
@@ -105,7 +104,12 @@ async fn build_here(
     let (tx, rx) = mpsc::unbounded_channel();
     let renderer = tokio::spawn(render::forward(rx, mode, events.clone()));
     let sink = engine::EventSink::new(tx, solver::progress::Terminal::default());
-    let outcome = run_engine(root, request, sink, token).await;
+    let auth = job
+        .env
+        .iter()
+        .find(|(k, _)| k == "DOCKER_AUTH_CONFIG")
+        .map(|(_, v)| v.clone().into_bytes());
+    let outcome = run_engine(root, request, auth, sink, token).await;
     watcher.abort();
     let summary = renderer.await.unwrap_or_default();
     let code = match outcome {
@@ -120,10 +124,12 @@ async fn build_here(
     Ok(code)
 }
 
-/// Runs the engine on a runtime of its own thread (its build future is not `Send`).
+/// Runs the engine on a runtime of its own (its build future is not `Send`), whose threads
+/// alone see the client's forwarded registry credentials `auth`.
 async fn run_engine(
     root: &Path,
     request: BuildRequest,
+    auth: Option<Vec<u8>>,
     sink: engine::EventSink,
     token: executor::CancelToken,
 ) -> Result<Outcome, BuildError> {
@@ -132,13 +138,9 @@ async fn run_engine(
     std::thread::Builder::new()
         .name("build".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+            let rt = match build_runtime(auth) {
                 Ok(rt) => rt,
-                Err(e) => return drop(tx.send(Err(BuildError::Other(e.into())))),
+                Err(e) => return drop(tx.send(Err(BuildError::Other(e)))),
             };
             let outcome = rt.block_on(engine::build(&root, request, sink, &token));
             let _ = tx.send(outcome);
@@ -150,6 +152,20 @@ async fn run_engine(
             "the build thread panicked"
         )))
     })
+}
+
+/// A runtime for one build; it and its blocking threads (and the calling thread) load the
+/// client's credentials instead of the server's.
+fn build_runtime(auth: Option<Vec<u8>>) -> Result<tokio::runtime::Runtime> {
+    distribution::auth::set_thread_auth_config(auth.as_deref())?;
+    let auth = Arc::new(auth);
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            let _ = distribution::auth::set_thread_auth_config(auth.as_deref().as_deref());
+        })
+        .build()?)
 }
 
 async fn fail(events: &mpsc::Sender<BuildEvent>, message: &str, code: i32) -> i32 {

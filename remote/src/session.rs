@@ -246,8 +246,10 @@ impl Session {
             job.env.push((var, value));
         }
         if !start.registry_auth.is_empty() {
-            let auth = String::from_utf8(start.registry_auth.clone())?;
-            job.env.push(("DOCKER_AUTH_CONFIG".into(), auth));
+            job.env.push((
+                "DOCKER_AUTH_CONFIG".into(),
+                only_auths(&start.registry_auth)?,
+            ));
         }
         for (k, v) in &start.env {
             if k != "SOURCE_DATE_EPOCH" {
@@ -476,6 +478,15 @@ fn produce(path: &Path, is_dir: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
     Ok(())
 }
 
+/// The `auths` of a forwarded docker config, and nothing else: a `credsStore` or
+/// `credHelpers` would make the server run a program the client names.
+fn only_auths(config: &[u8]) -> Result<String> {
+    let config: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| anyhow!("protocol: the forwarded registry credentials: {e}"))?;
+    let auths = config.get("auths").cloned().unwrap_or_default();
+    Ok(serde_json::json!({ "auths": auths }).to_string())
+}
+
 fn check_flag_value(name: &str, value: &str, config: &Config) -> Result<()> {
     match name {
         "cache-to" | "cache-from" if value.split(',').any(|f| f.trim() == "type=local") => {
@@ -581,6 +592,15 @@ mod tests {
         );
         assert!(output_with_dest("type=local,dest=/etc", d).is_err());
         assert!(output_with_dest("type=image,name=x", d).is_ok());
+    }
+
+    #[test]
+    fn forwarded_credentials_keep_only_auths() {
+        let sent =
+            br#"{"auths":{"r":{"auth":"dTpw"}},"credsStore":"evil","credHelpers":{"r":"evil"}}"#;
+        let kept: serde_json::Value = serde_json::from_str(&only_auths(sent).unwrap()).unwrap();
+        assert_eq!(kept, serde_json::json!({"auths": {"r": {"auth": "dTpw"}}}));
+        assert!(only_auths(b"not json").is_err());
     }
 
     #[test]

@@ -823,3 +823,104 @@ fn identical_steps_of_concurrent_clients_run_once() {
     let m = http_get(&metrics);
     assert!(m.contains("builder_exec_steps_run_total 1\n"), "{m}");
 }
+
+/// A docker-registry on a loopback port that wants `user`/`password` (htpasswd).
+fn registry_with_password(dir: &Path, user: &str, password: &str) -> (Child, String) {
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .unwrap();
+    assert!(htpasswd.status.success(), "{}", stderr(&htpasswd));
+    std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: farm\n    path: {}\n",
+        dir.join("data").display(),
+        dir.join("htpasswd").display()
+    );
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_listener(&addr);
+    (child, addr)
+}
+
+/// A credential helper speaking docker-credential-helpers' protocol (`get` reads the server
+/// URL on stdin and answers JSON; `list` maps server URLs to user names).
+fn credential_helper(dir: &Path, registry: &str, user: &str, password: &str) {
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in\n\
+         list) printf '{{\"{registry}\":\"{user}\"}}' ;;\n\
+         get) read url; if [ \"$url\" = \"{registry}\" ]; then \
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$url\"; \
+         else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         *) exit 1 ;;\nesac\n"
+    );
+    let path = dir.join("docker-credential-farmtest");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"credsStore":"farmtest"}"#).unwrap();
+}
+
+/// `--push` to a registry with a password the client's credential helper holds: the helper
+/// runs on the client, the build pushes with what it answered, and the password never
+/// reaches the server's disk.
+#[test]
+fn credential_helpers_are_resolved_on_the_client_for_a_remote_push() {
+    let certs = Certs::generate();
+    let server = Server::start(&certs, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let password = "farm-pw-5d81c3";
+    let (mut registry, addr) = registry_with_password(work.path(), "farmer", password);
+    let helper_dir = work.path().join("client");
+    std::fs::create_dir(&helper_dir).unwrap();
+    credential_helper(&helper_dir, &addr, "farmer", password);
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest\nRUN echo farm > /f\n")]);
+    let image = format!("{addr}/farm/app:1");
+    let path = format!(
+        "{}:{}",
+        helper_dir.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let push = |config_dir: &Path| {
+        remote_cmd(
+            &certs,
+            "client",
+            &server.url(),
+            ctx.path(),
+            &["--push", "-t", &image],
+        )
+        .env("DOCKER_CONFIG", config_dir)
+        .env("PATH", &path)
+        .output()
+        .unwrap()
+    };
+    let refused = push(work.path());
+    assert!(!refused.status.success(), "pushed without credentials");
+    let out = push(&helper_dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &format!("farmer:{password}"),
+        ])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert_eq!(
+        files_containing(server.store.root(), password.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
