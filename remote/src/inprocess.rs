@@ -163,7 +163,7 @@ fn build_runtime(auth: Option<Vec<u8>>) -> Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .on_thread_start(move || {
-            let _ = distribution::auth::set_thread_auth_config(auth.as_deref().as_deref());
+            let _ = distribution::auth::set_thread_auth_config(auth.as_deref());
         })
         .build()?)
 }
