@@ -160,9 +160,6 @@ fn request(args: &BuildArgs) -> Result<RemoteBuild> {
     if args.context.as_os_str() == "-" || args.file.as_deref() == Some(Path::new("-")) {
         bail!("a remote builder needs a context directory and a Dockerfile file, not stdin");
     }
-    if !args.ssh.is_empty() {
-        bail!("--ssh is not supported with a remote builder yet");
-    }
     if args.on_error.as_deref() == Some("shell") {
         bail!("--on-error=shell needs a local build");
     }
@@ -237,6 +234,7 @@ fn request(args: &BuildArgs) -> Result<RemoteBuild> {
         metadata_file: args.metadata_file.clone(),
         json_progress: matches!(args.progress, crate::progress::ProgressMode::Rawjson),
         quiet: args.quiet || matches!(args.progress, crate::progress::ProgressMode::Quiet),
+        ssh: remote::ssh::client_agents(&args.ssh)?,
     })
 }
 

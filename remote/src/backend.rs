@@ -31,6 +31,8 @@ pub struct BuildJob {
     pub env: Vec<(String, String)>,
     /// The `--secret` values by id, for a build in this process (held in memory only).
     pub provided_secrets: Vec<(String, Vec<u8>)>,
+    /// `--ssh` agents: id and the socket relaying to the client's agent.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 impl BuildJob {
@@ -48,6 +50,9 @@ impl BuildJob {
         }
         for s in &self.secrets {
             args.push(format!("--secret={s}"));
+        }
+        for (id, socket) in &self.ssh {
+            args.push(format!("--ssh={id}={}", socket.display()));
         }
         args.push(format!("--file={}", self.dockerfile.display()));
         for (name, dir) in &self.named_contexts {

@@ -42,6 +42,8 @@ pub struct RemoteBuild {
     /// Print `context_bytes_sent` as a JSON line (`--progress=rawjson`) instead of text.
     pub json_progress: bool,
     pub quiet: bool,
+    /// `--ssh` agents relayed over the session: id and socket on this machine.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// The builder's nodes and this client's TLS material.
@@ -75,6 +77,7 @@ pub async fn build(conn: &Connection, mut build: RemoteBuild) -> Result<Outcome>
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
+    build.start.ssh_ids = build.ssh.iter().map(|(id, _)| id.clone()).collect();
     send(&tx, In::Start(std::mem::take(&mut build.start))).await?;
     for (i, entries) in manifests.iter().enumerate() {
         send(
@@ -92,6 +95,7 @@ pub async fn build(conn: &Connection, mut build: RemoteBuild) -> Result<Outcome>
         .await
         .map_err(|s| explain_first_call(&node, &conn.tls, s))?;
     let mut session = ClientSession {
+        agents: crate::ssh::ClientAgents::new(&build.ssh, tx.clone()),
         build,
         manifests,
         tx,
@@ -313,6 +317,7 @@ fn explain_status(node: &Address, tls: &TlsFiles, s: tonic::Status) -> anyhow::E
 }
 
 struct ClientSession {
+    agents: crate::ssh::ClientAgents,
     build: RemoteBuild,
     manifests: Vec<Vec<Entry>>,
     tx: mpsc::Sender<ClientMessage>,
@@ -354,6 +359,7 @@ impl ClientSession {
                     let _ = std::io::stdout().write_all(&b);
                 }
                 Some(Out::Output(chunk)) => self.receive_output(chunk)?,
+                Some(Out::Ssh(data)) => self.agents.handle(data).await,
                 Some(Out::Result(r)) => {
                     if !r.error.is_empty() {
                         eprintln!("error: {} (on the builder at {node})", r.error);

@@ -267,6 +267,7 @@ fn request(root: &Path, job: &BuildJob, stdout_dir: &Path) -> Result<BuildReques
     request.labels = key_values(&flags.all("label"));
     caches(&mut request, &flags, &tags)?;
     request.secrets = Arc::new(ProvidedSecrets(job.provided_secrets.clone()));
+    request.ssh = Arc::new(RelayedAgents(job.ssh.clone()));
     (request.platforms, request.annotations, request.run) = (platforms, annotations, run);
     (request.outputs, request.attestations) = (outputs, attestations);
     (request.target, request.tags) = (flags.last("target"), tags);
@@ -353,5 +354,18 @@ impl engine::secrets::SecretProvider for ProvidedSecrets {
         Some(solver::SecretSource::Provided(solver::ProvidedSecret(
             Arc::new(move || Ok(Some(value.clone()))),
         )))
+    }
+}
+
+/// The client's SSH agents, relayed over the session (`crate::ssh`).
+struct RelayedAgents(Vec<(String, PathBuf)>);
+
+impl engine::secrets::SshProvider for RelayedAgents {
+    fn ids(&self) -> Vec<String> {
+        self.0.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn socket(&self, id: &str) -> Option<PathBuf> {
+        self.0.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())
     }
 }

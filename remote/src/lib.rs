@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod session;
+pub mod ssh;
 pub mod sync;
 
 pub mod proto {

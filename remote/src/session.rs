@@ -186,7 +186,10 @@ impl Session {
                     .push((name.to_string(), u.tree.path().to_path_buf()));
             }
         }
-        let code = self.run_build(job).await?;
+        let agents = crate::ssh::ServerAgents::listen(scratch.path(), &start.ssh_ids, &self.tx)?;
+        job.ssh = agents.sockets.clone();
+        let code = self.run_build(job, &agents).await?;
+        drop(agents);
         drop(uploads);
         if code == 0 {
             self.send_results(&start, scratch.path()).await?;
@@ -342,7 +345,7 @@ impl Session {
 
     /// Runs the job, forwarding its output; cancels it when the client goes away or the
     /// server's shutdown timeout runs out.
-    async fn run_build(&mut self, job: BuildJob) -> Result<i32> {
+    async fn run_build(&mut self, job: BuildJob, agents: &crate::ssh::ServerAgents) -> Result<i32> {
         let (events_tx, mut events) = mpsc::channel::<BuildEvent>(64);
         let (cancel_tx, cancel) = watch::channel(false);
         let backend = self.backend.clone();
@@ -355,12 +358,14 @@ impl Session {
             tokio::select! {
                 r = &mut build => break r.map_err(|e| anyhow!("build task: {e}"))?,
                 Some(ev) = events.recv() => self.forward(ev).await,
-                m = self.inbound.next(), if !cancelled => {
-                    if !matches!(m, Some(Ok(_))) {
+                m = self.inbound.next(), if !cancelled => match m {
+                    Some(Ok(ClientMessage { msg: Some(In::Ssh(data)) })) => agents.deliver(data),
+                    Some(Ok(_)) => {}
+                    _ => {
                         cancelled = true;
                         let _ = cancel_tx.send(true);
                     }
-                }
+                },
                 _ = async { cancel_all.wait_for(|c| *c).await.map(|_| ()) }, if !cancelled => {
                     cancelled = true;
                     let _ = cancel_tx.send(true);
