@@ -52,3 +52,27 @@ impl Drop for Claim {
         DONE.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_claim_waits_for_the_first_and_gives_up_on_cancel() {
+        let root = Path::new("/nonexistent-inflight-test");
+        let first = claim(root, "k", &CancelToken::new()).unwrap();
+        let cancel = CancelToken::new();
+        let waiter = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || claim(root, "k", &cancel).is_err())
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!waiter.is_finished(), "the second claim did not wait");
+        cancel.cancel();
+        assert!(waiter.join().unwrap(), "a cancelled wait must fail");
+        // Another key, or the same key once released, is free.
+        drop(claim(root, "other", &CancelToken::new()).unwrap());
+        drop(first);
+        drop(claim(root, "k", &CancelToken::new()).unwrap());
+    }
+}
