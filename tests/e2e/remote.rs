@@ -1034,3 +1034,63 @@ fn ssh_agent_is_relayed_to_a_remote_build() {
     );
     assert_eq!(leftovers(server.store.root()), Vec::<PathBuf>::new());
 }
+
+/// The node running a build dies before the build gave anything back: the client builds on
+/// the next node, and gets its result from there.
+#[test]
+fn a_build_moves_to_the_next_node_when_its_node_dies_mid_build() {
+    let certs = Certs::generate();
+    let ports = [free_port(), free_port()];
+    let metrics = |p: u16| format!("127.0.0.1:{p}");
+    let mut servers: Vec<Server> = ports
+        .iter()
+        .map(|p| Server::start(&certs, &["--metrics-addr", &metrics(*p)]))
+        .collect();
+    let list = format!("{},{}", servers[0].url(), servers[1].url());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nRUN sleep 4 && echo done > /f\n",
+    )]);
+    let out_tar = ctx.path().join("out.tar");
+    let client = remote_cmd(
+        &certs,
+        "client",
+        &list,
+        ctx.path(),
+        &[
+            "--progress=plain",
+            "-o",
+            &format!("type=tar,dest={}", out_tar.display()),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let busy =
+            (0..2).find(|&i| http_get(&metrics(ports[i])).contains("builder_builds_running 1"));
+        if let Some(i) = busy {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    servers[busy].kill();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("building on the next node"),
+        "{}",
+        stderr(&out)
+    );
+    let f = Command::new("tar")
+        .arg("-xOf")
+        .arg(&out_tar)
+        .arg("f")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&f), "done\n");
+    assert!(http_get(&metrics(ports[1 - busy])).contains("builder_builds_total 1"));
+}
