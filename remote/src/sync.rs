@@ -128,6 +128,15 @@ impl Tree {
     /// regular files that must be uploaded.
     pub fn prepare(&self, entries: &[Entry]) -> Result<Vec<u32>> {
         let index = validate(entries)?;
+        // The tree was finished under this very manifest (a no-op rebuild): nothing to check.
+        let digest = manifest_digest(entries);
+        if std::fs::read_to_string(self.marker()).is_ok_and(|d| d == digest) {
+            return Ok(Vec::new());
+        }
+        match std::fs::remove_file(self.marker()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         self.remove_stale(&index, entries)?;
         let mut need = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -246,8 +255,24 @@ impl Tree {
             rustix::fs::fchmod(&self.root, Mode::from_raw_mode(r.mode & 0o7777))?;
             set_owner_and_times(&self.root, ".", r)?;
         }
+        std::fs::write(self.marker(), manifest_digest(entries))?;
         Ok(())
     }
+
+    /// Beside the tree: the digest of the manifest the tree was last finished under. Only
+    /// the server writes the tree, and any upload removes this first.
+    fn marker(&self) -> PathBuf {
+        self.dir.with_file_name("tree.complete")
+    }
+}
+
+fn manifest_digest(entries: &[Entry]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for e in entries {
+        h.update(prost::Message::encode_length_delimited_to_vec(e));
+    }
+    hex::encode(h.finalize())
 }
 
 fn same_type(path: &Path, md: &std::fs::Metadata, e: &Entry) -> bool {
