@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Times `builder push` of a ~360 MB image (Debian minbase + two copies of /usr) to a loopback
 # docker-registry, with gzip layers and with zstd layers;
-# peak RSS from /usr/bin/time -v. The debootstrap tarball is cached under /var/cache.
+# peak RSS from /usr/bin/time -v; then docker 20.10 builds and pushes the same image (gzip).
+# The debootstrap tarball is cached under /var/cache. BUILDER_BIN skips the cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -12,8 +13,8 @@ done
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release/builder
+[[ -n ${BUILDER_BIN:-} ]] || cargo build --release --quiet
+bin=${BUILDER_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/builder}
 
 cache=/var/cache/builder-bench
 tarball=$cache/debian-bookworm-minbase.tar
@@ -32,9 +33,8 @@ if [[ ! -s $tarball ]]; then
 fi
 
 work=$(mktemp -d)
-registry_pid=
 cleanup() {
-  [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  [[ -s $work/registry.pids ]] && xargs kill <"$work/registry.pids" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,23 +48,29 @@ ctx=$work/ctx
 mkdir -p "$ctx"
 printf 'FROM debian:bookworm\nRUN cp -a /usr /usr2 && cp -a /usr /usr3\n' >"$ctx/Dockerfile"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<EOF
+# start_registry NAME: an empty docker-registry on a free loopback port; prints the port.
+start_registry() {
+  local name=$1 port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$work/$name.yml" <<EOF
 version: 0.1
 log:
   level: error
 storage:
   filesystem:
-    rootdirectory: $work/registry
+    rootdirectory: $work/$name
 http:
   addr: 127.0.0.1:$port
 EOF
-/usr/bin/docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.05
-done
+  /usr/bin/docker-registry serve "$work/$name.yml" >/dev/null 2>&1 &
+  echo $! >>"$work/registry.pids"
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+  done
+  echo "$port"
+}
+port=$(start_registry registry)
 
 # Prints "<label>: <seconds> s, peak RSS <MB> MB, <layer MB> MB of layers, <summary>".
 timed_push() {
@@ -110,3 +116,19 @@ timed_push "gzip push to another repo (mounts)" "127.0.0.1:$port/bench/mounted:g
 timed_build "build, cached, exported with zstd layers" \
   -o "type=image,name=127.0.0.1:$port/bench/debian:zstd,compression=zstd,force-compression=true"
 timed_push "zstd push" "127.0.0.1:$port/bench/debian:zstd"
+
+# The peer: docker 20.10 (Debian's CLI; BuildKit built in) builds the same image and pushes it to
+# its own empty registry, compressing with gzip as it pushes. NO_DOCKER=1 skips it.
+if [[ -n ${NO_DOCKER:-} ]]; then exit 0; fi
+bash scripts/start-dockerd.sh
+docker_cli=/usr/bin/docker
+$docker_cli import "$tarball" builder-bench/debian:bookworm >/dev/null
+sed -i 's|^FROM debian:bookworm|FROM builder-bench/debian:bookworm|' "$ctx/Dockerfile"
+dport=$(start_registry docker-registry)
+DOCKER_BUILDKIT=1 $docker_cli build -q --network host -t "127.0.0.1:$dport/bench/debian:gzip" "$ctx" >/dev/null
+s=$(date +%s%N)
+$docker_cli push -q "127.0.0.1:$dport/bench/debian:gzip" >/dev/null
+echo "docker push (gzip): $(python3 -c "print(round(($(date +%s%N) - $s) / 1e9, 2))") s," \
+  "registry blobs now $(du -sm "$work/docker-registry/docker/registry/v2/blobs" | cut -f1) MB"
+$docker_cli rmi -f "127.0.0.1:$dport/bench/debian:gzip" builder-bench/debian:bookworm >/dev/null
+$docker_cli builder prune -af >/dev/null

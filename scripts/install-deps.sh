@@ -27,7 +27,9 @@ pkgs=(busybox-static skopeo umoci docker-registry tar ca-certificates git gzip b
   # compose tests: a Redis image made from the host's redis-server and redis-cli
   redis-server redis-tools
   # scripts/bench-compose.sh compares with docker-compose v1 against dockerd
-  docker-compose)
+  docker-compose
+  # `run --init`, compose `init: true`: its statically linked /usr/bin/tini-static
+  tini)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

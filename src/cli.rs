@@ -4,6 +4,9 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Parser)]
 #[command(
     name = "builder",
@@ -105,9 +108,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     // Containers always need namespaces; everything else may read a chroot-mode store.
     if !matches!(cli.command, Command::Run(_) | Command::Containers(_)) {
         // Before the runtime's threads: the probe forks.
-        crate::isolation::apply(cli.isolation, matches!(cli.command, Command::Build(_)))?;
+        engine::isolation::apply(
+            typed(cli.isolation)?,
+            matches!(cli.command, Command::Build(_)),
+        )?;
     }
     let root = prepared_root(cli.root)?;
+    executor::set_seccomp_cache_dir(Some(executor::seccomp_cache_in_store(&root)));
+    snapshotter::choose_views(&root, executor::userns::is_rootless())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -118,48 +126,41 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let _store_lock = crate::prune::lock_for(&cli.command, &root)?;
     match cli.command {
         Command::Build(args) => rt.block_on(crate::build::build(&root, *args)),
-        Command::Run(args) => rt.block_on(crate::run::run(&root, *args)),
-        Command::Image(command) => crate::image_cmds::run(&open_images(&root)?, command),
-        Command::Login(args) => rt.block_on(crate::login::login(args)),
-        Command::Logout(args) => crate::login::logout(args),
-        Command::Prune(args) => crate::prune::prune(&root, args),
-        Command::Du(args) => crate::prune::du(&root, args),
+        Command::Run(args) => crate::run::run(&root, &rt, *args),
+        Command::Image(command) => {
+            engine::image_command::run(&open_images(&root)?, typed(command)?)
+        }
+        Command::Login(args) => rt.block_on(distribution::login::login(typed(args)?)),
+        Command::Logout(args) => distribution::login::logout(typed(args)?),
+        Command::Prune(args) => engine::prune_command::prune(&root, typed(args)?),
+        Command::Du(args) => engine::prune_command::du(&root, typed(args)?),
         Command::Containers(command) => Ok(crate::containers::dispatch(&root, &rt, command)),
         Command::Compose(_) | Command::Builder(_) | Command::Serve(_) => {
             unreachable!("handled above")
         }
-        Command::Images => crate::image_cmds::list(&open_images(&root)?),
+        Command::Images => engine::image_command::list(&open_images(&root)?),
         Command::Import {
             tarball,
             name,
             platform,
-        } => crate::image_cmds::import(&open_images(&root)?, &tarball, &name, platform),
-        Command::Push { name } => rt.block_on(crate::image_cmds::push(&open_images(&root)?, &name)),
+        } => engine::image_command::import(&open_images(&root)?, &tarball, &name, platform),
+        Command::Push { name } => {
+            rt.block_on(engine::image_command::push(&open_images(&root)?, &name))
+        }
         Command::Tag { source, target } => {
-            let store = open_images(&root)?;
-            let desc = store
-                .resolve(&source)?
-                .with_context(|| format!("no such image: {source}"))?;
-            store.tag(&target, &desc)?;
-            Ok(0)
+            engine::image_command::tag(&open_images(&root)?, &source, &target)
         }
-        Command::Rmi { names } => {
-            let store = open_images(&root)?;
-            let mut code = 0;
-            for n in names {
-                if store.untag(&n)? {
-                    println!("Untagged: {n}");
-                } else {
-                    eprintln!("error: no such image: {n}");
-                    code = 1;
-                }
-            }
-            Ok(code)
-        }
+        Command::Rmi { names } => engine::image_command::rmi(&open_images(&root)?, &names),
     }
 }
 
+/// Flags (a clap struct) read into a crate's typed options by field name. Both sides deny
+/// unknown fields, so a flag added on one side only fails on first use instead of vanishing.
+pub fn typed<T: serde::de::DeserializeOwned>(flags: impl serde::Serialize) -> Result<T> {
+    let value = serde_json::to_value(flags).context("reading the flags")?;
+    serde_json::from_value(value).context("internal error: flags and options differ")
+}
+
 pub fn open_images(root: &std::path::Path) -> Result<exporter::ImageStore> {
-    let content = snapshotter::ContentStore::open(root)?;
-    Ok(exporter::ImageStore::open(root, content)?)
+    engine::image_command::open_store(root)
 }

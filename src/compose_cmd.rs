@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use std::io::Read as _;
 use std::path::PathBuf;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct ComposeArgs {
     /// Compose file (repeatable; `-` for standard input).
     #[arg(short = 'f', long = "file")]
@@ -20,11 +20,11 @@ pub struct ComposeArgs {
     #[arg(long = "env-file")]
     env_files: Vec<PathBuf>,
     #[command(subcommand)]
-    command: ComposeCommand,
+    pub(crate) command: ComposeCommand,
 }
 
-#[derive(Subcommand, Debug)]
-enum ComposeCommand {
+#[derive(Subcommand, Debug, serde::Serialize)]
+pub(crate) enum ComposeCommand {
     /// Print the normalised model (as `docker compose config`).
     Config {
         /// Output format: yaml or json.
@@ -64,61 +64,10 @@ pub fn run(args: ComposeArgs, root: Option<PathBuf>) -> Result<i32> {
         working_dir: std::env::current_dir()?,
         environ: std::env::vars().collect(),
     };
-    let (format, services, volumes, profiles, quiet) = match args.command {
-        ComposeCommand::Config {
-            format,
-            services,
-            volumes,
-            profiles,
-            quiet,
-        } => (format, services, volumes, profiles, quiet),
-        ComposeCommand::Stack(command) => {
-            return crate::compose_stack::run(&opts, crate::cli::prepared_root(root)?, command)
+    match crate::cli::typed(&args.command)? {
+        stack::ComposeCommand::Config(query) => stack::config::print(&opts, &query),
+        stack::ComposeCommand::Stack(command) => {
+            crate::compose_stack::run(&opts, crate::cli::prepared_root(root)?, command)
         }
-    };
-    if profiles {
-        // Profiles are listed over every service, enabled or not.
-        let mut all = opts.clone();
-        all.profiles = vec!["*".into()];
-        let project = compose::load(&all)?;
-        return print_lines(compose::project_profiles(&project.model));
     }
-    let project = compose::load(&opts)?;
-    for w in &project.warnings {
-        eprintln!("WARN[0000] {w}");
-    }
-    let keys = |kind: &str| {
-        project
-            .model
-            .get(kind)
-            .and_then(|m| m.as_map())
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    };
-    match () {
-        _ if quiet => Ok(0),
-        _ if services => print_lines(
-            compose::graph::dependency_order(&project.model).map_err(anyhow::Error::msg)?,
-        ),
-        _ if volumes => print_lines(keys("volumes")),
-        _ if format == "json" => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&project.model.to_json())?
-            );
-            Ok(0)
-        }
-        _ if format == "yaml" => {
-            print!("{}", compose::emit::to_yaml(&project.model));
-            Ok(0)
-        }
-        _ => anyhow::bail!("--format: unsupported format {format:?} (yaml or json)"),
-    }
-}
-
-fn print_lines(lines: Vec<String>) -> Result<i32> {
-    for l in lines {
-        println!("{l}");
-    }
-    Ok(0)
 }

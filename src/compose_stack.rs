@@ -1,14 +1,11 @@
-//! `builder compose up/down/ps/logs/...`: flags mapped onto the `stack` crate; images are
-//! prepared, built and pulled here (through [`CliImages`]), since that is the CLI's pipeline.
+//! `builder compose up/down/ps/logs/...`: flags read into `stack::Command`; images come
+//! through the build engine (`stack::images::EngineImages`).
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize)]
 pub struct UpArgs {
     /// Run containers in the background.
     #[arg(short = 'd', long)]
@@ -46,7 +43,7 @@ pub struct UpArgs {
     services: Vec<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, serde::Serialize)]
 pub enum StackCommand {
     /// Create and start the project's containers.
     Up(UpArgs),
@@ -88,7 +85,7 @@ pub enum StackCommand {
     },
     /// Run a command in a service's running container.
     Exec {
-        /// Don't allocate a terminal (accepted; output is never a terminal here).
+        /// Don't give the command this terminal (by default it gets it when stdin is one).
         #[arg(short = 'T')]
         no_tty: bool,
         #[arg(long, default_value_t = 1)]
@@ -109,6 +106,9 @@ pub enum StackCommand {
         rm: bool,
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Don't give the container a terminal (by default it gets one when stdin is one).
+        #[arg(short = 'T')]
+        no_tty: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -171,168 +171,9 @@ pub enum StackCommand {
     Build { services: Vec<String> },
 }
 
-/// Images through the CLI's pipeline: the image store, `build` and `pull`.
-struct CliImages {
-    root: PathBuf,
-    rt: tokio::runtime::Runtime,
-}
-
-/// `builder build`'s flags, parsed as the command line would be.
-#[derive(Parser)]
-struct BuildCommandLine {
-    #[command(flatten)]
-    args: crate::build::BuildArgs,
-}
-
-impl stack::ImageProvider for CliImages {
-    fn exists(&self, image: &str) -> bool {
-        crate::cli::open_images(&self.root)
-            .and_then(|s| Ok(s.resolve(image)?))
-            .is_ok_and(|d| d.is_some())
-    }
-
-    fn build(&self, requests: &[stack::BuildRequest]) -> Result<()> {
-        if requests.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = requests.iter().map(|r| r.service.as_str()).collect();
-        eprintln!(" Building {}", names.join(", "));
-        // Inline Dockerfiles live in temporary files until the build ends.
-        let mut inline = Vec::new();
-        let mut all = Vec::new();
-        for r in requests {
-            let (args, file) = build_args(r)?;
-            all.push(args);
-            inline.extend(file);
-        }
-        // One solve for every service: steps they share run once.
-        let code = self.rt.block_on(crate::build::build_all(&self.root, all))?;
-        if code != 0 {
-            bail!("building {} failed (exit {code})", names.join(", "));
-        }
-        Ok(())
-    }
-
-    fn pull(&self, image: &str) -> Result<()> {
-        let store = crate::cli::open_images(&self.root)?;
-        let pull = crate::image_cmds::ImageCommand::Pull {
-            name: image.to_string(),
-            platform: None,
-        };
-        match crate::image_cmds::run(&store, pull)? {
-            0 => Ok(()),
-            code => bail!("pulling {image} failed (exit {code})"),
-        }
-    }
-
-    fn prepare(&self, image: &str) -> Result<runtime::PreparedImage> {
-        let snapshot = self
-            .rt
-            .block_on(crate::run::prepare_image(&self.root, image, None))?;
-        Ok(crate::run::into_prepared(snapshot, image))
-    }
-}
-
-/// A compose `build:` section as `builder build` flags (and the temporary file holding a
-/// `dockerfile_inline`).
-fn build_args(
-    r: &stack::BuildRequest,
-) -> Result<(crate::build::BuildArgs, Option<tempfile::NamedTempFile>)> {
-    let b = &r.build;
-    let fail = |what: &str| anyhow!("service {:?}: build.{what}", r.service);
-    let mut argv = vec!["build".to_string(), "-t".into(), r.tag.clone()];
-    let mut inline = None;
-    if let Some(text) = &b.dockerfile_inline {
-        let mut file = tempfile::NamedTempFile::new().context("dockerfile_inline")?;
-        std::io::Write::write_all(&mut file, text.as_bytes()).context("dockerfile_inline")?;
-        argv.extend(["-f".into(), file.path().display().to_string()]);
-        inline = Some(file);
-    } else if let Some(f) = &b.dockerfile {
-        argv.extend([
-            "-f".into(),
-            Path::new(&b.context).join(f).display().to_string(),
-        ]);
-    }
-    if let Some(t) = &b.target {
-        argv.push(format!("--target={t}"));
-    }
-    for (k, v) in &b.args {
-        argv.push("--build-arg".into());
-        argv.push(match v {
-            Some(v) => format!("{k}={v}"),
-            None => k.clone(),
-        });
-    }
-    let pairs = |flag: &str, v: &Option<serde_json::Value>| -> Result<Vec<String>> {
-        let items = key_values(v.as_ref()).ok_or_else(|| fail(flag))?;
-        Ok(items
-            .into_iter()
-            .flat_map(|kv| [format!("--{flag}"), kv])
-            .collect())
-    };
-    argv.extend(pairs("label", &b.labels)?);
-    argv.extend(pairs("build-context", &b.additional_contexts)?);
-    let flags = [
-        ("tag", &b.tags),
-        ("cache-from", &b.cache_from),
-        ("cache-to", &b.cache_to),
-    ];
-    for (flag, values) in flags {
-        argv.extend(values.iter().flat_map(|v| [format!("--{flag}"), v.clone()]));
-    }
-    if !b.platforms.is_empty() {
-        argv.push(format!("--platform={}", b.platforms.join(",")));
-    }
-    if let Some(n) = &b.network {
-        argv.push(format!("--network={n}"));
-    }
-    for ssh in ssh_specs(b.ssh.as_ref()).ok_or_else(|| fail("ssh"))? {
-        argv.extend(["--ssh".into(), ssh]);
-    }
-    if !b.secrets.is_empty() {
-        bail!(
-            "service {:?}: build.secrets is not supported yet",
-            r.service
-        );
-    }
-    argv.push(b.context.clone());
-    let args = BuildCommandLine::try_parse_from(&argv)
-        .map(|c| c.args)
-        .map_err(|e| anyhow!("service {:?}: build: {e}", r.service))?;
-    Ok((args, inline))
-}
-
-/// A compose map (`{k: v}`) or list (`["k=v"]`) as `k=v` strings; `None` when malformed.
-fn key_values(value: Option<&serde_json::Value>) -> Option<Vec<String>> {
-    match value {
-        None | Some(serde_json::Value::Null) => Some(vec![]),
-        Some(serde_json::Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some(format!("{k}={s}")),
-                serde_json::Value::Null => Some(k.clone()),
-                other => Some(format!("{k}={other}")),
-            })
-            .collect(),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => None,
-    }
-}
-
-/// `build.ssh`: `default`, a list of `id[=path]`, or a map of id to path.
-fn ssh_specs(value: Option<&serde_json::Value>) -> Option<Vec<String>> {
-    match value {
-        Some(serde_json::Value::String(s)) => Some(vec![s.clone()]),
-        other => key_values(other),
-    }
-}
-
-pub fn run(opts: &compose::Options, root: PathBuf, command: StackCommand) -> Result<i32> {
-    if let StackCommand::Ls { all, quiet } = command {
-        return ls(&root, all, quiet);
+pub fn run(opts: &compose::Options, root: PathBuf, command: stack::Command) -> Result<i32> {
+    if let stack::Command::Ls { all, quiet } = command {
+        return stack::verbs::ls(&root, all, quiet);
     }
     let project = compose::load(opts)?;
     for w in &project.warnings {
@@ -340,116 +181,6 @@ pub fn run(opts: &compose::Options, root: PathBuf, command: StackCommand) -> Res
     }
     let _store_lock = solver::gc::StoreLock::shared(&root, || {})?;
     let stack = stack::Stack::new(&root, &project)?;
-    let images = CliImages {
-        root,
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
-    match command {
-        StackCommand::Up(args) => up(&stack, &images, args),
-        StackCommand::Down {
-            volumes,
-            rmi,
-            remove_orphans,
-            timeout,
-        } => {
-            let o = stack::DownOptions {
-                volumes,
-                remove_orphans,
-                timeout,
-            };
-            stack::down(&stack, &o)?;
-            if let Some(which) = rmi {
-                remove_images(&stack, &images, &which)?;
-            }
-            Ok(0)
-        }
-        other => crate::compose_verbs::run(&stack, &images, other),
-    }
-}
-
-fn ls(root: &Path, all: bool, quiet: bool) -> Result<i32> {
-    let store = runtime::ContainerStore::open(root)?;
-    let projects = stack::list_projects(&store)?;
-    if !quiet {
-        println!("{:<24} {:<16} CONFIG DIR", "NAME", "STATUS");
-    }
-    for (name, (running, total, dir)) in projects {
-        if running == 0 && !all {
-            continue;
-        }
-        match quiet {
-            true => println!("{name}"),
-            false => println!(
-                "{name:<24} {:<16} {dir}",
-                format!("running({running}/{total})")
-            ),
-        }
-    }
-    Ok(0)
-}
-
-fn remove_images(stack: &stack::Stack, images: &CliImages, which: &str) -> Result<()> {
-    let store = crate::cli::open_images(&images.root)?;
-    for (name, service) in &stack.model.services {
-        let local = service.build.is_some();
-        if which == "all" || (which == "local" && local) {
-            let image = stack.image_of(name);
-            if store.untag(&image)? {
-                eprintln!(" Image {image}  Removed");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Ctrl-C presses seen (the first stops gracefully, the second kills).
-static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-}
-
-fn up(stack: &stack::Stack, images: &CliImages, args: UpArgs) -> Result<i32> {
-    let mut scale = BTreeMap::new();
-    for s in &args.scale {
-        let (name, n) = s.split_once('=').context("--scale: want SERVICE=N")?;
-        let n: u32 = n
-            .parse()
-            .with_context(|| format!("--scale {s:?}: N must be a number"))?;
-        scale.insert(name.to_string(), n);
-    }
-    let opts = stack::UpOptions {
-        services: args.services.clone(),
-        no_deps: args.no_deps,
-        force_recreate: args.force_recreate,
-        build: args.build,
-        no_build: args.no_build,
-        scale,
-        remove_orphans: args.remove_orphans,
-        wait: args.wait,
-        wait_timeout: args.wait_timeout.map(Duration::from_secs),
-    };
-    if !(args.detach || args.wait) {
-        // Before any container starts: a Ctrl-C from now on stops the stack gracefully.
-        // SAFETY: the handler only increments an atomic.
-        unsafe {
-            libc::signal(
-                libc::SIGINT,
-                on_interrupt as *const () as libc::sighandler_t,
-            )
-        };
-    }
-    let services = stack::up(stack, images, &opts)?;
-    if args.detach || args.wait {
-        return Ok(0);
-    }
-    crate::compose_verbs::foreground(
-        stack,
-        &services,
-        args.abort_on_container_exit || args.exit_code_from.is_some(),
-        args.exit_code_from.as_deref(),
-        &INTERRUPTS,
-    )
+    let images = stack::images::EngineImages::new(root)?;
+    stack::verbs::run(&stack, &images, command)
 }

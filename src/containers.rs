@@ -1,11 +1,12 @@
-//! Container commands (`create`, `start`, `stop`, `ps`, `logs`, ...): flags in, `runtime` calls.
+//! Container commands (`create`, `start`, `stop`, `ps`, `logs`, ...): flags read into
+//! `runtime::command`'s typed commands; images prepared by the build engine.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::Path;
 
 use crate::run::RunArgs;
 
-#[derive(clap::Subcommand)]
+#[derive(clap::Subcommand, serde::Serialize)]
 pub enum ContainerCommand {
     /// Create a container without starting it.
     Create(Box<RunArgs>),
@@ -14,6 +15,9 @@ pub enum ContainerCommand {
         /// Attach to the container's output and wait for it.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach stdin too (a container created with -i).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -98,6 +102,13 @@ pub enum ContainerCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Attach this terminal's stdin and output to a running container (made with -i/-t).
+    Attach {
+        /// Do not attach stdin.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        container: String,
+    },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
     Cp { source: String, dest: String },
     /// Show running containers' CPU, memory and process count (one sample, as --no-stream).
@@ -126,7 +137,7 @@ pub enum ContainerCommand {
     Container(ContainerSubcommand),
 }
 
-#[derive(clap::Subcommand)]
+#[derive(clap::Subcommand, serde::Serialize)]
 pub enum VolumeCommand {
     /// Create a named volume (a random name without one).
     Create {
@@ -162,7 +173,7 @@ pub enum VolumeCommand {
     },
 }
 
-#[derive(clap::Subcommand)]
+#[derive(clap::Subcommand, serde::Serialize)]
 pub enum NetworkCommand {
     /// Create a user-defined bridge network (containers on it resolve each other by name).
     Create {
@@ -198,9 +209,28 @@ pub enum NetworkCommand {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// Connect a container to a network (a running one at once).
+    Connect {
+        /// Extra name of the container on the network.
+        #[arg(long = "alias")]
+        alias: Vec<String>,
+        /// Static IPv4 address in the network's subnet.
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        /// Do not fail when the container is not connected; release what it holds there.
+        #[arg(short = 'f', long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct PsArgs {
     /// Show all containers (default: running ones).
     #[arg(short = 'a', long)]
@@ -216,7 +246,7 @@ pub struct PsArgs {
     format: Option<String>,
 }
 
-#[derive(clap::Subcommand)]
+#[derive(clap::Subcommand, serde::Serialize)]
 pub enum ContainerSubcommand {
     /// Remove all stopped containers.
     Prune {
@@ -230,627 +260,34 @@ pub enum ContainerSubcommand {
     StartRestartable,
 }
 
+/// Images from the engine's store, for the runtime.
+struct CliImages<'a> {
+    root: &'a Path,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl runtime::command::ImageSource for CliImages<'_> {
+    fn prepare(&self, image: &str, platform: Option<&str>) -> Result<runtime::PreparedImage> {
+        let prepared = self
+            .rt
+            .block_on(engine::images::prepare(self.root, image, platform))?;
+        Ok(crate::run::into_prepared(prepared, image))
+    }
+
+    fn inspect_image(&self, name: &str) -> Result<i32> {
+        engine::image_command::inspect(&crate::cli::open_images(self.root)?, name)
+    }
+}
+
 /// Runs a container command; errors print docker-style and give docker's exit codes.
 pub fn dispatch(root: &Path, rt: &tokio::runtime::Runtime, command: ContainerCommand) -> i32 {
-    match run_command(root, rt, command) {
-        Ok(code) => code,
-        Err(e) => report(e),
+    match crate::cli::typed(command) {
+        Ok(command) => runtime::command::dispatch(root, command, &CliImages { root, rt }),
+        Err(e) => runtime::command::report(e),
     }
 }
 
-fn report(e: anyhow::Error) -> i32 {
-    eprintln!("Error: {e:#}");
-    match e.downcast_ref::<runtime::ExitError>() {
-        Some(exit) => exit.code,
-        None => runtime::EXIT_OUR_ERROR,
-    }
-}
-
-fn run_command(
-    root: &Path,
-    rt: &tokio::runtime::Runtime,
-    command: ContainerCommand,
-) -> Result<i32> {
-    let store = runtime::ContainerStore::open(root)?;
-    match command {
-        ContainerCommand::Create(args) => {
-            let c = rt.block_on(crate::run::create_container(root, &args))?;
-            println!("{}", c.id());
-            Ok(0)
-        }
-        ContainerCommand::Start { attach, containers } => {
-            if attach {
-                let [one] = containers.as_slice() else {
-                    bail!("you cannot start and attach multiple containers at once");
-                };
-                let c = store.find(one)?;
-                runtime::start(&store, &c)?;
-                return attach_and_wait(&c);
-            }
-            each(&containers, |name| {
-                runtime::start(&store, &store.find(name)?)
-            })
-        }
-        ContainerCommand::Stop { time, containers } => {
-            each(&containers, |name| runtime::stop(&store.find(name)?, time))
-        }
-        ContainerCommand::Restart { time, containers } => each(&containers, |name| {
-            runtime::restart(&store, &store.find(name)?, time)
-        }),
-        ContainerCommand::Kill { signal, containers } => each(&containers, |name| {
-            runtime::kill(&store.find(name)?, &signal)
-        }),
-        ContainerCommand::Rm {
-            force,
-            volumes,
-            containers,
-        } => each(&containers, |name| {
-            runtime::remove(&store, &store.find(name)?, force, volumes)
-        }),
-        ContainerCommand::Wait { containers } => {
-            let mut failed = false;
-            for name in &containers {
-                match store.find(name).and_then(|c| runtime::wait_exit(&c)) {
-                    Ok(code) => println!("{code}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { 1 } else { 0 })
-        }
-        ContainerCommand::Ps(args) => ps(&store, &args),
-        ContainerCommand::Inspect { format, containers } => {
-            if let [one] = containers.as_slice() {
-                if format.is_none() && store.find(one).is_err() {
-                    return crate::image_cmds::inspect(&crate::cli::open_images(root)?, one);
-                }
-            }
-            inspect(&store, format.as_deref(), &containers)
-        }
-        ContainerCommand::Network(command) => network(&store, command),
-        ContainerCommand::Volume(command) => volume(&store, command),
-        other => run_in_container(&store, other),
-    }
-}
-
-/// The commands that look into or act inside one container.
-fn run_in_container(store: &runtime::ContainerStore, command: ContainerCommand) -> Result<i32> {
-    match command {
-        ContainerCommand::Exec {
-            interactive,
-            tty,
-            env,
-            user,
-            workdir,
-            container,
-            command,
-        } => {
-            let c = store.find(&container)?;
-            let request = runtime::ExecRequest {
-                args: command,
-                env: env
-                    .iter()
-                    .map(|kv| match kv.split_once('=') {
-                        Some(_) => kv.clone(),
-                        None => format!("{kv}={}", std::env::var(kv).unwrap_or_default()),
-                    })
-                    .collect(),
-                user,
-                workdir,
-                inherit_stdio: interactive || tty,
-            };
-            runtime::exec(
-                &c,
-                &request,
-                &executor::CancelToken::new(),
-                &mut |stream, data| {
-                    use std::io::Write as _;
-                    let _ = match stream {
-                        executor::OutputStream::Stdout => std::io::stdout().write_all(data),
-                        executor::OutputStream::Stderr => std::io::stderr().write_all(data),
-                    };
-                },
-            )
-        }
-        ContainerCommand::Logs {
-            follow,
-            tail,
-            since,
-            timestamps,
-            container,
-        } => {
-            let query =
-                runtime::LogsQuery {
-                    follow,
-                    tail: match tail.as_str() {
-                        "all" => None,
-                        n => Some(n.parse().map_err(|_| {
-                            anyhow::anyhow!("--tail {n:?}: want a number or \"all\"")
-                        })?),
-                    },
-                    since: since
-                        .as_deref()
-                        .map(runtime::LogsQuery::parse_since)
-                        .transpose()?,
-                    timestamps,
-                };
-            let c = store.find(&container)?;
-            runtime::follow_logs(&c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
-            Ok(0)
-        }
-        ContainerCommand::Cp { source, dest } => {
-            match (container_path(&source), container_path(&dest)) {
-                (Some((name, path)), None) => {
-                    runtime::copy_out(&store.find(name)?, path, Path::new(&dest))?
-                }
-                (None, Some((name, path))) => {
-                    runtime::copy_in(&store.find(name)?, Path::new(&source), path)?
-                }
-                _ => bail!("cp: exactly one of SOURCE and DEST must be CONTAINER:PATH"),
-            }
-            Ok(0)
-        }
-        ContainerCommand::Top { container } => {
-            let c = store.find(&container)?;
-            let state = c.live_state()?;
-            if state.status != runtime::Status::Running {
-                bail!("container {container} is not running");
-            }
-            let mut lines = vec!["UID\tPID\tPPID\tCMD".to_string()];
-            for p in runtime::container_processes(&state) {
-                lines.push(format!("{}\t{}\t{}\t{}", p.uid, p.pid, p.ppid, p.command));
-            }
-            print!("{}", align_columns(&lines));
-            Ok(0)
-        }
-        ContainerCommand::Port {
-            container,
-            private_port,
-        } => port(store, &container, private_port),
-        ContainerCommand::Container(sub) => container_sub(store, sub),
-        ContainerCommand::Stats { containers, .. } => stats(store, &containers),
-        _ => bail!("internal error: command not handled"),
-    }
-}
-
-/// `port NAME [PORT[/PROTO]]`.
-fn port(
-    store: &runtime::ContainerStore,
-    container: &str,
-    private_port: Option<String>,
-) -> Result<i32> {
-    let c = store.find(container)?;
-    let state = c.live_state()?;
-    let wanted = private_port.map(|p| {
-        if p.contains('/') {
-            p
-        } else {
-            format!("{p}/tcp")
-        }
-    });
-    let mut found = false;
-    for p in &state.ports {
-        let key = format!("{}/{}", p.container_port, p.protocol);
-        let ip = if p.host_ip.is_empty() {
-            "0.0.0.0"
-        } else {
-            &p.host_ip
-        };
-        match &wanted {
-            Some(w) if *w == key => println!("{ip}:{}", p.host_port),
-            Some(_) => continue,
-            None => println!("{key} -> {ip}:{}", p.host_port),
-        }
-        found = true;
-    }
-    if let (Some(w), false) = (&wanted, found) {
-        bail!("No public port '{w}' published for {container}");
-    }
-    Ok(0)
-}
-
-/// `container ls|prune|start-restartable`.
-fn container_sub(store: &runtime::ContainerStore, sub: ContainerSubcommand) -> Result<i32> {
-    match sub {
-        ContainerSubcommand::Ls(args) => ps(store, &args),
-        ContainerSubcommand::Prune { force: _ } => {
-            for c in store.list()? {
-                let Some(state) = c.live_state_if_present()? else {
-                    continue;
-                };
-                if matches!(
-                    state.status,
-                    runtime::Status::Exited | runtime::Status::Created | runtime::Status::Dead
-                ) {
-                    runtime::remove(store, &c, false, false)?;
-                    println!("{}", c.id());
-                }
-            }
-            Ok(0)
-        }
-        ContainerSubcommand::StartRestartable => {
-            for name in runtime::start_restartable(store)? {
-                println!("{name}");
-            }
-            Ok(0)
-        }
-    }
-}
-
-/// Applies `f` to each name, printing the name on success as docker does; 1 if any failed.
-fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
-    let mut code = 0;
-    for name in names {
-        match f(name) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
-}
-
-fn attach_and_wait(c: &runtime::Container) -> Result<i32> {
-    let query = runtime::LogsQuery {
-        follow: true,
-        ..Default::default()
-    };
-    runtime::follow_logs(c, &query, &mut std::io::stdout(), &mut std::io::stderr())?;
-    runtime::wait_exit(c)
-}
-
-fn ps(store: &runtime::ContainerStore, args: &PsArgs) -> Result<i32> {
-    let filter = runtime::PsFilter::parse(&args.filter)?;
-    let mut selected = Vec::new();
-    for c in store.list()? {
-        let Some(state) = c.live_state_if_present()? else {
-            continue;
-        };
-        let shown = args.all || filter.has_status() || state.status.is_active();
-        if shown && filter.matches(&c, &state) {
-            selected.push((c, state));
-        }
-    }
-    selected.reverse(); // newest first, as docker lists them
-    let rows = runtime::ps_rows(&selected);
-    if args.quiet {
-        for row in &rows {
-            println!("{}", row["ID"].as_str().unwrap_or(""));
-        }
-        return Ok(0);
-    }
-    let format = args.format.clone().unwrap_or_else(|| {
-        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}".into()
-    });
-    let (table, body) = match format.strip_prefix("table") {
-        Some(rest) => (true, rest.trim_start().to_string()),
-        None => (false, format.clone()),
-    };
-    let mut lines = Vec::new();
-    if table {
-        lines.push(runtime::template::render(&body, &header_row())?);
-    }
-    for row in &rows {
-        lines.push(runtime::template::render(&body, row)?);
-    }
-    print!(
-        "{}",
-        if table {
-            align_columns(&lines)
-        } else {
-            lines.iter().map(|l| format!("{l}\n")).collect()
-        }
-    );
-    Ok(0)
-}
-
-fn header_row() -> serde_json::Value {
-    serde_json::json!({"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
-        "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE",
-        "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS"})
-}
-
-/// Pads tab-separated cells into columns (docker's tabwriter with 3 spaces of padding).
-fn align_columns(lines: &[String]) -> String {
-    let rows: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
-    let mut widths = Vec::new();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            if widths.len() <= i {
-                widths.push(0);
-            }
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 < row.len() {
-                line.push_str(&format!("{cell:<w$}", w = widths[i] + 3));
-            } else {
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn inspect(store: &runtime::ContainerStore, format: Option<&str>, names: &[String]) -> Result<i32> {
-    let mut values = Vec::new();
-    let mut code = 0;
-    for name in names {
-        match store.find(name).and_then(|c| Ok((c.live_state()?, c))) {
-            Ok((state, c)) => values.push(runtime::inspect_json(&c, &state)),
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    match format {
-        Some(f) => {
-            for v in &values {
-                println!("{}", runtime::template::render(f, v)?);
-            }
-        }
-        None => println!("{}", serde_json::to_string_pretty(&values)?),
-    }
-    Ok(code)
-}
-
-/// `run` of a managed container: create, start, then print the id (`-d`) or follow its
-/// output and return its exit code.
-pub async fn run_managed(root: &Path, args: RunArgs) -> Result<i32> {
-    // A foreground --rm container is removed here, after its exit code was read; a detached
-    // one by its monitor.
-    let remove_after = args.rm && !args.detach;
-    let mut args = args;
-    args.rm = args.rm && args.detach;
-    let c = match crate::run::create_container(root, &args).await {
-        Ok(c) => c,
-        Err(e) => return Ok(report(e)),
-    };
-    let store = runtime::ContainerStore::open(root)?;
-    if let Err(e) = runtime::start(&store, &c) {
-        return Ok(report(e));
-    }
-    if args.detach {
-        println!("{}", c.id());
-        return Ok(0);
-    }
-    let code = tokio::task::spawn_blocking(move || {
-        let code = attach_and_wait(&c)?;
-        if remove_after {
-            runtime::remove(&store, &c, false, true)?;
-        }
-        anyhow::Ok(code)
-    })
-    .await??;
-    Ok(code)
-}
-
-fn network(store: &runtime::ContainerStore, command: NetworkCommand) -> Result<i32> {
-    let networks = runtime::NetworkStore::open(&store.root)?;
-    match command {
-        NetworkCommand::Create {
-            subnet,
-            label,
-            driver,
-            name,
-        } => {
-            if driver != "bridge" {
-                bail!("--driver {driver:?}: only the bridge driver is supported");
-            }
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
-            println!("{}", networks.create(&name, subnet.as_deref(), labels)?.id);
-            Ok(0)
-        }
-        NetworkCommand::Ls { quiet } => {
-            let mut lines = vec!["NETWORK ID\tNAME\tDRIVER\tSUBNET".to_string()];
-            for n in networks.list()? {
-                if quiet {
-                    println!("{}", &n.id[..12]);
-                } else {
-                    lines.push(format!("{}\t{}\tbridge\t{}", &n.id[..12], n.name, n.subnet));
-                }
-            }
-            if !quiet {
-                print!("{}", align_columns(&lines));
-            }
-            Ok(0)
-        }
-        NetworkCommand::Inspect {
-            format,
-            networks: names,
-        } => {
-            let mut values = Vec::new();
-            for name in &names {
-                let n = networks.get(name)?;
-                let members: serde_json::Map<String, serde_json::Value> = store
-                    .list()?
-                    .into_iter()
-                    .filter(|c| c.config.network_mode == n.name)
-                    .filter_map(|c| {
-                        let state = c.state().ok()?;
-                        let value =
-                            serde_json::json!({"Name": c.config.name, "IPv4Address": state.ip});
-                        Some((c.config.id, value))
-                    })
-                    .collect();
-                values.push(serde_json::json!({"Name": n.name, "Id": n.id, "Created": n.created,
-                    "Driver": "bridge", "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                    "Options": {"com.docker.network.bridge.name": n.bridge}, "Labels": n.labels,
-                    "Containers": members}));
-            }
-            match format {
-                Some(f) => {
-                    for v in &values {
-                        println!("{}", runtime::template::render(&f, v)?);
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&values)?),
-            }
-            Ok(0)
-        }
-        NetworkCommand::Rm { networks: names } => each(&names, |name| networks.remove(store, name)),
-        NetworkCommand::Prune { force: _ } => {
-            for n in networks.list()? {
-                let used = store
-                    .list()?
-                    .iter()
-                    .any(|c| c.config.network_mode == n.name);
-                if n.is_user_defined() && !used {
-                    networks.remove(store, &n.name)?;
-                    println!("{}", n.name);
-                }
-            }
-            Ok(0)
-        }
-    }
-}
-
-fn volume(store: &runtime::ContainerStore, command: VolumeCommand) -> Result<i32> {
-    let volumes = runtime::VolumeStore::open(&store.root)?;
-    match command {
-        VolumeCommand::Create { label, name } => {
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
-            println!("{}", volumes.create(name.as_deref(), labels)?.name);
-            Ok(0)
-        }
-        VolumeCommand::Ls { quiet } => {
-            let mut lines = vec!["DRIVER\tVOLUME NAME".to_string()];
-            for v in volumes.list()? {
-                if quiet {
-                    println!("{}", v.name);
-                } else {
-                    lines.push(format!("local\t{}", v.name));
-                }
-            }
-            if !quiet {
-                print!("{}", align_columns(&lines));
-            }
-            Ok(0)
-        }
-        VolumeCommand::Inspect {
-            format,
-            volumes: names,
-        } => {
-            let mut values = Vec::new();
-            for name in &names {
-                let v = volumes.get(name)?;
-                values.push(
-                    serde_json::json!({"Name": v.name, "Driver": "local", "CreatedAt": v.created,
-                    "Mountpoint": volumes.data_dir(&v.name), "Labels": v.labels, "Scope": "local",
-                    "Options": {}, "Anonymous": v.anonymous}),
-                );
-            }
-            match format {
-                Some(f) => {
-                    for v in &values {
-                        println!("{}", runtime::template::render(&f, v)?);
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&values)?),
-            }
-            Ok(0)
-        }
-        VolumeCommand::Rm {
-            force: _,
-            volumes: names,
-        } => each(&names, |name| volumes.remove(store, name)),
-        VolumeCommand::Prune { all, force: _ } => {
-            for v in volumes.list()? {
-                if (v.anonymous || all) && volumes.users(store, &v.name)?.is_empty() {
-                    volumes.remove(store, &v.name)?;
-                    println!("{}", v.name);
-                }
-            }
-            Ok(0)
-        }
-    }
-}
-
-/// `NAME:PATH` of `cp` (a host path may contain ':' only after a '/').
-fn container_path(arg: &str) -> Option<(&str, &str)> {
-    arg.split_once(':').filter(|(name, _)| !name.contains('/'))
-}
-
-/// `stats --no-stream`: CPU over a 500 ms sample, resident memory and process count, summed
-/// over the container's processes.
-fn stats(store: &runtime::ContainerStore, names: &[String]) -> Result<i32> {
-    let mut selected = Vec::new();
-    for c in store.list()? {
-        let Some(state) = c.live_state_if_present()? else {
-            continue;
-        };
-        let wanted = names.is_empty()
-            || names
-                .iter()
-                .any(|n| store.find(n).is_ok_and(|f| f.id() == c.id()));
-        if wanted && state.status == runtime::Status::Running {
-            selected.push((c, state));
-        }
-    }
-    let sample = |state: &runtime::State| {
-        let procs = runtime::container_processes(state);
-        let (cpu, mem) = procs
-            .iter()
-            .map(|p| runtime::usage(p.pid))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        (cpu, mem, procs.len())
-    };
-    let before: Vec<_> = selected.iter().map(|(_, s)| sample(s)).collect();
-    let interval = std::time::Duration::from_millis(500);
-    std::thread::sleep(interval);
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut lines = vec!["CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tPIDS".to_string()];
-    for ((c, state), (cpu0, _, _)) in selected.iter().zip(before) {
-        let (cpu1, mem, pids) = sample(state);
-        let cpu = (cpu1.saturating_sub(cpu0)) as f64 / ticks / interval.as_secs_f64() * 100.0;
-        let limit = c
-            .config
-            .limits
-            .memory
-            .map_or_else(host_memory, |m| m as f64);
-        lines.push(format!(
-            "{}\t{}\t{cpu:.2}%\t{:.1}MiB / {:.1}MiB\t{pids}",
-            &c.id()[..12],
-            c.config.name,
-            mem as f64 / 1048576.0,
-            limit / 1048576.0
-        ));
-    }
-    print!("{}", align_columns(&lines));
-    Ok(0)
-}
-
-fn host_memory() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb * 1024.0)
+/// `run` of a managed container (see `runtime::command::run_managed`).
+pub fn run_managed(root: &Path, rt: &tokio::runtime::Runtime, args: RunArgs) -> Result<i32> {
+    runtime::command::run_managed(root, crate::cli::typed(args)?, &CliImages { root, rt })
 }

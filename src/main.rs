@@ -3,16 +3,13 @@
 //! `exporter` crates.
 
 mod build;
-mod checks_output;
 mod cli;
 mod compose_cmd;
 mod compose_stack;
-mod compose_verbs;
 mod containers;
 mod image_cmds;
 mod isolation;
 mod login;
-mod progress;
 mod prune;
 mod remote_cmd;
 mod run;

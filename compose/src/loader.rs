@@ -45,6 +45,24 @@ pub struct Project {
     /// The canonical model (`config` prints it).
     pub model: Node,
     pub warnings: Vec<String>,
+    /// The files read, as shown in errors (relative to the working directory).
+    pub files: Vec<String>,
+}
+
+impl Project {
+    /// Where a key of the model was written, for errors: `compose.yaml:12:9:
+    /// services.web.networks.front.ipv4_address` (no line when several files merged).
+    pub fn locate(&self, path: &[&str]) -> String {
+        let mut node = Some(&self.model);
+        for key in path {
+            node = node.and_then(|n| n.get(key));
+        }
+        let dotted = path.join(".");
+        match (self.files.as_slice(), node) {
+            ([one], Some(n)) if n.key_pos.line > 0 => format!("{one}:{}: {dotted}", n.key_pos),
+            (files, _) => format!("{}: {dotted}", files.join(", ")),
+        }
+    }
 }
 
 /// Picks the first default file in `dir` or a parent; warns when several forms exist.
@@ -125,6 +143,7 @@ pub fn load(opts: &Options) -> Result<Project, LoadError> {
     let env = project_env(opts, &dir)?;
     let mut ctx = Ctx { env, warnings };
     let mut model = Node::map(Map::new());
+    let mut shown_files = Vec::new();
     for file in &files {
         let (text, display) = if file == Path::new("-") {
             (opts.stdin.clone().unwrap_or_default(), "-".to_string())
@@ -137,8 +156,11 @@ pub fn load(opts: &Options) -> Result<Project, LoadError> {
         };
         let doc = load_file(&text, &display, &dir, &mut ctx)?;
         merge(&mut model, doc, &mut Vec::new());
+        shown_files.push(display);
     }
-    finish(model, opts, dir, ctx)
+    let mut project = finish(model, opts, dir, ctx)?;
+    project.files = shown_files;
+    Ok(project)
 }
 
 fn finish(
@@ -187,6 +209,7 @@ fn finish(
         dir,
         model,
         warnings: ctx.warnings,
+        files: vec![],
     })
 }
 

@@ -50,6 +50,8 @@ pub struct Service {
     pub working_dir: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub init: Option<bool>,
+    pub tty: Option<bool>,
+    pub stdin_open: Option<bool>,
     pub read_only: Option<bool>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 mod error;
+pub mod login;
 pub mod registry;
 mod sources;
 

@@ -73,3 +73,18 @@ pub async fn prepare(
         parent,
     })
 }
+
+/// Makes a container's root filesystem from a snapshot key (`runtime::RootfsMaker`).
+pub type RootfsMaker = dyn Fn(&str) -> Result<Vec<executor::Mount>> + Send + Sync;
+
+/// Makes a managed container's root filesystem (`run -d`, compose): a new snapshot on
+/// `parent`, as mounts (see `solver::solve::managed_rootfs`).
+pub fn managed_rootfs(
+    snapshots: snapshotter::Snapshotter,
+    parent: Option<String>,
+) -> Box<RootfsMaker> {
+    Box::new(move |key| {
+        let mounts = snapshots.prepare(key, parent.as_deref())?;
+        solver::solve::managed_rootfs(&mounts)
+    })
+}

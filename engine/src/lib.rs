@@ -11,13 +11,19 @@
 
 pub mod attest;
 pub mod cache;
+pub mod checks_output;
+pub mod command;
 pub mod context;
 mod events;
 pub mod excerpt;
+pub mod image_command;
 pub mod images;
+pub mod isolation;
 pub mod output;
 mod pipeline;
 pub mod platforms;
+pub mod prune_command;
+pub mod render;
 mod request;
 mod rootfs_tar;
 pub mod secrets;

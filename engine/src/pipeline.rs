@@ -102,6 +102,16 @@ struct Session {
     forward: tokio::task::JoinHandle<()>,
 }
 
+/// Whether any request exports an image (whose layers are worth compressing during the build).
+fn wants_images(jobs: &[Job]) -> bool {
+    jobs.iter().any(|job| {
+        job.request
+            .outputs
+            .iter()
+            .any(|o| matches!(o.image_format(job.source_date_epoch), Ok(Some(_))))
+    })
+}
+
 impl Session {
     fn open(root: &Path, jobs: &[Job], events: &EventSink) -> Result<Session> {
         let mut locals: HashMap<String, Arc<dyn LocalSource>> = HashMap::new();
@@ -130,7 +140,8 @@ impl Session {
             exec,
             layer_export,
         })?
-        .with_pull_always(requests.iter().any(|r| r.pull));
+        .with_pull_always(requests.iter().any(|r| r.pull))
+        .with_background_layers(wants_images(jobs));
         Ok(Session {
             root: root.to_path_buf(),
             solver: Arc::new(solver),

@@ -46,6 +46,78 @@ const DEVICE_ALLOW: [&str; 11] = [
     "c 136:* rwm", // pts/*
 ];
 
+/// Chooses where the device allow-list is kept: `v1` (the `devices` controller) or `v2` (an
+/// eBPF program on the run's cgroup v2). Unset: v1 when its controller is mounted, else v2.
+pub const DEVICE_FILTER_ENV: &str = "BUILDER_CGROUP_DEVICES";
+
+/// Where the run's device allow-list is kept.
+#[derive(Debug, PartialEq)]
+enum DeviceFilter {
+    /// The v1 `devices` hierarchy at this path.
+    V1(PathBuf),
+    /// A BPF program on a cgroup in the v2 hierarchy at this path.
+    V2(PathBuf),
+    /// Neither exists (no cgroupfs): only `nodev` protects.
+    None,
+}
+
+fn device_filter() -> Result<DeviceFilter> {
+    let v1 = Path::new(CGROUP_ROOT).join("devices");
+    let v1 = v1.join("devices.allow").exists().then_some(v1);
+    let v2 = v2_root();
+    Ok(match std::env::var(DEVICE_FILTER_ENV).as_deref() {
+        Ok("v1") => DeviceFilter::V1(v1.with_context(|| {
+            format!("{DEVICE_FILTER_ENV}=v1: no cgroup v1 devices controller is mounted")
+        })?),
+        Ok("v2") => DeviceFilter::V2(v2.with_context(|| {
+            format!("{DEVICE_FILTER_ENV}=v2: no cgroup v2 hierarchy is mounted")
+        })?),
+        Ok("") | Err(_) => match (v1, v2) {
+            (Some(v1), _) => DeviceFilter::V1(v1),
+            (None, Some(v2)) => DeviceFilter::V2(v2),
+            (None, None) => DeviceFilter::None,
+        },
+        Ok(other) => bail!("{DEVICE_FILTER_ENV}={other}: expected v1 or v2"),
+    })
+}
+
+/// `/sys/fs/cgroup` when it is a cgroup v2 mount (a pure v2 host).
+fn pure_v2_root() -> Option<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    root.join("cgroup.controllers")
+        .exists()
+        .then(|| root.to_path_buf())
+}
+
+/// The cgroup v2 hierarchy: `/sys/fs/cgroup` itself, or the hybrid layout's `unified`.
+fn v2_root() -> Option<PathBuf> {
+    let unified = Path::new(CGROUP_ROOT).join("unified");
+    pure_v2_root().or_else(|| {
+        unified
+            .join("cgroup.controllers")
+            .exists()
+            .then_some(unified)
+    })
+}
+
+/// Attaches Docker's default device allow-list, as an eBPF program, to the cgroup v2
+/// directory `cgroup` (for callers that make cgroups of their own).
+pub fn attach_device_filter(cgroup: &Path) -> Result<()> {
+    crate::devices_bpf::attach(cgroup, &device_rules())
+}
+
+/// How many eBPF device filters are attached to the cgroup v2 directory `cgroup`.
+pub fn device_filters_attached(cgroup: &Path) -> Result<u32> {
+    crate::devices_bpf::attached_count(cgroup)
+}
+
+fn device_rules() -> Vec<crate::devices_bpf::DeviceRule> {
+    DEVICE_ALLOW
+        .iter()
+        .map(|line| crate::devices_bpf::parse_rule(line).expect("the built-in list parses"))
+        .collect()
+}
+
 /// The cgroup directories of one run; removed on drop.
 #[derive(Debug, Default)]
 pub(crate) struct RunCgroups {
@@ -55,8 +127,12 @@ pub(crate) struct RunCgroups {
 impl RunCgroups {
     /// Creates the run's cgroups: a device allow-list unless `privileged`, and a pids
     /// cgroup when `spec` limits pids. Nothing is created when neither applies.
-    pub(crate) fn create(spec: &CgroupSpec, privileged: bool) -> Result<RunCgroups> {
-        match Self::create_dirs(spec, privileged) {
+    pub(crate) fn create(
+        spec: &CgroupSpec,
+        privileged: bool,
+        given: &[PathBuf],
+    ) -> Result<RunCgroups> {
+        match Self::create_dirs(spec, privileged, given) {
             // Without a delegated cgroup a rootless user cannot write cgroupfs: run without
             // limits and say so once, as podman does.
             Err(e) if crate::userns::is_rootless() => {
@@ -73,7 +149,7 @@ impl RunCgroups {
         }
     }
 
-    fn create_dirs(spec: &CgroupSpec, privileged: bool) -> Result<RunCgroups> {
+    fn create_dirs(spec: &CgroupSpec, privileged: bool, given: &[PathBuf]) -> Result<RunCgroups> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "{}-{}",
@@ -81,28 +157,76 @@ impl RunCgroups {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut run = RunCgroups::default();
-        let devices = Path::new(CGROUP_ROOT).join("devices");
-        if !privileged && devices.join("devices.allow").exists() {
-            let dir = run.make_dir(&devices, &name)?;
+        let pids_limit = spec.pids_limit.filter(|l| *l > 0);
+        let v1_pids = Path::new(CGROUP_ROOT).join("pids");
+        let pids_on_v2 = pids_limit.is_some() && !v1_pids.join("cgroup.procs").exists();
+        let filter = if privileged {
+            DeviceFilter::None
+        } else {
+            device_filter()?
+        };
+        if let DeviceFilter::V1(devices) = &filter {
+            let dir = run.make_dir(devices, &name)?;
             write(&dir.join("devices.deny"), "a")?;
             for rule in DEVICE_ALLOW {
                 write(&dir.join("devices.allow"), rule)?;
             }
         }
-        if let Some(limit) = spec.pids_limit.filter(|l| *l > 0) {
-            let v1 = Path::new(CGROUP_ROOT).join("pids");
-            let hierarchy = if v1.join("cgroup.procs").exists() {
-                v1
-            } else if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
-                enable_v2_controller("pids")?;
-                PathBuf::from(CGROUP_ROOT)
-            } else {
-                bail!("--pids-limit: this host has no pids cgroup controller");
+        // On v2 a task is in one cgroup: the filter and the pids limit share the run's.
+        let v2_root = match &filter {
+            DeviceFilter::V2(root) => Some(root.clone()),
+            _ if pids_on_v2 => Some(pure_v2_root().ok_or_else(|| {
+                anyhow::anyhow!("--pids-limit: this host has no pids cgroup controller")
+            })?),
+            _ => None,
+        };
+        let v2_dir = v2_root
+            .map(|root| run.make_v2_dir(&root, given, &name, pids_on_v2))
+            .transpose()?;
+        if let (DeviceFilter::V2(_), Some(dir)) = (&filter, &v2_dir) {
+            crate::devices_bpf::attach(dir, &device_rules())?;
+        }
+        if let Some(limit) = pids_limit {
+            let dir = match &v2_dir {
+                Some(dir) if pids_on_v2 => dir.clone(),
+                _ => run.make_dir(&v1_pids, &name)?,
             };
-            let dir = run.make_dir(&hierarchy, &name)?;
             write(&dir.join("pids.max"), &limit.to_string())?;
         }
         Ok(run)
+    }
+
+    /// The run's cgroup in the v2 hierarchy at `root`: inside the caller's own v2 cgroup
+    /// when it gave one (the container joins it first, then this one, so both apply),
+    /// otherwise under `root/builder`.
+    fn make_v2_dir(
+        &mut self,
+        root: &Path,
+        given: &[PathBuf],
+        name: &str,
+        pids: bool,
+    ) -> Result<PathBuf> {
+        let caller_cgroup = given
+            .iter()
+            .find(|g| g.starts_with(root) && g.join("cgroup.controllers").exists());
+        match caller_cgroup {
+            Some(parent) if pids => bail!(
+                "--pids-limit with the container's own cgroup {}: set pids.max there",
+                parent.display()
+            ),
+            Some(parent) => {
+                let dir = parent.join(name);
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                self.dirs.push(dir.clone());
+                Ok(dir)
+            }
+            None => {
+                if pids {
+                    enable_v2_controller(root, "pids")?;
+                }
+                self.make_dir(root, name)
+            }
+        }
     }
 
     fn make_dir(&mut self, hierarchy: &Path, name: &str) -> Result<PathBuf> {
@@ -140,10 +264,10 @@ fn remove_when_empty(dir: &Path, patience: Duration) {
     }
 }
 
-fn enable_v2_controller(controller: &str) -> Result<()> {
-    let parent = Path::new(CGROUP_ROOT).join(PARENT);
+fn enable_v2_controller(root: &Path, controller: &str) -> Result<()> {
+    let parent = root.join(PARENT);
     let _ = std::fs::create_dir(&parent);
-    for dir in [Path::new(CGROUP_ROOT), parent.as_path()] {
+    for dir in [root, parent.as_path()] {
         write(
             &dir.join("cgroup.subtree_control"),
             &format!("+{controller}"),
@@ -154,6 +278,14 @@ fn enable_v2_controller(controller: &str) -> Result<()> {
 
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
+}
+
+/// Moves the calling process into the caller's cgroups (`given`), then the run's own (which on
+/// v2 lie inside the given one): on v2 a task is in one cgroup, and it must end in the run's,
+/// where the device filter is.
+pub(crate) fn join_all(run: &[PathBuf], given: &[PathBuf]) -> Result<()> {
+    join(given).context("joining the given cgroups")?;
+    join(run).context("joining the run's cgroups")
 }
 
 /// Moves the calling process into each of `dirs` (done by the container's init, so that the
@@ -176,22 +308,31 @@ pub fn sweep_stale_cgroups() {
         .collect();
     parents.push(Path::new(CGROUP_ROOT).join(PARENT));
     for parent in parents {
-        let Ok(runs) = std::fs::read_dir(&parent) else {
+        sweep_runs_in(&parent, true);
+    }
+}
+
+/// Removes the stale run cgroups (named `PID-N`) in `parent`; with `nested`, also those inside
+/// a caller's cgroup there (a container's, on v2).
+fn sweep_runs_in(parent: &Path, nested: bool) {
+    let Ok(runs) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for run in runs.flatten() {
+        let name = run.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            if nested && run.path().join("cgroup.controllers").exists() {
+                sweep_runs_in(&run.path(), false);
+            }
             continue;
         };
-        for run in runs.flatten() {
-            let name = run.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                // A cgroup with tasks left refuses rmdir; it is tried again next time.
-                let _ = std::fs::remove_dir(run.path());
-            }
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // A cgroup with tasks left refuses rmdir; it is tried again next time.
+            let _ = std::fs::remove_dir(run.path());
         }
     }
 }

@@ -128,12 +128,14 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         .context("reading the exec spec")?;
     let request: HelperRequest =
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
+    crate::seccomp_cache::set_cache_dir(request.seccomp_cache.clone());
     let spec = request.spec;
     if request.isolation == crate::Isolation::Chroot {
         return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
     }
     if let Some(pid) = spec.enter_pid {
-        crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+        // The run's own cgroups hold the device allow-list: an exec'd process is kept to it.
+        crate::cgroup::join_all(&request.cgroups, &spec.cgroup_paths)?;
         return crate::enter::enter_and_run(&spec, pid, status_fd);
     }
     let paths = StatePaths {
@@ -145,25 +147,19 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         cgroups: request.cgroups,
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
-    let usernet = crate::usernet::Backend::for_spec(&spec)?;
+    // Started before the pid namespace exists, so the network program stays outside it.
+    let network = crate::usernet::connect(&spec, &paths.state.join("network.log"))
+        .context("rootless network")?;
     let mut extra_hosts = spec.extra_hosts.clone();
     let mut resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    if let Some(backend) = usernet {
-        extra_hosts.push((crate::usernet::HOST_NAME.into(), backend.host_address()));
-        resolv = backend.resolv_conf(resolv);
+    if let Some(net) = &network {
+        extra_hosts.push((crate::usernet::HOST_NAME.into(), net.backend.host_address()));
+        resolv = net.backend.resolv_conf(resolv);
     }
     let hostname = hostname_of(&spec);
     std::fs::write(&paths.hosts, hosts_file(hostname, &extra_hosts))
         .context("writing hosts file")?;
     std::fs::write(&paths.resolv_conf, resolv).context("writing resolv.conf")?;
-
-    // Started before the pid namespace exists, so the network program stays outside it.
-    let _network = usernet
-        .map(|backend| {
-            crate::usernet::enter_connected_namespace(backend, &paths.state.join("network.log"))
-        })
-        .transpose()
-        .context("rootless network")?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| {
         let hint = match e {
             nix::errno::Errno::EPERM => " (namespaces are not permitted here: in a container without privileges, build with --isolation=chroot)",
@@ -227,12 +223,14 @@ pub(crate) fn hostname_of(spec: &ExecSpec) -> &str {
 /// Runs in the container's PID 1: sets everything up and execs the program.
 fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    if spec.stdio == crate::Stdio::Terminal {
+        take_terminal()?;
+    }
     // Nothing the caller leaked may reach the container (a host directory's descriptor would
     // be a way out through /proc/self/fd, CVE-2024-21626).
     close_inherited_fds(status_fd.as_raw_fd())?;
     let confinement = Confinement::of(spec)?;
-    crate::cgroup::join(&paths.cgroups).context("joining the run's cgroups")?;
-    crate::cgroup::join(&spec.cgroup_paths).context("joining the given cgroups")?;
+    crate::cgroup::join_all(&paths.cgroups, &spec.cgroup_paths)?;
     let mut namespaces = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -268,6 +266,9 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
     setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
+    if spec.stdio == crate::Stdio::Terminal {
+        bind_console(root)?;
+    }
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
         mask_paths(root)?;
@@ -294,6 +295,17 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
     exec_program(spec, cwd, &user, confinement)
+}
+
+/// Makes this process lead a new session whose controlling terminal is its stdin (a
+/// terminal's slave), so the shell in it gets job control and ^C reaches it.
+fn take_terminal() -> Result<()> {
+    nix::unistd::setsid().context("starting the container's session")?;
+    // SAFETY: TIOCSCTTY on fd 0 takes no pointer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("taking the terminal");
+    }
+    Ok(())
 }
 
 /// The spec's user, resolved against the container's own `/etc/passwd` and `/etc/group` (so
@@ -348,6 +360,24 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
         None::<&str>,
     )
     .context("mounting /proc")
+}
+
+/// Binds the terminal (stdin, a host pty's slave) at `/dev/console`, as runc does, so a
+/// program that writes to the console reaches it.
+fn bind_console(root: &Path) -> Result<()> {
+    // /dev is the tmpfs setup_dev just mounted: nothing in the image can redirect this path.
+    let target = root.join("dev/console");
+    File::create(&target).context("creating /dev/console")?;
+    // By its path in this mount namespace: the descriptor's mount belongs to the caller's.
+    let slave = std::fs::read_link("/proc/self/fd/0").context("finding the terminal")?;
+    mount(
+        Some(&slave),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("binding the terminal at /dev/console")
 }
 
 fn setup_dev(
@@ -489,7 +519,8 @@ fn mask_paths(root: &Path) -> Result<()> {
 /// that a bad profile or capability name is a setup error before anything is mounted.
 pub(crate) struct Confinement {
     caps: CapSet,
-    filter: Option<libseccomp::ScmpFilterContext>,
+    /// The seccomp BPF program (compiled or from the cache).
+    filter: Option<Vec<u8>>,
     no_new_privs: bool,
 }
 
@@ -506,7 +537,7 @@ impl Confinement {
         };
         let target = crate::seccomp::Target::native(caps);
         let filter = profile
-            .map(|json| crate::seccomp::compile(json, &target))
+            .map(|json| crate::seccomp_cache::program_for(json, &target))
             .transpose()?;
         Ok(Confinement {
             caps,
@@ -544,8 +575,8 @@ impl Confinement {
             }
         }
         crate::caps::drop_bounding(self.caps)?;
-        if let Some(filter) = &self.filter {
-            crate::seccomp::load(filter)?;
+        if let Some(program) = &self.filter {
+            crate::seccomp_cache::load(program)?;
         }
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).context("setting supplementary groups")?;

@@ -16,6 +16,7 @@ mod beneath;
 mod caps;
 mod cgroup;
 mod chroot;
+mod devices_bpf;
 mod emulation;
 mod enter;
 mod helper;
@@ -23,7 +24,9 @@ mod mounts;
 mod paths;
 mod rlimits;
 mod run;
+mod sealed_exe;
 mod seccomp;
+mod seccomp_cache;
 mod stubs;
 mod user;
 mod usernet;
@@ -33,13 +36,21 @@ mod userns_pause;
 use serde::{Deserialize, Serialize};
 
 pub use caps::{resolve as resolve_caps, CapSet};
-pub use cgroup::{sweep_stale_cgroups, CgroupSpec};
+pub use cgroup::{
+    attach_device_filter, device_filters_attached, sweep_stale_cgroups, CgroupSpec,
+    DEVICE_FILTER_ENV,
+};
 pub use chroot::namespaces_unavailable;
 pub use helper::helper_main;
 pub use paths::resolve_in_root;
 pub use run::{self_exe, sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
 pub use seccomp::DOCKER_DEFAULT_PROFILE;
+pub use seccomp_cache::{
+    cache_dir as seccomp_cache_dir, dir_in_store as seccomp_cache_in_store,
+    set_cache_dir as set_seccomp_cache_dir,
+};
 pub use stubs::{remove_stubs, CreatedPath};
+pub use usernet::USERNET_ENV;
 
 /// First argument that makes the builder binary act as the executor helper.
 pub const HELPER_ARG: &str = "__executor-helper";
@@ -115,6 +126,10 @@ pub enum Stdio {
     Inherit,
     /// All three streams are `/dev/null`.
     Null,
+    /// All three streams are a terminal's slave given with [`Executor::with_terminal`]; the
+    /// container's PID 1 leads a new session with it as the controlling terminal, and what
+    /// the master reads is delivered to `on_output` as stdout.
+    Terminal,
 }
 
 /// Everything needed to run one process.

@@ -51,6 +51,11 @@ pub struct Executor {
     helper_args: Vec<String>,
     state_parent: Option<PathBuf>,
     isolation: Isolation,
+    /// The container's stdin for [`Stdio::Piped`] (instead of `/dev/null`).
+    stdin: Option<Arc<OwnedFd>>,
+    /// The master of the terminal for [`Stdio::Terminal`]; each run opens its own slave.
+    terminal: Option<Arc<OwnedFd>>,
+    seccomp_cache: Option<PathBuf>,
 }
 
 /// What the caller sends the helper on [`SPEC_FD`].
@@ -65,6 +70,9 @@ pub(crate) struct HelperRequest {
     pub cgroups: Vec<PathBuf>,
     #[serde(default)]
     pub isolation: Isolation,
+    /// Where compiled seccomp programs are cached (see `seccomp_cache`).
+    #[serde(default)]
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl Executor {
@@ -76,12 +84,39 @@ impl Executor {
             helper_args,
             state_parent: None,
             isolation: crate::default_isolation(),
+            stdin: None,
+            terminal: None,
+            seccomp_cache: crate::seccomp_cache_dir(),
         }
+    }
+
+    /// Runs with [`Stdio::Piped`] read their stdin from `fd` (e.g. a pipe the caller
+    /// writes to) instead of `/dev/null`, and runs with [`Stdio::Inherit`] instead of the
+    /// caller's stdin.
+    pub fn with_stdin(mut self, fd: OwnedFd) -> Self {
+        self.stdin = Some(Arc::new(fd));
+        self
+    }
+
+    /// The terminal of runs with [`Stdio::Terminal`]: the caller keeps using `master` (input,
+    /// window size); output read from it goes to `on_output`. Each run opens the slave afresh
+    /// (TIOCGPTPEER) and nobody else keeps it open, so once the run's processes are gone the
+    /// master reads to the end of their output (EIO) instead of guessing when it is drained.
+    pub fn with_terminal(mut self, master: OwnedFd) -> Self {
+        self.terminal = Some(Arc::new(master));
+        self
     }
 
     /// Runs with `isolation` instead of the process default.
     pub fn with_isolation(mut self, isolation: Isolation) -> Self {
         self.isolation = isolation;
+        self
+    }
+
+    /// Caches compiled seccomp programs in `dir` (`None`: compile each run) instead of the
+    /// process default ([`crate::set_seccomp_cache_dir`]).
+    pub fn with_seccomp_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.seccomp_cache = dir;
         self
     }
 
@@ -133,8 +168,12 @@ impl Executor {
         let state_parent = self.state_parent.clone().unwrap_or_else(std::env::temp_dir);
         sweep_stale_state_dirs_once(&state_parent);
         let cgroups = match self.isolation {
-            Isolation::Oci => RunCgroups::create(&spec.resources, spec.security.privileged)
-                .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
+            Isolation::Oci => RunCgroups::create(
+                &spec.resources,
+                spec.security.privileged,
+                &spec.cgroup_paths,
+            )
+            .map_err(|e| ExecError::Setup(format!("creating the run's cgroups: {e:#}")))?,
             // No cgroupfs to write to; limits cannot be kept.
             Isolation::Chroot if spec.resources != Default::default() => {
                 return Err(ExecError::Setup(
@@ -152,6 +191,7 @@ impl Executor {
             state_dir: state_dir.path().to_path_buf(),
             cgroups: cgroups.dirs.clone(),
             isolation: self.isolation,
+            seccomp_cache: self.seccomp_cache.clone(),
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 
@@ -180,7 +220,11 @@ impl Executor {
         let _ = spec_write.write_all(&spec_json);
         drop(spec_write);
 
-        let pump_result = pump_output(&mut child, &registration.pidfd, on_output);
+        let terminal = match (spec.stdio, &self.terminal) {
+            (Stdio::Terminal, Some(master)) => Some(std::fs::File::from(master.try_clone()?)),
+            _ => None,
+        };
+        let pump_result = pump_output(&mut child, terminal, &registration.pidfd, on_output);
         if pump_result.is_err() {
             // We can no longer deliver output; do not leave the container running unobserved.
             let _ = rustix::process::pidfd_send_signal(
@@ -207,6 +251,18 @@ impl Executor {
         })
     }
 
+    /// The helper's command, started from a read-only view of the program: a container must
+    /// not be able to reopen the helper's executable for writing (CVE-2019-5736).
+    fn helper_command(&self) -> std::io::Result<Command> {
+        let program = crate::sealed_exe::sealed_program(&self.helper_program).map_err(|e| {
+            let helper = self.helper_program.display();
+            std::io::Error::new(e.kind(), format!("starting executor helper {helper}: {e}"))
+        })?;
+        let mut command = Command::new(crate::sealed_exe::exec_path(&program));
+        command.arg0(&self.helper_program).args(&self.helper_args);
+        Ok(command)
+    }
+
     /// Starts the helper with the spec pipe's read end and the status pipe's write end
     /// at [`SPEC_FD`] and [`STATUS_FD`]; it dies with us (PDEATHSIG).
     fn spawn_helper(
@@ -215,16 +271,34 @@ impl Executor {
         spec_read: OwnedFd,
         status_write: OwnedFd,
     ) -> Result<Child, ExecError> {
-        let mut command = Command::new(&self.helper_program);
-        command.args(&self.helper_args);
+        let mut command = self.helper_command()?;
         let (stdin, stdout, stderr) = match stdio {
             Stdio::Piped => (
-                ProcessStdio::null(),
+                match &self.stdin {
+                    Some(fd) => ProcessStdio::from(fd.try_clone()?),
+                    None => ProcessStdio::null(),
+                },
                 ProcessStdio::piped(),
                 ProcessStdio::piped(),
             ),
+            Stdio::Terminal => {
+                let Some(master) = &self.terminal else {
+                    return Err(ExecError::Setup(
+                        "a terminal run needs Executor::with_terminal".into(),
+                    ));
+                };
+                let slave = open_terminal_slave(master)?;
+                (
+                    ProcessStdio::from(slave.try_clone()?),
+                    ProcessStdio::from(slave.try_clone()?),
+                    ProcessStdio::from(slave.try_clone()?),
+                )
+            }
             Stdio::Inherit => (
-                ProcessStdio::inherit(),
+                match &self.stdin {
+                    Some(fd) => ProcessStdio::from(fd.try_clone()?),
+                    None => ProcessStdio::inherit(),
+                },
                 ProcessStdio::inherit(),
                 ProcessStdio::inherit(),
             ),
@@ -334,63 +408,72 @@ fn has_mount_below(dir: &std::path::Path) -> bool {
     })
 }
 
-/// Reads stdout/stderr of the helper (if piped) until they close and the helper has exited.
+/// Reads stdout/stderr of the helper (if piped) and the terminal's master (if any) until
+/// they close and the helper has exited. The caller keeps the terminal's slave open, so the
+/// master never ends by itself: once the helper has exited, what is buffered is drained.
 fn pump_output(
     child: &mut Child,
+    terminal: Option<std::fs::File>,
     pidfd: &OwnedFd,
     on_output: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> std::io::Result<()> {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let mut streams: [(Option<std::fs::File>, OutputStream); 3] = [
+        (
+            child.stdout.take().map(|o| OwnedFd::from(o).into()),
+            OutputStream::Stdout,
+        ),
+        (
+            child.stderr.take().map(|e| OwnedFd::from(e).into()),
+            OutputStream::Stderr,
+        ),
+        (terminal, OutputStream::Stdout),
+    ];
     let mut exited_at: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Some(at) = exited_at {
-            if (stdout.is_none() && stderr.is_none()) || at.elapsed() > DRAIN_GRACE {
+            if streams.iter().all(|(s, _)| s.is_none()) || at.elapsed() > DRAIN_GRACE {
                 return Ok(());
             }
         }
-        let mut fds = Vec::with_capacity(3);
-        if let Some(out) = &stdout {
-            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(err) = &stderr {
-            fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
-        }
         let watch_pid = exited_at.is_none();
+        let mut fds: Vec<PollFd> = streams
+            .iter()
+            .flat_map(|(s, _)| {
+                s.as_ref()
+                    .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            })
+            .collect();
         if watch_pid {
             fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
+        // After the exit no slave is open: the master reads what is left, then EIO.
         match poll(&mut fds, PollTimeout::from(250u16)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<bool> = fds
+        let mut ready = fds
             .iter()
-            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+        let ready_streams: Vec<bool> = streams
+            .iter()
+            .map(|(s, _)| s.is_some() && ready.next().unwrap_or(false))
             .collect();
-        drop(fds);
-        let mut index = 0;
-        if stdout.is_some() {
-            if ready[index] {
-                read_chunk(&mut stdout, OutputStream::Stdout, &mut buf, on_output)?;
-            }
-            index += 1;
-        }
-        if stderr.is_some() {
-            if ready[index] {
-                read_chunk(&mut stderr, OutputStream::Stderr, &mut buf, on_output)?;
-            }
-            index += 1;
-        }
-        if watch_pid && ready[index] {
+        if watch_pid && ready.next().unwrap_or(false) {
             exited_at = Some(Instant::now());
+        }
+        drop(fds);
+        for ((pipe, stream), is_ready) in streams.iter_mut().zip(ready_streams) {
+            if is_ready {
+                read_chunk(pipe, *stream, &mut buf, on_output)?;
+            }
         }
     }
 }
 
-/// Reads once from a ready pipe; closes it (sets `None`) at end of file.
+/// Reads once from a ready pipe; closes it (sets `None`) at end of file, and a terminal's
+/// master when no slave is open any more (EIO).
 fn read_chunk<R: Read>(
     pipe: &mut Option<R>,
     stream: OutputStream,
@@ -404,9 +487,22 @@ fn read_chunk<R: Read>(
         Ok(0) => *pipe = None,
         Ok(n) => on_output(stream, &buf[..n]),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => *pipe = None,
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// A new descriptor of the terminal's slave, from its master (Linux >= 4.13).
+fn open_terminal_slave(master: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a fresh descriptor that nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -264,11 +264,6 @@ fn arch_named(name: &str) -> Option<ScmpArch> {
     name.parse().ok()
 }
 
-/// Loads the filter into the calling thread (and what it execs).
-pub(crate) fn load(filter: &ScmpFilterContext) -> Result<()> {
-    filter.load().context("loading the seccomp filter")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

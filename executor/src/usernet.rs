@@ -1,7 +1,7 @@
 //! Rootless networking: in rootless mode the host's network namespace is not ours to share,
 //! so a "host" network run gets a network namespace of its own connected to the outside by a
-//! user-mode TCP/IP stack, slirp4netns (preferred) or pasta (Debian's `passt`), as rootless
-//! podman does. The host's loopback is reachable as `host.containers.internal`.
+//! user-mode TCP/IP stack, pasta (Debian's `passt`, preferred, as rootless podman ≥ 5 does)
+//! or slirp4netns. The host's loopback is reachable as `host.containers.internal`.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,6 +16,10 @@ use crate::{ExecSpec, Network};
 /// Name of the host in the container's `/etc/hosts`, as podman writes it.
 pub(crate) const HOST_NAME: &str = "host.containers.internal";
 
+/// Chooses the user-mode network program: `pasta` or `slirp4netns` (unset: pasta, and
+/// slirp4netns when pasta is not installed or fails to start).
+pub const USERNET_ENV: &str = "BUILDER_USERNET";
+
 /// slirp4netns's fixed addresses: the host's loopback and its DNS forwarder.
 const SLIRP_HOST: &str = "10.0.2.2";
 const SLIRP_DNS: &str = "10.0.2.3";
@@ -27,24 +31,37 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// The backend a run needs: rootless, a "host" network, no namespace given; `None` when
-    /// the run needs none. Errors when neither program is installed.
-    pub(crate) fn for_spec(spec: &ExecSpec) -> Result<Option<Backend>> {
+    /// The backends a run may use, preferred first: rootless, a "host" network, no namespace
+    /// given; none when the run needs none. Errors when no program is installed.
+    pub(crate) fn for_spec(spec: &ExecSpec) -> Result<Vec<Backend>> {
         if !crate::userns::is_rootless() || spec.network != Network::Host || spec.netns.is_some() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        for (backend, program) in [
-            (Backend::Slirp4netns, "slirp4netns"),
-            (Backend::Pasta, "pasta"),
-        ] {
-            if find_in_path(program).is_some() {
-                return Ok(Some(backend));
-            }
+        let wanted = match std::env::var(USERNET_ENV).as_deref() {
+            Ok("pasta") => vec![Backend::Pasta],
+            Ok("slirp4netns") => vec![Backend::Slirp4netns],
+            Ok("") | Err(_) => vec![Backend::Pasta, Backend::Slirp4netns],
+            Ok(other) => bail!("{USERNET_ENV}={other}: expected pasta or slirp4netns"),
+        };
+        let installed: Vec<Backend> = wanted
+            .into_iter()
+            .filter(|b| find_in_path(b.program()).is_some())
+            .collect();
+        if installed.is_empty() {
+            bail!(
+                "rootless mode gives a run network access through pasta or slirp4netns, and \
+                 neither is installed (Debian: apt-get install passt slirp4netns); use \
+                 --network none to run without a network"
+            )
         }
-        bail!(
-            "rootless mode gives a run network access through slirp4netns or pasta, and neither is \
-             installed (Debian: apt-get install slirp4netns); use --network none to run without a network"
-        )
+        Ok(installed)
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Backend::Slirp4netns => "slirp4netns",
+            Backend::Pasta => "pasta",
+        }
     }
 
     /// The address under which the container reaches the host's 127.0.0.1.
@@ -74,6 +91,22 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Connects the run (see [`enter_connected_namespace`]) through the first of its backends that
+/// starts; `None` when it needs no user-mode network.
+pub(crate) fn connect(spec: &ExecSpec, log: &Path) -> Result<Option<UserNet>> {
+    let mut failures = Vec::new();
+    for backend in Backend::for_spec(spec)? {
+        match enter_connected_namespace(backend, log) {
+            Ok(net) => return Ok(Some(net)),
+            Err(e) => failures.push(format!("{}: {e:#}", backend.program())),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(None);
+    }
+    bail!("{}", failures.join("; "))
+}
+
 /// Moves the calling process (the helper, before it makes the pid namespace, so that the
 /// network program stays outside it) into a new network namespace connected by `backend`;
 /// the container's process inherits it.
@@ -88,7 +121,11 @@ pub(crate) fn enter_connected_namespace(backend: Backend, log: &Path) -> Result<
         nix::unistd::ForkResult::Child => {
             // Our copy of the write end would keep the read below from ever ending.
             drop((ready_read, hold_write));
-            let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok();
+            // Without capabilities, so that pasta, which drops most of its own before it
+            // opens /proc/PID/ns/net, passes the kernel's ptrace access check on this process
+            // (its permitted set must cover ours); otherwise that open fails with EACCES.
+            let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && crate::caps::apply(crate::caps::CapSet(0), 0).is_ok();
             if made {
                 let _ = nix::unistd::write(&ready_write, b"1");
                 let _ = nix::unistd::read(&hold_read, &mut [0u8; 1]);
@@ -117,6 +154,7 @@ pub(crate) fn enter_connected_namespace(backend: Backend, log: &Path) -> Result<
 
 /// A running user-mode network; stopped on drop.
 pub(crate) struct UserNet {
+    pub backend: Backend,
     child: Option<Child>,
     /// slirp4netns stops when this closes.
     _exit_write: Option<OwnedFd>,
@@ -193,6 +231,7 @@ fn start_slirp(mut command: Command) -> Result<UserNet> {
     let child = command.spawn().context("starting slirp4netns")?;
     drop((ready_write, exit_read));
     let net = UserNet {
+        backend: Backend::Slirp4netns,
         child: Some(child),
         _exit_write: Some(exit_write),
         pid_file: None,
@@ -211,6 +250,7 @@ fn start_pasta(mut command: Command, log: &Path) -> Result<UserNet> {
         bail!("pasta failed ({status})");
     }
     Ok(UserNet {
+        backend: Backend::Pasta,
         child: None,
         _exit_write: None,
         pid_file: Some(log.with_extension("pid")),

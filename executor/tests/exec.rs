@@ -401,6 +401,53 @@ fn null_stdio_delivers_no_output() {
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
 }
 
+/// `with_stdin` feeds a piped run; `Stdio::Terminal` makes the terminal the program's stdio
+/// and controlling terminal, and what it writes comes back from the master.
+fn given_stdin_and_terminal_reach_the_program() {
+    use std::io::Write;
+    let rootfs = Rootfs::new();
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    std::fs::File::from(write)
+        .write_all(b"piped\n")
+        .expect("write");
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_stdin(read);
+    let mut stdout = Vec::new();
+    let code = executor
+        .run(
+            &rootfs.bind_spec(&["cat"]),
+            &CancelToken::new(),
+            &mut |_, d| stdout.extend_from_slice(d),
+        )
+        .expect("run");
+    assert_eq!((code, stdout.as_slice()), (0, b"piped\n".as_slice()));
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let rdev = nix::sys::stat::fstat(&pty.slave).expect("fstat").st_rdev;
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_terminal(pty.master);
+    drop(pty.slave);
+    // Field 7 of stat is the controlling terminal (0: none).
+    let script =
+        "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; set -- $(cat /proc/self/stat); echo ctty=$7";
+    let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
+    spec.stdio = executor::Stdio::Terminal;
+    let mut output = Vec::new();
+    let code = executor
+        .run(&spec, &CancelToken::new(), &mut |_, d| {
+            output.extend_from_slice(d)
+        })
+        .expect("run");
+    let text = String::from_utf8_lossy(&output);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("on-a-tty\r\nconsole\r\n"), "{text:?}");
+    assert!(text.contains(&format!("ctty={tty_nr}\r\n")), "{text:?}");
+}
+
 fn overlay_with_many_long_lowerdirs() {
     let base = Rootfs::new();
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -833,6 +880,327 @@ fn clone3_is_enosys_under_the_default_profile() {
     );
 }
 
+/// A filter loaded from the seccomp cache confines as a freshly compiled one does; a damaged
+/// cache file is recompiled and replaced, never loaded.
+fn cached_seccomp_filter_confines_like_a_fresh_one() {
+    let rootfs = Rootfs::new();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let executor = Executor::current_exe()
+        .expect("current_exe")
+        .with_seccomp_cache(Some(cache.path().to_path_buf()));
+    let probe = |security: executor::Security, script: &str| {
+        let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
+        spec.network = Network::None;
+        spec.security = security;
+        let mut stdout = Vec::new();
+        let code = executor.run(&spec, &CancelToken::new(), &mut |stream, chunk| {
+            if stream == OutputStream::Stdout {
+                stdout.extend_from_slice(chunk)
+            }
+        });
+        assert_eq!(code.expect("run"), 0);
+        String::from_utf8_lossy(&stdout).into_owned()
+    };
+    let status = "grep -E '^(CapEff|Seccomp):' /proc/self/status; unshare -U true 2>/dev/null && echo ESCAPE; true";
+    let expected = "CapEff:\t00000000a80425fb\nSeccomp:\t2\n";
+    assert_eq!(probe(Default::default(), status), expected, "compiled");
+    let files: Vec<PathBuf> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one program cached: {files:?}");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&files[0]).unwrap());
+    let first = inode();
+    assert_eq!(probe(Default::default(), status), expected, "cached");
+    assert_eq!(
+        inode(),
+        first,
+        "the cached program was loaded, not rewritten"
+    );
+    // Flip a bit of the program: the run recompiles and still confines.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(probe(Default::default(), status), expected, "damaged");
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        bytes,
+        "damaged file replaced"
+    );
+    // A custom profile's program is cached under its own key and still denies.
+    let deny_mkdir = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+        {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#;
+    let security = executor::Security {
+        seccomp: executor::Seccomp::Profile(deny_mkdir.into()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let out = probe(security.clone(), "mkdir /x 2>/dev/null || echo refused");
+        assert_eq!(out, "refused\n");
+    }
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
+
+/// The cgroup v2 hierarchy (a pure v2 host's root, or a hybrid host's `unified`).
+fn cgroup_v2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+}
+
+/// Opens devices from a shell in the v2 cgroup `dir`; prints each open's outcome.
+fn open_devices_in_cgroup(dir: &Path, nodes: &Path) -> String {
+    let script = format!(
+        "echo $$ > {cg}/cgroup.procs || exit 9
+         mknod {n}/kmsg c 1 11 && mknod {n}/disk b 8 0 && mknod {n}/null c 1 3 || exit 8
+         for d in /dev/kmsg {n}/kmsg {n}/disk {n}/null /dev/null /dev/zero /dev/full \
+                  /dev/random /dev/urandom /dev/tty; do
+           if err=$( (: < $d) 2>&1); then echo \"$d ok\"; else echo \"$d ${{err##*: }}\"; fi
+         done",
+        cg = dir.display(),
+        n = nodes.display()
+    );
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("busybox sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).replace(&nodes.display().to_string(), "N")
+}
+
+/// The eBPF device filter (used when the run's cgroup is on v2): a process in a cgroup with
+/// the filter cannot open a made or a host node outside Docker's list, on a filesystem
+/// without nodev; the listed devices open. A sibling cgroup without it opens them all.
+fn cgroup_v2_device_filter_refuses_devices_outside_the_list() {
+    let Some(root) = cgroup_v2_root() else {
+        println!("no cgroup v2 hierarchy here; skipped");
+        return;
+    };
+    let filtered = root.join(format!("builder-devtest-{}", std::process::id()));
+    let open = root.join(format!("builder-devtest-open-{}", std::process::id()));
+    std::fs::create_dir(&filtered).unwrap();
+    std::fs::create_dir(&open).unwrap();
+    executor::attach_device_filter(&filtered).expect("attach");
+    let nodes = tempfile::tempdir_in("/dev/shm").expect("tempdir");
+    let refused = open_devices_in_cgroup(&filtered, nodes.path());
+    std::fs::remove_dir_all(nodes.path()).unwrap();
+    std::fs::create_dir(nodes.path()).unwrap();
+    let allowed = open_devices_in_cgroup(&open, nodes.path());
+    let _ = std::fs::remove_dir(&filtered);
+    let _ = std::fs::remove_dir(&open);
+    let tty = "/dev/tty No such device or address\n"; // no controlling terminal
+    let common = format!(
+        "N/null ok\n/dev/null ok\n/dev/zero ok\n/dev/full ok\n/dev/random ok\n/dev/urandom ok\n{tty}"
+    );
+    let eperm = "Operation not permitted";
+    assert_eq!(
+        refused,
+        format!("/dev/kmsg {eperm}\nN/kmsg {eperm}\nN/disk {eperm}\n{common}")
+    );
+    assert!(
+        allowed.starts_with("/dev/kmsg ok\nN/kmsg ok\n") && allowed.ends_with(&common),
+        "{allowed}"
+    );
+}
+
+/// With the device filter forced onto cgroup v2, a container runs with the listed devices
+/// usable, its v1 devices cgroup unrestricted (so the v2 program is what guards), and its
+/// v2 cgroup gone afterwards.
+fn containers_get_the_v2_device_filter_when_selected() {
+    let Some(root) = cgroup_v2_root() else {
+        println!("no cgroup v2 hierarchy here; skipped");
+        return;
+    };
+    let rootfs = Rootfs::new();
+    std::env::set_var(executor::DEVICE_FILTER_ENV, "v2");
+    let spec = rootfs.bind_spec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/devices/devices.list
+         for d in null zero full random urandom; do (: < /dev/$d) && echo $d; done
+         mknod /dev/kmsg2 c 1 11 && (: < /dev/kmsg2) 2>/dev/null || echo kmsg2 refused
+         sleep 1",
+    ]);
+    let running = std::thread::spawn(move || run(&spec));
+    let prefix = format!("{}-", std::process::id());
+    let run_cgroups = || -> Vec<PathBuf> {
+        std::fs::read_dir(root.join("builder"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.is_empty() && Instant::now() < deadline {
+        seen = run_cgroups();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 1, "the run's v2 cgroup: {seen:?}");
+    assert_eq!(
+        executor::device_filters_attached(&seen[0]).expect("query"),
+        1
+    );
+    let out = running.join().expect("run thread");
+    std::env::set_var(executor::DEVICE_FILTER_ENV, "bogus");
+    let bogus = run(&rootfs.bind_spec(&["true"]));
+    std::env::remove_var(executor::DEVICE_FILTER_ENV);
+    assert_eq!(out.result.expect("run"), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "a *:* rwm\nnull\nzero\nfull\nrandom\nurandom\nkmsg2 refused\n"
+    );
+    match bogus.result {
+        Err(ExecError::Setup(m)) => assert!(m.contains("BUILDER_CGROUP_DEVICES=bogus"), "{m}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+    let left = run_cgroups();
+    assert!(left.is_empty(), "v2 run cgroups left: {left:?}");
+}
+
+/// Hidden argument: stay alive a while (the process a `#!/proc/self/exe` trap started).
+const HOLD_ARG: &str = "__hold";
+
+/// Binds of the host's libraries, so that the (dynamically linked) test binary runs inside.
+fn host_library_binds() -> Vec<Mount> {
+    ["/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|dir| Path::new(dir).exists())
+        .map(|dir| Mount {
+            fstype: "bind".into(),
+            source: dir.to_string(),
+            target: dir.to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        })
+        .collect()
+}
+
+/// Waits for a process running something other than busybox, keeps its `/proc/PID/exe` open,
+/// and once it exited reopens that for writing: CVE-2019-5736's way to the host's binary.
+const EXE_ATTACK: &str = r#"touch /ready
+for i in $(seq 100); do
+  for d in /proc/[0-9]*; do
+    exe=$(readlink $d/exe 2>/dev/null) || continue
+    [ -n "$exe" ] && [ "$exe" != /bin/busybox ] || continue
+    exec 3< $d/exe
+    while [ -e $d/exe ] && [ "$(readlink $d/exe)" = "$exe" ]; do sleep 0.05; done
+    if echo pwned > /proc/self/fd/3; then echo WROTE; fi > /result 2>&1
+    exit 0
+  done
+  sleep 0.05
+done
+echo NOT-FOUND > /result"#;
+
+/// A container process waits for `exec` to run the helper binary inside it (a `#!/proc/self/exe`
+/// trap) and then tries to overwrite that binary through `/proc/PID/exe`. The helper here is a
+/// writable copy, not running anywhere else (as after an upgrade of the binary).
+fn helper_binary_cannot_be_overwritten_from_a_container() {
+    let rootfs = Rootfs::new();
+    let root = rootfs.path().to_path_buf();
+    for applet in ["seq", "readlink"] {
+        symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    let trap = root.join("trap");
+    std::fs::write(&trap, format!("#!/proc/self/exe {HOLD_ARG}\n")).expect("trap");
+    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("helper-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &victim).expect("copy");
+    let original = std::fs::read(&victim).expect("read");
+
+    let mut attacker = rootfs.bind_spec(&["sh", "-c", EXE_ATTACK]);
+    attacker.mounts = host_library_binds();
+    // The host's /usr is bound in for the libraries; its programs must not be found first.
+    attacker.env = vec!["PATH=/bin".into()];
+    let attacker_run = std::thread::spawn(move || run(&attacker));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.join("ready").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(pid) = container_pid_running(EXE_ATTACK) else {
+        panic!(
+            "attacker not found: {:?}",
+            attacker_run.join().map(|o| (o.result, o.stderr))
+        );
+    };
+    let exec = ExecSpec {
+        args: vec!["/trap".into()],
+        enter_pid: Some(pid),
+        ..Default::default()
+    };
+    let executor = Executor::new(victim.clone(), vec![HELPER_ARG.to_string()]);
+    let entered = executor.run(&exec, &CancelToken::new(), &mut |_, _| {});
+    assert_eq!(entered.expect("exec of the trap"), 0);
+    let attacked = attacker_run.join().expect("attacker thread");
+    assert_eq!(attacked.result.expect("attacker"), 0, "{}", attacked.stderr);
+    let result = std::fs::read_to_string(root.join("result")).expect("result");
+    assert!(result.contains("Read-only file system"), "{result}");
+    assert!(
+        std::fs::read(&victim).expect("read") == original,
+        "helper binary was overwritten"
+    );
+}
+
+/// Host pid of a container's PID 1 whose command line contains `needle`.
+fn container_pid_running(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let is_pid_1 = status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"));
+            (is_pid_1 && String::from_utf8_lossy(&cmdline).contains(needle)).then_some(pid)
+        })
+}
+
+/// A RUN that detaches a background process (setsid, double fork) must not leave it behind.
+fn detached_background_processes_end_with_the_run() {
+    let rootfs = Rootfs::new();
+    symlink("busybox", rootfs.path().join("bin/setsid")).expect("symlink");
+    let script = "setsid sh -c 'sleep 731907 & sleep 731907 &' </dev/null >/dev/null 2>&1; exit 0";
+    let out = run(&rootfs.bind_spec(&["sh", "-c", script]));
+    assert_eq!(out.result.expect("run"), 0, "{}", out.stderr);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !any_process_with_cmdline("731907"),
+        "a detached process outlived its run"
+    );
+    // Cancelled (Ctrl-C) while its detached processes run.
+    let script =
+        "setsid sh -c 'sleep 731908 & sleep 731908 &' </dev/null >/dev/null 2>&1; sleep 100";
+    let cancel = CancelToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !any_process_with_cmdline("731908") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cancel.cancel();
+        })
+    };
+    let out = run_with(&rootfs.bind_spec(&["sh", "-c", script]), &cancel);
+    canceller.join().expect("join");
+    assert!(
+        matches!(out.result, Err(ExecError::Cancelled)),
+        "{:?}",
+        out.result
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !any_process_with_cmdline("731908"),
+        "a detached process outlived its cancelled run"
+    );
+}
+
 /// Body of the [`RUN_CONTAINER_ARG`] child process.
 fn run_container_and_hang(rootfs: &str, marker: &str, state_dir: &str) -> ! {
     let spec = ExecSpec {
@@ -916,6 +1284,10 @@ type TestFn = Box<dyn Fn()>;
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(HELPER_ARG) {
         helper_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(HOLD_ARG) {
+        std::thread::sleep(Duration::from_millis(1500));
+        std::process::exit(0);
     }
     if std::env::args().nth(1).as_deref() == Some(CLONE3_ARG) {
         // SAFETY: clone3 with a null argument only reads (and faults on) that pointer.
@@ -1028,6 +1400,30 @@ fn main() {
         (
             "clone3_is_enosys_under_the_default_profile",
             Box::new(clone3_is_enosys_under_the_default_profile),
+        ),
+        (
+            "given_stdin_and_terminal_reach_the_program",
+            Box::new(given_stdin_and_terminal_reach_the_program),
+        ),
+        (
+            "cached_seccomp_filter_confines_like_a_fresh_one",
+            Box::new(cached_seccomp_filter_confines_like_a_fresh_one),
+        ),
+        (
+            "cgroup_v2_device_filter_refuses_devices_outside_the_list",
+            Box::new(cgroup_v2_device_filter_refuses_devices_outside_the_list),
+        ),
+        (
+            "containers_get_the_v2_device_filter_when_selected",
+            Box::new(containers_get_the_v2_device_filter_when_selected),
+        ),
+        (
+            "helper_binary_cannot_be_overwritten_from_a_container",
+            Box::new(helper_binary_cannot_be_overwritten_from_a_container),
+        ),
+        (
+            "detached_background_processes_end_with_the_run",
+            Box::new(detached_background_processes_end_with_the_run),
         ),
         (
             "nothing_stays_mounted_on_the_host",

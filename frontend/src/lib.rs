@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod checks;
+pub mod command;
 pub mod parser;
 pub mod platform_spec;
 pub mod run_flags;

@@ -1,17 +1,17 @@
 //! Lowers a parsed Dockerfile to the solver's build graph plus the final image config.
 
 use crate::checks::{CheckConfig, CheckWarning};
+use crate::command::{self, ArgDecl, Command, CommandError, CommandLine, INSTRUCTIONS};
 use crate::parser::{Ast, Instruction};
 use crate::shell::Expander;
-use llb::graph::{Chown, Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
-use oci::image::{EmptyObject, HealthConfig, History, ImageConfig};
+use llb::graph::{Definition, ExecOp, FileAction, FileOp, NetworkMode, Op, Vertex};
+use oci::image::{EmptyObject, History, ImageConfig};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod contexts;
 mod copy;
 mod expose;
 mod history;
-mod mounts;
 mod onbuild;
 mod signal;
 mod sources;
@@ -165,7 +165,31 @@ fn lines_of(source: &[u8]) -> Vec<String> {
         .collect()
 }
 
-impl Lowerer<'_> {
+impl<'a> Lowerer<'a> {
+    fn new(opts: &'a BuildOptions, source: &[u8]) -> Self {
+        Lowerer {
+            opts,
+            source: lines_of(source),
+            def: Definition::default(),
+            locations: BTreeMap::new(),
+            global_args: Vec::new(),
+            valueless_global_args: BTreeSet::new(),
+            stage_names: Vec::new(),
+            in_trigger: None,
+            warnings: Default::default(),
+            declared_args: Default::default(),
+        }
+    }
+
+    /// The instruction parsed into its typed command.
+    fn command(&self, ins: &Instruction) -> Result<Command, DockerfileError> {
+        Command::parse(ins, &self.source).map_err(|e| self.command_error(e))
+    }
+
+    fn command_error(&self, e: CommandError) -> DockerfileError {
+        self.err_at(e.span.line, e.span.column, e.message)
+    }
+
     fn err(&self, ins: &Instruction, message: impl Into<String>) -> DockerfileError {
         self.err_at(ins.start_line, ins.column, message)
     }
@@ -262,43 +286,6 @@ impl Lowerer<'_> {
     }
 }
 
-/// Splits `--name=value` flags, rejecting unknown ones (a repeated flag keeps its last value).
-fn parse_flags(ins: &Instruction, allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
-    Ok(steps::collect_flags(ins, allowed)?.into_iter().collect())
-}
-
-const INSTRUCTIONS: &[&str] = &[
-    "add",
-    "arg",
-    "cmd",
-    "copy",
-    "entrypoint",
-    "env",
-    "expose",
-    "from",
-    "healthcheck",
-    "label",
-    "maintainer",
-    "onbuild",
-    "run",
-    "shell",
-    "stopsignal",
-    "user",
-    "volume",
-    "workdir",
-];
-
-/// `unknown instruction: RUNN (did you mean RUN?)`, BuildKit's wording.
-fn unknown_instruction(l: &Lowerer, ins: &Instruction) -> DockerfileError {
-    let hint = suggest(&ins.keyword, INSTRUCTIONS.iter().copied())
-        .map(|s| format!(" (did you mean {}?)", s.to_uppercase()))
-        .unwrap_or_default();
-    l.err(
-        ins,
-        format!("unknown instruction: {}{hint}", ins.keyword.to_uppercase()),
-    )
-}
-
 /// Optimal-string-alignment distance: edits plus adjacent transpositions ("rnu" → "run" is 1).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
@@ -375,50 +362,26 @@ fn scope(state: &StageState) -> Vec<(String, String)> {
     v
 }
 
-/// Lowers a Dockerfile (already parsed) to a build graph.
+/// Lowers a Dockerfile (already parsed) to a build graph, in phases: the instructions
+/// checked, the global ARGs, the stages split, the target, the stages it needs in
+/// dependency order lowered, the final image.
 pub fn lower(
     ast: &Ast,
     source: &[u8],
     opts: &BuildOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<Lowered, DockerfileError> {
-    let mut l = Lowerer {
-        opts,
-        source: lines_of(source),
-        def: Definition::default(),
-        locations: BTreeMap::new(),
-        global_args: Vec::new(),
-        valueless_global_args: BTreeSet::new(),
-        stage_names: Vec::new(),
-        in_trigger: None,
-        warnings: Default::default(),
-        declared_args: Default::default(),
-    };
+    let mut l = Lowerer::new(opts, source);
     let escape = ast.directives.escape;
     let auto_args = automatic_args(ast, opts);
     let ins = &ast.instructions;
-    // BuildKit parses every instruction before choosing stages: an unknown one fails the
-    // build even in a stage the target does not need.
-    if let Some(x) = ins
-        .iter()
-        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
-    {
-        return Err(unknown_instruction(&l, x));
-    }
+    check_instructions(&l, ins)?;
     let first_from = lower_global_args(&mut l, ins, &auto_args, escape)?;
     let stages = split_stages(&l, ins, first_from)?;
     l.stage_names = stages.iter().map(|s| s.name.clone()).collect();
     let target = target_stage(&l, &stages)?;
-    // A name or index may refer to a stage defined later (BuildKit orders stages by
-    // their dependencies); a stage never to itself.
-    let stage_index = |reference: &str, current: usize| -> Option<usize> {
-        let r = reference.to_lowercase();
-        stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(&r))
-            .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
-            .filter(|&d| d != current)
-    };
+    let stage_index =
+        |reference: &str, current: usize| stage_by_reference(&stages, reference, current);
     let graph = StageGraph {
         stages: &stages,
         stage_index: &stage_index,
@@ -434,9 +397,43 @@ pub fn lower(
     let final_state = states[target]
         .clone()
         .ok_or_else(|| l.err_at(1, 1, "internal error: target stage was not built"))?;
+    Ok(finish(l, ast, final_state, &needed, built_names))
+}
+
+/// BuildKit parses every instruction before choosing stages: an unknown one fails the
+/// build even in a stage the target does not need.
+fn check_instructions(l: &Lowerer, ins: &[Instruction]) -> Result<(), DockerfileError> {
+    match ins
+        .iter()
+        .find(|x| !INSTRUCTIONS.contains(&x.keyword.as_str()))
+    {
+        Some(x) => Err(l.command_error(command::unknown_instruction(x))),
+        None => Ok(()),
+    }
+}
+
+/// A stage by name or index. It may be defined later (BuildKit orders stages by their
+/// dependencies); a stage never refers to itself.
+fn stage_by_reference(stages: &[StageSource], reference: &str, current: usize) -> Option<usize> {
+    let r = reference.to_lowercase();
+    stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(&r))
+        .or_else(|| r.parse::<usize>().ok().filter(|&n| n < stages.len()))
+        .filter(|&d| d != current)
+}
+
+/// The graph's output, the final image, and the check warnings of the stages built.
+fn finish(
+    mut l: Lowerer,
+    ast: &Ast,
+    final_state: StageState,
+    needed: &[bool],
+    built_names: Vec<String>,
+) -> Lowered {
     let output = l.or_scratch(final_state.vertex);
     l.def.output = Some(output);
-    let image = final_image(opts, final_state.config);
+    let image = final_image(l.opts, final_state.config);
     let check_config = CheckConfig::parse(ast.directives.check.as_deref());
     let mut warnings: Vec<CheckWarning> = crate::checks::check_ast_by_stage(ast)
         .into_iter()
@@ -444,14 +441,14 @@ pub fn lower(
         .map(|(_, w)| w)
         .collect();
     warnings.extend(l.warnings.take());
-    Ok(Lowered {
+    Lowered {
         definition: l.def,
         image,
         locations: l.locations,
         stages: built_names,
         warnings: crate::checks::filter(warnings, &check_config),
         check_config,
-    })
+    }
 }
 
 /// The automatic platform ARGs and TARGETSTAGE; as in BuildKit, a build arg of the same
@@ -511,10 +508,13 @@ fn lower_global_args(
                 ),
             ));
         }
+        let Command::Arg(arg) = l.command(x)? else {
+            unreachable!("an ARG parses as one");
+        };
         let mut env = auto_args.to_vec();
         env.extend(l.global_args.clone());
-        for a in &x.args {
-            let (k, v) = declare_arg(l, x, a, &env, escape)?;
+        for decl in &arg.args {
+            let (k, v) = expand_arg(l, x, decl, &env, escape)?;
             // `ARG TARGETARCH` before FROM brings the automatic value into scope.
             let automatic = || {
                 auto_args
@@ -557,7 +557,7 @@ fn split_stages<'a>(
         while j < ins.len() && ins[j].keyword != "from" {
             j += 1;
         }
-        let name = stage_name(l, from)?;
+        let name = command::FromCommand::stage_name(from).map_err(|e| l.command_error(e))?;
         if let Some(n) = &name {
             if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(l.err(from, format!("duplicate stage name {n:?}")));
@@ -571,31 +571,6 @@ fn split_stages<'a>(
         i = j;
     }
     Ok(stages)
-}
-
-/// The `AS name` of a FROM, lowercased and checked.
-fn stage_name(l: &Lowerer, from: &Instruction) -> Result<Option<String>, DockerfileError> {
-    let name = match from.args.as_slice() {
-        [_] => return Ok(None),
-        [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => name.to_lowercase(),
-        [] => {
-            return Err(l.err(
-                from,
-                "FROM requires the name of a base image, e.g. FROM debian:bookworm",
-            ))
-        }
-        _ => return Err(l.err(from, "FROM requires either one or three arguments")),
-    };
-    if !is_valid_stage_name(&name) {
-        return Err(l.err(
-            from,
-            format!(
-                "invalid name for build stage: {}, name can't start with a number or contain symbols",
-                crate::parser::go_quote(&from.args[2])
-            ),
-        ));
-    }
-    Ok(Some(name))
 }
 
 /// The index of `--target`'s stage, else the last stage's.
@@ -674,19 +649,10 @@ impl<'g> StageGraph<'g> {
     ) -> Result<Vec<(usize, &'g Instruction)>, DockerfileError> {
         let mut found = Vec::new();
         for x in self.stages[s].body {
-            if x.keyword != "copy" && x.keyword != "run" {
-                continue;
-            }
-            for f in &x.flags {
-                let from = match x.keyword.as_str() {
-                    "copy" => f.strip_prefix("--from="),
-                    _ => f
-                        .strip_prefix("--mount=")
-                        .and_then(|m| m.split(',').find_map(|kv| kv.trim().strip_prefix("from="))),
-                };
-                let Some(v) = from.filter(|v| !is_named_context(l.opts, v)) else {
+            for v in command::stage_references(x) {
+                if is_named_context(l.opts, v) {
                     continue;
-                };
+                }
                 // Only a first guess (stage ARGs are not known yet): no warnings here.
                 let v = Expander::new(&global_env, self.escape)
                     .process_word(v)
@@ -779,13 +745,6 @@ fn final_image(opts: &BuildOptions, mut image: ImageConfig) -> ImageConfig {
     image
 }
 
-/// BuildKit's rule for `AS name` (after lowercasing): `^[a-z][a-z0-9-_.]*$`.
-fn is_valid_stage_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
-}
-
 /// The config BuildKit starts `FROM scratch` with: the platform, and WorkingDir `/`.
 fn empty_image(os: String, architecture: String, variant: String) -> ImageConfig {
     let mut image = ImageConfig {
@@ -807,19 +766,19 @@ fn split_platform(p: &str) -> (String, String, String) {
     )
 }
 
-/// Parses one ARG word (`name` or `name=default`), expanding the default.
-fn declare_arg(
+/// One ARG declaration with its default expanded.
+fn expand_arg(
     l: &Lowerer,
     ins: &Instruction,
-    word: &str,
+    decl: &ArgDecl,
     env: &[(String, String)],
     escape: char,
 ) -> Result<(String, Option<String>), DockerfileError> {
-    match word.split_once('=') {
-        Some(("", _)) => Err(l.err(ins, "ARG names can not be blank")),
-        Some((k, v)) => Ok((k.to_string(), Some(l.expand(ins, env, v, escape)?))),
-        None => Ok((word.to_string(), None)),
-    }
+    let default = match &decl.default {
+        Some(v) => Some(l.expand(ins, env, v, escape)?),
+        None => None,
+    };
+    Ok((decl.name.clone(), default))
 }
 
 /// The stage's declared ARGs with their current values (ENV wins; unset ones are empty),
@@ -843,44 +802,31 @@ fn run_history_args(state: &StageState) -> Vec<(String, String)> {
 }
 
 /// Arguments of RUN/CMD/ENTRYPOINT: JSON form as is, shell form through the stage's shell.
-fn command_args(state: &StageState, ins: &Instruction) -> Vec<String> {
-    if ins.json {
-        return ins.args.clone();
+fn command_args(state: &StageState, line: &CommandLine) -> Vec<String> {
+    if line.json {
+        return line.args.clone();
     }
     let mut args = if state.shell.is_empty() {
         vec!["/bin/sh".to_string(), "-c".to_string()]
     } else {
         state.shell.clone()
     };
-    args.push(ins.args.join(" "));
+    args.push(line.args.join(" "));
     args
 }
 
-fn display_cmd(ins: &Instruction) -> String {
-    if ins.json {
+fn display_cmd(line: &CommandLine) -> String {
+    if line.json {
         format!(
             "[{}]",
-            ins.args
+            line.args
                 .iter()
                 .map(|a| format!("{a:?}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         )
     } else {
-        ins.args.join(" ")
-    }
-}
-
-fn parse_chown(s: &str) -> Chown {
-    match s.split_once(':') {
-        Some((u, g)) => Chown {
-            user: u.into(),
-            group: Some(g.into()),
-        },
-        None => Chown {
-            user: s.into(),
-            group: None,
-        },
+        line.args.join(" ")
     }
 }
 
@@ -908,42 +854,6 @@ fn join_path(base: &str, p: &str, keep_trailing_slash: bool) -> String {
     out
 }
 
-/// Parses Go-style durations (`30s`, `1m30s`, `500ms`) into nanoseconds.
-fn parse_duration_ns(s: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    // Go's time.ParseDuration: an optional sign, and a bare "0" needs no unit.
-    let (sign, mut rest) = match s.strip_prefix('-') {
-        Some(r) => (-1.0, r),
-        None => (1.0, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += n * mult;
-        rest = &rest[unit_end..];
-    }
-    Some((sign * total) as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,17 +864,6 @@ mod tests {
         assert_eq!(join_path("/app", ".", true), "/app/");
         assert_eq!(join_path("/app", "../x", false), "/x");
         assert_eq!(join_path("/", "/abs", false), "/abs");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
-        assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(parse_duration_ns("10x"), None);
-        assert_eq!(parse_duration_ns("0"), Some(0));
-        assert_eq!(parse_duration_ns("5"), None);
-        assert_eq!(parse_duration_ns("-1s"), Some(-1_000_000_000));
-        assert_eq!(parse_duration_ns("1.5h"), Some(5_400_000_000_000));
     }
 
     /// Every image is an arm64/v8 image, as its config spells it.

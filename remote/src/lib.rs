@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod builders;
 pub mod client;
+pub mod command;
 pub mod credentials;
 pub mod endpoint;
 pub mod inprocess;

@@ -12,9 +12,12 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
-    /// Inherit this process's stdin/stdout/stderr (`-i`/`-t`); otherwise stdin is empty and
+    /// Inherit this process's stdin/stdout/stderr (`-t`: the caller's terminal); otherwise
     /// output is delivered to the callback.
     pub inherit_stdio: bool,
+    /// `-i` without a terminal: the process reads this process's stdin (otherwise it is
+    /// empty), and sees its end of file.
+    pub stdin: bool,
 }
 
 /// The executor spec for `request` in `container`, whose PID 1 is `pid`.
@@ -62,7 +65,13 @@ pub fn exec(
         .filter(|_| state.status == Status::Running)
         .ok_or_else(|| anyhow!("container {} is not running", container.config.id))?;
     let spec = exec_spec(container, pid, request);
-    let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    let mut executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    if request.stdin && !request.inherit_stdio {
+        // A caller without stdin (fd 0 closed) gives the process an empty one.
+        if let Ok(stdin) = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned() {
+            executor = executor.with_stdin(stdin);
+        }
+    }
     match executor.run(&spec, cancel, on_output) {
         Ok(code) => Ok(code),
         Err(executor::ExecError::Setup(message)) => Err(crate::ExitError {
@@ -72,4 +81,23 @@ pub fn exec(
         .into()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`exec`] with the process's output written to this process's stdout and stderr.
+pub fn exec_to_stdio(container: &Container, request: &ExecRequest) -> Result<i32> {
+    use std::io::Write as _;
+    let cancel = executor::CancelToken::new();
+    exec(container, request, &cancel, &mut |stream, data| {
+        let _ = match stream {
+            executor::OutputStream::Stdout => std::io::stdout().write_all(data),
+            executor::OutputStream::Stderr => std::io::stderr().write_all(data),
+        };
+    })
+}
+
+/// docker compose's `exec`: stdin always passed on, a terminal unless `no_tty` (`-T`) or
+/// this process's stdin is not one.
+pub fn compose_exec_stdio(no_tty: bool) -> (bool, bool) {
+    let on_terminal = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    (!no_tty && on_terminal, true)
 }

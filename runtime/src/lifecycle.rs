@@ -36,10 +36,13 @@ pub struct CreateRequest {
     pub network_mode: String,
     pub ports: Vec<crate::PortMapping>,
     pub network_aliases: Vec<String>,
+    /// Every network joined, primary first (None: host, none, container:).
+    pub endpoints: Option<Vec<crate::Endpoint>>,
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
     pub mounts: Vec<crate::MountSpec>,
     pub limits: crate::Limits,
+    pub stdio: crate::StdioConfig,
 }
 
 /// An error with the exit code docker gives for it (125, 126, 127).
@@ -69,7 +72,6 @@ pub fn create(
     }
     crate::procs::parse_signal(&request.stop_signal)
         .with_context(|| format!("--stop-signal {:?}", request.stop_signal))?;
-    check_network(store, &request.network_mode, &request.network_aliases)?;
     let _names = store.names_lock()?;
     let existing = store.list()?;
     let name = match request.name {
@@ -94,7 +96,11 @@ pub fn create(
     if spec.hostname.is_empty() {
         spec.hostname = id[..12].to_string();
     }
-    spec.stdio = executor::Stdio::Piped;
+    spec.stdio = if request.stdio.tty {
+        executor::Stdio::Terminal
+    } else {
+        executor::Stdio::Piped
+    };
     let config = Config {
         id,
         name,
@@ -115,10 +121,20 @@ pub fn create(
         network_mode: request.network_mode,
         ports: request.ports,
         network_aliases: request.network_aliases,
+        endpoints: request.endpoints,
         extra_hosts: request.extra_hosts,
         dns: request.dns,
         mounts,
         limits: request.limits,
+        stdin_open: request.stdio.stdin_open,
+        stdin_once: request.stdio.stdin_once,
+        tty: request.stdio.tty,
+        console_size: request
+            .stdio
+            .tty
+            .then(crate::attach::terminal_size)
+            .flatten(),
+        init: request.stdio.init,
     };
     store.insert(&config)
 }
@@ -175,8 +191,8 @@ fn spawn_monitor(store: &ContainerStore, container: &Container) -> Result<()> {
 }
 
 fn wait_started(container: &Container) -> Result<()> {
-    // What `/proc/PID/exe` of a helper that has not exec'd yet reads: this binary's real path.
-    let exe = std::fs::read_link("/proc/self/exe").context("finding the builder binary")?;
+    // What `/proc/PID/exe` of a helper that has not exec'd yet is: this binary.
+    let exe = std::fs::metadata("/proc/self/exe").context("finding the builder binary")?;
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         let state = container.live_state()?;
@@ -361,23 +377,4 @@ pub fn start_restartable(store: &ContainerStore) -> Result<Vec<String>> {
         }
     }
     Ok(started)
-}
-
-/// An unknown network, or a `container:` network naming no container, is a clear error.
-fn check_network(store: &ContainerStore, mode: &str, aliases: &[String]) -> Result<()> {
-    let user_defined = match mode {
-        "host" | "none" | "bridge" => false,
-        m if m.starts_with("container:") => {
-            store.find(&m["container:".len()..])?;
-            false
-        }
-        name => {
-            crate::networks::NetworkStore::open(&store.root)?.get(name)?;
-            true
-        }
-    };
-    if !aliases.is_empty() && !user_defined {
-        bail!("--network-alias needs a user-defined network (see `builder network create`)");
-    }
-    Ok(())
 }

@@ -259,6 +259,9 @@ pub fn follow_logs(
         for line in &new {
             print_entry(line, query, out, err)?;
         }
+        // A prompt without a newline must show before the user answers it.
+        out.flush()?;
+        err.flush()?;
         if done {
             return Ok(());
         }

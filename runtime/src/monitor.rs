@@ -78,10 +78,15 @@ fn run(root: &Path, id: &str) -> Result<()> {
     })?;
     let mut spec = container.config.spec.clone();
     // Before any thread starts: filling a fresh volume forks.
+    let own_mounts = std::mem::take(&mut spec.mounts); // --init's, over the volumes
     spec.mounts = crate::volumes::exec_mounts(&store.root, &container)?;
+    spec.mounts.extend(own_mounts);
     let mut attachment = attach_network(&store, &container, &mut spec)?;
     spec.cgroup_paths = crate::cgroups::create(container.id(), &container.config.limits)?;
-    let executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
+    let executor = executor::Executor::current_exe()?
+        .with_state_dir(container.dir.clone())
+        .with_seccomp_cache(Some(executor::seccomp_cache_in_store(root)));
+    let executor = crate::attach::prepare(&container, executor)?;
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -119,6 +124,7 @@ fn run(root: &Path, id: &str) -> Result<()> {
             Err(e) => return Err(release(&container, &mut attachment, e)),
         }
     }
+    crate::attach::cleanup(&container);
     if container.config.auto_remove {
         crate::lifecycle::destroy(&store, &container, true)?;
     }
@@ -153,20 +159,40 @@ fn attach_network(
     }
     let hosts = crate::networks::hosts_path(container);
     spec.hosts_file = Some(hosts.clone());
-    let Some(net) = crate::networks::network_of(&store.root, container)? else {
+    if !container.has_own_network() {
         crate::networks::write_in_place(&hosts, &crate::networks::base_hosts(container, ""))?;
         return Ok(None);
-    };
-    let attachment = crate::network::setup(container, &net, &config.ports)?;
-    let ip = attachment.ip.to_string();
-    crate::networks::write_in_place(&hosts, &crate::networks::base_hosts(container, &ip))?;
+    }
+    let attachment = join_networks(store, container)?;
     spec.netns = Some(crate::network::netns_path(container));
-    container.update(|s| {
-        s.ip = ip.clone();
-        s.ports = attachment.ports.clone();
-    })?;
-    crate::networks::refresh_hosts(store, &net.name, None)?;
+    let networks: Vec<String> = attachment.networks.keys().cloned().collect();
+    crate::networks::refresh_hosts(store, &networks, None, Some(container.id()))?;
     Ok(Some(attachment))
+}
+
+/// Sets up the container's namespace and interfaces under its lock, from the endpoints in
+/// its config as they are now: a `network connect` either sees the namespace or lands in
+/// the config read here.
+fn join_networks(
+    store: &ContainerStore,
+    container: &Container,
+) -> Result<crate::network::Attachment> {
+    let _lock = container.lock()?;
+    let config = store.load(container.id())?.config;
+    let endpoints = crate::networks::endpoint_networks(&store.root, &config)?;
+    let attachment = crate::network::setup(container, &endpoints, &config.ports)?;
+    let ip = attachment.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let hosts = crate::networks::hosts_path(container);
+    crate::networks::write_in_place(&hosts, &crate::networks::base_hosts(container, &ip))?;
+    let mut state = container.state()?;
+    state.ip = ip;
+    state.ports = attachment.ports.clone();
+    state.networks = attachment.networks.clone();
+    if let Err(e) = container.save_state(&state) {
+        crate::network::teardown(container);
+        return Err(e);
+    }
+    Ok(attachment)
 }
 
 /// The state could not be written (e.g. the container's directory was deleted under it):
@@ -206,7 +232,7 @@ fn record_exit(
         } else {
             if attachment.take().is_some() {
                 crate::network::teardown(container);
-                s.ip.clear();
+                s.clear_network();
             }
             s.status = Status::Exited;
             s.monitor_pid = 0;
@@ -226,7 +252,7 @@ fn begin_restart(
             crate::cgroups::remove(container.id());
             if attachment.take().is_some() {
                 crate::network::teardown(container);
-                s.ip.clear();
+                s.clear_network();
             }
             s.status = Status::Exited;
             s.monitor_pid = 0;

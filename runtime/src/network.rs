@@ -3,8 +3,9 @@
 //! `ROOT/containers/ID/netns`, outbound NAT, and `-p` through DNAT, all in our own nftables
 //! table `inet builder`.
 //!
-//! Everything a container adds is named after its id (veth `vb<id>`, nft rule comments, IPAM
-//! entry, netns file), so [`teardown`] needs no record and can run again after a crash.
+//! Everything a container adds is named after its id (veths `vb<id>[NN]`, nft rule comments,
+//! IPAM entries, netns file), so [`teardown`] needs no record and can run again after a crash.
+//! A container may join several networks (`eth0` on the first, `eth1`...; see `endpoints`).
 //! The bridge is host-global, so its address record is too: `/run/builder/BRIDGE-ipam.json`
 //! (under a lock; /run empties at reboot, exactly when the veths are gone).
 //!
@@ -15,14 +16,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Context, Result};
 
+use crate::endpoints::{Attached, Endpoint};
 use crate::networks::NetworkRecord;
+pub use crate::ports::PortMapping;
 use crate::store::Container;
 
 pub const BRIDGE: &str = "builder0";
@@ -33,96 +35,44 @@ const ALL_SUBNETS: &str = "10.88.0.0/15";
 const TABLE: &str = "builder";
 const IPAM_DIR: &str = "/run/builder";
 
-/// One `-p [IP:]HOST:CONTAINER[/udp]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PortMapping {
-    /// Empty for all addresses.
-    pub host_ip: String,
-    /// 0: chosen at start.
-    pub host_port: u16,
-    pub container_port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-}
-
-impl PortMapping {
-    /// Parses docker's `-p` syntax.
-    pub fn parse(spec: &str) -> Result<PortMapping> {
-        let bad = || anyhow!("-p {spec:?}: want [IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]");
-        let (ports, protocol) = match spec.rsplit_once('/') {
-            Some((p, proto @ ("tcp" | "udp"))) => (p, proto),
-            Some(_) => return Err(bad()),
-            None => (spec, "tcp"),
-        };
-        let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
-        let port = |s: &str| s.parse::<u16>().map_err(|_| bad());
-        let (host_ip, host_port, container_port) = match parts.as_slice() {
-            [c] => (String::new(), 0, port(c)?),
-            [c, h] => (
-                String::new(),
-                if h.is_empty() { 0 } else { port(h)? },
-                port(c)?,
-            ),
-            [c, h, ip] => {
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| anyhow!("-p {spec:?}: {ip:?} is not an IPv4 address"))?;
-                (
-                    ip.to_string(),
-                    if h.is_empty() { 0 } else { port(h)? },
-                    port(c)?,
-                )
-            }
-            _ => return Err(bad()),
-        };
-        if container_port == 0 {
-            return Err(bad());
-        }
-        let host_ip = if host_ip == "0.0.0.0" {
-            String::new()
-        } else {
-            host_ip
-        };
-        Ok(PortMapping {
-            host_ip,
-            host_port,
-            container_port,
-            protocol: protocol.into(),
-        })
-    }
-}
-
 /// What the monitor holds while the container runs.
 pub struct Attachment {
-    pub ip: Ipv4Addr,
+    /// The primary interface's address (ports, hostname), if any network is joined.
+    pub ip: Option<Ipv4Addr>,
+    pub networks: BTreeMap<String, Attached>,
     pub ports: Vec<PortMapping>,
     /// Bound sockets reserving the published host ports.
-    _reservations: Vec<Reservation>,
-}
-
-enum Reservation {
-    Tcp(#[allow(dead_code)] TcpListener),
-    Udp(#[allow(dead_code)] UdpSocket),
+    _reservations: Vec<crate::ports::Reservation>,
 }
 
 pub fn netns_path(container: &Container) -> PathBuf {
     container.dir.join("netns")
 }
 
-fn host_veth(id: &str) -> String {
-    format!("vb{}", &id[..11])
+/// The host end of interface `index`: `vb<id>` for eth0, `vb<id><NN>` for the others.
+fn host_veth(id: &str, index: u8) -> String {
+    match index {
+        0 => format!("vb{}", &id[..11]),
+        n => format!("vb{}{n:02x}", &id[..11]),
+    }
 }
 
-fn peer_veth(id: &str) -> String {
-    format!("vc{}", &id[..11])
+fn peer_veth(id: &str, index: u8) -> String {
+    match index {
+        0 => format!("vc{}", &id[..11]),
+        n => format!("vc{}{n:02x}", &id[..11]),
+    }
 }
 
-/// Connects the container to the bridge; on error everything made so far is removed.
+/// Gives the container its network namespace with one interface per endpoint (the first
+/// carries the default route and the published ports); on error everything made so far
+/// is removed.
 pub fn setup(
     container: &Container,
-    net: &NetworkRecord,
+    endpoints: &[(NetworkRecord, Endpoint)],
     ports: &[PortMapping],
 ) -> Result<Attachment> {
-    let result = try_setup(container, net, ports);
+    let result = try_setup(container, endpoints, ports);
     if result.is_err() {
         teardown(container);
     }
@@ -131,79 +81,147 @@ pub fn setup(
 
 fn try_setup(
     container: &Container,
-    net: &NetworkRecord,
+    endpoints: &[(NetworkRecord, Endpoint)],
     ports: &[PortMapping],
 ) -> Result<Attachment> {
-    let (reservations, ports) = reserve_ports(ports)?;
-    ensure_bridge(net)?;
+    let (reservations, ports) = crate::ports::reserve_ports(ports)?;
+    for (net, _) in endpoints {
+        ensure_bridge(net)?;
+    }
     ensure_table()?;
-    let ip = allocate_ip(container, net)?;
-    // After the lease exists, so a concurrent last teardown cannot remove them under us.
-    allow_iptables_forward();
-    let (bridge, gateway, prefix) = (&net.bridge, net.gateway_ip()?, net.prefix()?);
     let netns = netns_path(container);
     std::fs::File::create(&netns).with_context(|| format!("creating {}", netns.display()))?;
     run("unshare", &[&format!("--net={}", netns.display()), "true"])?;
-    let id = container.id();
-    let (host, peer) = (host_veth(id), peer_veth(id));
-    run(
-        "ip",
-        &["link", "add", &host, "type", "veth", "peer", "name", &peer],
-    )?;
-    run(
-        "ip",
-        &["link", "set", &peer, "netns", &netns.to_string_lossy()],
-    )?;
-    run("ip", &["link", "set", &host, "master", bridge, "up"])?;
-    let inside = format!(
-        "link set {peer} name eth0\naddr add {ip}/{prefix} dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {gateway}\n"
-    );
-    run_stdin(
-        "nsenter",
-        &[&format!("--net={}", netns.display()), "ip", "-batch", "-"],
-        &inside,
-    )?;
-    add_port_rules(id, ip, &ports)?;
+    if endpoints.is_empty() {
+        in_netns(container, "link set lo up\n")?;
+    }
+    let mut networks = BTreeMap::new();
+    let mut ip = None;
+    for (index, (net, endpoint)) in endpoints.iter().enumerate() {
+        let attached = attach(container, net, endpoint, index as u8, index == 0)?;
+        ip = ip.or(attached.ip.parse().ok());
+        networks.insert(net.name.clone(), attached);
+    }
+    match ip {
+        Some(ip) => add_port_rules(container.id(), ip, &ports)?,
+        None if !ports.is_empty() => {
+            bail!("published ports need a network: the container is connected to none")
+        }
+        None => {}
+    }
     Ok(Attachment {
         ip,
+        networks,
         ports,
         _reservations: reservations,
     })
 }
 
-/// Binds each host port (port 0: the kernel picks one); an address in use is a clear error.
-fn reserve_ports(ports: &[PortMapping]) -> Result<(Vec<Reservation>, Vec<PortMapping>)> {
-    let mut held = Vec::new();
-    let mut resolved = Vec::new();
-    for p in ports {
-        let ip = if p.host_ip.is_empty() {
-            "0.0.0.0"
-        } else {
-            &p.host_ip
-        };
-        let addr = format!("{ip}:{}", p.host_port);
-        let in_use = |e: std::io::Error| {
-            anyhow!(
-                "cannot publish port {addr}/{}: {e} (is another container or program using it?)",
-                p.protocol
-            )
-        };
-        let (reservation, port) = if p.protocol == "udp" {
-            let s = UdpSocket::bind(&addr).map_err(in_use)?;
-            let port = s.local_addr()?.port();
-            (Reservation::Udp(s), port)
-        } else {
-            let s = TcpListener::bind(&addr).map_err(in_use)?;
-            let port = s.local_addr()?.port();
-            (Reservation::Tcp(s), port)
-        };
-        held.push(reservation);
-        resolved.push(PortMapping {
-            host_port: port,
-            ..p.clone()
-        });
+/// One interface: an address from the network's IPAM, a veth pair from its bridge into the
+/// container's namespace as `eth<index>`.
+fn attach(
+    container: &Container,
+    net: &NetworkRecord,
+    endpoint: &Endpoint,
+    index: u8,
+    default_route: bool,
+) -> Result<Attached> {
+    let requested = match &endpoint.ipv4_address {
+        Some(ip) => Some(crate::endpoints::check_static_ip(net, ip, "address")?),
+        None => None,
+    };
+    let ip = allocate_ip(container, net, requested)?;
+    // After the lease exists, so a concurrent last teardown cannot remove them under us.
+    allow_iptables_forward();
+    let (gateway, prefix) = (net.gateway_ip()?, net.prefix()?);
+    let id = container.id();
+    let (host, peer) = (host_veth(id, index), peer_veth(id, index));
+    run(
+        "ip",
+        &["link", "add", &host, "type", "veth", "peer", "name", &peer],
+    )?;
+    let netns = netns_path(container);
+    run(
+        "ip",
+        &["link", "set", &peer, "netns", &netns.to_string_lossy()],
+    )?;
+    run("ip", &["link", "set", &host, "master", &net.bridge, "up"])?;
+    let mut inside = format!(
+        "link set {peer} name eth{index}\naddr add {ip}/{prefix} dev eth{index}\nlink set eth{index} up\nlink set lo up\n"
+    );
+    if default_route {
+        inside.push_str(&format!("route add default via {gateway}\n"));
     }
-    Ok((held, resolved))
+    in_netns(container, &inside)?;
+    Ok(Attached {
+        ip: ip.to_string(),
+        prefix,
+        gateway: gateway.to_string(),
+        index,
+        bridge: net.bridge.clone(),
+    })
+}
+
+/// Runs `ip -batch` commands inside the container's network namespace.
+fn in_netns(container: &Container, commands: &str) -> Result<()> {
+    let netns = netns_path(container);
+    run_stdin(
+        "nsenter",
+        &[&format!("--net={}", netns.display()), "ip", "-batch", "-"],
+        commands,
+    )
+}
+
+/// Adds an interface to a running container's namespace (`network connect`); on error
+/// nothing of it is left.
+pub fn connect_endpoint(
+    container: &Container,
+    net: &NetworkRecord,
+    endpoint: &Endpoint,
+    index: u8,
+    default_route: bool,
+) -> Result<Attached> {
+    ensure_bridge(net)?;
+    ensure_table()?;
+    let result = attach(container, net, endpoint, index, default_route);
+    if result.is_err() {
+        remove_interface(container.id(), index, &net.bridge);
+    }
+    result
+}
+
+/// Removes one interface of a running container (`network disconnect`): the host end of
+/// its veth (the container's end goes with it) and its address lease.
+pub fn disconnect_endpoint(container: &Container, attached: &Attached) {
+    remove_interface(container.id(), attached.index, &attached.bridge);
+}
+
+fn remove_interface(id: &str, index: u8, bridge: &str) {
+    let host = host_veth(id, index);
+    if link_exists(&host) {
+        let _ = run("ip", &["link", "del", &host]);
+    }
+    let _ = with_leases(bridge, |leases| {
+        leases.retain(|_, who| !who.ends_with(&format!(" {id}")));
+        Ok(())
+    });
+    if let Ok(_lock) = crate::store::FileLock::exclusive(&Path::new(IPAM_DIR).join("ipam.lock")) {
+        remove_iptables_forward_if_unused();
+    }
+}
+
+/// Makes `eth<index>` (through `gateway`) the default route, after the interface that had
+/// it was disconnected.
+pub fn set_default_route(container: &Container, gateway: &str) -> Result<()> {
+    in_netns(container, &format!("route replace default via {gateway}\n"))
+}
+
+/// Points the published ports at `ip` (None: no interface left; the rules go).
+pub fn repoint_ports(container: &Container, ip: Option<Ipv4Addr>, ports: &[PortMapping]) {
+    delete_rules(container.id());
+    if let Some(ip) = ip {
+        let _ = add_port_rules(container.id(), ip, ports);
+    }
 }
 
 fn ensure_bridge(net: &NetworkRecord) -> Result<()> {
@@ -322,6 +340,8 @@ fn remove_iptables_forward_if_unused() {
 }
 
 /// Creates our table and its chains, and (re)writes its static rules in one transaction.
+/// Outbound NAT matches our address range and, for networks given another subnet
+/// (`--subnet`, compose `ipam`), anything routed from one of our bridges to the outside.
 fn ensure_table() -> Result<()> {
     let (subnet, user) = (ALL_SUBNETS, format!("{USER_BRIDGE_PREFIX}*"));
     let script = format!(
@@ -333,6 +353,7 @@ add chain inet {TABLE} forward {{ type filter hook forward priority filter; }}
 flush chain inet {TABLE} postrouting
 flush chain inet {TABLE} forward
 add rule inet {TABLE} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
+add rule inet {TABLE} postrouting iifname {{ \"{BRIDGE}\", \"{user}\" }} oifname != {{ \"{BRIDGE}\", \"{user}\" }} masquerade
 add rule inet {TABLE} postrouting oifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 masquerade
 add rule inet {TABLE} postrouting oifname \"{user}\" ip saddr 127.0.0.0/8 masquerade
 {isolation}add rule inet {TABLE} forward iifname \"{BRIDGE}\" accept
@@ -394,8 +415,8 @@ fn add_port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<()> {
 pub fn teardown(container: &Container) {
     let id = container.id();
     delete_rules(id);
-    if link_exists(&host_veth(id)) {
-        let _ = run("ip", &["link", "del", &host_veth(id)]);
+    for link in links_starting_with(&format!("vb{}", &id[..11])) {
+        let _ = run("ip", &["link", "del", &link]);
     }
     let netns = netns_path(container);
     if netns.exists() {
@@ -403,13 +424,32 @@ pub fn teardown(container: &Container) {
         let _ = std::fs::remove_file(&netns);
     }
     let _ = release_ip(id);
-    // Peers on the network must stop resolving its name.
+    // Peers on its networks must stop resolving its name.
     if let Some(root) = container.dir.parent().and_then(Path::parent) {
         if let Ok(store) = crate::store::ContainerStore::open(root) {
-            let _ =
-                crate::networks::refresh_hosts(&store, &container.config.network_mode, Some(id));
+            // The caller's copy of the config may predate a `network connect`.
+            let config = store
+                .load(id)
+                .map_or(container.config.clone(), |c| c.config);
+            let mut names: Vec<String> =
+                config.endpoints().into_iter().map(|e| e.network).collect();
+            names.extend(container.config.endpoints().into_iter().map(|e| e.network));
+            let _ = crate::networks::refresh_hosts(&store, &names, Some(id), None);
         }
     }
+}
+
+/// Host interfaces whose name starts with `prefix` (asking the kernel, as [`link_exists`]).
+fn links_starting_with(prefix: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() else {
+        return vec![];
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
 }
 
 fn delete_rules(id: &str) {
@@ -459,13 +499,21 @@ fn with_leases<T>(bridge: &str, change: impl FnOnce(&mut Leases) -> Result<T>) -
     Ok(result)
 }
 
-fn allocate_ip(container: &Container, net: &NetworkRecord) -> Result<Ipv4Addr> {
+/// An address on `net` for the container: `requested` (a clear error naming the holder when
+/// taken) or the first free one not reserved as another container's static address.
+fn allocate_ip(
+    container: &Container,
+    net: &NetworkRecord,
+    requested: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr> {
     let owner = format!(
         "{} {}",
         container.dir.parent().unwrap_or(Path::new("")).display(),
         container.id()
     );
-    let (gateway, prefix) = (u32::from(net.gateway_ip()?), net.prefix()?);
+    let reserved = reserved_static_ips(container, net);
+    let (base, prefix) = crate::endpoints::subnet_of(net)?;
+    let gateway = net.gateway_ip()?;
     with_leases(&net.bridge, |leases| {
         // Addresses of containers whose directory is gone were leaked by a crash.
         leases.retain(|_, who| {
@@ -473,8 +521,22 @@ fn allocate_ip(container: &Container, net: &NetworkRecord) -> Result<Ipv4Addr> {
                 .is_some_and(|(dir, id)| Path::new(dir).join(id).exists())
         });
         leases.retain(|_, who| *who != owner);
-        for n in 2u32..(1 << (32 - prefix)) - 1 {
-            let ip = Ipv4Addr::from(gateway - 1 + n);
+        if let Some(ip) = requested {
+            if let Some(holder) = leases.get(&ip.to_string()) {
+                bail!(
+                    "address {ip} on network {} is already in use by container {}",
+                    net.name,
+                    holder_name(holder)
+                );
+            }
+            leases.insert(ip.to_string(), owner.clone());
+            return Ok(ip);
+        }
+        for n in 1u32..(1 << (32 - prefix)) - 1 {
+            let ip = Ipv4Addr::from(base + n);
+            if ip == gateway || reserved.contains(&ip.to_string()) {
+                continue;
+            }
             if let std::collections::btree_map::Entry::Vacant(free) = leases.entry(ip.to_string()) {
                 free.insert(owner.clone());
                 return Ok(ip);
@@ -482,6 +544,35 @@ fn allocate_ip(container: &Container, net: &NetworkRecord) -> Result<Ipv4Addr> {
         }
         bail!("no free address left on network {}", net.name)
     })
+}
+
+/// Static addresses other containers of this root ask for on `net`: dynamic allocation
+/// leaves them free, so a service with `ipv4_address` can start after the others.
+fn reserved_static_ips(container: &Container, net: &NetworkRecord) -> Vec<String> {
+    let Some(root) = container.dir.parent().and_then(Path::parent) else {
+        return vec![];
+    };
+    let Ok(all) = crate::store::ContainerStore::open(root).and_then(|s| s.list()) else {
+        return vec![];
+    };
+    all.iter()
+        .filter(|c| c.id() != container.id())
+        .flat_map(|c| c.config.endpoints())
+        .filter(|e| e.network == net.name)
+        .filter_map(|e| e.ipv4_address)
+        .collect()
+}
+
+/// The name of the container holding a lease (`"CONTAINERS_DIR ID"`), or its id.
+fn holder_name(holder: &str) -> String {
+    let Some((dir, id)) = holder.split_once(' ') else {
+        return holder.to_string();
+    };
+    std::fs::read(Path::new(dir).join(id).join("config.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| v["name"].as_str().map(String::from))
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// Frees the container's address on whichever bridge it had one.
@@ -535,32 +626,4 @@ fn run_stdin_opt(program: &str, args: &[&str], input: Option<&str>) -> Result<()
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publish_flags_parse() {
-        let p = PortMapping::parse("127.0.0.1:8080:80/udp").unwrap();
-        assert_eq!(
-            (
-                p.host_ip.as_str(),
-                p.host_port,
-                p.container_port,
-                p.protocol.as_str()
-            ),
-            ("127.0.0.1", 8080, 80, "udp")
-        );
-        let p = PortMapping::parse("8080:80").unwrap();
-        assert_eq!(
-            (p.host_ip.as_str(), p.host_port, p.container_port),
-            ("", 8080, 80)
-        );
-        assert_eq!(PortMapping::parse("80").unwrap().host_port, 0);
-        assert!(PortMapping::parse("x:80").is_err());
-        assert!(PortMapping::parse("80/sctp").is_err());
-        assert!(PortMapping::parse("nothost:1:2").is_err());
-    }
 }

@@ -1,8 +1,9 @@
 //! Networks: the built-in `bridge` (builder0, 10.88.0.0/16) and user-defined ones in
 //! `ROOT/networks/NAME.json`, each a bridge `bn-<id>` with a /24 from 10.89.0.0/16.
 //! On a user network containers find each other by name, alias and short id through their
-//! `/etc/hosts`, rewritten in place whenever a container on it starts or stops (so a removed
-//! container's name never resolves; busybox resolves only through /etc/hosts).
+//! `/etc/hosts`, rewritten in place whenever a container on it starts, stops, connects or
+//! disconnects (so a removed or disconnected container's name never resolves; busybox
+//! resolves only through /etc/hosts).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Container, ContainerStore};
+use crate::endpoints::{Attached, Endpoint};
+use crate::store::{Config, Container, ContainerStore};
 
 /// Names `network create` may not take.
 const RESERVED: [&str; 3] = ["bridge", "host", "none"];
@@ -110,6 +112,18 @@ impl NetworkStore {
         subnet: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<NetworkRecord> {
+        self.create_ipam(name, subnet, None, labels)
+    }
+
+    /// [`NetworkStore::create`] with an explicit gateway inside the subnet (compose's
+    /// `ipam.config[].gateway`); default: the subnet's first address.
+    pub fn create_ipam(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<NetworkRecord> {
         crate::names::validate_name(name).map_err(|_| anyhow!("invalid network name {name:?}"))?;
         if RESERVED.contains(&name) {
             bail!("network name {name} is reserved (built in)");
@@ -119,13 +133,27 @@ impl NetworkStore {
         if existing.iter().any(|n| n.name == name) {
             bail!("network with name {name} already exists");
         }
-        let (subnet, gateway) = match subnet {
+        let (subnet, default_gateway) = match subnet {
             Some(s) => explicit_subnet(s)?,
             None => free_subnet(&existing)?,
         };
-        if existing.iter().any(|n| n.subnet == subnet) {
-            bail!("--subnet {subnet}: used by another network");
+        if let Some(other) = existing.iter().find(|n| overlaps(&n.subnet, &subnet)) {
+            bail!(
+                "--subnet {subnet}: overlaps network {}'s subnet {}",
+                other.name,
+                other.subnet
+            );
         }
+        if let Some((iface, cidr)) = host_addresses()
+            .into_iter()
+            .find(|(_, cidr)| overlaps(cidr, &subnet))
+        {
+            bail!("--subnet {subnet}: overlaps address {cidr} of host interface {iface}");
+        }
+        let gateway = match gateway {
+            Some(g) => checked_gateway(&subnet, g)?,
+            None => default_gateway,
+        };
         let id = crate::names::new_id();
         let record = NetworkRecord {
             name: name.into(),
@@ -152,7 +180,7 @@ impl NetworkStore {
         let users: Vec<String> = containers
             .list()?
             .into_iter()
-            .filter(|c| c.config.network_mode == net.name)
+            .filter(|c| c.on_network(&net.name))
             .map(|c| c.config.name)
             .collect();
         if !users.is_empty() {
@@ -188,6 +216,52 @@ fn explicit_subnet(s: &str) -> Result<(String, String)> {
     ))
 }
 
+/// `(interface, address/prefix)` of every IPv4 address on the host.
+fn host_addresses() -> Vec<(String, String)> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "inet")?;
+            Some((words.get(1)?.to_string(), words.get(at + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Whether two CIDR subnets share an address.
+fn overlaps(a: &str, b: &str) -> bool {
+    let parse = |s: &str| -> Option<(u32, u32)> {
+        let (addr, prefix) = s.split_once('/')?;
+        let mask = u32::MAX.checked_shl(32 - prefix.parse::<u32>().ok()?)?;
+        Some((u32::from(addr.parse::<Ipv4Addr>().ok()?) & mask, mask))
+    };
+    match (parse(a), parse(b)) {
+        (Some((a, ma)), Some((b, mb))) => a & (ma & mb) == b & (ma & mb),
+        _ => false,
+    }
+}
+
+/// A gateway inside the subnet that is not its network or broadcast address.
+fn checked_gateway(subnet: &str, gateway: &str) -> Result<String> {
+    let mut probe = NetworkRecord::default_bridge();
+    (probe.name, probe.subnet) = ("the new network".into(), subnet.into());
+    probe.gateway = "0.0.0.0".into();
+    let (base, prefix) = crate::endpoints::subnet_of(&probe)?;
+    let ip: Ipv4Addr = gateway
+        .parse()
+        .map_err(|_| anyhow!("gateway {gateway:?}: not an IPv4 address"))?;
+    let mask = u32::MAX << (32 - prefix);
+    let n = u32::from(ip);
+    if n & mask != base || n == base || n == base | !mask {
+        bail!("gateway {gateway} is not a host address of subnet {subnet}");
+    }
+    Ok(gateway.to_string())
+}
+
 fn free_subnet(existing: &[NetworkRecord]) -> Result<(String, String)> {
     let host_addrs = std::process::Command::new("ip")
         .args(["-4", "-o", "addr"])
@@ -198,59 +272,103 @@ fn free_subnet(existing: &[NetworkRecord]) -> Result<(String, String)> {
         let subnet = format!("10.89.{n}.0/24");
         let gateway = format!("10.89.{n}.1");
         let in_host = host_addrs.contains(&format!("inet 10.89.{n}."));
-        if !in_host && !existing.iter().any(|e| e.subnet == subnet) {
+        if !in_host && !existing.iter().any(|e| overlaps(&e.subnet, &subnet)) {
             return Ok((subnet, gateway));
         }
     }
     bail!("no free /24 left in 10.89.0.0/16; give --subnet")
 }
 
-/// The network record a container's `network_mode` names (None: host, none, container:).
-pub fn network_of(root: &Path, container: &Container) -> Result<Option<NetworkRecord>> {
-    match container.config.network_mode.as_str() {
-        "host" | "none" => Ok(None),
-        m if m.starts_with("container:") => Ok(None),
-        "bridge" => Ok(Some(NetworkRecord::default_bridge())),
-        name => NetworkStore::open(root)?.get(name).map(Some),
-    }
+/// The network records of a container's endpoints, primary first.
+pub fn endpoint_networks(root: &Path, config: &Config) -> Result<Vec<(NetworkRecord, Endpoint)>> {
+    let store = NetworkStore::open(root)?;
+    config
+        .endpoints()
+        .into_iter()
+        .map(|e| {
+            let net = match e.network.as_str() {
+                "bridge" => NetworkRecord::default_bridge(),
+                name => store.get(name)?,
+            };
+            Ok((net, e))
+        })
+        .collect()
 }
 
 pub fn hosts_path(container: &Container) -> PathBuf {
     container.dir.join("hosts")
 }
 
-/// Rewrites `/etc/hosts` of every running container on `network` (in place: they are bind
-/// mounts), listing the running peers; `leaving` is excluded even if its state still says
-/// running.
-pub fn refresh_hosts(store: &ContainerStore, network: &str, leaving: Option<&str>) -> Result<()> {
-    let mut peers = Vec::new();
+/// A running container with its primary address and its interfaces by network.
+type Running = (Container, String, BTreeMap<String, Attached>);
+
+/// Rewrites `/etc/hosts` of every running container on one of `networks` (in place: they
+/// are bind mounts), and of `also`, listing the peers on each network it is on. `leaving`
+/// is left out everywhere even if its state still says running.
+pub fn refresh_hosts(
+    store: &ContainerStore,
+    networks: &[String],
+    leaving: Option<&str>,
+    also: Option<&str>,
+) -> Result<()> {
+    let mut running: Vec<Running> = Vec::new();
     for c in store.list()? {
-        if c.config.network_mode != network || Some(c.id()) == leaving {
+        if Some(c.id()) == leaving {
             continue;
         }
-        let state = c.state()?;
-        if state.status.is_active() && !state.ip.is_empty() {
-            peers.push((c, state.ip));
+        // A container removed since it was listed has no state left.
+        let Ok(state) = c.state() else { continue };
+        if state.status.is_active() {
+            let attached = state.attachments(&c.config);
+            running.push((c, state.ip, attached));
         }
     }
-    let user_defined = network != "bridge";
-    for (c, ip) in &peers {
-        let mut text = base_hosts(c, ip);
-        if user_defined {
-            for (peer, peer_ip) in &peers {
-                if peer.id() != c.id() {
-                    text.push_str(&format!("{peer_ip}\t{}\n", peer_names(peer).join(" ")));
-                }
+    for (c, ip, attached) in &running {
+        if !attached.keys().any(|n| networks.contains(n)) && Some(c.id()) != also {
+            continue;
+        }
+        let text = hosts_text(c, ip, attached, &running);
+        if let Err(e) = write_in_place(&hosts_path(c), &text) {
+            if c.dir.exists() {
+                return Err(e);
             }
         }
-        write_in_place(&hosts_path(c), &text)?;
     }
     Ok(())
 }
 
-fn peer_names(c: &Container) -> Vec<String> {
+/// The container's own lines, then everyone (itself included) on each user-defined network
+/// it is on (the default bridge resolves no names, as docker's).
+fn hosts_text(
+    c: &Container,
+    ip: &str,
+    attached: &BTreeMap<String, Attached>,
+    running: &[Running],
+) -> String {
+    let mut text = base_hosts(c, ip);
+    for network in attached.keys().filter(|n| *n != "bridge") {
+        for (peer, _, peer_networks) in running {
+            // The container itself too: its own name and aliases resolve, as with docker.
+            if let Some(a) = peer_networks.get(network) {
+                let names = peer_names(peer, network).join(" ");
+                text.push_str(&format!("{}\t{names}\n", a.ip));
+            }
+        }
+    }
+    text
+}
+
+/// A peer's names on one network: its name, its aliases there, its short id.
+fn peer_names(c: &Container, network: &str) -> Vec<String> {
     let mut names = vec![c.config.name.clone()];
-    names.extend(c.config.network_aliases.iter().cloned());
+    if let Some(e) = c
+        .config
+        .endpoints()
+        .into_iter()
+        .find(|e| e.network == network)
+    {
+        names.extend(e.aliases);
+    }
     names.push(c.config.id[..12].to_string());
     names
 }

@@ -56,9 +56,16 @@ pub fn container_pid(state: &State) -> Option<u32> {
 }
 
 /// Whether `pid` has exec'd something other than `our_exe` (the helper before its exec).
-pub fn has_execed(pid: u32, our_exe: &std::path::Path) -> bool {
-    match std::fs::read_link(format!("/proc/{pid}/exe")) {
-        Ok(exe) => exe != our_exe,
+pub fn has_execed(pid: u32, our_exe: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/{pid}/exe");
+    // The executor starts helpers from a read-only bind of this binary (the same inode) or,
+    // where it cannot mount, from a sealed memfd copy of it.
+    if std::fs::read_link(&path).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:")) {
+        return false;
+    }
+    match std::fs::metadata(&path) {
+        Ok(exe) => (exe.dev(), exe.ino()) != (our_exe.dev(), our_exe.ino()),
         Err(_) => false,
     }
 }

@@ -70,6 +70,10 @@ pub struct ContainerSpec {
     /// `bridge`, `host`, `none`, `container:NAME` or a network name.
     pub network_mode: String,
     pub network_aliases: Vec<String>,
+    /// A static address on the primary network (`--ip`, compose `ipv4_address`).
+    pub ipv4_address: Option<String>,
+    /// More networks to join (`--network` repeated, a compose service's other networks).
+    pub extra_networks: Vec<crate::Endpoint>,
     pub extra_hosts: Vec<(String, String)>,
     pub dns: Vec<String>,
     pub ports: Vec<crate::PortMapping>,
@@ -87,6 +91,22 @@ pub struct ContainerSpec {
     pub health: HealthOverride,
     pub read_only: bool,
     pub security: executor::Security,
+    /// `-i`, `-t` and `--init`.
+    pub stdio: StdioConfig,
+}
+
+/// A container's stdin, terminal and init process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    /// `-i`: keep stdin open for attached clients.
+    pub stdin_open: bool,
+    /// Close the container's stdin at the first attached client's end of file (docker sets
+    /// this for `run -i` without `-d`).
+    pub stdin_once: bool,
+    /// `-t`: a pseudo-terminal for the container's stdio.
+    pub tty: bool,
+    /// `--init`: tini as PID 1 (see [`crate::init_mount`]).
+    pub init: bool,
 }
 
 impl ContainerSpec {
@@ -109,8 +129,24 @@ impl ContainerSpec {
             env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
             env.push(format!("{k}={v}"));
         }
+        if !crate::endpoints::own_network(&self.network_mode)
+            && (!self.extra_networks.is_empty() || self.ipv4_address.is_some())
+        {
+            bail!(
+                "--network {} cannot be combined with other networks or --ip",
+                self.network_mode
+            );
+        }
         // A bridge container joins the namespace its monitor sets up; until then (and should
         // that ever be missing) it is isolated, never on the host's network.
+        if self.stdio.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        let mut mounts = Vec::new();
+        if self.stdio.init {
+            mounts.push(crate::init::init_mount()?);
+            argv.splice(0..0, crate::init::init_args());
+        }
         let network = match self.network_mode.as_str() {
             "host" => executor::Network::Host,
             _ => executor::Network::None,
@@ -131,6 +167,7 @@ impl ContainerSpec {
             readonly_rootfs: self.read_only,
             security: self.security.clone(),
             rlimits: self.rlimits.clone(),
+            mounts,
             ..Default::default()
         })
     }
@@ -160,7 +197,7 @@ impl ContainerSpec {
         let mut ports = self.ports.clone();
         if self.publish_all {
             for exposed in &image.exposed_ports {
-                ports.push(crate::PortMapping::parse(exposed)?);
+                ports.extend(crate::PortMapping::parse_range(exposed)?);
             }
         }
         if !ports.is_empty() && matches!(self.network_mode.as_str(), "host" | "none") {
@@ -187,7 +224,21 @@ impl ContainerSpec {
         Ok(mounts)
     }
 
-    fn request(&self, image: &PreparedImage) -> Result<crate::CreateRequest> {
+    /// Every network the container joins, checked (None: host, none, container:).
+    fn endpoints(&self, store: &ContainerStore) -> Result<Option<Vec<crate::Endpoint>>> {
+        let primary = crate::Endpoint {
+            network: self.network_mode.clone(),
+            aliases: self.network_aliases.clone(),
+            ipv4_address: self.ipv4_address.clone(),
+        };
+        crate::endpoints::resolve(store, &self.network_mode, primary, &self.extra_networks)
+    }
+
+    fn request(
+        &self,
+        store: &ContainerStore,
+        image: &PreparedImage,
+    ) -> Result<crate::CreateRequest> {
         let defaults = &image.defaults;
         if self.auto_remove && self.restart != RestartPolicy::No {
             bail!("conflicting options: cannot specify both --restart and --rm");
@@ -215,10 +266,12 @@ impl ContainerSpec {
             network_mode: self.network_mode.clone(),
             ports: self.all_ports(defaults)?,
             network_aliases: self.network_aliases.clone(),
+            endpoints: self.endpoints(store)?,
             mounts: self.all_mounts(defaults)?,
             limits: self.limits.clone(),
             extra_hosts: self.extra_hosts.clone(),
             dns: self.dns.clone(),
+            stdio: self.stdio,
         })
     }
 }
@@ -226,7 +279,7 @@ impl ContainerSpec {
 impl ContainerStore {
     /// Creates (does not start) a container from a spec and a prepared image.
     pub fn create(&self, spec: &ContainerSpec, image: &PreparedImage) -> Result<Container> {
-        let request = spec.request(image)?;
+        let request = spec.request(self, image)?;
         crate::lifecycle::create(self, request, |id| {
             let key = format!("ctr-{id}");
             let rootfs = (image.make_rootfs)(&key)
@@ -297,4 +350,47 @@ pub fn memory_limits(
         (None, None) => None,
     };
     Ok((memory, memory_swap))
+}
+
+/// What an image config gives a container by default.
+impl ImageDefaults {
+    pub fn from_config(image: &oci::ImageConfig) -> ImageDefaults {
+        let c = &image.config;
+        ImageDefaults {
+            entrypoint: c.entrypoint.clone().unwrap_or_default(),
+            cmd: c.cmd.clone().unwrap_or_default(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone().unwrap_or_default(),
+            user: c.user.clone().unwrap_or_default(),
+            labels: c.labels.clone(),
+            stop_signal: c.stop_signal.clone(),
+            healthcheck: c.healthcheck.as_ref().map(|h| crate::HealthConfig {
+                test: h.test.clone(),
+                interval: h.interval.max(0) as u64,
+                timeout: h.timeout.max(0) as u64,
+                start_period: h.start_period.max(0) as u64,
+                retries: h.retries.max(0) as u32,
+            }),
+            exposed_ports: c.exposed_ports.keys().cloned().collect(),
+            volumes: c.volumes.keys().cloned().collect(),
+        }
+    }
+}
+
+impl PreparedImage {
+    /// An image whose containers' root filesystems `make_rootfs` makes (e.g. a snapshot on the
+    /// image's unpacked layers); defaults from its config.
+    pub fn new(
+        reference: &str,
+        image_id: String,
+        config: &oci::ImageConfig,
+        make_rootfs: Box<RootfsMaker>,
+    ) -> PreparedImage {
+        PreparedImage {
+            reference: reference.to_string(),
+            image_id,
+            defaults: ImageDefaults::from_config(config),
+            make_rootfs,
+        }
+    }
 }

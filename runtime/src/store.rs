@@ -1,8 +1,9 @@
 //! Container records on disk: `ROOT/containers/ID/{config.json,state.json,lock,ID-json.log}`.
 //!
-//! `config.json` is written once at create; `state.json` is rewritten atomically (temp name,
-//! fsync, rename) while holding the container's `lock` file (flock), so the monitor and any
-//! number of `builder` commands can update it concurrently.
+//! `config.json` is written at create and again only when `network connect`/`disconnect`
+//! change its endpoints; `state.json` is rewritten atomically (temp name, fsync, rename) while
+//! holding the container's `lock` file (flock), so the monitor and any number of `builder`
+//! commands can update it concurrently. Both rewrites happen under that lock.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -112,6 +113,26 @@ pub struct Config {
     /// cgroup limits.
     #[serde(default)]
     pub limits: crate::Limits,
+    /// The networks joined, primary first; `None` in configs older than endpoints (see
+    /// [`Config::endpoints`]). Changed by `network connect`/`disconnect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<crate::Endpoint>>,
+    /// `-i`: the monitor keeps the container's stdin open for clients to attach to.
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The first attached client's end of file closes the container's stdin (`run -i`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// `-t`: the container's stdio is a terminal (output logged as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's first size (rows, columns): the creating command's terminal's, so a
+    /// program that reads it at once sees the right one.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
+    /// `--init`: an init process (tini) runs as PID 1 and starts the command.
+    #[serde(default)]
+    pub init: bool,
 }
 
 fn default_network() -> String {
@@ -173,6 +194,9 @@ pub struct State {
     /// Published ports with the host ports actually bound.
     #[serde(default)]
     pub ports: Vec<crate::PortMapping>,
+    /// Network name → the container's interface there, while running.
+    #[serde(default)]
+    pub networks: std::collections::BTreeMap<String, crate::Attached>,
 }
 
 /// One container directory.
@@ -214,10 +238,18 @@ impl Container {
         &self.config.id
     }
 
-    /// Whether the container has its own address on a bridge (default or user-defined).
+    /// Whether the container has its own network namespace (on bridges, or none of them
+    /// after `network disconnect`).
     pub fn has_own_network(&self) -> bool {
-        let mode = self.config.network_mode.as_str();
-        !matches!(mode, "host" | "none") && !mode.starts_with("container:")
+        crate::endpoints::own_network(&self.config.network_mode)
+    }
+
+    /// Rewrites `config.json` (endpoints changed); the caller holds [`Container::lock`].
+    pub(crate) fn save_config(&self) -> Result<()> {
+        write_atomic(
+            &self.dir.join("config.json"),
+            &serde_json::to_vec_pretty(&self.config)?,
+        )
     }
 
     pub fn lock(&self) -> Result<FileLock> {
@@ -282,7 +314,7 @@ impl Container {
             state.error = "the container's monitor process died".into();
             state.finished_at = crate::time::now_rfc3339();
             state.monitor_pid = 0;
-            state.ip.clear();
+            state.clear_network();
             self.save_state(&state)?;
             if self.has_own_network() {
                 crate::network::teardown(self);

@@ -53,6 +53,7 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "CpuShares": c.limits.cpu_shares.unwrap_or(0),
             "CpusetCpus": c.limits.cpuset_cpus.clone().unwrap_or_default(),
             "PidsLimit": c.limits.pids_limit,
+            "Init": c.init,
         },
         "Config": {
             "Hostname": c.spec.hostname,
@@ -65,6 +66,9 @@ pub fn inspect_json(container: &Container, state: &State) -> Value {
             "Labels": c.labels,
             "StopSignal": c.stop_signal,
             "StopTimeout": c.stop_timeout,
+            "OpenStdin": c.stdin_open,
+            "StdinOnce": c.stdin_once,
+            "Tty": c.tty,
             "Healthcheck": c.health.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval,
                 "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
         },
@@ -86,18 +90,26 @@ fn network_settings(c: &crate::Config, state: &State) -> Value {
             list.push(entry);
         }
     }
-    let attached = !state.ip.is_empty();
-    let default = c.network_mode == "bridge";
+    let attached = state.attachments(c);
     let mut networks = serde_json::Map::new();
-    if attached {
+    for e in c.endpoints() {
+        let a = attached.get(&e.network).cloned().unwrap_or_default();
         networks.insert(
-            c.network_mode.clone(),
-            json!({"IPAddress": state.ip, "Aliases": c.network_aliases}),
+            e.network.clone(),
+            json!({
+                "IPAddress": a.ip,
+                "IPPrefixLen": a.prefix,
+                "Gateway": a.gateway,
+                "Aliases": e.aliases,
+                "IPAMConfig": e.ipv4_address.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
         );
     }
+    // Docker fills the top-level fields from the default bridge only.
+    let bridge = attached.get("bridge");
     json!({
-        "IPAddress": if default { state.ip.as_str() } else { "" },
-        "Gateway": if default && attached { "10.88.0.1" } else { "" },
+        "IPAddress": bridge.map_or("", |a| a.ip.as_str()),
+        "Gateway": bridge.map_or("", |a| if a.gateway.is_empty() { "10.88.0.1" } else { a.gateway.as_str() }),
         "Ports": ports,
         "Networks": networks,
     })

@@ -51,6 +51,9 @@ pub struct DiffOptions {
     /// Round mtimes to the nearest second instead of truncating them: what Go's tar
     /// writer does for headers without a chosen format, as in BuildKit's tar exporter.
     pub round_mtime: bool,
+    /// Regular files whose data is read from another file (a staged tree of sparse copies):
+    /// path in the walked tree → the file with the data. Metadata still comes from the tree.
+    pub data_sources: Option<std::sync::Arc<HashMap<PathBuf, PathBuf>>>,
 }
 
 /// The lower dirs of a committed snapshot whose own dir is `upper`, from its (read-only) mounts.
@@ -391,7 +394,8 @@ impl<W: Write> DiffWriter<'_, W> {
         if ft.is_file() {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(meta.len());
-            let file = open_nofollow(path)?;
+            let source = self.opts.data_sources.as_ref().and_then(|s| s.get(path));
+            let file = open_nofollow(source.map_or(path, PathBuf::as_path))?;
             let reader = ExactReader {
                 inner: file,
                 remaining: meta.len(),
@@ -681,6 +685,14 @@ pub fn apply_layer_tar(input: impl Read, dir: &Path) -> Result<u64> {
 /// An opaque marker or a whiteout (`.wh.NAME`) entry, made as overlay wants it; false for
 /// any other name.
 fn apply_whiteout(parent: &OwnedFd, name: &OsStr, meta: &EntryMeta, display: &str) -> Result<bool> {
+    if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        // `.wh..` and `.wh...` would delete the directory itself or its parent, outside the layer.
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(Error::Invalid(format!(
+                "tar whiteout of {display} names no entry"
+            )));
+        }
+    }
     if crate::mountless::mountless() && name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
         mountless_marker(parent, name, meta, display)?;
         return Ok(true);

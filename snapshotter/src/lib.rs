@@ -2,6 +2,7 @@
 
 mod content;
 mod error;
+mod fallback;
 mod gotar;
 pub mod layer;
 mod lowers;
@@ -13,6 +14,7 @@ mod walkdiff;
 
 pub use content::{BlobWriter, ContentStore, Ingest};
 pub use error::{Error, Result};
+pub use fallback::{choose_views, probe_overlay, SNAPSHOTTER_ENV};
 pub use mount::{mount_all, unmount, Mount, MAX_MOUNT_DATA};
 pub use mountless::{mountless, set_mountless};
 pub use snapshots::{Info, Kind, Snapshotter, Unpacker};

@@ -37,6 +37,11 @@ pub fn mountless() -> bool {
 /// which an overlay mount would show as plain files).
 const STORE_MARKER: &str = "mountless";
 
+/// Whether the store at `store_root` holds snapshots made with copies.
+pub(crate) fn store_is_mountless(store_root: &Path) -> bool {
+    store_root.join("snapshots").join(STORE_MARKER).exists()
+}
+
 /// Marks the snapshot dir `dir` as mountless when this process is, and refuses to mount
 /// snapshots from a dir so marked when it is not.
 pub(crate) fn check_store(dir: &Path) -> Result<()> {
@@ -49,8 +54,9 @@ pub(crate) fn check_store(dir: &Path) -> Result<()> {
     }
     if marker.exists() {
         return Err(Error::Invalid(format!(
-            "the snapshots in {} were made with --isolation=chroot (whiteouts as files, which \
-             overlay mounts would show); use --isolation=chroot with this storage root, or another --root",
+            "the snapshots in {} were made with copies instead of mounts (whiteouts as files, \
+             which overlay mounts would show); use --isolation=chroot with this storage root (or, \
+             in rootless mode, BUILDER_SNAPSHOTTER=copy), or another --root",
             dir.display()
         )));
     }

@@ -419,6 +419,58 @@ fn absolute_and_parent_paths_are_rejected() {
     }
 }
 
+/// Whiteouts naming `..` or `.` (`.wh...`, `.wh..`) or an opaque marker below a symlink must not
+/// delete the layer's directory or anything beside it.
+#[test]
+fn whiteouts_of_dot_entries_delete_nothing_outside() {
+    for (entries, what) in [
+        (vec![".wh..."], "whiteout of .."),
+        (vec!["sub/", "sub/.wh..."], "whiteout of .. in a subdir"),
+        (vec![".wh.."], "whiteout of ."),
+        (vec!["sub/", "sub/.wh.."], "whiteout of . in a subdir"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let dst = work.path().join("layer");
+        fs::create_dir(&dst).unwrap();
+        fs::write(work.path().join("beside"), "keep").unwrap();
+        fs::write(dst.join("inside"), "keep").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for name in &entries {
+            let kind = if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            };
+            append_raw(&mut b, name, kind, None, b"");
+        }
+        let applied = apply_layer_tar(b.into_inner().unwrap().as_slice(), &dst);
+        assert!(
+            matches!(applied, Err(Error::Invalid(_))),
+            "{what}: {applied:?}"
+        );
+        assert!(
+            work.path().join("beside").exists(),
+            "{what} deleted a sibling"
+        );
+        assert!(dst.join("inside").exists(), "{what} deleted the layer dir");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("victim"), "v").unwrap();
+    let dst = work.path().join("layer");
+    fs::create_dir(&dst).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let target = outside.to_str().unwrap();
+    append_raw(&mut b, "a", tar::EntryType::Symlink, Some(target), b"");
+    append_raw(&mut b, "a/.wh..wh..opq", tar::EntryType::Regular, None, b"");
+    let _ = apply_layer_tar(b.into_inner().unwrap().as_slice(), &dst);
+    assert!(
+        outside.join("victim").exists(),
+        "opaque marker emptied a dir outside"
+    );
+}
+
 #[test]
 fn garbage_input_is_an_error_not_a_panic() {
     let dst = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use crate::context::write_atomic;
 use crate::gha::{GhaCache, GhaSettings};
 use crate::graph::{Definition, Op};
 use crate::solve::{Ref, Solver};
+use crate::worker::Worker;
 use anyhow::{anyhow, bail, Context as _, Result};
 use distribution::RegistryClient;
 use exporter::LayerBlob;
@@ -215,8 +216,8 @@ pub struct ImportSource {
 
 impl ImportSource {
     /// Puts a blob into the content store (verifying its digest) unless it is there already.
-    fn fetch(&self, solver: &Solver, blob: &Descriptor) -> Result<()> {
-        let content = &solver.content;
+    fn fetch(&self, w: &Worker, blob: &Descriptor) -> Result<()> {
+        let content = &w.content;
         if content.has(&blob.digest) {
             return Ok(());
         }
@@ -235,12 +236,11 @@ impl ImportSource {
             }
             BlobSource::Registry(b) => {
                 let (client, reference) = &**b;
-                solver
-                    .runtime()
+                w.runtime()
                     .block_on(client.pull_blob(reference, blob, content))
                     .with_context(|| format!("fetching cache blob {}", blob.digest))
             }
-            BlobSource::Gha(cache) => solver
+            BlobSource::Gha(cache) => w
                 .runtime()
                 .block_on(cache.download_blob(content, &blob.digest))
                 .with_context(|| format!("fetching cache blob {}", blob.digest)),
@@ -290,7 +290,7 @@ pub fn mounts_dir(root: &Path) -> PathBuf {
     root.join("cache").join("mounts")
 }
 
-impl Solver {
+impl Worker {
     /// Registers the caches of `--cache-from`; their records answer local cache misses.
     pub fn add_cache_import(&self, description: String, config: CacheConfig, blobs: ImportBlobs) {
         let source = Arc::new(ImportSource {
@@ -438,7 +438,7 @@ impl Solver {
             .into_iter()
             .map(|l| (l.descriptor, l.diff_id))
             .collect();
-        self.unpack_chain(&pairs)?;
+        crate::ops::image::unpack_chain(self, &pairs)?;
         self.cache_state().lazy.lock().expect("lock").remove(name);
         Ok(())
     }
@@ -528,7 +528,7 @@ async fn load_gha(settings: &GhaSettings) -> Result<(CacheConfig, BlobSource)> {
 }
 
 /// Restores the cache mounts an import carries, unless this store has them already.
-pub fn restore_mounts(solver: &Solver, config: &CacheConfig, blobs: &ImportBlobs) -> Result<()> {
+pub fn restore_mounts(worker: &Worker, config: &CacheConfig, blobs: &ImportBlobs) -> Result<()> {
     let source = ImportSource {
         description: String::new(),
         blobs: match &blobs.0 {
@@ -540,18 +540,18 @@ pub fn restore_mounts(solver: &Solver, config: &CacheConfig, blobs: &ImportBlobs
         hits: AtomicUsize::new(0),
     };
     for m in &config.mounts {
-        let dest = mounts_dir(solver.root()).join(&m.dir);
+        let dest = mounts_dir(worker.root()).join(&m.dir);
         if dest.exists() {
             continue;
         }
         let layer = &config.layers[m.layer].descriptor;
-        source.fetch(solver, layer)?;
+        source.fetch(worker, layer)?;
         let tmp =
-            mounts_dir(solver.root()).join(format!(".restore-{}-{}", m.dir, std::process::id()));
+            mounts_dir(worker.root()).join(format!(".restore-{}-{}", m.dir, std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let res = (|| -> Result<()> {
-            let reader = exporter::open_layer(&solver.content, layer)?;
+            let reader = exporter::open_layer(&worker.content, layer)?;
             snapshotter::layer::apply_layer_tar(reader, &tmp)
                 .with_context(|| format!("restoring cache mount {}", m.dir))?;
             std::fs::rename(&tmp, &dest)?;
@@ -616,7 +616,7 @@ fn exported_vertices(def: &Definition, outputs: &[usize], mode: CacheMode) -> Ve
 
 /// The records of a finished solve (`results[i]` = vertex i's result and cache key).
 pub fn collect_records(
-    solver: &Solver,
+    worker: &Worker,
     def: &Definition,
     outputs: &[usize],
     results: &[Option<(Ref, String)>],
@@ -630,15 +630,15 @@ pub fn collect_records(
         if def.vertices[i].ignore_cache {
             continue;
         }
-        let chain = solver.export_layers(r)?;
+        let chain = worker.export_layers(r)?;
         config.add_record(key, chain);
     }
     Ok(config)
 }
 
 /// Adds the store's cache-mount directories to an export, each as a tar blob.
-fn add_mounts(solver: &Solver, config: &mut CacheConfig) -> Result<()> {
-    let dir = mounts_dir(solver.root());
+fn add_mounts(worker: &Worker, config: &mut CacheConfig) -> Result<()> {
+    let dir = mounts_dir(worker.root());
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(());
     };
@@ -651,7 +651,7 @@ fn add_mounts(solver: &Solver, config: &mut CacheConfig) -> Result<()> {
     names.sort();
     for name in names {
         let path = dir.join(&name);
-        let blob = exporter::write_layer(&solver.content, &mut |w| {
+        let blob = exporter::write_layer(&worker.content, &mut |w| {
             snapshotter::layer::write_diff_tar(&path, w, &Default::default())
                 .map_err(std::io::Error::other)
         })?;
@@ -846,7 +846,7 @@ fn write_layout(
 /// Writes an image whose config carries the build's min-mode cache records (`--cache-to
 /// type=inline`); only records whose layers are all the image's own are kept.
 pub fn write_image_with_inline_cache(
-    solver: &Solver,
+    worker: &Worker,
     config: &ImageConfig,
     layers: &[Descriptor],
     def: &Definition,
@@ -854,7 +854,7 @@ pub fn write_image_with_inline_cache(
     oci_media_types: bool,
 ) -> Result<Descriptor> {
     let outputs: Vec<usize> = def.output.into_iter().collect();
-    let mut records = collect_records(solver, def, &outputs, results, CacheMode::Min)?;
+    let mut records = collect_records(worker, def, &outputs, results, CacheMode::Min)?;
     let own: std::collections::HashSet<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
     let layer_digests: Vec<String> = records
         .layers
@@ -873,7 +873,7 @@ pub fn write_image_with_inline_cache(
         .insert(INLINE_CACHE_FIELD.into(), serde_json::to_value(&records)?);
     let bytes = serde_json::to_vec(&value)?;
     Ok(exporter::write_image_bytes(
-        &solver.content,
+        &worker.content,
         config,
         &bytes,
         layers,

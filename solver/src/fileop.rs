@@ -72,8 +72,21 @@ pub fn join_rel(base: &[u8], name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a COPY source is a wildcard: an unescaped `*`, `?` or `[`, as BuildKit's
+/// `containsWildcards` decides. Without one the source is a literal path, backslashes
+/// included (`x\[1\].txt` names a file called that, not `x[1].txt`).
 fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Resolves `path` inside `root`, following symlinks as if `root` were `/`.
@@ -280,7 +293,14 @@ pub struct CopyOptions {
     /// contents of directories this copy creates are written there directly, which
     /// skips overlay's per-file cost; the caller must remount before looking at them.
     pub direct_upper: Option<PathBuf>,
+    /// For a tree that is only ever written out as a layer tar: regular files are created
+    /// sparse at their size (no data written) and their sources recorded here, for the tar
+    /// writer to read the data from (see `snapshotter::layer::DiffOptions::data_sources`).
+    pub sparse_data_from: Option<DataSources>,
 }
+
+/// Destination path of a sparse copy → the source file holding its data.
+pub type DataSources = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, PathBuf>>>;
 
 /// One entry to create in the destination.
 struct Item {
@@ -299,11 +319,11 @@ struct Plan {
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Copy every xattr (overlay markers too), for replaying layer dirs verbatim.
     all_xattrs: bool,
-    /// Hard-link regular files instead of copying them (both trees immutable once committed).
-    link_files: bool,
     /// A directory replaces a non-directory in its way (replaying a layer), rather than
     /// failing as a COPY does.
     replace_non_dirs: bool,
+    /// Regular files get their size, not their data (see [`CopyOptions::sparse_data_from`]).
+    sparse_files: bool,
 }
 
 impl Plan {
@@ -339,18 +359,16 @@ fn split_pivot(source: &str) -> Option<(String, String)> {
         .map(|i| (clean_rel(&s[..i]), clean_rel(&s[i + 3..])))
 }
 
-/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
-/// rules. Returns whether anything was written through `opts.direct_upper`.
-pub fn copy(
+/// One match of a COPY source: (source index, matched path, path kept below the destination).
+type SourceMatch = (usize, Vec<u8>, Vec<u8>);
+
+/// Each source's matches, in order.
+fn match_sources(
     src: &SourceTree,
     sources: &[String],
-    dest_root: &Path,
-    dest: &str,
     opts: &CopyOptions,
-) -> Result<bool> {
-    // (matched path relative to the source root, path kept below the destination)
-    // (source index, matched path, path kept below the destination)
-    let mut matched: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+) -> Result<Vec<SourceMatch>> {
+    let mut matched: Vec<SourceMatch> = Vec::new();
     for (source_index, s) in sources.iter().enumerate() {
         let pivot = if opts.parents { split_pivot(s) } else { None };
         // A wildcard may match nothing: BuildKit's Dockerfile COPY allows an empty wildcard.
@@ -369,6 +387,19 @@ pub fn copy(
             matched.push((source_index, rel, kept));
         }
     }
+    Ok(matched)
+}
+
+/// Copies `sources` from `src` into `dest` (absolute, inside `dest_root`) with Docker's
+/// rules. Returns whether anything was written through `opts.direct_upper`.
+pub fn copy(
+    src: &SourceTree,
+    sources: &[String],
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+) -> Result<bool> {
+    let matched = match_sources(src, sources, opts)?;
     // Like BuildKit, several wildcard matches do not make a destination a directory:
     // each is copied to it in turn (matched files replace each other, the last wins).
     let dest_is_dir =
@@ -385,7 +416,10 @@ pub fn copy(
         .chmod
         .as_ref()
         .map_or(0o755, |c| c.apply(0o755, true) & 0o777);
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        sparse_files: opts.sparse_data_from.is_some(),
+        ..Default::default()
+    };
     let mut wrote_direct = false;
     let mut current_source = 0;
     for (source_index, rel, kept) in matched {
@@ -455,29 +489,27 @@ pub fn copy(
         plan.push(src_path, target, md);
     }
     execute(&plan, owner, opts.chmod.as_ref())?;
+    if let Some(sources) = &opts.sparse_data_from {
+        let files = plan.items.into_iter().filter(|i| i.md.is_file());
+        let mut sources = sources.lock().unwrap_or_else(|e| e.into_inner());
+        // In plan order: where two matches share a destination, the last one is the file.
+        sources.extend(files.map(|i| (i.dest, i.src)));
+    }
     Ok(wrote_direct)
 }
 
 /// Copies the contents of `src_dir` into `dest_dir` exactly: owners, modes, times,
 /// every xattr and device node (overlay whiteouts and opaque markers included).
+///
+/// Regular files are real copies (copy_file_range: a reflink where the filesystem has them),
+/// never hard links to the source: a build would see the shared inode's link count.
 pub fn copy_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
-    replay_tree(src_dir, dest_dir, false)
-}
-
-/// Like [`copy_tree_verbatim`], but regular files are hard links to the source's: for
-/// replaying a committed layer dir, whose files are never written in place again.
-pub fn link_tree_verbatim(src_dir: &Path, dest_dir: &Path) -> Result<()> {
-    replay_tree(src_dir, dest_dir, true)
-}
-
-fn replay_tree(src_dir: &Path, dest_dir: &Path, link_files: bool) -> Result<()> {
     let src = SourceTree {
         root: src_dir,
         index: None,
     };
     let mut plan = Plan {
         all_xattrs: true,
-        link_files,
         replace_non_dirs: true,
         ..Default::default()
     };
@@ -667,11 +699,6 @@ fn copy_entry(
         all_xattrs: plan.all_xattrs,
     };
     let ft = md.file_type();
-    if plan.link_files && ft.is_file() {
-        remove_existing(dest)?;
-        return std::fs::hard_link(src, dest)
-            .with_context(|| format!("linking {}", dest.display()));
-    }
     if ft.is_file() {
         use std::os::unix::fs::OpenOptionsExt;
         let mut from = std::fs::OpenOptions::new()
@@ -696,8 +723,12 @@ fn copy_entry(
             other => other,
         }
         .with_context(|| format!("creating {}", dest.display()))?;
-        copy_data(&mut from, &mut to, md.len())
-            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        if plan.sparse_files {
+            to.set_len(md.len())
+        } else {
+            copy_data(&mut from, &mut to, md.len())
+        }
+        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
         return apply_meta(src, dest, md, Some((&from, &to)), &meta);
     }
     remove_existing(dest)?;

@@ -18,7 +18,7 @@
 //! snapshotter opens, and a blob removed under a cache result's label is written again on export.
 
 use crate::cache::{chain_id, mounts_dir, CacheLayer};
-use crate::solve::{LABEL_LAYER_DIFF_ID, LABEL_LAYER_DIGEST};
+use crate::worker::{LABEL_LAYER_DIFF_ID, LABEL_LAYER_DIGEST};
 use anyhow::{bail, Context as _, Result};
 use exporter::ImageStore;
 use oci::image::{is_index_media_type, is_manifest_media_type};

@@ -13,7 +13,7 @@ pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     pub(crate) fn mount(root: &Path) -> Result<Self> {
-        let dir = root.join("tmp").join(crate::solve::unique(STAGING_PREFIX));
+        let dir = root.join("tmp").join(crate::worker::unique(STAGING_PREFIX));
         std::fs::create_dir_all(&dir)?;
         // A tree larger than this falls back to the disk (the copy fails with ENOSPC).
         let memory = available_memory().min(cgroup_headroom().unwrap_or(u64::MAX));

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use compose::model::{Service, ServiceVolume};
+use compose::model::{Service, ServiceNetwork, ServiceVolume};
 use runtime::{ContainerSpec, MountSpec};
 
 use crate::{labels, Stack};
@@ -18,11 +18,28 @@ pub struct SpecContext<'a> {
     pub oneoff: bool,
 }
 
+/// docker compose `run`: stdin attached in the foreground (its end closes the container's)
+/// and a terminal when this process's stdin is one, unless `-T`.
+pub fn one_off_stdio(
+    base: runtime::StdioConfig,
+    detach: bool,
+    no_tty: bool,
+) -> runtime::StdioConfig {
+    use std::io::IsTerminal;
+    runtime::StdioConfig {
+        stdin_open: base.stdin_open || !detach,
+        stdin_once: !detach,
+        tty: !no_tty && (base.tty || (!detach && std::io::stdin().is_terminal())),
+        init: base.init,
+    }
+}
+
 /// The container spec of one replica of a service.
 pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     let s = &cx.stack.model.services[cx.service];
     let at = |what: &str| format!("service {:?}: {what}", cx.service);
-    let (network_mode, network_aliases) = network_of(cx, s).with_context(|| at("networks"))?;
+    let mut endpoints = networks_of(cx, s);
+    let primary = endpoints.remove(0);
     let (memory, memory_swap) = runtime::memory_limits(limit_memory(s).as_deref(), None)
         .with_context(|| at("deploy.resources.limits.memory"))?;
     let mut security = executor::Security {
@@ -33,12 +50,6 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
     runtime::apply_security_opts(&mut security, &s.security_opt)
         .with_context(|| at("security_opt"))?;
     let limits = s.deploy.as_ref().and_then(|d| d.resources.limits.as_ref());
-    if s.init == Some(true) {
-        eprintln!(
-            "WARN[0000] service {:?}: init is not supported yet; ignored",
-            cx.service
-        );
-    }
     Ok(ContainerSpec {
         name: Some(if cx.oneoff {
             format!("{}-{}-run-{}", cx.stack.name, cx.service, &runtime_suffix())
@@ -51,8 +62,10 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
         user: s.user.clone(),
         workdir: s.working_dir.clone(),
         hostname: s.hostname.clone(),
-        network_mode,
-        network_aliases,
+        network_mode: primary.network,
+        network_aliases: primary.aliases,
+        ipv4_address: primary.ipv4_address,
+        extra_networks: endpoints,
         extra_hosts: extra_hosts(s).with_context(|| at("extra_hosts"))?,
         dns: vec![],
         ports: if cx.oneoff {
@@ -80,6 +93,12 @@ pub fn service_spec(cx: &SpecContext) -> Result<ContainerSpec> {
         health: health(s).with_context(|| at("healthcheck"))?,
         read_only: s.read_only.unwrap_or(false),
         security,
+        stdio: runtime::StdioConfig {
+            init: s.init == Some(true),
+            tty: s.tty == Some(true),
+            stdin_open: s.stdin_open == Some(true),
+            stdin_once: false,
+        },
     })
 }
 
@@ -123,39 +142,45 @@ fn container_labels(cx: &SpecContext, s: &Service) -> BTreeMap<String, String> {
     l
 }
 
-/// The container's network and its names there. Containers join one network: a service on
-/// several joins the first (by name) and is reported.
-fn network_of(cx: &SpecContext, s: &Service) -> Result<(String, Vec<String>)> {
+/// The networks of a container, primary first (a `network_mode` as the only entry, with
+/// `service:S` as `container:PROJECT-S-1`). The primary network is the one of highest
+/// `priority`, then by name, as docker compose orders them. A one-off `run` container gets
+/// no aliases and no static address.
+pub(crate) fn networks_of(cx: &SpecContext, s: &Service) -> Vec<runtime::Endpoint> {
     if let Some(mode) = &s.network_mode {
-        return Ok((
-            match mode.split_once(':') {
-                Some(("service", other)) => {
-                    format!("container:{}", cx.stack.container_name(other, 1))
-                }
-                _ => mode.clone(),
-            },
-            vec![],
-        ));
+        let network = match mode.split_once(':') {
+            Some(("service", other)) => format!("container:{}", cx.stack.container_name(other, 1)),
+            _ => mode.clone(),
+        };
+        return vec![runtime::Endpoint {
+            network,
+            ..Default::default()
+        }];
     }
-    let (key, settings) = match s.networks.iter().next() {
-        Some((k, v)) => (k.clone(), v.clone().unwrap_or_default()),
-        None => ("default".to_string(), Default::default()),
-    };
-    if s.networks.len() > 1 {
-        bail!(
-            "joins {} networks; builder's containers join one network each (use one network per service)",
-            s.networks.len()
-        );
+    let mut entries: Vec<(String, ServiceNetwork)> = s
+        .networks
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+        .collect();
+    if entries.is_empty() {
+        entries.push(("default".into(), ServiceNetwork::default()));
     }
-    if settings.ipv4_address.is_some() {
-        bail!("ipv4_address is not supported yet");
-    }
-    let mut aliases = Vec::new();
-    if !cx.oneoff {
-        aliases.push(cx.service.to_string());
-        aliases.extend(settings.aliases);
-    }
-    Ok((cx.stack.network_name(&key), aliases))
+    entries.sort_by_key(|(key, n)| (std::cmp::Reverse(n.priority.unwrap_or(0)), key.clone()));
+    entries
+        .into_iter()
+        .map(|(key, n)| {
+            let mut aliases = Vec::new();
+            if !cx.oneoff {
+                aliases.push(cx.service.to_string());
+                aliases.extend(n.aliases);
+            }
+            runtime::Endpoint {
+                network: cx.stack.network_name(&key),
+                aliases,
+                ipv4_address: n.ipv4_address.filter(|_| !cx.oneoff),
+            }
+        })
+        .collect()
 }
 
 /// `env_file` entries (in order, relative to the project), then `environment`.
@@ -206,9 +231,6 @@ fn ports(s: &Service) -> Result<Vec<runtime::PortMapping>> {
         .iter()
         .map(|p| {
             let published = p.published.clone().unwrap_or_default();
-            if published.contains('-') {
-                bail!("port ranges ({published}) are not supported yet");
-            }
             let ip = p.host_ip.clone().unwrap_or_default();
             let spec = match (ip.as_str(), published.as_str()) {
                 ("", "") => format!("{}", p.target),
@@ -220,9 +242,10 @@ fn ports(s: &Service) -> Result<Vec<runtime::PortMapping>> {
             } else {
                 &p.protocol
             };
-            runtime::PortMapping::parse(&format!("{spec}/{proto}"))
+            runtime::PortMapping::parse_range(&format!("{spec}/{proto}"))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|lists| lists.concat())
 }
 
 fn mounts(stack: &Stack, s: &Service) -> Result<Vec<MountSpec>> {

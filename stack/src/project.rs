@@ -16,6 +16,8 @@ pub struct Stack {
     /// Each service's canonical configuration (hashed into the config-hash label).
     pub service_json: BTreeMap<String, serde_json::Value>,
     pub store: ContainerStore,
+    /// The files and positions of the model, for errors naming where a key was written.
+    pub project: compose::Project,
 }
 
 impl Stack {
@@ -33,6 +35,13 @@ impl Stack {
             model,
             service_json,
             store: ContainerStore::open(root)?,
+            project: compose::Project {
+                name: project.name.clone(),
+                dir: project.dir.clone(),
+                model: project.model.clone(),
+                warnings: vec![],
+                files: project.files.clone(),
+            },
         })
     }
 

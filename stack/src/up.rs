@@ -30,6 +30,7 @@ pub fn up(stack: &Stack, images: &dyn ImageProvider, opts: &UpOptions) -> Result
     let selected = stack.selected(&opts.services, opts.no_deps)?;
     let prepared = ensure_images(stack, images, &selected, opts)?;
     ensure_networks(stack, &selected)?;
+    check_static_addresses(stack, &selected, opts)?;
     ensure_volumes(stack)?;
     if opts.remove_orphans {
         remove_orphans(stack)?;
@@ -53,12 +54,8 @@ fn ensure_images(
     for name in selected {
         let image = stack.image_of(name);
         match &stack.model.services[name].build {
-            Some(build) if !opts.no_build && (opts.build || !images.exists(&image)) => {
-                builds.push(BuildRequest {
-                    service: name.clone(),
-                    tag: image,
-                    build: build.clone(),
-                })
+            Some(_) if !opts.no_build && (opts.build || !images.exists(&image)) => {
+                builds.extend(stack.build_request(name)?)
             }
             Some(_) if !images.exists(&image) => {
                 return Err(anyhow!(
@@ -123,8 +120,67 @@ fn ensure_networks(stack: &Stack, selected: &[String]) -> Result<()> {
             (labels::PROJECT.to_string(), stack.name.clone()),
             (labels::NETWORK.to_string(), key.clone()),
         ]);
-        networks.create(&name, None, labels)?;
+        let (subnet, gateway) = ipam_of(stack, &key)?;
+        networks
+            .create_ipam(&name, subnet.as_deref(), gateway.as_deref(), labels)
+            .map_err(|e| anyhow!("{}: {e:#}", stack.project.locate(&["networks", &key])))?;
         eprintln!(" Network {name}  Created");
+    }
+    Ok(())
+}
+
+/// A project network's `ipam.config[0]` subnet and gateway, if given.
+fn ipam_of(stack: &Stack, key: &str) -> Result<(Option<String>, Option<String>)> {
+    let Some(ipam) = stack.model.networks.get(key).and_then(|n| n.ipam.as_ref()) else {
+        return Ok((None, None));
+    };
+    let configs = ipam["config"].as_array().cloned().unwrap_or_default();
+    if configs.len() > 1 {
+        bail!(
+            "{}: builder networks take one IPv4 subnet; {} are given",
+            stack.project.locate(&["networks", key, "ipam", "config"]),
+            configs.len()
+        );
+    }
+    let field = |k: &str| {
+        configs
+            .first()
+            .and_then(|c| c[k].as_str())
+            .map(String::from)
+    };
+    Ok((field("subnet"), field("gateway")))
+}
+
+/// Static addresses (`ipv4_address`), checked before any container starts: inside their
+/// network's subnet, not given to two services or to the replicas of a scaled one.
+fn check_static_addresses(stack: &Stack, selected: &[String], opts: &UpOptions) -> Result<()> {
+    let networks = runtime::NetworkStore::open(stack.root())?;
+    let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
+    for name in selected {
+        let replicas = opts
+            .scale
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| stack.model.replicas(name));
+        for (key, settings) in &stack.model.services[name].networks {
+            let Some(ip) = settings.as_ref().and_then(|n| n.ipv4_address.as_ref()) else {
+                continue;
+            };
+            let at = stack
+                .project
+                .locate(&["services", name, "networks", key, "ipv4_address"]);
+            if replicas > 1 {
+                bail!("{at}: {ip} cannot be the address of all {replicas} replicas of {name}");
+            }
+            let net = networks.get(&stack.network_name(key))?;
+            runtime::check_static_ip(&net, ip, "address").map_err(|e| anyhow!("{at}: {e:#}"))?;
+            if let Some(other) = taken.insert((net.name.clone(), ip.clone()), name.clone()) {
+                bail!(
+                    "{at}: {ip} is also the address of service {other:?} on {}",
+                    net.name
+                );
+            }
+        }
     }
     Ok(())
 }

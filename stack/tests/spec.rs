@@ -163,3 +163,64 @@ fn the_config_hash_follows_the_configuration_and_the_image() {
         stack::config_hash(db, "sha256:a")
     );
 }
+
+#[test]
+fn a_service_on_several_networks_gets_one_endpoint_each_primary_first() {
+    let file = r#"
+services:
+  api:
+    image: busybox
+    ports: [{target: 80, published: "8000-8002"}, "9000-9001:9000-9001/udp"]
+    networks:
+      back: {aliases: [db-client]}
+      front: {aliases: [www], ipv4_address: 10.89.77.10, priority: 10}
+networks: {back: {}, front: {ipam: {config: [{subnet: 10.89.77.0/24}]}}}
+"#;
+    let (_dir, stack) = stack(&[("compose.yaml", file)]);
+    let cx = stack::SpecContext {
+        stack: &stack,
+        service: "api",
+        number: 1,
+        config_hash: "h",
+        oneoff: false,
+    };
+    let spec = stack::service_spec(&cx).unwrap();
+    // The highest priority is the primary network.
+    assert_eq!(spec.network_mode, "demo_front");
+    assert_eq!(spec.network_aliases, ["api", "www"]);
+    assert_eq!(spec.ipv4_address.as_deref(), Some("10.89.77.10"));
+    assert_eq!(spec.extra_networks.len(), 1);
+    assert_eq!(spec.extra_networks[0].network, "demo_back");
+    assert_eq!(spec.extra_networks[0].aliases, ["api", "db-client"]);
+    let ports: Vec<(u16, u16, u16, &str)> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                p.host_port,
+                p.host_port_end,
+                p.container_port,
+                p.protocol.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (8000, 8002, 80, "tcp"),
+            (9000, 0, 9000, "udp"),
+            (9001, 0, 9001, "udp")
+        ]
+    );
+    // A one-off `run` container takes neither the aliases nor the static address.
+    let oneoff = stack::SpecContext { oneoff: true, ..cx };
+    let spec = stack::service_spec(&oneoff).unwrap();
+    assert_eq!(spec.ipv4_address, None);
+    assert!(spec.network_aliases.is_empty());
+    assert_eq!(
+        stack
+            .project
+            .locate(&["services", "api", "networks", "front", "ipv4_address"]),
+        "compose.yaml:8:31: services.api.networks.front.ipv4_address"
+    );
+}

@@ -320,3 +320,38 @@ fn running_or_building_on_a_just_built_image_unpacks_none_of_its_layers_again() 
         "layers were unpacked again: {after:?}"
     );
 }
+
+/// The digest of layer `n` of `dockerfile`'s image, built on `ctx` in a fresh store; and
+/// whether the build left a pending (blob-only) snapshot.
+fn layer_digest_in_fresh_store(ctx: &Path, dockerfile: &str, n: usize) -> (String, bool) {
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    let store = Store::with_busybox();
+    let image = crate::common::build_oci_image(&store, ctx, &[]);
+    let name = image.layers[n].file_name().unwrap().to_string_lossy();
+    (name.into_owned(), pending_snapshots(&store) > 0)
+}
+
+#[test]
+fn a_blob_copy_staged_sparse_gives_the_layer_a_copy_on_disk_gives() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let ctx = crate::common::fixture(&[
+        ("app/run.sh", &b"#!/bin/sh\n"[..], 0o755),
+        ("app/big.bin", &big[..], 0o644),
+        ("app/empty", &b""[..], 0o600),
+        ("app/sub/b.txt", &b"beta\n"[..], 0o640),
+    ]);
+    let app = ctx.path().join("app");
+    std::fs::hard_link(app.join("sub/b.txt"), app.join("hard")).unwrap();
+    std::os::unix::fs::symlink("run.sh", app.join("link")).unwrap();
+    // Into `/`: a directory the copy creates would carry the time of the build.
+    // The last copy is made as a blob (its files staged sparse, data read from the context)...
+    let (blob, pending) = layer_digest_in_fresh_store(ctx.path(), "FROM busybox\nCOPY app/ /\n", 1);
+    assert!(pending, "the copy was not made as a blob");
+    // ...a copy a RUN reads is made on disk; the layer is byte for byte the same.
+    let (on_disk, _) = layer_digest_in_fresh_store(
+        ctx.path(),
+        "FROM busybox\nCOPY app/ /\nRUN test -x /link\n",
+        1,
+    );
+    assert_eq!(blob, on_disk);
+}

@@ -654,3 +654,48 @@ fn hard_links_are_kept_within_one_copy_source_only() {
     // ...while links inside one source stay links.
     assert_eq!(image.entry(2, "one/y").link.as_deref(), Some("one/x"));
 }
+
+/// The `stat -c '%n %h'` lines every RUN of a build printed, sorted.
+fn link_counts(out: &std::process::Output) -> Vec<String> {
+    let mut lines: Vec<String> = events(out)
+        .iter()
+        .filter(|e| e["event"] == "log")
+        .flat_map(|e| {
+            let data = e["data"].as_str().unwrap_or_default().to_string();
+            data.lines().map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn shared_copies_show_the_contexts_link_counts_inside_run() {
+    let store = Store::with_busybox();
+    let ctx = context(&[("d/f", "plain"), ("d/g", "linked")]);
+    std::fs::hard_link(ctx.path().join("d/g"), ctx.path().join("d/g2")).unwrap();
+    let mut want: Vec<String> = ["x", "x", "y", "z"]
+        .iter()
+        .flat_map(|d| {
+            [
+                format!("/{d}/f 1"),
+                format!("/{d}/g 2"),
+                format!("/{d}/g2 2"),
+            ]
+        })
+        .collect();
+    want.sort();
+    // The second build reruns the RUNs on the copies (and their stacking) from the cache.
+    for (run_end, extra) in [("", &["--no-cache"][..]), (" && true", &[])] {
+        let dockerfile = format!(
+            "FROM busybox AS a\nCOPY d /x/\nRUN stat -c '%n %h' /x/*{run_end}\n\
+             FROM busybox AS b\nRUN true\nCOPY d /x/\nRUN stat -c '%n %h' /x/*{run_end}\n\
+             FROM busybox\nCOPY --from=a /x /y\nCOPY --from=b /x /z\n\
+             RUN stat -c '%n %h' /y/* /z/*{run_end}\n"
+        );
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+        let out = store.build(ctx.path(), extra);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(link_counts(&out), want, "the context's own link counts");
+    }
+}

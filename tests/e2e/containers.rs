@@ -479,6 +479,12 @@ fn exec_joins_the_running_container() {
         "{}",
         stderr(&out)
     );
+    // ... and kept to the device allow-list in a devices cgroup of its run (it stayed in the
+    // host's root devices cgroup, unrestricted, before).
+    if std::path::Path::new("/sys/fs/cgroup/devices/devices.allow").exists() {
+        let out = c.ok(&["exec", "box", "grep", ":devices:", "/proc/self/cgroup"]);
+        assert!(out.contains(":devices:/builder/"), "{out}");
+    }
     let out = c.store.run(&[
         "exec",
         "-e",

@@ -68,8 +68,14 @@ impl RootlessUser {
 
     /// `builder ARGS` as the user, with a clean environment and XDG_DATA_HOME set.
     fn builder(&self, args: &[&str]) -> Output {
+        self.builder_with(&[], args)
+    }
+
+    /// Like [`RootlessUser::builder`], with `extra` (`NAME=VALUE`) in the environment.
+    fn builder_with(&self, extra: &[&str], args: &[&str]) -> Output {
         Command::new("runuser")
             .args(["-u", &self.name, "--", "env", "-i"])
+            .args(extra)
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("XDG_DATA_HOME={}", self.data_home().display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
@@ -395,4 +401,104 @@ fn user_without_subordinate_ids_is_told_what_to_add() {
         !user.data_home().join("builder").exists(),
         "a store was made"
     );
+}
+
+/// The copying fallback (overlay not mountable in the user namespace, kernels < 5.11), forced:
+/// a build with chown, USER and a deleted file, then `run --rm`, confined as ever; the store
+/// keeps copying afterwards; containers that outlive the command are refused clearly.
+#[test]
+fn rootless_copying_fallback_builds_and_runs() {
+    let user = RootlessUser::create("f");
+    let copy = ["BUILDER_SNAPSHOTTER=copy"];
+    let imported = user.builder_with(
+        &copy,
+        &["import", busybox_tar().to_str().unwrap(), "busybox:latest"],
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stderr(&imported).contains("snapshots are copied, not mounted"),
+        "{}",
+        stderr(&imported)
+    );
+    let ctx = user.context(&[(
+        "Dockerfile",
+        "FROM busybox:latest
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && mkdir /data \\
+ && chown 1000:1000 /data && rm /bin/ls
+USER app
+RUN id -u > /data/uid
+",
+    )]);
+    let built = user.builder_with(&copy, &["build", "-t", "fb:1", ctx.to_str().unwrap()]);
+    assert!(built.status.success(), "build failed: {}", stderr(&built));
+    let store = user.data_home().join("builder");
+    assert!(
+        store.join("snapshots/mountless").exists(),
+        "not made with copies"
+    );
+
+    let script = "id -u; cat /data/uid; stat -c %u /data; test -e /bin/ls || echo ls-gone
+                  grep -E '^(CapEff|Seccomp):' /proc/self/status";
+    let expected = "1000\n1000\n1000\nls-gone\nCapEff:\t0000000000000000\nSeccomp:\t2\n";
+    let ran = user.builder_with(&copy, &["run", "--rm", "fb:1", "sh", "-c", script]);
+    assert!(ran.status.success(), "run failed: {}", stderr(&ran));
+    assert_eq!(stdout(&ran), expected);
+    // Without the variable the store, made with copies, is still used with copies.
+    let ran = user.builder(&["run", "--rm", "fb:1", "sh", "-c", script]);
+    assert!(ran.status.success(), "run failed: {}", stderr(&ran));
+    assert_eq!(stdout(&ran), expected);
+
+    let detached = user.builder_with(&copy, &["run", "-d", "fb:1", "sleep", "60"]);
+    assert!(!detached.status.success());
+    assert!(
+        stderr(&detached).contains("copying fallback"),
+        "{}",
+        stderr(&detached)
+    );
+    assert_no_processes_left(&user);
+}
+
+/// Both user-mode networks reach the host's loopback as `host.containers.internal`; pasta is
+/// the default. (Debian 12's pasta drops its capabilities before it opens
+/// `/proc/PID/ns/net`, which fails unless that namespace's holder has none either.)
+#[test]
+fn rootless_network_through_pasta_and_slirp4netns() {
+    let user = RootlessUser::create("p");
+    let imported = user.builder(&["import", busybox_tar().to_str().unwrap(), "busybox:latest"]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let port = loopback_server("through the user-mode network\n");
+    let script = format!(
+        "grep host.containers.internal /etc/hosts | cut -f1
+         wget -q -O- http://host.containers.internal:{port}/"
+    );
+    let through = |backend: &str| -> (String, String) {
+        let env = format!("BUILDER_USERNET={backend}");
+        let ran = user.builder_with(&[&env], &["run", "--rm", "busybox", "sh", "-c", &script]);
+        assert!(ran.status.success(), "{backend}: {}", stderr(&ran));
+        let out = stdout(&ran);
+        let (address, body) = out.split_once('\n').unwrap();
+        (address.to_string(), body.to_string())
+    };
+    let body = "through the user-mode network\n";
+    let pasta = through("pasta");
+    assert_eq!(pasta.1, body);
+    assert_ne!(
+        pasta.0, "10.0.2.2",
+        "pasta answers at the host's gateway address"
+    );
+    assert_eq!(
+        through("slirp4netns"),
+        ("10.0.2.2".to_string(), body.to_string())
+    );
+    assert_eq!(through(""), pasta, "pasta is the default");
+    let bad = user.builder_with(
+        &["BUILDER_USERNET=vde"],
+        &["run", "--rm", "busybox", "true"],
+    );
+    assert!(
+        stderr(&bad).contains("BUILDER_USERNET=vde: expected pasta or slirp4netns"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_no_processes_left(&user);
 }

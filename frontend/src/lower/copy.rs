@@ -1,9 +1,10 @@
 //! Lowering of COPY and ADD in phases: flags, sources and destination, source groups
 //! (local, remote, heredocs), the file op (plain, `--link` or rebased), history text.
 
-use super::sources::{http_filename, is_git_url, is_http_url, parse_git, validate_chmod};
-use super::steps::{collect_flags, flag_bool, StageCtx};
+use super::sources::{http_filename, is_git_url, is_http_url, parse_git};
+use super::steps::StageCtx;
 use super::*;
+use crate::command::{parse_checksum, CopyCommand, CopyFlag, CopyOptions};
 use crate::parser::Heredoc;
 
 /// One group of COPY/ADD sources read from the same input.
@@ -11,22 +12,6 @@ struct SourceGroup {
     vertex: usize,
     sources: Vec<String>,
     unpack: bool,
-}
-
-/// COPY/ADD flags, expanded.
-#[derive(Default)]
-struct CopyFlags {
-    from: Option<String>,
-    chown: Option<Chown>,
-    /// `--chown` as written (after expansion), for the history text.
-    chown_text: Option<String>,
-    chmod: Option<String>,
-    checksum: Option<String>,
-    exclude: Vec<String>,
-    link: bool,
-    parents: bool,
-    keep_git_dir: bool,
-    unpack: Option<bool>,
 }
 
 /// The expanded sources and destination of a COPY/ADD.
@@ -46,24 +31,16 @@ pub(super) fn lower_copy(
     cx: &StageCtx,
     state: &StageState,
     ins: &Instruction,
+    cmd: &CopyCommand,
     env: &[(String, String)],
     name: String,
 ) -> Result<(usize, String), DockerfileError> {
-    let raw_flags = collect_flags(ins, allowed_flags(ins)).map_err(|e| l.err_near(ins, "--", e))?;
-    let upper = ins.keyword.to_uppercase();
-    if ins.args.len() < 2 {
-        return Err(l.err(
-            ins,
-            format!(
-                "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
-            ),
-        ));
-    }
-    let flags = copy_flags(l, cx, ins, env, &raw_flags)?;
-    let operands = copy_operands(l, cx, state, ins, env)?;
-    check_remote_flags(l, ins, &flags, &operands)?;
+    let expand = |w: &str| l.expand(ins, env, w, cx.escape).map_err(|e| e.message);
+    let flags = cmd.resolve(&expand).map_err(|e| l.command_error(e))?;
+    let operands = copy_operands(l, cx, state, ins, cmd, env)?;
+    check_remote_flags(l, cmd, &flags, &operands)?;
     let mut groups = Vec::new();
-    let is_add = ins.keyword == "add";
+    let is_add = cmd.is_add;
     let (remote, local): (Vec<String>, Vec<String>) = operands
         .words
         .iter()
@@ -90,72 +67,20 @@ pub(super) fn lower_copy(
     Ok((result, copy_history(ins, flags, operands)))
 }
 
-fn allowed_flags(ins: &Instruction) -> &'static [&'static str] {
-    if ins.keyword == "add" {
-        &[
-            "chown",
-            "chmod",
-            "link",
-            "exclude",
-            "checksum",
-            "keep-git-dir",
-            "unpack",
-        ]
-    } else {
-        &["from", "chown", "chmod", "link", "exclude", "parents"]
-    }
-}
-
-/// Expands and checks the flags [`collect_flags`] found.
-fn copy_flags(
-    l: &Lowerer,
-    cx: &StageCtx,
-    ins: &Instruction,
-    env: &[(String, String)],
-    raw_flags: &[(String, String)],
-) -> Result<CopyFlags, DockerfileError> {
-    let mut flags = CopyFlags::default();
-    for (flag, raw) in raw_flags {
-        let needle = format!("--{flag}");
-        let value = l
-            .expand(ins, env, raw, cx.escape)
-            .map_err(|e| l.err_near(ins, &needle, e.message))?;
-        let as_bool = |v: &str| flag_bool(flag, v).map_err(|e| l.err_near(ins, &needle, e));
-        match flag.as_str() {
-            "from" => flags.from = Some(value),
-            "chown" => {
-                flags.chown = Some(parse_chown(&value));
-                flags.chown_text = Some(value);
-            }
-            "chmod" => {
-                validate_chmod(&value).map_err(|e| l.err_near(ins, &needle, e))?;
-                flags.chmod = Some(value);
-            }
-            "checksum" => flags.checksum = Some(value),
-            "exclude" => flags.exclude.push(value),
-            "link" => flags.link = as_bool(&value)?,
-            "parents" => flags.parents = as_bool(&value)?,
-            "keep-git-dir" => flags.keep_git_dir = as_bool(&value)?,
-            _ => flags.unpack = Some(as_bool(&value)?),
-        }
-    }
-    Ok(flags)
-}
-
 /// Sources (heredocs `<<EOF` take the next body; other words are expanded) and destination.
 fn copy_operands<'i>(
     l: &Lowerer,
     cx: &StageCtx,
     state: &StageState,
-    ins: &'i Instruction,
+    ins: &Instruction,
+    cmd: &'i CopyCommand,
     env: &[(String, String)],
 ) -> Result<CopyOperands<'i>, DockerfileError> {
-    let mut heredocs = ins.heredocs.iter();
-    let (raw_sources, raw_dest) = ins.args.split_at(ins.args.len() - 1);
+    let mut heredocs = cmd.heredocs.iter();
     let mut words = Vec::new();
     let mut docs = Vec::new();
-    for a in raw_sources {
-        if !ins.json && a.starts_with("<<") {
+    for a in &cmd.sources {
+        if !cmd.json && a.starts_with("<<") {
             if let Some(doc) = heredocs.next() {
                 docs.push(doc);
                 continue;
@@ -164,7 +89,7 @@ fn copy_operands<'i>(
         // BuildKit expands the JSON form's words too.
         words.push(l.expand(ins, env, a, cx.escape)?);
     }
-    let dest_word = l.expand(ins, env, &raw_dest[0], cx.escape)?;
+    let dest_word = l.expand(ins, env, &cmd.dest, cx.escape)?;
     // BuildKit reads a destination of "." (or "") as a directory, like one ending in '/'.
     let dest_names_dir = dest_word.ends_with('/') || dest_word == "." || dest_word.is_empty();
     if words.len() + docs.len() > 1 && !dest_names_dir {
@@ -191,42 +116,31 @@ fn copy_operands<'i>(
 /// `--checksum` needs HTTP sources only and a valid digest; `--keep-git-dir` a git source.
 fn check_remote_flags(
     l: &Lowerer,
-    ins: &Instruction,
-    flags: &CopyFlags,
+    cmd: &CopyCommand,
+    flags: &CopyOptions,
     operands: &CopyOperands,
 ) -> Result<(), DockerfileError> {
-    let is_add = ins.keyword == "add";
+    let is_add = cmd.is_add;
     let words = &operands.words;
     let http_count = words.iter().filter(|w| is_add && is_http_url(w)).count();
     let git_count = words.iter().filter(|w| is_add && is_git_url(w)).count();
     let only_http = http_count != 0 && http_count == words.len() && operands.docs.is_empty();
+    let at = |flag: CopyFlag, message: String| {
+        let span = cmd
+            .span_of(flag)
+            .unwrap_or(command::Span { line: 0, column: 0 });
+        l.err_at(span.line, span.column, message)
+    };
     if flags.checksum.is_some() && !only_http {
-        return Err(l.err_near(
-            ins,
-            "--checksum",
-            "ADD --checksum can only be used with HTTP(S) sources",
-        ));
+        let message = "ADD --checksum can only be used with HTTP(S) sources";
+        return Err(at(CopyFlag::Checksum, message.into()));
     }
     if flags.keep_git_dir && git_count == 0 {
-        return Err(l.err_near(
-            ins,
-            "--keep-git-dir",
-            "ADD --keep-git-dir can only be used with a git source",
-        ));
+        let message = "ADD --keep-git-dir can only be used with a git source";
+        return Err(at(CopyFlag::KeepGitDir, message.into()));
     }
     if let Some(c) = &flags.checksum {
-        let valid = c.split_once(':').is_some_and(|(algo, hex)| {
-            matches!(algo, "sha256" | "sha384" | "sha512")
-                && !hex.is_empty()
-                && hex.chars().all(|c| c.is_ascii_hexdigit())
-        });
-        if !valid {
-            return Err(l.err_near(
-                ins,
-                "--checksum",
-                format!("invalid --checksum={c}: expected sha256:<hex digest>"),
-            ));
-        }
+        parse_checksum(c).map_err(|e| at(CopyFlag::Checksum, e))?;
     }
     Ok(())
 }
@@ -235,7 +149,7 @@ fn check_remote_flags(
 fn remote_group(
     l: &mut Lowerer,
     ins: &Instruction,
-    flags: &CopyFlags,
+    flags: &CopyOptions,
     url: &str,
     dest_word: &str,
 ) -> SourceGroup {
@@ -316,7 +230,7 @@ fn copy_vertex(
     cx: &StageCtx,
     state: &StageState,
     ins: &Instruction,
-    flags: &CopyFlags,
+    flags: &CopyOptions,
     groups: &[SourceGroup],
     dest: &str,
     name: String,
@@ -374,7 +288,7 @@ fn copy_vertex(
 }
 
 /// The history text, as BuildKit writes it: flags that change the files, sources, destination.
-fn copy_history(ins: &Instruction, flags: CopyFlags, operands: CopyOperands) -> String {
+fn copy_history(ins: &Instruction, flags: CopyOptions, operands: CopyOperands) -> String {
     let mut shown = vec![ins.keyword.to_uppercase()];
     if flags.parents {
         shown.push("--parents".into());

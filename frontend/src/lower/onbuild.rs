@@ -1,39 +1,7 @@
-//! ONBUILD: recording triggers in the image, and running a base image's triggers.
+//! ONBUILD: running a base image's triggers (`command::OnBuildCommand` records them).
 
 use super::*;
-
-/// Instructions that may not be ONBUILD triggers, as in BuildKit.
-const NOT_TRIGGERS: &[&str] = &["onbuild", "from", "maintainer"];
-
-/// The trigger text an `ONBUILD` instruction stores in the image config, heredoc bodies included.
-pub(super) fn trigger_text(l: &Lowerer, ins: &Instruction) -> Result<String, DockerfileError> {
-    let Some(inner) = &ins.onbuild else {
-        return Err(l.err(
-            ins,
-            "ONBUILD requires an instruction, e.g. ONBUILD RUN make",
-        ));
-    };
-    if NOT_TRIGGERS.contains(&inner.keyword.as_str()) {
-        return Err(l.err(
-            ins,
-            format!(
-                "{} isn't allowed as an ONBUILD trigger",
-                inner.keyword.to_uppercase()
-            ),
-        ));
-    }
-    let mut text = ins
-        .original
-        .split_once(char::is_whitespace)
-        .map(|x| x.1.trim().to_string())
-        .unwrap_or_default();
-    for doc in &ins.heredocs {
-        text.push('\n');
-        text.push_str(&doc.content);
-        text.push_str(&doc.name);
-    }
-    Ok(text)
-}
+use crate::command::NOT_TRIGGERS;
 
 /// Parses a base image's triggers; they take the FROM line's position for messages.
 pub(super) fn parse_triggers(

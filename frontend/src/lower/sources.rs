@@ -78,47 +78,6 @@ pub fn http_filename(url: &str, dest: &str) -> String {
         .to_string()
 }
 
-/// Checks a `--chmod` value: octal (`755`, `0644`) or symbolic (`u+x,go-w`, `a=rX`).
-pub fn validate_chmod(mode: &str) -> Result<(), String> {
-    if mode.chars().all(|c| c.is_ascii_digit()) {
-        return match u32::from_str_radix(mode, 8) {
-            Ok(m) if m <= 0o7777 => Ok(()),
-            _ => Err(format!(
-                "invalid --chmod={mode}: octal modes use digits 0-7 and are at most 7777"
-            )),
-        };
-    }
-    let bad = || {
-        format!(
-            "invalid --chmod={mode}: expected an octal mode (0755) or a symbolic one (u+x,go-w)"
-        )
-    };
-    for clause in mode.split(',') {
-        let ops_at = clause.find(['+', '-', '=']).ok_or_else(bad)?;
-        if !clause[..ops_at].chars().all(|c| "ugoa".contains(c)) {
-            return Err(bad());
-        }
-        let rest = &clause[ops_at..];
-        // After the who-list: one or more (op, perms) groups; perms may be a copy from u/g/o.
-        let mut chars = rest.chars().peekable();
-        while let Some(op) = chars.next() {
-            if !"+-=".contains(op) {
-                return Err(bad());
-            }
-            while let Some(&c) = chars.peek() {
-                if "+-=".contains(c) {
-                    break;
-                }
-                if !"rwxXstugo".contains(c) {
-                    return Err(bad());
-                }
-                chars.next();
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,25 +103,5 @@ mod tests {
         assert_eq!(http_filename("https://e.com/a/b.tgz?x=1", "/d/"), "b.tgz");
         assert_eq!(http_filename("https://e.com/a/b.tgz", "/d/c.tgz"), "c.tgz");
         assert_eq!(http_filename("https://e.com", "/d/"), "__unnamed__");
-    }
-
-    #[test]
-    fn chmod_values() {
-        for ok in [
-            "755",
-            "0644",
-            "u+x",
-            "go-w",
-            "a=rX",
-            "u+x,g-w",
-            "u=rwx,go=rx",
-            "+x",
-            "g=u",
-        ] {
-            assert!(validate_chmod(ok).is_ok(), "{ok}");
-        }
-        for bad in ["9", "u+q", "x", "z+x", "", "u+x,"] {
-            assert!(validate_chmod(bad).is_err(), "{bad}");
-        }
     }
 }

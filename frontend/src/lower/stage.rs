@@ -3,6 +3,10 @@
 use super::copy;
 use super::steps::{self, StageCtx};
 use super::*;
+use crate::command::{
+    ArgCommand, CopyCommand, ExecCommand, ExposeCommand, KeyValueCommand, RunCommand, ShellCommand,
+    StopSignalCommand, UserCommand, VolumeCommand,
+};
 
 /// What lowering a stage needs besides the lowerer and the stage itself.
 pub(super) struct StageInputs<'c> {
@@ -69,6 +73,20 @@ impl HistoryEntry {
             buildkit_suffix: true,
         })
     }
+
+    fn into_history(self) -> History {
+        let suffix = if self.buildkit_suffix {
+            " # buildkit"
+        } else {
+            ""
+        };
+        History {
+            created_by: Some(format!("{}{suffix}", self.created_by)),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: self.empty_layer,
+            ..Default::default()
+        }
+    }
 }
 
 /// Per-stage state of the instruction walk besides the [`StageState`].
@@ -101,14 +119,7 @@ pub(super) fn lower_stage(
     if env_get(&state.config.config.env, "PATH").is_none() {
         env_set(&mut state.config.config.env, "PATH", DEFAULT_PATH);
     }
-    let cx = StageCtx {
-        index: input.index,
-        states: input.states,
-        stage_index: input.stage_index,
-        resolver: input.resolver,
-        escape: input.escape,
-        no_cache: input.no_cache,
-    };
+    let cx = stage_ctx(input);
     // The base's ONBUILD triggers run first; the new image does not inherit them.
     let triggers =
         onbuild::parse_triggers(l, from, &std::mem::take(&mut state.config.config.on_build))?;
@@ -125,21 +136,22 @@ pub(super) fn lower_stage(
         l.in_trigger = (position < triggers.len()).then(|| ins.original.clone());
         l.declared_args.replace(state.declared_args.clone());
         if let Some(entry) = lower_instruction(l, &cx, &mut state, &mut walk, ins)? {
-            let suffix = if entry.buildkit_suffix {
-                " # buildkit"
-            } else {
-                ""
-            };
-            state.config.history.push(History {
-                created_by: Some(format!("{}{suffix}", entry.created_by)),
-                comment: Some("buildkit.dockerfile.v0".into()),
-                empty_layer: entry.empty_layer,
-                ..Default::default()
-            });
+            state.config.history.push(entry.into_history());
         }
     }
     l.in_trigger = None;
     Ok(state)
+}
+
+fn stage_ctx<'c>(input: &StageInputs<'c>) -> StageCtx<'c> {
+    StageCtx {
+        index: input.index,
+        states: input.states,
+        stage_index: input.stage_index,
+        resolver: input.resolver,
+        escape: input.escape,
+        no_cache: input.no_cache,
+    }
 }
 
 /// FROM's `--platform` and base name, expanded with the global ARGs.
@@ -148,22 +160,24 @@ fn base_and_platform(
     from: &Instruction,
     input: &StageInputs,
 ) -> Result<(String, String), DockerfileError> {
-    let flags = parse_flags(from, &["platform"]).map_err(|e| l.err(from, e))?;
+    let Command::From(cmd) = l.command(from)? else {
+        unreachable!("a FROM parses as one");
+    };
     let mut global_env = input.auto_args.to_vec();
     global_env.extend(l.global_args.clone());
-    let platform = match flags.get("platform") {
+    let platform = match &cmd.platform {
         Some(p) => {
-            let spec = l.expand(from, &global_env, p, input.escape)?;
+            let spec = l.expand(from, &global_env, &p.value, input.escape)?;
             let host_arch = split_platform(&l.opts.build_platform).1;
             crate::platform_spec::check(&spec, &host_arch).map_err(|e| l.err(from, e))?
         }
         None => l.opts.platform.clone(),
     };
-    let base = l.expand(from, &global_env, &from.args[0], input.escape)?;
+    let base = l.expand(from, &global_env, &cmd.base, input.escape)?;
     if base.is_empty() {
         return Err(l.err(
             from,
-            format!("base name ({}) should not be blank", from.args[0]),
+            format!("base name ({}) should not be blank", cmd.base),
         ));
     }
     Ok((base, platform))
@@ -222,7 +236,8 @@ fn base_state(
     Ok(fresh(Some(v), config))
 }
 
-/// One instruction: updates the state (and graph) and returns its history entry.
+/// One instruction: parsed into its command, which updates the state (and graph);
+/// returns its history entry.
 fn lower_instruction(
     l: &mut Lowerer,
     cx: &StageCtx,
@@ -232,56 +247,74 @@ fn lower_instruction(
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
     let env = scope(state);
     let escape = cx.escape;
-    let kw = ins.keyword.as_str();
-    match kw {
-        "run" => {
-            // As BuildKit's progress does, the step name shows the flags (mounts, network).
-            let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
-            let name = walk.names.next(&format!("RUN {flags}{}", display_cmd(ins)));
-            let (v, args) = steps::lower_run(l, cx, state, ins, &env, name)?;
-            state.vertex = Some(v);
-            Ok(HistoryEntry::layer(history::run_text(
-                &args,
-                &run_history_args(state),
-            )))
+    match l.command(ins)? {
+        Command::Run(run) => lower_run(l, cx, state, &mut walk.names, ins, &run, &env),
+        Command::Copy(copy) | Command::Add(copy) => {
+            lower_copy(l, cx, state, &mut walk.names, ins, &copy, &env)
         }
-        "copy" | "add" => {
-            let rest = ins.original.split_once(char::is_whitespace);
-            let text = format!(
-                "{} {}",
-                kw.to_uppercase(),
-                rest.map(|x| x.1.trim()).unwrap_or("")
-            );
-            let name = walk.names.next(&text);
-            let (v, text) = copy::lower_copy(l, cx, state, ins, &env, name)?;
-            state.vertex = Some(v);
-            Ok(HistoryEntry::layer(text))
+        Command::Workdir(w) => lower_workdir(l, cx, state, &mut walk.names, ins, &w.path, &env),
+        Command::Env(kv) => lower_env_or_label(l, state, ins, &kv, &env, escape),
+        Command::Label(kv) => lower_env_or_label(l, state, ins, &kv, &env, escape),
+        Command::Arg(arg) => lower_arg(l, state, ins, &arg, walk.auto_args, escape),
+        Command::Cmd(c) => Ok(lower_cmd(state, &mut walk.cmd_set_in_stage, &c)),
+        Command::Entrypoint(c) => Ok(lower_entrypoint(state, walk.cmd_set_in_stage, &c)),
+        Command::User(u) => lower_user(l, state, ins, &u, &env, escape),
+        Command::Expose(e) => lower_expose(l, state, ins, &e, &env, escape),
+        Command::Volume(v) => lower_volume(l, state, ins, &v, &env, escape),
+        Command::StopSignal(s) => lower_stopsignal(l, state, ins, &s, &env, escape),
+        Command::Shell(shell) => Ok(lower_shell(state, shell)),
+        Command::Maintainer(m) => {
+            state.config.author = m.args.first().cloned();
+            let text = format!("MAINTAINER {}", m.args.join(" "));
+            Ok(HistoryEntry::config(text))
         }
-        "workdir" => lower_workdir(l, cx, state, &mut walk.names, ins, &env),
-        "env" | "label" => lower_env_or_label(l, state, ins, &env, escape),
-        "arg" => lower_arg(l, state, ins, walk.auto_args, escape),
-        "cmd" | "entrypoint" => lower_command(l, state, &mut walk.cmd_set_in_stage, ins),
-        "user" => lower_user(l, state, ins, &env, escape),
-        "expose" => lower_expose(l, state, ins, &env, escape),
-        "volume" => lower_volume(l, state, ins, &env, escape),
-        "stopsignal" => lower_stopsignal(l, state, ins, &env, escape),
-        "shell" => lower_shell(l, state, ins),
-        "maintainer" => {
-            state.config.author = ins.args.first().cloned();
-            Ok(HistoryEntry::config(format!(
-                "MAINTAINER {}",
-                ins.args.join(" ")
-            )))
-        }
-        "onbuild" => {
-            let inner = onbuild::trigger_text(l, ins)?;
-            state.config.config.on_build.push(inner);
+        Command::OnBuild(o) => {
+            state.config.config.on_build.push(o.trigger);
             Ok(None)
         }
-        "healthcheck" => lower_healthcheck(l, state, ins),
-        "from" => unreachable!("stages are split at FROM"),
-        _ => Err(unknown_instruction(l, ins)),
+        Command::Healthcheck(h) => {
+            let created_by = history::healthcheck_text(&h.health);
+            state.config.config.healthcheck = Some(h.health);
+            Ok(HistoryEntry::config(created_by))
+        }
+        Command::From(_) => unreachable!("stages are split at FROM"),
     }
+}
+
+/// RUN: as BuildKit's progress does, the step name shows the flags (mounts, network).
+fn lower_run(
+    l: &mut Lowerer,
+    cx: &StageCtx,
+    state: &mut StageState,
+    names: &mut StepNames,
+    ins: &Instruction,
+    run: &RunCommand,
+    env: &[(String, String)],
+) -> Result<Option<HistoryEntry>, DockerfileError> {
+    let flags: String = ins.flags.iter().map(|f| format!("{f} ")).collect();
+    let name = names.next(&format!("RUN {flags}{}", display_cmd(&run.line)));
+    let (v, args) = steps::lower_run(l, cx, state, ins, run, env, name)?;
+    state.vertex = Some(v);
+    let text = history::run_text(&args, &run_history_args(state));
+    Ok(HistoryEntry::layer(text))
+}
+
+/// COPY and ADD: the step is named by the instruction as written.
+fn lower_copy(
+    l: &mut Lowerer,
+    cx: &StageCtx,
+    state: &mut StageState,
+    names: &mut StepNames,
+    ins: &Instruction,
+    cmd: &CopyCommand,
+    env: &[(String, String)],
+) -> Result<Option<HistoryEntry>, DockerfileError> {
+    let rest = ins.original.split_once(char::is_whitespace);
+    let rest = rest.map(|x| x.1.trim()).unwrap_or("");
+    let name = names.next(&format!("{} {rest}", ins.keyword.to_uppercase()));
+    let (v, text) = copy::lower_copy(l, cx, state, ins, cmd, env, name)?;
+    state.vertex = Some(v);
+    Ok(HistoryEntry::layer(text))
 }
 
 fn lower_workdir(
@@ -290,12 +323,9 @@ fn lower_workdir(
     state: &mut StageState,
     names: &mut StepNames,
     ins: &Instruction,
+    arg: &str,
     env: &[(String, String)],
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
-    let arg = ins
-        .args
-        .first()
-        .ok_or_else(|| l.err(ins, "WORKDIR requires exactly one argument"))?;
     let dir = l.expand(ins, env, arg, cx.escape)?;
     if dir.is_empty() {
         return Err(l.err(
@@ -316,7 +346,7 @@ fn lower_workdir(
             .user
             .clone()
             .filter(|u| !u.is_empty())
-            .map(|u| parse_chown(&u));
+            .map(|u| command::parse_chown(&u));
         let mkdir = FileAction::Mkdir {
             path: dir,
             mode: 0o755,
@@ -342,22 +372,17 @@ fn lower_env_or_label(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &KeyValueCommand,
     env: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
     let kw = ins.keyword.as_str();
-    if !ins.args.len().is_multiple_of(3) || ins.args.is_empty() {
-        return Err(l.err(
-            ins,
-            format!("{} requires at least one key=value pair", kw.to_uppercase()),
-        ));
-    }
     // Every pair sees the values from before the instruction, as in BuildKit
     // (`ENV a=new b=$a` gives b the old a).
     let mut pairs = Vec::new();
-    for triple in ins.args.chunks(3) {
-        let k = l.expand(ins, env, &triple[0], escape)?;
-        let v = l.expand(ins, env, &triple[1], escape)?;
+    for (k, v) in &cmd.pairs {
+        let k = l.expand(ins, env, k, escape)?;
+        let v = l.expand(ins, env, v, escape)?;
         if kw == "env" {
             if k.is_empty() {
                 return Err(l.err(ins, "ENV names can not be blank"));
@@ -380,14 +405,15 @@ fn lower_arg(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &ArgCommand,
     auto_args: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
     let mut shown = Vec::new();
-    for a in &ins.args {
+    for decl in &cmd.args {
         // Unlike ENV, each ARG's default sees the ones declared before it.
         let env = scope(state);
-        let (k, default) = declare_arg(l, ins, a, &env, escape)?;
+        let (k, default) = expand_arg(l, ins, decl, &env, escape)?;
         let v = stage_arg_value(l, &k, default, auto_args);
         state.declared_args.push(k.clone());
         l.declared_args.borrow_mut().push(k.clone());
@@ -438,47 +464,50 @@ fn stage_arg_value(
         .or_else(automatic)
 }
 
-/// CMD and ENTRYPOINT.
-fn lower_command(
-    l: &Lowerer,
+/// CMD (BuildKit marks every CMD as escaped, a Docker image spec compatibility flag).
+fn lower_cmd(
     state: &mut StageState,
     cmd_set_in_stage: &mut bool,
-    ins: &Instruction,
-) -> Result<Option<HistoryEntry>, DockerfileError> {
-    let kw = ins.keyword.as_str();
-    parse_flags(ins, &[]).map_err(|e| l.err(ins, e))?;
-    let args = command_args(state, ins);
-    let created_by = format!("{} {}", kw.to_uppercase(), history::go_quoted_list(&args));
-    // An empty list is left out of the image, like Go's omitempty in BuildKit.
-    let args = (!args.is_empty()).then_some(args);
-    let config = &mut state.config.config;
-    if kw == "cmd" {
-        *cmd_set_in_stage = true;
-        config.cmd = args;
-        // BuildKit marks every CMD as escaped (a Docker image spec compatibility flag).
-        config.args_escaped = true;
-    } else {
-        config.entrypoint = args;
-        // An ENTRYPOINT resets a CMD inherited from the base image.
-        if !*cmd_set_in_stage {
-            config.cmd = None;
-        }
+    cmd: &ExecCommand,
+) -> Option<HistoryEntry> {
+    let (created_by, args) = exec_form(state, cmd, "CMD");
+    *cmd_set_in_stage = true;
+    state.config.config.cmd = args;
+    state.config.config.args_escaped = true;
+    HistoryEntry::config(created_by)
+}
+
+/// ENTRYPOINT: it resets a CMD inherited from the base image.
+fn lower_entrypoint(
+    state: &mut StageState,
+    cmd_set_in_stage: bool,
+    cmd: &ExecCommand,
+) -> Option<HistoryEntry> {
+    let (created_by, args) = exec_form(state, cmd, "ENTRYPOINT");
+    state.config.config.entrypoint = args;
+    if !cmd_set_in_stage {
+        state.config.config.cmd = None;
     }
-    Ok(HistoryEntry::config(created_by))
+    HistoryEntry::config(created_by)
+}
+
+/// The history text and the config value of CMD/ENTRYPOINT (an empty list is left out
+/// of the image, like Go's omitempty in BuildKit).
+fn exec_form(state: &StageState, cmd: &ExecCommand, what: &str) -> (String, Option<Vec<String>>) {
+    let args = command_args(state, &cmd.line);
+    let created_by = format!("{what} {}", history::go_quoted_list(&args));
+    (created_by, (!args.is_empty()).then_some(args))
 }
 
 fn lower_user(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &UserCommand,
     env: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
-    let u = ins
-        .args
-        .first()
-        .ok_or_else(|| l.err(ins, "USER requires exactly one argument"))?;
-    let u = l.expand(ins, env, u, escape)?;
+    let u = l.expand(ins, env, &cmd.user, escape)?;
     let created_by = format!("USER {u}");
     // An empty user is left out of the image, like Go's omitempty in BuildKit.
     state.config.config.user = (!u.is_empty()).then_some(u);
@@ -489,14 +518,12 @@ fn lower_expose(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &ExposeCommand,
     env: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
-    if ins.args.is_empty() {
-        return Err(l.err(ins, "EXPOSE requires at least one argument"));
-    }
     let mut ports = BTreeSet::new();
-    for word in &ins.args {
+    for word in &cmd.ports {
         // Like BuildKit, a variable may expand to several ports.
         let words = Expander::new(&env, escape)
             .process_words(word)
@@ -524,14 +551,12 @@ fn lower_volume(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &VolumeCommand,
     env: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
-    if ins.args.is_empty() {
-        return Err(l.err(ins, "VOLUME requires at least one argument"));
-    }
     let mut volumes = Vec::new();
-    for v in &ins.args {
+    for v in &cmd.paths {
         // BuildKit trims each path before expanding it (`VOLUME [" /data "]`).
         let v = l.expand(ins, env, v.trim(), escape)?;
         if v.is_empty() {
@@ -554,14 +579,11 @@ fn lower_stopsignal(
     l: &Lowerer,
     state: &mut StageState,
     ins: &Instruction,
+    cmd: &StopSignalCommand,
     env: &[(String, String)],
     escape: char,
 ) -> Result<Option<HistoryEntry>, DockerfileError> {
-    let s = ins
-        .args
-        .first()
-        .ok_or_else(|| l.err(ins, "STOPSIGNAL requires exactly one argument"))?;
-    let s = l.expand(ins, env, s, escape)?;
+    let s = l.expand(ins, env, &cmd.signal, escape)?;
     if !signal::is_valid_signal(&s) {
         return Err(l.err(ins, format!("Invalid signal: {s}")));
     }
@@ -570,105 +592,9 @@ fn lower_stopsignal(
     Ok(HistoryEntry::config(created_by))
 }
 
-fn lower_shell(
-    l: &Lowerer,
-    state: &mut StageState,
-    ins: &Instruction,
-) -> Result<Option<HistoryEntry>, DockerfileError> {
-    if !ins.json {
-        return Err(l.err(
-            ins,
-            "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]",
-        ));
-    }
-    state.shell = ins.args.clone();
-    state.config.config.shell = ins.args.clone();
-    Ok(HistoryEntry::config(format!(
-        "SHELL {}",
-        history::go_list(&ins.args)
-    )))
-}
-
-fn lower_healthcheck(
-    l: &Lowerer,
-    state: &mut StageState,
-    ins: &Instruction,
-) -> Result<Option<HistoryEntry>, DockerfileError> {
-    let flag_names = [
-        "interval",
-        "timeout",
-        "start-period",
-        "start-interval",
-        "retries",
-    ];
-    let flags = parse_flags(ins, &flag_names).map_err(|e| l.err(ins, e))?;
-    let kind = ins
-        .args
-        .first()
-        .map(|s| s.to_uppercase())
-        .unwrap_or_default();
-    let mut hc = HealthConfig::default();
-    match kind.as_str() {
-        "NONE" if ins.args.len() > 1 => {
-            return Err(l.err(ins, "HEALTHCHECK NONE takes no arguments"))
-        }
-        "NONE" => hc.test = vec!["NONE".into()],
-        "CMD" => {
-            let rest: Vec<String> = ins.args[1..].to_vec();
-            if rest.is_empty() {
-                return Err(l.err(ins, "Missing command after HEALTHCHECK CMD"));
-            }
-            hc.test = if ins.json {
-                std::iter::once("CMD".to_string()).chain(rest).collect()
-            } else {
-                vec!["CMD-SHELL".into(), rest.join(" ")]
-            };
-        }
-        _ => return Err(l.err(ins, "HEALTHCHECK must be followed by CMD or NONE")),
-    }
-    // BuildKit ignores the flags of HEALTHCHECK NONE.
-    if kind == "CMD" {
-        healthcheck_flags(l, ins, &flags, &mut hc)?;
-    }
-    let created_by = history::healthcheck_text(&hc);
-    state.config.config.healthcheck = Some(hc);
-    Ok(HistoryEntry::config(created_by))
-}
-
-/// HEALTHCHECK CMD's `--interval`, `--timeout`, `--start-period`, `--start-interval`, `--retries`.
-fn healthcheck_flags(
-    l: &Lowerer,
-    ins: &Instruction,
-    flags: &BTreeMap<String, String>,
-    hc: &mut HealthConfig,
-) -> Result<(), DockerfileError> {
-    for (name, slot) in [
-        ("interval", &mut hc.interval),
-        ("timeout", &mut hc.timeout),
-        ("start-period", &mut hc.start_period),
-        ("start-interval", &mut hc.start_interval),
-    ] {
-        if let Some(v) = flags.get(name) {
-            let ns = parse_duration_ns(v).ok_or_else(|| {
-                l.err(
-                    ins,
-                    format!("invalid --{name}={v}: expected a duration such as 30s or 1m30s"),
-                )
-            })?;
-            if ns != 0 && ns < 1_000_000 {
-                return Err(l.err(ins, format!("Interval \"{name}\" cannot be less than 1ms")));
-            }
-            *slot = ns;
-        }
-    }
-    if let Some(r) = flags.get("retries") {
-        hc.retries = r
-            .parse::<i32>()
-            .map_err(|_| l.err(ins, format!("invalid --retries={r}")))?
-            .into();
-        if hc.retries < 0 {
-            return Err(l.err(ins, format!("--retries cannot be negative ({r})")));
-        }
-    }
-    Ok(())
+fn lower_shell(state: &mut StageState, cmd: ShellCommand) -> Option<HistoryEntry> {
+    let created_by = format!("SHELL {}", history::go_list(&cmd.args));
+    state.shell = cmd.args.clone();
+    state.config.config.shell = cmd.args;
+    HistoryEntry::config(created_by)
 }

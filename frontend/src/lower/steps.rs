@@ -1,7 +1,8 @@
 //! Lowering of RUN (flags, mounts, heredocs) and what COPY/ADD share with it.
 
-use super::mounts::{parse_mount, MountInput};
 use super::*;
+use crate::command::mount::{parse_mount, MountInput};
+use crate::command::{Flag, NetworkFlag, RunCommand, RunFlag, SecurityFlag};
 use llb::graph::{ExecMount, MountKind};
 
 /// What a stage's steps need to look up sources (`from=`) and mark vertices.
@@ -14,64 +15,7 @@ pub(super) struct StageCtx<'c> {
     pub no_cache: bool,
 }
 
-/// Flags in source order, repeats kept (`--exclude` and `--mount` may repeat).
-pub(super) fn collect_flags(
-    ins: &Instruction,
-    allowed: &[&str],
-) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for f in &ins.flags {
-        let body = f.trim_start_matches('-');
-        let (name, value) = body
-            .split_once('=')
-            .map(|(n, v)| (n, v.to_string()))
-            .unwrap_or((body, "true".into()));
-        if !allowed.contains(&name) {
-            let hint = suggest(name, allowed.iter().copied())
-                .map(|s| format!("; did you mean --{s}?"))
-                .unwrap_or_default();
-            let known = allowed
-                .iter()
-                .map(|a| format!("--{a}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(format!(
-                "unknown flag: --{name} for {} (known flags: {}){hint}",
-                ins.keyword.to_uppercase(),
-                if known.is_empty() { "none" } else { &known },
-            ));
-        }
-        out.push((name.to_string(), value));
-    }
-    Ok(out)
-}
-
-pub(super) fn flag_bool(name: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "true" | "" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(format!("invalid --{name}={value}: expected true or false")),
-    }
-}
-
 impl Lowerer<'_> {
-    /// An error at the column where `needle` (say, a flag) starts on the instruction's line.
-    pub(super) fn err_near(
-        &self,
-        ins: &Instruction,
-        needle: &str,
-        message: impl Into<String>,
-    ) -> DockerfileError {
-        let column = (ins.start_line..=ins.end_line)
-            .find_map(|line| {
-                let text = self.source.get(line.wrapping_sub(1))?;
-                text.find(needle)
-                    .map(|i| (line, text[..i].chars().count() + 1))
-            })
-            .unwrap_or((ins.start_line, ins.column));
-        self.err_at(column.0, column.1, message)
-    }
-
     pub(super) fn context_vertex(&mut self) -> usize {
         self.add(
             Vertex {
@@ -170,21 +114,21 @@ impl Lowerer<'_> {
 }
 
 /// The RUN command after heredoc handling, and a script to mount at /dev/pipes if any.
-fn run_command(state: &StageState, ins: &Instruction) -> (Vec<String>, Option<(String, String)>) {
-    if ins.json || ins.heredocs.is_empty() {
-        return (command_args(state, ins), None);
+fn run_command(state: &StageState, run: &RunCommand) -> (Vec<String>, Option<(String, String)>) {
+    if run.line.json || run.heredocs.is_empty() {
+        return (command_args(state, &run.line), None);
     }
     let mut args = if state.shell.is_empty() {
         vec!["/bin/sh".to_string(), "-c".to_string()]
     } else {
         state.shell.clone()
     };
-    let cmdline = ins.args.join(" ");
+    let cmdline = run.line.args.join(" ");
     let only_heredoc = cmdline.trim().starts_with("<<")
         && !cmdline.trim().contains(char::is_whitespace)
-        && ins.heredocs.len() == 1;
+        && run.heredocs.len() == 1;
     if only_heredoc {
-        let doc = &ins.heredocs[0];
+        let doc = &run.heredocs[0];
         if doc.content.starts_with("#!") {
             // A script with a shebang runs as an executable file, as BuildKit does.
             args.push(format!("/dev/pipes/{}", doc.name));
@@ -195,7 +139,7 @@ fn run_command(state: &StageState, ins: &Instruction) -> (Vec<String>, Option<(S
     }
     // The shell reads the heredocs itself: command line, then each body and terminator.
     let mut full = cmdline;
-    for doc in &ins.heredocs {
+    for doc in &run.heredocs {
         full.push('\n');
         full.push_str(&doc.content);
         full.push_str(&doc.name);
@@ -212,51 +156,21 @@ struct RunFlags {
     insecure: bool,
 }
 
+/// RUN in phases: its flags (the root and mounts with their inputs), the command line
+/// (a heredoc script mounted at /dev/pipes), the exec op.
 pub(super) fn lower_run(
     l: &mut Lowerer,
     cx: &StageCtx,
     state: &StageState,
     ins: &Instruction,
+    cmd: &RunCommand,
     env: &[(String, String)],
     name: String,
 ) -> Result<(usize, Vec<String>), DockerfileError> {
-    let flags = collect_flags(ins, &["mount", "network", "security"])
-        .map_err(|e| l.err_near(ins, "--", e))?;
-    let root = l.or_scratch(state.vertex);
-    let defaults = &l.opts.run;
-    let mut run = RunFlags {
-        inputs: vec![root],
-        mounts: Vec::new(),
-        network: defaults.network.unwrap_or(NetworkMode::Host),
-        insecure: false,
-    };
-    let mut ssh_count = 0;
-    for (flag, raw) in &flags {
-        let needle = format!("--{flag}");
-        let value = l
-            .expand(ins, env, raw, cx.escape)
-            .map_err(|e| l.err_near(ins, &needle, e.message))?;
-        match flag.as_str() {
-            "network" => run.network = network_mode(l, ins, &value)?,
-            "security" => run.insecure = insecure_mode(l, ins, &value)?,
-            _ => add_mount(l, cx, state, ins, env, raw, &mut run, &mut ssh_count)?,
-        }
-    }
-    let (args, script) = run_command(state, ins);
+    let mut run = run_flags(l, cx, state, ins, cmd, env)?;
+    let (args, script) = run_command(state, cmd);
     if let Some((file, data)) = script {
-        let v = l.mkfile_vertex(
-            vec![(format!("/{file}"), data.into_bytes(), 0o755)],
-            "[internal] preparing inline document",
-        );
-        run.inputs.push(v);
-        run.mounts.push(ExecMount {
-            target: "/dev/pipes/".into(),
-            kind: MountKind::Bind {
-                input: run.inputs.len() - 1,
-                source: "/".into(),
-                readonly: true,
-            },
-        });
+        mount_script(l, &mut run, file, data);
     }
     let defaults = &l.opts.run;
     let config = &state.config.config;
@@ -284,49 +198,80 @@ pub(super) fn lower_run(
     Ok((vertex, args))
 }
 
+/// The root (input 0) and RUN's flags in source order, each value expanded whole first
+/// (a mount's fields again one by one).
+fn run_flags(
+    l: &mut Lowerer,
+    cx: &StageCtx,
+    state: &StageState,
+    ins: &Instruction,
+    cmd: &RunCommand,
+    env: &[(String, String)],
+) -> Result<RunFlags, DockerfileError> {
+    let root = l.or_scratch(state.vertex);
+    let mut run = RunFlags {
+        inputs: vec![root],
+        mounts: Vec::new(),
+        network: l.opts.run.network.unwrap_or(NetworkMode::Host),
+        insecure: false,
+    };
+    let mut ssh_count = 0;
+    for flag in &cmd.flags {
+        let value = l
+            .expand(ins, env, &flag.value, cx.escape)
+            .map_err(|e| l.err_at(flag.span.line, flag.span.column, e.message))?;
+        match flag.name {
+            RunFlag::Network => run.network = network_mode(l, flag, &value)?,
+            RunFlag::Security => run.insecure = insecure_mode(l, flag, &value)?,
+            RunFlag::Mount => add_mount(l, cx, state, ins, env, flag, &mut run, &mut ssh_count)?,
+        }
+    }
+    Ok(run)
+}
+
+/// A heredoc script with a shebang, written to a file and mounted read-only at /dev/pipes.
+fn mount_script(l: &mut Lowerer, run: &mut RunFlags, file: String, data: String) {
+    let v = l.mkfile_vertex(
+        vec![(format!("/{file}"), data.into_bytes(), 0o755)],
+        "[internal] preparing inline document",
+    );
+    run.inputs.push(v);
+    run.mounts.push(ExecMount {
+        target: "/dev/pipes/".into(),
+        kind: MountKind::Bind {
+            input: run.inputs.len() - 1,
+            source: "/".into(),
+            readonly: true,
+        },
+    });
+}
+
 /// `RUN --network=`: default (the host's, as the sandbox has no other), none, or host
 /// with the entitlement.
 fn network_mode(
     l: &Lowerer,
-    ins: &Instruction,
+    flag: &Flag<RunFlag>,
     value: &str,
 ) -> Result<NetworkMode, DockerfileError> {
-    match value {
-        "default" => Ok(NetworkMode::Host),
-        "host" if l.opts.run.entitlements.network_host => Ok(NetworkMode::Host),
-        "host" => Err(l.err_near(
-            ins,
-            "--network",
+    let err = |message: &str| l.err_at(flag.span.line, flag.span.column, message);
+    match NetworkFlag::parse(value).map_err(|e| err(&e))? {
+        NetworkFlag::Default => Ok(NetworkMode::Host),
+        NetworkFlag::None => Ok(NetworkMode::None),
+        NetworkFlag::Host if l.opts.run.entitlements.network_host => Ok(NetworkMode::Host),
+        NetworkFlag::Host => Err(err(
             "network.host is not allowed: RUN --network=host needs the network.host entitlement (build flag --allow network.host)",
         )),
-        "none" => Ok(NetworkMode::None),
-        other => {
-            let hint = suggest(other, ["default", "none", "host"])
-                .map(|s| format!("; did you mean {s}?"))
-                .unwrap_or_default();
-            Err(l.err_near(
-                ins,
-                "--network",
-                format!("unsupported network mode {other:?}; use default, none or host{hint}"),
-            ))
-        }
     }
 }
 
 /// `RUN --security=`: sandbox, or insecure with the entitlement (true).
-fn insecure_mode(l: &Lowerer, ins: &Instruction, value: &str) -> Result<bool, DockerfileError> {
-    match value {
-        "sandbox" => Ok(false),
-        "insecure" if l.opts.run.entitlements.security_insecure => Ok(true),
-        "insecure" => Err(l.err_near(
-            ins,
-            "--security",
+fn insecure_mode(l: &Lowerer, flag: &Flag<RunFlag>, value: &str) -> Result<bool, DockerfileError> {
+    let err = |message: &str| l.err_at(flag.span.line, flag.span.column, message);
+    match SecurityFlag::parse(value).map_err(|e| err(&e))? {
+        SecurityFlag::Sandbox => Ok(false),
+        SecurityFlag::Insecure if l.opts.run.entitlements.security_insecure => Ok(true),
+        SecurityFlag::Insecure => Err(err(
             "security.insecure is not allowed: RUN --security=insecure needs the security.insecure entitlement (build flag --allow security.insecure)",
-        )),
-        other => Err(l.err_near(
-            ins,
-            "--security",
-            format!("unsupported security mode {other:?}; use sandbox or insecure"),
         )),
     }
 }
@@ -339,17 +284,17 @@ fn add_mount(
     state: &StageState,
     ins: &Instruction,
     env: &[(String, String)],
-    raw: &str,
+    flag: &Flag<RunFlag>,
     run: &mut RunFlags,
     ssh_count: &mut usize,
 ) -> Result<(), DockerfileError> {
-    let needle = "--mount";
+    let span = flag.span;
     let expand = |s: &str| -> Result<String, String> {
         l.expand(ins, env, s, cx.escape).map_err(|e| e.message)
     };
     // The whole value is expanded per field, so quotes inside fields survive.
-    let mut parsed = parse_mount(raw, &expand, ssh_count)
-        .map_err(|e| l.err_near(ins, needle, format!("--mount: {e}")))?;
+    let mut parsed = parse_mount(&flag.value, &expand, ssh_count)
+        .map_err(|e| l.err_at(span.line, span.column, format!("--mount: {e}")))?;
     let input = match &parsed.input {
         MountInput::None => None,
         MountInput::Context => Some(l.context_vertex()),
@@ -369,11 +314,8 @@ fn add_mount(
     }
     let target = &parsed.mount.target;
     if !target.is_empty() && run.mounts.iter().any(|m| m.target == *target) {
-        return Err(l.err_near(
-            ins,
-            needle,
-            format!("--mount: two mounts share the target {target}"),
-        ));
+        let message = format!("--mount: two mounts share the target {target}");
+        return Err(l.err_at(span.line, span.column, message));
     }
     run.mounts.push(parsed.mount);
     Ok(())

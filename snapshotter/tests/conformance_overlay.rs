@@ -1,0 +1,6 @@
+//! The conformance suite against overlayfs snapshots (real mounts; needs root).
+
+#[macro_use]
+mod conformance;
+
+conformance_suite!(conformance::Harness::new);
