@@ -3,7 +3,6 @@
 
 use crate::backend::BuildEvent;
 use solver::progress::Event;
-use std::collections::HashMap;
 use std::io::Write as _;
 use tokio::sync::mpsc;
 
@@ -32,7 +31,7 @@ pub async fn forward(
     out: mpsc::Sender<BuildEvent>,
 ) -> Vec<String> {
     let mut summary = Vec::new();
-    let mut plain = Plain::default();
+    let mut plain = engine::render::Plain::default();
     while let Some(ev) = rx.recv().await {
         let mut text = Vec::new();
         let step = match ev {
@@ -79,63 +78,4 @@ pub fn summary_text(lines: &[String]) -> Vec<u8> {
         }
     }
     text
-}
-
-/// BuildKit-style plain output: numbered step lines and every log line.
-#[derive(Default)]
-struct Plain {
-    numbers: HashMap<usize, usize>,
-    started: HashMap<usize, f64>,
-    current: Option<usize>,
-}
-
-impl Plain {
-    /// The step's number (in order of first appearance), setting runs of lines about one
-    /// step apart with a blank line.
-    fn number(&mut self, out: &mut Vec<u8>, vertex: usize) -> usize {
-        if self.current.is_some_and(|c| c != vertex) {
-            out.push(b'\n');
-        }
-        self.current = Some(vertex);
-        let next = self.numbers.len() + 1;
-        *self.numbers.entry(vertex).or_insert(next)
-    }
-
-    fn handle(&mut self, out: &mut Vec<u8>, ev: Event) {
-        match ev {
-            Event::Started { vertex, name, time } => {
-                let n = self.number(out, vertex);
-                self.started.insert(vertex, time);
-                let _ = writeln!(out, "#{n} {name}");
-            }
-            Event::Cached { vertex, name, .. } => {
-                let n = self.number(out, vertex);
-                let _ = writeln!(out, "#{n} {name}\n#{n} CACHED");
-            }
-            Event::Completed {
-                vertex,
-                time,
-                error,
-                ..
-            } => {
-                let n = self.number(out, vertex);
-                let took = time - self.started.get(&vertex).copied().unwrap_or(time);
-                let _ = match error {
-                    None => writeln!(out, "#{n} DONE {took:.1}s"),
-                    Some(e) => writeln!(out, "#{n} ERROR: {e}"),
-                };
-            }
-            Event::Log { vertex, data, .. } => {
-                let n = self.number(out, vertex);
-                let now = solver::progress::now();
-                let at = now - self.started.get(&vertex).copied().unwrap_or(now);
-                for line in data.lines() {
-                    let _ = writeln!(out, "#{n} {at:.3} {line}");
-                }
-            }
-            Event::Warning { message } => {
-                let _ = writeln!(out, "WARNING: {message}");
-            }
-        }
-    }
 }
