@@ -69,6 +69,26 @@ fn same_registry(key: &str, registry: &str) -> bool {
     key == wanted || auth_key(key_host(key)) == wanted
 }
 
+thread_local! {
+    static THREAD_AUTH_CONFIG: std::cell::RefCell<Option<std::sync::Arc<Map<String, Value>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes [`DockerConfig::load`] on this thread answer with `config` (a config.json's text)
+/// instead of this machine's: a build server runs each client's build on threads of its own
+/// and gives them that client's credentials, never writing them to disk.
+pub fn set_thread_auth_config(config: Option<&[u8]>) -> Result<()> {
+    let raw = match config {
+        Some(text) => Some(std::sync::Arc::new(
+            serde_json::from_slice(text)
+                .map_err(|e| Error::Config(format!("forwarded credentials: {e}")))?,
+        )),
+        None => None,
+    };
+    THREAD_AUTH_CONFIG.with(|c| *c.borrow_mut() = raw);
+    Ok(())
+}
+
 /// `~/.docker/config.json`, keeping fields this program does not know when rewritten.
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
@@ -104,6 +124,12 @@ impl DockerConfig {
     /// credentials to one build that way, never writing them to its disk.
     pub fn load() -> Result<Self> {
         let path = docker_config_dir().join("config.json");
+        if let Some(raw) = THREAD_AUTH_CONFIG.with(|c| c.borrow().clone()) {
+            return Ok(DockerConfig {
+                path,
+                raw: (*raw).clone(),
+            });
+        }
         if let Some(text) = std::env::var_os("DOCKER_AUTH_CONFIG").filter(|t| !t.is_empty()) {
             let raw = serde_json::from_slice(text.as_encoded_bytes())
                 .map_err(|e| Error::Config(format!("DOCKER_AUTH_CONFIG: {e}")))?;

@@ -96,8 +96,9 @@ impl Numbering {
 }
 
 /// BuildKit-style plain output: numbered step lines and every log line, never clipped.
+/// The build server renders its builds' progress with it too.
 #[derive(Default)]
-struct Plain {
+pub struct Plain {
     numbers: Numbering,
     started: HashMap<usize, f64>,
     /// The vertex whose lines were printed last: BuildKit sets each run of lines about one
@@ -113,7 +114,8 @@ impl Plain {
         self.current = Some(vertex);
     }
 
-    fn handle(&mut self, out: &mut impl Write, ev: Event) {
+    /// Writes one progress event's lines to `out`.
+    pub fn handle(&mut self, out: &mut impl Write, ev: Event) {
         match ev {
             Event::Started { vertex, name, time } => {
                 self.switch_to(out, vertex);

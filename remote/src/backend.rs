@@ -1,6 +1,6 @@
 //! What the server asks of the build engine: run one build described by a [`BuildJob`].
-//! [`ProcessBackend`] runs today's pipeline as `builder --root ROOT build ...` in a child
-//! process (the lead swaps it for the in-process engine API).
+//! [`ProcessBackend`] runs it as `builder --root ROOT build ...` in a child process;
+//! [`crate::inprocess::InProcessBackend`] runs it in the server's own process.
 
 use anyhow::{Context as _, Result};
 use std::future::Future;
@@ -29,6 +29,10 @@ pub struct BuildJob {
     pub context: PathBuf,
     /// Environment of the build: SOURCE_DATE_EPOCH, secrets' values, DOCKER_AUTH_CONFIG.
     pub env: Vec<(String, String)>,
+    /// The `--secret` values by id, for a build in this process (held in memory only).
+    pub provided_secrets: Vec<(String, Vec<u8>)>,
+    /// `--ssh` agents: id and the socket relaying to the client's agent.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 impl BuildJob {
@@ -46,6 +50,9 @@ impl BuildJob {
         }
         for s in &self.secrets {
             args.push(format!("--secret={s}"));
+        }
+        for (id, socket) in &self.ssh {
+            args.push(format!("--ssh={id}={}", socket.display()));
         }
         args.push(format!("--file={}", self.dockerfile.display()));
         for (name, dir) in &self.named_contexts {

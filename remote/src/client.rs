@@ -42,6 +42,8 @@ pub struct RemoteBuild {
     /// Print `context_bytes_sent` as a JSON line (`--progress=rawjson`) instead of text.
     pub json_progress: bool,
     pub quiet: bool,
+    /// `--ssh` agents relayed over the session: id and socket on this machine.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// The builder's nodes and this client's TLS material.
@@ -70,44 +72,31 @@ pub async fn build(conn: &Connection, mut build: RemoteBuild) -> Result<Outcome>
         .find(|c| c.name == "main")
         .map(|c| c.key.clone())
         .unwrap_or_default();
-    let (node, channel) = connect_any(conn, &key).await?;
-    let mut client = BuilderClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel::<ClientMessage>(16);
-    send(&tx, In::Start(std::mem::take(&mut build.start))).await?;
-    for (i, entries) in manifests.iter().enumerate() {
-        send(
-            &tx,
-            In::Manifest(Manifest {
-                context: i as u32,
-                entries: entries.clone(),
-                root: Some(roots[i].clone()),
-            }),
-        )
-        .await?;
+    build.start.ssh_ids = build.ssh.iter().map(|(id, _)| id.clone()).collect();
+    let mut failed: Vec<Address> = Vec::new();
+    loop {
+        let (node, channel) = connect_any(conn, &key, &failed).await?;
+        let mut session = ClientSession::new(&build, &manifests, node.clone());
+        match session.run(channel, &roots, &conn.tls).await {
+            Ok(code) => {
+                return Ok(Outcome {
+                    exit_code: code,
+                    node,
+                    context_bytes_sent: session.bytes_sent,
+                })
+            }
+            // A node that died before the build gave anything back: the next node builds it.
+            Err(e)
+                if session.lost
+                    && !session.produced_output
+                    && failed.len() + 1 < conn.nodes.len() =>
+            {
+                eprintln!("builder: {e:#}; building on the next node");
+                failed.push(node);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let response = client
-        .build(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| explain_first_call(&node, &conn.tls, s))?;
-    let mut session = ClientSession {
-        build,
-        manifests,
-        tx,
-        needs: HashMap::new(),
-        bytes_sent: 0,
-        outputs: HashMap::new(),
-        node: node.clone(),
-    };
-    let code = session
-        .relay(response.into_inner(), &node, &conn.tls)
-        .await?;
-    Ok(Outcome {
-        exit_code: code,
-        node,
-        context_bytes_sent: session.bytes_sent,
-    })
 }
 
 async fn send(tx: &mpsc::Sender<ClientMessage>, msg: In) -> Result<()> {
@@ -118,8 +107,9 @@ async fn send(tx: &mpsc::Sender<ClientMessage>, msg: In) -> Result<()> {
 
 /// Tries the nodes in their order for `key`; a node that cannot be reached gives way to the
 /// next, a refused certificate does not (it would be refused everywhere).
-async fn connect_any(conn: &Connection, key: &str) -> Result<(Address, Channel)> {
-    let ordered = order_nodes(&conn.nodes, key);
+async fn connect_any(conn: &Connection, key: &str, skip: &[Address]) -> Result<(Address, Channel)> {
+    let mut ordered = order_nodes(&conn.nodes, key);
+    ordered.retain(|n| !skip.contains(n));
     if ordered.is_empty() {
         bail!("no builder node given");
     }
@@ -312,17 +302,63 @@ fn explain_status(node: &Address, tls: &TlsFiles, s: tonic::Status) -> anyhow::E
     }
 }
 
-struct ClientSession {
-    build: RemoteBuild,
-    manifests: Vec<Vec<Entry>>,
+struct ClientSession<'a> {
+    agents: crate::ssh::ClientAgents,
+    build: &'a RemoteBuild,
+    manifests: &'a [Vec<Entry>],
     tx: mpsc::Sender<ClientMessage>,
+    rx: Option<mpsc::Receiver<ClientMessage>>,
     needs: HashMap<u32, Vec<u32>>,
     bytes_sent: u64,
     outputs: HashMap<String, tempfile::NamedTempFile>,
     node: Address,
+    /// The connection broke before the server's result.
+    lost: bool,
+    /// Something reached stdout or an output: a retry elsewhere would repeat it.
+    produced_output: bool,
 }
 
-impl ClientSession {
+impl<'a> ClientSession<'a> {
+    fn new(build: &'a RemoteBuild, manifests: &'a [Vec<Entry>], node: Address) -> Self {
+        let (tx, rx) = mpsc::channel::<ClientMessage>(16);
+        ClientSession {
+            agents: crate::ssh::ClientAgents::new(&build.ssh, tx.clone()),
+            build,
+            manifests,
+            tx,
+            rx: Some(rx),
+            needs: HashMap::new(),
+            bytes_sent: 0,
+            outputs: HashMap::new(),
+            node,
+            lost: false,
+            produced_output: false,
+        }
+    }
+
+    /// Sends the request and manifests, then relays the session until the server's result.
+    async fn run(&mut self, channel: Channel, roots: &[Entry], tls: &TlsFiles) -> Result<i32> {
+        let mut client = BuilderClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        send(&self.tx, In::Start(self.build.start.clone())).await?;
+        for (i, entries) in self.manifests.iter().enumerate() {
+            let manifest = Manifest {
+                context: i as u32,
+                entries: entries.clone(),
+                root: Some(roots[i].clone()),
+            };
+            send(&self.tx, In::Manifest(manifest)).await?;
+        }
+        let rx = self.rx.take().expect("run once");
+        let node = self.node.clone();
+        let response = client
+            .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| explain_first_call(&node, tls, s))?;
+        self.relay(response.into_inner(), &node, tls).await
+    }
+
     async fn relay(
         &mut self,
         mut inbound: tonic::Streaming<crate::proto::ServerMessage>,
@@ -333,9 +369,11 @@ impl ClientSession {
             let msg = match inbound.message().await {
                 Ok(Some(m)) => m.msg,
                 Ok(None) => {
+                    self.lost = true;
                     bail!("the builder at {node} closed the session before the build finished")
                 }
                 Err(s) => {
+                    self.lost = true;
                     let e = explain_status(node, tls, s);
                     bail!("lost the connection to the builder at {node} during the build: {e:#}")
                 }
@@ -351,9 +389,14 @@ impl ClientSession {
                     let _ = std::io::stderr().write_all(&b);
                 }
                 Some(Out::Stdout(b)) => {
+                    self.produced_output = true;
                     let _ = std::io::stdout().write_all(&b);
                 }
-                Some(Out::Output(chunk)) => self.receive_output(chunk)?,
+                Some(Out::Output(chunk)) => {
+                    self.produced_output = true;
+                    self.receive_output(chunk)?
+                }
+                Some(Out::Ssh(data)) => self.agents.handle(data).await,
                 Some(Out::Result(r)) => {
                     if !r.error.is_empty() {
                         eprintln!("error: {} (on the builder at {node})", r.error);

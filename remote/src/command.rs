@@ -66,10 +66,10 @@ pub fn serve(root: &Path, args: ServeFlags) -> Result<i32> {
         },
         root: root.to_path_buf(),
     };
-    let backend = Arc::new(crate::ProcessBackend {
-        program: executor::self_exe()?,
-        root: root.to_path_buf(),
-    });
+    let backend = Arc::new(crate::InProcessBackend::new(
+        executor::self_exe()?,
+        root.to_path_buf(),
+    ));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(crate::server::serve(opts, backend))?;
     Ok(0)
@@ -154,9 +154,6 @@ fn request(args: &BuildArgs) -> Result<RemoteBuild> {
     if args.context.as_os_str() == "-" || args.file.as_deref() == Some(Path::new("-")) {
         bail!("a remote builder needs a context directory and a Dockerfile file, not stdin");
     }
-    if !args.ssh.is_empty() {
-        bail!("--ssh is not supported with a remote builder yet");
-    }
     if args.on_error.as_deref() == Some("shell") {
         bail!("--on-error=shell needs a local build");
     }
@@ -231,6 +228,7 @@ fn request(args: &BuildArgs) -> Result<RemoteBuild> {
         metadata_file: args.metadata_file.clone(),
         json_progress: matches!(args.progress, engine::render::ProgressMode::Rawjson),
         quiet: args.quiet || matches!(args.progress, engine::render::ProgressMode::Quiet),
+        ssh: crate::ssh::client_agents(&args.ssh)?,
     })
 }
 
@@ -377,14 +375,5 @@ fn secrets(specs: &[String]) -> Result<Vec<Secret>> {
 
 /// The `auths` of this client's docker config, forwarded for the build's pulls and pushes.
 fn registry_auth() -> Result<Vec<u8>> {
-    let path = exporter::auth::docker_config_dir().join("config.json");
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(Vec::new());
-    };
-    let config: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
-    match config.get("auths") {
-        Some(auths) => Ok(serde_json::to_vec(&serde_json::json!({ "auths": auths }))?),
-        None => Ok(Vec::new()),
-    }
+    crate::credentials::forwarded(&exporter::auth::docker_config_dir())
 }

@@ -5,11 +5,15 @@ pub mod backend;
 pub mod builders;
 pub mod client;
 pub mod command;
+pub mod credentials;
 pub mod endpoint;
+pub mod inprocess;
 pub mod manifest;
 pub mod metrics;
+pub mod render;
 pub mod server;
 pub mod session;
+pub mod ssh;
 pub mod sync;
 
 pub mod proto {
@@ -18,3 +22,4 @@ pub mod proto {
 
 pub use backend::{BuildBackend, BuildJob, ProcessBackend};
 pub use endpoint::{Address, TlsFiles};
+pub use inprocess::InProcessBackend;

@@ -32,6 +32,12 @@ pub fn render(m: &Metrics) -> String {
             m.cache_hits.load(Ordering::Relaxed).to_string(),
         ),
         (
+            "builder_exec_steps_run_total",
+            "counter",
+            "RUN steps executed (not answered from the cache); steps shared by concurrent builds count once.",
+            solver::inflight::exec_steps_run().to_string(),
+        ),
+        (
             "builder_context_bytes_received_total",
             "counter",
             "Bytes of context files received.",

@@ -186,7 +186,10 @@ impl Session {
                     .push((name.to_string(), u.tree.path().to_path_buf()));
             }
         }
-        let code = self.run_build(job).await?;
+        let agents = crate::ssh::ServerAgents::listen(scratch.path(), &start.ssh_ids, &self.tx)?;
+        job.ssh = agents.sockets.clone();
+        let code = self.run_build(job, &agents).await?;
+        drop(agents);
         drop(uploads);
         if code == 0 {
             self.send_results(&start, scratch.path()).await?;
@@ -242,11 +245,14 @@ impl Session {
             let value = String::from_utf8(s.value.clone())
                 .map_err(|_| anyhow!("--secret {}: only UTF-8 values can be forwarded", s.id))?;
             job.secrets.push(format!("id={},env={var}", s.id));
+            job.provided_secrets.push((s.id.clone(), s.value.clone()));
             job.env.push((var, value));
         }
         if !start.registry_auth.is_empty() {
-            let auth = String::from_utf8(start.registry_auth.clone())?;
-            job.env.push(("DOCKER_AUTH_CONFIG".into(), auth));
+            job.env.push((
+                "DOCKER_AUTH_CONFIG".into(),
+                only_auths(&start.registry_auth)?,
+            ));
         }
         for (k, v) in &start.env {
             if k != "SOURCE_DATE_EPOCH" {
@@ -339,7 +345,7 @@ impl Session {
 
     /// Runs the job, forwarding its output; cancels it when the client goes away or the
     /// server's shutdown timeout runs out.
-    async fn run_build(&mut self, job: BuildJob) -> Result<i32> {
+    async fn run_build(&mut self, job: BuildJob, agents: &crate::ssh::ServerAgents) -> Result<i32> {
         let (events_tx, mut events) = mpsc::channel::<BuildEvent>(64);
         let (cancel_tx, cancel) = watch::channel(false);
         let backend = self.backend.clone();
@@ -352,12 +358,14 @@ impl Session {
             tokio::select! {
                 r = &mut build => break r.map_err(|e| anyhow!("build task: {e}"))?,
                 Some(ev) = events.recv() => self.forward(ev).await,
-                m = self.inbound.next(), if !cancelled => {
-                    if !matches!(m, Some(Ok(_))) {
+                m = self.inbound.next(), if !cancelled => match m {
+                    Some(Ok(ClientMessage { msg: Some(In::Ssh(data)) })) => agents.deliver(data),
+                    Some(Ok(_)) => {}
+                    _ => {
                         cancelled = true;
                         let _ = cancel_tx.send(true);
                     }
-                }
+                },
                 _ = async { cancel_all.wait_for(|c| *c).await.map(|_| ()) }, if !cancelled => {
                     cancelled = true;
                     let _ = cancel_tx.send(true);
@@ -475,6 +483,15 @@ fn produce(path: &Path, is_dir: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
     Ok(())
 }
 
+/// The `auths` of a forwarded docker config, and nothing else: a `credsStore` or
+/// `credHelpers` would make the server run a program the client names.
+fn only_auths(config: &[u8]) -> Result<String> {
+    let config: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| anyhow!("protocol: the forwarded registry credentials: {e}"))?;
+    let auths = config.get("auths").cloned().unwrap_or_default();
+    Ok(serde_json::json!({ "auths": auths }).to_string())
+}
+
 fn check_flag_value(name: &str, value: &str, config: &Config) -> Result<()> {
     match name {
         "cache-to" | "cache-from" if value.split(',').any(|f| f.trim() == "type=local") => {
@@ -580,6 +597,15 @@ mod tests {
         );
         assert!(output_with_dest("type=local,dest=/etc", d).is_err());
         assert!(output_with_dest("type=image,name=x", d).is_ok());
+    }
+
+    #[test]
+    fn forwarded_credentials_keep_only_auths() {
+        let sent =
+            br#"{"auths":{"r":{"auth":"dTpw"}},"credsStore":"evil","credHelpers":{"r":"evil"}}"#;
+        let kept: serde_json::Value = serde_json::from_str(&only_auths(sent).unwrap()).unwrap();
+        assert_eq!(kept, serde_json::json!({"auths": {"r": {"auth": "dTpw"}}}));
+        assert!(only_auths(b"not json").is_err());
     }
 
     #[test]

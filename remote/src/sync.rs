@@ -12,7 +12,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 const S_IFMT: u32 = 0o170000;
@@ -129,6 +128,15 @@ impl Tree {
     /// regular files that must be uploaded.
     pub fn prepare(&self, entries: &[Entry]) -> Result<Vec<u32>> {
         let index = validate(entries)?;
+        // The tree was finished under this very manifest (a no-op rebuild): nothing to check.
+        let digest = manifest_digest(entries);
+        if std::fs::read_to_string(self.marker()).is_ok_and(|d| d == digest) {
+            return Ok(Vec::new());
+        }
+        match std::fs::remove_file(self.marker()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         self.remove_stale(&index, entries)?;
         let mut need = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -158,7 +166,8 @@ impl Tree {
                 } else {
                     format!("{rel}/{name}")
                 };
-                let md = found.path().symlink_metadata()?;
+                // Relative to the open directory (no symlink followed, no full path walk).
+                let md = found.metadata()?;
                 let keep = index
                     .get(child.as_str())
                     .is_some_and(|&i| same_type(&found.path(), &md, &entries[i]));
@@ -190,15 +199,17 @@ impl Tree {
     }
 
     fn file_matches(&self, e: &Entry) -> bool {
-        let Ok(md) = self.dir.join(&e.path).symlink_metadata() else {
+        // Relative to the tree's descriptor: a short path walk per file of a large context.
+        let Ok(st) = rustix::fs::statat(&self.root, e.path.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        else {
             return false;
         };
-        md.is_file()
-            && md.size() == e.size
-            && md.mode() == e.mode
-            && md.uid() == e.uid
-            && md.gid() == e.gid
-            && md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128 == e.mtime_ns as i128
+        st.st_mode & 0o170000 == 0o100000
+            && st.st_size as u64 == e.size
+            && st.st_mode == e.mode
+            && st.st_uid == e.uid
+            && st.st_gid == e.gid
+            && st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128 == e.mtime_ns as i128
     }
 
     /// Starts receiving file `e`: its bytes go to a temporary file in the same directory,
@@ -244,8 +255,24 @@ impl Tree {
             rustix::fs::fchmod(&self.root, Mode::from_raw_mode(r.mode & 0o7777))?;
             set_owner_and_times(&self.root, ".", r)?;
         }
+        std::fs::write(self.marker(), manifest_digest(entries))?;
         Ok(())
     }
+
+    /// Beside the tree: the digest of the manifest the tree was last finished under. Only
+    /// the server writes the tree, and any upload removes this first.
+    fn marker(&self) -> PathBuf {
+        self.dir.with_file_name("tree.complete")
+    }
+}
+
+fn manifest_digest(entries: &[Entry]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for e in entries {
+        h.update(prost::Message::encode_length_delimited_to_vec(e));
+    }
+    hex::encode(h.finalize())
 }
 
 fn same_type(path: &Path, md: &std::fs::Metadata, e: &Entry) -> bool {
@@ -339,8 +366,10 @@ impl IncomingFile {
             Some(rustix::fs::Uid::from_raw(e.uid)),
             Some(rustix::fs::Gid::from_raw(e.gid)),
         )?;
-        // chown clears set-id bits: set the mode again.
-        rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode & 0o7777))?;
+        if e.mode & 0o6000 != 0 {
+            // chown clears set-id bits: set the mode again.
+            rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode & 0o7777))?;
+        }
         let t = timespec(e.mtime_ns);
         rustix::fs::futimens(
             f,

@@ -402,6 +402,10 @@ impl Solver {
             }
             Caching::Index => {
                 let key = op.cache_key(w, &step, inputs)?;
+                // Another build of this store producing the same RUN: wait for its result.
+                let _claim = matches!(v.op, Op::Exec(_))
+                    .then(|| crate::inflight::claim(&self.root, &key, cancel))
+                    .transpose()?;
                 self.cached_or_run(i, step.name, &key, v.ignore_cache, inputs, || {
                     ops::snapshot_of(op.run(w, &step, inputs)?)
                 })

@@ -772,3 +772,325 @@ fn the_github_action_builds_on_the_farm_with_its_certificate_inputs() {
         "built without a client certificate"
     );
 }
+
+/// Two clients start the same slow RUN at once: the server's shared solver runs it once
+/// (its metrics count one RUN executed) and both get the same image, although the step
+/// writes a random value.
+#[test]
+fn identical_steps_of_concurrent_clients_run_once() {
+    let certs = Certs::generate();
+    let metrics_port = free_port();
+    let server = Server::start(
+        &certs,
+        &["--metrics-addr", &format!("127.0.0.1:{metrics_port}")],
+    );
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let dockerfile = "FROM busybox:latest\nRUN sleep 3 && cat /proc/sys/kernel/random/uuid > /id\n";
+    let dirs = [
+        context(&[("Dockerfile", dockerfile)]),
+        context(&[("Dockerfile", dockerfile)]),
+    ];
+    let start = |d: &tempfile::TempDir| {
+        let iid = d.path().join("iid");
+        remote_cmd(
+            &certs,
+            "client",
+            &server.url(),
+            d.path(),
+            &["--progress=plain", "--iidfile", iid.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = start(&dirs[0]);
+    let second = start(&dirs[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&metrics).contains("builder_builds_running 2") {
+        assert!(
+            Instant::now() < deadline,
+            "the two builds never ran at once"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in [first, second] {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let iid = |d: &tempfile::TempDir| std::fs::read_to_string(d.path().join("iid")).unwrap();
+    assert_eq!(iid(&dirs[0]), iid(&dirs[1]), "the step ran once per client");
+    let m = http_get(&metrics);
+    assert!(m.contains("builder_exec_steps_run_total 1\n"), "{m}");
+}
+
+/// A docker-registry on a loopback port that wants `user`/`password` (htpasswd).
+fn registry_with_password(dir: &Path, user: &str, password: &str) -> (Child, String) {
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .unwrap();
+    assert!(htpasswd.status.success(), "{}", stderr(&htpasswd));
+    std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: farm\n    path: {}\n",
+        dir.join("data").display(),
+        dir.join("htpasswd").display()
+    );
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_listener(&addr);
+    (child, addr)
+}
+
+/// A credential helper speaking docker-credential-helpers' protocol (`get` reads the server
+/// URL on stdin and answers JSON; `list` maps server URLs to user names).
+fn credential_helper(dir: &Path, registry: &str, user: &str, password: &str) {
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in\n\
+         list) printf '{{\"{registry}\":\"{user}\"}}' ;;\n\
+         get) read url; if [ \"$url\" = \"{registry}\" ]; then \
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$url\"; \
+         else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         *) exit 1 ;;\nesac\n"
+    );
+    let path = dir.join("docker-credential-farmtest");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"credsStore":"farmtest"}"#).unwrap();
+}
+
+/// `--push` to a registry with a password the client's credential helper holds: the helper
+/// runs on the client, the build pushes with what it answered, and the password never
+/// reaches the server's disk.
+#[test]
+fn credential_helpers_are_resolved_on_the_client_for_a_remote_push() {
+    let certs = Certs::generate();
+    let server = Server::start(&certs, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let password = "farm-pw-5d81c3";
+    let (mut registry, addr) = registry_with_password(work.path(), "farmer", password);
+    let helper_dir = work.path().join("client");
+    std::fs::create_dir(&helper_dir).unwrap();
+    credential_helper(&helper_dir, &addr, "farmer", password);
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest\nRUN echo farm > /f\n")]);
+    let image = format!("{addr}/farm/app:1");
+    let path = format!(
+        "{}:{}",
+        helper_dir.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let push = |config_dir: &Path| {
+        remote_cmd(
+            &certs,
+            "client",
+            &server.url(),
+            ctx.path(),
+            &["--push", "-t", &image],
+        )
+        .env("DOCKER_CONFIG", config_dir)
+        .env("PATH", &path)
+        .output()
+        .unwrap()
+    };
+    let refused = push(work.path());
+    assert!(!refused.status.success(), "pushed without credentials");
+    let out = push(&helper_dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &format!("farmer:{password}"),
+        ])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert_eq!(
+        files_containing(server.store.root(), password.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
+
+/// A real `ssh-agent` (openssh-client) on a socket in `dir`; killed when dropped.
+struct SshAgent(Child, PathBuf);
+
+impl SshAgent {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client) is installed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child, socket)
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Copies `binary` and the libraries `ldd` names into `dir`; returns the loader's name.
+fn copy_with_libraries(binary: &str, dir: &Path) -> String {
+    std::fs::copy(binary, dir.join(Path::new(binary).file_name().unwrap())).unwrap();
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
+    assert!(ldd.status.success(), "ldd {binary}: {}", stderr(&ldd));
+    let mut loader = None;
+    for line in stdout(&ldd).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(lib) = words.iter().find(|w| w.starts_with('/')).map(Path::new) else {
+            continue;
+        };
+        let name = lib.file_name().unwrap().to_string_lossy().to_string();
+        if !words.contains(&"=>") {
+            loader = Some(name.clone());
+        }
+        std::fs::copy(lib, dir.join(&name)).unwrap();
+    }
+    loader.expect("ldd names the dynamic loader")
+}
+
+/// `--ssh default` with a remote builder: the client's ssh-agent answers `ssh-add -l` run in
+/// a RUN step on the server, relayed over the session; nothing is left on the server.
+#[test]
+fn ssh_agent_is_relayed_to_a_remote_build() {
+    let certs = Certs::generate();
+    let server = Server::start(&certs, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = SshAgent::start(dir.path());
+    let key = dir.path().join("id_ed25519");
+    let keygen = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "farm-relay-key",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let add = Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &agent.1)
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+    let ctx = context(&[]);
+    let loader = copy_with_libraries("/usr/bin/ssh-add", ctx.path());
+    let dockerfile = format!(
+        "FROM busybox:latest\nRUN --mount=type=ssh --mount=target=/tools \\\n\
+         \x20   /tools/{loader} --library-path /tools /tools/ssh-add -l > /keys\n"
+    );
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = remote_cmd(
+        &certs,
+        "client",
+        &server.url(),
+        ctx.path(),
+        &[
+            "--ssh=default",
+            "-o",
+            &format!("type=local,dest={}", dest.path().display()),
+        ],
+    )
+    .env("SSH_AUTH_SOCK", &agent.1)
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys = std::fs::read_to_string(dest.path().join("keys")).unwrap();
+    assert!(
+        keys.contains("farm-relay-key") && keys.contains("(ED25519)"),
+        "{keys}"
+    );
+    assert_eq!(leftovers(server.store.root()), Vec::<PathBuf>::new());
+}
+
+/// The node running a build dies before the build gave anything back: the client builds on
+/// the next node, and gets its result from there.
+#[test]
+fn a_build_moves_to_the_next_node_when_its_node_dies_mid_build() {
+    let certs = Certs::generate();
+    let ports = [free_port(), free_port()];
+    let metrics = |p: u16| format!("127.0.0.1:{p}");
+    let mut servers: Vec<Server> = ports
+        .iter()
+        .map(|p| Server::start(&certs, &["--metrics-addr", &metrics(*p)]))
+        .collect();
+    let list = format!("{},{}", servers[0].url(), servers[1].url());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nRUN sleep 4 && echo done > /f\n",
+    )]);
+    let out_tar = ctx.path().join("out.tar");
+    let client = remote_cmd(
+        &certs,
+        "client",
+        &list,
+        ctx.path(),
+        &[
+            "--progress=plain",
+            "-o",
+            &format!("type=tar,dest={}", out_tar.display()),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let busy =
+            (0..2).find(|&i| http_get(&metrics(ports[i])).contains("builder_builds_running 1"));
+        if let Some(i) = busy {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    servers[busy].kill();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("building on the next node"),
+        "{}",
+        stderr(&out)
+    );
+    let f = Command::new("tar")
+        .arg("-xOf")
+        .arg(&out_tar)
+        .arg("f")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&f), "done\n");
+    assert!(http_get(&metrics(ports[1 - busy])).contains("builder_builds_total 1"));
+}

@@ -42,6 +42,7 @@ fn run_exec(
     inputs: &[Input],
     cancel: &CancelToken,
 ) -> Result<String> {
+    crate::inflight::count_exec_step();
     let parent = parent_of(inputs)?;
     let active = unique("active");
     let mounts = w.snapshots.prepare(&active, parent.as_deref())?;
