@@ -331,22 +331,17 @@ fn port(stack: &Stack, service: &str, index: u32, private: &str) -> Result<i32> 
     }
 }
 
+/// `compose push`: each built service's image to its registry, in this process.
 fn push(stack: &Stack, services: &[String]) -> Result<i32> {
-    let exe = executor::self_exe()?;
-    let root = stack.root().to_path_buf();
+    let store = engine::image_command::open_store(stack.root())?;
+    let rt = tokio::runtime::Runtime::new()?;
     for s in stack.selected(services, true)? {
         if stack.model.services[&s].build.is_none() {
             continue;
         }
         let image = stack.image_of(&s);
-        let status = std::process::Command::new(&exe)
-            .arg("--root")
-            .arg(&root)
-            .args(["push", &image])
-            .status()?;
-        if !status.success() {
-            bail!("pushing {image} failed");
-        }
+        rt.block_on(engine::image_command::push(&store, &image))
+            .with_context(|| format!("pushing {image}"))?;
     }
     Ok(0)
 }

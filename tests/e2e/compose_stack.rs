@@ -635,3 +635,37 @@ services:
     assert_eq!(started("cs9-other-1"), other, "other left alone");
     down_clean(&store, dir.path(), name, &["down"]);
 }
+
+/// `compose push` sends each built service's image to its registry (in-process, no child
+/// `builder push`), and a service without `build:` is left alone.
+#[test]
+fn compose_push_sends_built_images_to_their_registry() {
+    let registry = crate::common::Registry::start();
+    let store = Store::with_busybox();
+    let yaml = format!(
+        "services:\n  app:\n    image: {}/compose/app:1\n    build: ./app\n  \
+         other:\n    image: busybox\n",
+        registry.addr
+    );
+    let dir = project(&[
+        ("compose.yaml", &yaml),
+        (
+            "app/Dockerfile",
+            "FROM busybox\nRUN echo pushed > /marker\n",
+        ),
+    ]);
+    ok(&store, dir.path(), "cpush", &["build"]);
+    let out = ok(&store, dir.path(), "cpush", &["push"]);
+    assert!(out.contains("compose/app:1"), "{out}");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/compose/app:1", registry.addr))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert!(
+        stdout(&inspect).contains("\"Layers\""),
+        "{}",
+        stdout(&inspect)
+    );
+}
