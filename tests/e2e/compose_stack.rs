@@ -669,3 +669,33 @@ fn compose_push_sends_built_images_to_their_registry() {
         stdout(&inspect)
     );
 }
+
+/// `up --build` after one service's source changed rebuilds it and recreates only its
+/// container; the other built service keeps its container (same ID).
+#[test]
+fn up_build_after_a_source_change_recreates_only_that_service() {
+    let store = Store::with_busybox();
+    let dockerfile = "FROM busybox\nCOPY msg /msg\nCMD [\"sleep\", \"300\"]\n";
+    let dir = project(&[
+        (
+            "compose.yaml",
+            "services:\n  a:\n    build: ./a\n  b:\n    build: ./b\n",
+        ),
+        ("a/Dockerfile", dockerfile),
+        ("a/msg", "a1\n"),
+        ("b/Dockerfile", dockerfile),
+        ("b/msg", "b1\n"),
+    ]);
+    ok(&store, dir.path(), "csrc", &["up", "-d", "--build"]);
+    let before = ids(&ps(&store, dir.path(), "csrc"));
+    assert_eq!(before.len(), 2, "{before:?}");
+    std::fs::write(dir.path().join("a/msg"), "a2\n").unwrap();
+    ok(&store, dir.path(), "csrc", &["up", "-d", "--build"]);
+    let after = ids(&ps(&store, dir.path(), "csrc"));
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(after[0], before[0], "a's source changed: recreated");
+    assert_eq!(after[1], before[1], "b unchanged: same container");
+    let out = store.run(&["exec", "csrc-a-1", "cat", "/msg"]);
+    assert_eq!(stdout(&out), "a2\n", "{}", stderr(&out));
+    ok(&store, dir.path(), "csrc", &["down"]);
+}
