@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -335,40 +335,11 @@ fn tmpfs_mount_leaves_nothing_and_has_its_size() {
     assert_eq!(read(dest.path(), "size"), "2048\n");
 }
 
-/// A real ssh-agent listening on a socket in `dir`, killed at drop.
-struct Agent(std::process::Child, PathBuf);
-
-impl Agent {
-    fn start(dir: &Path) -> Self {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (openssh-client) is installed");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child, socket)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn ssh_mount_forwards_the_default_agent() {
     let store = Store::with_busybox();
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path());
+    let agent = crate::common::ssh::Agent::start(dir.path());
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\n\
@@ -1076,33 +1047,11 @@ fn two_platform_build_shares_a_locked_cache_and_secrets() {
     assert!(cache_dir.path().join("index.json").is_file());
 }
 
-/// Copies `binary` and the shared libraries `ldd` lists for it into `dir`, so a busybox
-/// container can run it with the copied dynamic loader; returns the loader's file name.
-fn copy_with_libraries(binary: &str, dir: &Path) -> String {
-    std::fs::copy(binary, dir.join(Path::new(binary).file_name().unwrap())).unwrap();
-    let ldd = Command::new("ldd").arg(binary).output().unwrap();
-    assert!(ldd.status.success(), "ldd {binary}: {}", stderr(&ldd));
-    let mut loader = None;
-    for line in stdout(&ldd).lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(lib) = words.iter().find(|w| w.starts_with('/')).map(Path::new) else {
-            continue;
-        };
-        let name = lib.file_name().unwrap().to_string_lossy().to_string();
-        // The loader's line is the one without `=>`.
-        if !words.contains(&"=>") {
-            loader = Some(name.clone());
-        }
-        std::fs::copy(lib, dir.join(&name)).unwrap();
-    }
-    loader.expect("ldd names the dynamic loader")
-}
-
 #[test]
 fn ssh_mount_reaches_the_agents_keys() {
     let store = Store::with_busybox();
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path());
+    let agent = crate::common::ssh::Agent::start(dir.path());
     let key = dir.path().join("id_ed25519");
     let keygen = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-test-key", "-f"])
@@ -1118,7 +1067,7 @@ fn ssh_mount_reaches_the_agents_keys() {
     assert!(add.status.success(), "{}", stderr(&add));
 
     let ctx = context(&[]);
-    let loader = copy_with_libraries("/usr/bin/ssh-add", ctx.path());
+    let loader = crate::common::ssh::copy_with_libraries("/usr/bin/ssh-add", ctx.path());
     std::fs::write(
         ctx.path().join("Dockerfile"),
         format!(

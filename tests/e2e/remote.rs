@@ -925,55 +925,6 @@ fn credential_helpers_are_resolved_on_the_client_for_a_remote_push() {
     let _ = registry.wait();
 }
 
-/// A real `ssh-agent` (openssh-client) on a socket in `dir`; killed when dropped.
-struct SshAgent(Child, PathBuf);
-
-impl SshAgent {
-    fn start(dir: &Path) -> Self {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (openssh-client) is installed");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child, socket)
-    }
-}
-
-impl Drop for SshAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Copies `binary` and the libraries `ldd` names into `dir`; returns the loader's name.
-fn copy_with_libraries(binary: &str, dir: &Path) -> String {
-    std::fs::copy(binary, dir.join(Path::new(binary).file_name().unwrap())).unwrap();
-    let ldd = Command::new("ldd").arg(binary).output().unwrap();
-    assert!(ldd.status.success(), "ldd {binary}: {}", stderr(&ldd));
-    let mut loader = None;
-    for line in stdout(&ldd).lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(lib) = words.iter().find(|w| w.starts_with('/')).map(Path::new) else {
-            continue;
-        };
-        let name = lib.file_name().unwrap().to_string_lossy().to_string();
-        if !words.contains(&"=>") {
-            loader = Some(name.clone());
-        }
-        std::fs::copy(lib, dir.join(&name)).unwrap();
-    }
-    loader.expect("ldd names the dynamic loader")
-}
-
 /// `--ssh default` with a remote builder: the client's ssh-agent answers `ssh-add -l` run in
 /// a RUN step on the server, relayed over the session; nothing is left on the server.
 #[test]
@@ -981,7 +932,7 @@ fn ssh_agent_is_relayed_to_a_remote_build() {
     let certs = Certs::generate();
     let server = Server::start(&certs, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let agent = SshAgent::start(dir.path());
+    let agent = crate::common::ssh::Agent::start(dir.path());
     let key = dir.path().join("id_ed25519");
     let keygen = Command::new("ssh-keygen")
         .args([
@@ -1005,7 +956,7 @@ fn ssh_agent_is_relayed_to_a_remote_build() {
         .unwrap();
     assert!(add.status.success(), "{}", stderr(&add));
     let ctx = context(&[]);
-    let loader = copy_with_libraries("/usr/bin/ssh-add", ctx.path());
+    let loader = crate::common::ssh::copy_with_libraries("/usr/bin/ssh-add", ctx.path());
     let dockerfile = format!(
         "FROM busybox:latest\nRUN --mount=type=ssh --mount=target=/tools \\\n\
          \x20   /tools/{loader} --library-path /tools /tools/ssh-add -l > /keys\n"

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gha_server;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
