@@ -115,7 +115,7 @@ fn import_debian(store: &Store) {
 }
 
 const HTTPD: &str =
-    "mkdir /w && echo page-of-$HOSTNAME > /w/index.html && exec httpd -f -p 80 -h /w";
+    "mkdir -p /w && echo page-of-$HOSTNAME > /w/index.html && exec httpd -f -p 80 -h /w";
 
 #[test]
 fn connect_and_disconnect_update_names_on_both_sides_and_leave_nothing() {
@@ -406,6 +406,7 @@ fn a_container_on_three_networks_and_kill_9_of_its_monitor_leave_nothing() {
     );
     // It starts again on all three networks.
     ok(&store, &["start", "multi"]);
+    assert_eq!(inspect(&store, "multi")["State"]["Status"], "running");
     assert_eq!(traces(&multi).0, 3);
     fails(
         &store,
