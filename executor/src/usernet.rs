@@ -1,7 +1,8 @@
 //! Rootless networking: in rootless mode the host's network namespace is not ours to share,
 //! so a "host" network run gets a network namespace of its own connected to the outside by a
-//! user-mode TCP/IP stack, pasta (Debian's `passt`, preferred, as rootless podman ≥ 5 does)
-//! or slirp4netns. The host's loopback is reachable as `host.containers.internal`.
+//! user-mode TCP/IP stack, slirp4netns (the default) or pasta (Debian's `passt`, which
+//! rootless podman >= 5 prefers; under load Debian 12's pasta was seen to hang in
+//! uninterruptible sleep at teardown and delay `stop`, so it is opt-in here). The host's loopback is reachable as `host.containers.internal`.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,8 +17,8 @@ use crate::{ExecSpec, Network};
 /// Name of the host in the container's `/etc/hosts`, as podman writes it.
 pub(crate) const HOST_NAME: &str = "host.containers.internal";
 
-/// Chooses the user-mode network program: `pasta` or `slirp4netns` (unset: pasta, and
-/// slirp4netns when pasta is not installed or fails to start).
+/// Chooses the user-mode network program: `pasta` or `slirp4netns` (unset: slirp4netns, and
+/// pasta when slirp4netns is not installed or fails to start).
 pub const USERNET_ENV: &str = "BUILDER_USERNET";
 
 /// slirp4netns's fixed addresses: the host's loopback and its DNS forwarder.
@@ -40,7 +41,7 @@ impl Backend {
         let wanted = match std::env::var(USERNET_ENV).as_deref() {
             Ok("pasta") => vec![Backend::Pasta],
             Ok("slirp4netns") => vec![Backend::Slirp4netns],
-            Ok("") | Err(_) => vec![Backend::Pasta, Backend::Slirp4netns],
+            Ok("") | Err(_) => vec![Backend::Slirp4netns, Backend::Pasta],
             Ok(other) => bail!("{USERNET_ENV}={other}: expected pasta or slirp4netns"),
         };
         let installed: Vec<Backend> = wanted
