@@ -25,12 +25,30 @@ const NAMESPACES: [(&str, CloneFlags); 5] = [
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
+/// Opens a namespace file of the container's PID 1. A process is briefly not dumpable while
+/// it changes its credentials (before its exec), and the kernel then refuses the open; retry
+/// for a moment before reporting that.
+fn open_namespace(path: &str) -> std::io::Result<File> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match File::open(path) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `spec` inside the container whose PID 1 has host pid `pid`; returns its exit code.
 pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> Result<i32> {
     let mut joins = Vec::new();
     for (name, flag) in NAMESPACES {
         let path = format!("/proc/{pid}/ns/{name}");
-        let file = File::open(&path)
+        let file = open_namespace(&path)
             .with_context(|| format!("opening {path} (is the container running?)"))?;
         joins.push((name, file, flag));
     }
