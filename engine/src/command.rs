@@ -306,26 +306,7 @@ fn print_built(result: &BuildResult, args: &BuildFlags) -> Result<()> {
         println!("{}", result.image_id);
         return Ok(());
     }
-    for note in &result.notes {
-        eprintln!("{note}");
-    }
-    let for_platforms = if result.multi_platform {
-        let names: Vec<String> = result
-            .platforms
-            .iter()
-            .map(|p| p.platform.to_string())
-            .collect();
-        format!(" for {}", names.join(", "))
-    } else {
-        String::new()
-    };
-    eprintln!(
-        "built {}{for_platforms} ({} steps run, {} cached)",
-        result.image.digest, result.executed, result.cached
-    );
-    for t in &args.tags {
-        eprintln!("naming to {t}");
-    }
+    eprint!("{}", result.summary(&args.tags));
     Ok(())
 }
 

@@ -159,6 +159,33 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
+    /// What a finished build prints on stderr (locally, and streamed from a build server): its
+    /// notes, the `built ...` line and one `naming to TAG` line per tag.
+    pub fn summary(&self, tags: &[String]) -> String {
+        let mut text = String::new();
+        for note in &self.notes {
+            text.push_str(&format!("{note}\n"));
+        }
+        let for_platforms = if self.multi_platform {
+            let names: Vec<String> = self
+                .platforms
+                .iter()
+                .map(|p| p.platform.to_string())
+                .collect();
+            format!(" for {}", names.join(", "))
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "built {}{for_platforms} ({} steps run, {} cached)\n",
+            self.image.digest, self.executed, self.cached
+        ));
+        for t in tags {
+            text.push_str(&format!("naming to {t}\n"));
+        }
+        text
+    }
+
     /// Writes the metadata document (`--metadata-file`) atomically.
     pub fn write_metadata(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use anyhow::Context as _;

@@ -197,33 +197,12 @@ async fn report(
         }
     }
     let flags = Flags(&job.flags);
-    let mut text = String::new();
     if flags.has("quiet") {
         let id = format!("{}\n", result.image_id).into_bytes();
         let _ = events.send(BuildEvent::Stdout(id)).await;
         return Ok(0);
     }
-    for note in &result.notes {
-        text.push_str(&format!("{note}\n"));
-    }
-    let for_platforms = match result.multi_platform {
-        true => {
-            let names: Vec<String> = result
-                .platforms
-                .iter()
-                .map(|p| p.platform.to_string())
-                .collect();
-            format!(" for {}", names.join(", "))
-        }
-        false => String::new(),
-    };
-    text.push_str(&format!(
-        "built {}{for_platforms} ({} steps run, {} cached)\n",
-        result.image.digest, result.executed, result.cached
-    ));
-    for t in flags.all("tag") {
-        text.push_str(&format!("naming to {t}\n"));
-    }
+    let text = result.summary(&flags.all("tag"));
     let _ = events.send(BuildEvent::Stderr(text.into_bytes())).await;
     Ok(0)
 }
