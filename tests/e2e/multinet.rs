@@ -653,16 +653,8 @@ networks:
 #[test]
 fn a_network_with_its_own_subnet_reaches_the_outside_through_nat() {
     let store = Store::with_busybox();
-    let script = r#"
-set -e
-ip link set lo up
-ip netns add "$OUTSIDE"
-trap '"$BIN" --root "$ROOT" rm -f probe >/dev/null 2>&1; ip netns del "$OUTSIDE"' EXIT
-ip link add vout type veth peer name vin netns "$OUTSIDE"
-ip addr add 192.0.2.1/24 dev vout && ip link set vout up
-ip -n "$OUTSIDE" addr add 192.0.2.2/24 dev vin
-ip -n "$OUTSIDE" link set vin up && ip -n "$OUTSIDE" link set lo up
-"$BIN" --root "$ROOT" network create --subnet 172.30.250.0/24 own >/dev/null
+    let script = crate::common::OUTSIDE_SETUP.to_string()
+        + r#""$BIN" --root "$ROOT" network create --subnet 172.30.250.0/24 own >/dev/null
 "$BIN" --root "$ROOT" run -d --name probe --network own busybox sleep 60 >/dev/null
 "$BIN" --root "$ROOT" exec probe ip -o -4 addr show eth0
 "$BIN" --root "$ROOT" exec probe ping -c1 -W2 192.0.2.2 >/dev/null && echo reached
@@ -672,7 +664,7 @@ nft delete rule inet builder postrouting handle "$handle"
 "$BIN" --root "$ROOT" exec probe ping -c1 -W1 192.0.2.2 >/dev/null || echo dropped
 "#;
     let out = Command::new("unshare")
-        .args(["--net", "bash", "-c", script])
+        .args(["--net", "bash", "-c", &script])
         .env("OUTSIDE", format!("builder-own-{}", std::process::id()))
         .env("BIN", env!("CARGO_BIN_EXE_builder"))
         .env("ROOT", store.root())

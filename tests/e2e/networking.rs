@@ -329,16 +329,8 @@ fn containers_on_a_user_network_find_each_other_by_name_and_alias() {
 fn forwarding_works_under_an_iptables_forward_drop_policy() {
     let store = Store::with_busybox();
     // ping, not wget: Debian's static busybox wget crashes in its resolver in this setup.
-    let script = r#"
-set -e
-ip link set lo up
-ip netns add "$OUTSIDE"
-trap '"$BIN" --root "$ROOT" rm -f probe >/dev/null 2>&1; ip netns del "$OUTSIDE"' EXIT
-ip link add vout type veth peer name vin netns "$OUTSIDE"
-ip addr add 192.0.2.1/24 dev vout && ip link set vout up
-ip -n "$OUTSIDE" addr add 192.0.2.2/24 dev vin
-ip -n "$OUTSIDE" link set vin up && ip -n "$OUTSIDE" link set lo up
-iptables -P FORWARD DROP
+    let script = crate::common::OUTSIDE_SETUP.to_string()
+        + r#"iptables -P FORWARD DROP
 "$BIN" --root "$ROOT" run -d --name probe busybox sleep 60 >/dev/null
 "$BIN" --root "$ROOT" exec probe ping -c1 -W2 192.0.2.2 >/dev/null && echo forwarded
 echo "policy: $(iptables -S FORWARD | head -1)"
@@ -348,7 +340,7 @@ iptables -D FORWARD -i builder0 -j ACCEPT && iptables -D FORWARD -o builder0 -j 
 "#;
     let outside = format!("builder-outside-{}", std::process::id());
     let out = Command::new("unshare")
-        .args(["--net", "bash", "-c", script])
+        .args(["--net", "bash", "-c", &script])
         .env("OUTSIDE", &outside)
         .env("BIN", env!("CARGO_BIN_EXE_builder"))
         .env("ROOT", store.root())

@@ -5,6 +5,19 @@
 pub mod gha_server;
 pub mod ssh;
 
+/// Shell lines (run in a private network namespace standing in for the host) that add an
+/// "outside" namespace `$OUTSIDE` at 192.0.2.2 behind a veth (the host side is 192.0.2.1), and
+/// remove it and the container `probe` of store `$ROOT` (binary `$BIN`) on exit.
+pub const OUTSIDE_SETUP: &str = r#"set -e
+ip link set lo up
+ip netns add "$OUTSIDE"
+trap '"$BIN" --root "$ROOT" rm -f probe >/dev/null 2>&1; ip netns del "$OUTSIDE"' EXIT
+ip link add vout type veth peer name vin netns "$OUTSIDE"
+ip addr add 192.0.2.1/24 dev vout && ip link set vout up
+ip -n "$OUTSIDE" addr add 192.0.2.2/24 dev vin
+ip -n "$OUTSIDE" link set vin up && ip -n "$OUTSIDE" link set lo up
+"#;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
