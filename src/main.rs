@@ -26,7 +26,7 @@ fn main() {
         runtime::monitor_main();
     }
     // A non-root user builds in a user namespace of its own; entering it needs one thread.
-    executor::userns::enter_rootless_namespace();
+    executor::userns::enter_rootless_namespace(&[runtime::MONITOR_ARG]);
     quiet_on_broken_pipe();
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_bad_args(e));
     let code = match cli::dispatch(cli) {

@@ -42,26 +42,36 @@ fn is_identity_map(map: &str) -> bool {
 /// with the user's subordinate ranges, and becomes root there. Does nothing for root or
 /// when already in a user namespace. Must be called before any thread is started.
 ///
+/// A namespace made earlier is joined through its pause process or, if that is gone, through
+/// a live process whose first argument is one of `members` (the container monitors).
+///
 /// On failure prints what to do and exits (status 125), as nothing can work without it.
-pub fn enter_rootless_namespace() {
+pub fn enter_rootless_namespace(members: &[&str]) {
     // Not the cached is_rootless(): its answer changes here.
     if rustix::process::geteuid().is_root() || in_user_namespace() {
         return;
     }
-    if let Err(e) = enter() {
+    if let Err(e) = enter(members) {
         eprintln!("error: rootless mode: {e:#}");
         std::process::exit(125);
     }
 }
 
-fn enter() -> Result<()> {
+fn enter(members: &[&str]) -> Result<()> {
+    use crate::userns_pause::Joined;
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let name = user_name(uid);
     let subuid = subordinate_range(Path::new("/etc/subuid"), &name, uid)?;
     let subgid = subordinate_range(Path::new("/etc/subgid"), &name, uid)?;
-    if crate::userns_pause::join_existing(uid) {
-        return become_root();
+    match crate::userns_pause::join_existing(uid, members) {
+        Joined::Pause => return become_root(),
+        Joined::Member => {
+            become_root()?;
+            crate::userns_pause::start(uid);
+            return Ok(());
+        }
+        Joined::Nothing => {}
     }
     let (go_read, go_write) = nix::unistd::pipe().context("creating a pipe")?;
     let pid = std::process::id();

@@ -17,27 +17,71 @@ fn pid_file(uid: u32) -> PathBuf {
     dir.join("pause.pid")
 }
 
-/// Joins the user namespace of `uid`'s live pause process (and makes a mount namespace of
-/// our own in it); false when there is none to join.
-pub(crate) fn join_existing(uid: u32) -> bool {
-    let Some(pid) = std::fs::read_to_string(pid_file(uid))
+/// How [`join_existing`] found the namespace.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Joined {
+    /// Through the live pause process.
+    Pause,
+    /// Through a live member process (named by its first argument), the pause being gone:
+    /// the caller must leave a new pause in the namespace.
+    Member,
+    /// There is no namespace to join.
+    Nothing,
+}
+
+/// Joins the user namespace of `uid`'s live pause process, or, when that is gone (killed, or
+/// a pid file left by an earlier user of the same uid), of a live process of `uid`'s whose
+/// first argument is one of `members` (a container monitor: its containers must stay
+/// reachable from later commands); then makes a mount namespace of our own.
+pub(crate) fn join_existing(uid: u32, members: &[&str]) -> Joined {
+    let pause = std::fs::read_to_string(pid_file(uid))
         .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-    else {
-        return false;
-    };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let owner = std::fs::metadata(format!("/proc/{pid}"))
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .ok();
-    if comm.trim() != PAUSE_NAME || owner != Some(uid) {
-        return false;
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    if let Some(pid) = pause {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == PAUSE_NAME && owned_and_live(pid, uid) && join(pid) {
+            return Joined::Pause;
+        }
     }
+    let member = live_pids_of(uid).find(|&pid| is_member(pid, members) && join(pid));
+    match member {
+        Some(_) => Joined::Member,
+        None => Joined::Nothing,
+    }
+}
+
+fn join(pid: u32) -> bool {
     let Ok(userns) = std::fs::File::open(format!("/proc/{pid}/ns/user")) else {
         return false;
     };
     nix::sched::setns(userns, nix::sched::CloneFlags::CLONE_NEWUSER).is_ok()
         && nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+}
+
+/// Whether `pid` is `uid`'s and neither a zombie nor dead: a killed pause that its new
+/// parent has not reaped yet still has its name and a namespace that nothing else shares.
+fn owned_and_live(pid: u32, uid: u32) -> bool {
+    let owner = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    owner == Some(uid) && matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+fn live_pids_of(uid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(move |&pid| owned_and_live(pid, uid))
+}
+
+fn is_member(pid: u32, members: &[&str]) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let first_arg = cmdline.split(|&b| b == 0).nth(1).unwrap_or_default();
+    members.iter().any(|m| m.as_bytes() == first_arg)
 }
 
 /// In a namespace just made: leaves a pause process in it and records its pid. A failure

@@ -286,6 +286,13 @@ fn rootless_user_builds_with_chown_and_user_pushes_and_runs() {
     // Later commands join the namespace of the first: a detached container can be reached.
     let started = user.builder(&["run", "-d", "--name", "rl", &reference, "sleep", "60"]);
     assert!(started.status.success(), "run -d: {}", stderr(&started));
+    // Even with the pause process gone (killed; its zombie not reaped yet), through the
+    // container's monitor.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-x", "-u", &user.name, "builder-pause"])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no pause process to kill");
     let exec = user.builder(&["exec", "rl", "id", "-u"]);
     assert_eq!(stdout(&exec), "1000\n", "exec: {}", stderr(&exec));
     for step in [&["stop", "-t", "1", "rl"][..], &["rm", "rl"]] {
@@ -315,17 +322,28 @@ fn walk_find(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Nothing the builder started (containers, slirp4netns, pasta) outlives it but the one
 /// pause process that keeps the user's namespace (zombies are left to this machine's init).
+/// A process may still be on its way out: allow it a few seconds.
 fn assert_no_processes_left(user: &RootlessUser) {
-    let out = Command::new("ps")
-        .args(["-u", &user.name, "-o", "stat=,comm=,args="])
-        .output()
-        .unwrap();
-    let live: Vec<&str> = std::str::from_utf8(&out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('Z') && !line.contains("builder-pause"))
-        .collect();
-    assert!(live.is_empty(), "processes left behind: {live:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = Command::new("ps")
+            .args(["-u", &user.name, "-o", "stat=,comm=,args="])
+            .output()
+            .unwrap();
+        let live: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('Z') && !line.contains("builder-pause"))
+            .map(str::to_string)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes left behind: {live:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Prints the capability and seccomp lines, then `ESCAPE ...` for every attempt that worked.
