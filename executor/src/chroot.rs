@@ -27,7 +27,12 @@ use crate::{ExecSpec, Network};
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Runs `spec` chrooted into its rootfs directory; returns the program's exit status.
-pub(crate) fn run_chrooted(spec: &ExecSpec, state_dir: &Path, status_fd: &OwnedFd) -> Result<i32> {
+pub(crate) fn run_chrooted(
+    spec: &ExecSpec,
+    state_dir: &Path,
+    status_fd: &OwnedFd,
+    console_size: (u16, u16),
+) -> Result<i32> {
     let root = rootfs_dir(spec)?;
     let created_file = state_dir.join(crate::run::CREATED_FILE);
     let mut tracker = Tracker::new(&root, Some(&created_file));
@@ -43,7 +48,7 @@ pub(crate) fn run_chrooted(spec: &ExecSpec, state_dir: &Path, status_fd: &OwnedF
         stashed.push(EtcFile::provide(&root, path, content, &mut tracker)?);
     }
     drop(tracker);
-    let code = run_child(spec, &root, &created_file, status_fd);
+    let code = run_child(spec, &root, &created_file, status_fd, console_size);
     // The step may have turned any directory on the way into a link out of the rootfs: what
     // follows opens paths beneath the root without following symlinks.
     for file in stashed.into_iter().rev() {
@@ -80,9 +85,10 @@ fn run_child(
     root: &Path,
     created_file: &Path,
     status_fd: &OwnedFd,
+    console_size: (u16, u16),
 ) -> Result<i32> {
     let (code, child_pid) = crate::helper::fork_and_wait("the step's process", status_fd, || {
-        child(spec, root, created_file, status_fd)
+        child(spec, root, created_file, status_fd, console_size)
     })?;
     // What the step left running in its process group goes with it (there is no pid namespace
     // to end them).
@@ -95,9 +101,15 @@ fn child(
     root: &Path,
     created_file: &Path,
     status_fd: &OwnedFd,
+    console_size: (u16, u16),
 ) -> Result<std::convert::Infallible> {
     nix::unistd::setsid().context("starting a session")?;
-    close_inherited_fds(std::os::fd::AsRawFd::as_raw_fd(status_fd))?;
+    if spec.stdio == crate::Stdio::Terminal {
+        // Without mount(2) there is no devpts of its own: the host's (chroot isolation is
+        // no boundary anyway).
+        crate::console::allocate(Path::new("/dev/ptmx"), console_size)?;
+    }
+    close_inherited_fds(&[std::os::fd::AsRawFd::as_raw_fd(status_fd)])?;
     let confinement = Confinement::of(spec)?.for_chroot();
     let mut tracker = Tracker::new(root, Some(created_file));
     nix::unistd::chroot(root).with_context(|| format!("chroot into {}", root.display()))?;

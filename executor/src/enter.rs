@@ -44,7 +44,12 @@ fn open_namespace(path: &str) -> std::io::Result<File> {
 }
 
 /// Runs `spec` inside the container whose PID 1 has host pid `pid`; returns its exit code.
-pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> Result<i32> {
+pub(crate) fn enter_and_run(
+    spec: &ExecSpec,
+    pid: u32,
+    status_fd: &OwnedFd,
+    console_size: (u16, u16),
+) -> Result<i32> {
     let mut joins = Vec::new();
     for (name, flag) in NAMESPACES {
         let path = format!("/proc/{pid}/ns/{name}");
@@ -62,7 +67,7 @@ pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> R
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.context("forking the exec'd process")? {
         ForkResult::Child => {
-            let error = match exec_in_container(spec) {
+            let error = match exec_in_container(spec, console_size) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -70,19 +75,30 @@ pub(crate) fn enter_and_run(spec: &ExecSpec, pid: u32, status_fd: &OwnedFd) -> R
             // SAFETY: _exit skips destructors that belong to the parent.
             unsafe { libc::_exit(1) }
         }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(anyhow!(e).context("waiting for the exec'd process")),
+        ForkResult::Parent { child } => {
+            if spec.stdio == crate::Stdio::Terminal {
+                // Only the exec'd process may hold it: the caller then sees it close.
+                crate::console::close_socket();
             }
-        },
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(anyhow!(e).context("waiting for the exec'd process")),
+                }
+            }
+        }
     }
 }
 
-fn exec_in_container(spec: &ExecSpec) -> Result<Infallible> {
+fn exec_in_container(spec: &ExecSpec, console_size: (u16, u16)) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    if spec.stdio == crate::Stdio::Terminal {
+        // The container's own /dev/ptmx (pts/ptmx of its devpts), as its root is ours now.
+        nix::unistd::setsid().context("starting a session")?;
+        crate::console::allocate(std::path::Path::new("/dev/ptmx"), console_size)?;
+    }
     let (user, cwd) = user_and_workdir(spec)?;
     // An exec'd process is confined as the container is (docker exec keeps its caps and seccomp).
     let confinement = Confinement::of(spec)?;

@@ -117,6 +117,8 @@ struct StatePaths {
     created: PathBuf,
     /// The run's cgroups, which the container joins.
     cgroups: Vec<PathBuf>,
+    /// The window size of the terminal of a [`crate::Stdio::Terminal`] run.
+    console_size: (u16, u16),
 }
 
 fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
@@ -130,13 +132,14 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         serde_json::from_slice(&request_json).context("parsing the exec spec")?;
     crate::seccomp_cache::set_cache_dir(request.seccomp_cache.clone());
     let spec = request.spec;
+    let console_size = request.console_size.unwrap_or((24, 80));
     if request.isolation == crate::Isolation::Chroot {
-        return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd);
+        return crate::chroot::run_chrooted(&spec, &request.state_dir, status_fd, console_size);
     }
     if let Some(pid) = spec.enter_pid {
         // The run's own cgroups hold the device allow-list: an exec'd process is kept to it.
         crate::cgroup::join_all(&request.cgroups, &spec.cgroup_paths)?;
-        return crate::enter::enter_and_run(&spec, pid, status_fd);
+        return crate::enter::enter_and_run(&spec, pid, status_fd, console_size);
     }
     let paths = StatePaths {
         state: request.state_dir.clone(),
@@ -145,6 +148,7 @@ fn run_helper(spec_fd: OwnedFd, status_fd: &OwnedFd) -> Result<i32> {
         resolv_conf: request.state_dir.join("resolv.conf"),
         created: request.state_dir.join(crate::run::CREATED_FILE),
         cgroups: request.cgroups,
+        console_size,
     };
     std::fs::create_dir(&paths.rootfs).context("creating the rootfs mount point")?;
     // Started before the pid namespace exists, so the network program stays outside it.
@@ -223,12 +227,18 @@ pub(crate) fn hostname_of(spec: &ExecSpec) -> &str {
 /// Runs in the container's PID 1: sets everything up and execs the program.
 fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> Result<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
-    if spec.stdio == crate::Stdio::Terminal {
-        take_terminal()?;
+    let terminal = spec.stdio == crate::Stdio::Terminal;
+    if terminal {
+        nix::unistd::setsid().context("starting the container's session")?;
     }
     // Nothing the caller leaked may reach the container (a host directory's descriptor would
-    // be a way out through /proc/self/fd, CVE-2024-21626).
-    close_inherited_fds(status_fd.as_raw_fd())?;
+    // be a way out through /proc/self/fd, CVE-2024-21626); the console socket goes once used.
+    let console = if terminal {
+        crate::console::CONSOLE_FD
+    } else {
+        status_fd.as_raw_fd()
+    };
+    close_inherited_fds(&[status_fd.as_raw_fd(), console])?;
     let confinement = Confinement::of(spec)?;
     crate::cgroup::join_all(&paths.cgroups, &spec.cgroup_paths)?;
     let mut namespaces = CloneFlags::CLONE_NEWNS
@@ -266,8 +276,11 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     let mut tracker = Tracker::new(root, Some(&paths.created));
     setup_proc(root, &mut tracker)?;
     setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
-    if spec.stdio == crate::Stdio::Terminal {
-        bind_console(root)?;
+    if terminal {
+        // The devpts instance setup_dev just mounted, before any of the spec's mounts.
+        let ptmx = root.join("dev/pts/ptmx");
+        let number = crate::console::allocate(&ptmx, paths.console_size)?;
+        bind_console(root, number)?;
     }
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
@@ -295,17 +308,6 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
         .with_context(|| format!("creating working directory {cwd}"))?;
     drop(tracker);
     exec_program(spec, cwd, &user, confinement)
-}
-
-/// Makes this process lead a new session whose controlling terminal is its stdin (a
-/// terminal's slave), so the shell in it gets job control and ^C reaches it.
-fn take_terminal() -> Result<()> {
-    nix::unistd::setsid().context("starting the container's session")?;
-    // SAFETY: TIOCSCTTY on fd 0 takes no pointer argument.
-    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("taking the terminal");
-    }
-    Ok(())
 }
 
 /// The spec's user, resolved against the container's own `/etc/passwd` and `/etc/group` (so
@@ -338,6 +340,12 @@ pub(crate) fn exec_program(
     let program = find_program(&spec.args[0], &env)?;
     let args = to_cstrings(&spec.args).context("invalid argument")?;
     let env = env_cstrings(&env)?;
+    if spec.stdio == crate::Stdio::Terminal {
+        // The terminal belongs to the user, as runc's console; best effort, as in runc's
+        // rootless mode where the uid may be unmapped.
+        // SAFETY: fchown on fd 0 takes no pointers.
+        let _ = unsafe { libc::fchown(0, user.uid, u32::MAX) };
+    }
     confinement.lock_down(user)?;
     reset_signals();
     let program_c = CString::new(program.as_os_str().as_bytes())
@@ -362,14 +370,13 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
     .context("mounting /proc")
 }
 
-/// Binds the terminal (stdin, a host pty's slave) at `/dev/console`, as runc does, so a
-/// program that writes to the console reaches it.
-fn bind_console(root: &Path) -> Result<()> {
+/// Binds the terminal (`/dev/pts/NUMBER` of the container's devpts) at `/dev/console`, as
+/// runc does, so a program that writes to the console reaches it.
+fn bind_console(root: &Path, number: u32) -> Result<()> {
     // /dev is the tmpfs setup_dev just mounted: nothing in the image can redirect this path.
     let target = root.join("dev/console");
     File::create(&target).context("creating /dev/console")?;
-    // By its path in this mount namespace: the descriptor's mount belongs to the caller's.
-    let slave = std::fs::read_link("/proc/self/fd/0").context("finding the terminal")?;
+    let slave = root.join(format!("dev/pts/{number}"));
     mount(
         Some(&slave),
         &target,
@@ -591,9 +598,17 @@ impl Confinement {
 }
 
 /// Closes every descriptor from 3 up except `keep` (the status pipe).
-pub(crate) fn close_inherited_fds(keep: i32) -> Result<()> {
-    let keep = keep as u32;
-    for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
+pub(crate) fn close_inherited_fds(keep: &[i32]) -> Result<()> {
+    let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).collect();
+    keep.sort_unstable();
+    let mut first = 3u32;
+    let mut ranges = Vec::new();
+    for fd in keep.into_iter().filter(|&fd| fd >= 3) {
+        ranges.push((first, fd.saturating_sub(1)));
+        first = fd + 1;
+    }
+    ranges.push((first, u32::MAX));
+    for (first, last) in ranges {
         if first > last {
             continue;
         }

@@ -16,6 +16,7 @@ mod beneath;
 mod caps;
 mod cgroup;
 mod chroot;
+mod console;
 mod devices_bpf;
 mod emulation;
 mod enter;
@@ -41,6 +42,7 @@ pub use cgroup::{
     DEVICE_FILTER_ENV,
 };
 pub use chroot::namespaces_unavailable;
+pub use console::TerminalSlot;
 pub use helper::helper_main;
 pub use paths::resolve_in_root;
 pub use run::{self_exe, sweep_stale_state_dirs, CancelToken, Executor, RunOutcome};
@@ -126,9 +128,9 @@ pub enum Stdio {
     Inherit,
     /// All three streams are `/dev/null`.
     Null,
-    /// All three streams are a terminal's slave given with [`Executor::with_terminal`]; the
-    /// container's PID 1 leads a new session with it as the controlling terminal, and what
-    /// the master reads is delivered to `on_output` as stdout.
+    /// All three streams are the slave of a terminal the container allocates in its own devpts
+    /// (see [`Executor::with_terminal`]); the process leads a new session with it as the
+    /// controlling terminal, and what the master reads is delivered to `on_output` as stdout.
     Terminal,
 }
 

@@ -53,8 +53,8 @@ pub struct Executor {
     isolation: Isolation,
     /// The container's stdin for [`Stdio::Piped`] (instead of `/dev/null`).
     stdin: Option<Arc<OwnedFd>>,
-    /// The master of the terminal for [`Stdio::Terminal`]; each run opens its own slave.
-    terminal: Option<Arc<OwnedFd>>,
+    /// Where the terminal of each [`Stdio::Terminal`] run goes.
+    terminal: Option<crate::TerminalSlot>,
     seccomp_cache: Option<PathBuf>,
 }
 
@@ -73,6 +73,9 @@ pub(crate) struct HelperRequest {
     /// Where compiled seccomp programs are cached (see `seccomp_cache`).
     #[serde(default)]
     pub seccomp_cache: Option<PathBuf>,
+    /// The window size (rows, columns) of a [`Stdio::Terminal`] run's terminal.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 impl Executor {
@@ -98,12 +101,13 @@ impl Executor {
         self
     }
 
-    /// The terminal of runs with [`Stdio::Terminal`]: the caller keeps using `master` (input,
-    /// window size); output read from it goes to `on_output`. Each run opens the slave afresh
-    /// (TIOCGPTPEER) and nobody else keeps it open, so once the run's processes are gone the
-    /// master reads to the end of their output (EIO) instead of guessing when it is drained.
-    pub fn with_terminal(mut self, master: OwnedFd) -> Self {
-        self.terminal = Some(Arc::new(master));
+    /// The terminal of runs with [`Stdio::Terminal`]: each run's container allocates its own
+    /// in its devpts and sends the master back; while the run lasts it is in `slot` (for
+    /// input and window size) and what it reads goes to `on_output`. Only the container's
+    /// processes hold the slave, so once they are gone the master reads to the end of their
+    /// output (EIO) instead of guessing when it is drained.
+    pub fn with_terminal(mut self, slot: crate::TerminalSlot) -> Self {
+        self.terminal = Some(slot);
         self
     }
 
@@ -192,6 +196,7 @@ impl Executor {
             cgroups: cgroups.dirs.clone(),
             isolation: self.isolation,
             seccomp_cache: self.seccomp_cache.clone(),
+            console_size: self.terminal.as_ref().map(|slot| slot.size()),
         };
         let spec_json = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
 
@@ -204,7 +209,13 @@ impl Executor {
         let spec_read = dup_above(spec_read, 10)?;
         let status_write = dup_above(status_write, 10)?;
 
-        let mut child = self.spawn_helper(spec.stdio, spec_read, status_write)?;
+        let console = match spec.stdio {
+            Stdio::Terminal => Some(console_socket()?),
+            _ => None,
+        };
+        let helper_console = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        let mut child = self.spawn_helper(spec.stdio, spec_read, status_write, helper_console)?;
+        let console = console.map(|(ours, _theirs)| ours);
 
         // From here on the helper must be reaped whatever happens.
         let registration = match cancel.register(&child) {
@@ -220,11 +231,19 @@ impl Executor {
         let _ = spec_write.write_all(&spec_json);
         drop(spec_write);
 
-        let terminal = match (spec.stdio, &self.terminal) {
-            (Stdio::Terminal, Some(master)) => Some(std::fs::File::from(master.try_clone()?)),
+        // No terminal when the run failed before making one: its status says why.
+        let terminal = match (&console, &self.terminal) {
+            (Some(socket), Some(slot)) => crate::console::receive_master(socket)
+                .ok()
+                .flatten()
+                .and_then(|master| slot.install(master).try_clone().ok()),
             _ => None,
         };
+        drop(console);
         let pump_result = pump_output(&mut child, terminal, &registration.pidfd, on_output);
+        if let Some(slot) = &self.terminal {
+            slot.clear();
+        }
         if pump_result.is_err() {
             // We can no longer deliver output; do not leave the container running unobserved.
             let _ = rustix::process::pidfd_send_signal(
@@ -270,6 +289,7 @@ impl Executor {
         stdio: Stdio,
         spec_read: OwnedFd,
         status_write: OwnedFd,
+        console: Option<i32>,
     ) -> Result<Child, ExecError> {
         let mut command = self.helper_command()?;
         let (stdin, stdout, stderr) = match stdio {
@@ -281,17 +301,17 @@ impl Executor {
                 ProcessStdio::piped(),
                 ProcessStdio::piped(),
             ),
+            // The container makes a terminal of its own the stdio of its processes.
             Stdio::Terminal => {
-                let Some(master) = &self.terminal else {
+                if self.terminal.is_none() {
                     return Err(ExecError::Setup(
                         "a terminal run needs Executor::with_terminal".into(),
                     ));
-                };
-                let slave = open_terminal_slave(master)?;
+                }
                 (
-                    ProcessStdio::from(slave.try_clone()?),
-                    ProcessStdio::from(slave.try_clone()?),
-                    ProcessStdio::from(slave.try_clone()?),
+                    ProcessStdio::null(),
+                    ProcessStdio::null(),
+                    ProcessStdio::null(),
                 )
             }
             Stdio::Inherit => (
@@ -317,6 +337,11 @@ impl Executor {
             command.pre_exec(move || {
                 if libc::dup2(spec_raw, SPEC_FD) < 0 || libc::dup2(status_raw, STATUS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = console {
+                    if libc::dup2(fd, crate::console::CONSOLE_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 // The container must not outlive us; PDEATHSIG survives the exec.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
@@ -493,16 +518,17 @@ fn read_chunk<R: Read>(
     Ok(())
 }
 
-/// A new descriptor of the terminal's slave, from its master (Linux >= 4.13).
-fn open_terminal_slave(master: &OwnedFd) -> std::io::Result<OwnedFd> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the ioctl returned a fresh descriptor that nobody else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+/// The console socket's two ends: ours, and the helper's (moved above the standard range so
+/// the dup2 calls in the child cannot clobber it).
+fn console_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((ours, dup_above(theirs, 10)?))
 }
 
 fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -10,10 +10,10 @@ use executor::{
     HELPER_ARG,
 };
 
-const APPLETS: [&str; 26] = [
+const APPLETS: [&str; 30] = [
     "sh", "echo", "cat", "id", "ls", "hostname", "ps", "sleep", "mount", "pwd", "touch", "env",
     "grep", "wc", "test", "true", "yes", "head", "unshare", "ip", "mknod", "mkdir", "chmod",
-    "printf", "sed", "xargs",
+    "printf", "sed", "xargs", "tty", "stty", "seq", "tail",
 ];
 
 /// Hidden argument: run a `sleep` container in the given rootfs, used to kill its caller.
@@ -423,17 +423,16 @@ fn given_stdin_and_terminal_reach_the_program() {
         .expect("run");
     assert_eq!((code, stdout.as_slice()), (0, b"piped\n".as_slice()));
 
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    let rdev = nix::sys::stat::fstat(&pty.slave).expect("fstat").st_rdev;
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    // The container allocates the terminal in its own devpts: its first slave, /dev/pts/0
+    // (major 136), is the controlling terminal, and the host's slaves are not there.
+    let slot = executor::TerminalSlot::new(33, 101);
     let executor = Executor::current_exe()
         .expect("current_exe")
-        .with_terminal(pty.master);
-    drop(pty.slave);
+        .with_terminal(slot.clone());
     // Field 7 of stat is the controlling terminal (0: none).
-    let script =
-        "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; set -- $(cat /proc/self/stat); echo ctty=$7";
+    let script = "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; \
+        t=$(tty); [ -c \"$t\" ] && echo tty=$t; echo size=$(stty size); echo pts=$(ls /dev/pts); \
+        set -- $(cat /proc/self/stat); echo ctty=$7; seq 1 20000 | tail -n 1";
     let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
     spec.stdio = executor::Stdio::Terminal;
     let mut output = Vec::new();
@@ -445,7 +444,15 @@ fn given_stdin_and_terminal_reach_the_program() {
     let text = String::from_utf8_lossy(&output);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("on-a-tty\r\nconsole\r\n"), "{text:?}");
-    assert!(text.contains(&format!("ctty={tty_nr}\r\n")), "{text:?}");
+    assert!(text.contains("tty=/dev/pts/0\r\n"), "{text:?}");
+    assert!(text.contains("size=33 101\r\n"), "{text:?}");
+    assert!(text.contains("pts=0 ptmx\r\n"), "{text:?}");
+    assert!(text.contains(&format!("ctty={}\r\n", 136 << 8)), "{text:?}");
+    assert!(text.ends_with("20000\r\n"), "{text:?}");
+    assert!(
+        slot.master().is_none(),
+        "the run's terminal is gone with it"
+    );
 }
 
 fn overlay_with_many_long_lowerdirs() {
@@ -1100,9 +1107,7 @@ echo NOT-FOUND > /result"#;
 fn helper_binary_cannot_be_overwritten_from_a_container() {
     let rootfs = Rootfs::new();
     let root = rootfs.path().to_path_buf();
-    for applet in ["seq", "readlink"] {
-        symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
+    symlink("busybox", root.join("bin/readlink")).expect("symlink");
     let trap = root.join("trap");
     std::fs::write(&trap, format!("#!/proc/self/exe {HOLD_ARG}\n")).expect("trap");
     std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o755))

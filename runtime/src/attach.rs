@@ -43,31 +43,20 @@ pub(crate) fn prepare(
     let dir = File::open(&container.dir).context("opening the container's directory")?;
     let _ = std::fs::remove_file(container.dir.join(SOCKET));
     let listener = UnixListener::bind(socket_path(&dir)).context("creating attach.sock")?;
-    let (input, master, executor) = if config.tty {
+    let (input, terminal, executor) = if config.tty {
         let (rows, cols) = config.console_size.unwrap_or((24, 80));
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).context("opening a terminal")?;
-        nix::fcntl::fcntl(
-            pty.master.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-        // Each run opens its own slave; this one must not stay open (see with_terminal).
-        drop(pty.slave);
-        let input = pty.master.try_clone()?;
-        let master = Some(File::from(pty.master.try_clone()?));
-        (input, master, executor.with_terminal(pty.master))
+        // Each run's container makes its own terminal; its master shows up in the slot.
+        let slot = executor::TerminalSlot::new(rows, cols);
+        (None, Some(slot.clone()), executor.with_terminal(slot))
     } else {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        (write, None, executor.with_stdin(read))
+        (Some(File::from(write)), None, executor.with_stdin(read))
     };
     let relay = Relay {
-        input: config.stdin_open.then(|| File::from(input)),
-        master,
+        input: input.filter(|_| config.stdin_open),
+        terminal,
+        typed_ahead: Vec::new(),
+        stdin_open: config.stdin_open,
         stdin_once: config.stdin_once,
     };
     std::thread::Builder::new()
@@ -83,12 +72,19 @@ pub(crate) fn cleanup(container: &Container) {
 }
 
 struct Relay {
-    /// The container's stdin (pipe's write end, or the terminal's master); `None` once closed.
+    /// The container's stdin pipe's write end (without `-t`); `None` once closed.
     input: Option<File>,
-    /// The terminal's master, for window sizes (`-t`).
-    master: Option<File>,
+    /// The terminal of the current run (`-t`), for input and window sizes.
+    terminal: Option<executor::TerminalSlot>,
+    /// Input for a terminal that the container has not made yet (it is starting).
+    typed_ahead: Vec<u8>,
+    /// `-i`: input reaches the container (without it, a terminal takes none).
+    stdin_open: bool,
     stdin_once: bool,
 }
+
+/// At most this much input waits for a starting container's terminal.
+const TYPE_AHEAD_LIMIT: usize = 64 * 1024;
 
 /// One connected client and what it said it sends (`None` until its first byte).
 struct Client {
@@ -108,7 +104,14 @@ impl Relay {
                     .iter()
                     .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
             );
-            if poll(&mut fds, PollTimeout::NONE).is_err() {
+            // Typed-ahead input goes in as soon as the terminal exists.
+            let timeout = if self.typed_ahead.is_empty() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(50u8)
+            };
+            self.flush_typed_ahead();
+            if poll(&mut fds, timeout).is_err() {
                 continue;
             }
             let ready: Vec<bool> = fds
@@ -139,7 +142,7 @@ impl Relay {
     fn read_from(&mut self, client: &mut Client, buf: &mut [u8]) -> bool {
         let n = match client.stream.read(buf) {
             Ok(0) | Err(_) => {
-                if client.kind == Some(STDIN_STREAM) && self.stdin_once && self.master.is_none() {
+                if client.kind == Some(STDIN_STREAM) && self.stdin_once && self.terminal.is_none() {
                     self.input = None; // end of file for the container
                 }
                 return false;
@@ -153,7 +156,11 @@ impl Relay {
         }
         match client.kind {
             Some(STDIN_STREAM) => {
-                if let Some(input) = &mut self.input {
+                if self.terminal.is_some() && self.stdin_open {
+                    self.typed_ahead.extend_from_slice(data);
+                    self.typed_ahead.truncate(TYPE_AHEAD_LIMIT);
+                    self.flush_typed_ahead();
+                } else if let Some(input) = &mut self.input {
                     if input.write_all(data).is_err() {
                         self.input = None;
                     }
@@ -172,18 +179,24 @@ impl Relay {
         }
     }
 
-    fn resize(&self, size: &[u8]) {
-        let Some(master) = &self.master else {
+    /// Writes the input waiting for the terminal to it, if the container has one by now.
+    fn flush_typed_ahead(&mut self) {
+        if self.typed_ahead.is_empty() {
             return;
-        };
-        let ws = libc::winsize {
-            ws_row: u16::from_le_bytes([size[0], size[1]]),
-            ws_col: u16::from_le_bytes([size[2], size[3]]),
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+        if let Some(master) = self.terminal.as_ref().and_then(|slot| slot.master()) {
+            // A run that ended meanwhile takes no more input; what it missed is dropped.
+            let _ = (&*master).write_all(&self.typed_ahead);
+            self.typed_ahead.clear();
+        }
+    }
+
+    fn resize(&self, size: &[u8]) {
+        if let Some(slot) = &self.terminal {
+            let rows = u16::from_le_bytes([size[0], size[1]]);
+            let cols = u16::from_le_bytes([size[2], size[3]]);
+            slot.resize(rows, cols);
+        }
     }
 }
 
@@ -334,4 +347,76 @@ pub fn foreground_stdin(
     }
     let null = File::open("/dev/null").context("opening /dev/null")?;
     Ok(executor.with_stdin(null.into()))
+}
+
+/// The caller's side of a terminal run by this process itself (`exec -t`): this terminal is
+/// raw while it lasts (with `-i`), typed input goes to the run's terminal and its size
+/// follows this one's.
+pub(crate) struct TerminalRelay {
+    pub slot: executor::TerminalSlot,
+    _raw: Option<RawMode>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TerminalRelay {
+    pub(crate) fn start(stdin: bool) -> TerminalRelay {
+        let (rows, cols) = terminal_size().unwrap_or((24, 80));
+        let slot = executor::TerminalSlot::new(rows, cols);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_terminal = nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
+        let raw = if stdin && on_terminal {
+            RawMode::enter()
+        } else {
+            None
+        };
+        if stdin {
+            let slot = slot.clone();
+            std::thread::spawn(move || copy_to_terminal(&slot));
+        }
+        let (watched, stop) = (slot.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut sent = Some((rows, cols));
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let size = terminal_size();
+                if let Some((rows, cols)) = size.filter(|s| Some(*s) != sent) {
+                    watched.resize(rows, cols);
+                    sent = size;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
+        TerminalRelay {
+            slot,
+            _raw: raw,
+            done,
+        }
+    }
+}
+
+impl Drop for TerminalRelay {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies this process's stdin to the run's terminal, waiting for the container to make it.
+fn copy_to_terminal(slot: &executor::TerminalSlot) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let master = loop {
+            match slot.master() {
+                Some(master) => break master,
+                None if std::time::Instant::now() > deadline => return,
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        if (&*master).write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
 }

@@ -297,7 +297,7 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
                 env: env.iter().map(|kv| with_value(kv)).collect(),
                 user,
                 workdir,
-                inherit_stdio: tty,
+                tty,
                 stdin: interactive,
             };
             crate::exec_to_stdio(&store.find(&container)?, &request)

@@ -12,11 +12,11 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
-    /// Inherit this process's stdin/stdout/stderr (`-t`: the caller's terminal); otherwise
-    /// output is delivered to the callback.
-    pub inherit_stdio: bool,
-    /// `-i` without a terminal: the process reads this process's stdin (otherwise it is
-    /// empty), and sees its end of file.
+    /// `-t`: the process gets a terminal of the container's own, relayed to this process's
+    /// (output arrives on stdout through the callback); otherwise output is piped to it.
+    pub tty: bool,
+    /// `-i`: this process's stdin reaches the process (otherwise it is empty); without a
+    /// terminal it sees its end of file.
     pub stdin: bool,
 }
 
@@ -38,8 +38,8 @@ pub(crate) fn exec_spec(
         env,
         cwd: request.workdir.clone().unwrap_or_else(|| base.cwd.clone()),
         user: request.user.clone().unwrap_or_else(|| base.user.clone()),
-        stdio: if request.inherit_stdio {
-            executor::Stdio::Inherit
+        stdio: if request.tty {
+            executor::Stdio::Terminal
         } else {
             executor::Stdio::Piped
         },
@@ -66,7 +66,15 @@ pub fn exec(
         .ok_or_else(|| anyhow!("container {} is not running", container.config.id))?;
     let spec = exec_spec(container, pid, request);
     let mut executor = executor::Executor::current_exe()?.with_state_dir(container.dir.clone());
-    if request.stdin && !request.inherit_stdio {
+    // Kept until the process is gone: this terminal stays raw meanwhile.
+    let _relay = if request.tty {
+        let relay = crate::attach::TerminalRelay::start(request.stdin);
+        executor = executor.with_terminal(relay.slot.clone());
+        Some(relay)
+    } else {
+        None
+    };
+    if request.stdin && !request.tty {
         // A caller without stdin (fd 0 closed) gives the process an empty one.
         if let Ok(stdin) = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned() {
             executor = executor.with_stdin(stdin);
@@ -89,7 +97,10 @@ pub fn exec_to_stdio(container: &Container, request: &ExecRequest) -> Result<i32
     let cancel = executor::CancelToken::new();
     exec(container, request, &cancel, &mut |stream, data| {
         let _ = match stream {
-            executor::OutputStream::Stdout => std::io::stdout().write_all(data),
+            executor::OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data).and_then(|()| out.flush())
+            }
             executor::OutputStream::Stderr => std::io::stderr().write_all(data),
         };
     })

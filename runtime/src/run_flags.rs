@@ -19,7 +19,7 @@ pub struct RunFlags {
     pub rm: bool,
     /// Keep stdin open (foreground runs pass the terminal through).
     pub interactive: bool,
-    /// Use the caller's terminal (foreground runs pass it through).
+    /// Give the container a terminal of its own, relayed to the caller's (`-t`).
     pub tty: bool,
     /// Set an environment variable, KEY=VALUE.
     pub env: Vec<String>,
@@ -126,6 +126,8 @@ impl RunFlags {
             || self.restart != "no"
             || !self.publish.is_empty()
             || self.publish_all
+            // The container's own terminal is relayed by its monitor, as docker's daemon does.
+            || self.tty
     }
 
     /// The network mode, with docker's default for managed containers.

@@ -87,13 +87,13 @@ pub fn run(stack: &Stack, images: &dyn crate::ImageProvider, command: StackComma
             ..
         } => {
             let c = stack.service_container(&service, index)?;
-            let (inherit_stdio, stdin) = runtime::compose_exec_stdio(no_tty);
+            let (tty, stdin) = runtime::compose_exec_stdio(no_tty);
             let request = runtime::ExecRequest {
                 args: command,
                 env,
                 user,
                 workdir,
-                inherit_stdio,
+                tty,
                 stdin,
             };
             runtime::exec_to_stdio(&c, &request)

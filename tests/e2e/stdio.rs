@@ -189,17 +189,24 @@ fn run_it_gives_the_container_a_terminal_under_a_real_pty() {
     let b = Boxes::new();
     // The client's terminal size reaches the container's terminal from the start, and a
     // change of it while attached follows.
-    let probe = "stty size; sleep 2; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM; stty size";
+    // The terminal is the container's own: its path exists there, in a devpts that holds
+    // none of the host's terminals.
+    let probe = "stty size; tty; test -c $(tty) && echo CHAR-DEV; echo pts: $(ls /dev/pts); \
+        sleep 4; [ -t 0 ] && [ -t 1 ] && echo IS-A-TTY $TERM; stty size";
     let line = format!(
-        "stty rows 31 cols 97; (sleep 1; stty rows 40 cols 120 </dev/tty) & {}",
+        "stty rows 31 cols 97; (sleep 3; stty rows 40 cols 120 </dev/tty) & {}",
         b.line(&format!("run -it --rm busybox sh -c '{probe}'"))
     );
     let out = under_pty(&line, "");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("IS-A-TTY xterm"), "{out:?}");
+    assert!(
+        text.contains("/dev/pts/0\r\nCHAR-DEV\r\npts: 0 ptmx\r\n"),
+        "{out:?}"
+    );
     let sizes: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains(' '))
+        .filter(|l| l.trim().split(' ').all(|w| w.parse::<u16>().is_ok()) && l.contains(' '))
         .map(str::trim)
         .collect();
     assert!(sizes.first() == Some(&"31 97"), "{out:?}");
@@ -213,6 +220,39 @@ fn run_it_gives_the_container_a_terminal_under_a_real_pty() {
     assert!(text.contains("hello-42"), "{out:?}");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(b.inspect("sh", "{{.Config.Tty}}"), "true");
+}
+
+#[test]
+fn exec_t_gets_a_terminal_of_the_containers_own() {
+    let b = Boxes::new();
+    b.ok(&[
+        "run", "-d", "-t", "--name", "ttybox", "busybox", "sleep", "1000",
+    ]);
+    // PID 1 of a detached -t container holds the first terminal of the container's devpts.
+    assert_eq!(
+        b.ok(&["exec", "ttybox", "readlink", "/proc/1/fd/0"]),
+        "/dev/pts/0\n"
+    );
+    let probe = "tty; test -c $(tty) && echo CHAR-DEV; stty size; read x; echo got-$x; \
+        seq 1 30000 | tail -n 1";
+    let line = format!(
+        "stty rows 27 cols 83; {}",
+        b.line(&format!("exec -it ttybox sh -c '{probe}'"))
+    );
+    let out = under_pty(&line, "typed\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let tty = text.lines().find(|l| l.starts_with("/dev/")).unwrap_or("");
+    assert!(
+        tty.starts_with("/dev/pts/") && tty.trim() != "/dev/pts/0",
+        "{out:?}"
+    );
+    assert!(text.contains("CHAR-DEV\r\n27 83\r\n"), "{out:?}");
+    assert!(text.contains("got-typed\r\n"), "{out:?}");
+    assert!(
+        text.trim_end().ends_with("30000"),
+        "the output arrives whole: {out:?}"
+    );
 }
 
 #[test]
