@@ -18,6 +18,9 @@ pub enum ContainerCommand {
         /// Attach stdin too (a container created with -i).
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Keys that detach from a -i -t container and leave it running (ctrl-p,ctrl-q).
+        #[arg(long)]
+        detach_keys: Option<String>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -107,6 +110,9 @@ pub enum ContainerCommand {
         /// Do not attach stdin.
         #[arg(long = "no-stdin")]
         no_stdin: bool,
+        /// Keys that detach from a -i -t container and leave it running (ctrl-p,ctrl-q).
+        #[arg(long)]
+        detach_keys: Option<String>,
         container: String,
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.

@@ -19,9 +19,12 @@ pub struct RunArgs {
     /// Keep stdin open (foreground runs pass the terminal through).
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Use the caller's terminal (foreground runs pass it through).
+    /// Give the container a terminal of its own, relayed to this one.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Keys that detach from a -i -t container and leave it running (ctrl-p,ctrl-q).
+    #[arg(long)]
+    pub detach_keys: Option<String>,
     /// Set an environment variable, KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,

@@ -16,6 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::detach_keys::DetachWatch;
 use crate::store::Container;
 
 /// The socket's name in the container's directory.
@@ -207,18 +208,34 @@ pub struct AttachOptions {
     pub stdin: bool,
     /// Lines of earlier output to print first (`None`: all, as a foreground `run`).
     pub tail: Option<usize>,
+    /// `--detach-keys` (`None` or empty: the docker CLI's configured ones, or Ctrl-P Ctrl-Q);
+    /// they work with a `-t` container whose stdin is relayed.
+    pub detach_keys: Option<String>,
 }
 
 /// Client side (`run` in the foreground, `attach`, `start -a`): relays stdin if asked,
-/// prints the container's output until it stops and returns its exit code. On a terminal
-/// with a `-t` container, this terminal is raw meanwhile and its size is passed on.
+/// prints the container's output until it stops and returns its exit code (0 when the user
+/// detached). On a terminal with a `-t` container, this terminal is raw meanwhile and its
+/// size is passed on.
 pub fn attach(container: &Container, options: &AttachOptions) -> Result<i32> {
+    Ok(attach_until_detached(container, options)?.unwrap_or(0))
+}
+
+/// As [`attach`]; `None` when the user typed the detach keys (the container runs on).
+pub fn attach_until_detached(
+    container: &Container,
+    options: &AttachOptions,
+) -> Result<Option<i32>> {
+    let keys = crate::detach_keys::resolve(options.detach_keys.as_deref())?;
     if container.config.tty && nix::unistd::isatty(std::io::stdout().as_fd()).unwrap_or(false) {
         let watched = container.clone();
         std::thread::spawn(move || follow_size(&watched));
     }
+    // The output's end or the detach keys, whichever comes first.
+    let (ended, end) = std::sync::mpsc::channel::<Option<Result<i32>>>();
+    let watch = container.config.tty.then(|| DetachWatch::new(keys));
     let _raw = if options.stdin {
-        match send_stdin(container) {
+        match send_stdin(container, watch, ended.clone()) {
             Ok(raw) => raw,
             // A container that already stopped takes no input; its output still shows.
             Err(_) if !container.live_state()?.status.is_active() => None,
@@ -227,9 +244,22 @@ pub fn attach(container: &Container, options: &AttachOptions) -> Result<i32> {
     } else {
         None
     };
+    let (watched, tail) = (container.clone(), options.tail);
+    std::thread::spawn(move || {
+        let _ = ended.send(Some(print_until_exit(&watched, tail)));
+    });
+    match end.recv() {
+        Ok(Some(result)) => result.map(Some),
+        Ok(None) => Ok(None),
+        Err(_) => anyhow::bail!("lost the container's output"),
+    }
+}
+
+/// Prints the container's output until it stops; its exit code.
+fn print_until_exit(container: &Container, tail: Option<usize>) -> Result<i32> {
     let query = crate::LogsQuery {
         follow: true,
-        tail: options.tail,
+        tail,
         ..Default::default()
     };
     crate::follow_logs(
@@ -243,6 +273,7 @@ pub fn attach(container: &Container, options: &AttachOptions) -> Result<i32> {
 
 /// `attach`: as [`attach`], for a running container only (docker's error otherwise).
 pub fn attach_running(container: &Container, options: &AttachOptions) -> Result<i32> {
+    crate::detach_keys::resolve(options.detach_keys.as_deref())?;
     if !container.live_state()?.status.is_active() {
         anyhow::bail!("You cannot attach to a stopped container, start it first");
     }
@@ -261,9 +292,14 @@ fn connect(container: &Container, kind: u8) -> Result<UnixStream> {
     Ok(stream)
 }
 
-/// Starts a thread copying stdin to the container; on a terminal with a `-t` container,
-/// returns the guard that keeps the terminal raw.
-fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
+/// Starts a thread copying stdin to the container, which sends `None` on `detached` when
+/// `watch` sees the detach keys; on a terminal with a `-t` container, returns the guard that
+/// keeps the terminal raw.
+fn send_stdin(
+    container: &Container,
+    watch: Option<DetachWatch>,
+    detached: std::sync::mpsc::Sender<Option<Result<i32>>>,
+) -> Result<Option<RawMode>> {
     let mut stream = connect(container, STDIN_STREAM)?;
     let on_terminal = nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
     let raw = if container.config.tty && on_terminal {
@@ -272,10 +308,35 @@ fn send_stdin(container: &Container) -> Result<Option<RawMode>> {
         None
     };
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stream);
+        if copy_until_detached(&mut stream, watch) {
+            let _ = detached.send(None);
+        }
         let _ = stream.shutdown(std::net::Shutdown::Write);
     });
     Ok(raw)
+}
+
+/// Copies stdin to `stream` until its end (false) or the detach keys (true).
+fn copy_until_detached(stream: &mut UnixStream, mut watch: Option<DetachWatch>) -> bool {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut out = Vec::with_capacity(buf.len());
+    loop {
+        let n = match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        out.clear();
+        let detach = match &mut watch {
+            Some(watch) => watch.feed(&buf[..n], &mut out),
+            None => {
+                out.extend_from_slice(&buf[..n]);
+                false
+            }
+        };
+        if stream.write_all(&out).is_err() || detach {
+            return detach;
+        }
+    }
 }
 
 /// This process's terminal's size (rows, columns), if its stdout is a terminal.

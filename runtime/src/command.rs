@@ -27,6 +27,8 @@ pub enum ContainerCommand {
         attach: bool,
         /// Attach stdin too (a container created with -i).
         interactive: bool,
+        /// Keys that detach (see [`crate::detach_keys`]).
+        detach_keys: Option<String>,
         containers: Vec<String>,
     },
     /// Stop running containers (stop signal, then SIGKILL after the timeout).
@@ -90,6 +92,8 @@ pub enum ContainerCommand {
     Attach {
         /// Do not attach stdin.
         no_stdin: bool,
+        /// Keys that detach (see [`crate::detach_keys`]).
+        detach_keys: Option<String>,
         container: String,
     },
     /// Copy files between a running container and the host: NAME:PATH HOSTPATH or back.
@@ -232,6 +236,7 @@ fn run_command(root: &Path, command: ContainerCommand, images: &dyn ImageSource)
         ContainerCommand::Start {
             attach,
             interactive,
+            detach_keys,
             containers,
         } => {
             if attach || interactive {
@@ -243,6 +248,7 @@ fn run_command(root: &Path, command: ContainerCommand, images: &dyn ImageSource)
                 let options = crate::AttachOptions {
                     stdin: interactive,
                     tail: None,
+                    detach_keys,
                 };
                 return crate::attach(&c, &options);
             }
@@ -304,11 +310,13 @@ fn run_in_container(store: &crate::ContainerStore, command: ContainerCommand) ->
         }
         ContainerCommand::Attach {
             no_stdin,
+            detach_keys,
             container,
         } => {
             let options = crate::AttachOptions {
                 stdin: !no_stdin,
                 tail: Some(0),
+                detach_keys,
             };
             crate::attach_running(&store.find(&container)?, &options)
         }
@@ -589,6 +597,9 @@ pub fn run_managed(root: &Path, args: RunFlags, images: &dyn ImageSource) -> Res
     // A foreground --rm container is removed here, after its exit code was read; a detached
     // one by its monitor.
     let remove_after = args.rm && !args.detach;
+    if let Err(e) = crate::detach_keys::resolve(args.detach_keys.as_deref()) {
+        return Ok(report(e));
+    }
     let mut args = args;
     args.rm = args.rm && args.detach;
     args.stdin_once = args.interactive && !args.detach;
@@ -607,12 +618,22 @@ pub fn run_managed(root: &Path, args: RunFlags, images: &dyn ImageSource) -> Res
     let options = crate::AttachOptions {
         stdin: args.interactive,
         tail: None,
+        detach_keys: args.detach_keys.clone(),
     };
-    let code = crate::attach(&c, &options)?;
-    if remove_after {
-        crate::remove(&store, &c, false, true)?;
+    match crate::attach_until_detached(&c, &options)? {
+        Some(code) => {
+            if remove_after {
+                crate::remove(&store, &c, false, true)?;
+            }
+            Ok(code)
+        }
+        None => {
+            if remove_after {
+                crate::remove_once_stopped(&store, &c)?;
+            }
+            Ok(0)
+        }
     }
-    Ok(code)
 }
 
 /// Creates a managed container from the flags (`create`, and `run -d`).

@@ -10,6 +10,7 @@ mod cgroups;
 pub mod command;
 mod connect;
 mod copy;
+pub mod detach_keys;
 mod endpoints;
 mod exec;
 mod health;
@@ -30,7 +31,7 @@ mod time;
 mod view;
 mod volumes;
 
-pub use attach::{attach, attach_running, foreground_stdin, AttachOptions};
+pub use attach::{attach, attach_running, attach_until_detached, foreground_stdin, AttachOptions};
 pub use cgroups::{parse_bytes, Limits};
 pub use connect::{connect, disconnect, network_members, ConnectOptions};
 pub use copy::{copy_in, copy_out};
@@ -39,8 +40,8 @@ pub use exec::{compose_exec_stdio, exec, exec_to_stdio, ExecRequest};
 pub use health::{parse_duration, HealthConfig};
 pub use init::{init_binary, init_mount, INIT_PATH};
 pub use lifecycle::{
-    create, kill, remove, restart, start, start_restartable, stop, wait_exit, CreateRequest,
-    ExitError,
+    create, kill, remove, remove_once_stopped, restart, start, start_restartable, stop, wait_exit,
+    CreateRequest, ExitError,
 };
 pub use logs::{follow_logs, LogOptions, LogsQuery};
 pub use monitor::monitor_main;

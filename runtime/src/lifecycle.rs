@@ -316,6 +316,23 @@ pub fn remove(
     destroy(store, container, volumes)
 }
 
+/// A foreground `run --rm` the user detached from: its monitor removes it once it stops, as
+/// a detached `--rm` one (it is removed now if it already has).
+pub fn remove_once_stopped(store: &ContainerStore, container: &Container) -> Result<()> {
+    let mut container = container.clone();
+    let stopped = {
+        let _lock = container.lock()?;
+        container.config.auto_remove = true;
+        container.save_config()?;
+        !container.live_state()?.status.is_active()
+    };
+    if stopped {
+        // Its monitor may be removing it at the same moment; either one suffices.
+        let _ = destroy(store, &container, true);
+    }
+    Ok(())
+}
+
 /// Deletes the container's snapshot and directory (it is not running).
 pub(crate) fn destroy(store: &ContainerStore, container: &Container, volumes: bool) -> Result<()> {
     {

@@ -89,6 +89,8 @@ fn run(root: &Path, id: &str) -> Result<()> {
     let executor = crate::attach::prepare(&container, executor)?;
     let mut log = LogWriter::open(&container.log_path(), container.config.log.clone())?;
     let mut backoff = FIRST_BACKOFF;
+    // A terminal's prompt and echo end no line: each chunk is an entry, as docker's for -t.
+    let chunked = container.config.tty;
     loop {
         let began = Instant::now();
         let stop_probes = Arc::new(AtomicBool::new(false));
@@ -96,7 +98,10 @@ fn run(root: &Path, id: &str) -> Result<()> {
         let result =
             executor.run_tracked(&spec, &executor::CancelToken::new(), &mut |stream, data| {
                 let index = usize::from(stream == executor::OutputStream::Stderr);
-                log.write(index, data)
+                log.write(index, data);
+                if chunked {
+                    log.flush();
+                }
             });
         log.flush();
         stop_probes.store(true, Ordering::SeqCst);
@@ -125,7 +130,9 @@ fn run(root: &Path, id: &str) -> Result<()> {
         }
     }
     crate::attach::cleanup(&container);
-    if container.config.auto_remove {
+    // A foreground `run --rm` that its client detached from is marked since (config.json).
+    let marked = || store.load(id).is_ok_and(|c| c.config.auto_remove);
+    if container.config.auto_remove || marked() {
         crate::lifecycle::destroy(&store, &container, true)?;
     }
     Ok(())

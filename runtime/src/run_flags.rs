@@ -21,6 +21,8 @@ pub struct RunFlags {
     pub interactive: bool,
     /// Give the container a terminal of its own, relayed to the caller's (`-t`).
     pub tty: bool,
+    /// Keys that detach from a `-i -t` container (see [`crate::detach_keys`]).
+    pub detach_keys: Option<String>,
     /// Set an environment variable, KEY=VALUE.
     pub env: Vec<String>,
     /// Read environment variables from a file (KEY=VALUE lines, # comments).

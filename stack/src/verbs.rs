@@ -394,17 +394,19 @@ fn one_off(
         println!("{}", c.config.name);
         return Ok(0);
     }
-    let code = runtime::attach(
-        &c,
-        &runtime::AttachOptions {
-            stdin: true,
-            tail: None,
-        },
-    )?;
-    if rm {
-        runtime::remove(&stack.store, &c, false, true)?;
+    let options = runtime::AttachOptions {
+        stdin: true,
+        tail: None,
+        detach_keys: None,
+    };
+    let code = runtime::attach_until_detached(&c, &options)?;
+    match (rm, code) {
+        (true, Some(_)) => runtime::remove(&stack.store, &c, false, true)?,
+        // Detached: it runs on, and goes when it stops.
+        (true, None) => runtime::remove_once_stopped(&stack.store, &c)?,
+        (false, _) => {}
     }
-    Ok(code)
+    Ok(code.unwrap_or(0))
 }
 
 /// Foreground `up`: prefixed logs until every container stops. The first Ctrl-C stops them

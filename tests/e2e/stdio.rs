@@ -465,3 +465,137 @@ fn compose_init_exec_terminal_and_build_secrets() {
     let out = compose(&b, d, &["down"], None);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Drives argv[2:] on a new pseudo-terminal (python3's `pty`): the steps in argv[1] (JSON:
+/// `["expect", TEXT]` waits up to 20 s for TEXT in the output so far, `["send", TEXT]` types
+/// it), then waits for the end; prints `EXIT CODE`, then everything the terminal showed.
+const PTY_DRIVER: &str = r#"
+import json, os, pty, select, sys, time
+steps = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+seen = b""
+def read_for(seconds):
+    global seen
+    end = time.time() + seconds
+    while time.time() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            seen += chunk
+            yield
+    return True
+for kind, text in steps:
+    if kind == "send":
+        os.write(fd, text.encode())
+        continue
+    for _ in read_for(20):
+        if text.encode() in seen:
+            break
+    if text.encode() not in seen:
+        print("EXIT timeout waiting for " + repr(text))
+        sys.stdout.write(seen.decode(errors="replace"))
+        os.kill(pid, 9)
+        sys.exit(0)
+for _ in read_for(20):
+    pass
+_, status = os.waitpid(pid, 0)
+print("EXIT %d" % os.waitstatus_to_exitcode(status))
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+
+/// `builder --root ROOT ARGS` on a pseudo-terminal through [`PTY_DRIVER`]; its exit code
+/// (`None`: a step timed out) and what the terminal showed.
+fn on_pty(b: &Boxes, steps: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let steps: Vec<[&str; 2]> = steps.iter().map(|(k, t)| [*k, *t]).collect();
+    let out = Command::new("python3")
+        .args(["-c", PTY_DRIVER, &serde_json::to_string(&steps).unwrap()])
+        .arg(env!("CARGO_BIN_EXE_builder"))
+        .arg("--root")
+        .arg(b.store.root())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let code = first.strip_prefix("EXIT ").and_then(|c| c.parse().ok());
+    (code, rest.to_string())
+}
+
+#[test]
+fn detach_keys_leave_the_container_running_and_attach_again() {
+    let b = Boxes::new();
+    let running = |name: &str| b.inspect(name, "{{.State.Status}}") == "running";
+    // Ctrl-P Ctrl-Q (docker's default) detaches `run -it`: exit 0, the shell runs on.
+    let (code, text) = on_pty(
+        &b,
+        &[
+            ("expect", "# "),
+            ("send", "echo first-$((1+1))\r"),
+            ("expect", "first-2"),
+            ("send", "\x10\x11"),
+        ],
+        &["run", "-it", "--name", "dk", "busybox", "sh"],
+    );
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(running("dk"), "{text:?}");
+    // `attach` works again, with keys of its own (a lone first key does not detach).
+    let (code, text) = on_pty(
+        &b,
+        &[
+            ("send", "echo again-$((2+3))\r"),
+            ("expect", "again-5"),
+            ("send", "\x01\x01d"),
+        ],
+        &["attach", "--detach-keys", "ctrl-a,d", "dk"],
+    );
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(running("dk"), "{text:?}");
+    // `start -ai` of a stopped container detaches too, and `exit` still ends the shell.
+    b.ok(&["stop", "-t", "1", "dk"]);
+    let (code, text) = on_pty(
+        &b,
+        &[
+            ("expect", "# "),
+            ("send", "echo third\r"),
+            ("expect", "third"),
+            ("send", "\x10\x11"),
+        ],
+        &["start", "-ai", "dk"],
+    );
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(running("dk"), "{text:?}");
+    let (code, text) = on_pty(&b, &[("send", "exit 3\r")], &["attach", "dk"]);
+    assert_eq!(code, Some(3), "{text:?}");
+    // A detached `run --rm` runs on, and is removed once it stops.
+    let (code, text) = on_pty(
+        &b,
+        &[("expect", "# "), ("send", "\x10\x11")],
+        &["run", "--rm", "-it", "--name", "gone", "busybox", "sh"],
+    );
+    assert_eq!(code, Some(0), "{text:?}");
+    assert!(running("gone"), "{text:?}");
+    b.ok(&["stop", "-t", "1", "gone"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.store.run(&["inspect", "gone"]).status.success() {
+        assert!(Instant::now() < deadline, "gone was not removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Bad keys are refused before anything is made, naming the flag.
+    let before = b.ok(&["ps", "-aq"]);
+    for args in [
+        &["run", "-it", "--detach-keys", "ctrl-1", "busybox", "true"][..],
+        &["attach", "--detach-keys", "ctrl-", "dk"][..],
+    ] {
+        let out = b.store.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains("--detach-keys"), "{}", stderr(&out));
+    }
+    assert_eq!(b.ok(&["ps", "-aq"]), before);
+}
