@@ -432,7 +432,8 @@ fn given_stdin_and_terminal_reach_the_program() {
     // Field 7 of stat is the controlling terminal (0: none).
     let script = "[ -t 0 ] && [ -t 2 ] && echo on-a-tty; [ -c /dev/console ] && echo console; \
         t=$(tty); [ -c \"$t\" ] && echo tty=$t; echo size=$(stty size); echo pts=$(ls /dev/pts); \
-        set -- $(cat /proc/self/stat); echo ctty=$7; seq 1 20000 | tail -n 1";
+        echo fds=$(ls /proc/self/fd); set -- $(cat /proc/self/stat); echo ctty=$7; \
+        seq 1 20000 | tail -n 1";
     let mut spec = rootfs.bind_spec(&["sh", "-c", script]);
     spec.stdio = executor::Stdio::Terminal;
     let mut output = Vec::new();
@@ -447,6 +448,8 @@ fn given_stdin_and_terminal_reach_the_program() {
     assert!(text.contains("tty=/dev/pts/0\r\n"), "{text:?}");
     assert!(text.contains("size=33 101\r\n"), "{text:?}");
     assert!(text.contains("pts=0 ptmx\r\n"), "{text:?}");
+    // Neither the master nor the console socket stays open in the container (3 is ls's).
+    assert!(text.contains("fds=0 1 2 3\r\n"), "{text:?}");
     assert!(text.contains(&format!("ctty={}\r\n", 136 << 8)), "{text:?}");
     assert!(text.ends_with("20000\r\n"), "{text:?}");
     assert!(

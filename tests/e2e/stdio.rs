@@ -253,6 +253,18 @@ fn exec_t_gets_a_terminal_of_the_containers_own() {
         text.trim_end().ends_with("30000"),
         "the output arrives whole: {out:?}"
     );
+    // The terminal belongs to the exec'd user, as runc's console does.
+    let owner = b.ok(&[
+        "exec",
+        "-t",
+        "-u",
+        "1000",
+        "ttybox",
+        "sh",
+        "-c",
+        "stat -c %u $(tty)",
+    ]);
+    assert_eq!(owner, "1000\r\n");
 }
 
 #[test]
