@@ -393,6 +393,19 @@ fn rootless_run_step_and_run_are_confined() {
     ]);
     assert!(ran.status.success(), "{}", stderr(&ran));
     assert_eq!(stdout(&ran), expected);
+    // A -t container's terminal comes from its own devpts rootless too.
+    let args = [
+        "run",
+        "--rm",
+        "-t",
+        "busybox:latest",
+        "sh",
+        "-c",
+        "tty; stty size",
+    ];
+    let tty = user.builder(&args);
+    assert!(tty.status.success(), "{}", stderr(&tty));
+    assert_eq!(stdout(&tty), "/dev/pts/0\r\n24 80\r\n");
     assert_no_processes_left(&user);
 }
 
