@@ -277,7 +277,12 @@ pub fn attach_running(container: &Container, options: &AttachOptions) -> Result<
     if !container.live_state()?.status.is_active() {
         anyhow::bail!("You cannot attach to a stopped container, start it first");
     }
-    attach(container, options)
+    let code = attach_until_detached(container, options)?;
+    if code.is_none() {
+        // docker attach's words on detaching (run -it and start -ai say nothing).
+        eprintln!("read escape sequence");
+    }
+    Ok(code.unwrap_or(0))
 }
 
 fn connect(container: &Container, kind: u8) -> Result<UnixStream> {

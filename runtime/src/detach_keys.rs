@@ -10,15 +10,15 @@ const DEFAULT: &str = "ctrl-p,ctrl-q";
 /// The detach sequence: `flag` if given (and not empty), else the docker CLI's configured
 /// `detachKeys`, else Ctrl-P Ctrl-Q. A bad value is an error naming where it came from.
 pub fn resolve(flag: Option<&str>) -> Result<Vec<u8>> {
+    resolve_in(flag, config_path().as_deref())
+}
+
+fn resolve_in(flag: Option<&str>, config: Option<&std::path::Path>) -> Result<Vec<u8>> {
     if let Some(keys) = flag.filter(|k| !k.is_empty()) {
         return parse(keys).with_context(|| format!("--detach-keys {keys:?}"));
     }
-    let path = config_path();
-    if let Some(keys) = path.as_deref().and_then(configured) {
-        let file = path
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""))
-            .display();
+    if let Some((path, keys)) = config.and_then(|path| Some((path, configured(path)?))) {
+        let file = path.display();
         return parse(&keys).with_context(|| format!("detachKeys {keys:?} in {file}"));
     }
     parse(DEFAULT)
@@ -122,6 +122,19 @@ mod tests {
         }
         let e = resolve(Some("ctrl-1")).unwrap_err();
         assert!(format!("{e:#}").starts_with("--detach-keys \"ctrl-1\": invalid detach key"));
+    }
+
+    #[test]
+    fn config_json_sets_the_keys_and_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        assert_eq!(resolve_in(None, Some(&config)).unwrap(), vec![0x10, 0x11]);
+        std::fs::write(&config, r#"{"auths": {}, "detachKeys": "ctrl-e,e"}"#).unwrap();
+        assert_eq!(resolve_in(None, Some(&config)).unwrap(), vec![5, b'e']);
+        assert_eq!(resolve_in(Some("x"), Some(&config)).unwrap(), vec![b'x']);
+        std::fs::write(&config, r#"{"detachKeys": "ctrl-!"}"#).unwrap();
+        let e = format!("{:#}", resolve_in(None, Some(&config)).unwrap_err());
+        assert!(e.contains("config.json") && e.contains("ctrl-!"), "{e}");
     }
 
     #[test]

@@ -568,6 +568,7 @@ fn detach_keys_leave_the_container_running_and_attach_again() {
         &["attach", "--detach-keys", "ctrl-a,d", "dk"],
     );
     assert_eq!(code, Some(0), "{text:?}");
+    assert!(text.contains("read escape sequence"), "{text:?}");
     assert!(running("dk"), "{text:?}");
     // `start -ai` of a stopped container detaches too, and `exit` still ends the shell.
     b.ok(&["stop", "-t", "1", "dk"]);
