@@ -277,10 +277,7 @@ fn container_init(spec: &ExecSpec, paths: &StatePaths, status_fd: &OwnedFd) -> R
     setup_proc(root, &mut tracker)?;
     setup_dev(root, spec.shm_size, &mut tracker, privileged)?;
     if terminal {
-        // The devpts instance setup_dev just mounted, before any of the spec's mounts.
-        let ptmx = root.join("dev/pts/ptmx");
-        let number = crate::console::allocate(&ptmx, paths.console_size)?;
-        bind_console(root, number)?;
+        take_console(root, paths.console_size)?;
     }
     setup_sys(root, &mut tracker, privileged)?;
     if !privileged {
@@ -368,6 +365,13 @@ fn setup_proc(root: &Path, tracker: &mut Tracker) -> Result<()> {
         None::<&str>,
     )
     .context("mounting /proc")
+}
+
+/// Makes a terminal in the devpts instance setup_dev just mounted (before any of the spec's
+/// mounts) this process's, sends its master to the caller and binds it at `/dev/console`.
+fn take_console(root: &Path, size: (u16, u16)) -> Result<()> {
+    let number = crate::console::allocate(&root.join("dev/pts/ptmx"), size)?;
+    bind_console(root, number)
 }
 
 /// Binds the terminal (`/dev/pts/NUMBER` of the container's devpts) at `/dev/console`, as

@@ -209,10 +209,9 @@ impl Executor {
         let spec_read = dup_above(spec_read, 10)?;
         let status_write = dup_above(status_write, 10)?;
 
-        let console = match spec.stdio {
-            Stdio::Terminal => Some(console_socket()?),
-            _ => None,
-        };
+        let console = (spec.stdio == Stdio::Terminal)
+            .then(console_socket)
+            .transpose()?;
         let helper_console = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
         let mut child = self.spawn_helper(spec.stdio, spec_read, status_write, helper_console)?;
         let console = console.map(|(ours, _theirs)| ours);
@@ -231,15 +230,7 @@ impl Executor {
         let _ = spec_write.write_all(&spec_json);
         drop(spec_write);
 
-        // No terminal when the run failed before making one: its status says why.
-        let terminal = match (&console, &self.terminal) {
-            (Some(socket), Some(slot)) => crate::console::receive_master(socket)
-                .ok()
-                .flatten()
-                .and_then(|master| slot.install(master).try_clone().ok()),
-            _ => None,
-        };
-        drop(console);
+        let terminal = self.receive_terminal(console);
         let pump_result = pump_output(&mut child, terminal, &registration.pidfd, on_output);
         if let Some(slot) = &self.terminal {
             slot.clear();
@@ -268,6 +259,13 @@ impl Executor {
             exit_code: exit_code_of(status)?,
             created: read_created(&state_dir.path().join(CREATED_FILE)),
         })
+    }
+
+    /// The master the run's container sent over `console`, put in the terminal slot; a copy to
+    /// read its output from. None when the run failed before making one: its status says why.
+    fn receive_terminal(&self, console: Option<OwnedFd>) -> Option<std::fs::File> {
+        let master = crate::console::receive_master(&console?).ok().flatten()?;
+        self.terminal.as_ref()?.install(master).try_clone().ok()
     }
 
     /// The helper's command, started from a read-only view of the program: a container must
