@@ -12,6 +12,16 @@ pub trait LocalSource: Send + Sync {
     /// Whether an excluded directory may still contain re-included entries (`!` rules),
     /// so that it must be walked anyway.
     fn may_reinclude_under(&self, rel_dir: &str) -> bool;
+    /// Blocks until the directory is complete (a remote builder's context still being
+    /// uploaded); an error when it never will be.
+    fn wait_until_complete(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// A file's content digest (SHA-256) when the source already knows it for exactly this
+    /// file (`md` is its metadata now), so that it need not be read again.
+    fn known_digest(&self, _rel: &[u8], _md: &std::fs::Metadata) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// A plain directory with nothing excluded.

@@ -33,6 +33,8 @@ pub struct BuildJob {
     pub provided_secrets: Vec<(String, Vec<u8>)>,
     /// `--ssh` agents: id and the socket relaying to the client's agent.
     pub ssh: Vec<(String, PathBuf)>,
+    /// The contexts' gates while they are still being uploaded (none: already complete).
+    pub uploads: Option<std::sync::Arc<crate::upload::Gates>>,
 }
 
 impl BuildJob {
@@ -96,6 +98,10 @@ impl BuildBackend for ProcessBackend {
         cancel: watch::Receiver<bool>,
     ) -> BoxFuture<'_, Result<i32>> {
         Box::pin(async move {
+            // The child reads the contexts as directories: they must be complete.
+            if let Some(gates) = &job.uploads {
+                gates.all_opened().await?;
+            }
             let mut cmd = tokio::process::Command::new(&self.program);
             cmd.arg("--root")
                 .arg(&self.root)

@@ -312,6 +312,8 @@ struct ClientSession<'a> {
     bytes_sent: u64,
     outputs: HashMap<String, tempfile::NamedTempFile>,
     node: Address,
+    /// The files being sent, while the build runs; gives the bytes sent.
+    upload: Option<tokio::task::JoinHandle<Result<u64>>>,
     /// The connection broke before the server's result.
     lost: bool,
     /// Something reached stdout or an output: a retry elsewhere would repeat it.
@@ -331,6 +333,7 @@ impl<'a> ClientSession<'a> {
             bytes_sent: 0,
             outputs: HashMap::new(),
             node,
+            upload: None,
             lost: false,
             produced_output: false,
         }
@@ -366,7 +369,15 @@ impl<'a> ClientSession<'a> {
         tls: &TlsFiles,
     ) -> Result<i32> {
         loop {
-            let msg = match inbound.message().await {
+            let received = tokio::select! {
+                m = inbound.message() => m,
+                sent = async { self.upload.as_mut().expect("guarded").await }, if self.upload.is_some() => {
+                    self.upload = None;
+                    self.bytes_sent += sent.map_err(|e| anyhow!("upload task: {e}"))??;
+                    continue;
+                }
+            };
+            let msg = match received {
                 Ok(Some(m)) => m.msg,
                 Ok(None) => {
                     self.lost = true;
@@ -382,7 +393,7 @@ impl<'a> ClientSession<'a> {
                 Some(Out::Need(need)) => {
                     self.needs.insert(need.context, need.indexes);
                     if self.needs.len() == self.manifests.len() {
-                        self.upload().await?;
+                        self.upload = Some(self.start_upload()?);
                     }
                 }
                 Some(Out::Stderr(b)) => {
@@ -398,6 +409,14 @@ impl<'a> ClientSession<'a> {
                 }
                 Some(Out::Ssh(data)) => self.agents.handle(data).await,
                 Some(Out::Result(r)) => {
+                    // The server answers after the whole upload, unless the upload failed.
+                    if let Some(upload) = self.upload.take() {
+                        if r.exit_code == 0 || upload.is_finished() {
+                            self.bytes_sent += upload.await.map_err(|e| anyhow!("{e}"))??;
+                        } else {
+                            upload.abort();
+                        }
+                    }
                     if !r.error.is_empty() {
                         eprintln!("error: {} (on the builder at {node})", r.error);
                     }
@@ -408,8 +427,9 @@ impl<'a> ClientSession<'a> {
         }
     }
 
-    /// Sends the files the server asked for, 1 MiB at a time.
-    async fn upload(&mut self) -> Result<()> {
+    /// Starts sending the files the server asked for (the Dockerfile's context first: the
+    /// build starts when it is complete), while the session goes on relaying the build.
+    fn start_upload(&mut self) -> Result<tokio::task::JoinHandle<Result<u64>>> {
         let total: usize = self
             .manifests
             .iter()
@@ -428,7 +448,8 @@ impl<'a> ClientSession<'a> {
             .sum();
         self.bytes_sent += manifest_bytes as u64;
         let mut contexts: Vec<u32> = self.needs.keys().copied().collect();
-        contexts.sort();
+        let name = |c: &u32| self.build.contexts[*c as usize].name.as_str();
+        contexts.sort_by_key(|c| (name(c) != "dockerfile", *c));
         let mut wanted = Vec::new();
         for c in contexts {
             let root = self.build.contexts[c as usize].source.root().to_path_buf();
@@ -441,23 +462,33 @@ impl<'a> ClientSession<'a> {
         }
         let files = wanted.len();
         let tx = self.tx.clone();
-        // One thread reads the files in order (no hop to a blocking pool per file).
-        self.bytes_sent += tokio::task::spawn_blocking(move || send_files(&tx, wanted)).await??;
-        send(&self.tx, In::UploadDone(UploadDone {})).await?;
-        if self.build.json_progress {
-            eprintln!(
-                "{{\"context_bytes_sent\":{},\"context_files_sent\":{files},\"context_files\":{total},\"builder\":\"{}\"}}",
-                self.bytes_sent, self.node
-            );
-        } else if !self.build.quiet {
-            eprintln!(
-                "#0 context: {} sent to {} ({files} of {total} files changed); context_bytes_sent={}",
-                human(self.bytes_sent),
-                self.node,
-                self.bytes_sent
-            );
-        }
-        Ok(())
+        let (json, quiet, node) = (
+            self.build.json_progress,
+            self.build.quiet,
+            self.node.clone(),
+        );
+        let before = self.bytes_sent;
+        Ok(tokio::spawn(async move {
+            // One thread reads the files in order (no hop to a blocking pool per file).
+            let sent = tokio::task::spawn_blocking({
+                let tx = tx.clone();
+                move || send_files(&tx, wanted)
+            })
+            .await??;
+            send(&tx, In::UploadDone(UploadDone {})).await?;
+            let all = before + sent;
+            if json {
+                eprintln!(
+                    "{{\"context_bytes_sent\":{all},\"context_files_sent\":{files},\"context_files\":{total},\"builder\":\"{node}\"}}"
+                );
+            } else if !quiet {
+                eprintln!(
+                    "#0 context: {} sent to {node} ({files} of {total} files changed); context_bytes_sent={all}",
+                    human(all),
+                );
+            }
+            Ok(sent)
+        }))
     }
 
     fn receive_output(&mut self, chunk: OutputChunk) -> Result<()> {

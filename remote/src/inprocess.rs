@@ -87,6 +87,16 @@ async fn build_here(
 ) -> Result<i32> {
     let flags = Flags(&job.flags);
     let mode = Mode::from_flag(flags.last("progress").as_deref());
+    // The Dockerfile's context comes first in an upload; the others may still be coming.
+    if let Some(gate) = job
+        .uploads
+        .as_ref()
+        .and_then(|g| g.of(dockerfile_dir(&job)))
+    {
+        if let Err(e) = gate.opened().await {
+            return Ok(fail(&events, &format!("error: {e:#}"), 1).await);
+        }
+    }
     let stdout_dir = tempfile::tempdir_in(root.join("remote/builds"))?;
     let request = match request(root, &job, stdout_dir.path()) {
         Ok(r) => r,
@@ -231,13 +241,13 @@ fn request(root: &Path, job: &BuildJob, stdout_dir: &Path) -> Result<BuildReques
         &flags.all("attest"),
         engine::output::pushes(&outputs),
     )?;
-    let context = engine::context::local_dir(&job.context, Some(&job.dockerfile))?;
+    let context = local_dir(job, &job.context, Some(&job.dockerfile))?;
     let dockerfile = engine::Dockerfile::Path(job.dockerfile.clone());
     let mut request = BuildRequest::new(dockerfile, context);
     request.named_contexts =
         engine::context::parse_build_contexts(root, &flags.all("build-context"))?;
     for (name, dir) in &job.named_contexts {
-        let source = engine::context::local_dir(dir, None)?;
+        let source = local_dir(job, dir, None)?;
         request
             .named_contexts
             .insert(name.to_lowercase(), engine::NamedSource::Local(source));
@@ -252,6 +262,24 @@ fn request(root: &Path, job: &BuildJob, stdout_dir: &Path) -> Result<BuildReques
     (request.target, request.tags) = (flags.last("target"), tags);
     (request.no_cache, request.pull) = (flags.has("no-cache"), flags.has("pull"));
     Ok(request)
+}
+
+fn dockerfile_dir(job: &BuildJob) -> &Path {
+    job.dockerfile.parent().unwrap_or(Path::new("/"))
+}
+
+/// A context directory of the job: read once its upload is complete.
+fn local_dir(
+    job: &BuildJob,
+    dir: &Path,
+    dockerfile: Option<&Path>,
+) -> Result<Arc<dyn solver::context::LocalSource>> {
+    match job.uploads.as_ref().and_then(|g| g.of(dir)) {
+        Some(gate) => Ok(Arc::new(crate::upload::UploadedDir::new(
+            dir, dockerfile, gate,
+        )?)),
+        None => engine::context::local_dir(dir, dockerfile),
+    }
 }
 
 fn caches(request: &mut BuildRequest, flags: &Flags, tags: &[String]) -> Result<()> {

@@ -15,6 +15,7 @@ pub mod server;
 pub mod session;
 pub mod ssh;
 pub mod sync;
+pub mod upload;
 
 pub mod proto {
     tonic::include_proto!("builder.remote.v1");

@@ -7,7 +7,8 @@ use crate::proto::{
     OutputChunk, ServerMessage, Start,
 };
 use crate::server::Config;
-use crate::sync::{IncomingFile, Tree};
+use crate::sync::Tree;
+use crate::upload::{Incoming, Upload, Writer};
 use anyhow::{anyhow, bail, Context as _, Result};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
@@ -159,14 +160,6 @@ struct Session {
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 }
 
-/// The server's copy of one uploaded context, locked for this session.
-struct Upload {
-    tree: Tree,
-    entries: Vec<crate::proto::Entry>,
-    root: Option<crate::proto::Entry>,
-    _lock: std::fs::File,
-}
-
 impl Session {
     async fn run(mut self) -> Result<i32> {
         let start = match self.next().await? {
@@ -177,20 +170,26 @@ impl Session {
             .prefix("build-")
             .tempdir_in(self.root.join("remote/builds"))?;
         let mut job = self.check(&start, scratch.path())?;
-        let uploads = self.receive_contexts(&start).await?;
-        job.context = context_dir(&start, &uploads, "main")?;
-        job.dockerfile = context_dir(&start, &uploads, "dockerfile")?.join(&start.dockerfile);
-        for (c, u) in start.contexts.iter().zip(&uploads) {
+        let (uploads, locks) = self.receive_manifests(&start).await?;
+        let dirs: Vec<PathBuf> = uploads
+            .iter()
+            .map(|u| u.tree.path().to_path_buf())
+            .collect();
+        job.context = context_dir(&start, &dirs, "main")?;
+        job.dockerfile = context_dir(&start, &dirs, "dockerfile")?.join(&start.dockerfile);
+        for (c, dir) in start.contexts.iter().zip(&dirs) {
             if let Some(name) = c.name.strip_prefix("named:") {
-                job.named_contexts
-                    .push((name.to_string(), u.tree.path().to_path_buf()));
+                job.named_contexts.push((name.to_string(), dir.clone()));
             }
         }
         let agents = crate::ssh::ServerAgents::listen(scratch.path(), &start.ssh_ids, &self.tx)?;
         job.ssh = agents.sockets.clone();
-        let code = self.run_build(job, &agents).await?;
+        // The files come while the build runs; it waits for each context it reads.
+        let (writer, gates) = crate::upload::spawn(uploads, self.metrics.clone());
+        job.uploads = Some(gates);
+        let code = self.run_build(job, &agents, writer).await?;
         drop(agents);
-        drop(uploads);
+        drop(locks);
         if code == 0 {
             self.send_results(&start, scratch.path()).await?;
         }
@@ -266,86 +265,54 @@ impl Session {
         Ok(job)
     }
 
-    /// Receives the manifests, asks for the files that differ, and writes them.
-    async fn receive_contexts(&mut self, start: &Start) -> Result<Vec<Upload>> {
+    /// Receives the manifests and asks for the files that differ; returns the contexts'
+    /// trees, and their locks, held for the whole build.
+    async fn receive_manifests(
+        &mut self,
+        start: &Start,
+    ) -> Result<(Vec<Upload>, Vec<std::fs::File>)> {
         let mut uploads = Vec::new();
+        let mut locks = Vec::new();
         for (i, c) in start.contexts.iter().enumerate() {
             let dir = session_dir(&self.root, &self.identity, &c.key, &c.name)?;
-            let lock = tokio::task::spawn_blocking(move || lock_session(&dir)).await??;
+            let (lock, tree_dir) =
+                tokio::task::spawn_blocking(move || lock_session(&dir)).await??;
+            locks.push(lock);
             let manifest = match self.next().await? {
                 Some(In::Manifest(m)) if m.context as usize == i => m,
                 _ => bail!("protocol: expected the manifest of context {i}"),
             };
-            let tree = Tree::open(&lock.1)?;
+            let tree = Tree::open(&tree_dir)?;
             let root = manifest.root;
-            let (tree, entries, indexes) = tokio::task::spawn_blocking(move || {
-                let need = tree.prepare(&manifest.entries);
-                need.map(|n| (tree, manifest.entries, n))
+            let upload = tokio::task::spawn_blocking(move || {
+                let need = tree.prepare(&manifest.entries)?;
+                anyhow::Ok(Upload {
+                    tree,
+                    entries: manifest.entries,
+                    root,
+                    need,
+                })
             })
             .await??;
             self.send(Out::Need(Need {
                 context: i as u32,
-                indexes,
+                indexes: upload.need.clone(),
             }))
             .await?;
-            uploads.push(Upload {
-                tree,
-                entries,
-                root,
-                _lock: lock.0,
-            });
+            uploads.push(upload);
         }
-        self.receive_files(&uploads).await?;
-        for u in &uploads {
-            u.tree.finish(&u.entries, u.root.as_ref())?;
-        }
-        Ok(uploads)
+        Ok((uploads, locks))
     }
 
-    async fn receive_files(&mut self, uploads: &[Upload]) -> Result<()> {
-        let mut current: Option<(u32, u32, IncomingFile)> = None;
-        loop {
-            let chunk = match self.next().await? {
-                Some(In::File(f)) => f,
-                Some(In::UploadDone(_)) if current.is_none() => return Ok(()),
-                None => bail!("the client went away during the upload"),
-                _ => bail!("protocol: unexpected message during the upload"),
-            };
-            let (c, i) = (chunk.context, chunk.index);
-            if current
-                .as_ref()
-                .is_none_or(|(cc, ci, _)| (*cc, *ci) != (c, i))
-            {
-                if current.is_some() {
-                    bail!("protocol: a file's data ended without eof");
-                }
-                let upload = uploads
-                    .get(c as usize)
-                    .ok_or_else(|| anyhow!("protocol: no context {c}"))?;
-                let entry = upload
-                    .entries
-                    .get(i as usize)
-                    .ok_or_else(|| anyhow!("protocol: no entry {i} in context {c}"))?;
-                current = Some((c, i, upload.tree.begin_file(entry)?));
-            }
-            let (_, _, file) = current.as_mut().expect("set above");
-            file.write(&chunk.data)?;
-            self.metrics
-                .context_bytes_received
-                .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
-            if chunk.eof {
-                let (_, _, file) = current.take().expect("set above");
-                file.commit()?;
-                self.metrics
-                    .context_files_received
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Runs the job, forwarding its output; cancels it when the client goes away or the
-    /// server's shutdown timeout runs out.
-    async fn run_build(&mut self, job: BuildJob, agents: &crate::ssh::ServerAgents) -> Result<i32> {
+    /// Runs the job while receiving the upload, forwarding the build's output; cancels it
+    /// (and stops the upload) when the client goes away or the server's shutdown timeout
+    /// runs out. Returns once both the build and the upload are over.
+    async fn run_build(
+        &mut self,
+        job: BuildJob,
+        agents: &crate::ssh::ServerAgents,
+        mut writer: Writer,
+    ) -> Result<i32> {
         let (events_tx, mut events) = mpsc::channel::<BuildEvent>(64);
         let (cancel_tx, cancel) = watch::channel(false);
         let backend = self.backend.clone();
@@ -354,28 +321,51 @@ impl Session {
         let mut build = tokio::spawn(async move { backend.build(job, events_tx, cancel).await });
         let mut cancel_all = self.cancel_all.clone();
         let mut cancelled = false;
-        let result = loop {
+        let mut built = None;
+        let mut uploaded = None;
+        while built.is_none() || uploaded.is_none() {
             tokio::select! {
-                r = &mut build => break r.map_err(|e| anyhow!("build task: {e}"))?,
+                r = &mut build, if built.is_none() => {
+                    built = Some(r.map_err(|e| anyhow!("build task: {e}")).and_then(|r| r));
+                }
+                r = &mut writer.done, if uploaded.is_none() => {
+                    let r = r.map_err(|e| anyhow!("upload task: {e}")).and_then(|r| r);
+                    if r.is_err() && !cancelled {
+                        cancelled = true;
+                        let _ = cancel_tx.send(true);
+                    }
+                    uploaded = Some(r);
+                }
                 Some(ev) = events.recv() => self.forward(ev).await,
                 m = self.inbound.next(), if !cancelled => match m {
+                    Some(Ok(ClientMessage { msg: Some(In::File(chunk)) })) => {
+                        pass(&writer, Incoming::Chunk(chunk)).await;
+                    }
+                    Some(Ok(ClientMessage { msg: Some(In::UploadDone(_)) })) => {
+                        pass(&writer, Incoming::Done).await;
+                    }
                     Some(Ok(ClientMessage { msg: Some(In::Ssh(data)) })) => agents.deliver(data),
                     Some(Ok(_)) => {}
                     _ => {
                         cancelled = true;
                         let _ = cancel_tx.send(true);
+                        writer.tx = None;
                     }
                 },
                 _ = async { cancel_all.wait_for(|c| *c).await.map(|_| ()) }, if !cancelled => {
                     cancelled = true;
                     let _ = cancel_tx.send(true);
+                    writer.tx = None;
                 }
             }
-        };
+        }
         while let Ok(ev) = events.try_recv() {
             self.forward(ev).await;
         }
         self.metrics.builds_running.fetch_sub(1, Ordering::Relaxed);
+        let (built, uploaded) = (built.expect("set"), uploaded.expect("set"));
+        // An upload that failed is why the build failed, if it did.
+        let result = uploaded.and(built);
         if !matches!(result, Ok(0)) {
             self.metrics.builds_failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -537,12 +527,19 @@ fn output_with_dest(spec: &str, dest: &Path) -> Result<String> {
     }
 }
 
-fn context_dir(start: &Start, uploads: &[Upload], name: &str) -> Result<PathBuf> {
+/// Hands a message of the upload to the writer; a writer that stopped reports why itself.
+async fn pass(writer: &Writer, msg: Incoming) {
+    if let Some(tx) = &writer.tx {
+        let _ = tx.send(msg).await;
+    }
+}
+
+fn context_dir(start: &Start, dirs: &[PathBuf], name: &str) -> Result<PathBuf> {
     start
         .contexts
         .iter()
         .position(|c| c.name == name)
-        .map(|i| uploads[i].tree.path().to_path_buf())
+        .map(|i| dirs[i].clone())
         .ok_or_else(|| anyhow!("protocol: no {name:?} context"))
 }
 

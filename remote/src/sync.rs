@@ -13,6 +13,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
@@ -83,6 +84,9 @@ pub fn check_path(path: &str) -> Result<()> {
 pub struct Tree {
     dir: PathBuf,
     root: OwnedFd,
+    /// The directory the last file was written in: a context's files come directory by
+    /// directory, so most files need no new path walk.
+    last_dir: std::sync::Mutex<Option<(String, Arc<OwnedFd>)>>,
 }
 
 impl Tree {
@@ -97,6 +101,7 @@ impl Tree {
         Ok(Self {
             dir: dir.to_path_buf(),
             root,
+            last_dir: std::sync::Mutex::new(None),
         })
     }
 
@@ -128,6 +133,8 @@ impl Tree {
     /// regular files that must be uploaded.
     pub fn prepare(&self, entries: &[Entry]) -> Result<Vec<u32>> {
         let index = validate(entries)?;
+        // Directories may be replaced below: no descriptor of an old one is kept.
+        *self.last_dir.lock().map_err(|_| anyhow!("poisoned lock"))? = None;
         // The tree was finished under this very manifest (a no-op rebuild): nothing to check.
         let digest = manifest_digest(entries);
         if std::fs::read_to_string(self.marker()).is_ok_and(|d| d == digest) {
@@ -212,28 +219,41 @@ impl Tree {
             && st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128 == e.mtime_ns as i128
     }
 
-    /// Starts receiving file `e`: its bytes go to a temporary file in the same directory,
-    /// renamed over the path only when complete (a dropped upload leaves the old file).
+    /// Starts receiving file `e`, written in place (created, or truncated: only files that
+    /// differ are received). A file left half-written by a dropped upload never matches its
+    /// manifest entry, as its mtime is set last, so the next upload sends it again.
     pub fn begin_file(&self, e: &Entry) -> Result<IncomingFile> {
         if kind_of(e.mode) != Some(Kind::File) {
             bail!("context entry {:?}: data sent for a non-file", e.path);
         }
-        let (parent, name) = self.open_parent(&e.path)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".upload-")
-            .tempfile_in(
-                // The parent was opened without following symlinks; its /proc path is the
-                // same directory, so the temporary file lands beside the target.
-                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&parent)),
-            )
-            .with_context(|| format!("creating a file for {:?}", e.path))?;
+        let (parent, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+        let dir = self.cached_dir(parent)?;
+        // `name` is one clean component (`validate`); the file itself is not followed
+        // either if it is a symlink.
+        let file = rustix::fs::openat2(
+            &*dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .with_context(|| format!("creating {:?} in the context copy", e.path))?;
         Ok(IncomingFile {
-            file: tmp,
-            parent,
-            name: name.to_string(),
+            file: std::fs::File::from(file),
             entry: e.clone(),
             written: 0,
+            hash: sha2::Sha256::default(),
         })
+    }
+
+    fn cached_dir(&self, rel: &str) -> Result<Arc<OwnedFd>> {
+        let mut last = self.last_dir.lock().map_err(|_| anyhow!("poisoned lock"))?;
+        if let Some((_, fd)) = last.as_ref().filter(|(p, _)| p == rel) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_dir(rel)?);
+        *last = Some((rel.to_string(), fd.clone()));
+        Ok(fd)
     }
 
     /// Gives directories (and the root, if given) their modes, owners and times once their
@@ -326,13 +346,12 @@ fn timespec(ns: i64) -> Timespec {
     }
 }
 
-/// A file being received; [`IncomingFile::commit`] puts it in place.
+/// A file being received; [`IncomingFile::commit`] gives it its metadata.
 pub struct IncomingFile {
-    file: tempfile::NamedTempFile,
-    parent: OwnedFd,
-    name: String,
+    file: std::fs::File,
     entry: Entry,
     written: u64,
+    hash: sha2::Sha256,
 }
 
 impl IncomingFile {
@@ -345,11 +364,14 @@ impl IncomingFile {
                 self.entry.size
             );
         }
-        std::io::Write::write_all(self.file.as_file_mut(), data)?;
-        Ok(())
+        sha2::Digest::update(&mut self.hash, data);
+        std::io::Write::write_all(&mut self.file, data)
+            .with_context(|| format!("writing {:?}", self.entry.path))
     }
 
-    pub fn commit(self) -> Result<()> {
+    /// Gives the complete file its owner, mode and mtime (in that order: chown clears
+    /// set-id bits, and the mtime says the file is complete); returns its SHA-256.
+    pub fn commit(self) -> Result<[u8; 32]> {
         let e = &self.entry;
         if self.written != e.size {
             bail!(
@@ -359,17 +381,13 @@ impl IncomingFile {
                 e.size
             );
         }
-        let f = self.file.as_file();
-        rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode & 0o7777))?;
+        let f = &self.file;
         rustix::fs::fchown(
             f,
             Some(rustix::fs::Uid::from_raw(e.uid)),
             Some(rustix::fs::Gid::from_raw(e.gid)),
         )?;
-        if e.mode & 0o6000 != 0 {
-            // chown clears set-id bits: set the mode again.
-            rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode & 0o7777))?;
-        }
+        rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode & 0o7777))?;
         let t = timespec(e.mtime_ns);
         rustix::fs::futimens(
             f,
@@ -378,19 +396,7 @@ impl IncomingFile {
                 last_modification: t,
             },
         )?;
-        let tmp_name = self
-            .file
-            .path()
-            .file_name()
-            .ok_or_else(|| anyhow!("temporary file without a name"))?
-            .to_owned();
-        let (_, tmp_path) = self.file.keep().map_err(|e| anyhow!("{e}"))?;
-        let renamed = rustix::fs::renameat(&self.parent, &tmp_name, &self.parent, &self.name);
-        if let Err(err) = renamed {
-            let _ = std::fs::remove_file(tmp_path);
-            bail!("placing {:?}: {err}", e.path);
-        }
-        Ok(())
+        Ok(sha2::Digest::finalize(self.hash).into())
     }
 }
 
@@ -413,7 +419,7 @@ mod tests {
     fn put(tree: &Tree, entry: &Entry, data: &[u8]) -> Result<()> {
         let mut f = tree.begin_file(entry)?;
         f.write(data)?;
-        f.commit()
+        f.commit().map(drop)
     }
 
     #[test]
@@ -482,14 +488,13 @@ mod tests {
         a2.mtime_ns += 1;
         assert_eq!(tree.prepare(&[a2]).unwrap(), vec![0]);
         assert!(!tree.path().join("b").exists(), "b left the manifest");
-        // More bytes than announced are refused; a dropped file leaves no temporary behind.
+        // More bytes than announced are refused; a dropped file is sent again next time.
         let mut f = tree.begin_file(&a).unwrap();
         assert!(f.write(b"too long").is_err());
         drop(f);
-        let names: Vec<_> = std::fs::read_dir(tree.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("a")]);
+        assert_eq!(tree.prepare(std::slice::from_ref(&a)).unwrap(), vec![0]);
+        put(&tree, &a, b"aa").unwrap();
+        tree.finish(std::slice::from_ref(&a), None).unwrap();
+        assert!(tree.prepare(&[a]).unwrap().is_empty());
     }
 }

@@ -154,6 +154,10 @@ pub fn index_context(
                 let cached = *cached;
                 return Ok((rel, entry(EntryKind::File, cached.digest), Some(cached)));
             }
+            if let Some(digest) = src.known_digest(&rel, &md) {
+                let stat = StatEntry::of(&md, digest);
+                return Ok((rel, entry(EntryKind::File, digest), Some(stat)));
+            }
             let digest =
                 hash_file(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             Ok((

@@ -262,6 +262,9 @@ impl Worker {
     }
 
     pub(crate) fn context_index(&self, name: &str) -> Result<Arc<ContextIndex>> {
+        // Outside the lock: another context may be complete already.
+        let src = self.local(name)?;
+        src.wait_until_complete().map_err(|e| anyhow!(e))?;
         let mut map = self
             .indexes
             .lock()
@@ -269,7 +272,6 @@ impl Worker {
         if let Some(idx) = map.get(name) {
             return Ok(idx.clone());
         }
-        let src = self.local(name)?;
         let key = sha256_hex(&[name.as_bytes(), src.root().as_os_str().as_encoded_bytes()]);
         let cache = self
             .root

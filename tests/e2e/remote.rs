@@ -515,10 +515,13 @@ fn a_client_killed_mid_upload_leaves_the_server_clean() {
     let certs = Certs::generate();
     let server = Server::start(&certs, &[]);
     let ctx = tempfile::tempdir().unwrap();
+    // Files are written in place: one cut off mid-write must be sent again, never taken as
+    // complete (its size shows it).
     write(
         ctx.path(),
         "Dockerfile",
-        b"FROM busybox:latest\nCOPY . /c\n",
+        b"FROM busybox:latest\nCOPY . /c\n\
+          RUN for i in 0 1 2 3; do test $(wc -c < /c/blob$i) -eq 67108864 || exit 1; done\n",
     );
     for i in 0..4 {
         write(ctx.path(), &format!("blob{i}"), &vec![i as u8; 64 << 20]);
