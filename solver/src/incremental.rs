@@ -83,6 +83,8 @@ impl IncrementalCopy {
         if !exclude.is_empty() {
             return Ok(None);
         }
+        let idx = w.context_index(local)?;
+        // Local inputs by name and directory (another project's context is another step).
         let mut parts: Vec<&[u8]> = vec![b"incremental-copy", op_json];
         let names: Vec<String> = inputs
             .iter()
@@ -92,8 +94,8 @@ impl IncrementalCopy {
             })
             .collect();
         parts.extend(names.iter().map(|n| n.as_bytes()));
+        parts.push(idx.root.as_os_str().as_bytes());
         let identity = sha256_hex(&parts);
-        let idx = w.context_index(local)?;
         let read = read_entries(&idx, sources)?;
         Ok(Some(IncrementalCopy {
             record: w.root.join("cache").join("incremental").join(identity),

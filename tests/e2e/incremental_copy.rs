@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const DOCKERFILE: &str = "FROM busybox\nCOPY src /\n";
+const LONG_NAME: &str = "a-file-name-long-enough-that-its-path-in-the-layer-needs-a-pax-header-because-ustar-holds-only-a-hundred-bytes.txt";
 
 /// Splices since the last full copy, from the step's incremental record.
 fn splices(store: &Store) -> u64 {
@@ -37,6 +38,8 @@ fn source_tree() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(ctx.path().join("src/solo"), "solo\n").unwrap();
+    // A name longer than USTAR's 100-byte name field.
+    std::fs::write(ctx.path().join("src/app").join(LONG_NAME), "long\n").unwrap();
     ctx
 }
 
@@ -64,6 +67,10 @@ fn a_changed_file_is_spliced_into_the_same_layer_a_full_copy_gives() {
     // Longer than a tar block: the entries after it move.
     check(
         |src| std::fs::write(src.join("app/main.txt"), "x".repeat(1500)).unwrap(),
+        true,
+    );
+    check(
+        |src| std::fs::write(src.join("app").join(LONG_NAME), "longer\n").unwrap(),
         true,
     );
 }
