@@ -56,13 +56,14 @@ pub struct DiffOptions {
     pub data_sources: Option<std::sync::Arc<HashMap<PathBuf, PathBuf>>>,
 }
 
-/// The header blocks [`write_diff_tar`] writes for a regular file without xattrs: what an
-/// incremental copy needs to replace one file of a layer tar byte for byte.
-pub fn regular_file_header(
+/// The header blocks [`write_diff_tar`] writes for a regular file or directory without
+/// xattrs (`name` with a directory's trailing slash): what an incremental copy needs to
+/// rewrite one entry of a layer tar byte for byte.
+pub fn plain_entry_header(
     name: &[u8],
+    kind: tar::EntryType,
     mode: u32,
-    uid: u64,
-    gid: u64,
+    (uid, gid): (u64, u64),
     size: u64,
     mtime: u64,
 ) -> Vec<u8> {
@@ -74,7 +75,7 @@ pub fn regular_file_header(
         gid,
         size,
         mtime,
-        typeflag: tar::EntryType::Regular.as_byte(),
+        typeflag: kind.as_byte(),
         dev_major: 0,
         dev_minor: 0,
     };

@@ -40,6 +40,13 @@ fn source_tree() -> tempfile::TempDir {
     std::fs::write(ctx.path().join("src/solo"), "solo\n").unwrap();
     // A name longer than USTAR's 100-byte name field.
     std::fs::write(ctx.path().join("src/app").join(LONG_NAME), "long\n").unwrap();
+    // Old times, so that a change gives its directory another mtime in the layer.
+    let touch = std::process::Command::new("find")
+        .arg(ctx.path().join("src"))
+        .args(["-exec", "touch", "-h", "-d", "@1600000000", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(touch.success());
     ctx
 }
 
@@ -99,13 +106,34 @@ fn changes_beside_hard_links_splice_and_changes_to_them_copy_in_full() {
 }
 
 #[test]
-fn added_and_removed_files_give_the_same_layer_a_full_copy_gives() {
+fn added_and_removed_files_are_spliced_into_the_same_layer_a_full_copy_gives() {
+    // Into and out of a copied directory (whose entry changes with them) and the top one.
     check(
-        |src| std::fs::write(src.join("app/new.txt"), "new\n").unwrap(),
-        false,
+        |src| std::fs::write(src.join("app/lib/new.txt"), "new\n").unwrap(),
+        true,
+    );
+    check(
+        |src| std::fs::write(src.join("new-top"), "top\n").unwrap(),
+        true,
     );
     check(
         |src| std::fs::remove_file(src.join("app/lib/util.txt")).unwrap(),
+        true,
+    );
+    check(|src| std::fs::remove_file(src.join("solo")).unwrap(), true);
+}
+
+#[test]
+fn a_new_directory_or_symlink_is_copied_in_full_to_the_same_layer() {
+    check(
+        |src| {
+            std::fs::create_dir(src.join("app/fresh")).unwrap();
+            std::fs::write(src.join("app/fresh/f"), "f\n").unwrap();
+        },
+        false,
+    );
+    check(
+        |src| std::os::unix::fs::symlink("main.txt", src.join("app/link")).unwrap(),
         false,
     );
 }

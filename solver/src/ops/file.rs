@@ -136,18 +136,17 @@ fn run_file_as_blob(
 ) -> Result<String> {
     let incremental = IncrementalCopy::of(w, &serde_json::to_vec(op)?, file, inputs)?;
     if let Some(inc) = &incremental {
-        let mut listing = None;
-        let spliced =
-            exporter::write_layer_with(&w.content, &w.layer_export.compression, &mut |out| {
-                listing = inc.splice(w, out).map_err(std::io::Error::other)?;
-                // Nothing written yet: the full copy follows and this blob is never committed.
-                listing
-                    .as_ref()
-                    .map(|_| ())
-                    .ok_or_else(|| std::io::Error::other("full copy"))
-            });
-        if let (Ok(blob), Some(listing)) = (spliced, listing) {
-            inc.remember_spliced(&blob);
+        let mut made = None;
+        let compression = &w.layer_export.compression;
+        let spliced = exporter::write_layer_with(&w.content, compression, &mut |out| {
+            made = inc.splice(w, out).map_err(std::io::Error::other)?;
+            // Nothing written yet: the full copy follows and this blob is never committed.
+            made.as_ref()
+                .map(|_| ())
+                .ok_or_else(|| std::io::Error::other("full copy"))
+        });
+        if let (Ok(blob), Some((listing, edits))) = (spliced, made) {
+            inc.remember_spliced(&blob, edits);
             return pending_layer(w, &blob, listing);
         }
     }
