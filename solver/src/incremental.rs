@@ -394,6 +394,14 @@ fn read_entries(idx: &ContextIndex, sources: &[String]) -> Result<Option<Reads>>
             }
         }
     }
+    // Directories matched by several sources merge into one destination, where the last one's
+    // entries win: the splice keeps to one tree per copy.
+    let dir_matched = matched
+        .iter()
+        .any(|m| read.get(m).is_some_and(|s| s.kind == EntryKind::Dir) || m.is_empty());
+    if dir_matched && matched.len() > 1 {
+        return Ok(None);
+    }
     Ok(Some(Reads { read, matched }))
 }
 
