@@ -121,7 +121,11 @@ impl IncrementalCopy {
         let identity = sha256_hex(&parts);
         let reads = read_entries(&idx, sources)?;
         Ok(Some(IncrementalCopy {
-            record: w.root.join("cache").join("incremental").join(identity),
+            record: w
+                .root
+                .join("cache")
+                .join("incremental")
+                .join(identity.trim_start_matches("sha256:")),
             idx,
             reads,
         }))
@@ -579,4 +583,47 @@ fn write_file(
     }
     out.write_all(&vec![0u8; (padded(copied) - copied) as usize])?;
     Ok(layer_entry(name, false, now.mode, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(kind: EntryKind) -> Seen {
+        Seen {
+            kind,
+            mode: 0o755,
+            stat: EntryStat::default(),
+        }
+    }
+
+    #[test]
+    fn walk_order_is_depth_first_with_names_sorted_by_bytes() {
+        let mut names: Vec<&[u8]> = vec![b"a-x", b"a/z", b"a/", b"a/b/", b"a/b/c", b"B"];
+        names.sort_by(|a, b| walk_order(a).cmp(&walk_order(b)));
+        let want: Vec<&[u8]> = vec![b"B", b"a/", b"a/b/", b"a/b/c", b"a/z", b"a-x"];
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn directories_below_the_matched_one_are_copies_and_it_is_a_root() {
+        // COPY src /dst: src/d/f became dst/d/f, src/g became dst/g.
+        let read: BTreeMap<String, Seen> = [
+            ("src", EntryKind::Dir),
+            ("src/d", EntryKind::Dir),
+            ("src/d/f", EntryKind::File),
+            ("src/g", EntryKind::File),
+        ]
+        .into_iter()
+        .map(|(p, k)| (p.to_string(), seen(k)))
+        .collect();
+        let matched: HashSet<String> = ["src".to_string()].into();
+        let files: HashMap<String, String> = [("src/d/f", "dst/d/f"), ("src/g", "dst/g")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let (dirs, roots) = directories(&read, &matched, &files);
+        assert_eq!(dirs, [("src/d".to_string(), "dst/d".to_string())].into());
+        assert_eq!(roots, [("src".to_string(), "dst".to_string())].into());
+    }
 }
