@@ -137,3 +137,39 @@ fn a_new_directory_or_symlink_is_copied_in_full_to_the_same_layer() {
         false,
     );
 }
+
+#[test]
+fn a_spliced_layer_runs_with_the_changed_files() {
+    let ctx = source_tree();
+    let store = Store::with_busybox();
+    let build = |what| {
+        let out = store.build(ctx.path(), &["-t", "inc"]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            crate::common::stderr(&out)
+        );
+    };
+    build("first build");
+    std::fs::write(ctx.path().join("src/app/main.txt"), "changed main\n").unwrap();
+    std::fs::write(ctx.path().join("src/app/added.txt"), "added\n").unwrap();
+    std::fs::remove_file(ctx.path().join("src/solo")).unwrap();
+    build("rebuild");
+    assert_eq!(splices(&store), 1);
+    let run = store.run(&[
+        "run",
+        "--rm",
+        "inc",
+        "sh",
+        "-c",
+        "cat /app/main.txt /app/added.txt; ls /solo",
+    ]);
+    let out = crate::common::stdout(&run);
+    assert_eq!(
+        out,
+        "changed main\nadded\n",
+        "{}",
+        crate::common::stderr(&run)
+    );
+    assert!(!run.status.success(), "/solo is still there");
+}
