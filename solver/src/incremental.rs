@@ -300,9 +300,28 @@ impl IncrementalCopy {
         }
     }
 
+    /// Writes the record under a temporary name and renames it into place, without the fsync
+    /// of a durable write: a record lost or torn by a crash only means a full copy next time.
     fn save(&self, record: &Previous) {
-        if let Ok(bytes) = serde_json::to_vec(record) {
-            let _ = crate::context::write_atomic(&self.record, &bytes);
+        let (Ok(bytes), Some(dir)) = (serde_json::to_vec(record), self.record.parent()) else {
+            return;
+        };
+        let temp = dir.join(crate::worker::unique(".tmp"));
+        let written = std::fs::create_dir_all(dir).and_then(|()| {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Private, as the stat cache: it lists the context's paths.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(&bytes)
+        });
+        if written
+            .and_then(|()| std::fs::rename(&temp, &self.record))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&temp);
         }
     }
 }
