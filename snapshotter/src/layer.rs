@@ -56,6 +56,38 @@ pub struct DiffOptions {
     pub data_sources: Option<std::sync::Arc<HashMap<PathBuf, PathBuf>>>,
 }
 
+/// The header blocks [`write_diff_tar`] writes for a regular file or directory without
+/// xattrs (`name` with a directory's trailing slash): what an incremental copy needs to
+/// rewrite one entry of a layer tar byte for byte.
+pub fn plain_entry_header(
+    name: &[u8],
+    kind: tar::EntryType,
+    mode: u32,
+    (uid, gid): (u64, u64),
+    size: u64,
+    mtime: u64,
+) -> Vec<u8> {
+    let fields = gotar::Fields {
+        name,
+        link: &[],
+        mode: (mode & 0o7777) as u64,
+        uid,
+        gid,
+        size,
+        mtime,
+        typeflag: kind.as_byte(),
+        dev_major: 0,
+        dev_minor: 0,
+    };
+    let mut pax = Vec::new();
+    for (key, id) in [("uid", uid), ("gid", gid)] {
+        if id > USTAR_MAX_ID {
+            pax.push((key.to_string(), id.to_string().into_bytes()));
+        }
+    }
+    gotar::header_blocks(&fields, &pax)
+}
+
 /// The lower dirs of a committed snapshot whose own dir is `upper`, from its (read-only) mounts.
 pub fn lower_dirs_from_mounts(mounts: &[crate::Mount], upper: &Path) -> Vec<PathBuf> {
     mounts

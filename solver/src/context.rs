@@ -32,6 +32,32 @@ pub struct Entry {
     pub mode: u32,
     /// Content digest of a file, or of a symlink's target.
     pub digest: [u8; 32],
+    /// What the entry's stat said when indexed (see [`EntryStat`]).
+    pub stat: EntryStat,
+}
+
+/// Stat data that changes whenever anything a copy of the entry carries can have changed
+/// (ctime moves on content, mode, owner, xattr and link-count changes): an incremental copy
+/// reuses the previous copy of an entry whose stat is the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+impl EntryStat {
+    fn of(md: &std::fs::Metadata) -> Self {
+        EntryStat {
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+            nlink: md.nlink(),
+        }
+    }
 }
 
 /// Every included entry of a context, by slash-separated relative path. Paths are bytes:
@@ -138,7 +164,13 @@ pub fn index_context(
             let ft = md.file_type();
             let mode = md.permissions().mode() & 0o7777;
             let path = root.join(rel_path(&rel));
-            let entry = |kind, digest| Entry { kind, mode, digest };
+            let stat = EntryStat::of(&md);
+            let entry = |kind, digest| Entry {
+                kind,
+                mode,
+                digest,
+                stat,
+            };
             if ft.is_dir() {
                 return Ok((rel, entry(EntryKind::Dir, [0; 32]), None));
             }

@@ -10,6 +10,7 @@ pub mod context;
 pub mod fileop;
 pub mod gc;
 pub mod gha;
+mod incremental;
 pub mod inflight;
 pub mod multi;
 mod ops;

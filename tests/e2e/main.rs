@@ -21,6 +21,7 @@ mod escapes;
 mod frontend_build;
 mod gha;
 mod gitlab;
+mod incremental_copy;
 mod limits;
 mod mounts;
 mod multinet;

@@ -5,6 +5,7 @@
 use crate::chmod::ModeSpec;
 use crate::fileop::{self, CopyOptions, SourceTree};
 use crate::graph::{FileAction, FileOp, Op};
+use crate::incremental::IncrementalCopy;
 use crate::ops::{commit_new, parent_of, Input, Produced, SolveOp, Step};
 use crate::patterns::PatternMatcher;
 use crate::solve::Ref;
@@ -43,7 +44,7 @@ impl SolveOp for File<'_> {
     fn run(&mut self, w: &Worker, _: &Step, inputs: &[Input]) -> Result<Produced> {
         if self.as_blob {
             // Anything the staging area cannot hold (size, xattrs) is copied on disk.
-            if let Ok(made) = run_file_as_blob(w, self.file, inputs) {
+            if let Ok(made) = run_file_as_blob(w, self.op, self.file, inputs) {
                 return Ok(Produced::built(made));
             }
         }
@@ -124,8 +125,31 @@ pub(crate) fn run_file(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> R
 }
 
 /// Runs a file op on an empty tree in a tmpfs and keeps only its layer blob: the result
-/// is a pending snapshot whose files are unpacked only if something reads them.
-fn run_file_as_blob(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> Result<String> {
+/// is a pending snapshot whose files are unpacked only if something reads them. A copy of
+/// client files that changed only in a few files' content is spliced from its previous
+/// layer instead (see `incremental`).
+fn run_file_as_blob(
+    w: &Worker,
+    op: &Op,
+    file: &FileOp,
+    inputs: &[(Ref, String)],
+) -> Result<String> {
+    let incremental = IncrementalCopy::of(w, &serde_json::to_vec(op)?, file, inputs)?;
+    if let Some(inc) = &incremental {
+        let mut made = None;
+        let compression = &w.layer_export.compression;
+        let spliced = exporter::write_layer_with(&w.content, compression, &mut |out| {
+            made = inc.splice(w, out).map_err(std::io::Error::other)?;
+            // Nothing written yet: the full copy follows and this blob is never committed.
+            made.as_ref()
+                .map(|_| ())
+                .ok_or_else(|| std::io::Error::other("full copy"))
+        });
+        if let (Ok(blob), Some((listing, edits))) = (spliced, made) {
+            inc.remember_spliced(&blob, edits);
+            return pending_layer(w, &blob, listing);
+        }
+    }
     let staging = crate::staging::Tmpfs::mount(&w.root)?;
     let mut dest = FileDest::Plain(staging.path().to_path_buf());
     // A copy of client files alone stages them sparse: the tar reads their data from the
@@ -150,12 +174,24 @@ fn run_file_as_blob(w: &Worker, file: &FileOp, inputs: &[(Ref, String)]) -> Resu
         snapshotter::layer::write_diff_tar(staging.path(), w, &diff_options)
             .map_err(std::io::Error::other)
     })?;
+    if let (Some(inc), Some(sources)) = (&incremental, &diff_options.data_sources) {
+        inc.remember(&blob, sources, staging.path());
+    }
+    // Listing the staged tree now spares the stacking check a read of the whole blob.
+    let listing = crate::rebase::tree_entries(staging.path())?;
+    pending_layer(w, &blob, listing)
+}
+
+/// A pending snapshot for a layer made as a blob, its listing kept for the stacking check.
+fn pending_layer(
+    w: &Worker,
+    blob: &exporter::LayerBlob,
+    listing: Vec<crate::rebase::LayerEntry>,
+) -> Result<String> {
     let name = unique("layer");
     let mut labels = layer_labels(&blob.descriptor, &blob.diff_id);
     labels.insert(LABEL_LAYER_BUILT.into(), "1".into());
     w.snapshots.create_pending(&name, None, labels)?;
-    // Listing the staged tree now spares the stacking check a read of the whole blob.
-    let listing = crate::rebase::tree_entries(staging.path())?;
     w.blob_listings
         .lock()
         .unwrap_or_else(|e| e.into_inner())
