@@ -371,6 +371,26 @@ pub fn write_atomic_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::R
 }
 
 impl ContextIndex {
+    /// The entry at `rel` (if any) and every entry below it, in path order, with the prefix
+    /// (`rel/`, or nothing for the root) that the ones below start with.
+    pub fn subtree<'a>(
+        &'a self,
+        rel: &[u8],
+    ) -> (Vec<u8>, impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a) {
+        let under = if rel.is_empty() {
+            Vec::new()
+        } else {
+            crate::fileop::join_rel(rel, b"")
+        };
+        let exact = self.entries.get_key_value(rel);
+        let prefix = under.clone();
+        let below = self
+            .entries
+            .range(under.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix));
+        (under, exact.into_iter().chain(below))
+    }
+
     /// Checksum of the given relative paths and everything below them.
     pub fn checksum(&self, paths: &[impl AsRef<[u8]>]) -> String {
         let mut h = Sha256::new();

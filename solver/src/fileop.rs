@@ -914,17 +914,8 @@ pub fn checksum_excluding(idx: &ContextIndex, rel: &[u8], exclude: &PatternMatch
     }
     .resolved_rel(rel)
     .unwrap_or_else(|_| rel.to_vec());
-    let under = if rel.is_empty() {
-        Vec::new()
-    } else {
-        join_rel(&rel, b"")
-    };
-    let exact = idx.entries.get_key_value(rel.as_slice());
-    let below = idx
-        .entries
-        .range(under.clone()..)
-        .take_while(|(k, _)| k.starts_with(&under));
-    for (path, e) in exact.into_iter().chain(below) {
+    let (under, subtree) = idx.subtree(&rel);
+    for (path, e) in subtree {
         let inner = &path[under.len().min(path.len())..];
         // The matched source itself is always read (over-invalidating is safe).
         if *path != rel

@@ -10,7 +10,7 @@
 //! splice cannot reproduce falls back too.
 
 use crate::context::{ContextIndex, EntryKind, EntryStat};
-use crate::fileop::{join_rel, SourceTree};
+use crate::fileop::SourceTree;
 use crate::graph::{FileAction, FileOp};
 use crate::rebase::LayerEntry;
 use crate::worker::{sha256_hex, Worker};
@@ -394,17 +394,7 @@ fn read_entries(idx: &ContextIndex, sources: &[String]) -> Result<Option<Reads>>
                 return Ok(None);
             };
             matched.insert(text.to_string());
-            let under = if rel.is_empty() {
-                Vec::new()
-            } else {
-                join_rel(&rel, b"")
-            };
-            let exact = idx.entries.get_key_value(rel.as_slice());
-            let below = idx
-                .entries
-                .range(under.clone()..)
-                .take_while(|(k, _)| k.starts_with(&under));
-            for (path, e) in exact.into_iter().chain(below) {
+            for (path, e) in idx.subtree(&rel).1 {
                 let Ok(path) = std::str::from_utf8(path) else {
                     return Ok(None);
                 };
