@@ -89,7 +89,9 @@ fn try_setup(
         ensure_bridge(net)?;
     }
     ensure_table()?;
-    create_netns(&netns_path(container))?;
+    let netns = netns_path(container);
+    std::fs::File::create(&netns).with_context(|| format!("creating {}", netns.display()))?;
+    run("unshare", &[&format!("--net={}", netns.display()), "true"])?;
     if endpoints.is_empty() {
         in_netns(container, "link set lo up\n")?;
     }
@@ -134,16 +136,16 @@ fn attach(
     let (gateway, prefix) = (net.gateway_ip()?, net.prefix()?);
     let id = container.id();
     let (host, peer) = (host_veth(id, index), peer_veth(id, index));
-    let netns = netns_path(container);
-    run_stdin(
+    run(
         "ip",
-        &["-batch", "-"],
-        &format!(
-            "link add {host} type veth peer name {peer}\nlink set {peer} netns {}\nlink set {host} master {} up\n",
-            netns.display(),
-            net.bridge
-        ),
+        &["link", "add", &host, "type", "veth", "peer", "name", &peer],
     )?;
+    let netns = netns_path(container);
+    run(
+        "ip",
+        &["link", "set", &peer, "netns", &netns.to_string_lossy()],
+    )?;
+    run("ip", &["link", "set", &host, "master", &net.bridge, "up"])?;
     let mut inside = format!(
         "link set {peer} name eth{index}\naddr add {ip}/{prefix} dev eth{index}\nlink set eth{index} up\nlink set lo up\n"
     );
@@ -163,42 +165,11 @@ fn attach(
 /// Runs `ip -batch` commands inside the container's network namespace.
 fn in_netns(container: &Container, commands: &str) -> Result<()> {
     let netns = netns_path(container);
-    let namespace =
-        std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&namespace);
-    let mut command = Command::new("ip");
-    command.args(["-batch", "-"]);
-    // SAFETY: setns is async-signal-safe; `namespace` outlives the spawn.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    run_command(command, Some(commands))
-}
-
-/// Makes a network namespace bound at `path` (what `unshare --net=PATH` does), from a thread
-/// of its own: unsharing moves only the calling thread, and the thread ends with it.
-fn create_netns(path: &Path) -> Result<()> {
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let target = path.to_path_buf();
-    std::thread::spawn(move || -> Result<()> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .context("creating a network namespace")?;
-        nix::mount::mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("binding the network namespace at {}", target.display()))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))?
+    run_stdin(
+        "nsenter",
+        &[&format!("--net={}", netns.display()), "ip", "-batch", "-"],
+        commands,
+    )
 }
 
 /// Adds an interface to a running container's namespace (`network connect`); on error
@@ -261,15 +232,14 @@ fn ensure_bridge(net: &NetworkRecord) -> Result<()> {
         let gateway = format!("{}/{}", net.gateway, net.prefix()?);
         let _ = run("ip", &["addr", "add", &gateway, "dev", bridge]);
     }
-    if !link_is_up(bridge) {
-        run("ip", &["link", "set", bridge, "up"])?;
-    }
+    run("ip", &["link", "set", bridge, "up"])?;
     write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
     write_sysctl(
         &format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"),
         "1",
-    )
-    // The iptables FORWARD accept rules come with the first address lease (`attach`).
+    )?;
+    allow_iptables_forward();
+    Ok(())
 }
 
 /// Deletes a user network's bridge (its containers are gone).
@@ -279,34 +249,15 @@ pub fn remove_bridge(net: &NetworkRecord) {
     }
 }
 
-/// Asks the kernel (in our network namespace) rather than /sys, which shows the interfaces
-/// of the namespace it was mounted in, not necessarily ours.
+/// Asks the kernel rather than /sys, which shows the interfaces of the namespace it was
+/// mounted in, not necessarily ours.
 fn link_exists(name: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
-}
-
-/// Whether interface `name` is administratively up (SIOCGIFFLAGS).
-fn link_is_up(name: &str) -> bool {
-    let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
-        return false;
-    };
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= request.ifr_name.len() {
-        return false;
-    }
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of the ifreq we own.
-    let found = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) } == 0;
-    // SAFETY: after SIOCGIFFLAGS the union holds the flags.
-    found && unsafe { request.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
@@ -392,12 +343,8 @@ fn remove_iptables_forward_if_unused() {
 /// Outbound NAT matches our address range and, for networks given another subnet
 /// (`--subnet`, compose `ipam`), anything routed from one of our bridges to the outside.
 fn ensure_table() -> Result<()> {
-    run_nft(&table_script())
-}
-
-fn table_script() -> String {
     let (subnet, user) = (ALL_SUBNETS, format!("{USER_BRIDGE_PREFIX}*"));
-    format!(
+    let script = format!(
         "add table inet {TABLE}
 add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; }}
 add chain inet {TABLE} output {{ type nat hook output priority -100; }}
@@ -415,11 +362,8 @@ add rule inet {TABLE} forward iifname \"{user}\" accept
 add rule inet {TABLE} forward oifname \"{user}\" accept
 ",
         isolation = isolation_rules()
-    )
-}
-
-fn run_nft(script: &str) -> Result<()> {
-    run_stdin("nft", &["-f", "-"], script)
+    );
+    run_stdin("nft", &["-f", "-"], &script)
 }
 
 /// Drops traffic routed from one of our bridges to another, as docker isolates networks:
@@ -444,15 +388,6 @@ fn isolation_rules() -> String {
 }
 
 fn add_port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<()> {
-    let script = port_rules(id, ip, ports);
-    if script.is_empty() {
-        return Ok(());
-    }
-    run_nft(&script)
-}
-
-/// The DNAT rules of the published ports, one per port and chain, commented with `id`.
-fn port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> String {
     let mut script = String::new();
     for p in ports {
         let daddr = if p.host_ip.is_empty() {
@@ -469,7 +404,10 @@ fn port_rules(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> String {
             ));
         }
     }
-    script
+    if script.is_empty() {
+        return Ok(());
+    }
+    run_stdin("nft", &["-f", "-"], &script)
 }
 
 /// Removes whatever the container's network left: nft rules, veth, netns, address.
@@ -665,18 +603,8 @@ fn run_stdin(program: &str, args: &[&str], input: &str) -> Result<()> {
 }
 
 fn run_stdin_opt(program: &str, args: &[&str], input: Option<&str>) -> Result<()> {
-    let mut command = Command::new(program);
-    command.args(args);
-    run_command(command, input)
-}
-
-fn run_command(mut command: Command, input: Option<&str>) -> Result<()> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let args: Vec<String> = command
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let mut child = command
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
