@@ -227,6 +227,12 @@ pub fn attach_until_detached(
     options: &AttachOptions,
 ) -> Result<Option<i32>> {
     let keys = crate::detach_keys::resolve(options.detach_keys.as_deref())?;
+    // "Only new output" (tail 0) means output written from now on: the container may answer
+    // the input sent below before the output thread has opened the log.
+    let (tail, since) = match options.tail {
+        Some(0) => (None, Some(std::time::SystemTime::now())),
+        tail => (tail, None),
+    };
     if container.config.tty && nix::unistd::isatty(std::io::stdout().as_fd()).unwrap_or(false) {
         let watched = container.clone();
         std::thread::spawn(move || follow_size(&watched));
@@ -244,9 +250,9 @@ pub fn attach_until_detached(
     } else {
         None
     };
-    let (watched, tail) = (container.clone(), options.tail);
+    let watched = container.clone();
     std::thread::spawn(move || {
-        let _ = ended.send(Some(print_until_exit(&watched, tail)));
+        let _ = ended.send(Some(print_until_exit(&watched, tail, since)));
     });
     match end.recv() {
         Ok(Some(result)) => result.map(Some),
@@ -256,10 +262,15 @@ pub fn attach_until_detached(
 }
 
 /// Prints the container's output until it stops; its exit code.
-fn print_until_exit(container: &Container, tail: Option<usize>) -> Result<i32> {
+fn print_until_exit(
+    container: &Container,
+    tail: Option<usize>,
+    since: Option<std::time::SystemTime>,
+) -> Result<i32> {
     let query = crate::LogsQuery {
         follow: true,
         tail,
+        since,
         ..Default::default()
     };
     crate::follow_logs(
