@@ -296,12 +296,14 @@ fn udp_range_echoes(store: &Store) -> String {
          while (1) { for my $s (@s) { my $m; $s->send(\"echo:$m\") if $s->recv($m, 99, 0x40) } \
          select(undef, undef, undef, 0.01) }"]);
     for p in [port, port + 1] {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut buf = [0u8; 64];
         let n = loop {
+            // A fresh source port each try: a conntrack entry made by an early datagram
+            // cannot pin the later ones.
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
             sock.send_to(format!("to{p}").as_bytes(), ("127.0.0.1", p))
                 .unwrap();
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
